@@ -1,0 +1,29 @@
+//! The exit codes every tool uses (DESIGN.md, "Exit codes shared by all tools").
+//!
+//! Scripts and the `.bat` wrappers branch on these, so they never change meaning.
+
+/// A tool's exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Everything asked for was done; the desk is healthy.
+    Ok = 0,
+    /// Problems were found, or an action did not complete (something survived a stop).
+    Problems = 1,
+    /// Bad command-line arguments or a bad `fleet.toml`; nothing was changed.
+    Usage = 2,
+    /// Refused because a lock is held (or an unlocked copy runs); nothing was started.
+    Refused = 3,
+}
+
+impl ExitCode {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(code: ExitCode) -> Self {
+        std::process::ExitCode::from(code.code())
+    }
+}

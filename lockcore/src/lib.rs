@@ -1,0 +1,29 @@
+//! `lockcore`: the library every desk tool stands on.
+//!
+//! It owns the one invariant of the product, *at most one live instance of each lock
+//! name*, and everything the tools share around it:
+//!
+//! - [`lock`]: kernel-held lock files: acquire, release, inspect, scan, remove-if-stale.
+//! - [`record`]: the JSON record inside a lock file, compatible with the older tool's.
+//! - [`process`]: process identity (pid + start time) and command-line matching.
+//! - [`config`]: `fleet.toml`, its model and its validation.
+//! - [`exit`]: the exit codes every tool uses.
+//! - [`output`]: colour decisions and error printing at the binary edge.
+//!
+//! See `ARCHITECTURE.md` at the repository root for how the pieces fit.
+
+pub mod config;
+pub mod exit;
+pub mod lock;
+pub mod output;
+pub mod process;
+pub mod record;
+
+pub use config::{Component, ConfigError, Fleet, Role};
+pub use exit::ExitCode;
+pub use lock::{
+    Acquire, HeldLock, Holder, LockClaim, LockDir, LockError, LockLost, LockState, LockStatus,
+    LockWatcher, Removal,
+};
+pub use process::{ProcessIdentity, ProcessInfo, ProcessProbe, ProcessTable, ProcessTree};
+pub use record::LockRecord;

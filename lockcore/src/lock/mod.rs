@@ -1,0 +1,653 @@
+//! Lock files: acquire, release, inspect, scan, and remove-if-stale.
+//!
+//! A lock named `NAME` is the file `<lock_dir>/NAME.lock`. It is *held* while some
+//! process holds an OS lock on it (DESIGN.md rule 1); the JSON [`LockRecord`] inside only
+//! says who. The protocol, shared by every tool:
+//!
+//! - **Acquire**: open (create, never truncate), try the exclusive lock, then check the
+//!   path still names the file we locked (a release may have removed it in between:
+//!   rule 2), then read what is there (a live legacy record still counts as held:
+//!   rule 5), and only then write our record.
+//! - **Release**: remove the file while still holding the lock, after checking that
+//!   the path still names our file.
+//! - **Inspect**: a *shared* try-lock. It cannot succeed while a holder holds the
+//!   exclusive lock, so it tells "held" from "not held"; and a starter that finds only
+//!   shared lockers in its way retries instead of giving up, so inspection never makes
+//!   a start fail.
+//! - **Remove-if-stale**: exclusive try-lock, identity check, classify, remove under the
+//!   lock. A starter that meets this brief exclusive lock sees a record naming no live
+//!   holder and retries.
+
+mod os;
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::process::{ProcessIdentity, ProcessProbe, ProcessTableError};
+use crate::record::{LockRecord, format_local, local_timestamp_now};
+
+/// How long a starter waits when the lock is held but the record names no live holder:
+/// a new holder about to write its record, a `lock-gc` mid-check, or a crashed Windows
+/// holder whose handle is not yet released.
+const UNDECIDED_WAIT: Duration = Duration::from_secs(1);
+const RETRY_PAUSE: Duration = Duration::from_millis(2);
+
+/// A folder of lock files.
+#[derive(Debug, Clone)]
+pub struct LockDir {
+    dir: PathBuf,
+}
+
+/// What the caller wants recorded about the process the lock is for.
+#[derive(Debug, Clone, Default)]
+pub struct LockClaim {
+    pub account: Option<String>,
+    pub command: Vec<String>,
+}
+
+/// The outcome of [`LockDir::acquire`].
+#[derive(Debug)]
+pub enum Acquire {
+    /// We hold it now; dropping the value releases it.
+    Acquired(HeldLock),
+    /// Someone else holds it.
+    Held(Holder),
+}
+
+/// Who holds a lock that could not be taken.
+#[derive(Debug, Clone, Serialize)]
+pub struct Holder {
+    pub name: String,
+    pub path: PathBuf,
+    /// The holder's record; `None` if it could not be read.
+    pub record: Option<LockRecord>,
+    /// Held by a live process named in an older tool's PID file, not by an OS lock.
+    pub legacy: bool,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is held", self.name)?;
+        match &self.record {
+            Some(record) if self.legacy => write!(
+                f,
+                " by pid {}, recorded at {} by the older PID-file tool (a legacy lock)",
+                record.pid,
+                record.timestamp.as_deref().unwrap_or("an unknown time")
+            )?,
+            Some(record) => {
+                write!(f, " by pid {}", record.pid)?;
+                if let Some(start) = record.pid_start {
+                    write!(f, " (started {})", format_local(start))?;
+                }
+                if let Some(holder) = record.holder_pid.filter(|&h| h != record.pid) {
+                    write!(f, ", lock held by its launcher pid {holder}")?;
+                }
+                if let Some(host) = &record.host {
+                    write!(f, " on {host}")?;
+                }
+            }
+            None => write!(f, " by a process whose record is unreadable")?,
+        }
+        write!(
+            f,
+            "; see it with `check-procs`, stop it with `safe-shutdown`"
+        )
+    }
+}
+
+/// A lock this process holds. Dropping it releases the lock and removes the file.
+#[derive(Debug)]
+pub struct HeldLock {
+    name: String,
+    path: PathBuf,
+    file: Option<File>,
+    record: LockRecord,
+}
+
+/// The state of a lock file, as `check-procs` and `lock-gc` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockState {
+    /// An OS lock is held on it.
+    Running,
+    /// Nobody holds it; safe to remove.
+    Stale,
+    /// Nobody holds it and its record cannot be read; safe to remove.
+    Corrupt,
+    /// No OS lock, but an older tool's record names a live process that started no
+    /// later than the record: treated as held, never removed automatically.
+    Legacy,
+}
+
+impl LockState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockState::Running => "running",
+            LockState::Stale => "stale",
+            LockState::Corrupt => "corrupt",
+            LockState::Legacy => "legacy",
+        }
+    }
+
+    /// Whether this state keeps others from taking the lock.
+    pub fn is_held(self) -> bool {
+        matches!(self, LockState::Running | LockState::Legacy)
+    }
+}
+
+/// One inspected lock file.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockStatus {
+    pub name: String,
+    pub path: PathBuf,
+    pub state: LockState,
+    pub record: Option<LockRecord>,
+    /// Why the state is what it is, in a short phrase.
+    pub detail: String,
+}
+
+/// The outcome of [`LockDir::remove_if_stale`].
+#[derive(Debug, Clone)]
+pub enum Removal {
+    /// The file was stale or corrupt and is gone.
+    Removed(LockStatus),
+    /// The file is held (or legacy-held, or busy) and was left alone.
+    Kept(LockStatus),
+    /// There was no such file, or it was replaced while we looked.
+    Missing,
+}
+
+/// The path no longer names the file this holder locked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "lock file {} was deleted or replaced while {name} held it, so another process could \
+     take {name} now; check for a duplicate with `check-procs`",
+    path.display()
+)]
+pub struct LockLost {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Errors from lock operations.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("`{name}` is not a valid lock name: use letters, digits, `_`, `-` and `.`")]
+    InvalidName { name: String },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Lost(#[from] LockLost),
+    #[error(transparent)]
+    ProcessTable(#[from] ProcessTableError),
+}
+
+fn io_error<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> LockError + 'p {
+    move |source| LockError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl LockDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<lock_dir>/<name>.lock`, after checking the name cannot escape the folder.
+    pub fn lock_path(&self, name: &str) -> Result<PathBuf, LockError> {
+        let valid = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            return Err(LockError::InvalidName { name: name.into() });
+        }
+        Ok(self.dir.join(format!("{name}.lock")))
+    }
+
+    /// Takes the lock `name` for this process, or says who holds it.
+    pub fn acquire(
+        &self,
+        name: &str,
+        claim: &LockClaim,
+        probe: &mut ProcessProbe,
+    ) -> Result<Acquire, LockError> {
+        let path = self.lock_path(name)?;
+        std::fs::create_dir_all(&self.dir).map_err(io_error("create lock folder", &self.dir))?;
+        let started = Instant::now();
+        loop {
+            let file = match os::open(&path, true) {
+                Ok(file) => file,
+                Err(e) if os::is_transient(&e) && started.elapsed() < UNDECIDED_WAIT => {
+                    std::thread::sleep(RETRY_PAUSE);
+                    continue;
+                }
+                Err(e) => return Err(io_error("open lock file", &path)(e)),
+            };
+            if os::try_lock_exclusive(&file).map_err(io_error("lock", &path))? {
+                if !names_file(&path, &file) {
+                    continue; // released and removed between our open and our lock
+                }
+                let existing = read_all(&file).map_err(io_error("read", &path))?;
+                if let Some(holder) = live_legacy_holder(name, &path, &existing, probe) {
+                    return Ok(Acquire::Held(holder));
+                }
+                let held = HeldLock::start(name, path, file, claim, probe)?;
+                return Ok(Acquire::Acquired(held));
+            }
+            if os::try_lock_shared(&file).map_err(io_error("lock", &path))? {
+                // Only inspectors were in the way: not held. Let go and try again.
+                os::unlock(&file).map_err(io_error("unlock", &path))?;
+                std::thread::sleep(RETRY_PAUSE);
+                continue;
+            }
+            let record = read_all(&file)
+                .ok()
+                .and_then(|b| LockRecord::parse(&b).ok());
+            if names_live_holder(record.as_ref(), probe) || started.elapsed() >= UNDECIDED_WAIT {
+                return Ok(Acquire::Held(Holder {
+                    name: name.into(),
+                    path,
+                    record,
+                    legacy: false,
+                }));
+            }
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+
+    /// The state of one lock; `None` if there is no such file.
+    pub fn inspect(
+        &self,
+        name: &str,
+        probe: &mut ProcessProbe,
+    ) -> Result<Option<LockStatus>, LockError> {
+        let path = self.lock_path(name)?;
+        let started = Instant::now();
+        loop {
+            let file = match os::open(&path, false) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) if os::is_transient(&e) && started.elapsed() < UNDECIDED_WAIT => {
+                    std::thread::sleep(RETRY_PAUSE);
+                    continue;
+                }
+                Err(e) => return Err(io_error("open lock file", &path)(e)),
+            };
+            if os::try_lock_shared(&file).map_err(io_error("lock", &path))? {
+                if !names_file(&path, &file) {
+                    continue;
+                }
+                let bytes = read_all(&file).map_err(io_error("read", &path));
+                os::unlock(&file).map_err(io_error("unlock", &path))?;
+                return Ok(Some(classify_unheld(name, path, &bytes?, probe)));
+            }
+            let bytes = read_all(&file).map_err(io_error("read", &path))?;
+            let record = LockRecord::parse(&bytes).ok();
+            if names_live_holder(record.as_ref(), probe) || started.elapsed() >= UNDECIDED_WAIT {
+                let detail = match &record {
+                    Some(_) => "an OS lock is held on it".to_string(),
+                    None => "an OS lock is held on it; its record is unreadable".to_string(),
+                };
+                return Ok(Some(LockStatus {
+                    name: name.into(),
+                    path,
+                    state: LockState::Running,
+                    record,
+                    detail,
+                }));
+            }
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+
+    /// Every `*.lock` file in the folder, inspected, sorted by name. A missing folder
+    /// has no locks.
+    pub fn scan(&self, probe: &mut ProcessProbe) -> Result<Vec<LockStatus>, LockError> {
+        let mut statuses = Vec::new();
+        for name in self.lock_names()? {
+            if let Some(status) = self.inspect(&name, probe)? {
+                statuses.push(status);
+            }
+        }
+        Ok(statuses)
+    }
+
+    /// The names of the `*.lock` files in the folder, sorted.
+    pub fn lock_names(&self) -> Result<Vec<String>, LockError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("read lock folder", &self.dir)(e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let file_name = entry.file_name().into_string().ok()?;
+                let name = file_name.strip_suffix(".lock")?;
+                self.lock_path(name).is_ok().then(|| name.to_string())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Removes the lock file if nobody holds it (stale or corrupt). Safe while other
+    /// processes acquire and release the same name: the removal happens under the
+    /// exclusive lock, after checking that the path still names the file we locked.
+    pub fn remove_if_stale(
+        &self,
+        name: &str,
+        probe: &mut ProcessProbe,
+    ) -> Result<Removal, LockError> {
+        let path = self.lock_path(name)?;
+        let file = match os::open(&path, false) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removal::Missing),
+            Err(e) if os::is_transient(&e) => return Ok(Removal::Kept(busy(name, path))),
+            Err(e) => return Err(io_error("open lock file", &path)(e)),
+        };
+        if !os::try_lock_exclusive(&file).map_err(io_error("lock", &path))? {
+            return Ok(Removal::Kept(busy(name, path)));
+        }
+        if !names_file(&path, &file) {
+            return Ok(Removal::Missing);
+        }
+        let bytes = read_all(&file).map_err(io_error("read", &path))?;
+        let status = classify_unheld(name, path.clone(), &bytes, probe);
+        if status.state.is_held() {
+            return Ok(Removal::Kept(status));
+        }
+        match os::remove_locked(file, &path).map_err(io_error("remove", &path))? {
+            os::Removed::Yes => Ok(Removal::Removed(status)),
+            os::Removed::InUse => Ok(Removal::Kept(busy(name, path))),
+            os::Removed::Gone => Ok(Removal::Missing),
+        }
+    }
+}
+
+fn busy(name: &str, path: PathBuf) -> LockStatus {
+    LockStatus {
+        name: name.into(),
+        path,
+        state: LockState::Running,
+        record: None,
+        detail: "another process holds or is checking it".into(),
+    }
+}
+
+impl HeldLock {
+    fn start(
+        name: &str,
+        path: PathBuf,
+        file: File,
+        claim: &LockClaim,
+        probe: &mut ProcessProbe,
+    ) -> Result<Self, LockError> {
+        let me = probe.own_identity();
+        let record = LockRecord {
+            pid: me.pid,
+            name: name.into(),
+            account: claim.account.clone(),
+            timestamp: Some(local_timestamp_now()),
+            pid_start: Some(me.start_time),
+            holder_pid: Some(me.pid),
+            holder_start: Some(me.start_time),
+            host: Some(gethostname::gethostname().to_string_lossy().into_owned()),
+            command: claim.command.clone(),
+        };
+        let mut held = HeldLock {
+            name: name.into(),
+            path,
+            file: Some(file),
+            record,
+        };
+        held.write_record()?;
+        Ok(held)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn record(&self) -> &LockRecord {
+        &self.record
+    }
+
+    /// Records the process this lock now guards (a spawned child) and its command line.
+    pub fn set_managed(
+        &mut self,
+        managed: ProcessIdentity,
+        command: Vec<String>,
+    ) -> Result<(), LockError> {
+        self.record.pid = managed.pid;
+        self.record.pid_start = Some(managed.start_time);
+        self.record.command = command;
+        self.record.timestamp = Some(local_timestamp_now());
+        self.write_record()
+    }
+
+    /// Checks that the path still names the file we hold (DESIGN.md rule 7: on Linux
+    /// anyone may unlink it; on Windows the open handle refuses deletion).
+    pub fn verify(&self) -> Result<(), LockLost> {
+        match &self.file {
+            Some(file) if names_file(&self.path, file) => Ok(()),
+            _ => Err(self.lost()),
+        }
+    }
+
+    /// A handle another thread can use to [`LockWatcher::check`] this lock periodically.
+    pub fn watcher(&self) -> Result<LockWatcher, LockError> {
+        let file = match &self.file {
+            Some(file) => file.try_clone().map_err(io_error("watch", &self.path))?,
+            None => return Err(self.lost().into()),
+        };
+        Ok(LockWatcher {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            file,
+        })
+    }
+
+    /// Releases the lock and removes its file. If the path no longer names our file
+    /// (someone deleted or replaced it), the file there is left alone and the loss
+    /// is reported.
+    pub fn release(mut self) -> Result<(), LockError> {
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<(), LockError> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        if !names_file(&self.path, &file) {
+            return Err(self.lost().into());
+        }
+        os::remove_locked(file, &self.path).map_err(io_error("remove", &self.path))?;
+        Ok(())
+    }
+
+    fn write_record(&mut self) -> Result<(), LockError> {
+        let bytes = self.record.to_bytes();
+        let Some(file) = self.file.as_mut() else {
+            return Err(self.lost().into());
+        };
+        // Write first, then cut to length: a reader never sees an empty file.
+        let result = file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&bytes))
+            .and_then(|()| file.set_len(bytes.len() as u64))
+            .and_then(|()| file.sync_data());
+        result.map_err(io_error("write the record to", &self.path))
+    }
+
+    fn lost(&self) -> LockLost {
+        LockLost {
+            name: self.name.clone(),
+            path: self.path.clone(),
+        }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        // Errors here have nowhere to go; the OS lock is dropped with the handle anyway.
+        let _ = self.release_inner();
+    }
+}
+
+/// Checks from another thread that a held lock's path still names its file.
+#[derive(Debug)]
+pub struct LockWatcher {
+    name: String,
+    path: PathBuf,
+    file: File,
+}
+
+impl LockWatcher {
+    pub fn check(&self) -> Result<(), LockLost> {
+        if names_file(&self.path, &self.file) {
+            Ok(())
+        } else {
+            Err(LockLost {
+                name: self.name.clone(),
+                path: self.path.clone(),
+            })
+        }
+    }
+}
+
+/// Whether `path` names the same file as the open handle.
+fn names_file(path: &Path, file: &File) -> bool {
+    let Ok(ours) = file.try_clone().and_then(same_file::Handle::from_file) else {
+        return false;
+    };
+    same_file::Handle::from_path(path).is_ok_and(|there| there == ours)
+}
+
+fn read_all(mut file: &File) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn names_live_holder(record: Option<&LockRecord>, probe: &mut ProcessProbe) -> bool {
+    let Some(record) = record else { return false };
+    match (record.holder_pid, record.holder_start) {
+        (Some(pid), Some(start_time)) => probe.is_alive(ProcessIdentity { pid, start_time }),
+        _ => false,
+    }
+}
+
+/// A legacy record naming a live process that started no later than the record.
+fn live_legacy_holder(
+    name: &str,
+    path: &Path,
+    bytes: &[u8],
+    probe: &mut ProcessProbe,
+) -> Option<Holder> {
+    let record = LockRecord::parse(bytes).ok()?;
+    let (state, _) = classify_legacy(&record, probe)?;
+    (state == LockState::Legacy).then(|| Holder {
+        name: name.into(),
+        path: path.to_path_buf(),
+        record: Some(record),
+        legacy: true,
+    })
+}
+
+/// The state of a lock file on which no OS lock is held.
+fn classify_unheld(
+    name: &str,
+    path: PathBuf,
+    bytes: &[u8],
+    probe: &mut ProcessProbe,
+) -> LockStatus {
+    let record = match LockRecord::parse(bytes) {
+        Ok(record) => record,
+        Err(e) => {
+            let detail = if bytes.iter().all(u8::is_ascii_whitespace) {
+                "the file is empty".to_string()
+            } else {
+                format!("the record is not valid: {e}")
+            };
+            return LockStatus {
+                name: name.into(),
+                path,
+                state: LockState::Corrupt,
+                record: None,
+                detail,
+            };
+        }
+    };
+    let (state, detail) = classify_legacy(&record, probe).unwrap_or_else(|| {
+        (
+            LockState::Stale,
+            format!("no process holds it (last holder pid {})", record.pid),
+        )
+    });
+    LockStatus {
+        name: name.into(),
+        path,
+        state,
+        record: Some(record),
+        detail,
+    }
+}
+
+/// DESIGN.md rule 5, for records without holder fields. `None` for our own records.
+fn classify_legacy(record: &LockRecord, probe: &mut ProcessProbe) -> Option<(LockState, String)> {
+    if !record.is_legacy() {
+        return None;
+    }
+    let pid = record.pid;
+    let Some(process) = probe.identity(pid) else {
+        return Some((
+            LockState::Stale,
+            format!("older tool's record; pid {pid} is not running"),
+        ));
+    };
+    let verdict = match record.timestamp_secs() {
+        Some(written) if i64::try_from(process.start_time).unwrap_or(i64::MAX) > written => (
+            LockState::Stale,
+            format!(
+                "older tool's record; pid {pid} was reused by a process started {}, after the record",
+                format_local(process.start_time)
+            ),
+        ),
+        Some(_) => (
+            LockState::Legacy,
+            format!("older tool's record; pid {pid} is alive and no OS lock guards it"),
+        ),
+        // No readable timestamp: we cannot tell reuse from the real thing, so err
+        // towards held.
+        None => (
+            LockState::Legacy,
+            format!("older tool's record without a readable timestamp; pid {pid} is alive"),
+        ),
+    };
+    Some(verdict)
+}

@@ -1,0 +1,188 @@
+//! The platform part of a lock: how the file is opened, locked and removed.
+//!
+//! Linux/macOS: `flock` through std (`File::try_lock`), which is advisory, so the record
+//! stays readable; the holder unlinks its file *while still holding the lock*.
+//!
+//! Windows: byte-range locks are mandatory, and std's `try_lock` locks the whole file,
+//! which would make the record unreadable (DESIGN.md rule 6). So we lock one byte far
+//! past the end of any record with `LockFileEx`. Files are opened without delete
+//! sharing, so nobody can delete a file someone has open (rule 7); the price is that a
+//! holder cannot delete its own open file either: it unlocks, closes, then deletes, and
+//! a sharing violation then means another process has the file open and it is theirs.
+//! Wine does not enforce mandatory read locks: keep this code small and reviewed.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+pub(crate) use imp::{open, remove_locked, try_lock_exclusive, try_lock_shared, unlock};
+
+/// What became of a lock file that its holder removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Removed {
+    Yes,
+    /// Windows only: another process opened it in between, so it is theirs now.
+    #[cfg_attr(unix, allow(dead_code))]
+    InUse,
+    /// It was already gone.
+    Gone,
+}
+
+/// An open error that a retry can clear: Windows releases a crashed holder's handle
+/// "when resources allow", so a sharing or lock violation right after a crash is brief.
+pub(crate) fn is_transient(error: &io::Error) -> bool {
+    // ERROR_SHARING_VIOLATION (32), ERROR_LOCK_VIOLATION (33)
+    cfg!(windows) && matches!(error.raw_os_error(), Some(32 | 33))
+}
+
+#[cfg(unix)]
+mod imp {
+    use super::*;
+    use std::fs::{OpenOptions, TryLockError};
+
+    pub(crate) fn open(path: &Path, create: bool) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(create)
+            .create(create)
+            .truncate(false)
+            .open(path)
+    }
+
+    pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+        would_block_is_false(file.try_lock())
+    }
+
+    pub(crate) fn try_lock_shared(file: &File) -> io::Result<bool> {
+        would_block_is_false(file.try_lock_shared())
+    }
+
+    pub(crate) fn unlock(file: &File) -> io::Result<()> {
+        file.unlock()
+    }
+
+    /// Removes the file while the lock is still held, then closes it. The caller has
+    /// checked that `path` still names `file`.
+    pub(crate) fn remove_locked(file: File, path: &Path) -> io::Result<Removed> {
+        let removed = match std::fs::remove_file(path) {
+            Ok(()) => Removed::Yes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Removed::Gone,
+            Err(e) => return Err(e),
+        };
+        drop(file);
+        Ok(removed)
+    }
+
+    fn would_block_is_false(result: Result<(), TryLockError>) -> io::Result<bool> {
+        match result {
+            Ok(()) => Ok(true),
+            Err(TryLockError::WouldBlock) => Ok(false),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+#[cfg(windows)]
+mod imp {
+    use super::*;
+    use std::fs::OpenOptions;
+    use std::os::windows::fs::OpenOptionsExt;
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::Foundation::{ERROR_IO_PENDING, ERROR_LOCK_VIOLATION};
+    use windows_sys::Win32::Storage::FileSystem::{
+        FILE_SHARE_READ, FILE_SHARE_WRITE, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
+        LockFileEx, UnlockFileEx,
+    };
+    use windows_sys::Win32::System::IO::OVERLAPPED;
+
+    /// The locked byte is at offset 2^62: no record ever reaches it.
+    const LOCK_OFFSET_HIGH: u32 = 0x4000_0000;
+
+    pub(crate) fn open(path: &Path, create: bool) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(create)
+            .create(create)
+            .truncate(false)
+            // No FILE_SHARE_DELETE: `del .locks\*.lock` fails while the file is open.
+            .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
+            .open(path)
+    }
+
+    pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+        lock_range(file, LOCKFILE_EXCLUSIVE_LOCK)
+    }
+
+    pub(crate) fn try_lock_shared(file: &File) -> io::Result<bool> {
+        lock_range(file, 0)
+    }
+
+    pub(crate) fn unlock(file: &File) -> io::Result<()> {
+        let mut overlapped = lock_position();
+        // SAFETY: the handle is open for the duration of the call and `overlapped`
+        // outlives it; the call is synchronous on a handle opened without
+        // FILE_FLAG_OVERLAPPED.
+        let ok = unsafe { UnlockFileEx(file.as_raw_handle(), 0, 1, 0, &mut overlapped) };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Unlocks and closes, then deletes: an open file without delete sharing cannot be
+    /// deleted, not even by its holder. A sharing violation means another process has
+    /// the file open: an inspector for a moment (so we retry briefly), or a new holder,
+    /// whose file it now is (so it stays). A delete that succeeds proves nobody had it
+    /// open, so nobody can be holding it.
+    pub(crate) fn remove_locked(file: File, path: &Path) -> io::Result<Removed> {
+        const ATTEMPTS: u32 = 25;
+        unlock(&file)?;
+        drop(file);
+        for attempt in 1..=ATTEMPTS {
+            match std::fs::remove_file(path) {
+                Ok(()) => return Ok(Removed::Yes),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removed::Gone),
+                Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) if is_transient(&e) => return Ok(Removed::InUse),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Removed::InUse)
+    }
+
+    fn lock_range(file: &File, mode: u32) -> io::Result<bool> {
+        let mut overlapped = lock_position();
+        // SAFETY: as in `unlock`; LOCKFILE_FAIL_IMMEDIATELY means no I/O stays pending.
+        let ok = unsafe {
+            LockFileEx(
+                file.as_raw_handle(),
+                mode | LOCKFILE_FAIL_IMMEDIATELY,
+                0,
+                1,
+                0,
+                &mut overlapped,
+            )
+        };
+        if ok != 0 {
+            return Ok(true);
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(code)
+                if code == ERROR_LOCK_VIOLATION as i32 || code == ERROR_IO_PENDING as i32 =>
+            {
+                Ok(false)
+            }
+            _ => Err(error),
+        }
+    }
+
+    fn lock_position() -> OVERLAPPED {
+        // SAFETY: OVERLAPPED is plain data; all-zero is its documented initial state.
+        let mut overlapped: OVERLAPPED = unsafe { std::mem::zeroed() };
+        overlapped.Anonymous.Anonymous.OffsetHigh = LOCK_OFFSET_HIGH;
+        overlapped
+    }
+}

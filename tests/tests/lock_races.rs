@@ -1,0 +1,309 @@
+//! The lock invariant under real processes: races, kills, hand deletion, and
+//! remove-if-stale running against live acquirers.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fleet_tests::{Barrier, Lines, spawn_reader};
+use lockcore::{Acquire, LockClaim, LockDir, ProcessProbe, Removal};
+
+const TAKER: &str = env!("CARGO_BIN_EXE_lock-taker");
+
+fn taker(args: &[&str]) -> Command {
+    let mut command = Command::new(TAKER);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    command
+}
+
+fn spawn_with_lines(mut command: Command) -> (Child, Lines) {
+    let mut child = command.spawn().expect("spawn lock-taker");
+    let lines = spawn_reader(child.stdout.take().expect("stdout"));
+    (child, lines)
+}
+
+fn field(line: &str, key: &str) -> Option<u32> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value.get(key)?.as_u64().and_then(|v| u32::try_from(v).ok())
+}
+
+#[test]
+fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
+    const STARTERS: usize = 16;
+    const ROUNDS: usize = 200;
+    let tmp = tempfile::tempdir().unwrap();
+    let lock_dir = tmp.path().join("locks");
+    // An inspector (what check-procs does every minute) probes the lock the whole time:
+    // it must never make a starter give up.
+    let done = Arc::new(AtomicBool::new(false));
+    let inspections = Arc::new(AtomicUsize::new(0));
+    let inspector = {
+        let (done, inspections, dir) = (done.clone(), inspections.clone(), LockDir::new(&lock_dir));
+        std::thread::spawn(move || {
+            let mut probe = ProcessProbe::new().unwrap();
+            while !done.load(Ordering::Relaxed) {
+                dir.inspect("BRAIN_ATLAS", &mut probe).unwrap();
+                inspections.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for round in 0..ROUNDS {
+        let go = Barrier::new(tmp.path(), &format!("go{round}"));
+        let release = Barrier::new(tmp.path(), &format!("release{round}"));
+        let starters: Vec<(Child, Lines)> = (0..STARTERS)
+            .map(|_| {
+                spawn_with_lines(taker(&[
+                    "race",
+                    lock_dir.to_str().unwrap(),
+                    "BRAIN_ATLAS",
+                    go.path.to_str().unwrap(),
+                    release.path.to_str().unwrap(),
+                ]))
+            })
+            .collect();
+        for (_, lines) in &starters {
+            assert!(lines.wait_for("ready", Duration::from_secs(30)).is_some());
+        }
+        go.release();
+        let mut winners = Vec::new();
+        let mut refused_by = Vec::new();
+        for (_, lines) in &starters {
+            let line = lines
+                .wait_for("outcome", Duration::from_secs(30))
+                .expect("every starter reports");
+            if line.contains("acquired") {
+                winners.push(field(&line, "pid").unwrap());
+            } else {
+                refused_by.push(field(&line, "holder_pid").unwrap());
+            }
+        }
+        // Losers have decided while the winner still holds; only now may it let go.
+        release.release();
+        for (mut child, _) in starters {
+            assert!(child.wait().unwrap().success());
+        }
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        assert!(
+            refused_by.iter().all(|&pid| pid == winners[0]),
+            "round {round}: a starter was refused by someone other than the holder \
+             {}: {refused_by:?}",
+            winners[0]
+        );
+        assert_released(&lock_dir, "BRAIN_ATLAS", round);
+    }
+    done.store(true, Ordering::Relaxed);
+    inspector.join().unwrap();
+    assert!(inspections.load(Ordering::Relaxed) > ROUNDS);
+}
+
+/// After a release the file is gone. On Windows a release cannot delete a file that an
+/// inspector has open at that moment; it may then stay behind, but never held.
+fn assert_released(lock_dir: &Path, name: &str, round: usize) {
+    let path = lock_dir.join(format!("{name}.lock"));
+    if cfg!(windows) && path.exists() {
+        let mut probe = ProcessProbe::new().unwrap();
+        let status = LockDir::new(lock_dir).inspect(name, &mut probe).unwrap();
+        assert!(
+            status.is_none_or(|s| !s.state.is_held()),
+            "round {round}: still held"
+        );
+    } else {
+        assert!(!path.exists(), "round {round}: file left");
+    }
+}
+
+#[test]
+fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::new(tmp.path());
+    let mut probe = ProcessProbe::new().unwrap();
+    for _ in 0..20 {
+        let (mut holder, lines) = spawn_with_lines(taker(&[
+            "hold",
+            tmp.path().to_str().unwrap(),
+            "WATCHDOG_FTMO",
+        ]));
+        assert!(
+            lines
+                .wait_for("acquired", Duration::from_secs(30))
+                .is_some()
+        );
+        match dir
+            .acquire("WATCHDOG_FTMO", &LockClaim::default(), &mut probe)
+            .unwrap()
+        {
+            Acquire::Held(h) => assert_eq!(h.record.unwrap().holder_pid, Some(holder.id())),
+            Acquire::Acquired(_) => panic!("took a lock that a live process holds"),
+        }
+        holder.kill().unwrap(); // SIGKILL: no destructor, no clean-up
+        // Signals are delivered asynchronously: wait until it is dead, but do not reap
+        // it, on purpose: a zombie holds no lock.
+        let pid = holder.id();
+        let killed = Instant::now();
+        while probe.identity(pid).is_some() {
+            assert!(
+                killed.elapsed() < Duration::from_secs(5),
+                "SIGKILL did not kill"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let started = Instant::now();
+        let held = match dir
+            .acquire("WATCHDOG_FTMO", &LockClaim::default(), &mut probe)
+            .unwrap()
+        {
+            Acquire::Acquired(held) => held,
+            Acquire::Held(h) => panic!("a killed holder still blocks: {h}"),
+        };
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(held.record().holder_pid, Some(std::process::id()));
+        held.release().unwrap();
+        holder.wait().unwrap();
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn deleting_a_held_lock_file_by_hand_is_reported_by_the_holder_within_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut command = taker(&["hold", tmp.path().to_str().unwrap(), "BRAIN_GL_3", "200"]);
+    command.stderr(Stdio::piped());
+    let mut holder = command.spawn().unwrap();
+    let out = spawn_reader(holder.stdout.take().unwrap());
+    let err = spawn_reader(holder.stderr.take().unwrap());
+    assert!(out.wait_for("acquired", Duration::from_secs(30)).is_some());
+    // The old runbook: `del .locks\*.lock`. Linux cannot refuse the unlink...
+    std::fs::remove_file(tmp.path().join("BRAIN_GL_3.lock")).unwrap();
+    // ...so the holder must notice, loudly.
+    let report = err.wait_for("LOCK LOST", Duration::from_secs(5));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let report = report.expect("the holder did not report the deleted file within 5 s");
+    assert!(report.contains("BRAIN_GL_3"), "{report}");
+    assert!(report.contains("deleted or replaced"), "{report}");
+}
+
+#[cfg(windows)]
+#[test]
+fn deleting_a_held_lock_file_by_hand_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut holder, lines) =
+        spawn_with_lines(taker(&["hold", tmp.path().to_str().unwrap(), "BRAIN_GL_3"]));
+    assert!(
+        lines
+            .wait_for("acquired", Duration::from_secs(30))
+            .is_some()
+    );
+    let path = tmp.path().join("BRAIN_GL_3.lock");
+    let deleted = std::fs::remove_file(&path);
+    // The record stays readable while held (rule 6).
+    let record = std::fs::read_to_string(&path);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let error = deleted.expect_err("a held lock file was deleted");
+    assert_eq!(error.raw_os_error(), Some(32), "{error}");
+    assert!(record.unwrap().contains("BRAIN_GL_3"));
+}
+
+/// Eight processes acquire and release one name in a loop, stale files keep appearing
+/// (processes that "crash" while holding), and this thread runs remove-if-stale the
+/// whole time. No holder may ever lose its file or share the lock.
+#[test]
+fn remove_if_stale_racing_eight_acquirers_never_removes_a_held_lock() {
+    const ACQUIRERS: usize = 8;
+    const ROUNDS: &str = "200";
+    let tmp = tempfile::tempdir().unwrap();
+    let lock_dir = tmp.path().join("locks");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    let dir_arg = lock_dir.to_str().unwrap().to_string();
+    let go = Barrier::new(tmp.path(), "go");
+    let acquirers: Vec<(Child, Lines)> = (0..ACQUIRERS)
+        .map(|_| {
+            spawn_with_lines(taker(&[
+                "cycle",
+                &dir_arg,
+                "BRAIN_BG_INSTANT",
+                go.path.to_str().unwrap(),
+                ROUNDS,
+            ]))
+        })
+        .collect();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let crashes = Arc::new(AtomicUsize::new(0));
+    let crasher = {
+        let (done, crashes, dir_arg) = (done.clone(), crashes.clone(), dir_arg.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let status = Command::new(TAKER)
+                    .args(["abandon", &dir_arg, "BRAIN_BG_INSTANT"])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+                crashes.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+
+    go.release();
+    let dir = LockDir::new(&lock_dir);
+    let mut probe = ProcessProbe::new().unwrap();
+    let mut removed = 0usize;
+    let mut kept = 0usize;
+    let mut finished = 0;
+    let mut reports = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while finished < ACQUIRERS {
+        assert!(Instant::now() < deadline, "acquirers did not finish");
+        match dir.remove_if_stale("BRAIN_BG_INSTANT", &mut probe).unwrap() {
+            Removal::Removed(status) => {
+                assert!(!status.state.is_held());
+                removed += 1;
+            }
+            Removal::Kept(_) => kept += 1,
+            Removal::Missing => {}
+        }
+        finished = 0;
+        for (child, _) in &acquirers {
+            // try_wait needs &mut; count through a cheap probe instead.
+            if probe.identity(child.id()).is_none() {
+                finished += 1;
+            }
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    crasher.join().unwrap();
+    let (mut won, mut errors) = (0u32, Vec::new());
+    for (mut child, lines) in acquirers {
+        assert!(child.wait().unwrap().success());
+        for line in lines.collect() {
+            if line.starts_with("ERROR") {
+                errors.push(line);
+            } else if let Some(w) = field(&line, "won") {
+                won += w;
+            }
+        }
+        reports.push(());
+    }
+    assert!(errors.is_empty(), "holders lost their lock: {errors:?}");
+    assert!(won > 0, "no acquirer ever won");
+    eprintln!(
+        "won {won}, removed {removed} stale, kept {kept} held, {} crashes",
+        crashes.load(Ordering::Relaxed)
+    );
+    assert!(
+        removed > 0,
+        "remove-if-stale never found a stale file to remove"
+    );
+    assert!(crashes.load(Ordering::Relaxed) > 0);
+    assert!(!Path::new(&lock_dir.join("BRAIN_BG_INSTANT.occupied")).exists());
+}
