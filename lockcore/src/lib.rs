@@ -7,12 +7,14 @@
 //! - [`record`]: the JSON record inside a lock file, compatible with the older tool's.
 //! - [`process`]: process identity (pid + start time) and command-line matching.
 //! - [`config`]: `fleet.toml`, its model and its validation.
+//! - [`desk`]: one snapshot of locks and processes, and the problems in it.
 //! - [`exit`]: the exit codes every tool uses.
 //! - [`output`]: colour decisions and error printing at the binary edge.
 //!
 //! See `ARCHITECTURE.md` at the repository root for how the pieces fit.
 
 pub mod config;
+pub mod desk;
 pub mod exit;
 pub mod lock;
 pub mod output;
@@ -20,6 +22,7 @@ pub mod process;
 pub mod record;
 
 pub use config::{Component, ConfigError, Fleet, Role};
+pub use desk::{ComponentView, DeskSnapshot, Problem, ProblemKind, RunningCopy};
 pub use exit::ExitCode;
 pub use lock::{
     Acquire, HeldLock, Holder, LockClaim, LockDir, LockError, LockLost, LockState, LockStatus,

@@ -6,10 +6,11 @@
 use std::error::Error;
 use std::io::IsTerminal;
 
-/// Whether to colour output written to `stream`.
+/// Whether to colour output written to `stream`. On Windows this also switches the
+/// console to ANSI mode; where that fails (very old consoles) there is no colour.
 pub fn use_color(stream: &impl IsTerminal) -> bool {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    !no_color && stream.is_terminal()
+    !no_color && stream.is_terminal() && enable_ansi_support::enable_ansi_support().is_ok()
 }
 
 /// The error and its chain of causes, as the lines a binary prints.
@@ -30,6 +31,17 @@ pub fn print_error(tool: &str, error: &(dyn Error + 'static)) {
     }
 }
 
+/// A duration for people: `12s`, `5m 03s`, `2h 05m`, `3d 04h`.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s:02}s"),
+        (0, _, _) => format!("{h}h {m:02}m"),
+        _ => format!("{d}d {h:02}h"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,6 +49,14 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("cannot start BRAIN_ATLAS")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(human_duration(7), "7s");
+        assert_eq!(human_duration(303), "5m 03s");
+        assert_eq!(human_duration(7500), "2h 05m");
+        assert_eq!(human_duration(3 * 86_400 + 4 * 3600), "3d 04h");
+    }
 
     #[test]
     fn causes_are_listed_in_order() {

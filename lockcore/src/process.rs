@@ -117,7 +117,7 @@ fn os_to_string(s: &OsString) -> String {
     s.to_string_lossy().into_owned()
 }
 
-pub(crate) fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -188,6 +188,26 @@ impl ProcessTable {
     pub fn is_alive(&self, who: ProcessIdentity) -> bool {
         self.get(who.pid)
             .is_some_and(|p| same_start(p.start_time, who.start_time))
+    }
+
+    /// Every process below `pid` (children, grandchildren...), deepest first, so that
+    /// killing in this order never orphans a process out of reach.
+    pub fn descendants(&self, pid: u32) -> Vec<u32> {
+        let mut found: Vec<(usize, u32)> = self
+            .processes
+            .values()
+            .filter(|p| p.pid != pid && self.is_in_tree_of(p.pid, pid))
+            .map(|p| {
+                (
+                    self.ancestors_and_self(p.pid)
+                        .take_while(|&a| a != pid)
+                        .count(),
+                    p.pid,
+                )
+            })
+            .collect();
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        found.into_iter().map(|(_, p)| p).collect()
     }
 
     /// Whether `pid` is `ancestor` or one of its descendants.
@@ -338,6 +358,18 @@ mod tests {
         assert_eq!(copies.len(), 2);
         assert_eq!(copies[0].pids().collect::<Vec<_>>(), vec![10, 11]);
         assert_eq!(copies[1].pids().collect::<Vec<_>>(), vec![20, 21]);
+    }
+
+    #[test]
+    fn descendants_come_deepest_first() {
+        let table = ProcessTable::from_processes([
+            proc(10, 1, &["launcher"]),
+            proc(11, 10, &["bot"]),
+            proc(12, 11, &["helper"]),
+            proc(20, 1, &["other"]),
+        ]);
+        assert_eq!(table.descendants(10), vec![12, 11]);
+        assert!(table.descendants(20).is_empty());
     }
 
     #[test]

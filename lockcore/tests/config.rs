@@ -1,5 +1,8 @@
 //! `fleet.toml` validation: every refusal DESIGN.md names, with its line and reason.
 
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use lockcore::Role;

@@ -111,3 +111,234 @@ impl Lines {
         self.receiver.iter().collect()
     }
 }
+
+/// A child process that is killed (and reaped) when the guard is dropped, with any
+/// processes it started, so a failing test never leaves stand-in bots behind (they
+/// would also keep the test runner's output pipe open).
+#[derive(Debug)]
+pub struct Running {
+    pub child: std::process::Child,
+    /// Processes the child started that are not bound to it.
+    pub started: Vec<PidGuard>,
+}
+
+impl Running {
+    pub fn new(child: std::process::Child) -> Running {
+        Running {
+            child,
+            started: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the child alone (SIGKILL), leaving what it started running.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Innermost first: a killed launcher's children would be orphaned out of reach.
+        self.started.clear();
+        force_kill(self.pid());
+        self.kill();
+    }
+}
+
+/// A throw-away desk: a temp folder with a `fleet.toml` whose components are stand-in
+/// bots, and helpers to start them the ways the real desk sees them started.
+#[derive(Debug)]
+pub struct Desk {
+    pub dir: tempfile::TempDir,
+    pub accounts: Vec<String>,
+    pub global: String,
+}
+
+impl Desk {
+    /// A desk with one global and the given accounts. Names must be unique across
+    /// tests that run at the same time: they are how processes are recognised.
+    pub fn new(global: &str, accounts: &[&str]) -> Desk {
+        Desk::with_extra(global, accounts, "")
+    }
+
+    /// As [`Desk::new`], with `extra` TOML appended to every account table.
+    pub fn with_extra(global: &str, accounts: &[&str], account_extra: &str) -> Desk {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let standin = toml_string(&stand_in().display().to_string());
+        let mut text = format!(
+            "lock_dir = \".locks\"\nlog_dir = \"logs\"\n\n[vars]\nbot = {standin}\n\n\
+             [[global]]\nname = \"{global}\"\ncommand = [\"{{bot}}\", \"{global}\"]\n"
+        );
+        for (i, account) in accounts.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[account]]\nname = \"{account}\"\nlogin = \"{}\"\n\
+                 brain = [\"{{bot}}\", \"BRAIN_{account}\"]\n\
+                 watchdog = [\"{{bot}}\", \"WATCHDOG_{account}\"]\n{account_extra}\n",
+                1000 + i
+            ));
+        }
+        std::fs::write(dir.path().join("fleet.toml"), text)
+            .unwrap_or_else(|e| panic!("write fleet.toml: {e}"));
+        Desk {
+            dir,
+            accounts: accounts.iter().map(|a| a.to_string()).collect(),
+            global: global.to_string(),
+        }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("fleet.toml")
+    }
+
+    pub fn lock_dir(&self) -> PathBuf {
+        self.dir.path().join(".locks")
+    }
+
+    pub fn lock_path(&self, name: &str) -> PathBuf {
+        self.lock_dir().join(format!("{name}.lock"))
+    }
+
+    /// Every lock name of the desk's components, in start order.
+    pub fn component_names(&self) -> Vec<String> {
+        let mut names = vec![self.global.clone()];
+        for account in &self.accounts {
+            names.push(format!("WATCHDOG_{account}"));
+            names.push(format!("BRAIN_{account}"));
+        }
+        names
+    }
+
+    /// Starts component `name` under its lock, held by a bare-bones launcher
+    /// (`lock-taker run`), and waits until the lock records the bot.
+    pub fn start_locked(&self, name: &str, extra_args: &[&str]) -> Running {
+        let mut command = Command::new(tool("fleet-tests", "lock-taker"));
+        command
+            .arg("run")
+            .arg(self.lock_dir())
+            .arg(name)
+            .arg(stand_in())
+            .arg(name)
+            .args(extra_args)
+            .stdout(std::process::Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn lock-taker: {e}"));
+        let lines = spawn_reader(child.stdout.take().unwrap_or_else(|| panic!("no stdout")));
+        let mut running = Running::new(child);
+        let line = lines
+            .wait_for("running", Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{name} did not start under its lock"));
+        let bot_pid = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["pid"].as_u64())
+            .and_then(|pid| u32::try_from(pid).ok())
+            .unwrap_or_else(|| panic!("no pid in {line}"));
+        running.started.push(PidGuard(bot_pid));
+        running
+    }
+
+    /// Starts a copy of component `name` by hand, with no lock (what a double-click on
+    /// an old batch file did).
+    pub fn start_by_hand(&self, name: &str) -> Running {
+        self.spawn_stand_in(name, false)
+    }
+
+    /// Starts a copy by hand through a launcher whose real work runs in a child with
+    /// the same command line, as a Windows venv `python.exe` does.
+    pub fn start_launcher_by_hand(&self, name: &str) -> Running {
+        self.spawn_stand_in(name, true)
+    }
+
+    fn spawn_stand_in(&self, name: &str, launcher: bool) -> Running {
+        let mut command = Command::new(stand_in());
+        command
+            .arg(name)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        if launcher {
+            command.env("STANDIN_LAUNCHER", "1");
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn stand-in: {e}"));
+        let running = Running::new(child);
+        wait_for_process_count(name, if launcher { 2 } else { 1 }, running.pid());
+        running
+    }
+}
+
+/// Waits until the tree under `root` has `count` processes whose command line names
+/// `name`, so a test never looks before a launcher's child exists.
+fn wait_for_process_count(name: &str, count: usize, root: u32) {
+    let mut probe = lockcore::ProcessProbe::new().unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let table = probe.table();
+        let copies = table.find_copies(&[name.to_string()]);
+        let seen = copies
+            .iter()
+            .find(|c| c.root.pid == root)
+            .map_or(0, |c| c.pids().count());
+        if seen >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never showed {count} processes"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The stand-in bot binary.
+pub fn stand_in() -> PathBuf {
+    tool("fleet-tests", "stand-in")
+}
+
+/// A TOML literal string, safe for Windows paths.
+fn toml_string(text: &str) -> String {
+    format!("'{}'", text.replace('\'', ""))
+}
+
+/// Kills a process that is not our child (e.g. a bot orphaned by a killed launcher)
+/// when dropped.
+#[derive(Debug)]
+pub struct PidGuard(pub u32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        force_kill(self.0);
+    }
+}
+
+/// Kills a process and everything below it, deepest first, by the platform's own
+/// command (these helpers must not depend on the code under test to clean up).
+pub fn force_kill(pid: u32) {
+    let mut targets = lockcore::ProcessProbe::new()
+        .map(|mut probe| probe.table().descendants(pid))
+        .unwrap_or_default();
+    targets.push(pid);
+    for target in targets {
+        kill_one(target);
+    }
+}
+
+fn kill_one(pid: u32) {
+    #[cfg(unix)]
+    let command = ("kill", vec!["-9".to_string(), pid.to_string()]);
+    #[cfg(windows)]
+    let command = (
+        "taskkill",
+        vec!["/F".into(), "/PID".into(), pid.to_string()],
+    );
+    let _ = Command::new(command.0)
+        .args(command.1)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}

@@ -1,6 +1,9 @@
 //! The lock invariant under real processes: races, kills, hand deletion, and
 //! remove-if-stale running against live acquirers.
 
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

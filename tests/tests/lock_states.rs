@@ -1,6 +1,9 @@
 //! What inspection, acquisition and remove-if-stale make of every kind of lock file:
 //! older tools' PID files (DESIGN.md rule 5), crashed holders, corrupt bytes.
 
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 

@@ -606,7 +606,7 @@ fn classify_unheld(
     let (state, detail) = classify_legacy(&record, probe).unwrap_or_else(|| {
         (
             LockState::Stale,
-            format!("no process holds it (last holder pid {})", record.pid),
+            format!("no process holds it, last holder pid {}", record.pid),
         )
     });
     LockStatus {

@@ -10,6 +10,8 @@
 //! lock-taker abandon DIR NAME                      acquire, then exit without releasing, as a
 //!                                                  crash would: leaves a stale file
 //! lock-taker idle                                  sleep until killed (a live, lock-less process)
+//! lock-taker run DIR NAME PROGRAM [ARGS...]         hold NAME while PROGRAM runs, recorded as the
+//!                                                  managed process (a bare-bones launcher)
 //! ```
 //!
 //! Mutual exclusion is checked independently of the lock: a holder creates
@@ -45,6 +47,7 @@ fn main() {
             &mut probe,
         ),
         "abandon" => abandon(&dir, &name, &mut probe),
+        "run" => run(&dir, &name, &args[3.min(args.len())..], &mut probe),
         "idle" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
@@ -130,6 +133,39 @@ fn cycle(dir: &LockDir, name: &str, go: &Path, rounds: u32, probe: &mut ProcessP
         std::thread::sleep(Duration::from_millis(1));
     }
     println!("{{\"won\": {won}, \"lost\": {lost}}}");
+}
+
+fn run(dir: &LockDir, name: &str, command: &[String], probe: &mut ProcessProbe) {
+    let mut held = match dir.acquire(name, &claim(), probe) {
+        Ok(Acquire::Acquired(held)) => held,
+        Ok(Acquire::Held(holder)) => fail(&holder.to_string()),
+        Err(e) => fail(&e.to_string()),
+    };
+    let Some((program, args)) = command.split_first() else {
+        fail("run needs a program");
+    };
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .env("FLEET_LOCK_NAME", name)
+        .env("FLEET_LOCK_FILE", held.path())
+        .spawn()
+        .unwrap_or_else(|e| fail(&format!("cannot start {program}: {e}")));
+    let identity = probe
+        .identity(child.id())
+        .unwrap_or_else(|| fail("the child died at once"));
+    if let Err(e) = held.set_managed(identity, command.to_vec()) {
+        fail(&e.to_string());
+    }
+    println!("{{\"outcome\": \"running\", \"pid\": {}}}", child.id());
+    let status = child.wait();
+    // LOCK_TAKER_LINGER_MS: keep holding after the child is gone (a launcher waiting
+    // to restart it).
+    let linger = std::env::var("LOCK_TAKER_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    std::thread::sleep(Duration::from_millis(linger.unwrap_or(0)));
+    drop(held);
+    std::process::exit(status.ok().and_then(|s| s.code()).unwrap_or(1));
 }
 
 fn abandon(dir: &LockDir, name: &str, probe: &mut ProcessProbe) {

@@ -1,0 +1,107 @@
+//! `check-procs`: what runs on the desk and what is wrong with it.
+//!
+//! Reads `fleet.toml`, scans the lock dir and the process table once, and prints a
+//! table (or `--json`). It never changes anything. Exit codes: 0 healthy, 1 problems,
+//! 2 bad arguments or config (see `lockcore::ExitCode`).
+
+mod render;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use lockcore::output::{print_error, use_color};
+use lockcore::{DeskSnapshot, ExitCode, Fleet, ProcessProbe};
+
+const TOOL: &str = "check-procs";
+
+/// Show what runs on the trading desk and what is wrong with it.
+///
+/// One row per component of fleet.toml (globals, then each account's watchdog and
+/// brain), then one line per problem, most serious first: duplicate copies, copies
+/// started without their lock, locks whose process is gone, legacy, stale and corrupt
+/// lock files. Exit status: 0 healthy, 1 problems found, 2 bad arguments or config.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    /// The desk's config file.
+    #[arg(long, value_name = "PATH", default_value = lockcore::config::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Print one JSON document instead of the table (field names are stable).
+    #[arg(long)]
+    json: bool,
+    /// Redraw every SECS seconds (default 2) until Ctrl+C.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<u64>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code.into(),
+        Err(error) => {
+            print_error(TOOL, error.as_ref());
+            error_exit_code(error.as_ref()).into()
+        }
+    }
+}
+
+fn error_exit_code(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    if error.is::<lockcore::ConfigError>() {
+        ExitCode::Usage
+    } else {
+        ExitCode::Problems
+    }
+}
+
+fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let fleet = Fleet::load(&args.config)?;
+    let mut probe = ProcessProbe::new()?;
+    let Some(every) = args.watch else {
+        return print_once(&fleet, &mut probe, args.json, false);
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = stop.clone();
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))?;
+    let redraw = !args.json && use_color(&std::io::stdout());
+    let mut code = ExitCode::Ok;
+    while !stop.load(Ordering::SeqCst) {
+        code = print_once(&fleet, &mut probe, args.json, redraw)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(every.max(1));
+        while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(code)
+}
+
+fn print_once(
+    fleet: &Fleet,
+    probe: &mut ProcessProbe,
+    json: bool,
+    clear_screen: bool,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let snapshot = DeskSnapshot::take(fleet, probe)?;
+    let text = if json {
+        let mut text = serde_json::to_string_pretty(&render::report(&snapshot, fleet))?;
+        text.push('\n');
+        text
+    } else {
+        render::table(&snapshot, use_color(&std::io::stdout()))
+    };
+    let mut stdout = std::io::stdout().lock();
+    if clear_screen {
+        // Home the cursor and clear: redraw in place.
+        write!(stdout, "\x1b[H\x1b[2J")?;
+    }
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(if snapshot.is_healthy() {
+        ExitCode::Ok
+    } else {
+        ExitCode::Problems
+    })
+}

@@ -1,0 +1,478 @@
+//! Turning a [`DeskSnapshot`] into the table a trader reads and the JSON a script reads.
+//!
+//! Both are pure functions of the snapshot (and the clock reading inside it), so the
+//! layout is pinned by snapshot tests.
+
+use std::fmt::Write as _;
+
+use lockcore::output::human_duration;
+use lockcore::process::ProcessInfo;
+use lockcore::{ComponentView, DeskSnapshot, Fleet, LockStatus, ProblemKind};
+use owo_colors::{OwoColorize, Style};
+use serde::Serialize;
+
+const COMMAND_WIDTH: usize = 72;
+
+/// One row of the table.
+struct Row {
+    name: String,
+    account: String,
+    state: String,
+    pid: String,
+    uptime: String,
+    command: String,
+    style: Style,
+}
+
+pub fn table(snapshot: &DeskSnapshot, color: bool) -> String {
+    let mut rows = Vec::new();
+    if let Some(master) = &snapshot.master {
+        rows.push(lock_row(master, snapshot, "(orchestrator)"));
+    }
+    rows.extend(
+        snapshot
+            .components
+            .iter()
+            .map(|v| component_row(v, snapshot.taken_at)),
+    );
+    rows.extend(
+        snapshot
+            .unknown_locks
+            .iter()
+            .map(|l| lock_row(l, snapshot, "(not in fleet.toml)")),
+    );
+    let mut out = String::new();
+    let headers = ["COMPONENT", "ACCOUNT", "STATE", "PID", "UPTIME", "COMMAND"];
+    let widths = column_widths(&headers, &rows);
+    let header_line = pad_line(&headers.map(String::from), &widths);
+    let _ = writeln!(out, "{}", paint(&header_line, Style::new().bold(), color));
+    for row in &rows {
+        let cells = [
+            row.name.clone(),
+            row.account.clone(),
+            row.state.clone(),
+            row.pid.clone(),
+            row.uptime.clone(),
+            row.command.clone(),
+        ];
+        let _ = writeln!(
+            out,
+            "{}",
+            paint(&pad_line(&cells, &widths), row.style, color)
+        );
+    }
+    out.push('\n');
+    if snapshot.problems.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}",
+            paint("No problems found.", Style::new().green(), color)
+        );
+        return out;
+    }
+    let count = snapshot.problems.len();
+    let title = format!("{count} problem{}:", if count == 1 { "" } else { "s" });
+    let _ = writeln!(out, "{}", paint(&title, Style::new().bold(), color));
+    for problem in &snapshot.problems {
+        let label = problem.kind.as_str().to_uppercase();
+        let line = format!("  {label:<13} {}", problem.message);
+        let _ = writeln!(out, "{}", paint(&line, problem_style(problem.kind), color));
+    }
+    out
+}
+
+fn column_widths(headers: &[&str; 6], rows: &[Row]) -> [usize; 6] {
+    let mut widths = headers.map(str::len);
+    for row in rows {
+        let cells = [
+            &row.name,
+            &row.account,
+            &row.state,
+            &row.pid,
+            &row.uptime,
+            &row.command,
+        ];
+        for (width, cell) in widths.iter_mut().zip(cells) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    widths
+}
+
+fn pad_line(cells: &[String; 6], widths: &[usize; 6]) -> String {
+    let mut line = String::new();
+    for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+        if i + 1 == cells.len() {
+            line.push_str(cell);
+        } else {
+            let _ = write!(line, "{cell:<width$}  ");
+        }
+    }
+    line.trim_end().to_string()
+}
+
+fn paint(text: &str, style: Style, color: bool) -> String {
+    if color {
+        text.style(style).to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+fn problem_style(kind: ProblemKind) -> Style {
+    match kind {
+        ProblemKind::Duplicate | ProblemKind::Unlocked => Style::new().red().bold(),
+        ProblemKind::ProcessGone | ProblemKind::Legacy => Style::new().yellow().bold(),
+        _ => Style::new().yellow(),
+    }
+}
+
+/// What the STATE column says for a component.
+pub fn component_state(view: &ComponentView) -> &'static str {
+    if view.copies.len() > 1 {
+        return "DUPLICATE";
+    }
+    if let Some(lock) = &view.lock {
+        return lock.state.as_str();
+    }
+    if !view.copies.is_empty() {
+        return "UNLOCKED";
+    }
+    if view.component.enabled {
+        "stopped"
+    } else {
+        "disabled"
+    }
+}
+
+/// The process to show for a component: the locked one, else the first copy.
+fn shown_process(view: &ComponentView) -> Option<&ProcessInfo> {
+    view.managed
+        .as_ref()
+        .or_else(|| view.copies.first().map(|c| &c.tree.root))
+}
+
+fn component_row(view: &ComponentView, now: u64) -> Row {
+    let state = component_state(view);
+    let process = shown_process(view);
+    let pid = if view.copies.len() > 1 {
+        view.copies
+            .iter()
+            .map(|c| c.tree.root.pid.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        process.map_or("-".to_string(), |p| p.pid.to_string())
+    };
+    let command = process.map_or(&view.component.command, |p| &p.cmd);
+    let style = match state {
+        "DUPLICATE" | "UNLOCKED" => Style::new().red().bold(),
+        "running" => Style::new().green(),
+        "stopped" | "disabled" => Style::new().dimmed(),
+        _ => Style::new().yellow(),
+    };
+    Row {
+        name: view.component.lock_name.clone(),
+        account: view.component.account.clone().unwrap_or_else(|| "-".into()),
+        state: state.to_string(),
+        pid,
+        uptime: process.map_or("-".into(), |p| uptime(now, p.start_time)),
+        command: shorten(&command.join(" ")),
+        style,
+    }
+}
+
+fn lock_row(lock: &LockStatus, snapshot: &DeskSnapshot, note: &str) -> Row {
+    let record = lock.record.as_ref();
+    let process = record.and_then(|r| snapshot.table.get(r.pid));
+    let command = match (process, record) {
+        (Some(p), _) => p.cmd.join(" "),
+        (None, Some(r)) => r.command.join(" "),
+        (None, None) => String::new(),
+    };
+    Row {
+        name: lock.name.clone(),
+        account: record
+            .and_then(|r| r.account.clone())
+            .unwrap_or_else(|| "-".into()),
+        state: lock.state.as_str().to_string(),
+        pid: record.map_or("-".into(), |r| r.pid.to_string()),
+        uptime: process.map_or("-".into(), |p| uptime(snapshot.taken_at, p.start_time)),
+        command: shorten(format!("{note} {command}").trim_end()),
+        style: if lock.state.is_held() {
+            Style::new()
+        } else {
+            Style::new().yellow()
+        },
+    }
+}
+
+fn uptime(now: u64, start: u64) -> String {
+    human_duration(now.saturating_sub(start))
+}
+
+fn shorten(text: &str) -> String {
+    if text.chars().count() <= COMMAND_WIDTH {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(COMMAND_WIDTH - 3).collect();
+    format!("{kept}...")
+}
+
+/// The `--json` document. Field names are a contract: see the README.
+#[derive(Serialize)]
+pub struct Report<'a> {
+    pub version: u32,
+    pub config: String,
+    pub lock_dir: String,
+    pub taken_at: u64,
+    pub healthy: bool,
+    pub components: Vec<ComponentJson<'a>>,
+    pub locks: Vec<&'a LockStatus>,
+    pub processes: Vec<ProcessJson<'a>>,
+    pub problems: &'a [lockcore::Problem],
+}
+
+#[derive(Serialize)]
+pub struct ComponentJson<'a> {
+    pub name: &'a str,
+    pub account: Option<&'a str>,
+    pub role: lockcore::Role,
+    pub enabled: bool,
+    pub state: String,
+    pub pid: Option<u32>,
+    pub start_time: Option<u64>,
+    pub uptime_secs: Option<u64>,
+    pub holder_pid: Option<u32>,
+    pub holder_alive: bool,
+    pub copies: usize,
+    pub command: &'a [String],
+}
+
+#[derive(Serialize)]
+pub struct ProcessJson<'a> {
+    pub name: &'a str,
+    pub account: Option<&'a str>,
+    pub pid: u32,
+    pub pids: Vec<u32>,
+    pub start_time: u64,
+    pub locked: bool,
+    pub command: &'a [String],
+}
+
+pub fn report<'a>(snapshot: &'a DeskSnapshot, fleet: &Fleet) -> Report<'a> {
+    let components = snapshot
+        .components
+        .iter()
+        .map(|view| {
+            let process = shown_process(view);
+            let record = view.lock.as_ref().and_then(|l| l.record.as_ref());
+            ComponentJson {
+                name: &view.component.lock_name,
+                account: view.component.account.as_deref(),
+                role: view.component.role,
+                enabled: view.component.enabled,
+                state: component_state(view).to_lowercase(),
+                pid: process.map(|p| p.pid),
+                start_time: process.map(|p| p.start_time),
+                uptime_secs: process.map(|p| snapshot.taken_at.saturating_sub(p.start_time)),
+                holder_pid: record.and_then(|r| r.holder_pid),
+                holder_alive: view.holder_alive,
+                copies: view.copies.len(),
+                command: process.map_or(&view.component.command, |p| &p.cmd),
+            }
+        })
+        .collect();
+    let locks = snapshot
+        .master
+        .iter()
+        .chain(snapshot.components.iter().filter_map(|v| v.lock.as_ref()))
+        .chain(&snapshot.unknown_locks)
+        .collect();
+    let processes = snapshot
+        .components
+        .iter()
+        .flat_map(|view| {
+            view.copies.iter().map(move |copy| ProcessJson {
+                name: &view.component.lock_name,
+                account: view.component.account.as_deref(),
+                pid: copy.tree.root.pid,
+                pids: copy.tree.pids().collect(),
+                start_time: copy.tree.root.start_time,
+                locked: copy.locked,
+                command: &copy.tree.root.cmd,
+            })
+        })
+        .collect();
+    Report {
+        version: 1,
+        config: fleet.path.display().to_string(),
+        lock_dir: fleet.lock_dir.display().to_string(),
+        taken_at: snapshot.taken_at,
+        healthy: snapshot.is_healthy(),
+        components,
+        locks,
+        processes,
+        problems: &snapshot.problems,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Golden output: the table (colour off) and the JSON document for a desk with one
+    //! of everything. A layout change shows up here as a snapshot diff to review.
+
+    use std::path::{Path, PathBuf};
+
+    use lockcore::process::{ProcessInfo, ProcessTable};
+    use lockcore::{DeskSnapshot, Fleet, LockRecord, LockState, LockStatus};
+
+    const NOW: u64 = 1_790_000_000;
+
+    const FLEET: &str = r#"
+[vars]
+python = 'C:\desk\.venv\Scripts\python.exe'
+
+[[global]]
+name = "quantum_server"
+command = ["{python}", "quantum_server.py"]
+
+[[account]]
+name = "ATLAS"
+login = "212000584"
+brain = ["{python}", "BRAIN_ATLAS.py"]
+watchdog = ["{python}", "STOPLOSS_WATCHDOG_V2.py", "--account", "ATLAS"]
+
+[[account]]
+name = "GL_3"
+login = "3000123"
+brain = ["{python}", "BRAIN_GL_3.py"]
+watchdog = ["{python}", "STOPLOSS_WATCHDOG_V2.py", "--account", "GL_3"]
+
+[[account]]
+name = "FTMO"
+login = "5550001"
+enabled = false
+brain = ["{python}", "BRAIN_FTMO.py"]
+watchdog = ["{python}", "STOPLOSS_WATCHDOG_V2.py", "--account", "FTMO"]
+"#;
+
+    fn process(pid: u32, parent: u32, started_ago: u64, args: &[&str]) -> ProcessInfo {
+        let mut cmd = vec![r"C:\desk\.venv\Scripts\python.exe".to_string()];
+        cmd.extend(args.iter().map(|a| a.to_string()));
+        ProcessInfo {
+            pid,
+            parent: Some(parent),
+            start_time: NOW - started_ago,
+            name: "python.exe".into(),
+            cmd,
+        }
+    }
+
+    fn lock(
+        name: &str,
+        state: LockState,
+        pid: u32,
+        holder: Option<u32>,
+        started_ago: u64,
+    ) -> LockStatus {
+        LockStatus {
+            name: name.into(),
+            path: PathBuf::from(format!(".locks/{name}.lock")),
+            state,
+            record: Some(LockRecord {
+                pid,
+                name: name.into(),
+                account: name.split_once('_').map(|(_, a)| a.to_string()),
+                timestamp: Some("2026-09-21T14:13:20.000000".into()),
+                pid_start: holder.map(|_| NOW - started_ago),
+                holder_pid: holder,
+                holder_start: holder.map(|_| NOW - 90_000),
+                host: holder.map(|_| "DESK-01".into()),
+                command: vec!["python.exe".into(), format!("{name}.py")],
+            }),
+            detail: match state {
+                LockState::Running => "an OS lock is held on it".into(),
+                LockState::Stale => format!("no process holds it, last holder pid {pid}"),
+                LockState::Legacy => {
+                    format!("older tool's record; pid {pid} is alive and no OS lock guards it")
+                }
+                LockState::Corrupt => "the record is not valid: EOF while parsing".into(),
+            },
+        }
+    }
+
+    /// quantum_server and ATLAS healthy under master-launch (pid 100); GL_3's brain
+    /// running three times (one locked, two by hand, one of them a venv launcher
+    /// tree); GL_3's watchdog stale; FTMO disabled; plus a legacy and a corrupt file.
+    fn snapshot() -> (Fleet, DeskSnapshot) {
+        let fleet = Fleet::from_toml(Path::new("fleet.toml"), FLEET).unwrap();
+        let table = ProcessTable::from_processes([
+            ProcessInfo {
+                pid: 100,
+                parent: Some(1),
+                start_time: NOW - 90_000,
+                name: "master-launch.exe".into(),
+                cmd: vec!["master-launch.exe".into()],
+            },
+            process(200, 100, 90_000, &["quantum_server.py"]),
+            process(
+                300,
+                100,
+                89_000,
+                &["STOPLOSS_WATCHDOG_V2.py", "--account", "ATLAS"],
+            ),
+            process(301, 100, 88_990, &["BRAIN_ATLAS.py"]),
+            process(400, 100, 3_700, &["BRAIN_GL_3.py"]),
+            process(500, 1, 125, &["BRAIN_GL_3.py"]),
+            process(600, 1, 42, &["BRAIN_GL_3.py"]),
+            process(601, 600, 41, &["BRAIN_GL_3.py"]),
+            process(700, 1, 7_200, &["old_bot.py"]),
+        ]);
+        let mut master = lock("MASTER_LAUNCH", LockState::Running, 100, Some(100), 90_000);
+        if let Some(record) = master.record.as_mut() {
+            record.account = None;
+            record.command = vec!["master-launch.exe".into()];
+        }
+        let locks = vec![
+            master,
+            lock("quantum_server", LockState::Running, 200, Some(100), 90_000),
+            lock("WATCHDOG_ATLAS", LockState::Running, 300, Some(100), 89_000),
+            lock("BRAIN_ATLAS", LockState::Running, 301, Some(100), 88_990),
+            lock("BRAIN_GL_3", LockState::Running, 400, Some(100), 3_700),
+            lock("WATCHDOG_GL_3", LockState::Stale, 450, Some(99), 0),
+            lock("BRAIN_OLD", LockState::Legacy, 700, None, 0),
+            LockStatus {
+                name: "WATCHDOG_OLD".into(),
+                path: PathBuf::from(".locks/WATCHDOG_OLD.lock"),
+                state: LockState::Corrupt,
+                record: None,
+                detail: "the file is empty".into(),
+            },
+        ];
+        let snapshot = DeskSnapshot::build(&fleet, locks, table, NOW);
+        (fleet, snapshot)
+    }
+
+    #[test]
+    fn table_layout() {
+        let (_, snapshot) = snapshot();
+        insta::assert_snapshot!(super::table(&snapshot, false));
+    }
+
+    #[test]
+    fn json_document() {
+        let (fleet, snapshot) = snapshot();
+        let mut report = super::report(&snapshot, &fleet);
+        // The same snapshot on Windows, where paths join with `\`.
+        report.lock_dir = report.lock_dir.replace('\\', "/");
+        insta::assert_json_snapshot!(report);
+    }
+
+    #[test]
+    fn colour_is_only_added_when_asked() {
+        let (_, snapshot) = snapshot();
+        assert!(!super::table(&snapshot, false).contains('\x1b'));
+        assert!(super::table(&snapshot, true).contains('\x1b'));
+    }
+}

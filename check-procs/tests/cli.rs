@@ -1,0 +1,369 @@
+//! `check-procs` against real processes: stand-in bots under locks, copies started by
+//! hand, killed holders, and every kind of bad lock file; table and `--json` alike.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use assert_cmd::prelude::*;
+use fleet_tests::{Desk, tool};
+use predicates::prelude::*;
+use serde_json::Value;
+
+fn check_procs(desk: &Desk) -> Command {
+    let mut command = Command::cargo_bin("check-procs").unwrap();
+    command
+        .arg("--config")
+        .arg(desk.config())
+        .env_remove("NO_COLOR");
+    command
+}
+
+/// Runs `check-procs` (table) and `check-procs --json`; returns both, checking that
+/// they agree on the exit code.
+fn check(desk: &Desk) -> (i32, String, Value) {
+    let table = check_procs(desk).output().unwrap();
+    let json = check_procs(desk).arg("--json").output().unwrap();
+    let code = table.status.code().unwrap();
+    assert_eq!(code, json.status.code().unwrap(), "table and json disagree");
+    let text = String::from_utf8(table.stdout).unwrap();
+    let document: Value = serde_json::from_slice(&json.stdout).unwrap();
+    (code, text, document)
+}
+
+fn problem_kinds(document: &Value) -> Vec<String> {
+    document["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn component<'a>(document: &'a Value, name: &str) -> &'a Value {
+    document["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("{name} missing from {document}"))
+}
+
+#[test]
+fn a_desk_running_under_its_locks_is_healthy() {
+    let desk = Desk::new("qs_healthy", &["HEALTHY1", "HEALTHY2"]);
+    let _bots: Vec<_> = desk
+        .component_names()
+        .iter()
+        .map(|name| desk.start_locked(name, &[]))
+        .collect();
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 0, "{table}");
+    assert!(table.contains("No problems found."), "{table}");
+    assert_eq!(json["healthy"], true);
+    for name in desk.component_names() {
+        let row = component(&json, &name);
+        assert_eq!(row["state"], "running", "{name}");
+        assert_eq!(row["copies"], 1, "{name}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&name) && l.contains("running"))
+        );
+    }
+    assert!(!table.contains('\x1b'), "colour in a pipe");
+}
+
+#[test]
+fn three_brains_for_one_account_are_a_duplicate_shown_first() {
+    let desk = Desk::new("qs_dup", &["DUPACC"]);
+    let _locked = desk.start_locked("BRAIN_DUPACC", &[]);
+    let hand1 = desk.start_by_hand("BRAIN_DUPACC");
+    let hand2 = desk.start_by_hand("BRAIN_DUPACC");
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 1);
+    let kinds = problem_kinds(&json);
+    assert_eq!(kinds[0], "duplicate", "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "unlocked").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(component(&json, "BRAIN_DUPACC")["copies"], 3);
+    assert_eq!(component(&json, "BRAIN_DUPACC")["state"], "duplicate");
+    let first_problem = table
+        .lines()
+        .skip_while(|l| !l.contains("problems:"))
+        .nth(1)
+        .unwrap();
+    assert!(
+        first_problem.trim_start().starts_with("DUPLICATE"),
+        "{table}"
+    );
+    assert!(
+        first_problem.contains("3 copies of BRAIN_DUPACC"),
+        "{first_problem}"
+    );
+    for hand in [&hand1, &hand2] {
+        assert!(table.contains(&hand.pid().to_string()), "{table}");
+    }
+    let processes = json["processes"].as_array().unwrap();
+    assert_eq!(processes.iter().filter(|p| p["locked"] == false).count(), 2);
+}
+
+#[test]
+fn a_copy_started_by_hand_without_a_lock_is_unlocked() {
+    let desk = Desk::new("qs_unlocked", &["HANDACC"]);
+    let hand = desk.start_by_hand("WATCHDOG_HANDACC");
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 1);
+    assert_eq!(problem_kinds(&json), ["unlocked"]);
+    assert_eq!(json["problems"][0]["pids"][0], hand.pid());
+    assert!(table.contains("UNLOCKED"), "{table}");
+    assert!(
+        table.contains(&format!(
+            "pid {} runs WATCHDOG_HANDACC without its lock",
+            hand.pid()
+        )),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_killed_holder_leaves_a_stale_lock_and_an_unlocked_bot() {
+    let desk = Desk::new("qs_killed", &["KILLACC"]);
+    let mut launcher = desk.start_locked("BRAIN_KILLACC", &[]);
+    let bot_pid = {
+        let (_, _, json) = check(&desk);
+        component(&json, "BRAIN_KILLACC")["pid"].as_u64().unwrap()
+    };
+    launcher.kill(); // SIGKILL: the bot is not bound to it, so it lives on
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 1);
+    let kinds = problem_kinds(&json);
+    assert!(kinds.contains(&"unlocked".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"stale".to_string()), "{kinds:?}");
+    assert!(table.contains("STALE"), "{table}");
+    assert_eq!(json["processes"][0]["pid"], bot_pid);
+}
+
+#[test]
+fn a_lock_whose_process_is_gone_while_its_holder_lives_is_reported() {
+    let desk = Desk::new("qs_gone", &["GONEACC"]);
+    let mut command = Command::new(tool("fleet-tests", "lock-taker"));
+    command
+        .args(["run"])
+        .arg(desk.lock_dir())
+        .arg("BRAIN_GONEACC")
+        .arg(fleet_tests::stand_in())
+        .args(["BRAIN_GONEACC", "--crash-after-ms", "10"])
+        .env("LOCK_TAKER_LINGER_MS", "20000")
+        .stdout(std::process::Stdio::null());
+    let _holder = fleet_tests::Running::new(command.spawn().unwrap());
+    wait_for_problem(&desk, "process_gone");
+    // The holder lingers for 20 s: the state is steady now.
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 1);
+    let problem = &json["problems"][0];
+    assert_eq!(problem["kind"], "process_gone");
+    assert_eq!(problem["name"], "BRAIN_GONEACC");
+    assert!(table.contains("PROCESS_GONE"), "{table}");
+}
+
+#[test]
+fn stale_corrupt_legacy_and_unknown_lock_files_are_each_reported() {
+    let desk = Desk::new("qs_files", &["FILEACC"]);
+    std::fs::create_dir_all(desk.lock_dir()).unwrap();
+    // stale: a crash left our own record behind
+    let status = Command::new(tool("fleet-tests", "lock-taker"))
+        .arg("abandon")
+        .arg(desk.lock_dir())
+        .arg("qs_files")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // corrupt
+    std::fs::write(desk.lock_path("WATCHDOG_FILEACC"), b"{\"pid\": 12, \"na").unwrap();
+    // legacy: an older tool's PID file naming a live process that started before it
+    let bot = desk.start_by_hand("BRAIN_FILEACC");
+    std::fs::write(
+        desk.lock_path("BRAIN_FILEACC"),
+        format!(
+            r#"{{"pid": {}, "name": "BRAIN_FILEACC", "account": "FILEACC", "timestamp": "2999-01-01T00:00:00.000000"}}"#,
+            bot.pid()
+        ),
+    )
+    .unwrap();
+    // unknown: a lock file no component explains
+    std::fs::write(
+        desk.lock_path("BRAIN_OLDACCOUNT"),
+        b"{\"pid\": 1, \"name\": \"x\", \"holder_pid\": 1}",
+    )
+    .unwrap();
+
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 1);
+    let mut kinds = problem_kinds(&json);
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["corrupt", "legacy", "stale", "unknown_lock"],
+        "{table}"
+    );
+    for label in ["STALE", "CORRUPT", "LEGACY", "UNKNOWN_LOCK"] {
+        assert!(table.contains(label), "{label} missing:\n{table}");
+    }
+    assert_eq!(component(&json, "BRAIN_FILEACC")["state"], "legacy");
+    assert_eq!(component(&json, "WATCHDOG_FILEACC")["state"], "corrupt");
+    assert_eq!(component(&json, "qs_files")["state"], "stale");
+    let locks = json["locks"].as_array().unwrap();
+    assert_eq!(locks.len(), 4);
+    assert!(table.contains("(not in fleet.toml)"), "{table}");
+}
+
+#[test]
+fn a_venv_style_launcher_and_its_child_are_one_copy_two_trees_a_duplicate() {
+    let desk = Desk::new("qs_tree", &["TREEACC"]);
+    let _first = desk.start_launcher_by_hand("BRAIN_TREEACC");
+    let (_, _, json) = check(&desk);
+    assert_eq!(problem_kinds(&json), ["unlocked"], "{json}");
+    assert_eq!(json["processes"][0]["pids"].as_array().unwrap().len(), 2);
+    let _second = desk.start_launcher_by_hand("BRAIN_TREEACC");
+    let (code, _, json) = check(&desk);
+    assert_eq!(code, 1);
+    assert_eq!(problem_kinds(&json)[0], "duplicate");
+    assert_eq!(component(&json, "BRAIN_TREEACC")["copies"], 2);
+}
+
+#[test]
+fn a_launcher_under_its_lock_is_healthy() {
+    let desk = Desk::new("qs_treelock", &["TREELOCK"]);
+    let mut command = Command::new(tool("fleet-tests", "lock-taker"));
+    command
+        .arg("run")
+        .arg(desk.lock_dir())
+        .arg("BRAIN_TREELOCK")
+        .arg(fleet_tests::stand_in())
+        .arg("BRAIN_TREELOCK")
+        .env("STANDIN_LAUNCHER", "1")
+        .stdout(std::process::Stdio::null());
+    let _holder = fleet_tests::Running::new(command.spawn().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, json) = check(&desk);
+        let procs = json["processes"].as_array().unwrap().clone();
+        if procs.len() == 1 && procs[0]["pids"].as_array().unwrap().len() >= 2 {
+            assert_eq!(problem_kinds(&json), Vec::<String>::new(), "{json}");
+            assert_eq!(procs[0]["locked"], true);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{json}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_bad_config_exits_2_naming_file_and_line() {
+    let desk = Desk::new("qs_bad", &["BADACC"]);
+    let text = std::fs::read_to_string(desk.config()).unwrap() + "\nbogus_key = 1\n";
+    std::fs::write(desk.config(), text).unwrap();
+    check_procs(&desk).assert().code(2).stdout("").stderr(
+        predicate::str::contains("fleet.toml:")
+            .and(predicate::str::contains("unknown field `bogus_key`")),
+    );
+    Command::cargo_bin("check-procs")
+        .unwrap()
+        .args(["--config", "/nonexistent/fleet.toml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot read config file"));
+}
+
+#[test]
+fn the_json_document_has_its_documented_fields() {
+    let desk = Desk::new("qs_json", &["JSONACC"]);
+    let _bot = desk.start_locked("WATCHDOG_JSONACC", &[]);
+    let (_, _, json) = check(&desk);
+    for key in [
+        "version",
+        "config",
+        "lock_dir",
+        "taken_at",
+        "healthy",
+        "components",
+        "locks",
+        "processes",
+        "problems",
+    ] {
+        assert!(json.get(key).is_some(), "missing {key}");
+    }
+    let row = component(&json, "WATCHDOG_JSONACC");
+    for key in [
+        "name",
+        "account",
+        "role",
+        "enabled",
+        "state",
+        "pid",
+        "start_time",
+        "uptime_secs",
+        "holder_pid",
+        "holder_alive",
+        "copies",
+        "command",
+    ] {
+        assert!(row.get(key).is_some(), "component missing {key}");
+    }
+    assert_eq!(row["role"], "watchdog");
+    assert_eq!(row["holder_alive"], true);
+    let lock = &json["locks"][0];
+    for key in ["name", "path", "state", "record", "detail"] {
+        assert!(lock.get(key).is_some(), "lock missing {key}");
+    }
+    assert_eq!(lock["record"]["name"], "WATCHDOG_JSONACC");
+}
+
+#[test]
+fn watch_mode_redraws_until_stopped() {
+    let desk = Desk::new("qs_watch", &["WATCHACC"]);
+    let mut child = Command::cargo_bin("check-procs")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .args(["--watch", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = fleet_tests::spawn_reader(child.stdout.take().unwrap());
+    assert!(
+        lines
+            .wait_for("COMPONENT", Duration::from_secs(10))
+            .is_some()
+    );
+    assert!(
+        lines
+            .wait_for("COMPONENT", Duration::from_secs(10))
+            .is_some(),
+        "no redraw"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn wait_for_problem(desk: &Desk, kind: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = check_procs(desk).arg("--json").output().unwrap();
+        let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+        if problem_kinds(&json).iter().any(|k| k == kind) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kind} never reported: {json}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,347 @@
+//! The desk as it is now: every component's lock and running copies, and what is wrong.
+//!
+//! One [`DeskSnapshot`] is one scan of the lock dir and one read of the process table.
+//! `check-procs` renders it, `master-launch` refuses on it, `safe-shutdown` finds what
+//! to stop in it: the rules for "locked", "duplicate" and "unlocked" live here once.
+
+use serde::Serialize;
+
+use crate::config::{Component, Fleet, MASTER_LOCK_NAME};
+use crate::lock::{LockDir, LockError, LockState, LockStatus};
+use crate::process::{
+    ProcessIdentity, ProcessInfo, ProcessProbe, ProcessTable, ProcessTree, now_secs,
+};
+
+/// One look at the desk.
+#[derive(Debug, Clone)]
+pub struct DeskSnapshot {
+    /// When it was taken, seconds since the Unix epoch.
+    pub taken_at: u64,
+    /// In start order: globals, then each account's watchdog and brain.
+    pub components: Vec<ComponentView>,
+    /// The orchestrator's own lock, if its file exists.
+    pub master: Option<LockStatus>,
+    /// Lock files that no component of `fleet.toml` explains.
+    pub unknown_locks: Vec<LockStatus>,
+    /// Most serious first.
+    pub problems: Vec<Problem>,
+    /// The table the snapshot was built from.
+    pub table: ProcessTable,
+}
+
+/// One component and what runs for it.
+#[derive(Debug, Clone)]
+pub struct ComponentView {
+    pub component: Component,
+    /// Its lock file, if one exists.
+    pub lock: Option<LockStatus>,
+    /// The process the lock record names, if it is alive (pid and start time match).
+    pub managed: Option<ProcessInfo>,
+    /// Whether the process holding the lock (the launcher) is alive.
+    pub holder_alive: bool,
+    /// Every running copy, found by command line; `locked` tells which one the lock owns.
+    pub copies: Vec<RunningCopy>,
+}
+
+/// A process tree running a component, and whether a lock owns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningCopy {
+    #[serde(flatten)]
+    pub tree: ProcessTree,
+    pub locked: bool,
+}
+
+/// Kinds of trouble, most serious first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// More than one copy of one component: duplicate orders.
+    Duplicate,
+    /// A copy that no lock owns: started by hand, around the tools.
+    Unlocked,
+    /// The lock is held but the process it records is gone.
+    ProcessGone,
+    /// Held only by an older tool's PID file.
+    Legacy,
+    Stale,
+    Corrupt,
+    /// A lock file no component of `fleet.toml` explains.
+    UnknownLock,
+}
+
+impl ProblemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::Duplicate => "duplicate",
+            ProblemKind::Unlocked => "unlocked",
+            ProblemKind::ProcessGone => "process_gone",
+            ProblemKind::Legacy => "legacy",
+            ProblemKind::Stale => "stale",
+            ProblemKind::Corrupt => "corrupt",
+            ProblemKind::UnknownLock => "unknown_lock",
+        }
+    }
+}
+
+/// One thing that is wrong, with what to do about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// The lock name it concerns.
+    pub name: String,
+    pub account: Option<String>,
+    pub pids: Vec<u32>,
+    pub message: String,
+}
+
+impl DeskSnapshot {
+    /// Scans the lock dir once and reads the process table once.
+    pub fn take(fleet: &Fleet, probe: &mut ProcessProbe) -> Result<DeskSnapshot, LockError> {
+        let locks = LockDir::new(&fleet.lock_dir).scan(probe)?;
+        let table = probe.table();
+        Ok(DeskSnapshot::build(fleet, locks, table, now_secs()))
+    }
+
+    /// Builds a snapshot from given facts (the pure part of [`DeskSnapshot::take`]).
+    pub fn build(
+        fleet: &Fleet,
+        mut locks: Vec<LockStatus>,
+        table: ProcessTable,
+        taken_at: u64,
+    ) -> DeskSnapshot {
+        let master = take_lock(&mut locks, MASTER_LOCK_NAME);
+        let components: Vec<ComponentView> = fleet
+            .components()
+            .map(|component| {
+                let lock = take_lock(&mut locks, &component.lock_name);
+                view(component.clone(), lock, &table)
+            })
+            .collect();
+        let unknown_locks = locks;
+        let mut problems: Vec<Problem> = components.iter().flat_map(problems_of).collect();
+        problems.extend(unknown_locks.iter().map(unknown_lock_problem));
+        if let Some(master) = &master {
+            problems.extend(lock_file_problem(master, None));
+        }
+        problems.sort_by_key(|p| p.kind);
+        DeskSnapshot {
+            taken_at,
+            components,
+            master,
+            unknown_locks,
+            problems,
+            table,
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    pub fn component(&self, lock_name: &str) -> Option<&ComponentView> {
+        self.components
+            .iter()
+            .find(|v| v.component.lock_name == lock_name)
+    }
+}
+
+fn take_lock(locks: &mut Vec<LockStatus>, name: &str) -> Option<LockStatus> {
+    // Windows file names ignore case, so lock names do too.
+    let index = locks
+        .iter()
+        .position(|l| l.name.eq_ignore_ascii_case(name))?;
+    Some(locks.remove(index))
+}
+
+fn identity(pid: Option<u32>, start: Option<u64>) -> Option<ProcessIdentity> {
+    Some(ProcessIdentity {
+        pid: pid?,
+        start_time: start?,
+    })
+}
+
+fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) -> ComponentView {
+    let held = lock.as_ref().filter(|l| l.state.is_held());
+    let record = held.and_then(|l| l.record.as_ref());
+    let managed = record.and_then(|r| {
+        let info = table.get(r.pid)?;
+        // Legacy records carry no start time; rule 5 already vouched for the pid.
+        let start_matches = r
+            .pid_start
+            .is_none_or(|start| crate::process::same_start(start, info.start_time));
+        start_matches.then(|| info.clone())
+    });
+    let holder_alive = record
+        .and_then(|r| identity(r.holder_pid, r.holder_start))
+        .is_some_and(|holder| table.is_alive(holder));
+    let copies = table
+        .find_copies(&component.pattern)
+        .into_iter()
+        .map(|tree| {
+            let locked = record.is_some_and(|r| {
+                owns(
+                    table,
+                    &tree,
+                    managed.as_ref().map(|m| m.pid),
+                    r.holder_pid,
+                    holder_alive,
+                )
+            });
+            RunningCopy { tree, locked }
+        })
+        .collect();
+    ComponentView {
+        component,
+        lock,
+        managed,
+        holder_alive,
+        copies,
+    }
+}
+
+/// Whether a lock owns a running copy: the copy is (or contains, or runs under) the
+/// recorded process, or runs under the live lock holder.
+fn owns(
+    table: &ProcessTable,
+    tree: &ProcessTree,
+    managed: Option<u32>,
+    holder: Option<u32>,
+    holder_alive: bool,
+) -> bool {
+    let root = tree.root.pid;
+    let by_managed = managed.is_some_and(|pid| {
+        tree.pids().any(|p| p == pid)
+            || table.is_in_tree_of(root, pid)
+            || table.is_in_tree_of(pid, root)
+    });
+    let by_holder = holder_alive && holder.is_some_and(|pid| table.is_in_tree_of(root, pid));
+    by_managed || by_holder
+}
+
+fn problems_of(view: &ComponentView) -> Vec<Problem> {
+    let component = &view.component;
+    let problem = |kind, pids: Vec<u32>, message: String| Problem {
+        kind,
+        name: component.lock_name.clone(),
+        account: component.account.clone(),
+        pids,
+        message,
+    };
+    let mut problems = Vec::new();
+    if view.copies.len() > 1 {
+        let pids: Vec<u32> = view.copies.iter().map(|c| c.tree.root.pid).collect();
+        problems.push(problem(
+            ProblemKind::Duplicate,
+            pids.clone(),
+            format!(
+                "{} copies of {} are running (pids {}); stop them all with safe-shutdown{}, then start once",
+                view.copies.len(),
+                component.lock_name,
+                join(&pids),
+                account_flag(component)
+            ),
+        ));
+    }
+    for copy in view.copies.iter().filter(|c| !c.locked) {
+        let pid = copy.tree.root.pid;
+        problems.push(problem(
+            ProblemKind::Unlocked,
+            copy.tree.pids().collect(),
+            format!(
+                "pid {pid} runs {} without its lock (started by hand?); stop it with safe-shutdown{} and start through master-launch",
+                component.lock_name,
+                account_flag(component)
+            ),
+        ));
+    }
+    if let Some(lock) = &view.lock {
+        if lock.state == LockState::Running && view.managed.is_none() {
+            let record = lock.record.as_ref();
+            let pid = record.map_or(0, |r| r.pid);
+            let holder = record.and_then(|r| r.holder_pid).unwrap_or(0);
+            problems.push(problem(
+                ProblemKind::ProcessGone,
+                vec![pid],
+                format!(
+                    "{} is locked by pid {holder}, but the process it runs (pid {pid}) is gone; \
+                     a restart may be pending, else stop it with safe-shutdown{}",
+                    component.lock_name,
+                    account_flag(component)
+                ),
+            ));
+        }
+        problems.extend(lock_file_problem(lock, component.account.clone()));
+    }
+    problems
+}
+
+/// Legacy, stale and corrupt lock files.
+fn lock_file_problem(lock: &LockStatus, account: Option<String>) -> Option<Problem> {
+    let pid = lock.record.as_ref().map(|r| r.pid);
+    let (kind, message) = match lock.state {
+        LockState::Running => return None,
+        LockState::Legacy => (
+            ProblemKind::Legacy,
+            format!(
+                "{} is held by an older tool's PID file ({}); stop that process with safe-shutdown, \
+                 then start through master-launch",
+                lock.name, lock.detail
+            ),
+        ),
+        LockState::Stale => (
+            ProblemKind::Stale,
+            format!(
+                "{} is stale ({}); lock-gc removes it",
+                lock.name, lock.detail
+            ),
+        ),
+        LockState::Corrupt => (
+            ProblemKind::Corrupt,
+            format!(
+                "{} is corrupt ({}); lock-gc removes it",
+                lock.name, lock.detail
+            ),
+        ),
+    };
+    Some(Problem {
+        kind,
+        name: lock.name.clone(),
+        account,
+        pids: pid.into_iter().collect(),
+        message,
+    })
+}
+
+fn unknown_lock_problem(lock: &LockStatus) -> Problem {
+    let advice = if lock.state.is_held() {
+        "find out what holds it before adding it to fleet.toml"
+    } else {
+        "lock-gc removes it"
+    };
+    Problem {
+        kind: ProblemKind::UnknownLock,
+        name: lock.name.clone(),
+        account: lock.record.as_ref().and_then(|r| r.account.clone()),
+        pids: lock.record.iter().map(|r| r.pid).collect(),
+        message: format!(
+            "{} is {} but no component of fleet.toml uses it; {advice}",
+            lock.name,
+            lock.state.as_str()
+        ),
+    }
+}
+
+fn account_flag(component: &Component) -> String {
+    component
+        .account
+        .as_ref()
+        .map(|a| format!(" --account {a}"))
+        .unwrap_or_default()
+}
+
+fn join(pids: &[u32]) -> String {
+    pids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,147 @@
+//! A stand-in trading bot: behaves like the desk's Python bots where the tools can
+//! see it (a command line, log lines, a graceful-stop handler) and can be told to
+//! misbehave.
+//!
+//! ```text
+//! stand-in NAME [--ignore-stop] [--stop-delay-ms N] [--crash-after-ms N] [--exit-log FILE]
+//! ```
+//!
+//! - On SIGTERM/SIGINT (Ctrl+C, Ctrl+Break, console close on Windows) it logs, waits
+//!   `--stop-delay-ms`, appends `NAME <unix-ms>` to `--exit-log`, and exits 0.
+//! - `--ignore-stop`: logs the request and keeps running (a hung bot).
+//! - `--crash-after-ms N`: exits with code 3 after N ms (a crash-looping bot).
+//! - With `STANDIN_LAUNCHER=1` it acts like a Windows venv `python.exe`: it starts the
+//!   real bot as a child with the same command line and waits for it.
+
+use std::io::Write;
+use std::process::Command;
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+struct Options {
+    name: String,
+    ignore_stop: bool,
+    stop_delay: Duration,
+    crash_after: Option<Duration>,
+    exit_log: Option<String>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::env::var_os("STANDIN_LAUNCHER").is_some_and(|v| v == "1") {
+        launch_child(&args);
+    }
+    let options = parse(&args);
+    run(&options);
+}
+
+fn parse(args: &[String]) -> Options {
+    let mut options = Options {
+        name: args.first().cloned().unwrap_or_else(|| "stand-in".into()),
+        ignore_stop: false,
+        stop_delay: Duration::ZERO,
+        crash_after: None,
+        exit_log: None,
+    };
+    let mut rest = args.iter().skip(1);
+    while let Some(flag) = rest.next() {
+        let mut number = || -> Duration {
+            let text = rest.next().map(String::as_str).unwrap_or("0");
+            Duration::from_millis(text.parse().unwrap_or(0))
+        };
+        match flag.as_str() {
+            "--ignore-stop" => options.ignore_stop = true,
+            "--stop-delay-ms" => options.stop_delay = number(),
+            "--crash-after-ms" => options.crash_after = Some(number()),
+            "--exit-log" => options.exit_log = rest.next().cloned(),
+            _ => {}
+        }
+    }
+    options
+}
+
+fn launch_child(args: &[String]) -> ! {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "stand-in".into());
+    // The launcher ignores stop signals of its own: the child gets them too (same
+    // process group) and the launcher exits when the child does.
+    let _ = ctrlc::set_handler(|| {});
+    let status = Command::new(exe)
+        .args(args)
+        .env_remove("STANDIN_LAUNCHER")
+        .status();
+    let code = status.ok().and_then(|s| s.code()).unwrap_or(1);
+    std::process::exit(code);
+}
+
+fn run(options: &Options) {
+    let (stop_tx, stop_rx) = channel();
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    }) {
+        log(
+            &options.name,
+            &format!("cannot install the stop handler: {e}"),
+        );
+    }
+    let lock = std::env::var("FLEET_LOCK_NAME").unwrap_or_else(|_| "-".into());
+    let account = std::env::var("FLEET_ACCOUNT").unwrap_or_else(|_| "-".into());
+    log(
+        &options.name,
+        &format!(
+            "started pid {} lock {lock} account {account}",
+            std::process::id()
+        ),
+    );
+    let started = Instant::now();
+    loop {
+        let wait = match options.crash_after {
+            Some(after) => after
+                .saturating_sub(started.elapsed())
+                .min(Duration::from_secs(1)),
+            None => Duration::from_secs(1),
+        };
+        match stop_rx.recv_timeout(wait) {
+            Ok(()) if options.ignore_stop => log(&options.name, "stop requested; ignoring it"),
+            Ok(()) => {
+                log(&options.name, "stop requested; closing down");
+                std::thread::sleep(options.stop_delay);
+                record_exit(options);
+                log(&options.name, "stopped");
+                std::process::exit(0);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if options
+                    .crash_after
+                    .is_some_and(|after| started.elapsed() >= after)
+                {
+                    log(&options.name, "crashing on purpose");
+                    std::process::exit(3);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+        }
+    }
+}
+
+fn record_exit(options: &Options) {
+    let Some(path) = &options.exit_log else {
+        return;
+    };
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{} {millis}", options.name);
+    }
+}
+
+/// Logs to stdout; a closed stdout is not a reason to die.
+fn log(name: &str, message: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{name}: {message}");
+    let _ = stdout.flush();
+}
