@@ -25,8 +25,16 @@ pub fn tool(package: &str, name: &str) -> PathBuf {
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|p| p == package) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bins", "-p", package])
+        let mut command = Command::new(cargo);
+        command.args(["build", "--quiet", "--bins", "-p", package]);
+        // Build into the profile folder this test or bench itself runs from.
+        match bin_dir().file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some(profile) => {
+                command.args(["--profile", profile]);
+            }
+        }
+        let status = command
             .status()
             .unwrap_or_else(|e| panic!("cannot run cargo to build {package}: {e}"));
         assert!(status.success(), "building {package} failed");
