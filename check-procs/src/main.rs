@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use lockcore::output::{print_error, use_color};
+use lockcore::output::{finish, use_color};
 use lockcore::{DeskSnapshot, ExitCode, Fleet, ProcessProbe};
 
 const TOOL: &str = "check-procs";
@@ -39,22 +39,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(code) => code.into(),
-        Err(error) => {
-            print_error(TOOL, error.as_ref());
-            error_exit_code(error.as_ref()).into()
-        }
-    }
-}
-
-fn error_exit_code(error: &(dyn std::error::Error + 'static)) -> ExitCode {
-    if error.is::<lockcore::ConfigError>() {
-        ExitCode::Usage
-    } else {
-        ExitCode::Problems
-    }
+    finish(TOOL, run(&Args::parse()))
 }
 
 fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {

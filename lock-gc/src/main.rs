@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use lockcore::output::{human_duration, print_error};
+use lockcore::output::{finish, human_duration};
 use lockcore::process::now_secs;
 use lockcore::{ExitCode, Fleet, LockDir, LockState, LockStatus, ProcessProbe, Removal};
 
@@ -35,18 +35,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(code) => code.into(),
-        Err(error) => {
-            print_error(TOOL, error.as_ref());
-            if error.is::<lockcore::ConfigError>() {
-                ExitCode::Usage.into()
-            } else {
-                ExitCode::Problems.into()
-            }
-        }
-    }
+    finish(TOOL, run(&Args::parse()))
 }
 
 fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {

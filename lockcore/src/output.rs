@@ -31,6 +31,26 @@ pub fn print_error(tool: &str, error: &(dyn Error + 'static)) {
     }
 }
 
+/// The end of every binary's `main`: the exit code of a run, or the error printed with
+/// its causes and mapped to an exit code (a config mistake is a usage error, 2;
+/// anything else means the action did not complete, 1).
+pub fn finish(
+    tool: &str,
+    result: Result<crate::ExitCode, Box<dyn Error>>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(code) => code.into(),
+        Err(error) => {
+            print_error(tool, error.as_ref());
+            if error.is::<crate::ConfigError>() {
+                crate::ExitCode::Usage.into()
+            } else {
+                crate::ExitCode::Problems.into()
+            }
+        }
+    }
+}
+
 /// A duration for people: `12s`, `5m 03s`, `2h 05m`, `3d 04h`.
 pub fn human_duration(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
