@@ -263,7 +263,6 @@ fn remove_if_stale_racing_eight_acquirers_never_removes_a_held_lock() {
     let mut removed = 0usize;
     let mut kept = 0usize;
     let mut finished = 0;
-    let mut reports = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(240);
     while finished < ACQUIRERS {
         assert!(Instant::now() < deadline, "acquirers did not finish");
@@ -295,7 +294,6 @@ fn remove_if_stale_racing_eight_acquirers_never_removes_a_held_lock() {
                 won += w;
             }
         }
-        reports.push(());
     }
     assert!(errors.is_empty(), "holders lost their lock: {errors:?}");
     assert!(won > 0, "no acquirer ever won");
@@ -303,10 +301,17 @@ fn remove_if_stale_racing_eight_acquirers_never_removes_a_held_lock() {
         "won {won}, removed {removed} stale, kept {kept} held, {} crashes",
         crashes.load(Ordering::Relaxed)
     );
-    assert!(
-        removed > 0,
-        "remove-if-stale never found a stale file to remove"
-    );
+    // How often the remover won a stale file in the race depends on timing (printed
+    // above); that it removes one when the cyclers are quiet does not.
+    let status = Command::new(TAKER)
+        .args(["abandon", &dir_arg, "BRAIN_BG_INSTANT"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(matches!(
+        dir.remove_if_stale("BRAIN_BG_INSTANT", &mut probe).unwrap(),
+        Removal::Removed(_)
+    ));
     assert!(crashes.load(Ordering::Relaxed) > 0);
     assert!(!Path::new(&lock_dir.join("BRAIN_BG_INSTANT.occupied")).exists());
 }
