@@ -89,6 +89,10 @@ pub struct Component {
     pub pattern: Vec<String>,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
+    /// Delay before the first restart; doubles on each quick failure (capped).
+    pub restart_delay: Duration,
+    /// Failures within a minute after which supervision gives up on it.
+    pub give_up_after: u32,
     /// The config line that defines it, for messages.
     pub line: usize,
 }
@@ -176,6 +180,10 @@ struct RawOptions {
     env: BTreeMap<String, String>,
     stop_timeout_secs: Option<u64>,
     restart: Option<RestartPolicy>,
+    /// First restart delay; it doubles on each quick failure, up to 30 s.
+    restart_delay_ms: Option<u64>,
+    /// Give up on a component after this many failures within a minute.
+    give_up_after: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -531,6 +539,8 @@ impl Checker<'_> {
                 .restart
                 .or(defaults.restart)
                 .unwrap_or(RestartPolicy::OnFailure),
+            restart_delay: Duration::from_millis(defaults.restart_delay_ms.unwrap_or(1000)),
+            give_up_after: defaults.give_up_after.unwrap_or(5).max(1),
             line: source.line,
         })
     }

@@ -27,3 +27,9 @@ impl From<ExitCode> for std::process::ExitCode {
         std::process::ExitCode::from(code.code())
     }
 }
+
+/// A mistake in how a tool was called that clap cannot catch (an unknown `--only`
+/// account, say). Binaries exit with [`ExitCode::Usage`] for it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

@@ -32,7 +32,7 @@ pub fn print_error(tool: &str, error: &(dyn Error + 'static)) {
 }
 
 /// The end of every binary's `main`: the exit code of a run, or the error printed with
-/// its causes and mapped to an exit code (a config mistake is a usage error, 2;
+/// its causes and mapped to an exit code (a config or usage mistake is 2;
 /// anything else means the action did not complete, 1).
 pub fn finish(
     tool: &str,
@@ -42,7 +42,7 @@ pub fn finish(
         Ok(code) => code.into(),
         Err(error) => {
             print_error(tool, error.as_ref());
-            if error.is::<crate::ConfigError>() {
+            if error.is::<crate::ConfigError>() || error.is::<crate::exit::UsageError>() {
                 crate::ExitCode::Usage.into()
             } else {
                 crate::ExitCode::Problems.into()

@@ -77,6 +77,22 @@ impl ProcessProbe {
         })
     }
 
+    /// Kills `pid` and everything below it, deepest first (SIGKILL; TerminateProcess on
+    /// Windows). Checks `who`'s start time first: a reused pid is left alone
+    /// (DESIGN.md rule 3). Returns whether `who` was still there to kill.
+    pub fn kill_tree(&mut self, who: ProcessIdentity) -> bool {
+        let table = self.table();
+        if !table.is_alive(who) {
+            return false;
+        }
+        for pid in table.descendants(who.pid).into_iter().chain([who.pid]) {
+            if let Some(process) = self.system.process(Pid::from_u32(pid)) {
+                process.kill();
+            }
+        }
+        true
+    }
+
     /// One read of the whole process table: pids, parents, start times, command lines.
     pub fn table(&mut self) -> ProcessTable {
         self.system.refresh_processes_specifics(

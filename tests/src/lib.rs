@@ -176,20 +176,37 @@ impl Desk {
 
     /// As [`Desk::new`], with `extra` TOML appended to every account table.
     pub fn with_extra(global: &str, accounts: &[&str], account_extra: &str) -> Desk {
+        Desk::with_options(global, accounts, &[], &format!("\n{account_extra}"))
+    }
+
+    /// A desk whose every command gets `bot_args` (stand-in options such as
+    /// `--exit-log`), with `tail` TOML appended to every account table (or, when it
+    /// starts with a table header, after the accounts).
+    pub fn with_options(global: &str, accounts: &[&str], bot_args: &[&str], tail: &str) -> Desk {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let standin = toml_string(&stand_in().display().to_string());
+        let args: String = bot_args
+            .iter()
+            .map(|a| format!(", {}", toml_string(a)))
+            .collect();
+        let (account_extra, after) = if tail.trim_start().starts_with('[') {
+            ("", tail)
+        } else {
+            (tail, "")
+        };
         let mut text = format!(
             "lock_dir = \".locks\"\nlog_dir = \"logs\"\n\n[vars]\nbot = {standin}\n\n\
-             [[global]]\nname = \"{global}\"\ncommand = [\"{{bot}}\", \"{global}\"]\n"
+             [[global]]\nname = \"{global}\"\ncommand = [\"{{bot}}\", \"{global}\"{args}]\n"
         );
         for (i, account) in accounts.iter().enumerate() {
             text.push_str(&format!(
                 "\n[[account]]\nname = \"{account}\"\nlogin = \"{}\"\n\
-                 brain = [\"{{bot}}\", \"BRAIN_{account}\"]\n\
-                 watchdog = [\"{{bot}}\", \"WATCHDOG_{account}\"]\n{account_extra}\n",
+                 brain = [\"{{bot}}\", \"BRAIN_{account}\"{args}]\n\
+                 watchdog = [\"{{bot}}\", \"WATCHDOG_{account}\"{args}]\n{account_extra}\n",
                 1000 + i
             ));
         }
+        text.push_str(after);
         std::fs::write(dir.path().join("fleet.toml"), text)
             .unwrap_or_else(|e| panic!("write fleet.toml: {e}"));
         Desk {

@@ -1,0 +1,513 @@
+//! `master-launch` against stand-in bots: refusals, start order, supervision,
+//! restarts, giving up, and stopping, with real processes and real locks.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+#[cfg(unix)]
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::prelude::*;
+use fleet_tests::{Desk, Lines, Running, spawn_reader};
+use lockcore::{DeskSnapshot, Fleet, LockState, ProcessProbe};
+use predicates::prelude::*;
+
+struct Launcher {
+    // Kills master-launch if a test fails before stopping it.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    running: Running,
+    lines: Lines,
+}
+
+fn launch(desk: &Desk, extra: &[&str]) -> Launcher {
+    let mut child = Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = spawn_reader(child.stdout.take().unwrap());
+    Launcher {
+        running: Running::new(child),
+        lines,
+    }
+}
+
+impl Launcher {
+    fn wait_started(&self) {
+        assert!(
+            self.lines
+                .wait_for("desk started", Duration::from_secs(30))
+                .is_some(),
+            "master-launch did not start the desk"
+        );
+    }
+
+    #[cfg(unix)]
+    fn pid(&self) -> u32 {
+        self.running.pid()
+    }
+
+    /// Ctrl+C / SIGTERM, then the exit code.
+    #[cfg(unix)]
+    fn stop(mut self, signal: &str) -> i32 {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.running.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "master-launch did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn snapshot(desk: &Desk) -> DeskSnapshot {
+    let fleet = Fleet::load(&desk.config()).unwrap();
+    DeskSnapshot::take(&fleet, &mut ProcessProbe::new().unwrap()).unwrap()
+}
+
+/// Waits until every component of the desk runs exactly once, under its lock.
+fn wait_all_running(desk: &Desk) -> DeskSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snap = snapshot(desk);
+        let all = snap
+            .components
+            .iter()
+            .filter(|v| v.component.enabled)
+            .all(|v| {
+                v.copies.len() == 1
+                    && v.copies[0].locked
+                    && v.lock
+                        .as_ref()
+                        .is_some_and(|l| l.state == LockState::Running)
+            });
+        if all && snap.problems.is_empty() {
+            return snap;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "desk never ran cleanly: {:?}",
+            snap.problems
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn running_pids(snap: &DeskSnapshot) -> Vec<u32> {
+    snap.components
+        .iter()
+        .flat_map(|v| v.copies.iter().flat_map(|c| c.tree.pids()))
+        .collect()
+}
+
+fn lock_files(desk: &Desk) -> Vec<String> {
+    std::fs::read_dir(desk.lock_dir())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".lock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(unix)]
+fn wait_gone(pids: &[u32]) {
+    let mut probe = ProcessProbe::new().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| probe.identity(p).is_some()) {
+        assert!(Instant::now() < deadline, "processes survived: {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
+    let desk = Desk::new("qs_dry", &["DRY1", "DRY2"]);
+    let output = Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .args(["--dry-run", "--only", "dry2"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let order: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|w| w.contains("DRY") || w.starts_with("qs_"))
+        .collect();
+    assert_eq!(order, ["qs_dry", "WATCHDOG_DRY2", "BRAIN_DRY2"], "{text}");
+    assert!(
+        text.contains(&fleet_tests::stand_in().display().to_string()),
+        "{text}"
+    );
+    assert!(lock_files(&desk).is_empty());
+}
+
+#[test]
+fn an_unknown_only_account_is_a_usage_error() {
+    let desk = Desk::new("qs_only", &["ONLY1"]);
+    Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .args(["--only", "NOPE"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--only NOPE: no such account"));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_desk_starts_once_and_a_second_master_launch_refuses() {
+    let desk = Desk::new("qs_twice", &["TWICE1", "TWICE2", "TWICE3"]);
+    let first = launch(&desk, &[]);
+    first.wait_started();
+    let snap = wait_all_running(&desk);
+    // Every child knows who it is.
+    let log = std::fs::read_to_string(desk.dir.path().join("logs/BRAIN_TWICE2.log")).unwrap();
+    assert!(log.contains("lock BRAIN_TWICE2 account TWICE2"), "{log}");
+    Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(format!(
+            "MASTER_LAUNCH is held by pid {}",
+            first.pid()
+        )));
+    assert_eq!(
+        running_pids(&snapshot(&desk)),
+        running_pids(&snap),
+        "the refusal changed the desk"
+    );
+    let pids = running_pids(&snap);
+    assert_eq!(first.stop("-INT"), 0);
+    wait_gone(&pids);
+    assert!(lock_files(&desk).is_empty(), "{:?}", lock_files(&desk));
+}
+
+#[test]
+fn a_held_lock_makes_it_refuse_and_start_nothing() {
+    let desk = Desk::new("qs_held", &["HELD1", "HELD2"]);
+    let _by_hand = desk.start_locked("WATCHDOG_HELD2", &[]);
+    let output = Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let text = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        text.contains("WATCHDOG_HELD2") && text.contains("lock running held"),
+        "{text}"
+    );
+    assert!(text.contains("safe-shutdown"), "{text}");
+    let snap = snapshot(&desk);
+    for view in &snap.components {
+        let expected = usize::from(view.component.lock_name == "WATCHDOG_HELD2");
+        assert_eq!(
+            view.copies.len(),
+            expected,
+            "{} was started",
+            view.component.lock_name
+        );
+    }
+    assert_eq!(lock_files(&desk), ["WATCHDOG_HELD2.lock"]);
+}
+
+#[test]
+fn an_unlocked_copy_started_by_hand_makes_it_refuse_and_start_nothing() {
+    let desk = Desk::new("qs_hand", &["HAND1"]);
+    let stray = desk.start_by_hand("BRAIN_HAND1");
+    let output = Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let text = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        text.contains("running without its lock") && text.contains(&stray.pid().to_string()),
+        "{text}"
+    );
+    assert!(lock_files(&desk).is_empty(), "{:?}", lock_files(&desk));
+    assert_eq!(running_pids(&snapshot(&desk)), [stray.pid()]);
+}
+
+#[test]
+fn stale_and_corrupt_locks_are_cleaned_not_refused() {
+    let desk = Desk::new("qs_clean", &["CLEAN1"]);
+    std::fs::create_dir_all(desk.lock_dir()).unwrap();
+    std::fs::write(desk.lock_path("BRAIN_CLEAN1"), b"garbage").unwrap();
+    let launcher = launch(&desk, &[]);
+    assert!(
+        launcher
+            .lines
+            .wait_for("cleaned corrupt lock BRAIN_CLEAN1", Duration::from_secs(30))
+            .is_some()
+    );
+    launcher.wait_started();
+    wait_all_running(&desk);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_killed_child_is_restarted_under_the_same_lock() {
+    let desk = Desk::new("qs_restart", &["RESTART1"]);
+    let launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let snap = wait_all_running(&desk);
+    let brain = snap.component("BRAIN_RESTART1").unwrap();
+    let old_pid = brain.managed.as_ref().unwrap().pid;
+    let holder = brain
+        .lock
+        .as_ref()
+        .unwrap()
+        .record
+        .as_ref()
+        .unwrap()
+        .holder_pid;
+    fleet_tests::force_kill(old_pid);
+    assert!(
+        launcher
+            .lines
+            .wait_for("BRAIN_RESTART1: restarting", Duration::from_secs(10))
+            .is_some()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snap = snapshot(&desk);
+        let view = snap.component("BRAIN_RESTART1").unwrap();
+        if let Some(managed) = view.managed.as_ref().filter(|m| m.pid != old_pid) {
+            let record = view.lock.as_ref().unwrap().record.as_ref().unwrap();
+            assert_eq!(record.holder_pid, holder, "the lock changed hands");
+            assert_eq!(record.holder_pid, Some(launcher.pid()));
+            assert_eq!(view.copies.len(), 1);
+            assert_ne!(managed.pid, old_pid);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never restarted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(launcher.stop("-TERM"), 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_crash_looping_child_is_given_up_while_the_rest_keep_running() {
+    let desk = Desk::with_options(
+        "qs_loop",
+        &["LOOP1"],
+        &[],
+        "brain_match = [\"BRAIN_LOOP1\"]\n",
+    );
+    // Make the brain crash at once, and restarts quick, by editing the config.
+    let text = std::fs::read_to_string(desk.config()).unwrap().replace(
+        "\"BRAIN_LOOP1\"]\nwatchdog",
+        "\"BRAIN_LOOP1\", \"--crash-after-ms\", \"50\"]\nwatchdog",
+    ) + "\n[defaults]\nrestart_delay_ms = 50\ngive_up_after = 3\n";
+    std::fs::write(desk.config(), text).unwrap();
+    let launcher = launch(&desk, &[]);
+    let line = launcher
+        .lines
+        .wait_for("GIVING UP", Duration::from_secs(30));
+    assert!(line.unwrap().contains("BRAIN_LOOP1"));
+    let snap = snapshot(&desk);
+    assert!(
+        snap.component("BRAIN_LOOP1").unwrap().lock.is_none(),
+        "lock kept after giving up"
+    );
+    for name in ["qs_loop", "WATCHDOG_LOOP1"] {
+        let view = snap.component(name).unwrap();
+        assert_eq!(view.copies.len(), 1, "{name} stopped too");
+        assert!(view.copies[0].locked);
+    }
+    assert_eq!(launcher.stop("-INT"), 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exit_log = tmp.path().join("exits.log");
+    let exit_arg = exit_log.display().to_string();
+    let desk = Desk::with_options(
+        "qs_order",
+        &["ORDER1", "ORDER2"],
+        &["--exit-log", &exit_arg, "--stop-delay-ms", "200"],
+        "",
+    );
+    let launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let pids = running_pids(&wait_all_running(&desk));
+    assert_eq!(launcher.stop("-INT"), 0);
+    wait_gone(&pids);
+    assert!(lock_files(&desk).is_empty());
+    let exits = exit_times(&exit_log);
+    let latest = |prefix: &str| {
+        exits
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, t)| *t)
+            .max()
+            .unwrap()
+    };
+    let earliest = |prefix: &str| {
+        exits
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, t)| *t)
+            .min()
+            .unwrap()
+    };
+    assert_eq!(exits.len(), 5, "{exits:?}");
+    assert!(latest("BRAIN_") <= earliest("WATCHDOG_"), "{exits:?}");
+    assert!(latest("WATCHDOG_") <= earliest("qs_order"), "{exits:?}");
+}
+
+#[cfg(unix)]
+fn exit_times(path: &Path) -> Vec<(String, u128)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (name, time) = l.split_once(' ').unwrap();
+            (name.to_string(), time.parse().unwrap())
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_launcher_killed_with_sigkill_takes_its_children_along() {
+    let desk = Desk::new("qs_sigkill", &["SIGKILL1"]);
+    let mut launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let pids = running_pids(&wait_all_running(&desk));
+    launcher.running.kill();
+    wait_gone(&pids);
+    // Every lock is free: the next desk starts cleanly.
+    let next = launch(&desk, &[]);
+    next.wait_started();
+    wait_all_running(&desk);
+    assert_eq!(next.stop("-TERM"), 0);
+}
+
+/// Eight master-launch at the same instant, 50 rounds: one runs the desk, the other
+/// seven refuse with exit 3, and each component runs exactly once.
+#[cfg(unix)]
+#[test]
+fn eight_concurrent_master_launches_start_the_desk_exactly_once() {
+    let desk = Desk::new("qs_eight", &["EIGHT1", "EIGHT2"]);
+    for round in 0..50 {
+        let mut launchers: Vec<Launcher> = (0..8).map(|_| launch(&desk, &[])).collect();
+        let mut refused;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let winner = loop {
+            let mut live = Vec::new();
+            for (i, l) in launchers.iter_mut().enumerate() {
+                match l.running.child.try_wait().unwrap() {
+                    Some(status) => assert_eq!(status.code(), Some(3), "round {round}"),
+                    None => live.push(i),
+                }
+            }
+            refused = launchers.len() - live.len();
+            if refused == 7 {
+                break live[0];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {refused} refused"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(refused, 7);
+        let winner = launchers.swap_remove(winner);
+        winner.wait_started();
+        let snap = wait_all_running(&desk);
+        assert_eq!(running_pids(&snap).len(), 5, "round {round}");
+        let pids = running_pids(&snap);
+        assert_eq!(winner.stop("-TERM"), 0);
+        wait_gone(&pids);
+        assert!(
+            lock_files(&desk).is_empty(),
+            "round {round}: {:?}",
+            lock_files(&desk)
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn run_starts_one_component_by_hand_under_its_lock() {
+    let desk = Desk::new("qs_run", &["RUN1"]);
+    let mut child = Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .args(["run", "BRAIN_RUN1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = spawn_reader(child.stdout.take().unwrap());
+    let runner = Launcher {
+        running: Running::new(child),
+        lines,
+    };
+    // The bot itself says who it is, from FLEET_* variables.
+    let line = runner
+        .lines
+        .wait_for("started pid", Duration::from_secs(30))
+        .unwrap();
+    assert!(line.contains("lock BRAIN_RUN1 account RUN1"), "{line}");
+    let snap = snapshot(&desk);
+    let view = snap.component("BRAIN_RUN1").unwrap();
+    assert_eq!(view.copies.len(), 1);
+    assert!(view.copies[0].locked);
+    let record = view.lock.as_ref().unwrap().record.as_ref().unwrap();
+    assert_eq!(record.holder_pid, Some(runner.pid()));
+    let bot = view.managed.as_ref().unwrap().pid;
+    // A double-click on the same wrapper is refused.
+    Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .args(["run", "BRAIN_RUN1"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(format!(
+            "BRAIN_RUN1 is held by pid {bot}"
+        )));
+    assert_eq!(runner.stop("-INT"), 0);
+    wait_gone(&[bot]);
+    assert!(lock_files(&desk).is_empty());
+    Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .args(["run", "BRAIN_NOPE"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no component named BRAIN_NOPE"));
+}
