@@ -8,6 +8,7 @@
 //! - [`process`]: process identity (pid + start time) and command-line matching.
 //! - [`config`]: `fleet.toml`, its model and its validation.
 //! - [`desk`]: one snapshot of locks and processes, and the problems in it.
+//! - [`stop`]: stop requests, the way anyone asks a lock holder to stop.
 //! - [`exit`]: the exit codes every tool uses.
 //! - [`output`]: colour decisions and error printing at the binary edge.
 //!
@@ -20,6 +21,7 @@ pub mod lock;
 pub mod output;
 pub mod process;
 pub mod record;
+pub mod stop;
 
 pub use config::{Component, ConfigError, Fleet, Role};
 pub use desk::{ComponentView, DeskSnapshot, Problem, ProblemKind, RunningCopy};
@@ -30,3 +32,4 @@ pub use lock::{
 };
 pub use process::{ProcessIdentity, ProcessInfo, ProcessProbe, ProcessTable, ProcessTree};
 pub use record::LockRecord;
+pub use stop::StopRequest;

@@ -12,8 +12,10 @@ mod child;
 mod logs;
 mod supervisor;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -22,13 +24,20 @@ use lockcore::exit::UsageError;
 use lockcore::output::finish;
 use lockcore::{
     Acquire, Component, DeskSnapshot, ExitCode, Fleet, HeldLock, LockClaim, LockDir, LockState,
-    ProcessIdentity, ProcessProbe, Removal, Role,
+    ProcessIdentity, ProcessProbe, Removal, Role, StopRequest,
 };
 
 use crate::logs::Log;
 use crate::supervisor::{Launch, Supervisor};
 
 const TOOL: &str = "master-launch";
+/// How often the lock dir is looked at for stop requests: a directory read, cheap.
+const TICK: Duration = Duration::from_millis(250);
+/// Every this many ticks, each held lock file is checked to still be ours.
+const VERIFY_EVERY_TICKS: u32 = 8;
+/// How long a Ctrl+C / console-close handler waits for the ordered stop to finish
+/// before letting the OS end the process (Windows ends it when the handler returns).
+const CLOSE_GRACE: Duration = Duration::from_secs(60);
 
 /// Start the trading desk once, keep it running, stop it in a safe order.
 ///
@@ -144,20 +153,15 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         return Ok(code);
     }
     let (done_tx, done_rx) = channel::<Event>();
-    let signal_tx = done_tx.clone();
-    ctrlc::set_handler(move || {
-        let _ = signal_tx.send(Event::Signal);
-    })?;
+    let stopped = Arc::new((Mutex::new(false), Condvar::new()));
+    install_stop_handler(done_tx.clone(), stopped.clone())?;
     let mut supervisors = Vec::new();
     for component in &plan {
-        match locks.acquire(
-            &component.lock_name,
-            &LockClaim {
-                account: component.account.clone(),
-                command: component.command.clone(),
-            },
-            &mut probe,
-        )? {
+        let claim = LockClaim {
+            account: component.account.clone(),
+            command: component.command.clone(),
+        };
+        match locks.acquire(&component.lock_name, &claim, &mut probe)? {
             Acquire::Acquired(held) => {
                 supervisors.push(start(&fleet, component, held, &events, &done_tx)?);
             }
@@ -177,21 +181,114 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
             supervisors.len()
         ),
     );
-    let mut running = supervisors.len();
-    while running > 0 {
-        match done_rx.recv() {
-            Ok(Event::Signal) | Err(_) => break,
-            Ok(Event::Done) => running -= 1,
-        }
-    }
+    supervise_desk(&supervisors, &done_rx, &fleet, &events);
     events.line(
         "",
         "stopping the desk: brains, then watchdogs, then globals",
     );
     stop_all(supervisors, &events);
+    let _ = StopRequest::remove(&fleet.lock_dir, MASTER_LOCK_NAME);
     master.release()?;
     events.line("", "desk stopped; all locks released");
+    let (flag, signal) = &*stopped;
+    *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    signal.notify_all();
     Ok(ExitCode::Ok)
+}
+
+/// Ctrl+C, SIGTERM, console close: ask the main thread to stop the desk, then wait
+/// (bounded) until it has. On Windows the process is ended as soon as the handler
+/// returns from a console-close event, which would kill the children out of order.
+fn install_stop_handler(
+    events: Sender<Event>,
+    stopped: Arc<(Mutex<bool>, Condvar)>,
+) -> std::result::Result<(), ctrlc::Error> {
+    ctrlc::set_handler(move || {
+        let _ = events.send(Event::Signal);
+        let (flag, signal) = &*stopped;
+        let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = signal.wait_timeout_while(guard, CLOSE_GRACE, |done| !*done);
+    })
+}
+
+/// The orchestrator's idle loop: wakes on a signal, on a component's supervision
+/// ending, or every [`TICK`] to act on stop requests and check lock files. Returns
+/// when the desk should stop.
+fn supervise_desk(
+    supervisors: &[Supervisor],
+    done: &std::sync::mpsc::Receiver<Event>,
+    fleet: &Fleet,
+    events: &Log,
+) {
+    let mut running = supervisors.len();
+    let mut deadlines: HashMap<String, Instant> = HashMap::new();
+    let mut ticks = 0u32;
+    while running > 0 {
+        match done.recv_timeout(TICK) {
+            Ok(Event::Signal) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Event::Done) => running -= 1,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(request) = StopRequest::read(&fleet.lock_dir, MASTER_LOCK_NAME) {
+            events.line(
+                "",
+                &format!("stop-all requested by pid {}", request.requested_by),
+            );
+            return;
+        }
+        for supervisor in supervisors {
+            act_on_stop_request(supervisor, &mut deadlines, fleet, events);
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(VERIFY_EVERY_TICKS) {
+            for supervisor in supervisors {
+                if let Err(lost) = supervisor.verify_lock() {
+                    events.line("", &format!("LOCK LOST: {lost}"));
+                }
+            }
+        }
+    }
+}
+
+/// A stop request for one component: stop it gracefully, force it at the request's
+/// deadline, never restart it, and remove the request once it is stopped.
+fn act_on_stop_request(
+    supervisor: &Supervisor,
+    deadlines: &mut HashMap<String, Instant>,
+    fleet: &Fleet,
+    events: &Log,
+) {
+    let name = &supervisor.component.lock_name;
+    if let Some(deadline) = deadlines.get(name) {
+        if supervisor.is_finished() {
+            let _ = StopRequest::remove(&fleet.lock_dir, name);
+            deadlines.remove(name);
+        } else if Instant::now() >= *deadline {
+            force_stop(supervisor, events);
+        }
+        return;
+    }
+    let Some(request) = StopRequest::read(&fleet.lock_dir, name) else {
+        return;
+    };
+    events.line(
+        "",
+        &format!(
+            "{name}: stop requested by pid {}; it will not be restarted",
+            request.requested_by
+        ),
+    );
+    supervisor.request_stop();
+    deadlines.insert(
+        name.clone(),
+        Instant::now()
+            + request.time_left(
+                supervisor
+                    .component
+                    .stop_timeout
+                    .min(Duration::from_secs(1)),
+            ),
+    );
 }
 
 enum Event {
@@ -385,16 +482,39 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
         lock.set_managed(identity, component.command.clone())?;
         let timeout = component.stop_timeout;
         ctrlc::set_handler(move || stop_by_hand(identity, timeout))?;
+        watch_for_stop_request(fleet.lock_dir.clone(), name.to_string(), identity, timeout);
     }
     eprintln!("{TOOL}: {name} started under its lock, pid {pid}; Ctrl+C stops it");
     let status = running.wait()?;
     eprintln!("{TOOL}: {name} exited ({})", supervisor::describe(status));
     lock.release()?;
+    let _ = StopRequest::remove(&fleet.lock_dir, name);
     Ok(if status.success() {
         ExitCode::Ok
     } else {
         ExitCode::Problems
     })
+}
+
+/// The runner's answer to `<NAME>.stop`: the same graceful-then-forced stop.
+fn watch_for_stop_request(
+    lock_dir: PathBuf,
+    name: String,
+    child: ProcessIdentity,
+    timeout: Duration,
+) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(TICK);
+            if let Some(request) = StopRequest::read(&lock_dir, &name) {
+                stop_by_hand(
+                    child,
+                    request.time_left(timeout.min(Duration::from_secs(1))),
+                );
+                return;
+            }
+        }
+    });
 }
 
 /// Ctrl+C on a hand-started component: graceful, then forced after its timeout.

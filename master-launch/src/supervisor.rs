@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lockcore::config::RestartPolicy;
-use lockcore::{Component, HeldLock, ProcessProbe};
+use lockcore::{Component, HeldLock, LockLost, LockWatcher, ProcessProbe};
 
 use crate::child;
 use crate::logs::Log;
@@ -51,6 +51,8 @@ pub struct Supervisor {
     pub component: Component,
     shared: Arc<Shared>,
     thread: JoinHandle<Outcome>,
+    /// Checks from the orchestrator's thread that the lock file is still ours.
+    watcher: Option<LockWatcher>,
 }
 
 /// What the child is started with, besides the component's own settings.
@@ -75,6 +77,7 @@ impl std::fmt::Debug for Launch {
 impl Supervisor {
     pub fn start(component: Component, lock: HeldLock, launch: Launch) -> Supervisor {
         let shared = Arc::new(Shared::default());
+        let watcher = lock.watcher().ok();
         let thread = {
             let (component, shared) = (component.clone(), shared.clone());
             std::thread::Builder::new()
@@ -90,6 +93,16 @@ impl Supervisor {
             component,
             shared,
             thread,
+            watcher,
+        }
+    }
+
+    /// Whether the lock file is still the one held (DESIGN.md rule 7: on Linux anyone
+    /// can unlink it). Only meaningful while the component runs.
+    pub fn verify_lock(&self) -> Result<(), LockLost> {
+        match &self.watcher {
+            Some(watcher) if !self.is_finished() => watcher.check(),
+            _ => Ok(()),
         }
     }
 

@@ -386,12 +386,13 @@ fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
 
 #[cfg(unix)]
 fn exit_times(path: &Path) -> Vec<(String, u128)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
         .map(|l| {
-            let (name, time) = l.split_once(' ').unwrap();
-            (name.to_string(), time.parse().unwrap())
+            let parsed = l
+                .split_once(' ')
+                .and_then(|(n, t)| Some((n.to_string(), t.parse().ok()?)));
+            parsed.unwrap_or_else(|| panic!("bad exit-log line {l:?} in:\n{text}"))
         })
         .collect()
 }
@@ -510,4 +511,163 @@ fn run_starts_one_component_by_hand_under_its_lock() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("no component named BRAIN_NOPE"));
+}
+
+#[cfg(unix)]
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What `safe-shutdown --account X` does: a stop request per component. The account
+/// stops, is not restarted, and the rest keep running.
+#[cfg(unix)]
+#[test]
+fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
+    let desk = Desk::new("qs_req", &["REQ1", "REQ2"]);
+    let launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let before = wait_all_running(&desk);
+    let req2_before: Vec<u32> = ["qs_req", "WATCHDOG_REQ2", "BRAIN_REQ2"]
+        .iter()
+        .map(|n| before.component(n).unwrap().managed.as_ref().unwrap().pid)
+        .collect();
+    for name in ["BRAIN_REQ1", "WATCHDOG_REQ1"] {
+        lockcore::StopRequest::new(name, Duration::from_secs(5))
+            .write(&desk.lock_dir())
+            .unwrap();
+    }
+    wait_until("REQ1 to stop and its requests to be cleared", || {
+        let snap = snapshot(&desk);
+        ["BRAIN_REQ1", "WATCHDOG_REQ1"].iter().all(|n| {
+            let view = snap.component(n).unwrap();
+            view.copies.is_empty() && view.lock.is_none()
+        }) && !desk.lock_dir().join("BRAIN_REQ1.stop").exists()
+    });
+    // Well past the restart delay: still stopped, and REQ2 untouched.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = snapshot(&desk);
+    for name in ["BRAIN_REQ1", "WATCHDOG_REQ1"] {
+        assert!(
+            after.component(name).unwrap().copies.is_empty(),
+            "{name} was restarted"
+        );
+    }
+    let req2_after: Vec<u32> = ["qs_req", "WATCHDOG_REQ2", "BRAIN_REQ2"]
+        .iter()
+        .map(|n| after.component(n).unwrap().managed.as_ref().unwrap().pid)
+        .collect();
+    assert_eq!(req2_before, req2_after);
+    assert_eq!(launcher.stop("-TERM"), 0);
+}
+
+/// A stop-all request: the orchestrator stops everything in the safe order and exits.
+#[cfg(unix)]
+#[test]
+fn a_stop_all_request_stops_the_desk_in_order_and_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exit_log = tmp.path().join("exits.log");
+    let exit_arg = exit_log.display().to_string();
+    let desk = Desk::with_options("qs_all", &["ALL1"], &["--exit-log", &exit_arg], "");
+    let mut launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let pids = running_pids(&wait_all_running(&desk));
+    lockcore::StopRequest::new("MASTER_LAUNCH", Duration::from_secs(10))
+        .write(&desk.lock_dir())
+        .unwrap();
+    let mut status = None;
+    wait_until("master-launch to exit", || {
+        status = launcher.running.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(0));
+    wait_gone(&pids);
+    assert!(lock_files(&desk).is_empty());
+    assert!(!desk.lock_dir().join("MASTER_LAUNCH.stop").exists());
+    let exits = exit_times(&exit_log);
+    let names: Vec<&str> = exits.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["BRAIN_ALL1", "WATCHDOG_ALL1", "qs_all"],
+        "{exits:?}"
+    );
+}
+
+/// A bot that ignores the graceful stop is forced at the request's deadline.
+#[cfg(unix)]
+#[test]
+fn a_stubborn_bot_is_forced_at_the_request_deadline() {
+    let desk = Desk::with_options("qs_stub", &["STUB1"], &["--ignore-stop"], "");
+    let launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let snap = wait_all_running(&desk);
+    let brain = snap
+        .component("BRAIN_STUB1")
+        .unwrap()
+        .managed
+        .as_ref()
+        .unwrap()
+        .pid;
+    let asked = Instant::now();
+    lockcore::StopRequest::new("BRAIN_STUB1", Duration::from_secs(2))
+        .write(&desk.lock_dir())
+        .unwrap();
+    wait_gone(&[brain]);
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "not graceful first: {took:?}"
+    );
+    assert!(
+        launcher
+            .lines
+            .wait_for("did not stop in time", Duration::from_secs(5))
+            .is_some()
+    );
+    assert!(
+        snapshot(&desk)
+            .component("BRAIN_STUB1")
+            .unwrap()
+            .lock
+            .is_none()
+    );
+    // The rest ignore graceful stops too: the desk stop forces them after their timeout.
+    let _ = launcher.running.pid();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_stop_request_stops_a_hand_started_component() {
+    let desk = Desk::new("qs_runreq", &["RUNREQ"]);
+    let mut child = Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .args(["run", "WATCHDOG_RUNREQ"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the watchdog to run under its lock", || {
+        snapshot(&desk)
+            .component("WATCHDOG_RUNREQ")
+            .unwrap()
+            .managed
+            .is_some()
+    });
+    lockcore::StopRequest::new("WATCHDOG_RUNREQ", Duration::from_secs(5))
+        .write(&desk.lock_dir())
+        .unwrap();
+    let mut status = None;
+    wait_until("the runner to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(0));
+    assert!(lock_files(&desk).is_empty());
+    assert!(!desk.lock_dir().join("WATCHDOG_RUNREQ.stop").exists());
 }

@@ -130,12 +130,14 @@ fn record_exit(options: &Options) {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
+    // One write call: bots stopping in parallel append to the same file.
+    let line = format!("{} {millis}\n", options.name);
     if let Ok(mut file) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
     {
-        let _ = writeln!(file, "{} {millis}", options.name);
+        let _ = file.write_all(line.as_bytes());
     }
 }
 
