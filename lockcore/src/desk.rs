@@ -169,7 +169,11 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
         let start_matches = r
             .pid_start
             .is_none_or(|start| crate::process::same_start(start, info.start_time));
-        start_matches.then(|| info.clone())
+        // A launcher records itself until its child is running: that is not the bot,
+        // unless the holder runs the component itself.
+        let is_the_bot = r.holder_pid != Some(r.pid)
+            || crate::process::command_matches(&info.cmd, &component.pattern);
+        (start_matches && is_the_bot).then(|| info.clone())
     });
     let holder_alive = record
         .and_then(|r| identity(r.holder_pid, r.holder_start))

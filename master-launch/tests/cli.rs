@@ -93,6 +93,10 @@ fn wait_all_running(desk: &Desk) -> DeskSnapshot {
                     && v.lock
                         .as_ref()
                         .is_some_and(|l| l.state == LockState::Running)
+                    // The record names the bot itself, not its launcher.
+                    && v.managed
+                        .as_ref()
+                        .is_some_and(|m| v.copies[0].tree.pids().any(|p| p == m.pid))
             });
         if all && snap.problems.is_empty() {
             return snap;

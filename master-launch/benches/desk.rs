@@ -1,0 +1,141 @@
+//! `cargo bench -p master-launch` (Linux): a 5-account desk of stand-in bots (11
+//! processes).
+//!
+//! - `start to 11 running`: criterion, from spawning master-launch until every component
+//!   runs once under its lock (as `DeskSnapshot` sees it).
+//! - idle: then one minute of supervising: CPU time used per minute, and peak memory
+//!   (VmHWM), printed as medians of six 10-second windows.
+//!
+//! The medians go in the README.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group};
+use fleet_tests::Desk;
+use lockcore::{DeskSnapshot, Fleet, ProcessProbe};
+
+const ACCOUNTS: [&str; 5] = [
+    "ATLAS_M",
+    "BG_INSTANT_M",
+    "BG_CHALLENGE_M",
+    "GL_3_M",
+    "FTMO_M",
+];
+
+fn launch(desk: &Desk) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_master-launch"))
+        .arg("--config")
+        .arg(desk.config())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn master-launch")
+}
+
+fn all_running(fleet: &Fleet, probe: &mut ProcessProbe) -> bool {
+    let Ok(snapshot) = DeskSnapshot::take(fleet, probe) else {
+        return false;
+    };
+    snapshot
+        .components
+        .iter()
+        .all(|v| v.copies.len() == 1 && v.copies[0].locked && v.managed.is_some())
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+fn start_to_running(c: &mut Criterion) {
+    let desk = Desk::new("qs_mbench", &ACCOUNTS);
+    let fleet = Fleet::load(&desk.config()).expect("config");
+    let mut probe = ProcessProbe::new().expect("process table");
+    let mut group = c.benchmark_group("master-launch, 5 accounts");
+    group.sample_size(10);
+    group.bench_function("start to 11 running", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let started = Instant::now();
+                let child = launch(&desk);
+                while !all_running(&fleet, &mut probe) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                total += started.elapsed();
+                stop(child);
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+/// CPU time (ms) and peak resident memory (KiB) of a process, from /proc.
+fn cpu_and_peak(pid: u32) -> (u64, u64) {
+    let mut probe = sysinfo::System::new().expect("process table");
+    let sys_pid = sysinfo::Pid::from_u32(pid);
+    probe.refresh_processes_specifics(
+        sysinfo::ProcessesToUpdate::Some(&[sys_pid]),
+        true,
+        sysinfo::ProcessRefreshKind::nothing()
+            .with_cpu()
+            .without_tasks(),
+    );
+    let cpu_ms = probe
+        .process(sys_pid)
+        .map_or(0, |p| p.accumulated_cpu_time());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (cpu_ms, peak_kib)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn idle_minute() {
+    let desk = Desk::new("qs_midle", &ACCOUNTS);
+    let fleet = Fleet::load(&desk.config()).expect("config");
+    let mut probe = ProcessProbe::new().expect("process table");
+    let child = launch(&desk);
+    while !all_running(&fleet, &mut probe) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = child.id();
+    let window = Duration::from_secs(10);
+    let (mut cpu_per_minute, mut peaks) = (Vec::new(), Vec::new());
+    let (mut last_cpu, _) = cpu_and_peak(pid);
+    for _ in 0..6 {
+        std::thread::sleep(window);
+        let (cpu, peak) = cpu_and_peak(pid);
+        cpu_per_minute.push((cpu - last_cpu) as f64 * 6.0);
+        peaks.push(peak as f64);
+        last_cpu = cpu;
+    }
+    println!(
+        "master-launch idle, 11 processes: median CPU {:.0} ms per minute ({:.3} % of one core), \
+         peak memory (VmHWM) {:.1} MiB",
+        median(cpu_per_minute.clone()),
+        median(cpu_per_minute) / 600.0,
+        median(peaks) / 1024.0
+    );
+    stop(child);
+}
+
+criterion_group!(benches, start_to_running);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    idle_minute();
+}
