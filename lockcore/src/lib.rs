@@ -4,6 +4,7 @@
 //! name*, and everything the tools share around it:
 //!
 //! - [`lock`]: kernel-held lock files: acquire, release, inspect, scan, remove-if-stale.
+//! - [`logs`]: time-stamped, size-rotated log files.
 //! - [`record`]: the JSON record inside a lock file, compatible with the older tool's.
 //! - [`process`]: process identity (pid + start time) and command-line matching.
 //! - [`config`]: `fleet.toml`, its model and its validation.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod desk;
 pub mod exit;
 pub mod lock;
+pub mod logs;
 pub mod output;
 pub mod process;
 pub mod record;

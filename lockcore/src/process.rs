@@ -93,6 +93,20 @@ impl ProcessProbe {
         true
     }
 
+    /// Asks a process to stop: SIGTERM on Unix. Windows has no such signal for a
+    /// process outside our console group (sysinfo offers only a kill there), so this
+    /// does nothing there and the caller forces it after its timeout. Checks the start
+    /// time first; returns whether the process was still there.
+    pub fn terminate(&mut self, who: ProcessIdentity) -> bool {
+        if !self.is_alive(who) {
+            return false;
+        }
+        if let Some(process) = self.system.process(Pid::from_u32(who.pid)) {
+            let _ = process.kill_with(sysinfo::Signal::Term);
+        }
+        true
+    }
+
     /// One read of the whole process table: pids, parents, start times, command lines.
     pub fn table(&mut self) -> ProcessTable {
         self.system.refresh_processes_specifics(

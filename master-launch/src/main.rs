@@ -9,7 +9,6 @@
 //! by hand, under its lock, without supervision (what per-bot `.bat` wrappers call).
 
 mod child;
-mod logs;
 mod supervisor;
 
 use std::collections::HashMap;
@@ -27,8 +26,8 @@ use lockcore::{
     ProcessIdentity, ProcessProbe, Removal, Role, StopRequest,
 };
 
-use crate::logs::Log;
 use crate::supervisor::{Launch, Supervisor};
+use lockcore::logs::Log;
 
 const TOOL: &str = "master-launch";
 /// How often the lock dir is looked at for stop requests: a directory read, cheap.

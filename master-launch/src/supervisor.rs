@@ -18,7 +18,7 @@ use lockcore::config::RestartPolicy;
 use lockcore::{Component, HeldLock, LockLost, LockWatcher, ProcessProbe};
 
 use crate::child;
-use crate::logs::Log;
+use lockcore::logs::Log;
 
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 /// Failures are counted over this window; a run this long resets the backoff.

@@ -1,5 +1,6 @@
-//! Log files: one per child (`<log_dir>/<NAME>.log`) and the orchestrator's own
-//! (`<log_dir>/master-launch.log`), each line time-stamped, rotated by size.
+//! Log files: one per child (`<log_dir>/<NAME>.log`), the orchestrator's
+//! (`<log_dir>/master-launch.log`) and the shutdown audit trail
+//! (`<log_dir>/safe-shutdown.log`), each line time-stamped, rotated by size.
 //!
 //! Rotation renames `X.log` to `X.log.1` (replacing an older one). On Windows a rename
 //! fails while another program (an editor, a `Get-Content -Wait`) has the file open:

@@ -1,0 +1,423 @@
+//! `safe-shutdown` against stand-in bots, with and without a running master-launch.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+// Most scenarios here are Unix-only (they drive signals or a pty); on Windows the
+// helpers they share go unused.
+#![cfg_attr(not(unix), allow(dead_code, unused_imports))]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::prelude::*;
+use fleet_tests::{Desk, Lines, Running, spawn_reader, tool};
+use lockcore::{DeskSnapshot, Fleet, ProcessProbe};
+use predicates::prelude::*;
+
+fn safe_shutdown(desk: &Desk, args: &[&str]) -> Command {
+    let mut command = Command::cargo_bin("safe-shutdown").unwrap();
+    command
+        .arg("--config")
+        .arg(desk.config())
+        .args(args)
+        .stdin(Stdio::null());
+    command
+}
+
+fn snapshot(desk: &Desk) -> DeskSnapshot {
+    let fleet = Fleet::load(&desk.config()).unwrap();
+    DeskSnapshot::take(&fleet, &mut ProcessProbe::new().unwrap()).unwrap()
+}
+
+fn running_pids(desk: &Desk) -> Vec<u32> {
+    snapshot(desk)
+        .components
+        .iter()
+        .flat_map(|v| v.copies.iter().flat_map(|c| c.tree.pids()))
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lock_files(desk: &Desk) -> Vec<String> {
+    std::fs::read_dir(desk.lock_dir())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".lock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+struct Launcher {
+    running: Running,
+    _lines: Lines,
+}
+
+/// master-launch on the desk, waited for until every component runs under its lock.
+fn launch(desk: &Desk) -> Launcher {
+    let mut child = Command::new(tool("master-launch", "master-launch"))
+        .arg("--config")
+        .arg(desk.config())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = spawn_reader(child.stdout.take().unwrap());
+    assert!(
+        lines
+            .wait_for("desk started", Duration::from_secs(30))
+            .is_some()
+    );
+    let expected = desk.component_names().len();
+    wait_until("the desk to run", || {
+        let snap = snapshot(desk);
+        snap.components
+            .iter()
+            .all(|v| v.managed.is_some() && v.copies.len() == 1)
+            && snap.components.len() == expected
+    });
+    Launcher {
+        running: Running::new(child),
+        _lines: lines,
+    }
+}
+
+fn exit_times(path: &Path) -> Vec<(String, u128)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let parsed = l
+                .split_once(' ')
+                .and_then(|(n, t)| Some((n.to_string(), t.parse().ok()?)));
+            parsed.unwrap_or_else(|| panic!("bad exit-log line {l:?} in:\n{text}"))
+        })
+        .collect()
+}
+
+/// Every brain exits before any watchdog, every watchdog before any global.
+fn assert_safe_order(exits: &[(String, u128)], global: &str) {
+    let times = |prefix: &str| -> Vec<u128> {
+        exits
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    let (brains, watchdogs, globals) = (times("BRAIN_"), times("WATCHDOG_"), times(global));
+    assert!(
+        !brains.is_empty() && !watchdogs.is_empty() && !globals.is_empty(),
+        "{exits:?}"
+    );
+    assert!(brains.iter().max() <= watchdogs.iter().min(), "{exits:?}");
+    assert!(watchdogs.iter().max() <= globals.iter().min(), "{exits:?}");
+}
+
+#[test]
+fn without_a_terminal_and_without_yes_it_refuses_and_stops_nothing() {
+    let desk = Desk::new("qs_noterm", &["NOTERM1"]);
+    let _bot = desk.start_locked("BRAIN_NOTERM1", &[]);
+    let before = running_pids(&desk);
+    safe_shutdown(&desk, &[])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("pass --yes"));
+    assert_eq!(running_pids(&desk), before);
+    let audit = std::fs::read_to_string(desk.dir.path().join("logs/safe-shutdown.log")).unwrap();
+    assert!(audit.contains("refused: no terminal"), "{audit}");
+}
+
+/// The prompt through a real pseudo-terminal (Python's pty module drives it).
+#[cfg(unix)]
+fn answer_prompt(desk: &Desk, answer: &str) -> (i32, String) {
+    let script = r#"
+import os, pty, sys
+exe, config, answer = sys.argv[1], sys.argv[2], sys.argv[3]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(exe, [exe, "--config", config, "--timeout", "5"])
+seen = b""
+while b"Type YES" not in seen:
+    chunk = os.read(fd, 1024)
+    if not chunk:
+        break
+    seen += chunk
+os.write(fd, answer.encode() + b"\r")
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    seen += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let exe = assert_cmd::cargo::cargo_bin("safe-shutdown");
+    let output: Output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(exe)
+        .arg(desk.config())
+        .arg(answer)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[cfg(unix)]
+#[test]
+fn at_the_prompt_no_cancels_and_yes_proceeds() {
+    let desk = Desk::new("qs_prompt", &["PROMPT1"]);
+    let _bot = desk.start_locked("WATCHDOG_PROMPT1", &[]);
+    let before = running_pids(&desk);
+    let (code, screen) = answer_prompt(&desk, "no");
+    assert_eq!(code, 1, "{screen}");
+    assert!(screen.contains("Open trades are NOT closed"), "{screen}");
+    assert!(
+        screen.contains("Cancelled. Nothing was stopped."),
+        "{screen}"
+    );
+    assert_eq!(running_pids(&desk), before);
+    let (code, screen) = answer_prompt(&desk, "YES");
+    assert_eq!(code, 0, "{screen}");
+    assert!(screen.contains("All 1 stopped."), "{screen}");
+    assert!(running_pids(&desk).is_empty());
+    assert!(lock_files(&desk).is_empty());
+}
+
+#[cfg(unix)]
+#[test]
+fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exit_log = tmp.path().join("exits.log");
+    let exit_arg = exit_log.display().to_string();
+    let desk = Desk::with_options(
+        "qs_full",
+        &["FULL1", "FULL2"],
+        &["--exit-log", &exit_arg],
+        "",
+    );
+    let mut launcher = launch(&desk);
+    let pids = running_pids(&desk);
+    safe_shutdown(&desk, &["--yes"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("All 6 stopped."));
+    let status = launcher.running.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "master-launch did not exit cleanly");
+    let mut probe = ProcessProbe::new().unwrap();
+    assert!(pids.iter().all(|&p| probe.identity(p).is_none()));
+    // Nothing was restarted: each bot exited exactly once, in the safe order.
+    let exits = exit_times(&exit_log);
+    assert_eq!(exits.len(), 5, "{exits:?}");
+    assert_safe_order(&exits, "qs_full");
+    assert!(running_pids(&desk).is_empty());
+    assert!(lock_files(&desk).is_empty(), "{:?}", lock_files(&desk));
+    let audit = std::fs::read_to_string(desk.dir.path().join("logs/safe-shutdown.log")).unwrap();
+    assert!(
+        audit.contains("stop-all request") && audit.contains("all stopped"),
+        "{audit}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exit_log = tmp.path().join("exits.log");
+    let exit_arg = exit_log.display().to_string();
+    let desk = Desk::with_options("qs_loose", &["LOOSE1"], &["--exit-log", &exit_arg], "");
+    let stand_in = fleet_tests::stand_in();
+    let by_hand = |name: &str| {
+        Running::new(
+            Command::new(&stand_in)
+                .args([name, "--exit-log", &exit_arg])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _global = by_hand("qs_loose");
+    // Held by the hand-start runner, which honours stop requests.
+    let _watchdog = Running::new(
+        Command::new(tool("master-launch", "master-launch"))
+            .arg("--config")
+            .arg(desk.config())
+            .args(["run", "WATCHDOG_LOOSE1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _brain = by_hand("BRAIN_LOOSE1");
+    wait_until("three copies", || {
+        snapshot(&desk)
+            .components
+            .iter()
+            .map(|v| v.copies.len())
+            .sum::<usize>()
+            == 3
+    });
+    safe_shutdown(&desk, &["--yes", "--timeout", "5"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("All 3 stopped."));
+    let exits = exit_times(&exit_log);
+    assert_eq!(
+        exits.len(),
+        3,
+        "a bot was forced instead of stopped: {exits:?}"
+    );
+    assert_safe_order(&exits, "qs_loose");
+    assert!(lock_files(&desk).is_empty());
+}
+
+#[cfg(unix)]
+#[test]
+fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
+    let desk = Desk::new("qs_acct", &["ACCT1", "ACCT2"]);
+    let launcher = launch(&desk);
+    let keep: Vec<u32> = ["qs_acct", "WATCHDOG_ACCT2", "BRAIN_ACCT2"]
+        .iter()
+        .map(|n| {
+            snapshot(&desk)
+                .component(n)
+                .unwrap()
+                .managed
+                .as_ref()
+                .unwrap()
+                .pid
+        })
+        .collect();
+    safe_shutdown(&desk, &["--yes", "--account", "acct1"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("All 2 stopped."));
+    // Longer than master-launch's restart delay: still stopped.
+    std::thread::sleep(Duration::from_millis(2500));
+    let snap = snapshot(&desk);
+    for name in ["BRAIN_ACCT1", "WATCHDOG_ACCT1"] {
+        let view = snap.component(name).unwrap();
+        assert!(
+            view.copies.is_empty() && view.lock.is_none(),
+            "{name} restarted"
+        );
+    }
+    let still: Vec<u32> = ["qs_acct", "WATCHDOG_ACCT2", "BRAIN_ACCT2"]
+        .iter()
+        .map(|n| snap.component(n).unwrap().managed.as_ref().unwrap().pid)
+        .collect();
+    assert_eq!(keep, still);
+    let mut probe = ProcessProbe::new().unwrap();
+    assert!(
+        probe.identity(launcher.running.pid()).is_some(),
+        "master-launch stopped"
+    );
+}
+
+/// Two bots ignore the graceful stop, one takes 2 s to close; all in one stage. The
+/// stubborn ones are forced after the timeout, and the whole stop takes about one
+/// timeout, not the sum.
+#[cfg(unix)]
+#[test]
+fn stubborn_bots_are_forced_after_one_timeout_in_parallel() {
+    let desk = Desk::new("qs_stubborn", &["STUB_A", "STUB_B", "STUB_C"]);
+    let stand_in = fleet_tests::stand_in();
+    let start = |name: &str, extra: &[&str]| {
+        Running::new(
+            Command::new(&stand_in)
+                .arg(name)
+                .args(extra)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _a = start("BRAIN_STUB_A", &["--ignore-stop"]);
+    let _b = start("BRAIN_STUB_B", &["--ignore-stop"]);
+    let _c = start("BRAIN_STUB_C", &["--stop-delay-ms", "2000"]);
+    wait_until("three brains", || running_pids(&desk).len() == 3);
+    let started = Instant::now();
+    let output = safe_shutdown(&desk, &["--yes", "--timeout", "3"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(running_pids(&desk).is_empty());
+    assert!(
+        took >= Duration::from_secs(3),
+        "forced before the timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "not parallel: {took:?} for three 3 s timeouts"
+    );
+    let audit = std::fs::read_to_string(desk.dir.path().join("logs/safe-shutdown.log")).unwrap();
+    assert_eq!(audit.matches("killing pid").count(), 2, "{audit}");
+}
+
+/// A lock whose recorded pid now belongs to an unrelated process: that process is not
+/// the bot (its start time differs), so it is left alone.
+#[test]
+fn a_reused_pid_in_a_lock_record_is_left_alone() {
+    let desk = Desk::new("qs_reuse", &["REUSE1"]);
+    let unrelated = Running::new(
+        Command::new(tool("fleet-tests", "lock-taker"))
+            .arg("idle")
+            .spawn()
+            .unwrap(),
+    );
+    let mut probe = ProcessProbe::new().unwrap();
+    let start = probe.identity(unrelated.pid()).unwrap().start_time;
+    std::fs::create_dir_all(desk.lock_dir()).unwrap();
+    let record = serde_json::json!({
+        "pid": unrelated.pid(), "name": "BRAIN_REUSE1", "account": "REUSE1",
+        "timestamp": "2026-01-01T00:00:00", "pid_start": start - 5000,
+        "holder_pid": 999_999, "holder_start": start - 5001,
+        "host": "desk", "command": ["python", "BRAIN_REUSE1.py"]
+    });
+    std::fs::write(desk.lock_path("BRAIN_REUSE1"), record.to_string()).unwrap();
+    safe_shutdown(&desk, &["--yes"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("Nothing to stop"));
+    assert!(
+        probe.identity(unrelated.pid()).is_some(),
+        "an unrelated process was stopped"
+    );
+    assert!(lock_files(&desk).is_empty(), "the stale lock stayed");
+}
+
+#[test]
+fn dry_run_lists_in_stop_order_and_stops_nothing() {
+    let desk = Desk::new("qs_sdry", &["SDRY1"]);
+    let _w = desk.start_locked("WATCHDOG_SDRY1", &[]);
+    let _b = desk.start_by_hand("BRAIN_SDRY1");
+    let before = running_pids(&desk);
+    let output = safe_shutdown(&desk, &["--dry-run"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let brain = text.find("BRAIN_SDRY1").unwrap();
+    let watchdog = text.find("WATCHDOG_SDRY1").unwrap();
+    assert!(brain < watchdog, "{text}");
+    assert!(
+        text.contains("process table (no lock)") && text.contains("lock, held by pid"),
+        "{text}"
+    );
+    assert_eq!(running_pids(&desk), before);
+}
