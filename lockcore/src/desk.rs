@@ -8,9 +8,8 @@ use serde::Serialize;
 
 use crate::config::{Component, Fleet, MASTER_LOCK_NAME};
 use crate::lock::{LockDir, LockError, LockState, LockStatus};
-use crate::process::{
-    ProcessIdentity, ProcessInfo, ProcessProbe, ProcessTable, ProcessTree, now_secs,
-};
+use crate::process::{ProcessInfo, ProcessProbe, ProcessTable, ProcessTree, now_secs};
+use crate::record::LockRecord;
 
 /// One look at the desk.
 #[derive(Debug, Clone)]
@@ -153,13 +152,6 @@ fn take_lock(locks: &mut Vec<LockStatus>, name: &str) -> Option<LockStatus> {
     Some(locks.remove(index))
 }
 
-fn identity(pid: Option<u32>, start: Option<u64>) -> Option<ProcessIdentity> {
-    Some(ProcessIdentity {
-        pid: pid?,
-        start_time: start?,
-    })
-}
-
 fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) -> ComponentView {
     let held = lock.as_ref().filter(|l| l.state.is_held());
     let record = held.and_then(|l| l.record.as_ref());
@@ -176,7 +168,7 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
         (start_matches && is_the_bot).then(|| info.clone())
     });
     let holder_alive = record
-        .and_then(|r| identity(r.holder_pid, r.holder_start))
+        .and_then(LockRecord::holder_identity)
         .is_some_and(|holder| table.is_alive(holder));
     let copies = table
         .find_copies(&component.pattern)

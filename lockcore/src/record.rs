@@ -43,6 +43,14 @@ impl LockRecord {
         self.holder_pid.is_none()
     }
 
+    /// The lock holder's identity, when the record has both its pid and start time.
+    pub fn holder_identity(&self) -> Option<crate::ProcessIdentity> {
+        Some(crate::ProcessIdentity {
+            pid: self.holder_pid?,
+            start_time: self.holder_start?,
+        })
+    }
+
     /// The `timestamp` field as seconds since the Unix epoch, if it parses.
     ///
     /// Accepts the older tool's local time with no zone

@@ -1,7 +1,7 @@
 //! What to stop: every process of the desk (or of some accounts), from the locks and
 //! from the process table, with how it was found and who holds it.
 
-use lockcore::{DeskSnapshot, LockState, ProcessIdentity, Role};
+use lockcore::{DeskSnapshot, LockRecord, LockState, ProcessIdentity, Role};
 
 /// Stop stages, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +67,7 @@ pub fn targets(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<Target> {
         .as_ref()
         .filter(|m| m.state == LockState::Running)
         .and_then(|m| m.record.as_ref())
-        .and_then(|r| {
-            Some(ProcessIdentity {
-                pid: r.holder_pid?,
-                start_time: r.holder_start?,
-            })
-        })
+        .and_then(LockRecord::holder_identity)
         .filter(|who| snapshot.table.is_alive(*who));
     let mut targets = Vec::new();
     for view in snapshot
@@ -86,12 +81,7 @@ pub fn targets(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<Target> {
             .filter(|l| l.state.is_held())
             .and_then(|l| l.record.as_ref());
         let holder = record
-            .and_then(|r| {
-                Some(ProcessIdentity {
-                    pid: r.holder_pid?,
-                    start_time: r.holder_start?,
-                })
-            })
+            .and_then(LockRecord::holder_identity)
             .filter(|h| snapshot.table.is_alive(*h));
         let legacy = view
             .lock
@@ -113,6 +103,24 @@ pub fn targets(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<Target> {
                 holder: if locked_here && !legacy { holder } else { None },
                 held_by_orchestrator: locked_here && holder.is_some() && holder == orchestrator,
                 found,
+            });
+        }
+        // A live locked bot whose command line the pattern does not recognise is still
+        // the desk's: stop it too.
+        if let Some(managed) = view.managed.as_ref().filter(|m| {
+            !view
+                .copies
+                .iter()
+                .any(|c| c.tree.pids().any(|p| p == m.pid))
+        }) {
+            targets.push(Target {
+                name: view.component.lock_name.clone(),
+                account: view.component.account.clone(),
+                stage: Stage::of(view.component.role),
+                who: managed.identity(),
+                holder: if legacy { None } else { holder },
+                held_by_orchestrator: !legacy && holder.is_some() && holder == orchestrator,
+                found: "lock (command line not recognised by its pattern)".into(),
             });
         }
     }

@@ -555,11 +555,9 @@ fn read_all(mut file: &File) -> io::Result<Vec<u8>> {
 }
 
 fn names_live_holder(record: Option<&LockRecord>, probe: &mut ProcessProbe) -> bool {
-    let Some(record) = record else { return false };
-    match (record.holder_pid, record.holder_start) {
-        (Some(pid), Some(start_time)) => probe.is_alive(ProcessIdentity { pid, start_time }),
-        _ => false,
-    }
+    record
+        .and_then(LockRecord::holder_identity)
+        .is_some_and(|holder| probe.is_alive(holder))
 }
 
 /// A legacy record naming a live process that started no later than the record.
