@@ -1,0 +1,178 @@
+//! `cargo xtask dist [--target TRIPLE] [--config PATH]`: the release bundle.
+//!
+//! Builds every tool in release mode, then lays out
+//! `dist/desk-tools-<version>-<target>/` with the binaries, the `.bat` wrappers a
+//! trader double-clicks (`MASTER_LAUNCH.bat`, `SAFE_SHUTDOWN.bat`, `CHECK_PROCS.bat`,
+//! `LOCK_GC.bat`, and one hand-start wrapper per component of the given `fleet.toml`),
+//! an example `fleet.toml`, and a README for the desk; and zips it all. Every `.bat`
+//! comes from [`bat::wrapper`]: edit the template, never the generated files.
+
+mod bat;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::{Parser, Subcommand};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const TOOLS: [&str; 4] = ["master-launch", "safe-shutdown", "check-procs", "lock-gc"];
+const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
+
+#[derive(Debug, Parser)]
+#[command(about = "Developer tasks for the desk tools")]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build the release bundle (folder and zip) under dist/.
+    Dist {
+        /// Target triple; x86_64-pc-windows-gnu builds through .ci/windows-lane.
+        #[arg(long, default_value = WINDOWS_TARGET)]
+        target: String,
+        /// The desk config the per-component wrappers are generated from, and that
+        /// ships as the example fleet.toml.
+        #[arg(long, default_value = "examples/desk/fleet.toml")]
+        config: PathBuf,
+        /// Use binaries already built into this folder instead of building.
+        #[arg(long, value_name = "DIR")]
+        prebuilt: Option<PathBuf>,
+        /// Where to put the bundle.
+        #[arg(long, value_name = "DIR", default_value = "dist")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let Args { task } = Args::parse();
+    let result = match task {
+        Task::Dist {
+            target,
+            config,
+            prebuilt,
+            out,
+        } => dist(&target, &config, prebuilt.as_deref(), &out),
+    };
+    match result {
+        Ok(zip) => {
+            println!("dist: {}", zip.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            lockcore::output::print_error("xtask", error.as_ref());
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn dist(target: &str, config: &Path, prebuilt: Option<&Path>, out_dir: &Path) -> Result<PathBuf> {
+    let root = workspace_root();
+    let config = root.join(config);
+    let out_dir = root.join(out_dir);
+    let fleet = lockcore::Fleet::load(&config)?;
+    let windows = target.contains("windows");
+    let bin_dir = match prebuilt {
+        Some(dir) => dir.to_path_buf(),
+        None => build(&root, target)?,
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    let name = format!("desk-tools-{version}-{target}");
+    let out = out_dir.join(&name);
+    if out.exists() {
+        fs::remove_dir_all(&out)?;
+    }
+    fs::create_dir_all(&out)?;
+    let exe = if windows { ".exe" } else { "" };
+    for tool in TOOLS {
+        let from = bin_dir.join(format!("{tool}{exe}"));
+        fs::copy(&from, out.join(format!("{tool}{exe}")))
+            .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+    }
+    for (file, text) in bat::all_wrappers(&fleet) {
+        fs::write(out.join(file), text)?;
+    }
+    fs::copy(&config, out.join("fleet.toml"))?;
+    fs::write(out.join("README.txt"), desk_readme().replace('\n', "\r\n"))?;
+    let zip = out_dir.join(format!("{name}.zip"));
+    write_zip(&out, &name, &zip)?;
+    Ok(zip)
+}
+
+/// Release build of every tool; returns where the binaries are.
+fn build(root: &Path, target: &str) -> Result<PathBuf> {
+    let status = if target == WINDOWS_TARGET {
+        // rustup here has only the Linux target: the lane builds std for Windows.
+        Command::new("bash")
+            .arg(root.join(".ci/windows-lane"))
+            .arg("build-release")
+            .current_dir(root)
+            .status()?
+    } else {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .args(["build", "--release", "--target", target])
+            .current_dir(root);
+        for tool in TOOLS {
+            command.args(["-p", tool]);
+        }
+        command.status()?
+    };
+    if !status.success() {
+        return Err(format!("the release build for {target} failed").into());
+    }
+    let target_dir = if target == WINDOWS_TARGET {
+        "target/windows"
+    } else {
+        "target"
+    };
+    Ok(root.join(target_dir).join(target).join("release"))
+}
+
+fn write_zip(folder: &Path, prefix: &str, zip_path: &Path) -> Result<()> {
+    let file = fs::File::create(zip_path)?;
+    let mut zip = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o755);
+    let mut entries: Vec<PathBuf> = fs::read_dir(folder)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        zip.start_file(format!("{prefix}/{file_name}"), options)?;
+        zip.write_all(&fs::read(&path)?)?;
+    }
+    zip.finish()?;
+    Ok(())
+}
+
+fn desk_readme() -> String {
+    "Desk tools: one running instance per trading account\n\
+     =====================================================\n\n\
+     Double-click:\n\
+     \x20 MASTER_LAUNCH.bat   start the whole desk once (refuses if anything already runs)\n\
+     \x20 SAFE_SHUTDOWN.bat   stop the desk in a safe order (asks you to type YES)\n\
+     \x20 CHECK_PROCS.bat     see what runs and what is wrong\n\
+     \x20 LOCK_GC.bat         remove stale lock files (never a held one)\n\
+     \x20 START_<NAME>.bat    start one bot by hand, under its lock\n\n\
+     Edit fleet.toml first: accounts, logins, terminals, the python path.\n\
+     From PowerShell: .\\check-procs.exe --json | ConvertFrom-Json\n\n\
+     Exit codes: 0 ok, 1 problems or something survived, 2 bad arguments or config,\n\
+     3 refused because a lock is held.\n"
+        .to_string()
+}

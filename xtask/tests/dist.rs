@@ -1,0 +1,114 @@
+//! `cargo xtask dist` packaging: the folder, the zip, its file list, CRLF wrappers.
+//! Uses stand-in binaries (`--prebuilt`) so the test checks the packaging, not a
+//! release build; `.ci/run` runs the real `cargo xtask dist` once.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+fn xtask() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+}
+
+#[test]
+fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bins = tmp.path().join("bins");
+    std::fs::create_dir_all(&bins).unwrap();
+    for tool in ["master-launch", "safe-shutdown", "check-procs", "lock-gc"] {
+        std::fs::write(bins.join(format!("{tool}.exe")), b"MZ stand-in").unwrap();
+    }
+    let out = tmp.path().join("dist");
+    let status = xtask()
+        .args(["dist", "--target", "x86_64-pc-windows-gnu", "--prebuilt"])
+        .arg(&bins)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let name = format!(
+        "desk-tools-{}-x86_64-pc-windows-gnu",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(out.join(&name).is_dir());
+    let zip_path = out.join(format!("{name}.zip"));
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    let mut names: Vec<String> = archive
+        .file_names()
+        .map(|n| n.unwrap().to_string())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = [
+        "CHECK_PROCS.bat",
+        "LOCK_GC.bat",
+        "MASTER_LAUNCH.bat",
+        "README.txt",
+        "SAFE_SHUTDOWN.bat",
+        "check-procs.exe",
+        "fleet.toml",
+        "lock-gc.exe",
+        "master-launch.exe",
+        "safe-shutdown.exe",
+        "START_quantum_server.bat",
+    ]
+    .iter()
+    .map(|f| format!("{name}/{f}"))
+    .collect();
+    for account in ["ATLAS", "BG_INSTANT", "BG_CHALLENGE", "GL_3", "FTMO"] {
+        expected.push(format!("{name}/START_BRAIN_{account}.bat"));
+        expected.push(format!("{name}/START_WATCHDOG_{account}.bat"));
+    }
+    expected.sort();
+    assert_eq!(names, expected);
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().unwrap().to_string();
+        if !name.ends_with(".bat") {
+            continue;
+        }
+        let mut text = String::new();
+        entry.read_to_string(&mut text).unwrap();
+        assert!(
+            !text.replace("\r\n", "").contains('\n'),
+            "{name} has a bare LF"
+        );
+        assert!(text.contains("cd /d \"%~dp0\""), "{name}");
+        assert!(text.contains("exit /b !code!"), "{name}");
+    }
+    let start = std::fs::read_to_string(out.join(&name).join("START_BRAIN_GL_3.bat")).unwrap();
+    assert!(
+        start.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" run BRAIN_GL_3 %*")
+    );
+    let shutdown = std::fs::read_to_string(out.join(&name).join("SAFE_SHUTDOWN.bat")).unwrap();
+    assert!(
+        !shutdown.to_lowercase().contains("set /p"),
+        "a second prompt of its own"
+    );
+}
+
+#[test]
+fn a_bad_config_is_refused_with_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("fleet.toml");
+    std::fs::write(&config, "bogus = 1\n").unwrap();
+    let output = xtask()
+        .args(["dist", "--prebuilt"])
+        .arg(tmp.path())
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        text.contains("fleet.toml:1: unknown field `bogus`"),
+        "{text}"
+    );
+    assert!(!Path::new(&tmp.path().join("out")).exists());
+}
