@@ -4,14 +4,14 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-#[cfg(unix)]
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::prelude::*;
 use fleet_tests::{Desk, Lines, Running, spawn_reader};
-use lockcore::{DeskSnapshot, Fleet, LockState, ProcessProbe};
+#[cfg(unix)]
+use fleet_tests::{exit_times, wait_gone, wait_until};
+use lockcore::{DeskSnapshot, LockState};
 use predicates::prelude::*;
 
 struct Launcher {
@@ -73,16 +73,11 @@ impl Launcher {
     }
 }
 
-fn snapshot(desk: &Desk) -> DeskSnapshot {
-    let fleet = Fleet::load(&desk.config()).unwrap();
-    DeskSnapshot::take(&fleet, &mut ProcessProbe::new().unwrap()).unwrap()
-}
-
 /// Waits until every component of the desk runs exactly once, under its lock.
 fn wait_all_running(desk: &Desk) -> DeskSnapshot {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let snap = snapshot(desk);
+        let snap = desk.snapshot();
         let all = snap
             .components
             .iter()
@@ -117,27 +112,6 @@ fn running_pids(snap: &DeskSnapshot) -> Vec<u32> {
         .collect()
 }
 
-fn lock_files(desk: &Desk) -> Vec<String> {
-    std::fs::read_dir(desk.lock_dir())
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.ends_with(".lock"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-#[cfg(unix)]
-fn wait_gone(pids: &[u32]) {
-    let mut probe = ProcessProbe::new().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|&p| probe.identity(p).is_some()) {
-        assert!(Instant::now() < deadline, "processes survived: {pids:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
     let desk = Desk::new("qs_dry", &["DRY1", "DRY2"]);
@@ -160,7 +134,7 @@ fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
         text.contains(&fleet_tests::stand_in().display().to_string()),
         "{text}"
     );
-    assert!(lock_files(&desk).is_empty());
+    assert!(desk.lock_files().is_empty());
 }
 
 #[test]
@@ -197,14 +171,14 @@ fn a_desk_starts_once_and_a_second_master_launch_refuses() {
             first.pid()
         )));
     assert_eq!(
-        running_pids(&snapshot(&desk)),
+        running_pids(&desk.snapshot()),
         running_pids(&snap),
         "the refusal changed the desk"
     );
     let pids = running_pids(&snap);
     assert_eq!(first.stop("-INT"), 0);
     wait_gone(&pids);
-    assert!(lock_files(&desk).is_empty(), "{:?}", lock_files(&desk));
+    assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
 }
 
 #[test]
@@ -224,7 +198,7 @@ fn a_held_lock_makes_it_refuse_and_start_nothing() {
         "{text}"
     );
     assert!(text.contains("safe-shutdown"), "{text}");
-    let snap = snapshot(&desk);
+    let snap = desk.snapshot();
     for view in &snap.components {
         let expected = usize::from(view.component.lock_name == "WATCHDOG_HELD2");
         assert_eq!(
@@ -234,7 +208,7 @@ fn a_held_lock_makes_it_refuse_and_start_nothing() {
             view.component.lock_name
         );
     }
-    assert_eq!(lock_files(&desk), ["WATCHDOG_HELD2.lock"]);
+    assert_eq!(desk.lock_files(), ["WATCHDOG_HELD2.lock"]);
 }
 
 #[test]
@@ -253,8 +227,8 @@ fn an_unlocked_copy_started_by_hand_makes_it_refuse_and_start_nothing() {
         text.contains("running without its lock") && text.contains(&stray.pid().to_string()),
         "{text}"
     );
-    assert!(lock_files(&desk).is_empty(), "{:?}", lock_files(&desk));
-    assert_eq!(running_pids(&snapshot(&desk)), [stray.pid()]);
+    assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
+    assert_eq!(running_pids(&desk.snapshot()), [stray.pid()]);
 }
 
 #[test]
@@ -299,7 +273,7 @@ fn a_killed_child_is_restarted_under_the_same_lock() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let snap = snapshot(&desk);
+        let snap = desk.snapshot();
         let view = snap.component("BRAIN_RESTART1").unwrap();
         if let Some(managed) = view.managed.as_ref().filter(|m| m.pid != old_pid) {
             let record = view.lock.as_ref().unwrap().record.as_ref().unwrap();
@@ -335,7 +309,7 @@ fn a_crash_looping_child_is_given_up_while_the_rest_keep_running() {
         .lines
         .wait_for("GIVING UP", Duration::from_secs(30));
     assert!(line.unwrap().contains("BRAIN_LOOP1"));
-    let snap = snapshot(&desk);
+    let snap = desk.snapshot();
     assert!(
         snap.component("BRAIN_LOOP1").unwrap().lock.is_none(),
         "lock kept after giving up"
@@ -365,7 +339,7 @@ fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
     let pids = running_pids(&wait_all_running(&desk));
     assert_eq!(launcher.stop("-INT"), 0);
     wait_gone(&pids);
-    assert!(lock_files(&desk).is_empty());
+    assert!(desk.lock_files().is_empty());
     let exits = exit_times(&exit_log);
     let latest = |prefix: &str| {
         exits
@@ -386,19 +360,6 @@ fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
     assert_eq!(exits.len(), 5, "{exits:?}");
     assert!(latest("BRAIN_") <= earliest("WATCHDOG_"), "{exits:?}");
     assert!(latest("WATCHDOG_") <= earliest("qs_order"), "{exits:?}");
-}
-
-#[cfg(unix)]
-fn exit_times(path: &Path) -> Vec<(String, u128)> {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines()
-        .map(|l| {
-            let parsed = l
-                .split_once(' ')
-                .and_then(|(n, t)| Some((n.to_string(), t.parse().ok()?)));
-            parsed.unwrap_or_else(|| panic!("bad exit-log line {l:?} in:\n{text}"))
-        })
-        .collect()
 }
 
 #[cfg(target_os = "linux")]
@@ -454,9 +415,9 @@ fn eight_concurrent_master_launches_start_the_desk_exactly_once() {
         assert_eq!(winner.stop("-TERM"), 0);
         wait_gone(&pids);
         assert!(
-            lock_files(&desk).is_empty(),
+            desk.lock_files().is_empty(),
             "round {round}: {:?}",
-            lock_files(&desk)
+            desk.lock_files()
         );
     }
 }
@@ -486,7 +447,7 @@ fn run_starts_one_component_by_hand_under_its_lock() {
         .wait_for("started pid", Duration::from_secs(30))
         .unwrap();
     assert!(line.contains("lock BRAIN_RUN1 account RUN1"), "{line}");
-    let snap = snapshot(&desk);
+    let snap = desk.snapshot();
     let view = snap.component("BRAIN_RUN1").unwrap();
     assert_eq!(view.copies.len(), 1);
     assert!(view.copies[0].locked);
@@ -506,7 +467,7 @@ fn run_starts_one_component_by_hand_under_its_lock() {
         )));
     assert_eq!(runner.stop("-INT"), 0);
     wait_gone(&[bot]);
-    assert!(lock_files(&desk).is_empty());
+    assert!(desk.lock_files().is_empty());
     Command::cargo_bin("master-launch")
         .unwrap()
         .arg("--config")
@@ -515,15 +476,6 @@ fn run_starts_one_component_by_hand_under_its_lock() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("no component named BRAIN_NOPE"));
-}
-
-#[cfg(unix)]
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// What `safe-shutdown --account X` does: a stop request per component. The account
@@ -545,7 +497,7 @@ fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
             .unwrap();
     }
     wait_until("REQ1 to stop and its requests to be cleared", || {
-        let snap = snapshot(&desk);
+        let snap = desk.snapshot();
         ["BRAIN_REQ1", "WATCHDOG_REQ1"].iter().all(|n| {
             let view = snap.component(n).unwrap();
             view.copies.is_empty() && view.lock.is_none()
@@ -553,7 +505,7 @@ fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
     });
     // Well past the restart delay: still stopped, and REQ2 untouched.
     std::thread::sleep(Duration::from_millis(2500));
-    let after = snapshot(&desk);
+    let after = desk.snapshot();
     for name in ["BRAIN_REQ1", "WATCHDOG_REQ1"] {
         assert!(
             after.component(name).unwrap().copies.is_empty(),
@@ -589,7 +541,7 @@ fn a_stop_all_request_stops_the_desk_in_order_and_exits() {
     });
     assert_eq!(status.unwrap().code(), Some(0));
     wait_gone(&pids);
-    assert!(lock_files(&desk).is_empty());
+    assert!(desk.lock_files().is_empty());
     assert!(!desk.lock_dir().join("MASTER_LAUNCH.stop").exists());
     let exits = exit_times(&exit_log);
     let names: Vec<&str> = exits.iter().map(|(n, _)| n.as_str()).collect();
@@ -632,7 +584,7 @@ fn a_stubborn_bot_is_forced_at_the_request_deadline() {
             .is_some()
     );
     assert!(
-        snapshot(&desk)
+        desk.snapshot()
             .component("BRAIN_STUB1")
             .unwrap()
             .lock
@@ -657,7 +609,7 @@ fn a_stop_request_stops_a_hand_started_component() {
         .spawn()
         .unwrap();
     wait_until("the watchdog to run under its lock", || {
-        snapshot(&desk)
+        desk.snapshot()
             .component("WATCHDOG_RUNREQ")
             .unwrap()
             .managed
@@ -672,6 +624,6 @@ fn a_stop_request_stops_a_hand_started_component() {
         status.is_some()
     });
     assert_eq!(status.unwrap().code(), Some(0));
-    assert!(lock_files(&desk).is_empty());
+    assert!(desk.lock_files().is_empty());
     assert!(!desk.lock_dir().join("WATCHDOG_RUNREQ.stop").exists());
 }

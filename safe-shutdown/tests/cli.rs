@@ -6,13 +6,12 @@
 // helpers they share go unused.
 #![cfg_attr(not(unix), allow(dead_code, unused_imports))]
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::prelude::*;
-use fleet_tests::{Desk, Lines, Running, spawn_reader, tool};
-use lockcore::{DeskSnapshot, Fleet, ProcessProbe};
+use fleet_tests::{Desk, Lines, Running, exit_times, spawn_reader, tool, wait_until};
+use lockcore::ProcessProbe;
 use predicates::prelude::*;
 
 fn safe_shutdown(desk: &Desk, args: &[&str]) -> Command {
@@ -25,36 +24,12 @@ fn safe_shutdown(desk: &Desk, args: &[&str]) -> Command {
     command
 }
 
-fn snapshot(desk: &Desk) -> DeskSnapshot {
-    let fleet = Fleet::load(&desk.config()).unwrap();
-    DeskSnapshot::take(&fleet, &mut ProcessProbe::new().unwrap()).unwrap()
-}
-
 fn running_pids(desk: &Desk) -> Vec<u32> {
-    snapshot(desk)
+    desk.snapshot()
         .components
         .iter()
         .flat_map(|v| v.copies.iter().flat_map(|c| c.tree.pids()))
         .collect()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn lock_files(desk: &Desk) -> Vec<String> {
-    std::fs::read_dir(desk.lock_dir())
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.ends_with(".lock"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 struct Launcher {
@@ -80,7 +55,7 @@ fn launch(desk: &Desk) -> Launcher {
     );
     let expected = desk.component_names().len();
     wait_until("the desk to run", || {
-        let snap = snapshot(desk);
+        let snap = desk.snapshot();
         snap.components
             .iter()
             .all(|v| v.managed.is_some() && v.copies.len() == 1)
@@ -90,18 +65,6 @@ fn launch(desk: &Desk) -> Launcher {
         running: Running::new(child),
         _lines: lines,
     }
-}
-
-fn exit_times(path: &Path) -> Vec<(String, u128)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .map(|l| {
-            let parsed = l
-                .split_once(' ')
-                .and_then(|(n, t)| Some((n.to_string(), t.parse().ok()?)));
-            parsed.unwrap_or_else(|| panic!("bad exit-log line {l:?} in:\n{text}"))
-        })
-        .collect()
 }
 
 /// Every brain exits before any watchdog, every watchdog before any global.
@@ -197,7 +160,7 @@ fn at_the_prompt_no_cancels_and_yes_proceeds() {
     assert_eq!(code, 0, "{screen}");
     assert!(screen.contains("All 1 stopped."), "{screen}");
     assert!(running_pids(&desk).is_empty());
-    assert!(lock_files(&desk).is_empty());
+    assert!(desk.lock_files().is_empty());
 }
 
 #[cfg(unix)]
@@ -227,7 +190,7 @@ fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
     assert_eq!(exits.len(), 5, "{exits:?}");
     assert_safe_order(&exits, "qs_full");
     assert!(running_pids(&desk).is_empty());
-    assert!(lock_files(&desk).is_empty(), "{:?}", lock_files(&desk));
+    assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
     let audit = std::fs::read_to_string(desk.dir.path().join("logs/safe-shutdown.log")).unwrap();
     assert!(
         audit.contains("stop-all request") && audit.contains("all stopped"),
@@ -266,7 +229,7 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
     );
     let _brain = by_hand("BRAIN_LOOSE1");
     wait_until("three copies", || {
-        snapshot(&desk)
+        desk.snapshot()
             .components
             .iter()
             .map(|v| v.copies.len())
@@ -284,7 +247,7 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
         "a bot was forced instead of stopped: {exits:?}"
     );
     assert_safe_order(&exits, "qs_loose");
-    assert!(lock_files(&desk).is_empty());
+    assert!(desk.lock_files().is_empty());
 }
 
 #[cfg(unix)]
@@ -295,7 +258,7 @@ fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
     let keep: Vec<u32> = ["qs_acct", "WATCHDOG_ACCT2", "BRAIN_ACCT2"]
         .iter()
         .map(|n| {
-            snapshot(&desk)
+            desk.snapshot()
                 .component(n)
                 .unwrap()
                 .managed
@@ -310,7 +273,7 @@ fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
         .stdout(predicate::str::contains("All 2 stopped."));
     // Longer than master-launch's restart delay: still stopped.
     std::thread::sleep(Duration::from_millis(2500));
-    let snap = snapshot(&desk);
+    let snap = desk.snapshot();
     for name in ["BRAIN_ACCT1", "WATCHDOG_ACCT1"] {
         let view = snap.component(name).unwrap();
         assert!(
@@ -400,7 +363,7 @@ fn a_reused_pid_in_a_lock_record_is_left_alone() {
         probe.identity(unrelated.pid()).is_some(),
         "an unrelated process was stopped"
     );
-    assert!(lock_files(&desk).is_empty(), "the stale lock stayed");
+    assert!(desk.lock_files().is_empty(), "the stale lock stayed");
 }
 
 #[test]

@@ -367,3 +367,54 @@ fn kill_one(pid: u32) {
         .stderr(std::process::Stdio::null())
         .status();
 }
+
+impl Desk {
+    /// One look at the desk, as the tools see it.
+    pub fn snapshot(&self) -> lockcore::DeskSnapshot {
+        let fleet = lockcore::Fleet::load(&self.config()).unwrap_or_else(|e| panic!("{e}"));
+        let mut probe = lockcore::ProcessProbe::new().unwrap_or_else(|e| panic!("{e}"));
+        lockcore::DeskSnapshot::take(&fleet, &mut probe).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The `*.lock` files in the desk's lock folder.
+    pub fn lock_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.lock_dir())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.ends_with(".lock"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Polls `done` every 50 ms for up to 30 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until none of `pids` is alive (zombies count as gone).
+pub fn wait_gone(pids: &[u32]) {
+    let mut probe = lockcore::ProcessProbe::new().unwrap_or_else(|e| panic!("{e}"));
+    wait_until("processes to exit", || {
+        pids.iter().all(|&p| probe.identity(p).is_none())
+    });
+}
+
+/// The `NAME unix-ms` lines stand-in bots append to their `--exit-log`.
+pub fn exit_times(path: &Path) -> Vec<(String, u128)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let parsed = l
+                .split_once(' ')
+                .and_then(|(n, t)| Some((n.to_string(), t.parse().ok()?)));
+            parsed.unwrap_or_else(|| panic!("bad exit-log line {l:?} in:\n{text}"))
+        })
+        .collect()
+}
