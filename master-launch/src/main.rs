@@ -151,6 +151,7 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     if let Some(code) = preflight(&fleet, &plan, &locks, &mut probe, &events)? {
         return Ok(code);
     }
+    clear_stale_requests(&fleet, &plan, &events);
     let (done_tx, done_rx) = channel::<Event>();
     let stopped = Arc::new((Mutex::new(false), Condvar::new()));
     install_stop_handler(done_tx.clone(), stopped.clone())?;
@@ -357,6 +358,25 @@ fn preflight(
     Ok(Some(ExitCode::Refused))
 }
 
+/// Stop requests left from before we held the locks (a requester that died before
+/// cleaning up) are addressed to holders that are gone; acting on them would stop the
+/// desk we are starting.
+fn clear_stale_requests(fleet: &Fleet, plan: &[Component], events: &Log) {
+    let names = plan
+        .iter()
+        .map(|c| c.lock_name.as_str())
+        .chain([MASTER_LOCK_NAME]);
+    for name in names {
+        if StopRequest::read(&fleet.lock_dir, name).is_some() {
+            let _ = StopRequest::remove(&fleet.lock_dir, name);
+            events.line(
+                "",
+                &format!("cleared a stop request for {name} left from before this start"),
+            );
+        }
+    }
+}
+
 /// The `FLEET_*` variables a managed process learns who it is from.
 fn fleet_env(fleet: &Fleet, component: &Component, lock: &HeldLock) -> Vec<(String, String)> {
     let lock_file = std::path::absolute(lock.path()).unwrap_or_else(|_| lock.path().to_path_buf());
@@ -473,6 +493,8 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
             return Ok(ExitCode::Refused);
         }
     };
+    // A request left from an earlier holder is not for us.
+    let _ = StopRequest::remove(&fleet.lock_dir, name);
     let mut command = supervisor::build_command(&component);
     command.envs(fleet_env(&fleet, &component, &lock));
     let (mut running, _binding) = child::spawn_bound(&mut command)?;

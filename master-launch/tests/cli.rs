@@ -232,10 +232,16 @@ fn an_unlocked_copy_started_by_hand_makes_it_refuse_and_start_nothing() {
 }
 
 #[test]
-fn stale_and_corrupt_locks_are_cleaned_not_refused() {
+fn stale_locks_are_cleaned_and_stale_stop_requests_ignored() {
     let desk = Desk::new("qs_clean", &["CLEAN1"]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     std::fs::write(desk.lock_path("BRAIN_CLEAN1"), b"garbage").unwrap();
+    // Stop requests left by a requester that died: not for this start.
+    for name in ["MASTER_LAUNCH", "WATCHDOG_CLEAN1"] {
+        lockcore::StopRequest::new(name, Duration::from_secs(1))
+            .write(&desk.lock_dir())
+            .unwrap();
+    }
     let launcher = launch(&desk, &[]);
     assert!(
         launcher
@@ -245,6 +251,11 @@ fn stale_and_corrupt_locks_are_cleaned_not_refused() {
     );
     launcher.wait_started();
     wait_all_running(&desk);
+    // Still running after several looks at the lock dir.
+    std::thread::sleep(Duration::from_millis(1000));
+    wait_all_running(&desk);
+    assert!(!desk.lock_dir().join("MASTER_LAUNCH.stop").exists());
+    assert!(!desk.lock_dir().join("WATCHDOG_CLEAN1.stop").exists());
 }
 
 #[cfg(unix)]
