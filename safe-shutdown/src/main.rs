@@ -210,6 +210,19 @@ fn stop_stage(
     let started = Instant::now();
     let mut deadline = timeout;
     for target in targets {
+        if let Some(now) = probe.identity(target.who.pid)
+            && !lockcore::process::same_start(now.start_time, target.who.start_time)
+        {
+            let line = format!(
+                "{}: pid {} now belongs to another process (started {}); left alone",
+                target.name,
+                target.who.pid,
+                lockcore::record::format_local(now.start_time)
+            );
+            println!("{line}");
+            audit.line("", &line);
+            continue;
+        }
         match target.holder {
             Some(_) if whole_desk && target.held_by_orchestrator => {
                 // The stop-all request covers it; master-launch keeps the order.
