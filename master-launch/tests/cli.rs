@@ -437,21 +437,7 @@ fn eight_concurrent_master_launches_start_the_desk_exactly_once() {
 #[test]
 fn run_starts_one_component_by_hand_under_its_lock() {
     let desk = Desk::new("qs_run", &["RUN1"]);
-    let mut child = Command::cargo_bin("master-launch")
-        .unwrap()
-        .arg("--config")
-        .arg(desk.config())
-        .args(["run", "BRAIN_RUN1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = spawn_reader(child.stdout.take().unwrap());
-    let runner = Launcher {
-        running: Running::new(child),
-        lines,
-    };
+    let runner = launch(&desk, &["run", "BRAIN_RUN1"]);
     // The bot itself says who it is, from FLEET_* variables.
     let line = runner
         .lines
@@ -601,24 +587,14 @@ fn a_stubborn_bot_is_forced_at_the_request_deadline() {
             .lock
             .is_none()
     );
-    // The rest ignore graceful stops too: the desk stop forces them after their timeout.
-    let _ = launcher.running.pid();
+    // Dropping the launcher kills master-launch; its stubborn children go with it.
 }
 
 #[cfg(unix)]
 #[test]
 fn a_stop_request_stops_a_hand_started_component() {
     let desk = Desk::new("qs_runreq", &["RUNREQ"]);
-    let mut child = Command::cargo_bin("master-launch")
-        .unwrap()
-        .arg("--config")
-        .arg(desk.config())
-        .args(["run", "WATCHDOG_RUNREQ"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut runner = launch(&desk, &["run", "WATCHDOG_RUNREQ"]);
     wait_until("the watchdog to run under its lock", || {
         desk.snapshot()
             .component("WATCHDOG_RUNREQ")
@@ -631,7 +607,7 @@ fn a_stop_request_stops_a_hand_started_component() {
         .unwrap();
     let mut status = None;
     wait_until("the runner to exit", || {
-        status = child.try_wait().unwrap();
+        status = runner.running.child.try_wait().unwrap();
         status.is_some()
     });
     assert_eq!(status.unwrap().code(), Some(0));
