@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use assert_cmd::prelude::*;
 use fleet_tests::{Desk, Lines, Running, spawn_reader};
 #[cfg(unix)]
-use fleet_tests::{exit_times, wait_gone, wait_until};
+use fleet_tests::{wait_gone, wait_until};
 use lockcore::{DeskSnapshot, LockState};
 use predicates::prelude::*;
 
@@ -21,11 +21,15 @@ struct Launcher {
     lines: Lines,
 }
 
+/// `master-launch --config <the desk's fleet.toml>`.
+fn master_launch(desk: &Desk) -> Command {
+    let mut command = Command::cargo_bin("master-launch").unwrap();
+    command.arg("--config").arg(desk.config());
+    command
+}
+
 fn launch(desk: &Desk, extra: &[&str]) -> Launcher {
-    let mut child = Command::cargo_bin("master-launch")
-        .unwrap()
-        .arg("--config")
-        .arg(desk.config())
+    let mut child = master_launch(desk)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -115,10 +119,7 @@ fn running_pids(snap: &DeskSnapshot) -> Vec<u32> {
 #[test]
 fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
     let desk = Desk::new("qs_dry", &["DRY1", "DRY2"]);
-    let output = Command::cargo_bin("master-launch")
-        .unwrap()
-        .arg("--config")
-        .arg(desk.config())
+    let output = master_launch(&desk)
         .args(["--dry-run", "--only", "dry2"])
         .output()
         .unwrap();
@@ -140,10 +141,7 @@ fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
 #[test]
 fn an_unknown_only_account_is_a_usage_error() {
     let desk = Desk::new("qs_only", &["ONLY1"]);
-    Command::cargo_bin("master-launch")
-        .unwrap()
-        .arg("--config")
-        .arg(desk.config())
+    master_launch(&desk)
         .args(["--only", "NOPE"])
         .assert()
         .code(2)
@@ -160,10 +158,7 @@ fn a_desk_starts_once_and_a_second_master_launch_refuses() {
     // Every child knows who it is.
     let log = std::fs::read_to_string(desk.dir.path().join("logs/BRAIN_TWICE2.log")).unwrap();
     assert!(log.contains("lock BRAIN_TWICE2 account TWICE2"), "{log}");
-    Command::cargo_bin("master-launch")
-        .unwrap()
-        .arg("--config")
-        .arg(desk.config())
+    master_launch(&desk)
         .assert()
         .code(3)
         .stderr(predicate::str::contains(format!(
@@ -185,12 +180,7 @@ fn a_desk_starts_once_and_a_second_master_launch_refuses() {
 fn a_held_lock_makes_it_refuse_and_start_nothing() {
     let desk = Desk::new("qs_held", &["HELD1", "HELD2"]);
     let _by_hand = desk.start_locked("WATCHDOG_HELD2", &[]);
-    let output = Command::cargo_bin("master-launch")
-        .unwrap()
-        .arg("--config")
-        .arg(desk.config())
-        .output()
-        .unwrap();
+    let output = master_launch(&desk).output().unwrap();
     assert_eq!(output.status.code(), Some(3));
     let text = String::from_utf8(output.stderr).unwrap();
     assert!(
@@ -215,12 +205,7 @@ fn a_held_lock_makes_it_refuse_and_start_nothing() {
 fn an_unlocked_copy_started_by_hand_makes_it_refuse_and_start_nothing() {
     let desk = Desk::new("qs_hand", &["HAND1"]);
     let stray = desk.start_by_hand("BRAIN_HAND1");
-    let output = Command::cargo_bin("master-launch")
-        .unwrap()
-        .arg("--config")
-        .arg(desk.config())
-        .output()
-        .unwrap();
+    let output = master_launch(&desk).output().unwrap();
     assert_eq!(output.status.code(), Some(3));
     let text = String::from_utf8(output.stderr).unwrap();
     assert!(
@@ -336,13 +321,11 @@ fn a_crash_looping_child_is_given_up_while_the_rest_keep_running() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let exit_log = tmp.path().join("exits.log");
-    let exit_arg = exit_log.display().to_string();
+    let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
         "qs_order",
         &["ORDER1", "ORDER2"],
-        &["--exit-log", &exit_arg, "--stop-delay-ms", "200"],
+        &["--exit-log", &exit_log.arg, "--stop-delay-ms", "200"],
         "",
     );
     let launcher = launch(&desk, &[]);
@@ -351,7 +334,7 @@ fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
     assert_eq!(launcher.stop("-INT"), 0);
     wait_gone(&pids);
     assert!(desk.lock_files().is_empty());
-    let exits = exit_times(&exit_log);
+    let exits = exit_log.times();
     let latest = |prefix: &str| {
         exits
             .iter()
@@ -452,10 +435,7 @@ fn run_starts_one_component_by_hand_under_its_lock() {
     assert_eq!(record.holder_pid, Some(runner.pid()));
     let bot = view.managed.as_ref().unwrap().pid;
     // A double-click on the same wrapper is refused.
-    Command::cargo_bin("master-launch")
-        .unwrap()
-        .arg("--config")
-        .arg(desk.config())
+    master_launch(&desk)
         .args(["run", "BRAIN_RUN1"])
         .assert()
         .code(3)
@@ -465,10 +445,7 @@ fn run_starts_one_component_by_hand_under_its_lock() {
     assert_eq!(runner.stop("-INT"), 0);
     wait_gone(&[bot]);
     assert!(desk.lock_files().is_empty());
-    Command::cargo_bin("master-launch")
-        .unwrap()
-        .arg("--config")
-        .arg(desk.config())
+    master_launch(&desk)
         .args(["run", "BRAIN_NOPE"])
         .assert()
         .code(2)
@@ -521,10 +498,8 @@ fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
 #[cfg(unix)]
 #[test]
 fn a_stop_all_request_stops_the_desk_in_order_and_exits() {
-    let tmp = tempfile::tempdir().unwrap();
-    let exit_log = tmp.path().join("exits.log");
-    let exit_arg = exit_log.display().to_string();
-    let desk = Desk::with_options("qs_all", &["ALL1"], &["--exit-log", &exit_arg], "");
+    let exit_log = fleet_tests::ExitLog::new();
+    let desk = Desk::with_options("qs_all", &["ALL1"], &["--exit-log", &exit_log.arg], "");
     let mut launcher = launch(&desk, &[]);
     launcher.wait_started();
     let pids = running_pids(&wait_all_running(&desk));
@@ -540,7 +515,7 @@ fn a_stop_all_request_stops_the_desk_in_order_and_exits() {
     wait_gone(&pids);
     assert!(desk.lock_files().is_empty());
     assert!(!desk.lock_dir().join("MASTER_LAUNCH.stop").exists());
-    let exits = exit_times(&exit_log);
+    let exits = exit_log.times();
     let names: Vec<&str> = exits.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,

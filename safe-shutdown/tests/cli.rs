@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::prelude::*;
-use fleet_tests::{Desk, Lines, Running, exit_times, spawn_reader, tool, wait_until};
+use fleet_tests::{Desk, Lines, Running, spawn_reader, tool, wait_until};
 use lockcore::ProcessProbe;
 use predicates::prelude::*;
 
@@ -166,13 +166,11 @@ fn at_the_prompt_no_cancels_and_yes_proceeds() {
 #[cfg(unix)]
 #[test]
 fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let exit_log = tmp.path().join("exits.log");
-    let exit_arg = exit_log.display().to_string();
+    let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
         "qs_full",
         &["FULL1", "FULL2"],
-        &["--exit-log", &exit_arg],
+        &["--exit-log", &exit_log.arg],
         "",
     );
     let mut launcher = launch(&desk);
@@ -186,7 +184,7 @@ fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
     let mut probe = ProcessProbe::new().unwrap();
     assert!(pids.iter().all(|&p| probe.identity(p).is_none()));
     // Nothing was restarted: each bot exited exactly once, in the safe order.
-    let exits = exit_times(&exit_log);
+    let exits = exit_log.times();
     assert_eq!(exits.len(), 5, "{exits:?}");
     assert_safe_order(&exits, "qs_full");
     assert!(running_pids(&desk).is_empty());
@@ -201,15 +199,13 @@ fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
 #[cfg(unix)]
 #[test]
 fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
-    let tmp = tempfile::tempdir().unwrap();
-    let exit_log = tmp.path().join("exits.log");
-    let exit_arg = exit_log.display().to_string();
-    let desk = Desk::with_options("qs_loose", &["LOOSE1"], &["--exit-log", &exit_arg], "");
+    let exit_log = fleet_tests::ExitLog::new();
+    let desk = Desk::with_options("qs_loose", &["LOOSE1"], &["--exit-log", &exit_log.arg], "");
     let stand_in = fleet_tests::stand_in();
     let by_hand = |name: &str| {
         Running::new(
             Command::new(&stand_in)
-                .args([name, "--exit-log", &exit_arg])
+                .args([name, "--exit-log", &exit_log.arg])
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap(),
@@ -240,7 +236,7 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
         .assert()
         .code(0)
         .stdout(predicate::str::contains("All 3 stopped."));
-    let exits = exit_times(&exit_log);
+    let exits = exit_log.times();
     assert_eq!(
         exits.len(),
         3,

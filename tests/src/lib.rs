@@ -418,3 +418,37 @@ pub fn exit_times(path: &Path) -> Vec<(String, u128)> {
         })
         .collect()
 }
+
+/// A file stand-in bots append their exit times to (`--exit-log`), in a folder of its
+/// own, so a test can check the order in which they stopped.
+#[derive(Debug)]
+pub struct ExitLog {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    /// The path as a stand-in argument.
+    pub arg: String,
+}
+
+impl ExitLog {
+    pub fn new() -> ExitLog {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let path = dir.path().join("exits.log");
+        let arg = path.display().to_string();
+        ExitLog {
+            _dir: dir,
+            path,
+            arg,
+        }
+    }
+
+    /// `(name, unix-ms)` per bot that exited gracefully, in file order.
+    pub fn times(&self) -> Vec<(String, u128)> {
+        exit_times(&self.path)
+    }
+}
+
+impl Default for ExitLog {
+    fn default() -> Self {
+        ExitLog::new()
+    }
+}
