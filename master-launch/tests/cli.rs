@@ -461,10 +461,8 @@ fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
     let before = wait_all_running(&desk);
-    let req2_before: Vec<u32> = ["qs_req", "WATCHDOG_REQ2", "BRAIN_REQ2"]
-        .iter()
-        .map(|n| before.component(n).unwrap().managed.as_ref().unwrap().pid)
-        .collect();
+    let req2_before: Vec<u32> =
+        fleet_tests::managed_pids(&before, &["qs_req", "WATCHDOG_REQ2", "BRAIN_REQ2"]);
     for name in ["BRAIN_REQ1", "WATCHDOG_REQ1"] {
         lockcore::StopRequest::new(name, Duration::from_secs(5))
             .write(&desk.lock_dir())
@@ -486,10 +484,8 @@ fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
             "{name} was restarted"
         );
     }
-    let req2_after: Vec<u32> = ["qs_req", "WATCHDOG_REQ2", "BRAIN_REQ2"]
-        .iter()
-        .map(|n| after.component(n).unwrap().managed.as_ref().unwrap().pid)
-        .collect();
+    let req2_after: Vec<u32> =
+        fleet_tests::managed_pids(&after, &["qs_req", "WATCHDOG_REQ2", "BRAIN_REQ2"]);
     assert_eq!(req2_before, req2_after);
     assert_eq!(launcher.stop("-TERM"), 0);
 }

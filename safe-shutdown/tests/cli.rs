@@ -251,18 +251,10 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
 fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
     let desk = Desk::new("qs_acct", &["ACCT1", "ACCT2"]);
     let launcher = launch(&desk);
-    let keep: Vec<u32> = ["qs_acct", "WATCHDOG_ACCT2", "BRAIN_ACCT2"]
-        .iter()
-        .map(|n| {
-            desk.snapshot()
-                .component(n)
-                .unwrap()
-                .managed
-                .as_ref()
-                .unwrap()
-                .pid
-        })
-        .collect();
+    let keep = fleet_tests::managed_pids(
+        &desk.snapshot(),
+        &["qs_acct", "WATCHDOG_ACCT2", "BRAIN_ACCT2"],
+    );
     safe_shutdown(&desk, &["--yes", "--account", "acct1"])
         .assert()
         .code(0)
@@ -277,10 +269,8 @@ fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
             "{name} restarted"
         );
     }
-    let still: Vec<u32> = ["qs_acct", "WATCHDOG_ACCT2", "BRAIN_ACCT2"]
-        .iter()
-        .map(|n| snap.component(n).unwrap().managed.as_ref().unwrap().pid)
-        .collect();
+    let still: Vec<u32> =
+        fleet_tests::managed_pids(&snap, &["qs_acct", "WATCHDOG_ACCT2", "BRAIN_ACCT2"]);
     assert_eq!(keep, still);
     let mut probe = ProcessProbe::new().unwrap();
     assert!(

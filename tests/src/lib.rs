@@ -452,3 +452,17 @@ impl Default for ExitLog {
         ExitLog::new()
     }
 }
+
+/// The pid of the bot each named component's lock records; panics if one is not running.
+pub fn managed_pids(snapshot: &lockcore::DeskSnapshot, names: &[&str]) -> Vec<u32> {
+    names
+        .iter()
+        .map(|name| {
+            snapshot
+                .component(name)
+                .and_then(|view| view.managed.as_ref())
+                .map(|process| process.pid)
+                .unwrap_or_else(|| panic!("{name} is not running under its lock"))
+        })
+        .collect()
+}

@@ -35,6 +35,8 @@ use crate::record::{LockRecord, format_local, local_timestamp_now};
 /// holder whose handle is not yet released.
 const UNDECIDED_WAIT: Duration = Duration::from_secs(1);
 const RETRY_PAUSE: Duration = Duration::from_millis(2);
+/// How long remove-if-stale waits on a lock whose record names no live holder.
+const BUSY_WAIT: Duration = Duration::from_millis(200);
 
 /// A folder of lock files.
 #[derive(Debug, Clone)]
@@ -365,7 +367,7 @@ impl LockDir {
             Err(e) if os::is_transient(&e) => return Ok(Removal::Kept(busy(name, path))),
             Err(e) => return Err(io_error("open lock file", &path)(e)),
         };
-        if !os::try_lock_exclusive(&file).map_err(io_error("lock", &path))? {
+        if !self.lock_unless_held(&file, &path, probe)? {
             return Ok(Removal::Kept(busy(name, path)));
         }
         if !names_file(&path, &file) {
@@ -380,6 +382,29 @@ impl LockDir {
             os::Removed::Yes => Ok(Removal::Removed(status)),
             os::Removed::InUse => Ok(Removal::Kept(busy(name, path))),
             os::Removed::Gone => Ok(Removal::Missing),
+        }
+    }
+
+    /// Takes the exclusive lock for remove-if-stale. Gives up at once when the record
+    /// names a live holder; otherwise retries briefly, since the lock may be held only
+    /// for a moment: by an inspector, a starter mid-check, or a child that another
+    /// thread of the holding process is forking (it shares the open file until exec).
+    fn lock_unless_held(
+        &self,
+        file: &File,
+        path: &Path,
+        probe: &mut ProcessProbe,
+    ) -> Result<bool, LockError> {
+        let started = Instant::now();
+        loop {
+            if os::try_lock_exclusive(file).map_err(io_error("lock", path))? {
+                return Ok(true);
+            }
+            let record = read_all(file).ok().and_then(|b| LockRecord::parse(&b).ok());
+            if names_live_holder(record.as_ref(), probe) || started.elapsed() >= BUSY_WAIT {
+                return Ok(false);
+            }
+            std::thread::sleep(RETRY_PAUSE);
         }
     }
 }
