@@ -10,6 +10,7 @@
 //! - [`config`]: `fleet.toml`, its model and its validation.
 //! - [`desk`]: one snapshot of locks and processes, and the problems in it.
 //! - [`stop`]: stop requests, the way anyone asks a lock holder to stop.
+//! - [`graceful`]: asking a process we did not start to stop (SIGTERM, CTRL_BREAK, close).
 //! - [`exit`]: the exit codes every tool uses.
 //! - [`output`]: colour decisions and error printing at the binary edge.
 //!
@@ -18,6 +19,7 @@
 pub mod config;
 pub mod desk;
 pub mod exit;
+pub mod graceful;
 pub mod lock;
 pub mod logs;
 pub mod output;

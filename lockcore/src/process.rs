@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 
 use serde::Serialize;
+
+use crate::graceful::Asked;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, UpdateKind};
 
 /// A process as the tools name it: its pid and when it started.
@@ -93,18 +95,14 @@ impl ProcessProbe {
         true
     }
 
-    /// Asks a process to stop: SIGTERM on Unix. Windows has no such signal for a
-    /// process outside our console group (sysinfo offers only a kill there), so this
-    /// does nothing there and the caller forces it after its timeout. Checks the start
-    /// time first; returns whether the process was still there.
-    pub fn terminate(&mut self, who: ProcessIdentity) -> bool {
+    /// Asks a process to stop on its own ([`crate::graceful`]: SIGTERM on Unix; on
+    /// Windows CTRL_BREAK or a close request). Checks the start time first; returns
+    /// what was sent, or `None` when the process was no longer there.
+    pub fn terminate(&mut self, who: ProcessIdentity) -> Option<Asked> {
         if !self.is_alive(who) {
-            return false;
+            return None;
         }
-        if let Some(process) = self.system.process(Pid::from_u32(who.pid)) {
-            let _ = process.kill_with(sysinfo::Signal::Term);
-        }
-        true
+        Some(crate::graceful::ask_to_stop(who.pid))
     }
 
     /// One read of the whole process table: pids, parents, start times, command lines.

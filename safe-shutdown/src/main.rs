@@ -57,6 +57,8 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // On Windows this binary doubles as the helper that sends a console control event.
+    lockcore::graceful::serve_console_helper();
     finish(TOOL, run(&Args::parse()))
 }
 
@@ -240,10 +242,13 @@ fn stop_stage(
                 deadline = deadline.max(timeout + HOLDER_MARGIN);
             }
             None => {
-                if probe.terminate(target.who) {
+                if let Some(asked) = probe.terminate(target.who) {
                     audit.line(
                         "",
-                        &format!("{}: asked pid {} to stop", target.name, target.who.pid),
+                        &format!(
+                            "{}: asked pid {} to stop: {asked}",
+                            target.name, target.who.pid
+                        ),
                     );
                 }
             }

@@ -53,14 +53,7 @@ fn launch(desk: &Desk) -> Launcher {
             .wait_for("desk started", Duration::from_secs(30))
             .is_some()
     );
-    let expected = desk.component_names().len();
-    wait_until("the desk to run", || {
-        let snap = desk.snapshot();
-        snap.components
-            .iter()
-            .all(|v| v.managed.is_some() && v.copies.len() == 1)
-            && snap.components.len() == expected
-    });
+    desk.wait_until_running();
     Launcher {
         running: Running::new(child),
         _lines: lines,
@@ -142,6 +135,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
     )
 }
 
+// Unix-only: the pseudo-terminal comes from Python's pty module.
 #[cfg(unix)]
 #[test]
 fn at_the_prompt_no_cancels_and_yes_proceeds() {
@@ -163,6 +157,7 @@ fn at_the_prompt_no_cancels_and_yes_proceeds() {
     assert!(desk.lock_files().is_empty());
 }
 
+// Unix-only: the bots' graceful exits (SIGTERM) are part of what it checks.
 #[cfg(unix)]
 #[test]
 fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
@@ -196,6 +191,7 @@ fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
     );
 }
 
+// Unix-only: the bots' graceful exits (SIGTERM) are part of what it checks.
 #[cfg(unix)]
 #[test]
 fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
@@ -246,7 +242,6 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
     assert!(desk.lock_files().is_empty());
 }
 
-#[cfg(unix)]
 #[test]
 fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
     let desk = Desk::new("qs_acct", &["ACCT1", "ACCT2"]);
@@ -255,7 +250,8 @@ fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
         &desk.snapshot(),
         &["qs_acct", "WATCHDOG_ACCT2", "BRAIN_ACCT2"],
     );
-    safe_shutdown(&desk, &["--yes", "--account", "acct1"])
+    // A short timeout: under Wine the bots never see CTRL_BREAK and are forced.
+    safe_shutdown(&desk, &["--yes", "--account", "acct1", "--timeout", "2"])
         .assert()
         .code(0)
         .stdout(predicate::str::contains("All 2 stopped."));
@@ -282,6 +278,7 @@ fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
 /// Two bots ignore the graceful stop, one takes 2 s to close; all in one stage. The
 /// stubborn ones are forced after the timeout, and the whole stop takes about one
 /// timeout, not the sum.
+// Unix-only: the bots' graceful exits (SIGTERM) are part of what it checks.
 #[cfg(unix)]
 #[test]
 fn stubborn_bots_are_forced_after_one_timeout_in_parallel() {

@@ -15,6 +15,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod wine;
+
 /// The path of workspace binary `name` from package `package`, built if needed.
 ///
 /// Builds with the same cargo and profile that runs the tests, into the same target
@@ -23,7 +25,9 @@ pub fn tool(package: &str, name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|p| p == package) {
+    // Under Wine cargo cannot run; the lane's `cargo test --workspace` built every
+    // binary before it ran any test.
+    if !built.iter().any(|p| p == package) && !wine::under_wine() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
         command.args(["build", "--quiet", "--bins", "-p", package]);
@@ -374,6 +378,33 @@ impl Desk {
         let fleet = lockcore::Fleet::load(&self.config()).unwrap_or_else(|e| panic!("{e}"));
         let mut probe = lockcore::ProcessProbe::new().unwrap_or_else(|e| panic!("{e}"));
         lockcore::DeskSnapshot::take(&fleet, &mut probe).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Waits until every component runs exactly once, under its lock.
+    pub fn wait_until_running(&self) {
+        let expected = self.component_names().len();
+        wait_until("the desk to run", || {
+            let snap = self.snapshot();
+            snap.components.len() == expected
+                && snap
+                    .components
+                    .iter()
+                    .all(|v| v.managed.is_some() && v.copies.len() == 1)
+        });
+    }
+
+    /// The lock names in the desk's lock folder that a live process holds. (On Windows
+    /// a release cannot always delete its file; what is left must not be held.)
+    pub fn held_locks(&self) -> Vec<String> {
+        let mut probe = lockcore::ProcessProbe::new().unwrap_or_else(|e| panic!("{e}"));
+        let statuses = lockcore::LockDir::new(self.lock_dir())
+            .scan(&mut probe)
+            .unwrap_or_else(|e| panic!("{e}"));
+        statuses
+            .into_iter()
+            .filter(|status| status.state.is_held())
+            .map(|status| status.name)
+            .collect()
     }
 
     /// The `*.lock` files in the desk's lock folder.

@@ -5,7 +5,9 @@
 //! `C:\Program Files (x86)\...`); the tool's exit code passed on with `exit /b`; and
 //! `pause` only when double-clicked from Explorer, detected by the wrapper's own name
 //! in `%cmdcmdline%` (Explorer runs `cmd /c ""...\X.bat" "`; a console or a calling
-//! script does not name it), so scripts and consoles never hang on a keypress.
+//! script does not name it), so consoles and `call`ing scripts never hang on a keypress.
+//! Whatever starts a wrapper with its own `cmd /c` (PowerShell, Task Scheduler) looks
+//! like Explorer; `DESK_NO_PAUSE=1` in its environment switches the pause off.
 
 use lockcore::Fleet;
 
@@ -21,7 +23,9 @@ pub fn wrapper(title: &str, tool: &str, args: &[&str]) -> String {
         format!("\"%~dp0{tool}.exe\" --config \"%~dp0fleet.toml\"{args} %*"),
         "set \"code=!ERRORLEVEL!\"".into(),
         "rem Pause only when double-clicked: then cmd's command line names this file.".into(),
-        "if /i not \"!cmdcmdline:%~nx0=!\"==\"!cmdcmdline!\" pause".into(),
+        "rem Scripts that run it with cmd /c (Task Scheduler) set DESK_NO_PAUSE=1.".into(),
+        "if not defined DESK_NO_PAUSE if /i not \"!cmdcmdline:%~nx0=!\"==\"!cmdcmdline!\" pause"
+            .into(),
         "exit /b !code!".into(),
     ];
     let mut text = lines.join("\r\n");

@@ -171,7 +171,9 @@ fn desk_readme() -> String {
      \x20 LOCK_GC.bat         remove stale lock files (never a held one)\n\
      \x20 START_<NAME>.bat    start one bot by hand, under its lock\n\n\
      Edit fleet.toml first: accounts, logins, terminals, the python path.\n\
-     From PowerShell: .\\check-procs.exe --json | ConvertFrom-Json\n\n\
+     From PowerShell: .\\check-procs.exe --json | ConvertFrom-Json\n\
+     Scheduling a .bat (Task Scheduler) or running it from PowerShell: set\n\
+     DESK_NO_PAUSE=1 so it does not wait for a key at the end.\n\n\
      Exit codes: 0 ok, 1 problems or something survived, 2 bad arguments or config,\n\
      3 refused because a lock is held.\n"
         .to_string()

@@ -485,14 +485,14 @@ impl HeldLock {
 
     /// A handle another thread can use to [`LockWatcher::check`] this lock periodically.
     pub fn watcher(&self) -> Result<LockWatcher, LockError> {
-        let file = match &self.file {
-            Some(file) => file.try_clone().map_err(io_error("watch", &self.path))?,
+        let key = match &self.file {
+            Some(file) => os::file_key(file).map_err(io_error("watch", &self.path))?,
             None => return Err(self.lost().into()),
         };
         Ok(LockWatcher {
             name: self.name.clone(),
             path: self.path.clone(),
-            file,
+            key,
         })
     }
 
@@ -543,23 +543,26 @@ impl Drop for HeldLock {
     }
 }
 
-/// Checks from another thread that a held lock's path still names its file.
+/// Checks from another thread that a held lock's path still names its file. It keeps
+/// the file's identity, not a handle: a second open handle would outlive the release
+/// and, on Windows, keep the holder from deleting the file.
 #[derive(Debug)]
 pub struct LockWatcher {
     name: String,
     path: PathBuf,
-    file: File,
+    key: os::FileKey,
 }
 
 impl LockWatcher {
     pub fn check(&self) -> Result<(), LockLost> {
-        if names_file(&self.path, &self.file) {
-            Ok(())
-        } else {
-            Err(LockLost {
+        match os::open(&self.path, false).and_then(|file| os::file_key(&file)) {
+            Ok(key) if key == self.key => Ok(()),
+            // Cannot tell this time (a sharing violation for a moment); the next check will.
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Ok(()),
+            _ => Err(LockLost {
                 name: self.name.clone(),
                 path: self.path.clone(),
-            })
+            }),
         }
     }
 }

@@ -15,7 +15,12 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-pub(crate) use imp::{open, remove_locked, try_lock_exclusive, try_lock_shared, unlock};
+pub(crate) use imp::{file_key, open, remove_locked, try_lock_exclusive, try_lock_shared, unlock};
+
+/// Which file an open handle is, without keeping it open: a watcher that kept a second
+/// handle would, on Windows, keep its holder from deleting the file at release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileKey(u64, u64);
 
 /// What became of a lock file that its holder removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +66,13 @@ mod imp {
         file.unlock()
     }
 
+    /// Device and inode.
+    pub(crate) fn file_key(file: &File) -> io::Result<FileKey> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = file.metadata()?;
+        Ok(FileKey(metadata.dev(), metadata.ino()))
+    }
+
     /// Removes the file while the lock is still held, then closes it. The caller has
     /// checked that `path` still names `file`.
     pub(crate) fn remove_locked(file: File, path: &Path) -> io::Result<Removed> {
@@ -90,8 +102,8 @@ mod imp {
     use std::os::windows::io::AsRawHandle;
     use windows_sys::Win32::Foundation::{ERROR_IO_PENDING, ERROR_LOCK_VIOLATION};
     use windows_sys::Win32::Storage::FileSystem::{
-        FILE_SHARE_READ, FILE_SHARE_WRITE, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
-        LockFileEx, UnlockFileEx,
+        BY_HANDLE_FILE_INFORMATION, FILE_SHARE_READ, FILE_SHARE_WRITE, GetFileInformationByHandle,
+        LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LockFileEx, UnlockFileEx,
     };
     use windows_sys::Win32::System::IO::OVERLAPPED;
 
@@ -127,6 +139,18 @@ mod imp {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Volume serial number and file index (unique per NTFS volume).
+    pub(crate) fn file_key(file: &File) -> io::Result<FileKey> {
+        // SAFETY: plain data; all-zero is a valid value to be overwritten.
+        let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
+        // SAFETY: an open handle and a pointer to the struct the call fills.
+        if unsafe { GetFileInformationByHandle(file.as_raw_handle(), &mut info) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let index = (u64::from(info.nFileIndexHigh) << 32) | u64::from(info.nFileIndexLow);
+        Ok(FileKey(u64::from(info.dwVolumeSerialNumber), index))
     }
 
     /// Unlocks and closes, then deletes: an open file without delete sharing cannot be

@@ -1,0 +1,148 @@
+//! The generated `.bat` wrappers run by `cmd.exe`, the way Explorer runs them, from a
+//! folder whose path has spaces and parentheses: exit codes come back, the pause shows
+//! only when not switched off, and a two-account desk started by `MASTER_LAUNCH.bat`
+//! is stopped by `SAFE_SHUTDOWN.bat --yes`. Windows only: the Windows lane runs it
+//! under Wine's `cmd.exe`.
+#![cfg(windows)]
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::os::windows::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use fleet_tests::{Desk, Running, spawn_reader, tool, wait_gone, wait_until};
+
+/// `cargo xtask dist` of the tools under test into `<desk>\Program Files (x86)\`, with
+/// the bundle's `fleet.toml` pointed at the desk's lock and log folders.
+fn bundle(desk: &Desk) -> PathBuf {
+    for package in ["master-launch", "safe-shutdown", "check-procs", "lock-gc"] {
+        tool(package, package);
+    }
+    let bins = tool("master-launch", "master-launch")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let out = desk.dir.path().join("Program Files (x86)");
+    let status = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["dist", "--target", "x86_64-pc-windows-gnu", "--prebuilt"])
+        .arg(&bins)
+        .arg("--config")
+        .arg(desk.config())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let folder = out.join(format!(
+        "desk-tools-{}-x86_64-pc-windows-gnu",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let text = std::fs::read_to_string(desk.config())
+        .unwrap()
+        .replace(
+            "lock_dir = \".locks\"",
+            &format!("lock_dir = '{}'", desk.lock_dir().display()),
+        )
+        .replace(
+            "log_dir = \"logs\"",
+            &format!("log_dir = '{}'", desk.dir.path().join("logs").display()),
+        );
+    std::fs::write(folder.join("fleet.toml"), text).unwrap();
+    folder
+}
+
+/// `cmd /c ""<bat>" <args>"`: Explorer's quoting, which keeps a path with spaces and
+/// parentheses whole (`cmd /c "<bat>" <args>` would not).
+fn cmd(bat: &Path, args: &str) -> Command {
+    let mut command = Command::new("cmd");
+    command
+        .raw_arg(format!("/c \"\"{}\" {args}\"", bat.display()))
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(command: &mut Command) -> (i32, String) {
+    let Output { status, stdout, .. } = command.output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+    )
+}
+
+#[test]
+fn wrappers_pass_exit_codes_on_and_pause_only_when_not_switched_off() {
+    let desk = Desk::new("qs_batcodes", &["BATCODES"]);
+    let folder = bundle(&desk);
+    let (code, out) = run(cmd(&folder.join("LOCK_GC.bat"), "--bogus").env_remove("DESK_NO_PAUSE"));
+    assert_eq!(code, 2, "{out}");
+    // Started like a double-click (cmd's command line names the file): it pauses.
+    assert!(out.contains("Press any key"), "{out}");
+    let (code, out) = run(cmd(&folder.join("LOCK_GC.bat"), "--bogus").env("DESK_NO_PAUSE", "1"));
+    assert_eq!(code, 2, "{out}");
+    assert!(!out.contains("Press any key"), "{out}");
+    let (code, out) = run(cmd(&folder.join("CHECK_PROCS.bat"), "--json").env("DESK_NO_PAUSE", "1"));
+    // Nothing runs: every component is reported stopped, which is healthy.
+    assert_eq!(code, 0, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["healthy"], true, "{json}");
+}
+
+#[test]
+fn master_launch_bat_starts_a_two_account_desk_and_safe_shutdown_bat_stops_it() {
+    // Wine does not deliver CTRL_BREAK: a short stop timeout forces the bots soon.
+    let desk = Desk::with_options(
+        "qs_batdesk",
+        &["BATDESK1", "BATDESK2"],
+        &[],
+        "[defaults]\nstop_timeout_secs = 2\n",
+    );
+    let folder = bundle(&desk);
+    let mut child = cmd(&folder.join("MASTER_LAUNCH.bat"), "")
+        .env("DESK_NO_PAUSE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = spawn_reader(child.stdout.take().unwrap());
+    let mut launcher = Running::new(child);
+    assert!(
+        lines
+            .wait_for("desk started", Duration::from_secs(60))
+            .is_some()
+    );
+    desk.wait_until_running();
+    let expected = desk.component_names().len();
+    let pids = fleet_tests::managed_pids(
+        &desk.snapshot(),
+        &desk
+            .component_names()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+
+    let (code, out) = run(cmd(&folder.join("CHECK_PROCS.bat"), "--json").env("DESK_NO_PAUSE", "1"));
+    assert_eq!(code, 0, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["healthy"], true, "{json}");
+    assert_eq!(
+        json["processes"].as_array().unwrap().len(),
+        expected,
+        "{json}"
+    );
+
+    let (code, out) =
+        run(cmd(&folder.join("SAFE_SHUTDOWN.bat"), "--yes --timeout 2").env("DESK_NO_PAUSE", "1"));
+    assert_eq!(code, 0, "{out}");
+    wait_gone(&pids);
+    assert_eq!(desk.held_locks(), Vec::<String>::new());
+    // MASTER_LAUNCH.bat hands master-launch's exit code (0: stopped on request) back.
+    let mut status = None;
+    wait_until("MASTER_LAUNCH.bat to exit", || {
+        status = launcher.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(0));
+}
