@@ -133,6 +133,15 @@ fn wait_all_running(desk: &Desk) -> DeskSnapshot {
     }
 }
 
+/// No lock file left for `name`; on Windows a release that met an inspector holding
+/// the file open may leave it, but never held.
+fn released(snap: &DeskSnapshot, name: &str) -> bool {
+    match &snap.component(name).unwrap().lock {
+        None => true,
+        Some(status) => cfg!(windows) && !status.state.is_held(),
+    }
+}
+
 fn running_pids(snap: &DeskSnapshot) -> Vec<u32> {
     snap.components
         .iter()
@@ -336,9 +345,11 @@ fn a_crash_looping_child_is_given_up_while_the_rest_keep_running() {
         .lines
         .wait_for("GIVING UP", Duration::from_secs(30));
     assert!(line.unwrap().contains("BRAIN_LOOP1"));
+    // The line comes first, the release right after it.
+    wait_until("the lock to be released after giving up", || {
+        released(&desk.snapshot(), "BRAIN_LOOP1")
+    });
     let snap = desk.snapshot();
-    let lock = &snap.component("BRAIN_LOOP1").unwrap().lock;
-    assert!(lock.is_none(), "lock kept after giving up: {lock:?}");
     for name in ["qs_loop", "WATCHDOG_LOOP1"] {
         let view = snap.component(name).unwrap();
         assert_eq!(view.copies.len(), 1, "{name} stopped too");
@@ -512,7 +523,7 @@ fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
         let snap = desk.snapshot();
         ["BRAIN_REQ1", "WATCHDOG_REQ1"].iter().all(|n| {
             let view = snap.component(n).unwrap();
-            view.copies.is_empty() && view.lock.is_none()
+            view.copies.is_empty() && released(&snap, n)
         }) && !desk.lock_dir().join("BRAIN_REQ1.stop").exists()
     });
     // Well past the restart delay: still stopped, and REQ2 untouched.
@@ -591,13 +602,7 @@ fn a_stubborn_bot_is_forced_at_the_request_deadline() {
             .wait_for("did not stop in time", Duration::from_secs(5))
             .is_some()
     );
-    assert!(
-        desk.snapshot()
-            .component("BRAIN_STUB1")
-            .unwrap()
-            .lock
-            .is_none()
-    );
+    assert!(released(&desk.snapshot(), "BRAIN_STUB1"));
     // Dropping the launcher kills master-launch; its stubborn children go with it.
 }
 

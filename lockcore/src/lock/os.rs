@@ -159,21 +159,23 @@ mod imp {
     /// whose file it now is (so it stays). A delete that succeeds proves nobody had it
     /// open, so nobody can be holding it.
     pub(crate) fn remove_locked(file: File, path: &Path) -> io::Result<Removed> {
-        const ATTEMPTS: u32 = 25;
+        // An inspection takes milliseconds, longer on a loaded machine: half a second
+        // outlasts it, and bounds the wait when a new holder has the file.
+        const PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
         unlock(&file)?;
         drop(file);
-        for attempt in 1..=ATTEMPTS {
+        let started = std::time::Instant::now();
+        loop {
             match std::fs::remove_file(path) {
                 Ok(()) => return Ok(Removed::Yes),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removed::Gone),
-                Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                Err(e) if is_transient(&e) && started.elapsed() < PATIENCE => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 Err(e) if is_transient(&e) => return Ok(Removed::InUse),
                 Err(e) => return Err(e),
             }
         }
-        Ok(Removed::InUse)
     }
 
     fn lock_range(file: &File, mode: u32) -> io::Result<bool> {
