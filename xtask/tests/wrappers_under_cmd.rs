@@ -9,8 +9,8 @@
 
 use std::os::windows::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use fleet_tests::{Desk, Running, spawn_reader, tool, wait_gone, wait_until};
 
@@ -63,11 +63,30 @@ fn cmd(bat: &Path, args: &str) -> Command {
     command
 }
 
+/// Runs `command` to its end (two minutes at most) and returns its exit code and output.
+/// The output goes through a file, not a pipe: under Wine a process that `cmd` starts
+/// on the side (the desktop process, `explorer.exe`) can inherit a pipe and hold it
+/// open for good, and a reader waiting for the pipe's end would wait forever.
 fn run(command: &mut Command) -> (i32, String) {
-    let Output { status, stdout, .. } = command.output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stdout.txt");
+    let mut child = command
+        .stdout(std::fs::File::create(&path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{command:?} did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read(&path).unwrap();
     (
         status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&output).into_owned(),
     )
 }
 
