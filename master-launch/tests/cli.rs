@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::prelude::*;
-use fleet_tests::{Desk, Lines, Running, spawn_reader};
+use fleet_tests::{Desk, Lines, Running, running_pids, spawn_reader};
 use fleet_tests::{wait_gone, wait_until};
 use lockcore::{DeskSnapshot, LockState};
 use predicates::prelude::*;
@@ -142,13 +142,6 @@ fn released(snap: &DeskSnapshot, name: &str) -> bool {
     }
 }
 
-fn running_pids(snap: &DeskSnapshot) -> Vec<u32> {
-    snap.components
-        .iter()
-        .flat_map(|v| v.copies.iter().flat_map(|c| c.tree.pids()))
-        .collect()
-}
-
 #[test]
 fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
     let desk = Desk::new("qs_dry", &["DRY1", "DRY2"]);
@@ -206,10 +199,7 @@ fn a_desk_starts_once_a_second_master_launch_refuses_and_a_stop_all_ends_it() {
     let pids = running_pids(&snap);
     assert_eq!(first.stop_all(), 0);
     wait_gone(&pids);
-    assert_eq!(desk.held_locks(), Vec::<String>::new());
-    if cfg!(unix) {
-        assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
-    }
+    desk.assert_no_lock_left("after the stop");
 }
 
 #[test]
@@ -456,14 +446,7 @@ fn eight_concurrent_master_launches_start_the_desk_exactly_once() {
         let pids = running_pids(&snap);
         assert_eq!(winner.stop_desk(), 0);
         wait_gone(&pids);
-        assert_eq!(desk.held_locks(), Vec::<String>::new(), "round {round}");
-        if cfg!(unix) {
-            assert!(
-                desk.lock_files().is_empty(),
-                "round {round}: {:?}",
-                desk.lock_files()
-            );
-        }
+        desk.assert_no_lock_left(&format!("round {round}"));
     }
 }
 
@@ -558,10 +541,7 @@ fn a_stop_all_request_stops_the_desk_in_order_and_exits() {
     let pids = running_pids(&wait_all_running(&desk));
     assert_eq!(launcher.stop_all(), 0);
     wait_gone(&pids);
-    assert_eq!(desk.held_locks(), Vec::<String>::new());
-    if cfg!(unix) {
-        assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
-    }
+    desk.assert_no_lock_left("after the stop");
     assert!(!desk.lock_dir().join("MASTER_LAUNCH.stop").exists());
     let exits = exit_log.times();
     let names: Vec<&str> = exits.iter().map(|(n, _)| n.as_str()).collect();
@@ -626,9 +606,6 @@ fn a_stop_request_stops_a_hand_started_component() {
         status.is_some()
     });
     assert_eq!(status.unwrap().code(), Some(0));
-    assert_eq!(desk.held_locks(), Vec::<String>::new());
-    if cfg!(unix) {
-        assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
-    }
+    desk.assert_no_lock_left("after the stop");
     assert!(!desk.lock_dir().join("WATCHDOG_RUNREQ.stop").exists());
 }

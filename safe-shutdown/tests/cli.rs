@@ -25,11 +25,7 @@ fn safe_shutdown(desk: &Desk, args: &[&str]) -> Command {
 }
 
 fn running_pids(desk: &Desk) -> Vec<u32> {
-    desk.snapshot()
-        .components
-        .iter()
-        .flat_map(|v| v.copies.iter().flat_map(|c| c.tree.pids()))
-        .collect()
+    fleet_tests::running_pids(&desk.snapshot())
 }
 
 struct Launcher {

@@ -393,8 +393,21 @@ impl Desk {
         });
     }
 
-    /// The lock names in the desk's lock folder that a live process holds. (On Windows
-    /// a release cannot always delete its file; what is left must not be held.)
+    /// Asserts that everything was released: no lock held, and on Unix no lock file
+    /// left. (On Windows a release that meets an inspector may leave its file, never
+    /// held.) `context` goes into the failure message.
+    pub fn assert_no_lock_left(&self, context: &str) {
+        assert_eq!(self.held_locks(), Vec::<String>::new(), "{context}");
+        if cfg!(unix) {
+            assert!(
+                self.lock_files().is_empty(),
+                "{context}: {:?}",
+                self.lock_files()
+            );
+        }
+    }
+
+    /// The lock names in the desk's lock folder that a live process holds.
     pub fn held_locks(&self) -> Vec<String> {
         let mut probe = lockcore::ProcessProbe::new().unwrap_or_else(|e| panic!("{e}"));
         let statuses = lockcore::LockDir::new(self.lock_dir())
@@ -482,6 +495,15 @@ impl Default for ExitLog {
     fn default() -> Self {
         ExitLog::new()
     }
+}
+
+/// Every pid of every running copy of the desk's components.
+pub fn running_pids(snapshot: &lockcore::DeskSnapshot) -> Vec<u32> {
+    snapshot
+        .components
+        .iter()
+        .flat_map(|v| v.copies.iter().flat_map(|c| c.tree.pids()))
+        .collect()
 }
 
 /// The pid of the bot each named component's lock records; panics if one is not running.

@@ -156,7 +156,7 @@ fn master_launch_bat_starts_a_two_account_desk_and_safe_shutdown_bat_stops_it() 
         run(cmd(&folder.join("SAFE_SHUTDOWN.bat"), "--yes --timeout 2").env("DESK_NO_PAUSE", "1"));
     assert_eq!(code, 0, "{out}");
     wait_gone(&pids);
-    assert_eq!(desk.held_locks(), Vec::<String>::new());
+    desk.assert_no_lock_left("after SAFE_SHUTDOWN.bat");
     // MASTER_LAUNCH.bat hands master-launch's exit code (0: stopped on request) back.
     let mut status = None;
     wait_until("MASTER_LAUNCH.bat to exit", || {
