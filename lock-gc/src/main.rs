@@ -41,7 +41,7 @@ fn main() -> std::process::ExitCode {
 fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let dir = match &args.lock_dir {
         Some(dir) => LockDir::new(dir),
-        None => LockDir::new(Fleet::load(&args.config)?.lock_dir),
+        None => LockDir::for_fleet(&Fleet::load(&args.config)?),
     };
     let mut probe = ProcessProbe::new()?;
     let (verb, mut count) = (

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::copies::CopyRule;
+
 /// The config file every tool reads unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "fleet.toml";
 /// The lock name `master-launch` holds for its lifetime.
@@ -83,10 +85,9 @@ pub struct Component {
     /// Where to start it (resolved against the config's folder).
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
-    /// Tokens that recognise a running copy in a process's command line (see
-    /// [`crate::process::command_matches`]). Default: the command's arguments, or the
-    /// program's file name when it has none.
-    pub pattern: Vec<String>,
+    /// How a running copy is recognised ([`CopyRule`], DESIGN.md rule 9): the
+    /// command's program, and `match` tokens (default: what the command runs).
+    pub copy_rule: CopyRule,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
     /// Delay before the first restart; doubles on each quick failure (capped).
@@ -497,7 +498,7 @@ impl Checker<'_> {
             .iter()
             .map(|part| substitute(part, command_at))
             .collect::<Result<Vec<_>, _>>()?;
-        let pattern = match source.pattern {
+        let tokens = match source.pattern {
             Some(pattern) if pattern.get_ref().is_empty() => {
                 return Err(self.invalid(
                     pattern.span().start,
@@ -505,13 +506,16 @@ impl Checker<'_> {
                     "list the command-line tokens that identify this process, or remove the key",
                 ));
             }
-            Some(pattern) => pattern
-                .get_ref()
-                .iter()
-                .map(|part| substitute(part, pattern.span().start))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => default_pattern(&command),
+            Some(pattern) => Some(
+                pattern
+                    .get_ref()
+                    .iter()
+                    .map(|part| substitute(part, pattern.span().start))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
         };
+        let copy_rule = CopyRule::new(&command, tokens);
         let dir = self.dir();
         let cwd = match source.cwd.or(defaults.cwd.as_ref()) {
             Some(cwd) => dir.join(substitute(cwd, command_at)?),
@@ -533,7 +537,7 @@ impl Checker<'_> {
             command,
             cwd,
             env,
-            pattern,
+            copy_rule,
             stop_timeout: Duration::from_secs(stop_timeout_secs),
             restart: source
                 .restart
@@ -544,20 +548,6 @@ impl Checker<'_> {
             line: source.line,
         })
     }
-}
-
-/// The default recognition pattern: the arguments (the interpreter differs between a
-/// venv launcher and its child, and between hand starts), or the program's file name.
-fn default_pattern(command: &[String]) -> Vec<String> {
-    match command {
-        [program] => vec![file_name(program).to_string()],
-        [_, args @ ..] => args.to_vec(),
-        [] => Vec::new(),
-    }
-}
-
-fn file_name(path: &str) -> &str {
-    path.rsplit(['/', '\\']).next().unwrap_or(path)
 }
 
 /// Terminal paths compare as Windows compares them: case and slash direction ignored.
@@ -624,20 +614,6 @@ mod tests {
         assert_eq!(
             substitute_vars("{pyhton}", &v, &b),
             Err("pyhton".to_string())
-        );
-    }
-
-    #[test]
-    fn default_pattern_drops_the_interpreter() {
-        let command = vec!["py.exe".to_string(), "BRAIN_ATLAS.py".to_string()];
-        assert_eq!(
-            default_pattern(&command),
-            vec!["BRAIN_ATLAS.py".to_string()]
-        );
-        let lone = vec![r"C:\bin\quantum_server.exe".to_string()];
-        assert_eq!(
-            default_pattern(&lone),
-            vec!["quantum_server.exe".to_string()]
         );
     }
 }

@@ -40,6 +40,9 @@ pub struct ComponentView {
     pub holder_alive: bool,
     /// Every running copy, found by command line; `locked` tells which one the lock owns.
     pub copies: Vec<RunningCopy>,
+    /// A live process that an older tool's record names but that is not a copy of the
+    /// component (DESIGN.md rule 11): reported, never stopped.
+    pub named_not_a_copy: Option<ProcessInfo>,
 }
 
 /// A process tree running a component, and whether a lock owns it.
@@ -96,7 +99,7 @@ pub struct Problem {
 impl DeskSnapshot {
     /// Scans the lock dir once and reads the process table once.
     pub fn take(fleet: &Fleet, probe: &mut ProcessProbe) -> Result<DeskSnapshot, LockError> {
-        let locks = LockDir::new(&fleet.lock_dir).scan(probe)?;
+        let locks = LockDir::for_fleet(fleet).scan(probe)?;
         let table = probe.table();
         Ok(DeskSnapshot::build(fleet, locks, table, now_secs()))
     }
@@ -155,23 +158,39 @@ fn take_lock(locks: &mut Vec<LockStatus>, name: &str) -> Option<LockStatus> {
 fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) -> ComponentView {
     let held = lock.as_ref().filter(|l| l.state.is_held());
     let record = held.and_then(|l| l.record.as_ref());
+    let named = lock
+        .as_ref()
+        .and_then(|l| l.record.as_ref())
+        .and_then(|r| table.get(r.pid).map(|info| (r, info)));
+    let is_copy = |info: &ProcessInfo| component.copy_rule.is_copy(&info.cmd);
     let managed = record.and_then(|r| {
         let info = table.get(r.pid)?;
-        // Legacy records carry no start time; rule 5 already vouched for the pid.
-        let start_matches = r
-            .pid_start
-            .is_none_or(|start| crate::process::same_start(start, info.start_time));
-        // A launcher records itself until its child is running: that is not the bot,
-        // unless the holder runs the component itself.
-        let is_the_bot = r.holder_pid != Some(r.pid)
-            || crate::process::command_matches(&info.cmd, &component.pattern);
-        (start_matches && is_the_bot).then(|| info.clone())
+        let is_the_bot = if r.is_legacy() {
+            // An older tool's record is evidence, not proof: only a copy is the bot.
+            is_copy(info)
+        } else {
+            // A launcher records itself until its child is running: that is not the
+            // bot, unless the holder runs the component itself.
+            r.pid_start
+                .is_some_and(|start| crate::process::same_start(start, info.start_time))
+                && (r.holder_pid != Some(r.pid) || is_copy(info))
+        };
+        is_the_bot.then(|| info.clone())
     });
+    let named_not_a_copy = named
+        .filter(|(r, info)| {
+            r.is_legacy()
+                && !is_copy(info)
+                && r.timestamp_secs().is_none_or(|written| {
+                    i64::try_from(info.start_time).is_ok_and(|start| start <= written)
+                })
+        })
+        .map(|(_, info)| info.clone());
     let holder_alive = record
         .and_then(LockRecord::holder_identity)
         .is_some_and(|holder| table.is_alive(holder));
     let copies = table
-        .find_copies(&component.pattern)
+        .find_copies(&component.copy_rule)
         .into_iter()
         .map(|tree| {
             let locked = record.is_some_and(|r| {
@@ -192,6 +211,7 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
         managed,
         holder_alive,
         copies,
+        named_not_a_copy,
     }
 }
 
@@ -266,7 +286,24 @@ fn problems_of(view: &ComponentView) -> Vec<Problem> {
                 ),
             ));
         }
-        problems.extend(lock_file_problem(lock, component.account.clone()));
+        match &view.named_not_a_copy {
+            Some(process) if lock.state == LockState::Legacy => problems.push(problem(
+                ProblemKind::Legacy,
+                vec![process.pid],
+                format!(
+                    "{} has an older tool's record naming pid {} (`{}`), which is not a copy of {}: \
+                     the tools leave it alone and refuse to start {} while it runs; if it is not \
+                     that bot, delete {} by hand",
+                    component.lock_name,
+                    process.pid,
+                    process.cmd.join(" "),
+                    component.lock_name,
+                    component.lock_name,
+                    lock.path.display()
+                ),
+            )),
+            _ => problems.extend(lock_file_problem(lock, component.account.clone())),
+        }
     }
     problems
 }

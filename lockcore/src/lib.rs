@@ -6,7 +6,8 @@
 //! - [`lock`]: kernel-held lock files: acquire, release, inspect, scan, remove-if-stale.
 //! - [`logs`]: time-stamped, size-rotated log files.
 //! - [`record`]: the JSON record inside a lock file, compatible with the older tool's.
-//! - [`process`]: process identity (pid + start time) and command-line matching.
+//! - [`process`]: process identity (pid + start time) and the process table.
+//! - [`copies`]: what counts as a running copy of a component (DESIGN.md rule 9).
 //! - [`config`]: `fleet.toml`, its model and its validation.
 //! - [`desk`]: one snapshot of locks and processes, and the problems in it.
 //! - [`stop`]: stop requests, the way anyone asks a lock holder to stop.
@@ -17,6 +18,7 @@
 //! See `ARCHITECTURE.md` at the repository root for how the pieces fit.
 
 pub mod config;
+pub mod copies;
 pub mod desk;
 pub mod exit;
 pub mod graceful;
@@ -28,6 +30,7 @@ pub mod record;
 pub mod stop;
 
 pub use config::{Component, ConfigError, Fleet, Role};
+pub use copies::{CopyRule, Verdict};
 pub use desk::{ComponentView, DeskSnapshot, Problem, ProblemKind, RunningCopy};
 pub use exit::ExitCode;
 pub use lock::{

@@ -11,6 +11,7 @@ use std::ffi::OsString;
 
 use serde::Serialize;
 
+use crate::copies::CopyRule;
 use crate::graceful::Asked;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, UpdateKind};
 
@@ -61,6 +62,20 @@ impl ProcessProbe {
             pid,
             start_time: process.start_time(),
         })
+    }
+
+    /// A live process with its command line, refreshing that pid alone.
+    pub fn info(&mut self, pid: u32) -> Option<ProcessInfo> {
+        let sys_pid = Pid::from_u32(pid);
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[sys_pid]),
+            true,
+            ProcessRefreshKind::nothing()
+                .without_tasks()
+                .with_cmd(UpdateKind::Always),
+        );
+        let process = self.system.process(sys_pid)?;
+        (!is_gone(process.status())).then(|| process_info(process))
     }
 
     /// Whether the process named by this identity is still the one running.
@@ -119,13 +134,7 @@ impl ProcessProbe {
             .processes()
             .values()
             .filter(|p| !is_gone(p.status()))
-            .map(|p| ProcessInfo {
-                pid: p.pid().as_u32(),
-                parent: p.parent().map(Pid::as_u32),
-                start_time: p.start_time(),
-                name: p.name().to_string_lossy().into_owned(),
-                cmd: p.cmd().iter().map(os_to_string).collect(),
-            })
+            .map(process_info)
             .map(|p| (p.pid, p))
             .collect();
         ProcessTable { processes }
@@ -143,6 +152,16 @@ fn is_gone(status: ProcessStatus) -> bool {
 
 fn os_to_string(s: &OsString) -> String {
     s.to_string_lossy().into_owned()
+}
+
+fn process_info(p: &sysinfo::Process) -> ProcessInfo {
+    ProcessInfo {
+        pid: p.pid().as_u32(),
+        parent: p.parent().map(Pid::as_u32),
+        start_time: p.start_time(),
+        name: p.name().to_string_lossy().into_owned(),
+        cmd: p.cmd().iter().map(os_to_string).collect(),
+    }
 }
 
 pub fn now_secs() -> u64 {
@@ -243,16 +262,15 @@ impl ProcessTable {
         self.ancestors_and_self(pid).any(|p| p == ancestor)
     }
 
-    /// Running copies of a component: processes whose command line matches `pattern`,
-    /// grouped so that a matching descendant of a matching process is part of it
-    /// (a venv launcher and its real interpreter are one copy, DESIGN.md rule 8).
-    /// Sorted by root pid.
-    pub fn find_copies(&self, pattern: &[String]) -> Vec<ProcessTree> {
+    /// Running copies of a component ([`CopyRule`], DESIGN.md rule 9), grouped so that
+    /// a copy's descendant that is a copy too is part of it (a venv launcher and its
+    /// real interpreter are one copy, rule 8). Sorted by root pid.
+    pub fn find_copies(&self, rule: &CopyRule) -> Vec<ProcessTree> {
         let own_pid = std::process::id();
         let matching: Vec<&ProcessInfo> = self
             .processes
             .values()
-            .filter(|p| p.pid != own_pid && command_matches(&p.cmd, pattern))
+            .filter(|p| p.pid != own_pid && rule.is_copy(&p.cmd))
             .collect();
         let is_match = |pid: u32| matching.iter().any(|m| m.pid == pid);
         let root_of = |pid: u32| {
@@ -287,52 +305,35 @@ impl ProcessTable {
         trees
     }
 
-    /// `pid`, its parent, its grandparent... Stops at a cycle or a missing parent.
+    /// The parent of `pid`, if the link counts (DESIGN.md rule 10): the process now at
+    /// the parent pid must have started no later than the child. Windows never
+    /// re-parents orphans and reuses pids quickly, so a recorded parent pid may name
+    /// a younger, unrelated process (psutil #314). Start times are whole seconds: a
+    /// reuse within the child's own second still counts; nothing finer is to be had.
+    pub fn parent_of(&self, pid: u32) -> Option<u32> {
+        let child = self.get(pid)?;
+        let parent = self.get(child.parent?)?;
+        (parent.pid != pid && parent.start_time <= child.start_time).then_some(parent.pid)
+    }
+
+    /// `pid`, its parent, its grandparent... through links that count
+    /// ([`ProcessTable::parent_of`]). Stops at a missing parent or a cycle.
     fn ancestors_and_self(&self, pid: u32) -> impl Iterator<Item = u32> + '_ {
         let mut next = Some(pid);
         let mut steps = 0usize;
         std::iter::from_fn(move || {
             let current = next?;
             steps += 1;
-            // Guard against parent cycles (pid reuse can make a table look cyclic).
-            next = if steps > self.processes.len() + 1 {
+            // Equal start times could still close a cycle: never walk further than
+            // the table is long.
+            next = if steps > self.processes.len() {
                 None
             } else {
-                self.get(current).and_then(|p| p.parent)
+                self.parent_of(current)
             };
             Some(current)
         })
     }
-}
-
-/// Whether a command line matches a component's pattern: the pattern's tokens appear
-/// in the command line, in order and next to each other. A token with a path
-/// separator in either compares by file name, so `BRAIN_ATLAS.py` matches
-/// `C:\desk\BRAIN_ATLAS.py`; comparison ignores case on Windows, where the file system
-/// does. An empty pattern matches nothing.
-pub fn command_matches(cmd: &[String], pattern: &[String]) -> bool {
-    if pattern.is_empty() || cmd.len() < pattern.len() {
-        return false;
-    }
-    cmd.windows(pattern.len())
-        .any(|window| window.iter().zip(pattern).all(|(a, b)| token_eq(a, b)))
-}
-
-fn token_eq(actual: &str, wanted: &str) -> bool {
-    let actual = if wanted.contains(['/', '\\']) {
-        actual
-    } else {
-        file_name(actual)
-    };
-    if cfg!(windows) {
-        actual.eq_ignore_ascii_case(wanted)
-    } else {
-        actual == wanted
-    }
-}
-
-fn file_name(s: &str) -> &str {
-    s.rsplit(['/', '\\']).next().unwrap_or(s)
 }
 
 #[cfg(test)]
@@ -353,24 +354,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pattern_matches_by_file_name_and_in_order() {
-        let cmd = strings(&[
-            r"C:\desk\.venv\Scripts\python.exe",
-            r"C:\desk\STOPLOSS_WATCHDOG_V2.py",
-            "--account",
-            "ATLAS",
-        ]);
-        assert!(command_matches(
-            &cmd,
-            &strings(&["STOPLOSS_WATCHDOG_V2.py", "--account", "ATLAS"])
-        ));
-        assert!(!command_matches(
-            &cmd,
-            &strings(&["STOPLOSS_WATCHDOG_V2.py", "--account", "GL_3"])
-        ));
-        assert!(!command_matches(&cmd, &strings(&["ATLAS", "--account"])));
-        assert!(!command_matches(&cmd, &[]));
+    fn started(pid: u32, parent: u32, start_time: u64, cmd: &[&str]) -> ProcessInfo {
+        ProcessInfo {
+            start_time,
+            ..proc(pid, parent, cmd)
+        }
+    }
+
+    fn brain_rule() -> CopyRule {
+        CopyRule::new(&strings(&["python", "BRAIN_ATLAS.py"]), None)
     }
 
     #[test]
@@ -381,8 +373,9 @@ mod tests {
             proc(20, 1, &["python.exe", "BRAIN_ATLAS.py"]),
             proc(21, 20, &["python3.12", "BRAIN_ATLAS.py"]),
             proc(30, 1, &["python.exe", "BRAIN_GL_3.py"]),
+            proc(40, 1, &["tail", "-f", "BRAIN_ATLAS.py"]),
         ]);
-        let copies = table.find_copies(&strings(&["BRAIN_ATLAS.py"]));
+        let copies = table.find_copies(&brain_rule());
         assert_eq!(copies.len(), 2);
         assert_eq!(copies[0].pids().collect::<Vec<_>>(), vec![10, 11]);
         assert_eq!(copies[1].pids().collect::<Vec<_>>(), vec![20, 21]);
@@ -400,13 +393,56 @@ mod tests {
         assert!(table.descendants(20).is_empty());
     }
 
+    /// Windows does not re-parent orphans: pid 10's parent exited, and its pid now
+    /// belongs to a younger process. Neither a forced stop of the younger one nor
+    /// copy grouping may reach the older, innocent process through that stale link.
     #[test]
-    fn parent_cycle_does_not_hang() {
+    fn a_parent_link_to_a_younger_process_does_not_count() {
         let table = ProcessTable::from_processes([
-            proc(5, 6, &["x", "bot.py"]),
-            proc(6, 5, &["x", "bot.py"]),
+            // An editor started at 500, whose parent (pid 30) has exited.
+            started(20, 30, 500, &["notepad++.exe", "BRAIN_ATLAS.py"]),
+            // A bot started at 900 got pid 30.
+            started(30, 1, 900, &["python.exe", "BRAIN_ATLAS.py"]),
+            // Its real interpreter, a true child.
+            started(31, 30, 901, &["python3.12", "BRAIN_ATLAS.py"]),
+            // An older bot copy whose dead parent also had pid 31.
+            started(40, 31, 600, &["python.exe", "BRAIN_ATLAS.py"]),
         ]);
-        assert!(!table.find_copies(&strings(&["bot.py"])).is_empty());
+        assert_eq!(table.parent_of(20), None);
+        assert_eq!(table.parent_of(31), Some(30));
+        assert_eq!(table.parent_of(40), None);
+        assert_eq!(table.descendants(30), vec![31]);
+        assert!(!table.is_in_tree_of(20, 30));
+        let copies = table.find_copies(&brain_rule());
+        let trees: Vec<Vec<u32>> = copies.iter().map(|c| c.pids().collect()).collect();
+        assert_eq!(trees, vec![vec![30, 31], vec![40]]);
+    }
+
+    #[test]
+    fn a_parent_cycle_through_reused_pids_does_not_form() {
+        // 5 says its parent is 6 and 6 says 5: only the link to the older one counts.
+        let table = ProcessTable::from_processes([
+            started(5, 6, 100, &["python", "BRAIN_ATLAS.py"]),
+            started(6, 5, 200, &["python", "BRAIN_ATLAS.py"]),
+        ]);
+        assert_eq!(table.parent_of(5), None);
+        assert_eq!(table.parent_of(6), Some(5));
+        assert_eq!(table.descendants(5), vec![6]);
+        assert!(table.descendants(6).is_empty());
+        let copies = table.find_copies(&brain_rule());
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].pids().collect::<Vec<_>>(), vec![5, 6]);
+    }
+
+    #[test]
+    fn equal_start_times_cannot_make_a_walk_hang() {
+        let table = ProcessTable::from_processes([
+            started(5, 6, 100, &["python", "BRAIN_ATLAS.py"]),
+            started(6, 5, 100, &["python", "BRAIN_ATLAS.py"]),
+        ]);
+        assert!(table.is_in_tree_of(5, 6));
+        assert!(!table.find_copies(&brain_rule()).is_empty());
+        assert!(table.descendants(5).len() <= 1);
     }
 
     #[test]

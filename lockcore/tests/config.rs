@@ -85,7 +85,7 @@ fn the_design_example_loads_and_resolves() {
         ]
     );
     assert_eq!(
-        watchdog.pattern,
+        watchdog.copy_rule.tokens(),
         ["STOPLOSS_WATCHDOG_V2.py", "--account", "ATLAS"]
     );
     assert_eq!(watchdog.restart, RestartPolicy::OnFailure);

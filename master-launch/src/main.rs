@@ -23,7 +23,7 @@ use lockcore::exit::UsageError;
 use lockcore::output::finish;
 use lockcore::{
     Acquire, Component, DeskSnapshot, ExitCode, Fleet, HeldLock, LockClaim, LockDir, LockState,
-    ProcessIdentity, ProcessProbe, Removal, Role, StopRequest,
+    ProcessProbe, Removal, Role, StopRequest,
 };
 
 use crate::supervisor::{Launch, Supervisor};
@@ -132,7 +132,7 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     }
     let events = Log::open(&fleet.log_dir.join("master-launch.log"), true)?;
     let mut probe = ProcessProbe::new()?;
-    let locks = LockDir::new(&fleet.lock_dir);
+    let locks = LockDir::for_fleet(&fleet);
     let claim = LockClaim {
         account: None,
         command: std::env::args().collect(),
@@ -151,7 +151,8 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     if let Some(code) = preflight(&fleet, &plan, &locks, &mut probe, &events)? {
         return Ok(code);
     }
-    clear_stale_requests(&fleet, &plan, &events);
+    let names = plan.iter().map(|c| c.lock_name.as_str());
+    clear_stale_requests(&fleet, names.chain([MASTER_LOCK_NAME]), &events);
     let (done_tx, done_rx) = channel::<Event>();
     let stopped = Arc::new((Mutex::new(false), Condvar::new()));
     install_stop_handler(done_tx.clone(), stopped.clone())?;
@@ -306,66 +307,92 @@ fn preflight(
     events: &Log,
 ) -> Result<Option<ExitCode>> {
     let snapshot = DeskSnapshot::take(fleet, probe)?;
-    let mut refusals = Vec::new();
-    for component in plan {
-        let Some(view) = snapshot.component(&component.lock_name) else {
+    for view in views(&snapshot, plan) {
+        let Some(lock) = view
+            .lock
+            .as_ref()
+            .filter(|l| matches!(l.state, LockState::Stale | LockState::Corrupt))
+        else {
             continue;
         };
-        match &view.lock {
-            Some(lock) if lock.state.is_held() => {
-                let pid = lock.record.as_ref().map_or(0, |r| r.pid);
-                refusals.push((
-                    component.lock_name.clone(),
-                    format!("lock {} held", lock.state.as_str()),
-                    pid,
-                ));
-            }
-            Some(lock) if matches!(lock.state, LockState::Stale | LockState::Corrupt) => {
-                if let Removal::Removed(status) = locks.remove_if_stale(&lock.name, probe)? {
-                    events.line(
-                        "",
-                        &format!(
-                            "cleaned {} lock {} ({})",
-                            status.state.as_str(),
-                            status.name,
-                            status.detail
-                        ),
-                    );
-                }
-            }
-            _ => {}
-        }
-        for copy in view.copies.iter().filter(|c| !c.locked) {
-            refusals.push((
-                component.lock_name.clone(),
-                "running without its lock".into(),
-                copy.tree.root.pid,
-            ));
+        if let Removal::Removed(status) = locks.remove_if_stale(&lock.name, probe)? {
+            events.line(
+                "",
+                &format!(
+                    "cleaned {} lock {} ({})",
+                    status.state.as_str(),
+                    status.name,
+                    status.detail
+                ),
+            );
         }
     }
+    let mut refusals = held_locks(&snapshot, plan);
+    refusals.extend(unlocked_copies(&snapshot, plan));
+    Ok(refuse(&refusals, events))
+}
+
+/// Why a start is refused: a component, the reason, the pid in the way.
+type Refusal = (String, String, u32);
+
+fn views<'s>(
+    snapshot: &'s DeskSnapshot,
+    plan: &'s [Component],
+) -> impl Iterator<Item = &'s lockcore::ComponentView> {
+    plan.iter().filter_map(|c| snapshot.component(&c.lock_name))
+}
+
+/// Locks of the plan that someone holds (legacy records included).
+fn held_locks(snapshot: &DeskSnapshot, plan: &[Component]) -> Vec<Refusal> {
+    views(snapshot, plan)
+        .filter_map(|view| {
+            let lock = view.lock.as_ref().filter(|l| l.state.is_held())?;
+            Some((
+                view.component.lock_name.clone(),
+                format!("lock {} held", lock.state.as_str()),
+                lock.record.as_ref().map_or(0, |r| r.pid),
+            ))
+        })
+        .collect()
+}
+
+/// Copies of the plan's components that run without their lock (DESIGN.md rule 9
+/// decides what a copy is).
+fn unlocked_copies(snapshot: &DeskSnapshot, plan: &[Component]) -> Vec<Refusal> {
+    views(snapshot, plan)
+        .flat_map(|view| {
+            view.copies.iter().filter(|c| !c.locked).map(|copy| {
+                (
+                    view.component.lock_name.clone(),
+                    "running without its lock".to_string(),
+                    copy.tree.root.pid,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Prints and logs the refusal table; `None` when there is nothing to refuse.
+fn refuse(refusals: &[Refusal], events: &Log) -> Option<ExitCode> {
     if refusals.is_empty() {
-        return Ok(None);
+        return None;
     }
     eprintln!("{TOOL}: refused: parts of the desk are already running; nothing was started.");
     eprintln!("  {:<20} {:<28} PID", "COMPONENT", "WHY");
-    for (name, why, pid) in &refusals {
+    for (name, why, pid) in refusals {
         eprintln!("  {name:<20} {why:<28} {pid}");
         events.line("", &format!("refused: {name}: {why} (pid {pid})"));
     }
     eprintln!(
         "Stop them first with `safe-shutdown` (see them with `check-procs`), then start again."
     );
-    Ok(Some(ExitCode::Refused))
+    Some(ExitCode::Refused)
 }
 
 /// Stop requests left from before we held the locks (a requester that died before
 /// cleaning up) are addressed to holders that are gone; acting on them would stop the
 /// desk we are starting.
-fn clear_stale_requests(fleet: &Fleet, plan: &[Component], events: &Log) {
-    let names = plan
-        .iter()
-        .map(|c| c.lock_name.as_str())
-        .chain([MASTER_LOCK_NAME]);
+fn clear_stale_requests<'n>(fleet: &Fleet, names: impl IntoIterator<Item = &'n str>, events: &Log) {
     for name in names {
         if StopRequest::read(&fleet.lock_dir, name).is_some() {
             let _ = StopRequest::remove(&fleet.lock_dir, name);
@@ -455,21 +482,19 @@ fn stop_all(supervisors: Vec<Supervisor>, events: &Log) {
 }
 
 fn force_stop(supervisor: &Supervisor, events: &Log) {
-    let name = &supervisor.component.lock_name;
-    let Some(pid) = supervisor.pid() else { return };
-    let Ok(mut probe) = ProcessProbe::new() else {
-        return;
-    };
-    if let Some(identity) = probe.identity(pid) {
+    if let Some(child) = supervisor.force() {
         events.line(
             "",
-            &format!("{name}: did not stop in time; killing pid {pid} and its children"),
+            &format!(
+                "{}: did not stop in time; killed pid {} and everything it started",
+                supervisor.component.lock_name, child.pid
+            ),
         );
-        probe.kill_tree(identity);
     }
 }
 
-/// `master-launch run NAME`: one component, by hand, under its lock.
+/// `master-launch run NAME`: one component, by hand, under its lock, after the same
+/// pre-flight as the orchestrator's: a copy running without its lock refuses it.
 fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     let fleet = Fleet::load(config)?;
     let Some(component) = fleet.component(name).cloned() else {
@@ -480,8 +505,9 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
             names.join(", ")
         ))));
     };
+    let events = Log::open(&fleet.log_dir.join("master-launch.log"), false)?;
     let mut probe = ProcessProbe::new()?;
-    let locks = LockDir::new(&fleet.lock_dir);
+    let locks = LockDir::for_fleet(&fleet);
     let claim = LockClaim {
         account: component.account.clone(),
         command: component.command.clone(),
@@ -489,24 +515,43 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     let mut lock = match locks.acquire(name, &claim, &mut probe)? {
         Acquire::Acquired(lock) => lock,
         Acquire::Held(holder) => {
+            events.line("", &format!("refused: {holder}"));
             eprintln!("{TOOL}: refused: {holder}");
             return Ok(ExitCode::Refused);
         }
     };
-    // A request left from an earlier holder is not for us.
-    let _ = StopRequest::remove(&fleet.lock_dir, name);
+    // Holding the lock, any copy still found runs without it (started by hand).
+    let snapshot = DeskSnapshot::take(&fleet, &mut probe)?;
+    if let Some(code) = refuse(
+        &unlocked_copies(&snapshot, std::slice::from_ref(&component)),
+        &events,
+    ) {
+        return Ok(code);
+    }
+    clear_stale_requests(&fleet, [name], &events);
     let mut command = supervisor::build_command(&component);
     command.envs(fleet_env(&fleet, &component, &lock));
-    let (mut running, _binding) = child::spawn_bound(&mut command)?;
+    let slot = Arc::new(child::Slot::default());
+    let Some(mut running) = slot.spawn(&mut command, || false, &mut probe)? else {
+        return Ok(ExitCode::Problems);
+    };
     let pid = running.id();
-    if let Some(identity) = probe.identity(pid) {
+    if let Some(identity) = slot.identity() {
         lock.set_managed(identity, component.command.clone())?;
-        let timeout = component.stop_timeout;
-        ctrlc::set_handler(move || stop_by_hand(identity, timeout))?;
-        watch_for_stop_request(fleet.lock_dir.clone(), name.to_string(), identity, timeout);
     }
+    let timeout = component.stop_timeout;
+    {
+        let slot = slot.clone();
+        ctrlc::set_handler(move || stop_by_hand(&slot, timeout))?;
+    }
+    watch_for_stop_request(
+        fleet.lock_dir.clone(),
+        name.to_string(),
+        slot.clone(),
+        timeout,
+    );
     eprintln!("{TOOL}: {name} started under its lock, pid {pid}; Ctrl+C stops it");
-    let status = running.wait()?;
+    let status = slot.wait(&mut running)?;
     eprintln!("{TOOL}: {name} exited ({})", supervisor::describe(status));
     lock.release()?;
     let _ = StopRequest::remove(&fleet.lock_dir, name);
@@ -521,7 +566,7 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
 fn watch_for_stop_request(
     lock_dir: PathBuf,
     name: String,
-    child: ProcessIdentity,
+    slot: Arc<child::Slot>,
     timeout: Duration,
 ) {
     std::thread::spawn(move || {
@@ -529,7 +574,7 @@ fn watch_for_stop_request(
             std::thread::sleep(TICK);
             if let Some(request) = StopRequest::read(&lock_dir, &name) {
                 stop_by_hand(
-                    child,
+                    &slot,
                     request.time_left(timeout.min(Duration::from_secs(1))),
                 );
                 return;
@@ -538,18 +583,16 @@ fn watch_for_stop_request(
     });
 }
 
-/// Ctrl+C on a hand-started component: graceful, then forced after its timeout.
-fn stop_by_hand(child: ProcessIdentity, timeout: Duration) {
-    let _ = child::ask_to_stop(child.pid);
-    let Ok(mut probe) = ProcessProbe::new() else {
-        return;
-    };
+/// Ctrl+C on a hand-started component: graceful, then forced through its binding
+/// after its timeout.
+fn stop_by_hand(slot: &child::Slot, timeout: Duration) {
+    slot.ask_to_stop();
     let started = Instant::now();
     while started.elapsed() < timeout {
-        if !probe.is_alive(child) {
+        if slot.identity().is_none() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    probe.kill_tree(child);
+    slot.force();
 }

@@ -4,8 +4,9 @@
 //!
 //! Stopping: [`Supervisor::request_stop`] sets the stop flag and asks the child to stop
 //! (SIGTERM / CTRL_BREAK); the thread sees the child exit, does not restart it, and
-//! releases the lock. The flag and the child's pid share one mutex with the spawn, so a
-//! stop can never miss a child that is being started.
+//! releases the lock. [`Supervisor::force`] kills it through its binding. The child
+//! lives in a [`child::Slot`] whose lock the spawn holds while it checks the stop flag,
+//! so a stop can never miss a child that is being started.
 
 use std::collections::VecDeque;
 use std::process::{Command, ExitStatus, Stdio};
@@ -15,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lockcore::config::RestartPolicy;
-use lockcore::{Component, HeldLock, LockLost, LockWatcher, ProcessProbe};
+use lockcore::{Component, HeldLock, LockLost, LockWatcher, ProcessIdentity, ProcessProbe};
 
 use crate::child;
 use lockcore::logs::Log;
@@ -38,8 +39,8 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 struct Shared {
     stopping: AtomicBool,
-    /// The running child's pid; also serialises spawning against stopping.
-    pid: Mutex<Option<u32>>,
+    /// The running child, by identity, with what binds it.
+    child: child::Slot,
     /// Wakes a backoff sleep early when a stop is requested.
     wake: Condvar,
     wake_lock: Mutex<()>,
@@ -110,15 +111,13 @@ impl Supervisor {
     pub fn request_stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.wake.notify_all();
-        let pid = *self.shared.pid.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pid) = pid {
-            let _ = child::ask_to_stop(pid);
-        }
+        self.shared.child.ask_to_stop();
     }
 
-    /// The running child's pid, if any.
-    pub fn pid(&self) -> Option<u32> {
-        *self.shared.pid.lock().unwrap_or_else(|e| e.into_inner())
+    /// Kills the running child and what it started, through its binding; returns the
+    /// child it killed, if one was running.
+    pub fn force(&self) -> Option<ProcessIdentity> {
+        self.shared.child.force()
     }
 
     pub fn is_finished(&self) -> bool {
@@ -142,32 +141,30 @@ fn supervise(
     let mut probe = ProcessProbe::new().ok();
     loop {
         let started = Instant::now();
-        // The binding lives to the end of this iteration: on Windows, closing the job
-        // then kills anything the child left behind.
-        let (mut running, _binding) = {
-            let mut pid = shared.pid.lock().unwrap_or_else(|e| e.into_inner());
-            if shared.stopping.load(Ordering::SeqCst) {
-                return Outcome::Stopped;
-            }
-            match spawn(component, launch) {
-                Ok((running, binding)) => {
-                    *pid = Some(running.id());
-                    (running, binding)
-                }
-                Err(e) => {
-                    launch
-                        .events
-                        .line("", &format!("{name}: cannot start: {e}"));
-                    drop(pid);
-                    match after_failure(component, launch, shared, &mut failures, &mut delay) {
-                        Some(outcome) => return outcome,
-                        None => continue,
-                    }
+        let spawned = match probe.as_mut() {
+            Some(probe) => shared.child.spawn(
+                &mut command_for(component, launch),
+                || shared.stopping.load(Ordering::SeqCst),
+                probe,
+            ),
+            None => Err(std::io::Error::other("cannot read the process table")),
+        };
+        let mut running = match spawned {
+            Ok(Some(running)) => running,
+            Ok(None) => return Outcome::Stopped,
+            Err(e) => {
+                launch
+                    .events
+                    .line("", &format!("{name}: cannot start: {e}"));
+                match after_failure(component, launch, shared, &mut failures, &mut delay) {
+                    Some(outcome) => return outcome,
+                    None => continue,
                 }
             }
         };
+        follow_output(&mut running, launch);
         let pid = running.id();
-        if let Some(identity) = probe.as_mut().and_then(|p| p.identity(pid))
+        if let Some(identity) = shared.child.identity()
             && let Err(e) = lock.set_managed(identity, component.command.clone())
         {
             launch
@@ -177,8 +174,7 @@ fn supervise(
         launch
             .events
             .line("", &format!("{name}: started, pid {pid}"));
-        let status = running.wait();
-        *shared.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let status = shared.child.wait(&mut running);
         let how = status.as_ref().map_or_else(
             |e| format!("could not be waited for: {e}"),
             |s| describe(*s),
@@ -258,24 +254,25 @@ fn after_failure(
     None
 }
 
-fn spawn(
-    component: &Component,
-    launch: &Launch,
-) -> std::io::Result<(std::process::Child, child::Binding)> {
+/// The component's command with the supervisor's environment and piped output.
+fn command_for(component: &Component, launch: &Launch) -> Command {
     let mut command = build_command(component);
     command
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let (mut running, binding) = child::spawn_bound(&mut command)?;
+    command
+}
+
+/// Copies the child's stdout and stderr into its log.
+fn follow_output(running: &mut std::process::Child, launch: &Launch) {
     if let Some(out) = running.stdout.take() {
         launch.log.follow("stdout", out);
     }
     if let Some(err) = running.stderr.take() {
         launch.log.follow("stderr", err);
     }
-    Ok((running, binding))
 }
 
 /// The component's command, its program resolved against its working folder when it

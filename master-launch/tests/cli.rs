@@ -462,6 +462,12 @@ fn run_starts_one_component_by_hand_under_its_lock() {
         .wait_for("started pid", Duration::from_secs(30))
         .unwrap();
     assert!(line.contains("lock BRAIN_RUN1 account RUN1"), "{line}");
+    // The runner records the bot's pid just after starting it.
+    wait_until("the lock to record the bot", || {
+        desk.snapshot()
+            .component("BRAIN_RUN1")
+            .is_some_and(|v| v.managed.is_some())
+    });
     let snap = desk.snapshot();
     let view = snap.component("BRAIN_RUN1").unwrap();
     assert_eq!(view.copies.len(), 1);

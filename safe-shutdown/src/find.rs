@@ -53,15 +53,38 @@ pub struct Target {
     pub found: String,
 }
 
+fn wanted(accounts: &[String], account: &Option<String>) -> bool {
+    accounts.is_empty()
+        || account
+            .as_ref()
+            .is_some_and(|a| accounts.iter().any(|x| x.eq_ignore_ascii_case(a)))
+}
+
+/// Processes that an older tool's lock record names but that are not copies of their
+/// component (DESIGN.md rule 11): never stopped, said out loud.
+pub fn left_alone(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<String> {
+    snapshot
+        .components
+        .iter()
+        .filter(|v| wanted(accounts, &v.component.account))
+        .filter_map(|v| {
+            let process = v.named_not_a_copy.as_ref()?;
+            Some(format!(
+                "{}: left alone: pid {} (`{}`) is named by an older tool's lock record but is \
+                 not a copy of {}",
+                v.component.lock_name,
+                process.pid,
+                process.cmd.join(" "),
+                v.component.lock_name
+            ))
+        })
+        .collect()
+}
+
 /// Everything to stop, for the given accounts (all when empty; then the orchestrator
 /// too), in stop order.
 pub fn targets(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<Target> {
-    let wanted = |account: &Option<String>| {
-        accounts.is_empty()
-            || account
-                .as_ref()
-                .is_some_and(|a| accounts.iter().any(|x| x.eq_ignore_ascii_case(a)))
-    };
+    let wanted = |account: &Option<String>| wanted(accounts, account);
     let orchestrator = snapshot
         .master
         .as_ref()
@@ -105,8 +128,9 @@ pub fn targets(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<Target> {
                 found,
             });
         }
-        // A live locked bot whose command line the pattern does not recognise is still
-        // the desk's: stop it too.
+        // A live bot that our own lock record names (pid and start time) but whose
+        // command line the copy rule does not recognise is still the desk's: stop it
+        // too. (An older tool's record names a bot only when it is a copy.)
         if let Some(managed) = view.managed.as_ref().filter(|m| {
             !view
                 .copies
@@ -120,7 +144,7 @@ pub fn targets(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<Target> {
                 who: managed.identity(),
                 holder: if legacy { None } else { holder },
                 held_by_orchestrator: !legacy && holder.is_some() && holder == orchestrator,
-                found: "lock (command line not recognised by its pattern)".into(),
+                found: "lock (command line not recognised as a copy)".into(),
             });
         }
     }

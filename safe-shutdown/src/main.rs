@@ -77,6 +77,10 @@ fn run(args: &Args) -> Result<ExitCode> {
     let mut probe = ProcessProbe::new()?;
     let snapshot = DeskSnapshot::take(&fleet, &mut probe)?;
     let targets = find::targets(&snapshot, &args.accounts);
+    let left_alone = find::left_alone(&snapshot, &args.accounts);
+    for line in &left_alone {
+        println!("{line}");
+    }
     if targets.is_empty() {
         println!("Nothing to stop: no process of the desk runs.");
         if !args.dry_run {
@@ -94,6 +98,9 @@ fn run(args: &Args) -> Result<ExitCode> {
         "",
         &format!("found {} process(es): {}", targets.len(), summary(&targets)),
     );
+    for line in &left_alone {
+        audit.line("", line);
+    }
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             audit.line(
@@ -292,7 +299,7 @@ fn stop_stage(
 
 /// Removes the lock files of what was asked for, where no holder is left.
 fn clean_locks(fleet: &Fleet, accounts: &[String], probe: &mut ProcessProbe, audit: Option<&Log>) {
-    let locks = LockDir::new(&fleet.lock_dir);
+    let locks = LockDir::for_fleet(fleet);
     let mut names: Vec<String> = fleet
         .components()
         .filter(|c| {

@@ -305,10 +305,11 @@ impl Desk {
 /// `name`, so a test never looks before a launcher's child exists.
 fn wait_for_process_count(name: &str, count: usize, root: u32) {
     let mut probe = lockcore::ProcessProbe::new().unwrap_or_else(|e| panic!("{e}"));
+    let rule = lockcore::CopyRule::new(&[stand_in().display().to_string(), name.to_string()], None);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let table = probe.table();
-        let copies = table.find_copies(&[name.to_string()]);
+        let copies = table.find_copies(&rule);
         let seen = copies
             .iter()
             .find(|c| c.root.pid == root)

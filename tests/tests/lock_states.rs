@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use chrono::{DateTime, Local};
-use lockcore::{Acquire, LockClaim, LockDir, LockState, ProcessProbe, Removal};
+use lockcore::{Acquire, CopyRule, LockClaim, LockDir, LockState, ProcessProbe, Removal};
 
 const TAKER: &str = env!("CARGO_BIN_EXE_lock-taker");
 
@@ -53,6 +53,18 @@ fn write_legacy(dir: &Path, name: &str, pid: u32, timestamp: &str) {
     std::fs::write(dir.join(format!("{name}.lock")), text).expect("write legacy file");
 }
 
+/// A lock dir that knows BRAIN_ATLAS runs as `lock-taker idle` (what [`Idle`] runs).
+fn desk_dir(path: &Path) -> LockDir {
+    LockDir::new(path).with_copy_rule(
+        "BRAIN_ATLAS",
+        CopyRule::new(&[TAKER.to_string(), "idle".to_string()], None),
+    )
+}
+
+fn write_record(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(format!("{name}.lock")), text).expect("write legacy file");
+}
+
 fn state_of(dir: &LockDir, name: &str, probe: &mut ProcessProbe) -> LockState {
     dir.inspect(name, probe)
         .expect("inspect")
@@ -61,9 +73,9 @@ fn state_of(dir: &LockDir, name: &str, probe: &mut ProcessProbe) -> LockState {
 }
 
 #[test]
-fn a_legacy_record_naming_a_live_older_process_is_held() {
+fn a_legacy_record_naming_a_live_older_copy_is_held() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = LockDir::new(tmp.path());
+    let dir = desk_dir(tmp.path());
     let mut probe = ProcessProbe::new().unwrap();
     let bot = Idle::start();
     let started = probe.identity(bot.pid()).unwrap().start_time as i64;
@@ -100,6 +112,77 @@ fn holder_message_names_next_step(dir: &LockDir, probe: &mut ProcessProbe) -> bo
         }
         _ => false,
     }
+}
+
+/// DESIGN.md rule 11: the record names a live process that started before it was
+/// written, but that process runs neither a Python interpreter nor the component's
+/// program: it cannot have written the record. Stale, and the process is untouched.
+#[test]
+fn a_legacy_record_naming_an_unrelated_older_process_is_stale_and_it_is_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::new(tmp.path()).with_copy_rule(
+        "BRAIN_ATLAS",
+        CopyRule::new(&["python".to_string(), "BRAIN_ATLAS.py".to_string()], None),
+    );
+    let mut probe = ProcessProbe::new().unwrap();
+    let unrelated = Idle::start();
+    let started = probe.identity(unrelated.pid()).unwrap().start_time as i64;
+    write_legacy(
+        tmp.path(),
+        "BRAIN_ATLAS",
+        unrelated.pid(),
+        &local(started + 2),
+    );
+    let status = dir.inspect("BRAIN_ATLAS", &mut probe).unwrap().unwrap();
+    assert_eq!(status.state, LockState::Stale, "{}", status.detail);
+    assert!(status.detail.contains("not genuine"), "{}", status.detail);
+    // Without a timestamp, too.
+    write_record(
+        tmp.path(),
+        "BRAIN_ATLAS",
+        &format!(r#"{{"pid": {}, "name": "BRAIN_ATLAS"}}"#, unrelated.pid()),
+    );
+    let status = dir.inspect("BRAIN_ATLAS", &mut probe).unwrap().unwrap();
+    assert_eq!(status.state, LockState::Stale, "{}", status.detail);
+    match dir
+        .acquire("BRAIN_ATLAS", &LockClaim::default(), &mut probe)
+        .unwrap()
+    {
+        Acquire::Acquired(held) => held.release().unwrap(),
+        Acquire::Held(h) => panic!("refused by a record that is not genuine: {h}"),
+    }
+    assert!(probe.identity(unrelated.pid()).is_some());
+}
+
+/// The named process runs the component's program but is not a copy (another
+/// script, say): it could be the record's writer, so the lock counts as held for
+/// refusals, and the detail says it is not a copy (so nothing stops it).
+#[test]
+fn a_legacy_record_naming_the_program_but_not_a_copy_is_held_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::new(tmp.path()).with_copy_rule(
+        "BRAIN_ATLAS",
+        CopyRule::new(&[TAKER.to_string(), "run".to_string()], None),
+    );
+    let mut probe = ProcessProbe::new().unwrap();
+    let other = Idle::start();
+    write_record(
+        tmp.path(),
+        "BRAIN_ATLAS",
+        &format!(r#"{{"pid": {}, "name": "BRAIN_ATLAS"}}"#, other.pid()),
+    );
+    let status = dir.inspect("BRAIN_ATLAS", &mut probe).unwrap().unwrap();
+    assert_eq!(status.state, LockState::Legacy);
+    assert!(
+        status.detail.contains("not a copy") && status.detail.contains("no readable timestamp"),
+        "{}",
+        status.detail
+    );
+    assert!(matches!(
+        dir.acquire("BRAIN_ATLAS", &LockClaim::default(), &mut probe)
+            .unwrap(),
+        Acquire::Held(holder) if holder.legacy
+    ));
 }
 
 #[test]

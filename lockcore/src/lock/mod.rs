@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
+use crate::config::Fleet;
+use crate::copies::{CopyRule, runs_python};
 use crate::process::{ProcessIdentity, ProcessProbe, ProcessTableError};
 use crate::record::{LockRecord, format_local, local_timestamp_now};
 
@@ -38,10 +42,13 @@ const RETRY_PAUSE: Duration = Duration::from_millis(2);
 /// How long remove-if-stale waits on a lock whose record names no live holder.
 const BUSY_WAIT: Duration = Duration::from_millis(200);
 
-/// A folder of lock files.
+/// A folder of lock files, and what the desk's components look like when running:
+/// an older tool's record is judged against them (DESIGN.md rule 11).
 #[derive(Debug, Clone)]
 pub struct LockDir {
     dir: PathBuf,
+    /// Copy rules by lock name, lower case (Windows file names ignore case).
+    copy_rules: BTreeMap<String, CopyRule>,
 }
 
 /// What the caller wants recorded about the process the lock is for.
@@ -203,8 +210,32 @@ fn io_error<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) 
 }
 
 impl LockDir {
+    /// A lock folder with no knowledge of components: an older tool's record is then
+    /// possibly genuine only when it names a Python interpreter.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            copy_rules: BTreeMap::new(),
+        }
+    }
+
+    /// The desk's lock folder, knowing how each of its components runs.
+    pub fn for_fleet(fleet: &Fleet) -> Self {
+        fleet
+            .components()
+            .fold(LockDir::new(&fleet.lock_dir), |dir, c| {
+                dir.with_copy_rule(&c.lock_name, c.copy_rule.clone())
+            })
+    }
+
+    /// Adds how the component holding lock `name` runs.
+    pub fn with_copy_rule(mut self, name: &str, rule: CopyRule) -> Self {
+        self.copy_rules.insert(name.to_ascii_lowercase(), rule);
+        self
+    }
+
+    fn copy_rule(&self, name: &str) -> Option<&CopyRule> {
+        self.copy_rules.get(&name.to_ascii_lowercase())
     }
 
     pub fn path(&self) -> &Path {
@@ -249,7 +280,8 @@ impl LockDir {
                     continue; // released and removed between our open and our lock
                 }
                 let existing = read_all(&file).map_err(io_error("read", &path))?;
-                if let Some(holder) = live_legacy_holder(name, &path, &existing, probe) {
+                let rule = self.copy_rule(name);
+                if let Some(holder) = live_legacy_holder(name, &path, &existing, rule, probe) {
                     return Ok(Acquire::Held(holder));
                 }
                 let held = HeldLock::start(name, path, file, claim, probe)?;
@@ -300,7 +332,8 @@ impl LockDir {
                 }
                 let bytes = read_all(&file).map_err(io_error("read", &path));
                 os::unlock(&file).map_err(io_error("unlock", &path))?;
-                return Ok(Some(classify_unheld(name, path, &bytes?, probe)));
+                let rule = self.copy_rule(name);
+                return Ok(Some(classify_unheld(name, path, &bytes?, rule, probe)));
             }
             let bytes = read_all(&file).map_err(io_error("read", &path))?;
             let record = LockRecord::parse(&bytes).ok();
@@ -374,7 +407,7 @@ impl LockDir {
             return Ok(Removal::Missing);
         }
         let bytes = read_all(&file).map_err(io_error("read", &path))?;
-        let status = classify_unheld(name, path.clone(), &bytes, probe);
+        let status = classify_unheld(name, path.clone(), &bytes, self.copy_rule(name), probe);
         if status.state.is_held() {
             return Ok(Removal::Kept(status));
         }
@@ -588,15 +621,16 @@ fn names_live_holder(record: Option<&LockRecord>, probe: &mut ProcessProbe) -> b
         .is_some_and(|holder| probe.is_alive(holder))
 }
 
-/// A legacy record naming a live process that started no later than the record.
+/// A legacy record that could be genuine (DESIGN.md rules 5 and 11).
 fn live_legacy_holder(
     name: &str,
     path: &Path,
     bytes: &[u8],
+    rule: Option<&CopyRule>,
     probe: &mut ProcessProbe,
 ) -> Option<Holder> {
     let record = LockRecord::parse(bytes).ok()?;
-    let (state, _) = classify_legacy(&record, probe)?;
+    let (state, _) = classify_legacy(&record, rule, probe)?;
     (state == LockState::Legacy).then(|| Holder {
         name: name.into(),
         path: path.to_path_buf(),
@@ -610,6 +644,7 @@ fn classify_unheld(
     name: &str,
     path: PathBuf,
     bytes: &[u8],
+    rule: Option<&CopyRule>,
     probe: &mut ProcessProbe,
 ) -> LockStatus {
     let record = match LockRecord::parse(bytes) {
@@ -629,7 +664,7 @@ fn classify_unheld(
             };
         }
     };
-    let (state, detail) = classify_legacy(&record, probe).unwrap_or_else(|| {
+    let (state, detail) = classify_legacy(&record, rule, probe).unwrap_or_else(|| {
         (
             LockState::Stale,
             format!("no process holds it, last holder pid {}", record.pid),
@@ -644,36 +679,67 @@ fn classify_unheld(
     }
 }
 
-/// DESIGN.md rule 5, for records without holder fields. `None` for our own records.
-fn classify_legacy(record: &LockRecord, probe: &mut ProcessProbe) -> Option<(LockState, String)> {
+/// DESIGN.md rules 5 and 11, for records without holder fields; `None` for our own.
+///
+/// Such a record could be genuine only while the process it names is alive, started
+/// no later than the record, and runs a Python interpreter (the older tool was a
+/// Python module recording its own pid) or the component's program. Then the lock
+/// counts as held (a false refusal is recoverable, a duplicate trade is not); anything
+/// else is stale. Held is not a licence to stop: only a copy of the component
+/// (rule 9) is ever stopped, and the detail says which it is.
+fn classify_legacy(
+    record: &LockRecord,
+    rule: Option<&CopyRule>,
+    probe: &mut ProcessProbe,
+) -> Option<(LockState, String)> {
     if !record.is_legacy() {
         return None;
     }
     let pid = record.pid;
-    let Some(process) = probe.identity(pid) else {
+    let Some(process) = probe.info(pid) else {
         return Some((
             LockState::Stale,
             format!("older tool's record; pid {pid} is not running"),
         ));
     };
-    let verdict = match record.timestamp_secs() {
-        Some(written) if i64::try_from(process.start_time).unwrap_or(i64::MAX) > written => (
+    let written = record.timestamp_secs();
+    if let Some(written) = written
+        && i64::try_from(process.start_time).unwrap_or(i64::MAX) > written
+    {
+        return Some((
             LockState::Stale,
             format!(
                 "older tool's record; pid {pid} was reused by a process started {}, after the record",
                 format_local(process.start_time)
             ),
-        ),
-        Some(_) => (
-            LockState::Legacy,
-            format!("older tool's record; pid {pid} is alive and no OS lock guards it"),
-        ),
-        // No readable timestamp: we cannot tell reuse from the real thing, so err
-        // towards held.
-        None => (
-            LockState::Legacy,
-            format!("older tool's record without a readable timestamp; pid {pid} is alive"),
-        ),
+        ));
+    }
+    let program = crate::copies::file_name(process.cmd.first().map_or("", String::as_str));
+    let could_have_written_it =
+        runs_python(&process.cmd) || rule.is_some_and(|r| r.runs_program(&process.cmd));
+    if !could_have_written_it {
+        return Some((
+            LockState::Stale,
+            format!(
+                "older tool's record names pid {pid}, which runs `{program}`, not a bot: \
+                 the record is not genuine"
+            ),
+        ));
+    }
+    let when = if written.is_some() {
+        ""
+    } else {
+        " (the record has no readable timestamp)"
     };
-    Some(verdict)
+    let what = match rule.map(|r| r.judge(&process.cmd)) {
+        Some(verdict) if verdict.is_copy() => format!("pid {pid} is a running copy"),
+        Some(verdict) => {
+            format!("pid {pid} (`{program}`) is alive but not a copy ({verdict}): left alone")
+        }
+        None => format!("pid {pid} (`{program}`) is alive"),
+    };
+    Some((
+        LockState::Legacy,
+        format!("older tool's record{when}; {what}; no OS lock guards it"),
+    ))
 }
