@@ -200,9 +200,10 @@ mod imp {
             unsafe { FreeConsole() };
             return helper_exit::NO_CONSOLE;
         };
+        // Parent links count only to older processes (DESIGN.md rule 10), here and in
+        // the tree checks below: a reused pid must not make a stranger look related.
         let parent_attached = table
-            .get(pid)
-            .and_then(|p| p.parent)
+            .parent_of(pid)
             .is_some_and(|parent| attached.contains(&parent));
         // Only the process, what it started and what started it (the shell of its
         // window): then neither the event nor the close can reach anything else.

@@ -615,3 +615,51 @@ fn a_stop_request_stops_a_hand_started_component() {
     desk.assert_no_lock_left("after the stop");
     assert!(!desk.lock_dir().join("WATCHDOG_RUNREQ.stop").exists());
 }
+
+/// `run NAME` (what every START_<NAME>.bat calls) refuses beside a copy started by
+/// hand without a lock, names it, starts nothing and leaves no lock behind.
+#[test]
+fn run_refuses_beside_an_unlocked_copy_and_names_it() {
+    let desk = Desk::new("qs_runcopy", &["RUNCOPY"]);
+    let by_hand = desk.start_by_hand("BRAIN_RUNCOPY");
+    master_launch(&desk)
+        .args(["run", "BRAIN_RUNCOPY"])
+        .assert()
+        .code(3)
+        .stderr(
+            predicate::str::contains("running without its lock")
+                .and(predicate::str::contains(by_hand.pid().to_string())),
+        );
+    let snap = desk.snapshot();
+    let view = snap.component("BRAIN_RUNCOPY").unwrap();
+    assert_eq!(view.copies.len(), 1, "a second brain was started");
+    assert!(view.lock.is_none(), "the refused run left its lock file");
+    let log = std::fs::read_to_string(desk.dir.path().join("logs/master-launch.log")).unwrap();
+    assert!(log.contains("refused: BRAIN_RUNCOPY"), "{log}");
+}
+
+/// The Job Object binds a child from its first instruction: a launcher that starts
+/// the real bot at once (a venv `python.exe`) is bound with it, so when master-launch
+/// is killed outright (TerminateProcess, no stop handler) both die. Windows only:
+/// on Linux the parent-death signal binds the direct child alone.
+#[cfg(windows)]
+#[test]
+fn a_grandchild_started_at_once_is_bound_with_the_child() {
+    let desk = Desk::with_extra(
+        "qs_jobtree",
+        &["JOBTREE"],
+        "env = { STANDIN_LAUNCHER = \"1\" }",
+    );
+    let mut runner = launch(&desk, &["run", "BRAIN_JOBTREE"]);
+    let mut pids = Vec::new();
+    wait_until("the launcher and its bot to run", || {
+        let snap = desk.snapshot();
+        pids = snap
+            .component("BRAIN_JOBTREE")
+            .map(|v| v.copies.iter().flat_map(|c| c.tree.pids()).collect())
+            .unwrap_or_default();
+        pids.len() == 2
+    });
+    runner.running.kill();
+    wait_gone(&pids);
+}

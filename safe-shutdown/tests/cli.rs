@@ -363,3 +363,51 @@ fn dry_run_lists_in_stop_order_and_stops_nothing() {
     );
     assert_eq!(running_pids(&desk), before);
 }
+
+/// DESIGN.md rule 11, the reproduced case: an older tool's record (fresh timestamp,
+/// and none at all) naming a live process that is no bot of the desk. safe-shutdown
+/// never signals it and says so; check-procs reports the record.
+#[test]
+fn a_legacy_record_naming_an_unrelated_process_never_gets_it_stopped() {
+    let desk = Desk::new("qs_legx", &["LEGX"]);
+    std::fs::create_dir_all(desk.lock_dir()).unwrap();
+    let mut unrelated = Command::new(tool("fleet-tests", "lock-taker"));
+    let unrelated = Running::new(unrelated.arg("idle").stdin(Stdio::null()).spawn().unwrap());
+    let pid = unrelated.pid();
+    let now = lockcore::record::local_timestamp_now();
+    let records = [
+        format!(r#"{{"pid": {pid}, "name": "BRAIN_LEGX", "timestamp": "{now}"}}"#),
+        format!(r#"{{"pid": {pid}, "name": "BRAIN_LEGX"}}"#),
+    ];
+    for record in records {
+        std::fs::write(desk.lock_path("BRAIN_LEGX"), &record).unwrap();
+        let check = Command::new(tool("check-procs", "check-procs"))
+            .arg("--config")
+            .arg(desk.config())
+            .arg("--json")
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+        let problem = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "BRAIN_LEGX")
+            .unwrap_or_else(|| panic!("not reported: {report}"));
+        assert!(
+            problem["message"].as_str().unwrap().contains("not genuine"),
+            "{record}: {report}"
+        );
+        let output = safe_shutdown(&desk, &["--yes", "--timeout", "2"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).to_string();
+        assert_eq!(output.status.code(), Some(0), "{record}: {said}");
+        assert!(said.contains("left alone"), "{record}: {said}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            ProcessProbe::new().unwrap().identity(pid).is_some(),
+            "{record}: safe-shutdown stopped an unrelated process"
+        );
+    }
+}
