@@ -9,8 +9,10 @@
 //! - [`process`]: process identity (pid + start time) and the process table.
 //! - [`copies`]: what counts as a running copy of a component (DESIGN.md rule 9).
 //! - [`config`]: `fleet.toml`, its model and its validation.
+//! - [`select`]: which accounts a command acts on (`--only`, `--account`).
 //! - [`desk`]: one snapshot of locks and processes, and the problems in it.
 //! - [`stop`]: stop requests, the way anyone asks a lock holder to stop.
+//! - [`stop_engine`]: stages in the safe order, deadlines, graceful-then-forced: every stop.
 //! - [`graceful`]: asking a process we did not start to stop (SIGTERM, CTRL_BREAK, close).
 //! - [`exit`]: the exit codes every tool uses.
 //! - [`output`]: colour decisions and error printing at the binary edge.
@@ -27,7 +29,9 @@ pub mod logs;
 pub mod output;
 pub mod process;
 pub mod record;
+pub mod select;
 pub mod stop;
+pub mod stop_engine;
 
 pub use config::{Component, ConfigError, Fleet, Role};
 pub use copies::{CopyRule, Verdict};
@@ -40,3 +44,4 @@ pub use lock::{
 pub use process::{ProcessIdentity, ProcessInfo, ProcessProbe, ProcessTable, ProcessTree};
 pub use record::LockRecord;
 pub use stop::StopRequest;
+pub use stop_engine::{Grace, Stage, StopOutcome, Stoppable};

@@ -12,6 +12,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::exit::PathError;
+
 const ROTATE_AT_BYTES: u64 = 10 * 1024 * 1024;
 
 /// A size-rotated, time-stamped log file that threads can share.
@@ -31,12 +33,14 @@ struct LogFile {
 }
 
 impl Log {
-    pub fn open(path: &Path, echo: bool) -> io::Result<Log> {
+    /// Opens (creating it and its folder if need be) a log file for appending.
+    pub fn open(path: &Path, echo: bool) -> Result<Log, PathError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(PathError::at("create the log folder", dir))?;
         }
-        let file = append(path)?;
-        let written = file.metadata()?.len();
+        let cannot_open = PathError::at("open the log file", path);
+        let file = append(path).map_err(&cannot_open)?;
+        let written = file.metadata().map_err(cannot_open)?.len();
         Ok(Log {
             inner: Arc::new(Mutex::new(LogFile {
                 path: path.to_path_buf(),

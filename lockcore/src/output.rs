@@ -42,7 +42,10 @@ pub fn finish(
         Ok(code) => code.into(),
         Err(error) => {
             print_error(tool, error.as_ref());
-            if error.is::<crate::ConfigError>() || error.is::<crate::exit::UsageError>() {
+            if error.is::<crate::ConfigError>()
+                || error.is::<crate::exit::UsageError>()
+                || error.is::<crate::exit::PathError>()
+            {
                 crate::ExitCode::Usage.into()
             } else {
                 crate::ExitCode::Problems.into()

@@ -15,15 +15,18 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lockcore::config::{DEFAULT_CONFIG, MASTER_LOCK_NAME};
 use lockcore::exit::UsageError;
 use lockcore::output::finish;
+use lockcore::select::AccountSelection;
+use lockcore::stop_engine::{StopObserver, stop_in_order};
 use lockcore::{
-    Acquire, Component, DeskSnapshot, ExitCode, Fleet, HeldLock, LockClaim, LockDir, LockState,
-    ProcessProbe, Removal, Role, StopRequest,
+    Acquire, Component, DeskSnapshot, ExitCode, Fleet, Grace, HeldLock, LockClaim, LockDir,
+    LockState, ProcessProbe, Removal, Role, Stage, StopRequest, Stoppable,
 };
 
 use crate::supervisor::{Launch, Supervisor};
@@ -81,27 +84,14 @@ fn main() -> std::process::ExitCode {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// What the orchestrator will start, in start order.
+/// What the orchestrator will start, in start order: the globals, and the enabled
+/// accounts of `--only` (all when none is named).
 fn plan(fleet: &Fleet, only: &[String]) -> Result<Vec<Component>> {
-    for account in only {
-        if fleet.account(account).is_none() {
-            let known: Vec<&str> = fleet.accounts.iter().map(|a| a.name.as_str()).collect();
-            return Err(Box::new(UsageError(format!(
-                "--only {account}: no such account in {} (accounts: {})",
-                fleet.path.display(),
-                known.join(", ")
-            ))));
-        }
-    }
+    let selection = AccountSelection::of(fleet, only, "--only")?;
     Ok(fleet
         .components()
         .filter(|c| c.enabled)
-        .filter(|c| match &c.account {
-            None => true,
-            Some(account) => {
-                only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(account))
-            }
-        })
+        .filter(|c| c.account.is_none() || selection.includes(c.account.as_deref()))
         .cloned()
         .collect())
 }
@@ -156,22 +146,33 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     let (done_tx, done_rx) = channel::<Event>();
     let stopped = Arc::new((Mutex::new(false), Condvar::new()));
     install_stop_handler(done_tx.clone(), stopped.clone())?;
-    let mut supervisors = Vec::new();
+    let mut supervisors: Vec<Arc<Supervisor>> = Vec::new();
     for component in &plan {
         let claim = LockClaim {
             account: component.account.clone(),
             command: component.command.clone(),
         };
-        match locks.acquire(&component.lock_name, &claim, &mut probe)? {
-            Acquire::Acquired(held) => {
-                supervisors.push(start(&fleet, component, held, &events, &done_tx)?);
-            }
-            Acquire::Held(holder) => {
-                // Someone started it between pre-flight and now: back out, in order.
-                events.line("", &format!("refused: {holder}"));
-                stop_all(supervisors, &events);
+        let started = locks
+            .acquire(&component.lock_name, &claim, &mut probe)
+            .map_err(|e| -> Box<dyn std::error::Error> { Box::new(e) })
+            .and_then(|acquired| match acquired {
+                Acquire::Acquired(held) => start(&fleet, component, held, &events, &done_tx),
+                Acquire::Held(holder) => Err(Box::new(StartRefused(holder))),
+            });
+        match started {
+            Ok(supervisor) => supervisors.push(Arc::new(supervisor)),
+            Err(error) => {
+                // Back out in order: what started gets a graceful stop and its lock goes.
+                events.line("", &format!("cannot start the desk: {error}"));
+                stop_all(&supervisors, Grace::Own, &events);
                 drop(master);
-                return Ok(ExitCode::Refused);
+                return match error.downcast::<StartRefused>() {
+                    Ok(refused) => {
+                        eprintln!("{TOOL}: refused: {}", refused.0);
+                        Ok(ExitCode::Refused)
+                    }
+                    Err(error) => Err(error),
+                };
             }
         }
     }
@@ -182,12 +183,12 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
             supervisors.len()
         ),
     );
-    supervise_desk(&supervisors, &done_rx, &fleet, &events);
+    let grace = supervise_desk(&supervisors, &done_rx, &fleet, &events);
     events.line(
         "",
         "stopping the desk: brains, then watchdogs, then globals",
     );
-    stop_all(supervisors, &events);
+    stop_all(&supervisors, grace, &events);
     let _ = StopRequest::remove(&fleet.lock_dir, MASTER_LOCK_NAME);
     master.release()?;
     events.line("", "desk stopped; all locks released");
@@ -196,6 +197,11 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     signal.notify_all();
     Ok(ExitCode::Ok)
 }
+
+/// A component's lock was taken by someone else between the pre-flight and its start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StartRefused(lockcore::Holder);
 
 /// Ctrl+C, SIGTERM, console close: ask the main thread to stop the desk, then wait
 /// (bounded) until it has. On Windows the process is ended as soon as the handler
@@ -214,19 +220,20 @@ fn install_stop_handler(
 
 /// The orchestrator's idle loop: wakes on a signal, on a component's supervision
 /// ending, or every [`TICK`] to act on stop requests and check lock files. Returns
-/// when the desk should stop.
+/// when the desk should stop, with the grace its processes get: a stop-all request's,
+/// or each component's own on a signal.
 fn supervise_desk(
-    supervisors: &[Supervisor],
+    supervisors: &[Arc<Supervisor>],
     done: &std::sync::mpsc::Receiver<Event>,
     fleet: &Fleet,
     events: &Log,
-) {
+) -> Grace {
     let mut running = supervisors.len();
-    let mut deadlines: HashMap<String, Instant> = HashMap::new();
+    let mut requested: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut ticks = 0u32;
     while running > 0 {
         match done.recv_timeout(TICK) {
-            Ok(Event::Signal) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Event::Signal) | Err(RecvTimeoutError::Disconnected) => return Grace::Own,
             Ok(Event::Done) => running -= 1,
             Err(RecvTimeoutError::Timeout) => {}
         }
@@ -235,10 +242,17 @@ fn supervise_desk(
                 "",
                 &format!("stop-all requested by pid {}", request.requested_by),
             );
-            return;
+            return Grace::Given(request.time_left(Duration::from_secs(1)));
         }
+        requested.retain(|_, stopping| !stopping.is_finished());
         for supervisor in supervisors {
-            act_on_stop_request(supervisor, &mut deadlines, fleet, events);
+            let name = &supervisor.component.lock_name;
+            if requested.contains_key(name) {
+                continue;
+            }
+            if let Some(stopping) = act_on_stop_request(supervisor, fleet, events) {
+                requested.insert(name.clone(), stopping);
+            }
         }
         ticks += 1;
         if ticks.is_multiple_of(VERIFY_EVERY_TICKS) {
@@ -249,29 +263,21 @@ fn supervise_desk(
             }
         }
     }
+    Grace::Own
 }
 
-/// A stop request for one component: stop it gracefully, force it at the request's
-/// deadline, never restart it, and remove the request once it is stopped.
+/// A stop request for one component: the stop engine stops it (gracefully, forced at
+/// the request's deadline) on a thread of its own, so the desk goes on being
+/// supervised meanwhile; it is never restarted, and the request is removed once it
+/// is stopped. A component between restarts is stopped the same way: the pending
+/// restart is cancelled.
 fn act_on_stop_request(
-    supervisor: &Supervisor,
-    deadlines: &mut HashMap<String, Instant>,
+    supervisor: &Arc<Supervisor>,
     fleet: &Fleet,
     events: &Log,
-) {
-    let name = &supervisor.component.lock_name;
-    if let Some(deadline) = deadlines.get(name) {
-        if supervisor.is_finished() {
-            let _ = StopRequest::remove(&fleet.lock_dir, name);
-            deadlines.remove(name);
-        } else if Instant::now() >= *deadline {
-            force_stop(supervisor, events);
-        }
-        return;
-    }
-    let Some(request) = StopRequest::read(&fleet.lock_dir, name) else {
-        return;
-    };
+) -> Option<JoinHandle<()>> {
+    let name = supervisor.component.lock_name.clone();
+    let request = StopRequest::read(&fleet.lock_dir, &name)?;
     events.line(
         "",
         &format!(
@@ -279,17 +285,17 @@ fn act_on_stop_request(
             request.requested_by
         ),
     );
-    supervisor.request_stop();
-    deadlines.insert(
-        name.clone(),
-        Instant::now()
-            + request.time_left(
-                supervisor
-                    .component
-                    .stop_timeout
-                    .min(Duration::from_secs(1)),
-            ),
-    );
+    let floor = supervisor
+        .component
+        .stop_timeout
+        .min(Duration::from_secs(1));
+    let grace = Grace::Given(request.time_left(floor));
+    let supervisor = supervisor.clone();
+    let (events, lock_dir) = (events.clone(), fleet.lock_dir.clone());
+    Some(std::thread::spawn(move || {
+        stop_all(std::slice::from_ref(&supervisor), grace, &events);
+        let _ = StopRequest::remove(&lock_dir, &name);
+    }))
 }
 
 enum Event {
@@ -453,43 +459,27 @@ fn start(
     Ok(Supervisor::start(component.clone(), lock, launch))
 }
 
-/// Stops every supervised component in the safe order: all brains, then all
-/// watchdogs, then globals; in parallel within a stage; graceful, then forced.
-fn stop_all(supervisors: Vec<Supervisor>, events: &Log) {
-    let mut remaining = supervisors;
-    for role in [Role::Brain, Role::Watchdog, Role::Global] {
-        let (stage, rest): (Vec<_>, Vec<_>) = remaining
-            .into_iter()
-            .partition(|s| s.component.role == role);
-        remaining = rest;
-        for supervisor in &stage {
-            supervisor.request_stop();
-        }
-        let started = Instant::now();
-        for supervisor in stage {
-            let deadline = supervisor.component.stop_timeout;
-            while !supervisor.is_finished() && started.elapsed() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !supervisor.is_finished() {
-                force_stop(&supervisor, events);
-            }
-            let name = supervisor.component.lock_name.clone();
-            let outcome = supervisor.join();
+/// Stops supervised components with the stop engine: brains, then watchdogs, then
+/// globals; in parallel within a stage; graceful, then forced through each child's
+/// binding. Every supervision thread has ended when it returns.
+fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, events: &Log) {
+    let targets: Vec<&Supervisor> = supervisors.iter().map(|s| &**s).collect();
+    stop_in_order(targets, grace, &mut (), &mut EventObserver(events));
+    for supervisor in supervisors {
+        if let Some(outcome) = supervisor.join() {
+            let name = &supervisor.component.lock_name;
             events.line("", &format!("{name}: stopped ({outcome:?})"));
         }
     }
 }
 
-fn force_stop(supervisor: &Supervisor, events: &Log) {
-    if let Some(child) = supervisor.force() {
-        events.line(
-            "",
-            &format!(
-                "{}: did not stop in time; killed pid {} and everything it started",
-                supervisor.component.lock_name, child.pid
-            ),
-        );
+/// What the orchestrator's log records of a stop.
+struct EventObserver<'l>(&'l Log);
+
+impl StopObserver for EventObserver<'_> {
+    fn forced(&mut self, name: &str, how: &str) {
+        self.0
+            .line("", &format!("{name}: did not stop in time; {how}"));
     }
 }
 
@@ -539,17 +529,17 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     if let Some(identity) = slot.identity() {
         lock.set_managed(identity, component.command.clone())?;
     }
-    let timeout = component.stop_timeout;
+    let runner = Arc::new(Runner {
+        name: name.to_string(),
+        role: component.role,
+        timeout: component.stop_timeout,
+        slot: slot.clone(),
+    });
     {
-        let slot = slot.clone();
-        ctrlc::set_handler(move || stop_by_hand(&slot, timeout))?;
+        let runner = runner.clone();
+        ctrlc::set_handler(move || runner.stop(Grace::Own))?;
     }
-    watch_for_stop_request(
-        fleet.lock_dir.clone(),
-        name.to_string(),
-        slot.clone(),
-        timeout,
-    );
+    watch_for_stop_request(fleet.lock_dir.clone(), runner);
     eprintln!("{TOOL}: {name} started under its lock, pid {pid}; Ctrl+C stops it");
     let status = slot.wait(&mut running)?;
     eprintln!("{TOOL}: {name} exited ({})", supervisor::describe(status));
@@ -562,37 +552,64 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     })
 }
 
-/// The runner's answer to `<NAME>.stop`: the same graceful-then-forced stop.
-fn watch_for_stop_request(
-    lock_dir: PathBuf,
-    name: String,
-    slot: Arc<child::Slot>,
-    timeout: Duration,
-) {
+/// The runner's answer to `<NAME>.stop`: the same stop, with the request's deadline.
+fn watch_for_stop_request(lock_dir: PathBuf, runner: Arc<Runner>) {
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(TICK);
-            if let Some(request) = StopRequest::read(&lock_dir, &name) {
-                stop_by_hand(
-                    &slot,
-                    request.time_left(timeout.min(Duration::from_secs(1))),
-                );
+            if let Some(request) = StopRequest::read(&lock_dir, &runner.name) {
+                let floor = runner.timeout.min(Duration::from_secs(1));
+                runner.stop(Grace::Given(request.time_left(floor)));
                 return;
             }
         }
     });
 }
 
-/// Ctrl+C on a hand-started component: graceful, then forced through its binding
-/// after its timeout.
-fn stop_by_hand(slot: &child::Slot, timeout: Duration) {
-    slot.ask_to_stop();
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if slot.identity().is_none() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// A component started by hand (`run NAME`), as the stop engine stops it: graceful,
+/// then forced through its binding.
+struct Runner {
+    name: String,
+    role: Role,
+    timeout: Duration,
+    slot: Arc<child::Slot>,
+}
+
+impl Runner {
+    fn stop(&self, grace: Grace) {
+        stop_in_order(
+            vec![self],
+            grace,
+            &mut (),
+            &mut lockcore::stop_engine::Quiet,
+        );
     }
-    slot.force();
+}
+
+impl Stoppable<()> for &Runner {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::of(self.role)
+    }
+
+    fn own_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn ask(&mut self, _: &mut ()) -> String {
+        self.slot.ask_to_stop();
+        "asked to stop".into()
+    }
+
+    fn is_stopped(&mut self, _: &mut ()) -> bool {
+        self.slot.identity().is_none()
+    }
+
+    fn force(&mut self, _: &mut ()) -> String {
+        self.slot.force();
+        "killed with everything it started".into()
+    }
 }

@@ -16,7 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lockcore::config::RestartPolicy;
-use lockcore::{Component, HeldLock, LockLost, LockWatcher, ProcessIdentity, ProcessProbe};
+use lockcore::{
+    Component, HeldLock, LockLost, LockWatcher, ProcessIdentity, ProcessProbe, Stage, Stoppable,
+};
 
 use crate::child;
 use lockcore::logs::Log;
@@ -41,6 +43,9 @@ struct Shared {
     stopping: AtomicBool,
     /// The running child, by identity, with what binds it.
     child: child::Slot,
+    /// Set just before the thread releases the lock: a lock file that vanishes after
+    /// this is our own release, not a loss.
+    releasing: AtomicBool,
     /// Wakes a backoff sleep early when a stop is requested.
     wake: Condvar,
     wake_lock: Mutex<()>,
@@ -51,7 +56,8 @@ struct Shared {
 pub struct Supervisor {
     pub component: Component,
     shared: Arc<Shared>,
-    thread: JoinHandle<Outcome>,
+    /// Taken by [`Supervisor::join`].
+    thread: Mutex<Option<JoinHandle<Outcome>>>,
     /// Checks from the orchestrator's thread that the lock file is still ours.
     watcher: Option<LockWatcher>,
 }
@@ -84,7 +90,10 @@ impl Supervisor {
             std::thread::Builder::new()
                 .name(format!("supervise {}", component.lock_name))
                 .spawn(move || {
-                    let outcome = supervise(&component, lock, &launch, &shared);
+                    let mut lock = lock;
+                    let outcome = supervise(&component, &mut lock, &launch, &shared);
+                    shared.releasing.store(true, Ordering::SeqCst);
+                    drop(lock);
                     (launch.done)();
                     outcome
                 })
@@ -93,16 +102,20 @@ impl Supervisor {
         Supervisor {
             component,
             shared,
-            thread,
+            thread: Mutex::new(Some(thread)),
             watcher,
         }
     }
 
     /// Whether the lock file is still the one held (DESIGN.md rule 7: on Linux anyone
-    /// can unlink it). Only meaningful while the component runs.
+    /// can unlink it). Only meaningful while the component runs; our own release is
+    /// not a loss (the flag is set before the file goes, and read after the check).
     pub fn verify_lock(&self) -> Result<(), LockLost> {
-        match &self.watcher {
-            Some(watcher) if !self.is_finished() => watcher.check(),
+        let Some(watcher) = &self.watcher else {
+            return Ok(());
+        };
+        match watcher.check() {
+            Err(lost) if !self.shared.releasing.load(Ordering::SeqCst) => Err(lost),
             _ => Ok(()),
         }
     }
@@ -121,17 +134,62 @@ impl Supervisor {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
+        self.thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(JoinHandle::is_finished)
     }
 
-    pub fn join(self) -> Outcome {
-        self.thread.join().unwrap_or(Outcome::Stopped)
+    /// Waits for supervision to end; `None` if it was joined before.
+    pub fn join(&self) -> Option<Outcome> {
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        Some(thread.join().unwrap_or(Outcome::Stopped))
+    }
+}
+
+/// The engine stops a supervised component by stopping its supervision: the child is
+/// asked, waited for, forced through its binding, and not restarted.
+impl Stoppable<()> for &Supervisor {
+    fn name(&self) -> String {
+        match self.shared.child.identity() {
+            Some(child) => format!("{} (pid {})", self.component.lock_name, child.pid),
+            None => self.component.lock_name.clone(),
+        }
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::of(self.component.role)
+    }
+
+    fn own_timeout(&self) -> Duration {
+        self.component.stop_timeout
+    }
+
+    fn ask(&mut self, _: &mut ()) -> String {
+        self.request_stop();
+        "asked to stop".into()
+    }
+
+    fn is_stopped(&mut self, _: &mut ()) -> bool {
+        self.is_finished()
+    }
+
+    fn force(&mut self, _: &mut ()) -> String {
+        match Supervisor::force(self) {
+            Some(child) => format!("killed pid {} and everything it started", child.pid),
+            None => "nothing running to kill".into(),
+        }
     }
 }
 
 fn supervise(
     component: &Component,
-    mut lock: HeldLock,
+    lock: &mut HeldLock,
     launch: &Launch,
     shared: &Shared,
 ) -> Outcome {

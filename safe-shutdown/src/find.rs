@@ -1,72 +1,53 @@
 //! What to stop: every process of the desk (or of some accounts), from the locks and
-//! from the process table, with how it was found and who holds it.
+//! from the process table, with how it was found and who stops it; and, for the stop
+//! engine, how each is asked, checked and forced.
 
-use lockcore::{DeskSnapshot, LockRecord, LockState, ProcessIdentity, Role};
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// Stop stages, in the order they run.
+use lockcore::select::AccountSelection;
+use lockcore::{
+    DeskSnapshot, LockDir, LockRecord, LockState, ProcessIdentity, ProcessProbe, Stage,
+    StopRequest, Stoppable,
+};
+
+/// Extra time a lock holder gets beyond the timeout before we force its child: it
+/// forces at the deadline itself; this covers a hung holder.
+const HOLDER_MARGIN: Duration = Duration::from_secs(1);
+
+/// Who carries out the graceful part of a target's stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Brains,
-    Watchdogs,
-    Globals,
+pub enum Via {
+    /// The running master-launch, told by one stop-all request: it keeps the order.
     Orchestrator,
+    /// Its lock holder (master-launch or a `run` runner), told by a stop request.
+    Holder(ProcessIdentity),
+    /// Nobody holds it: asked directly (SIGTERM; CTRL_BREAK or a close on Windows).
+    Direct,
 }
 
-impl Stage {
-    pub const ORDER: [Stage; 4] = [
-        Stage::Brains,
-        Stage::Watchdogs,
-        Stage::Globals,
-        Stage::Orchestrator,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Stage::Brains => "brains",
-            Stage::Watchdogs => "watchdogs",
-            Stage::Globals => "globals",
-            Stage::Orchestrator => "master-launch",
-        }
-    }
-
-    fn of(role: Role) -> Stage {
-        match role {
-            Role::Brain => Stage::Brains,
-            Role::Watchdog => Stage::Watchdogs,
-            Role::Global => Stage::Globals,
-        }
-    }
-}
-
-/// One process to stop.
+/// One thing to stop.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
     pub account: Option<String>,
     pub stage: Stage,
-    /// The process, by pid and start time: checked again before every signal.
-    pub who: ProcessIdentity,
-    /// Its live lock holder, if any: the graceful stop goes through it.
-    pub holder: Option<ProcessIdentity>,
-    /// The holder is the running master-launch.
-    pub held_by_orchestrator: bool,
+    /// The process, by pid and start time: checked again before every signal. `None`
+    /// for a component between restarts: only its holder's lock remains.
+    pub who: Option<ProcessIdentity>,
+    pub via: Via,
     pub found: String,
-}
-
-fn wanted(accounts: &[String], account: &Option<String>) -> bool {
-    accounts.is_empty()
-        || account
-            .as_ref()
-            .is_some_and(|a| accounts.iter().any(|x| x.eq_ignore_ascii_case(a)))
+    /// Its pid turned out to belong to another process: never touched.
+    pub left_alone: bool,
 }
 
 /// Processes that an older tool's lock record names but that are not copies of their
 /// component (DESIGN.md rule 11): never stopped, said out loud.
-pub fn left_alone(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<String> {
+pub fn left_alone(snapshot: &DeskSnapshot, selection: &AccountSelection) -> Vec<String> {
     snapshot
         .components
         .iter()
-        .filter(|v| wanted(accounts, &v.component.account))
+        .filter(|v| selection.includes(v.component.account.as_deref()))
         .filter_map(|v| {
             let process = v.named_not_a_copy.as_ref()?;
             Some(format!(
@@ -81,10 +62,10 @@ pub fn left_alone(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Everything to stop, for the given accounts (all when empty; then the orchestrator
-/// too), in stop order.
-pub fn targets(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<Target> {
-    let wanted = |account: &Option<String>| wanted(accounts, account);
+/// Everything to stop, for the selected accounts (all: then the orchestrator too), in
+/// stop order. A component whose holder lives but whose process does not (between
+/// restarts) is a target too, so that its holder is told not to start it again.
+pub fn targets(snapshot: &DeskSnapshot, selection: &AccountSelection) -> Vec<Target> {
     let orchestrator = snapshot
         .master
         .as_ref()
@@ -92,75 +73,184 @@ pub fn targets(snapshot: &DeskSnapshot, accounts: &[String]) -> Vec<Target> {
         .and_then(|m| m.record.as_ref())
         .and_then(LockRecord::holder_identity)
         .filter(|who| snapshot.table.is_alive(*who));
+    let via_holder = |holder: Option<ProcessIdentity>| match holder {
+        Some(h) if selection.is_all() && Some(h) == orchestrator => Via::Orchestrator,
+        Some(h) => Via::Holder(h),
+        None => Via::Direct,
+    };
     let mut targets = Vec::new();
     for view in snapshot
         .components
         .iter()
-        .filter(|v| wanted(&v.component.account))
+        .filter(|v| selection.includes(v.component.account.as_deref()))
     {
-        let record = view
-            .lock
-            .as_ref()
-            .filter(|l| l.state.is_held())
-            .and_then(|l| l.record.as_ref());
-        let holder = record
+        let target = |who, via, found: String| Target {
+            name: view.component.lock_name.clone(),
+            account: view.component.account.clone(),
+            stage: Stage::of(view.component.role),
+            who,
+            via,
+            found,
+            left_alone: false,
+        };
+        let lock = view.lock.as_ref().filter(|l| l.state.is_held());
+        let legacy = lock.is_some_and(|l| l.state == LockState::Legacy);
+        let holder = lock
+            .and_then(|l| l.record.as_ref())
             .and_then(LockRecord::holder_identity)
             .filter(|h| snapshot.table.is_alive(*h));
-        let legacy = view
-            .lock
-            .as_ref()
-            .is_some_and(|l| l.state == LockState::Legacy);
         for copy in &view.copies {
-            let locked_here = copy.locked && holder.is_some();
-            let found = match (copy.locked, legacy, holder) {
-                (true, true, _) => "legacy lock (older tool)".to_string(),
-                (true, false, Some(h)) => format!("lock, held by pid {}", h.pid),
-                (true, false, None) => "lock whose holder is gone".to_string(),
-                (false, _, _) => "process table (no lock)".to_string(),
+            let (via, found) = match (copy.locked, legacy, holder) {
+                (true, true, _) => (Via::Direct, "legacy lock (older tool)".to_string()),
+                (true, false, Some(h)) => {
+                    (via_holder(Some(h)), format!("lock, held by pid {}", h.pid))
+                }
+                (true, false, None) => (Via::Direct, "lock whose holder is gone".to_string()),
+                (false, _, _) => (Via::Direct, "process table (no lock)".to_string()),
             };
-            targets.push(Target {
-                name: view.component.lock_name.clone(),
-                account: view.component.account.clone(),
-                stage: Stage::of(view.component.role),
-                who: copy.tree.root.identity(),
-                holder: if locked_here && !legacy { holder } else { None },
-                held_by_orchestrator: locked_here && holder.is_some() && holder == orchestrator,
-                found,
-            });
+            targets.push(target(Some(copy.tree.root.identity()), via, found));
         }
-        // A live bot that our own lock record names (pid and start time) but whose
-        // command line the copy rule does not recognise is still the desk's: stop it
-        // too. (An older tool's record names a bot only when it is a copy.)
-        if let Some(managed) = view.managed.as_ref().filter(|m| {
-            !view
-                .copies
+        let managed_is_a_copy = view.managed.as_ref().is_some_and(|m| {
+            view.copies
                 .iter()
                 .any(|c| c.tree.pids().any(|p| p == m.pid))
-        }) {
-            targets.push(Target {
-                name: view.component.lock_name.clone(),
-                account: view.component.account.clone(),
-                stage: Stage::of(view.component.role),
-                who: managed.identity(),
-                holder: if legacy { None } else { holder },
-                held_by_orchestrator: !legacy && holder.is_some() && holder == orchestrator,
-                found: "lock (command line not recognised as a copy)".into(),
-            });
+        });
+        match (&view.managed, holder) {
+            // A live bot that our own lock record names (pid and start time) but whose
+            // command line the copy rule does not recognise is still the desk's.
+            (Some(managed), _) if !managed_is_a_copy => targets.push(target(
+                Some(managed.identity()),
+                if legacy {
+                    Via::Direct
+                } else {
+                    via_holder(holder)
+                },
+                "lock (command line not recognised as a copy)".into(),
+            )),
+            // Held, nothing running: between restarts. Its holder must not restart it.
+            (None, Some(h)) if !legacy && view.copies.iter().all(|c| !c.locked) => {
+                targets.push(target(
+                    None,
+                    via_holder(Some(h)),
+                    format!("lock held by pid {}, between restarts", h.pid),
+                ));
+            }
+            _ => {}
         }
     }
-    if accounts.is_empty()
+    if selection.is_all()
         && let Some(who) = orchestrator
     {
         targets.push(Target {
             name: "MASTER_LAUNCH".into(),
             account: None,
             stage: Stage::Orchestrator,
-            who,
-            holder: None,
-            held_by_orchestrator: false,
+            who: Some(who),
+            via: Via::Orchestrator,
             found: "its own lock".into(),
+            left_alone: false,
         });
     }
-    targets.sort_by_key(|t| Stage::ORDER.iter().position(|s| *s == t.stage));
+    targets.sort_by_key(|t| t.stage);
     targets
+}
+
+/// What the stop engine needs to ask, check and force a [`Target`].
+#[derive(Debug)]
+pub struct StopContext {
+    pub probe: ProcessProbe,
+    pub locks: LockDir,
+    pub lock_dir: PathBuf,
+    /// The graceful-stop time asked of holders.
+    pub timeout: Duration,
+}
+
+impl Stoppable<StopContext> for Target {
+    fn name(&self) -> String {
+        match self.who {
+            Some(who) => format!("{} (pid {})", self.name, who.pid),
+            None => self.name.clone(),
+        }
+    }
+
+    fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    fn own_timeout(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn margin(&self) -> Duration {
+        match self.via {
+            Via::Direct => Duration::ZERO,
+            Via::Orchestrator | Via::Holder(_) => HOLDER_MARGIN,
+        }
+    }
+
+    fn ask(&mut self, context: &mut StopContext) -> String {
+        if let Some(who) = self.who
+            && let Some(now) = context.probe.identity(who.pid)
+            && !lockcore::process::same_start(now.start_time, who.start_time)
+        {
+            self.left_alone = true;
+            return format!(
+                "pid {} now belongs to another process (started {}); left alone",
+                who.pid,
+                lockcore::record::format_local(now.start_time)
+            );
+        }
+        match self.via {
+            Via::Orchestrator => "master-launch stops it (stop-all request)".into(),
+            Via::Holder(holder) => {
+                match StopRequest::new(&self.name, context.timeout).write(&context.lock_dir) {
+                    Ok(_) => format!("stop request to its holder pid {}", holder.pid),
+                    Err(e) => format!(
+                        "cannot write a stop request for its holder pid {} ({e}); it will be forced",
+                        holder.pid
+                    ),
+                }
+            }
+            Via::Direct => match self.who.and_then(|who| context.probe.terminate(who)) {
+                Some(asked) => format!("asked to stop: {asked}"),
+                None => "already gone".into(),
+            },
+        }
+    }
+
+    fn is_stopped(&mut self, context: &mut StopContext) -> bool {
+        if self.left_alone {
+            return true;
+        }
+        match self.who {
+            Some(who) => !context.probe.is_alive(who),
+            // Between restarts: stopped once its holder let go of the lock.
+            None => {
+                let holder = match self.via {
+                    Via::Holder(h) => Some(h),
+                    Via::Orchestrator | Via::Direct => None,
+                };
+                !still_held_by(context, &self.name, holder)
+            }
+        }
+    }
+
+    fn force(&mut self, context: &mut StopContext) -> String {
+        match self.who {
+            Some(who) if context.probe.kill_tree(who) => {
+                format!("killed pid {} and its children", who.pid)
+            }
+            Some(_) => "it was gone already".into(),
+            None => "its holder does not let go of the lock; nothing to kill".into(),
+        }
+    }
+}
+
+/// Whether lock `name` is still held (by `holder`, when given).
+fn still_held_by(context: &mut StopContext, name: &str, holder: Option<ProcessIdentity>) -> bool {
+    let Ok(Some(status)) = context.locks.inspect(name, &mut context.probe) else {
+        return false;
+    };
+    let by = status.record.as_ref().and_then(LockRecord::holder_identity);
+    status.state == LockState::Running && (holder.is_none() || by == holder)
 }

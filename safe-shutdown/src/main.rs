@@ -15,21 +15,22 @@ mod find;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use lockcore::config::{DEFAULT_CONFIG, MASTER_LOCK_NAME};
-use lockcore::exit::UsageError;
 use lockcore::logs::Log;
 use lockcore::output::{finish, human_duration};
-use lockcore::{DeskSnapshot, ExitCode, Fleet, LockDir, ProcessProbe, Removal, StopRequest};
+use lockcore::select::AccountSelection;
+use lockcore::stop_engine::{self as engine, StopObserver, stop_in_order};
+use lockcore::{
+    DeskSnapshot, ExitCode, Fleet, Grace, LockDir, ProcessProbe, Removal, Stage, StopRequest,
+    Stoppable,
+};
 
-use crate::find::{Stage, Target};
+use crate::find::{StopContext, Target, Via};
 
 const TOOL: &str = "safe-shutdown";
-/// Extra time a lock holder gets beyond the timeout before we force its child: it
-/// forces at the deadline itself; this covers a hung holder.
-const HOLDER_MARGIN: Duration = Duration::from_secs(3);
 
 /// Stop the trading desk, or some accounts, in a safe order.
 ///
@@ -66,25 +67,18 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn run(args: &Args) -> Result<ExitCode> {
     let fleet = Fleet::load(&args.config)?;
-    for account in &args.accounts {
-        if fleet.account(account).is_none() {
-            return Err(Box::new(UsageError(format!(
-                "--account {account}: no such account in {}",
-                fleet.path.display()
-            ))));
-        }
-    }
+    let selection = AccountSelection::of(&fleet, &args.accounts, "--account")?;
     let mut probe = ProcessProbe::new()?;
     let snapshot = DeskSnapshot::take(&fleet, &mut probe)?;
-    let targets = find::targets(&snapshot, &args.accounts);
-    let left_alone = find::left_alone(&snapshot, &args.accounts);
+    let targets = find::targets(&snapshot, &selection);
+    let left_alone = find::left_alone(&snapshot, &selection);
     for line in &left_alone {
         println!("{line}");
     }
     if targets.is_empty() {
         println!("Nothing to stop: no process of the desk runs.");
         if !args.dry_run {
-            clean_locks(&fleet, &args.accounts, &mut probe, None);
+            clean_locks(&fleet, &selection, &mut probe, None);
         }
         return Ok(ExitCode::Ok);
     }
@@ -128,8 +122,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         },
     );
     let timeout = Duration::from_secs(args.timeout);
-    let whole_desk = args.accounts.is_empty();
-    if whole_desk && targets.iter().any(|t| t.stage == Stage::Orchestrator) {
+    if targets.iter().any(|t| t.via == Via::Orchestrator) {
         // Tell master-launch first: it restarts nothing and stops in order itself.
         StopRequest::new(MASTER_LOCK_NAME, timeout).write(&fleet.lock_dir)?;
         audit.line(
@@ -137,43 +130,39 @@ fn run(args: &Args) -> Result<ExitCode> {
             "asked master-launch to stop the whole desk (stop-all request)",
         );
     }
-    for stage in Stage::ORDER {
-        let in_stage: Vec<&Target> = targets.iter().filter(|t| t.stage == stage).collect();
-        if !in_stage.is_empty() {
-            stop_stage(
-                stage, &in_stage, &fleet, timeout, whole_desk, &audit, &mut probe,
-            )?;
-        }
-    }
-    let survivors: Vec<&Target> = targets.iter().filter(|t| probe.is_alive(t.who)).collect();
+    let total = targets.len();
+    let mut context = StopContext {
+        probe,
+        locks: LockDir::for_fleet(&fleet),
+        lock_dir: fleet.lock_dir.clone(),
+        timeout,
+    };
+    let outcome = stop_in_order(
+        targets,
+        Grace::Given(timeout),
+        &mut context,
+        &mut Progress::new(&audit),
+    );
+    let mut probe = context.probe;
     let _ = StopRequest::remove(&fleet.lock_dir, MASTER_LOCK_NAME);
-    clean_locks(&fleet, &args.accounts, &mut probe, Some(&audit));
-    if survivors.is_empty() {
+    clean_locks(&fleet, &selection, &mut probe, Some(&audit));
+    if outcome.all_stopped() {
         audit.line("", "all stopped");
-        println!("All {} stopped.", targets.len());
+        println!("All {total} stopped.");
         return Ok(ExitCode::Ok);
     }
     eprintln!("{TOOL}: THESE ARE STILL RUNNING:");
-    for target in &survivors {
-        eprintln!(
-            "  {} pid {} ({})",
-            target.name, target.who.pid, target.found
-        );
+    for name in &outcome.survivors {
+        eprintln!("  {name}");
     }
-    audit.line(
-        "",
-        &format!(
-            "survivors: {}",
-            summary(&survivors.iter().map(|t| (*t).clone()).collect::<Vec<_>>())
-        ),
-    );
+    audit.line("", &format!("survivors: {}", outcome.survivors.join(", ")));
     Ok(ExitCode::Problems)
 }
 
 fn summary(targets: &[Target]) -> String {
     targets
         .iter()
-        .map(|t| format!("{} pid {}", t.name, t.who.pid))
+        .map(|t| t.name())
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -184,12 +173,19 @@ fn print_targets(targets: &[Target], now: u64) {
         "NAME", "ACCOUNT", "PID", "UPTIME"
     );
     for target in targets {
+        let (pid, uptime) = match target.who {
+            Some(who) => (
+                who.pid.to_string(),
+                human_duration(now.saturating_sub(who.start_time)),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
         println!(
             "{:<20} {:<14} {:<8} {:<10} {}",
             target.name,
             target.account.as_deref().unwrap_or("-"),
-            target.who.pid,
-            human_duration(now.saturating_sub(target.who.start_time)),
+            pid,
+            uptime,
             target.found
         );
     }
@@ -205,112 +201,20 @@ fn confirmed(count: usize) -> Result<bool> {
     Ok(answer.trim().eq_ignore_ascii_case("yes"))
 }
 
-/// One stage, in parallel: graceful (through the holder, or a signal), wait, force.
-fn stop_stage(
-    stage: Stage,
-    targets: &[&Target],
-    fleet: &Fleet,
-    timeout: Duration,
-    whole_desk: bool,
-    audit: &Log,
-    probe: &mut ProcessProbe,
-) -> Result<()> {
-    let progress = Progress::new(stage, targets.len());
-    let started = Instant::now();
-    let mut deadline = timeout;
-    for target in targets {
-        if let Some(now) = probe.identity(target.who.pid)
-            && !lockcore::process::same_start(now.start_time, target.who.start_time)
-        {
-            let line = format!(
-                "{}: pid {} now belongs to another process (started {}); left alone",
-                target.name,
-                target.who.pid,
-                lockcore::record::format_local(now.start_time)
-            );
-            println!("{line}");
-            audit.line("", &line);
-            continue;
-        }
-        match target.holder {
-            Some(_) if whole_desk && target.held_by_orchestrator => {
-                // The stop-all request covers it; master-launch keeps the order.
-                deadline = deadline.max(timeout * 3 + HOLDER_MARGIN);
-            }
-            Some(holder) => {
-                StopRequest::new(&target.name, timeout).write(&fleet.lock_dir)?;
-                audit.line(
-                    "",
-                    &format!(
-                        "{}: stop request to its holder pid {}",
-                        target.name, holder.pid
-                    ),
-                );
-                deadline = deadline.max(timeout + HOLDER_MARGIN);
-            }
-            None => {
-                if let Some(asked) = probe.terminate(target.who) {
-                    audit.line(
-                        "",
-                        &format!(
-                            "{}: asked pid {} to stop: {asked}",
-                            target.name, target.who.pid
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    loop {
-        let alive = targets.iter().filter(|t| probe.is_alive(t.who)).count();
-        progress.update(targets.len() - alive);
-        if alive == 0 || started.elapsed() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let stubborn: Vec<&&Target> = targets.iter().filter(|t| probe.is_alive(t.who)).collect();
-    for target in stubborn {
-        audit.line(
-            "",
-            &format!(
-                "{}: still running after {}; killing pid {} and its children",
-                target.name,
-                human_duration(started.elapsed().as_secs()),
-                target.who.pid
-            ),
-        );
-        probe.kill_tree(target.who);
-    }
-    let forced_at = Instant::now();
-    while targets.iter().any(|t| probe.is_alive(t.who))
-        && forced_at.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let stopped = targets.iter().filter(|t| !probe.is_alive(t.who)).count();
-    progress.finish(stopped);
-    audit.line(
-        "",
-        &format!("{}: {stopped} of {} stopped", stage.label(), targets.len()),
-    );
-    Ok(())
-}
-
 /// Removes the lock files of what was asked for, where no holder is left.
-fn clean_locks(fleet: &Fleet, accounts: &[String], probe: &mut ProcessProbe, audit: Option<&Log>) {
+fn clean_locks(
+    fleet: &Fleet,
+    selection: &AccountSelection,
+    probe: &mut ProcessProbe,
+    audit: Option<&Log>,
+) {
     let locks = LockDir::for_fleet(fleet);
     let mut names: Vec<String> = fleet
         .components()
-        .filter(|c| {
-            accounts.is_empty()
-                || c.account
-                    .as_ref()
-                    .is_some_and(|a| accounts.iter().any(|x| x.eq_ignore_ascii_case(a)))
-        })
+        .filter(|c| selection.includes(c.account.as_deref()))
         .map(|c| c.lock_name.clone())
         .collect();
-    if accounts.is_empty() {
+    if selection.is_all() {
         names.push(MASTER_LOCK_NAME.to_string());
     }
     for name in names {
@@ -329,38 +233,70 @@ fn clean_locks(fleet: &Fleet, accounts: &[String], probe: &mut ProcessProbe, aud
     }
 }
 
-/// A spinner per stage on a terminal; plain lines otherwise.
-struct Progress {
+/// What people see of a stop: on a terminal a bar per stage that names the stage and
+/// counts down to forcing; otherwise one plain line when a stage starts and one when
+/// it ends. Forced processes are named as they are forced, and everything done goes
+/// to the audit log.
+struct Progress<'a> {
+    audit: &'a Log,
     bar: Option<indicatif::ProgressBar>,
-    label: &'static str,
-    total: usize,
+    on_terminal: bool,
 }
 
-impl Progress {
-    fn new(stage: Stage, total: usize) -> Progress {
-        let label = stage.label();
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
-            bar.set_message(format!("stopping {label}"));
+impl<'a> Progress<'a> {
+    fn new(audit: &'a Log) -> Progress<'a> {
+        Progress {
+            audit,
+            bar: None,
+            on_terminal: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl StopObserver for Progress<'_> {
+    fn stage_started(&mut self, stage: Stage, total: usize) {
+        if self.on_terminal {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
             bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        });
-        if bar.is_none() {
-            println!("stopping {label} ({total})...");
+            self.bar = Some(bar);
+        } else {
+            println!("stopping {} ({total})...", stage.label());
         }
-        Progress { bar, label, total }
     }
 
-    fn update(&self, stopped: usize) {
+    fn asked(&mut self, name: &str, how: &str) {
+        self.audit.line("", &format!("{name}: {how}"));
+    }
+
+    fn waiting(&mut self, progress: &engine::Progress) {
         if let Some(bar) = &self.bar {
-            bar.set_position(stopped as u64);
+            bar.set_message(progress.to_string());
         }
     }
 
-    fn finish(&self, stopped: usize) {
-        let line = format!("{}: {stopped} of {} stopped", self.label, self.total);
+    fn forced(&mut self, name: &str, how: &str) {
+        let line = format!("forcing {name}: it did not stop in time; {how}");
+        self.audit.line("", &line);
         match &self.bar {
-            Some(bar) => bar.finish_with_message(line),
+            Some(bar) => bar.println(line),
+            None => println!("{line}"),
+        }
+    }
+
+    fn stage_finished(&mut self, progress: &engine::Progress) {
+        let line = format!(
+            "{}: {} of {} stopped",
+            progress.stage.label(),
+            progress.stopped,
+            progress.total
+        );
+        self.audit.line("", &line);
+        match self.bar.take() {
+            Some(bar) => bar.finish_with_message(progress.to_string()),
             None => println!("{line}"),
         }
     }

@@ -310,7 +310,7 @@ fn stubborn_bots_are_forced_after_one_timeout_in_parallel() {
         "not parallel: {took:?} for three 3 s timeouts"
     );
     let audit = std::fs::read_to_string(desk.dir.path().join("logs/safe-shutdown.log")).unwrap();
-    assert_eq!(audit.matches("killing pid").count(), 2, "{audit}");
+    assert_eq!(audit.matches("forcing ").count(), 2, "{audit}");
 }
 
 /// A lock whose recorded pid now belongs to an unrelated process: that process is not

@@ -1,0 +1,442 @@
+//! The stop engine: the one place where anything of the desk is asked to stop, waited
+//! for, and forced. master-launch (a stop-all, a per-component request, Ctrl+C, a
+//! failed start, the `run` runner) and safe-shutdown all carry out their stops here.
+//!
+//! A stop runs in stages, in the safe order ([`Stage::ORDER`]): brains (trading stops),
+//! watchdogs (they guard open positions until no brain trades), globals, and the
+//! orchestrator last. Within a stage everything is asked at once, then waited for in
+//! parallel; whatever is still there at its deadline is forced, then verified gone.
+//!
+//! Deadlines ([`Grace`]): a requester's deadline is honoured by everyone; only when
+//! nobody gave one does each process's own `stop_timeout_secs` apply. The grace is per
+//! process and counts from the start of its stage, so a later stage is never robbed of
+//! its graceful stop by a stubborn earlier one. A target that is stopped through a
+//! holder adds a margin ([`Stoppable::margin`]): the holder forces at the deadline
+//! itself, and the requester forces only a holder that failed to.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Role;
+
+/// Stop stages, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Brains,
+    Watchdogs,
+    Globals,
+    Orchestrator,
+}
+
+impl Stage {
+    /// The safe stop order; start order is the reverse (orchestrator aside).
+    pub const ORDER: [Stage; 4] = [
+        Stage::Brains,
+        Stage::Watchdogs,
+        Stage::Globals,
+        Stage::Orchestrator,
+    ];
+
+    pub fn of(role: Role) -> Stage {
+        match role {
+            Role::Brain => Stage::Brains,
+            Role::Watchdog => Stage::Watchdogs,
+            Role::Global => Stage::Globals,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Brains => "brains",
+            Stage::Watchdogs => "watchdogs",
+            Stage::Globals => "globals",
+            Stage::Orchestrator => "master-launch",
+        }
+    }
+}
+
+/// How long each process gets to stop on its own before it is forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grace {
+    /// A requester's: every process gets this long from the start of its stage.
+    Given(Duration),
+    /// Nobody gave one: each process's own ([`Stoppable::own_timeout`]).
+    Own,
+}
+
+/// Something the engine stops: a supervised child, a process asked through its lock
+/// holder, a copy nobody holds. `C` is whatever the caller's checks need (a process
+/// probe, say), lent to each call.
+pub trait Stoppable<C> {
+    /// For people and logs: `BRAIN_ATLAS (pid 4242)`.
+    fn name(&self) -> String;
+    fn stage(&self) -> Stage;
+    /// Its own graceful-stop time, when nobody gave one.
+    fn own_timeout(&self) -> Duration;
+    /// Extra time before the engine forces it: a holder that forces at the deadline
+    /// itself gets a margin before anyone else steps in.
+    fn margin(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Asks it to stop gracefully; says what was done.
+    fn ask(&mut self, context: &mut C) -> String;
+    fn is_stopped(&mut self, context: &mut C) -> bool;
+    /// Forces it; says what was done.
+    fn force(&mut self, context: &mut C) -> String;
+}
+
+/// What the engine reports while it works: progress bars, logs, the audit trail.
+pub trait StopObserver {
+    fn stage_started(&mut self, _stage: Stage, _total: usize) {}
+    fn asked(&mut self, _name: &str, _how: &str) {}
+    /// Called on every poll; `force_in` is the time until the next forcing, if any
+    /// process of the stage is still waited for.
+    fn waiting(&mut self, _progress: &Progress) {}
+    fn forced(&mut self, _name: &str, _how: &str) {}
+    fn stage_finished(&mut self, _progress: &Progress) {}
+}
+
+/// A stage's state, as progress shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub stage: Stage,
+    pub stopped: usize,
+    pub total: usize,
+    /// Time until the next process of the stage is forced; `None` once none is
+    /// waited for.
+    pub force_in: Option<Duration>,
+}
+
+impl fmt::Display for Progress {
+    /// `brains      1/2 stopped   forcing in 2.1 s`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counts = format!("{}/{} stopped", self.stopped, self.total);
+        let line = match self.force_in {
+            Some(left) if self.stopped < self.total => format!(
+                "{:<11} {counts:<13} forcing in {:.1} s",
+                self.stage.label(),
+                left.as_secs_f64()
+            ),
+            _ => format!("{:<11} {counts}", self.stage.label()),
+        };
+        f.write_str(&line)
+    }
+}
+
+/// How a stop ended, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopOutcome {
+    /// Stopped on its own within its grace.
+    pub stopped: Vec<String>,
+    /// Forced, and gone after that.
+    pub forced: Vec<String>,
+    /// Still there after being forced.
+    pub survivors: Vec<String>,
+}
+
+impl StopOutcome {
+    pub fn all_stopped(&self) -> bool {
+        self.survivors.is_empty()
+    }
+
+    fn add(&mut self, other: StopOutcome) {
+        self.stopped.extend(other.stopped);
+        self.forced.extend(other.forced);
+        self.survivors.extend(other.survivors);
+    }
+}
+
+/// How often the engine looks again.
+const POLL: Duration = Duration::from_millis(20);
+/// How long a forced process may take to disappear before it counts as a survivor.
+const VERIFY: Duration = Duration::from_secs(5);
+/// A deadline further out than this is no deadline anyone means (and would overflow
+/// `Instant`): a day.
+const LONGEST_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Stops `targets` stage by stage in the safe order, in parallel within a stage.
+pub fn stop_in_order<C, T: Stoppable<C>>(
+    targets: Vec<T>,
+    grace: Grace,
+    context: &mut C,
+    observer: &mut dyn StopObserver,
+) -> StopOutcome {
+    let mut outcome = StopOutcome::default();
+    let mut remaining = targets;
+    for stage in Stage::ORDER {
+        let (in_stage, rest): (Vec<T>, Vec<T>) =
+            remaining.into_iter().partition(|t| t.stage() == stage);
+        remaining = rest;
+        if !in_stage.is_empty() {
+            outcome.add(stop_stage(stage, in_stage, grace, context, observer));
+        }
+    }
+    outcome
+}
+
+struct Pending<T> {
+    target: T,
+    force_at: Instant,
+    forced_at: Option<Instant>,
+    done: bool,
+}
+
+fn stop_stage<C, T: Stoppable<C>>(
+    stage: Stage,
+    targets: Vec<T>,
+    grace: Grace,
+    context: &mut C,
+    observer: &mut dyn StopObserver,
+) -> StopOutcome {
+    let total = targets.len();
+    observer.stage_started(stage, total);
+    let started = Instant::now();
+    let mut pending: Vec<Pending<T>> = targets
+        .into_iter()
+        .map(|mut target| {
+            let how = target.ask(context);
+            observer.asked(&target.name(), &how);
+            let grace = match grace {
+                Grace::Given(given) => given,
+                Grace::Own => target.own_timeout(),
+            };
+            let wait = grace.min(LONGEST_GRACE).saturating_add(target.margin());
+            Pending {
+                force_at: later(started, wait),
+                target,
+                forced_at: None,
+                done: false,
+            }
+        })
+        .collect();
+    let mut outcome = StopOutcome::default();
+    loop {
+        let now = Instant::now();
+        for p in pending.iter_mut().filter(|p| !p.done) {
+            if p.target.is_stopped(context) {
+                p.done = true;
+                let name = p.target.name();
+                match p.forced_at {
+                    Some(_) => outcome.forced.push(name),
+                    None => outcome.stopped.push(name),
+                }
+            } else if p.forced_at.is_none() && now >= p.force_at {
+                let how = p.target.force(context);
+                observer.forced(&p.target.name(), &how);
+                p.forced_at = Some(now);
+            } else if p
+                .forced_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= VERIFY)
+            {
+                p.done = true;
+                outcome.survivors.push(p.target.name());
+            }
+        }
+        let progress = Progress {
+            stage,
+            stopped: outcome.stopped.len() + outcome.forced.len(),
+            total,
+            force_in: pending
+                .iter()
+                .filter(|p| !p.done && p.forced_at.is_none())
+                .map(|p| p.force_at.saturating_duration_since(now))
+                .min(),
+        };
+        if pending.iter().all(|p| p.done) {
+            observer.stage_finished(&progress);
+            return outcome;
+        }
+        observer.waiting(&progress);
+        std::thread::sleep(POLL);
+    }
+}
+
+/// `start + wait`, or as far as `Instant` goes.
+fn later(start: Instant, wait: Duration) -> Instant {
+    start
+        .checked_add(wait)
+        .unwrap_or_else(|| start + LONGEST_GRACE)
+}
+
+/// An observer that reports nothing.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl StopObserver for Quiet {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A target that stops after `stops_after` (or never), and records what was done
+    /// to it, with the time since the test began.
+    #[derive(Debug)]
+    struct Fake {
+        name: &'static str,
+        stage: Stage,
+        own: Duration,
+        stops_after: Option<Duration>,
+        asked_at: Option<Instant>,
+        forced_at: Option<Instant>,
+    }
+
+    fn fake(name: &'static str, stage: Stage, stops_after: Option<u64>) -> Fake {
+        Fake {
+            name,
+            stage,
+            own: Duration::from_millis(300),
+            stops_after: stops_after.map(Duration::from_millis),
+            asked_at: None,
+            forced_at: None,
+        }
+    }
+
+    /// What happened, in order: (event, name, ms since start).
+    type Events = Vec<(&'static str, String, u128)>;
+
+    impl Stoppable<(Instant, Events)> for Fake {
+        fn name(&self) -> String {
+            self.name.to_string()
+        }
+        fn stage(&self) -> Stage {
+            self.stage
+        }
+        fn own_timeout(&self) -> Duration {
+            self.own
+        }
+        fn ask(&mut self, (t0, events): &mut (Instant, Events)) -> String {
+            self.asked_at = Some(Instant::now());
+            events.push(("asked", self.name(), t0.elapsed().as_millis()));
+            "asked".into()
+        }
+        fn is_stopped(&mut self, (t0, events): &mut (Instant, Events)) -> bool {
+            let gracefully = self
+                .stops_after
+                .zip(self.asked_at)
+                .is_some_and(|(after, at)| at.elapsed() >= after);
+            let stopped = gracefully || self.forced_at.is_some();
+            if stopped
+                && !events
+                    .iter()
+                    .any(|(e, n, _)| *e == "gone" && n == self.name)
+            {
+                events.push(("gone", self.name(), t0.elapsed().as_millis()));
+            }
+            stopped
+        }
+        fn force(&mut self, (t0, events): &mut (Instant, Events)) -> String {
+            self.forced_at = Some(Instant::now());
+            events.push(("forced", self.name(), t0.elapsed().as_millis()));
+            "killed".into()
+        }
+    }
+
+    fn run(targets: Vec<Fake>, grace: Grace) -> (StopOutcome, Events) {
+        let mut context = (Instant::now(), Events::new());
+        let outcome = stop_in_order(targets, grace, &mut context, &mut Quiet);
+        (outcome, context.1)
+    }
+
+    fn at(events: &Events, event: &str, name: &str) -> u128 {
+        events
+            .iter()
+            .find(|(e, n, _)| *e == event && n == name)
+            .map(|(_, _, ms)| *ms)
+            .unwrap_or_else(|| panic!("no {event} for {name}: {events:?}"))
+    }
+
+    #[test]
+    fn stages_run_in_the_safe_order_whatever_the_input_order() {
+        let (outcome, events) = run(
+            vec![
+                fake("qs", Stage::Globals, Some(0)),
+                fake("WATCHDOG_A", Stage::Watchdogs, Some(0)),
+                fake("BRAIN_A", Stage::Brains, Some(50)),
+                fake("BRAIN_B", Stage::Brains, Some(0)),
+            ],
+            Grace::Own,
+        );
+        assert!(
+            outcome.all_stopped() && outcome.forced.is_empty(),
+            "{outcome:?}"
+        );
+        let brains_gone = at(&events, "gone", "BRAIN_A").max(at(&events, "gone", "BRAIN_B"));
+        assert!(
+            at(&events, "asked", "WATCHDOG_A") >= brains_gone,
+            "{events:?}"
+        );
+        assert!(at(&events, "asked", "qs") >= at(&events, "gone", "WATCHDOG_A"));
+    }
+
+    #[test]
+    fn a_given_grace_wins_over_each_own_timeout() {
+        let mut slow = fake("BRAIN_A", Stage::Brains, None);
+        slow.own = Duration::from_secs(60);
+        let (outcome, events) = run(vec![slow], Grace::Given(Duration::from_millis(200)));
+        assert_eq!(outcome.forced, vec!["BRAIN_A".to_string()]);
+        let forced = at(&events, "forced", "BRAIN_A");
+        assert!((200..1000).contains(&forced), "forced at {forced} ms");
+    }
+
+    #[test]
+    fn stubborn_processes_are_forced_in_parallel_and_a_later_stage_keeps_its_grace() {
+        let (outcome, events) = run(
+            vec![
+                fake("BRAIN_A", Stage::Brains, None),
+                fake("BRAIN_B", Stage::Brains, None),
+                fake("WATCHDOG_A", Stage::Watchdogs, Some(100)),
+            ],
+            Grace::Given(Duration::from_millis(300)),
+        );
+        assert_eq!(outcome.forced.len(), 2, "{outcome:?}");
+        assert_eq!(outcome.stopped, vec!["WATCHDOG_A".to_string()]);
+        let a = at(&events, "forced", "BRAIN_A");
+        let b = at(&events, "forced", "BRAIN_B");
+        assert!(a.abs_diff(b) < 100, "forced one after the other: {a} / {b}");
+        // The watchdog is asked after the brains were forced and stops gracefully.
+        assert!(at(&events, "asked", "WATCHDOG_A") >= a.max(b));
+        assert!(
+            !events
+                .iter()
+                .any(|(e, n, _)| *e == "forced" && n == "WATCHDOG_A")
+        );
+    }
+
+    #[test]
+    fn a_huge_grace_does_not_overflow() {
+        let target = fake("BRAIN_A", Stage::Brains, Some(10));
+        let (outcome, _) = run(vec![target], Grace::Given(Duration::MAX));
+        assert!(outcome.all_stopped());
+    }
+
+    #[test]
+    fn progress_reads_as_people_need_it() {
+        let waiting = Progress {
+            stage: Stage::Brains,
+            stopped: 1,
+            total: 2,
+            force_in: Some(Duration::from_millis(2140)),
+        };
+        assert_eq!(
+            waiting.to_string(),
+            "brains      1/2 stopped   forcing in 2.1 s"
+        );
+        let done = Progress {
+            stage: Stage::Orchestrator,
+            stopped: 1,
+            total: 1,
+            force_in: None,
+        };
+        assert_eq!(done.to_string(), "master-launch 1/1 stopped");
+        let forcing = Progress {
+            stage: Stage::Watchdogs,
+            stopped: 10,
+            total: 11,
+            force_in: None,
+        };
+        assert_eq!(forcing.to_string(), "watchdogs   10/11 stopped");
+    }
+}
