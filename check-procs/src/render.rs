@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use lockcore::output::human_duration;
 use lockcore::process::ProcessInfo;
-use lockcore::{ComponentView, DeskSnapshot, Fleet, LockStatus, ProblemKind};
+use lockcore::{ComponentState, ComponentView, DeskSnapshot, Fleet, LockStatus, ProblemKind};
 use owo_colors::{OwoColorize, Style};
 use serde::Serialize;
 
@@ -127,21 +127,12 @@ fn problem_style(kind: ProblemKind) -> Style {
     }
 }
 
-/// What the STATE column says for a component.
-pub fn component_state(view: &ComponentView) -> &'static str {
-    if view.copies.len() > 1 {
-        return "DUPLICATE";
-    }
-    if let Some(lock) = &view.lock {
-        return lock.state.as_str();
-    }
-    if !view.copies.is_empty() {
-        return "UNLOCKED";
-    }
-    if view.component.enabled {
-        "stopped"
+/// What the STATE column says for a component: alarms in capitals.
+fn state_cell(state: ComponentState) -> String {
+    if state.is_alarm() {
+        state.as_str().to_uppercase()
     } else {
-        "disabled"
+        state.as_str().to_string()
     }
 }
 
@@ -153,7 +144,7 @@ fn shown_process(view: &ComponentView) -> Option<&ProcessInfo> {
 }
 
 fn component_row(view: &ComponentView, now: u64) -> Row {
-    let state = component_state(view);
+    let state = view.state();
     let process = shown_process(view);
     let pid = if view.copies.len() > 1 {
         view.copies
@@ -166,15 +157,15 @@ fn component_row(view: &ComponentView, now: u64) -> Row {
     };
     let command = process.map_or(&view.component.command, |p| &p.cmd);
     let style = match state {
-        "DUPLICATE" | "UNLOCKED" => Style::new().red().bold(),
-        "running" => Style::new().green(),
-        "stopped" | "disabled" => Style::new().dimmed(),
+        _ if state.is_alarm() => Style::new().red().bold(),
+        ComponentState::Running => Style::new().green(),
+        ComponentState::Stopped | ComponentState::Disabled => Style::new().dimmed(),
         _ => Style::new().yellow(),
     };
     Row {
         name: view.component.lock_name.clone(),
         account: view.component.account.clone().unwrap_or_else(|| "-".into()),
-        state: state.to_string(),
+        state: state_cell(state),
         pid,
         uptime: process.map_or("-".into(), |p| uptime(now, p.start_time)),
         command: shorten(&command.join(" ")),
@@ -239,7 +230,7 @@ pub struct ComponentJson<'a> {
     pub account: Option<&'a str>,
     pub role: lockcore::Role,
     pub enabled: bool,
-    pub state: String,
+    pub state: ComponentState,
     pub pid: Option<u32>,
     pub start_time: Option<u64>,
     pub uptime_secs: Option<u64>,
@@ -272,7 +263,7 @@ pub fn report<'a>(snapshot: &'a DeskSnapshot, fleet: &Fleet) -> Report<'a> {
                 account: view.component.account.as_deref(),
                 role: view.component.role,
                 enabled: view.component.enabled,
-                state: component_state(view).to_lowercase(),
+                state: view.state(),
                 pid: process.map(|p| p.pid),
                 start_time: process.map(|p| p.start_time),
                 uptime_secs: process.map(|p| snapshot.taken_at.saturating_sub(p.start_time)),

@@ -45,6 +45,72 @@ pub struct ComponentView {
     pub named_not_a_copy: Option<ProcessInfo>,
 }
 
+/// What a component is doing, as check-procs shows it (`--json` uses [`as_str`]).
+///
+/// [`as_str`]: ComponentState::as_str
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComponentState {
+    /// More than one copy runs.
+    Duplicate,
+    /// Its lock is held (the lock's own state, below, when there is a lock file).
+    Running,
+    Stale,
+    Corrupt,
+    Legacy,
+    /// A copy runs, with no lock file at all.
+    Unlocked,
+    /// Enabled, not running, no lock file.
+    Stopped,
+    /// Its account is disabled in fleet.toml, and nothing runs.
+    Disabled,
+}
+
+impl ComponentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentState::Duplicate => "duplicate",
+            ComponentState::Running => "running",
+            ComponentState::Stale => "stale",
+            ComponentState::Corrupt => "corrupt",
+            ComponentState::Legacy => "legacy",
+            ComponentState::Unlocked => "unlocked",
+            ComponentState::Stopped => "stopped",
+            ComponentState::Disabled => "disabled",
+        }
+    }
+
+    /// Whether this state means trouble that needs a person: shown loudly.
+    pub fn is_alarm(self) -> bool {
+        matches!(self, ComponentState::Duplicate | ComponentState::Unlocked)
+    }
+}
+
+impl ComponentView {
+    /// What the component is doing: duplicates first, then its lock file's state, then
+    /// a copy without a lock, else stopped or disabled.
+    pub fn state(&self) -> ComponentState {
+        if self.copies.len() > 1 {
+            return ComponentState::Duplicate;
+        }
+        if let Some(lock) = &self.lock {
+            return match lock.state {
+                LockState::Running => ComponentState::Running,
+                LockState::Stale => ComponentState::Stale,
+                LockState::Corrupt => ComponentState::Corrupt,
+                LockState::Legacy => ComponentState::Legacy,
+            };
+        }
+        if !self.copies.is_empty() {
+            ComponentState::Unlocked
+        } else if self.component.enabled {
+            ComponentState::Stopped
+        } else {
+            ComponentState::Disabled
+        }
+    }
+}
+
 /// A process tree running a component, and whether a lock owns it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunningCopy {

@@ -35,7 +35,7 @@ pub mod stop_engine;
 
 pub use config::{Component, ConfigError, Fleet, Role};
 pub use copies::{CopyRule, Verdict};
-pub use desk::{ComponentView, DeskSnapshot, Problem, ProblemKind, RunningCopy};
+pub use desk::{ComponentState, ComponentView, DeskSnapshot, Problem, ProblemKind, RunningCopy};
 pub use exit::ExitCode;
 pub use lock::{
     Acquire, HeldLock, Holder, LockClaim, LockDir, LockError, LockLost, LockState, LockStatus,

@@ -13,15 +13,24 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::process::now_secs;
+/// The longest grace a request can give: a day.
+const LONGEST: Duration = Duration::from_secs(24 * 3600);
+
+/// Now, in Unix seconds with a fraction.
+fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// A request to stop the holder of one lock name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StopRequest {
     /// The lock name whose holder should stop what it runs.
     pub name: String,
-    /// Unix seconds by which the process should be gone; the holder forces it then.
-    pub deadline: u64,
+    /// Unix seconds (with a fraction) by which the process should be gone; the holder
+    /// forces it then. Whole seconds are read as well.
+    pub deadline: f64,
     /// Who asked (pid), for the logs.
     pub requested_by: u32,
 }
@@ -29,9 +38,11 @@ pub struct StopRequest {
 impl StopRequest {
     /// A request to stop `name` within `timeout`, from this process.
     pub fn new(name: &str, timeout: Duration) -> StopRequest {
+        let deadline = now_unix() + timeout.min(LONGEST).as_secs_f64();
         StopRequest {
             name: name.to_string(),
-            deadline: now_secs() + timeout.as_secs(),
+            // Milliseconds are precision enough, and keep the file readable.
+            deadline: (deadline * 1000.0).round() / 1000.0,
             requested_by: std::process::id(),
         }
     }
@@ -60,7 +71,7 @@ impl StopRequest {
         Some(
             serde_json::from_slice(&bytes).unwrap_or_else(|_| StopRequest {
                 name: name.to_string(),
-                deadline: 0,
+                deadline: 0.0,
                 requested_by: 0,
             }),
         )
@@ -74,10 +85,17 @@ impl StopRequest {
         }
     }
 
-    /// Time left until the deadline; at least `floor` (a request written with a zero
-    /// timeout still gets a moment for a graceful stop).
+    /// Time left until the deadline: at least `floor` (a request written with a zero
+    /// timeout still gets a moment for a graceful stop), at most a day (a deadline
+    /// further out is no deadline anyone means, and would overflow a clock).
     pub fn time_left(&self, floor: Duration) -> Duration {
-        Duration::from_secs(self.deadline.saturating_sub(now_secs())).max(floor)
+        let left = self.deadline - now_unix();
+        let left = if left.is_nan() {
+            floor
+        } else {
+            Duration::try_from_secs_f64(left.clamp(0.0, LONGEST.as_secs_f64())).unwrap_or(floor)
+        };
+        left.clamp(floor, LONGEST.max(floor))
     }
 }
 
@@ -101,11 +119,41 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_keep_their_fraction_and_huge_ones_are_a_day() {
+        let request = StopRequest::new("BRAIN_ATLAS", Duration::from_millis(3000));
+        let left = request.time_left(Duration::ZERO);
+        assert!(
+            left > Duration::from_millis(2900) && left <= Duration::from_millis(3001),
+            "{left:?}"
+        );
+        for deadline in [f64::MAX, 1.8e19, f64::INFINITY] {
+            let far = StopRequest {
+                deadline,
+                ..request.clone()
+            };
+            assert_eq!(far.time_left(Duration::ZERO), LONGEST);
+        }
+        let past = StopRequest {
+            deadline: -5.0,
+            ..request.clone()
+        };
+        assert_eq!(
+            past.time_left(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        let whole: StopRequest = serde_json::from_str(
+            r#"{"name": "X", "deadline": 18446744073709551615, "requested_by": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(whole.time_left(Duration::ZERO), LONGEST);
+    }
+
+    #[test]
     fn garbage_still_means_stop() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(StopRequest::path(dir.path(), "X"), b"??").unwrap();
         let request = StopRequest::read(dir.path(), "X").unwrap();
-        assert_eq!(request.deadline, 0);
+        assert_eq!(request.deadline, 0.0);
         assert_eq!(
             request.time_left(Duration::from_secs(3)),
             Duration::from_secs(3)

@@ -527,6 +527,9 @@ fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
     let req2_after: Vec<u32> =
         fleet_tests::managed_pids(&after, &["qs_req", "WATCHDOG_REQ2", "BRAIN_REQ2"]);
     assert_eq!(req2_before, req2_after);
+    // A lock check ran since (every 2 s): its own releases are not losses.
+    let log = desk.master_log();
+    assert!(!log.contains("LOCK LOST"), "{log}");
     assert_eq!(launcher.stop_desk(), 0);
 }
 
@@ -662,4 +665,58 @@ fn a_grandchild_started_at_once_is_bound_with_the_child() {
     });
     runner.running.kill();
     wait_gone(&pids);
+}
+
+/// A start that fails at its third component (its log file cannot be opened): the
+/// two already started get graceful stops in the safe order, every lock goes, and the
+/// error names the path, exit 2.
+// Unix-only: the bots' graceful exits (SIGTERM) are part of what it checks.
+#[cfg(unix)]
+#[test]
+fn a_start_that_fails_part_way_stops_what_it_started_in_order() {
+    let exit_log = fleet_tests::ExitLog::new();
+    let desk = Desk::with_options("qs_halfway", &["HALF"], &["--exit-log", &exit_log.arg], "");
+    // Global, watchdog, brain: the brain's log is a folder.
+    std::fs::create_dir_all(desk.dir.path().join("logs/BRAIN_HALF.log")).unwrap();
+    let output = master_launch(&desk).stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("BRAIN_HALF.log"), "{stderr}");
+    let names: Vec<String> = exit_log.times().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["WATCHDOG_HALF", "qs_halfway"],
+        "not both, or out of order"
+    );
+    desk.assert_no_lock_left("after a failed start");
+    assert!(
+        desk.snapshot()
+            .components
+            .iter()
+            .all(|v| v.copies.is_empty())
+    );
+}
+
+/// SIGTERM with a brain that ignores it and `stop_timeout_secs = 2`: the brain is
+/// forced at its own timeout, 2 s, not later.
+// Unix-only: it sends SIGTERM.
+#[cfg(unix)]
+#[test]
+fn sigterm_forces_a_stubborn_brain_at_its_own_timeout() {
+    let desk = Desk::with_options("qs_ownto", &["OWNTO"], &[], QUICK_STOP);
+    desk.add_args(&["BRAIN_OWNTO"], &["--ignore-stop"]);
+    let launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    wait_all_running(&desk);
+    let started = Instant::now();
+    assert_eq!(launcher.stop("-TERM"), 0);
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(4)).contains(&took),
+        "stopped in {took:?}, the brain's timeout is 2 s"
+    );
+    let log = desk.master_log();
+    assert!(log.contains("BRAIN_OWNTO (pid"), "{log}");
+    assert_eq!(log.matches("did not stop in time").count(), 1, "{log}");
+    desk.assert_no_lock_left("after SIGTERM");
 }

@@ -411,3 +411,180 @@ fn a_legacy_record_naming_an_unrelated_process_never_gets_it_stopped() {
         );
     }
 }
+
+/// A supervised two-account desk whose brains ignore the graceful stop, with the
+/// components' own `stop_timeout_secs` at 10 s: `--timeout 3` is honoured by
+/// master-launch (the brains are forced at 3 s, not 10 s), in the safe order.
+// Unix-only: the bots' graceful exits (SIGTERM) are part of what it checks.
+#[cfg(unix)]
+#[test]
+fn the_requesters_timeout_is_honoured_by_master_launch_in_the_safe_order() {
+    let exit_log = fleet_tests::ExitLog::new();
+    let desk = Desk::with_options(
+        "qs_deadline",
+        &["DEAD1", "DEAD2"],
+        &["--exit-log", &exit_log.arg],
+        "[defaults]\nstop_timeout_secs = 10\n",
+    );
+    desk.add_args(&["BRAIN_DEAD1", "BRAIN_DEAD2"], &["--ignore-stop"]);
+    let mut launcher = launch(&desk);
+    let pids = running_pids(&desk);
+    let started = Instant::now();
+    let output = safe_shutdown(&desk, &["--yes", "--timeout", "3"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    // 3 s of grace, then forced; the old path took the components' 10 s.
+    assert!(took >= Duration::from_secs(3), "forced early: {took:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "the 3 s deadline was not honoured: {took:?}"
+    );
+    assert_eq!(launcher.running.child.wait().unwrap().code(), Some(0));
+    let mut probe = ProcessProbe::new().unwrap();
+    assert!(pids.iter().all(|&p| probe.identity(p).is_none()));
+    desk.assert_no_lock_left("after the stop");
+    // The brains were forced (no graceful exit); the watchdogs stopped gracefully
+    // after that, then the global.
+    let exits = exit_log.times();
+    let names: Vec<&str> = exits.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 3, "{exits:?}");
+    assert!(
+        names[..2].iter().all(|n| n.starts_with("WATCHDOG_")),
+        "{exits:?}"
+    );
+    assert_eq!(names[2], "qs_deadline", "{exits:?}");
+    let log = desk.master_log();
+    assert_eq!(log.matches("did not stop in time").count(), 2, "{log}");
+}
+
+/// The same deadline through `--account`: one account's stubborn brain is forced at
+/// the request's 3 s, its watchdog follows, the other account keeps running.
+#[cfg(unix)]
+#[test]
+fn an_account_stop_honours_the_timeout_and_leaves_the_rest() {
+    let desk = Desk::with_options(
+        "qs_acctdead",
+        &["ADEAD1", "ADEAD2"],
+        &[],
+        "[defaults]\nstop_timeout_secs = 10\n",
+    );
+    desk.add_args(&["BRAIN_ADEAD1"], &["--ignore-stop"]);
+    let _launcher = launch(&desk);
+    let before = desk.snapshot();
+    let others =
+        fleet_tests::managed_pids(&before, &["qs_acctdead", "WATCHDOG_ADEAD2", "BRAIN_ADEAD2"]);
+    let started = Instant::now();
+    let output = safe_shutdown(&desk, &["--yes", "--timeout", "3", "--account", "ADEAD1"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        (Duration::from_secs(3)..Duration::from_secs(6)).contains(&took),
+        "{took:?}"
+    );
+    let after = desk.snapshot();
+    for name in ["WATCHDOG_ADEAD1", "BRAIN_ADEAD1"] {
+        assert!(
+            after.component(name).unwrap().copies.is_empty(),
+            "{name} runs"
+        );
+    }
+    assert_eq!(
+        fleet_tests::managed_pids(&after, &["qs_acctdead", "WATCHDOG_ADEAD2", "BRAIN_ADEAD2"]),
+        others
+    );
+}
+
+/// A hand-started `run NAME` whose bot ignores the graceful stop: its runner forces it
+/// at the requester's deadline.
+#[cfg(unix)]
+#[test]
+fn a_hand_started_run_is_forced_at_the_requesters_deadline() {
+    let desk = Desk::with_options(
+        "qs_rundead",
+        &["RDEAD"],
+        &[],
+        "[defaults]\nstop_timeout_secs = 10\n",
+    );
+    desk.add_args(&["BRAIN_RDEAD"], &["--ignore-stop"]);
+    let mut runner = Command::new(tool("master-launch", "master-launch"))
+        .arg("--config")
+        .arg(desk.config())
+        .args(["run", "BRAIN_RDEAD"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the run to record its bot", || {
+        desk.snapshot()
+            .component("BRAIN_RDEAD")
+            .is_some_and(|v| v.managed.is_some())
+    });
+    let started = Instant::now();
+    let output = safe_shutdown(&desk, &["--yes", "--timeout", "3"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        (Duration::from_secs(3)..Duration::from_secs(6)).contains(&took),
+        "{took:?}"
+    );
+    runner.wait().unwrap();
+    desk.assert_no_lock_left("after the run was stopped");
+}
+
+/// `--account X` while X's brain is waiting out a restart delay: the holder is told
+/// about it too, so it stays stopped (and so does its watchdog), instead of coming
+/// back to trade unguarded.
+#[cfg(unix)]
+#[test]
+fn an_account_stop_while_its_brain_backs_off_keeps_it_stopped() {
+    let desk = Desk::with_options(
+        "qs_backoff",
+        &["BACK1"],
+        &[],
+        "[defaults]\nrestart_delay_ms = 4000\ngive_up_after = 10\n",
+    );
+    desk.add_args(&["BRAIN_BACK1"], &["--crash-after-ms", "300"]);
+    let _launcher = {
+        let mut child = Command::new(tool("master-launch", "master-launch"))
+            .arg("--config")
+            .arg(desk.config())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _ = child.stdout.take();
+        Running::new(child)
+    };
+    wait_until("the brain to crash and back off", || {
+        desk.master_log().contains("BRAIN_BACK1: restarting in")
+    });
+    let output = safe_shutdown(&desk, &["--yes", "--timeout", "2", "--account", "BACK1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    // Past the restart delay: nothing came back.
+    std::thread::sleep(Duration::from_secs(5));
+    let snap = desk.snapshot();
+    for name in ["BRAIN_BACK1", "WATCHDOG_BACK1"] {
+        let view = snap.component(name).unwrap();
+        assert!(view.copies.is_empty(), "{name} runs again");
+        assert!(
+            view.lock.as_ref().is_none_or(|l| !l.state.is_held()),
+            "{name} is still held"
+        );
+    }
+    assert_eq!(
+        desk.master_log().matches("BRAIN_BACK1: started").count(),
+        1,
+        "{}",
+        desk.master_log()
+    );
+}

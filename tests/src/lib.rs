@@ -224,6 +224,30 @@ impl Desk {
         self.dir.path().join("fleet.toml")
     }
 
+    /// Appends `args` to the command of every component named in `names` (a brain
+    /// that ignores stop requests, say), leaving the others as they are.
+    pub fn add_args(&self, names: &[&str], args: &[&str]) {
+        let path = self.config();
+        let mut text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read fleet.toml: {e}"));
+        let extra: String = args
+            .iter()
+            .map(|a| format!(", {}", toml_string(a)))
+            .collect();
+        for name in names {
+            // In a command array the name follows the program: `"{bot}", "NAME"`.
+            let token = format!(", \"{name}\"");
+            assert!(text.contains(&token), "{name} is not in the desk");
+            text = text.replace(&token, &format!("{token}{extra}"));
+        }
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write fleet.toml: {e}"));
+    }
+
+    /// The orchestrator's log, `<log_dir>/master-launch.log`.
+    pub fn master_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs/master-launch.log")).unwrap_or_default()
+    }
+
     pub fn lock_dir(&self) -> PathBuf {
         self.dir.path().join(".locks")
     }
