@@ -16,6 +16,7 @@
 //! - [`graceful`]: asking a process we did not start to stop (SIGTERM, CTRL_BREAK, close).
 //! - [`exit`]: the exit codes every tool uses.
 //! - [`output`]: colour decisions and error printing at the binary edge.
+//! - [`printer`]: stdout and stderr that never panic or block (`outln!`, `errln!`).
 //!
 //! See `ARCHITECTURE.md` at the repository root for how the pieces fit.
 
@@ -27,6 +28,7 @@ pub mod graceful;
 pub mod lock;
 pub mod logs;
 pub mod output;
+pub mod printer;
 pub mod process;
 pub mod record;
 pub mod select;

@@ -52,7 +52,8 @@ impl Log {
         })
     }
 
-    /// Appends one time-stamped line. Log trouble never stops the desk.
+    /// Appends one time-stamped line (and echoes it, if asked, through the stdout
+    /// printer). Log trouble never stops the desk.
     pub fn line(&self, stream: &str, text: &str) {
         let stamp = chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.3f");
         let line = if stream.is_empty() {
@@ -62,8 +63,9 @@ impl Log {
         };
         let mut log = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if log.echo {
-            print!("{line}");
-            let _ = io::stdout().flush();
+            // Never `print!`: a closed terminal or pipe must not stop the desk, and a
+            // frozen console must not hold this lock (crate::printer).
+            crate::printer::stdout().write(line.clone());
         }
         if log.file.write_all(line.as_bytes()).is_ok() {
             log.written += line.len() as u64;

@@ -27,7 +27,7 @@ pub fn error_lines(tool: &str, error: &(dyn Error + 'static)) -> Vec<String> {
 /// Prints [`error_lines`] to stderr.
 pub fn print_error(tool: &str, error: &(dyn Error + 'static)) {
     for line in error_lines(tool, error) {
-        eprintln!("{line}");
+        crate::printer::stderr().line(line);
     }
 }
 
@@ -38,20 +38,30 @@ pub fn finish(
     tool: &str,
     result: Result<crate::ExitCode, Box<dyn Error>>,
 ) -> std::process::ExitCode {
-    match result {
-        Ok(code) => code.into(),
+    let code = match result {
+        Ok(code) => code,
+        // A reader that went away (`| head`) is not an error of ours: end quietly.
+        Err(error) if is_broken_pipe(error.as_ref()) => crate::ExitCode::Ok,
         Err(error) => {
             print_error(tool, error.as_ref());
             if error.is::<crate::ConfigError>()
                 || error.is::<crate::exit::UsageError>()
                 || error.is::<crate::exit::PathError>()
             {
-                crate::ExitCode::Usage.into()
+                crate::ExitCode::Usage
             } else {
-                crate::ExitCode::Problems.into()
+                crate::ExitCode::Problems
             }
         }
-    }
+    };
+    crate::printer::flush_all();
+    code.into()
+}
+
+fn is_broken_pipe(error: &(dyn Error + 'static)) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// A duration for people: `12s`, `5m 03s`, `2h 05m`, `3d 04h`.

@@ -91,7 +91,7 @@ impl Supervisor {
                 .name(format!("supervise {}", component.lock_name))
                 .spawn(move || {
                     let mut lock = lock;
-                    let outcome = supervise(&component, &mut lock, &launch, &shared);
+                    let outcome = supervise_through_panics(&component, &mut lock, &launch, &shared);
                     shared.releasing.store(true, Ordering::SeqCst);
                     drop(lock);
                     (launch.done)();
@@ -187,6 +187,61 @@ impl Stoppable<()> for &Supervisor {
     }
 }
 
+/// How many times supervision of one component may fail with a bug (a panic) before it
+/// is given up.
+const PANICS_BEFORE_GIVING_UP: u32 = 3;
+
+/// [`supervise`], surviving a bug in it. A panic must not leave a component neither
+/// running nor reported, nor end this thread (on Linux the child's parent-death signal
+/// follows the thread that spawned it): whatever ran is killed through its binding,
+/// the panic is logged loudly, and supervision starts again under the same lock, the
+/// rest of the desk untouched. A bug that repeats gives the component up, loudly.
+fn supervise_through_panics(
+    component: &Component,
+    lock: &mut HeldLock,
+    launch: &Launch,
+    shared: &Shared,
+) -> Outcome {
+    let name = &component.lock_name;
+    let mut panics = 0;
+    loop {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            supervise(component, lock, launch, shared)
+        }));
+        let panic = match run {
+            Ok(outcome) => return outcome,
+            Err(panic) => panic,
+        };
+        panics += 1;
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        shared.child.force();
+        if shared.stopping.load(Ordering::SeqCst) {
+            return Outcome::Stopped;
+        }
+        if panics >= PANICS_BEFORE_GIVING_UP {
+            launch.events.line(
+                "",
+                &format!(
+                    "{name}: BUG: supervision failed {panics} time(s) ({what}); GIVING UP on it. \
+                     Please report this. Start it again with `master-launch run {name}`"
+                ),
+            );
+            return Outcome::GaveUp;
+        }
+        launch.events.line(
+            "",
+            &format!(
+                "{name}: BUG: supervision failed ({what}); what it ran was killed; \
+                 supervising it again under the same lock"
+            ),
+        );
+    }
+}
+
 fn supervise(
     component: &Component,
     lock: &mut HeldLock,
@@ -195,7 +250,7 @@ fn supervise(
 ) -> Outcome {
     let name = &component.lock_name;
     let mut failures: VecDeque<Instant> = VecDeque::new();
-    let mut delay = component.restart_delay;
+    let mut delay = component.restart_delay.min(MAX_RESTART_DELAY);
     let mut probe = ProcessProbe::new().ok();
     loop {
         let started = Instant::now();
@@ -255,7 +310,7 @@ fn supervise(
             return Outcome::Finished;
         }
         if started.elapsed() >= FAILURE_WINDOW {
-            delay = component.restart_delay;
+            delay = component.restart_delay.min(MAX_RESTART_DELAY);
         }
         if let Some(outcome) = after_failure(component, launch, shared, &mut failures, &mut delay) {
             return outcome;
@@ -305,7 +360,7 @@ fn after_failure(
     let _ = shared
         .wake
         .wait_timeout_while(guard, *delay, |_| !shared.stopping.load(Ordering::SeqCst));
-    *delay = (*delay * 2).min(MAX_RESTART_DELAY);
+    *delay = delay.saturating_mul(2).min(MAX_RESTART_DELAY);
     if shared.stopping.load(Ordering::SeqCst) {
         return Some(Outcome::Stopped);
     }
@@ -333,6 +388,13 @@ fn follow_output(running: &mut std::process::Child, launch: &Launch) {
     }
 }
 
+/// What every child gets unless fleet.toml sets it: Python writes UTF-8 to its log
+/// pipe (on Windows it would use the ANSI code page with `errors='strict'` and crash
+/// on the first "→" it prints, cpython #105312), unbuffered so lines reach the log as
+/// they happen.
+const CHILD_ENV_DEFAULTS: [(&str, &str); 2] =
+    [("PYTHONIOENCODING", "utf-8"), ("PYTHONUNBUFFERED", "1")];
+
 /// The component's command, its program resolved against its working folder when it
 /// is a relative path (Windows would resolve it against ours).
 pub fn build_command(component: &Component) -> Command {
@@ -347,6 +409,7 @@ pub fn build_command(component: &Component) -> Command {
     command
         .args(&component.command[1..])
         .current_dir(&component.cwd)
+        .envs(CHILD_ENV_DEFAULTS)
         .envs(&component.env);
     command
 }

@@ -720,3 +720,120 @@ fn sigterm_forces_a_stubborn_brain_at_its_own_timeout() {
     assert_eq!(log.matches("did not stop in time").count(), 1, "{log}");
     desk.assert_no_lock_left("after SIGTERM");
 }
+
+/// `master-launch | head -n 1`: the reader takes one line and goes. The log lines that
+/// follow meet a closed pipe; the desk keeps running, and SIGTERM still stops it in
+/// the safe order.
+// Unix-only: it sends SIGTERM and checks graceful exits.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_does_not_stop_the_desk() {
+    use std::io::BufRead;
+    let exit_log = fleet_tests::ExitLog::new();
+    let desk = Desk::with_options("qs_pipe", &["PIPE1"], &["--exit-log", &exit_log.arg], "");
+    let mut child = master_launch(&desk)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    drop(reader);
+    let mut launcher = Running::new(child);
+    wait_all_running(&desk);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        launcher.child.try_wait().unwrap().is_none(),
+        "master-launch died of its closed stdout"
+    );
+    let snap = wait_all_running(&desk);
+    assert_eq!(running_pids(&snap).len(), 3);
+    let status = Command::new("kill")
+        .args(["-TERM", &launcher.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(launcher.child.wait().unwrap().code(), Some(0));
+    let names: Vec<String> = exit_log.times().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["BRAIN_PIPE1", "WATCHDOG_PIPE1", "qs_pipe"]);
+    desk.assert_no_lock_left("after SIGTERM");
+}
+
+/// master-launch in a terminal that closes (an SSH or tmux session ends): the hangup
+/// means "stop in order", like Ctrl+C; nothing of the stop needs the terminal.
+// Unix-only: a pseudo-terminal through Python's `pty`.
+#[cfg(unix)]
+#[test]
+fn a_closed_terminal_stops_the_desk_in_order() {
+    const SCRIPT: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+seen = b""
+deadline = time.time() + 30
+while b"desk started" not in seen and time.time() < deadline:
+    ready, _, _ = select.select([fd], [], [], 0.5)
+    if ready:
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:
+            break
+os.close(fd)
+_, status = os.waitpid(pid, 0)
+print("exit", os.waitstatus_to_exitcode(status), flush=True)
+"#;
+    let exit_log = fleet_tests::ExitLog::new();
+    let desk = Desk::with_options("qs_tty", &["TTY1"], &["--exit-log", &exit_log.arg], "");
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(fleet_tests::tool("master-launch", "master-launch"))
+        .arg("--config")
+        .arg(desk.config())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.contains("exit 0"),
+        "{said} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let names: Vec<String> = exit_log.times().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["BRAIN_TTY1", "WATCHDOG_TTY1", "qs_tty"]);
+    desk.assert_no_lock_left("after the terminal closed");
+    assert!(
+        desk.snapshot()
+            .components
+            .iter()
+            .all(|v| v.copies.is_empty())
+    );
+    let log = desk.master_log();
+    assert!(
+        log.contains("stopping the desk") && log.contains("desk stopped"),
+        "{log}"
+    );
+}
+
+/// A bot's non-ASCII output reaches its log intact, and every child is told to write
+/// UTF-8, unbuffered (PYTHONIOENCODING, PYTHONUNBUFFERED) unless fleet.toml says else.
+#[test]
+fn non_ascii_output_reaches_the_log_and_children_get_utf8() {
+    let desk = Desk::with_options("qs_utf8", &["UTF1"], &[], QUICK_STOP);
+    desk.add_args(&["BRAIN_UTF1"], &["--say", "ордер → исполнен ✓"]);
+    let launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let log_path = desk.dir.path().join("logs/BRAIN_UTF1.log");
+    wait_until("the brain's line in its log", || {
+        std::fs::read_to_string(&log_path).is_ok_and(|t| t.contains("ордер → исполнен ✓"))
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("PYTHONIOENCODING=utf-8 PYTHONUNBUFFERED=1"),
+        "{log}"
+    );
+    assert_eq!(launcher.stop_desk(), 0);
+}

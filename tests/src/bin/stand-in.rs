@@ -4,12 +4,15 @@
 //!
 //! ```text
 //! stand-in NAME [--ignore-stop] [--stop-delay-ms N] [--crash-after-ms N] [--exit-log FILE]
+//!              [--say TEXT]
 //! ```
 //!
 //! - On SIGTERM/SIGINT (Ctrl+C, Ctrl+Break, console close on Windows) it logs, waits
 //!   `--stop-delay-ms`, appends `NAME <unix-ms>` to `--exit-log`, and exits 0.
 //! - `--ignore-stop`: logs the request and keeps running (a hung bot).
 //! - `--crash-after-ms N`: exits with code 3 after N ms (a crash-looping bot).
+//! - `--say TEXT`: prints TEXT once at start (non-ASCII output, say). It also reports
+//!   the Python encoding variables it was given.
 //! - With `STANDIN_LAUNCHER=1` it acts like a Windows venv `python.exe`: it starts the
 //!   real bot as a child with the same command line and waits for it.
 
@@ -24,6 +27,7 @@ struct Options {
     stop_delay: Duration,
     crash_after: Option<Duration>,
     exit_log: Option<String>,
+    say: Option<String>,
 }
 
 fn main() {
@@ -42,6 +46,7 @@ fn parse(args: &[String]) -> Options {
         stop_delay: Duration::ZERO,
         crash_after: None,
         exit_log: None,
+        say: None,
     };
     let mut rest = args.iter().skip(1);
     while let Some(flag) = rest.next() {
@@ -54,6 +59,7 @@ fn parse(args: &[String]) -> Options {
             "--stop-delay-ms" => options.stop_delay = number(),
             "--crash-after-ms" => options.crash_after = Some(number()),
             "--exit-log" => options.exit_log = rest.next().cloned(),
+            "--say" => options.say = rest.next().cloned(),
             _ => {}
         }
     }
@@ -92,6 +98,18 @@ fn run(options: &Options) {
             std::process::id()
         ),
     );
+    let python_env = |var: &str| std::env::var(var).unwrap_or_else(|_| "-".into());
+    log(
+        &options.name,
+        &format!(
+            "env PYTHONIOENCODING={} PYTHONUNBUFFERED={}",
+            python_env("PYTHONIOENCODING"),
+            python_env("PYTHONUNBUFFERED")
+        ),
+    );
+    if let Some(text) = &options.say {
+        log(&options.name, text);
+    }
     let started = Instant::now();
     loop {
         let wait = match options.crash_after {
