@@ -3,12 +3,15 @@
 //! Unix: SIGTERM. Windows has no signal one process can send another:
 //! - a process with windows of its own gets a close request (`WM_CLOSE` to each), as
 //!   `taskkill` without `/F` does;
-//! - a console process gets CTRL_BREAK when it is the root of its console's process
-//!   group (it was the first process of its console window), else its console window
-//!   gets a close request. Either only when nothing but the process, what it started
-//!   and what started it shares that console: closing a console ends every process on
-//!   it, and Windows delivers CTRL_BREAK for a pid that is not a group's root to the
-//!   whole console (microsoft/terminal#335).
+//! - a console process gets CTRL_BREAK: to its own process group when it is the root
+//!   of one (it was the first process of its console window), else to every process
+//!   on its console (group 0). Either only when nothing but the process, what it
+//!   started and what started it shares that console: Windows delivers CTRL_BREAK for
+//!   a pid that is not a group's root to the whole console (microsoft/terminal#335).
+//!   A console window itself never gets a close request: under Windows Terminal
+//!   `GetConsoleWindow()` is a pseudo-window that ignores it, and a classic console
+//!   window is reported as owned by the console's oldest client, so closing "the
+//!   bot's window" could end a console others share.
 //!
 //! A console control event reaches only processes attached to the sender's console, and
 //! attaching detaches the caller from its own. So a short-lived helper does that part:
@@ -31,8 +34,9 @@ pub enum Asked {
     CtrlBreak,
     /// `WM_CLOSE` to this many top-level windows of the process.
     CloseWindows(usize),
-    /// `WM_CLOSE` to the console window the process (alone) runs in.
-    CloseConsole,
+    /// CTRL_BREAK to every process of the console the process (with its own tree
+    /// alone) runs in.
+    CtrlBreakConsole,
     /// Nothing could be sent gracefully; the reason says why.
     Nothing(String),
 }
@@ -43,7 +47,7 @@ impl fmt::Display for Asked {
             Asked::Terminate => write!(f, "SIGTERM"),
             Asked::CtrlBreak => write!(f, "CTRL_BREAK to its process group"),
             Asked::CloseWindows(n) => write!(f, "a close request to its {n} window(s)"),
-            Asked::CloseConsole => write!(f, "a close request to its console window"),
+            Asked::CtrlBreakConsole => write!(f, "CTRL_BREAK to its console (its tree alone)"),
             Asked::Nothing(reason) => write!(f, "nothing sent ({reason})"),
         }
     }
@@ -96,22 +100,21 @@ mod imp {
     use windows_sys::Win32::Foundation::{HWND, LPARAM};
     use windows_sys::Win32::System::Console::{
         AttachConsole, CTRL_BREAK_EVENT, FreeConsole, GenerateConsoleCtrlEvent,
-        GetConsoleProcessList, GetConsoleWindow, SetConsoleCtrlHandler,
+        GetConsoleProcessList, SetConsoleCtrlHandler,
     };
     use windows_sys::Win32::System::Threading::DETACHED_PROCESS;
     use windows_sys::Win32::UI::WindowsAndMessaging::{
-        EnumWindows, GetWindowThreadProcessId, IsWindowVisible, PostMessageW, WM_CLOSE,
+        EnumWindows, GetClassNameW, GetWindowThreadProcessId, IsWindowVisible, PostMessageW,
+        WM_CLOSE,
     };
 
     /// The helper's exit codes: its one way to report back (its standard handles are
     /// not to be trusted once it has attached to another console).
     mod helper_exit {
         pub const CTRL_BREAK: i32 = 0;
-        pub const CLOSE_CONSOLE: i32 = 3;
+        pub const CTRL_BREAK_CONSOLE: i32 = 3;
         pub const SHARED_CONSOLE: i32 = 4;
         pub const NO_CONSOLE: i32 = 5;
-        /// STATUS_CONTROL_C_EXIT: the helper was ended by the close it requested.
-        pub const ENDED_BY_CLOSE: i32 = 0xC000_013Au32 as i32;
     }
 
     pub fn ask_to_stop(pid: u32) -> Asked {
@@ -138,9 +141,7 @@ mod imp {
             .status();
         match status.map(|s| s.code()) {
             Ok(Some(helper_exit::CTRL_BREAK)) => Asked::CtrlBreak,
-            Ok(Some(helper_exit::CLOSE_CONSOLE | helper_exit::ENDED_BY_CLOSE)) => {
-                Asked::CloseConsole
-            }
+            Ok(Some(helper_exit::CTRL_BREAK_CONSOLE)) => Asked::CtrlBreakConsole,
             Ok(Some(helper_exit::SHARED_CONSOLE)) => {
                 Asked::Nothing("it shares its console with other processes".into())
             }
@@ -166,7 +167,10 @@ mod imp {
             // SAFETY: a valid window handle from the enumeration and an out pointer.
             unsafe { GetWindowThreadProcessId(window, &mut owner) };
             // SAFETY: as above.
-            if owner == search.pid && unsafe { IsWindowVisible(window) } != 0 {
+            if owner == search.pid
+                && unsafe { IsWindowVisible(window) } != 0
+                && !is_console_window(window)
+            {
                 search.found.push(window);
             }
             1
@@ -180,18 +184,30 @@ mod imp {
         search.found
     }
 
-    /// Runs in the helper: attach to `pid`'s console, then CTRL_BREAK or close.
+    /// A classic console window (`ConsoleWindowClass`) or Windows Terminal's
+    /// `PseudoConsoleWindow`: never closed by us (see the module docs).
+    fn is_console_window(window: HWND) -> bool {
+        let mut class = [0u16; 64];
+        // SAFETY: the buffer holds 64 UTF-16 units and its length says so.
+        let len = unsafe { GetClassNameW(window, class.as_mut_ptr(), class.len() as i32) };
+        let name = String::from_utf16_lossy(&class[..usize::try_from(len).unwrap_or(0)]);
+        matches!(name.as_str(), "ConsoleWindowClass" | "PseudoConsoleWindow")
+    }
+
+    /// Runs in the helper: attach to `pid`'s console, then CTRL_BREAK.
     pub fn console_helper(pid: u32) -> i32 {
         // Survive the event we send: it may reach everything on the console, us too.
         unsafe extern "system" fn ignore(_event: u32) -> i32 {
             1
         }
-        // SAFETY: a valid handler function for the life of the process.
-        unsafe { SetConsoleCtrlHandler(Some(ignore), 1) };
-        // SAFETY: as above; fails when pid has no console (or is gone).
+        // SAFETY: fails when pid has no console (or is gone).
         if unsafe { AttachConsole(pid) } == 0 {
             return helper_exit::NO_CONSOLE;
         }
+        // After attaching: AttachConsole resets the console control handler table
+        // (Microsoft, "Registering a Control Handler Function").
+        // SAFETY: a valid handler function for the life of the process.
+        unsafe { SetConsoleCtrlHandler(Some(ignore), 1) };
         let attached = console_processes();
         let own = std::process::id();
         let table = crate::ProcessProbe::new().map(|mut probe| probe.table());
@@ -221,10 +237,11 @@ mod imp {
             unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) };
             helper_exit::CTRL_BREAK
         } else {
-            // What the trader would do by hand: close the bot's window.
-            // SAFETY: no pointers; a null window makes the post fail harmlessly.
-            unsafe { PostMessageW(GetConsoleWindow(), WM_CLOSE, 0, 0) };
-            helper_exit::CLOSE_CONSOLE
+            // Everything on this console is the bot's own tree (checked above): group 0
+            // is every process on it, and the helper ignores the event.
+            // SAFETY: no pointers.
+            unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, 0) };
+            helper_exit::CTRL_BREAK_CONSOLE
         };
         // SAFETY: detaching from the console we attached to.
         unsafe { FreeConsole() };
