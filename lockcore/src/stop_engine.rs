@@ -197,8 +197,10 @@ fn stop_stage<C, T: Stoppable<C>>(
     let mut pending: Vec<Pending<T>> = targets
         .into_iter()
         .map(|mut target| {
+            // Named before acting: a process that is gone has no pid to show.
+            let name = target.name();
             let how = target.ask(context);
-            observer.asked(&target.name(), &how);
+            observer.asked(&name, &how);
             let grace = match grace {
                 Grace::Given(given) => given,
                 Grace::Own => target.own_timeout(),
@@ -224,8 +226,9 @@ fn stop_stage<C, T: Stoppable<C>>(
                     None => outcome.stopped.push(name),
                 }
             } else if p.forced_at.is_none() && now >= p.force_at {
+                let name = p.target.name();
                 let how = p.target.force(context);
-                observer.forced(&p.target.name(), &how);
+                observer.forced(&name, &how);
                 p.forced_at = Some(now);
             } else if p
                 .forced_at

@@ -207,7 +207,6 @@ mod imp {
     use std::os::windows::io::AsRawHandle;
     use std::os::windows::process::CommandExt;
     use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, INVALID_HANDLE_VALUE};
-    use windows_sys::Win32::System::Console::{CTRL_BREAK_EVENT, GenerateConsoleCtrlEvent};
     use windows_sys::Win32::System::Diagnostics::ToolHelp::{
         CreateToolhelp32Snapshot, TH32CS_SNAPTHREAD, THREADENTRY32, Thread32First, Thread32Next,
     };
@@ -217,7 +216,8 @@ mod imp {
         SetInformationJobObject, TerminateJobObject,
     };
     use windows_sys::Win32::System::Threading::{
-        CREATE_NEW_PROCESS_GROUP, CREATE_SUSPENDED, OpenThread, ResumeThread, THREAD_SUSPEND_RESUME,
+        CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, CREATE_SUSPENDED, OpenThread, ResumeThread,
+        THREAD_SUSPEND_RESUME,
     };
 
     /// A Job Object with kill-on-close; the child dies when this is dropped or when
@@ -247,10 +247,13 @@ mod imp {
     }
 
     pub(super) fn prepare(command: &mut Command) {
-        // Its own group: CTRL_BREAK can be sent to it alone. Suspended: it runs no
-        // instruction, and so starts no grandchild, before it is in its job (the way
-        // process-wrap's JobObject wrapper does it). std keeps the flags it adds itself.
-        command.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_SUSPENDED);
+        // Its own group: CTRL_BREAK can be sent to it alone. Its own console, without
+        // a window: closing master-launch's window must not reach the bots directly,
+        // or they all die at once, out of order (signals.rs stops them in order).
+        // Suspended: it runs no instruction, and so starts no grandchild, before it is
+        // in its job (the way process-wrap's JobObject wrapper does it). std keeps the
+        // flags it adds itself.
+        command.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | CREATE_SUSPENDED);
     }
 
     /// Creates the job, puts the suspended child in it, then lets the child run.
@@ -327,14 +330,14 @@ mod imp {
         let _ = child.kill();
     }
 
-    /// CTRL_BREAK to the child's process group. Only a process attached to the same
-    /// console can send it, which is why the lock holder does the graceful part.
+    /// CTRL_BREAK to the child's process group. The child is on a console of its own,
+    /// and only a process attached to it can send the event: lockcore's console helper
+    /// (master-launch started again with a hidden argument) attaches and sends it.
     pub fn ask_to_stop(pid: u32) -> io::Result<()> {
-        // SAFETY: no pointers; a stale pid only makes the call fail.
-        if unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) } == 0 {
-            return Err(io::Error::last_os_error());
+        match lockcore::graceful::ask_to_stop(pid) {
+            lockcore::graceful::Asked::Nothing(why) => Err(io::Error::other(why)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The open process handle that `Child` keeps reserves the pid until it is

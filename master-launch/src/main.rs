@@ -9,6 +9,7 @@
 //! by hand, under its lock, without supervision (what per-bot `.bat` wrappers call).
 
 mod child;
+mod signals;
 mod supervisor;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use lockcore::{
     LockState, ProcessProbe, Removal, Role, Stage, StopRequest, Stoppable,
 };
 
+use crate::signals::Ending;
 use crate::supervisor::{Launch, Supervisor};
 use lockcore::logs::Log;
 
@@ -37,9 +39,10 @@ const TOOL: &str = "master-launch";
 const TICK: Duration = Duration::from_millis(250);
 /// Every this many ticks, each held lock file is checked to still be ours.
 const VERIFY_EVERY_TICKS: u32 = 8;
-/// How long a Ctrl+C / console-close handler waits for the ordered stop to finish
-/// before letting the OS end the process (Windows ends it when the handler returns).
-const CLOSE_GRACE: Duration = Duration::from_secs(60);
+/// Windows grants about 5 s after a console close, logoff or shutdown: the handler
+/// waits this long for the ordered stop, in which each stage gets [`CLOSING_GRACE`].
+const CLOSING_BUDGET: Duration = Duration::from_millis(4500);
+const CLOSING_GRACE: Duration = Duration::from_millis(1200);
 
 /// Start the trading desk once, keep it running, stop it in a safe order.
 ///
@@ -74,6 +77,9 @@ enum Sub {
 }
 
 fn main() -> std::process::ExitCode {
+    // On Windows this binary doubles as the helper that sends a console control event
+    // to a child on its own console (child.rs).
+    lockcore::graceful::serve_console_helper();
     let args = Args::parse();
     let result = match &args.command {
         Some(Sub::Run { name }) => run_one(&args.config, name),
@@ -121,6 +127,7 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let events = Log::open(&fleet.log_dir.join("master-launch.log"), true)?;
+    let _console = signals::prepare_console();
     let mut probe = ProcessProbe::new()?;
     let locks = LockDir::for_fleet(&fleet);
     let claim = LockClaim {
@@ -203,19 +210,30 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
 #[error("{0}")]
 struct StartRefused(lockcore::Holder);
 
-/// Ctrl+C, SIGTERM, console close: ask the main thread to stop the desk, then wait
-/// (bounded) until it has. On Windows the process is ended as soon as the handler
-/// returns from a console-close event, which would kill the children out of order.
+/// Ctrl+C, SIGTERM, SIGHUP, console close: ask the main thread to stop the desk. For a
+/// console close (Windows) wait, within what Windows grants, until it has: Windows
+/// ends the process when the handler returns.
 fn install_stop_handler(
     events: Sender<Event>,
     stopped: Arc<(Mutex<bool>, Condvar)>,
-) -> std::result::Result<(), ctrlc::Error> {
-    ctrlc::set_handler(move || {
-        let _ = events.send(Event::Signal);
-        let (flag, signal) = &*stopped;
-        let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = signal.wait_timeout_while(guard, CLOSE_GRACE, |done| !*done);
+) -> std::io::Result<()> {
+    signals::on_stop(move |ending| {
+        let _ = events.send(Event::Signal(grace_for(ending)));
+        if ending == Ending::ConsoleClosing {
+            let (flag, signal) = &*stopped;
+            let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = signal.wait_timeout_while(guard, CLOSING_BUDGET, |done| !*done);
+        }
     })
+}
+
+/// The grace a stop gets: each component's own, or, when the console is closing, a
+/// compressed one that fits the whole ordered stop into Windows' few seconds.
+fn grace_for(ending: Ending) -> Grace {
+    match ending {
+        Ending::Interrupt => Grace::Own,
+        Ending::ConsoleClosing => Grace::Given(CLOSING_GRACE),
+    }
 }
 
 /// The orchestrator's idle loop: wakes on a signal, on a component's supervision
@@ -233,7 +251,8 @@ fn supervise_desk(
     let mut ticks = 0u32;
     while running > 0 {
         match done.recv_timeout(TICK) {
-            Ok(Event::Signal) | Err(RecvTimeoutError::Disconnected) => return Grace::Own,
+            Ok(Event::Signal(grace)) => return grace,
+            Err(RecvTimeoutError::Disconnected) => return Grace::Own,
             Ok(Event::Done) => running -= 1,
             Err(RecvTimeoutError::Timeout) => {}
         }
@@ -299,7 +318,9 @@ fn act_on_stop_request(
 }
 
 enum Event {
-    Signal,
+    /// Stop the desk, with this grace.
+    Signal(Grace),
+    /// One component's supervision ended.
     Done,
 }
 
@@ -537,7 +558,7 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     });
     {
         let runner = runner.clone();
-        ctrlc::set_handler(move || runner.stop(Grace::Own))?;
+        signals::on_stop(move |ending| runner.stop(grace_for(ending)))?;
     }
     watch_for_stop_request(fleet.lock_dir.clone(), runner);
     eprintln!("{TOOL}: {name} started under its lock, pid {pid}; Ctrl+C stops it");
