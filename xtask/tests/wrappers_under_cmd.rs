@@ -17,6 +17,11 @@ use fleet_tests::{Desk, Running, spawn_reader, tool, wait_gone, wait_until};
 /// `cargo xtask dist` of the tools under test into `<desk>\Program Files (x86)\`, with
 /// the bundle's `fleet.toml` pointed at the desk's lock and log folders.
 fn bundle(desk: &Desk) -> PathBuf {
+    bundle_in(desk, "Program Files (x86)")
+}
+
+/// As [`bundle`], into `<desk>\<parent>\`.
+fn bundle_in(desk: &Desk, parent: &str) -> PathBuf {
     for package in ["master-launch", "safe-shutdown", "check-procs", "lock-gc"] {
         tool(package, package);
     }
@@ -24,7 +29,7 @@ fn bundle(desk: &Desk) -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf();
-    let out = desk.dir.path().join("Program Files (x86)");
+    let out = desk.dir.path().join(parent);
     let status = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["dist", "--target", "x86_64-pc-windows-gnu", "--prebuilt"])
         .arg(&bins)
@@ -106,6 +111,19 @@ fn wrappers_pass_exit_codes_on_and_pause_only_when_not_switched_off() {
     assert_eq!(code, 0, "{out}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["healthy"], true, "{json}");
+}
+
+/// A `!` in the install folder survives: cmd's delayed expansion would eat it.
+#[test]
+fn wrappers_run_from_a_folder_with_a_bang_in_its_name() {
+    let desk = Desk::new("qs_batbang", &["BATBANG"]);
+    let folder = bundle_in(&desk, "bang!desk");
+    let (code, out) =
+        run(cmd(&folder.join("CHECK_PROCS.bat"), "--version").env("DESK_NO_PAUSE", "1"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("check-procs"), "{out}");
+    let (code, out) = run(cmd(&folder.join("CHECK_PROCS.bat"), "--json").env("DESK_NO_PAUSE", "1"));
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
