@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use lockcore::exit::ToolError;
 use lockcore::output::{finish, use_color};
 use lockcore::{DeskSnapshot, ExitCode, Fleet, ProcessProbe};
 
@@ -42,7 +43,7 @@ fn main() -> std::process::ExitCode {
     finish(TOOL, run(&Args::parse()))
 }
 
-fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn run(args: &Args) -> Result<ExitCode, ToolError> {
     let fleet = Fleet::load(&args.config)?;
     let mut probe = ProcessProbe::new()?;
     let Some(every) = args.watch else {
@@ -50,7 +51,8 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
-    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))?;
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
+        .map_err(ToolError::failed)?;
     let redraw = !args.json && use_color(&std::io::stdout());
     let mut code = ExitCode::Ok;
     while !stop.load(Ordering::SeqCst) {
@@ -68,7 +70,7 @@ fn print_once(
     probe: &mut ProcessProbe,
     json: bool,
     clear_screen: bool,
-) -> Result<ExitCode, Box<dyn std::error::Error>> {
+) -> Result<ExitCode, ToolError> {
     let snapshot = DeskSnapshot::take(fleet, probe)?;
     let text = if json {
         let mut text = serde_json::to_string_pretty(&render::report(&snapshot, fleet))?;

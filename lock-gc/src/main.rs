@@ -6,9 +6,11 @@
 //! around it. Exit codes: 0 when it ran, 1 when the lock dir could not be read,
 //! 2 bad arguments or config.
 
+use lockcore::outln;
 use std::path::PathBuf;
 
 use clap::Parser;
+use lockcore::exit::ToolError;
 use lockcore::output::{finish, human_duration};
 use lockcore::process::now_secs;
 use lockcore::{ExitCode, Fleet, LockDir, LockState, LockStatus, ProcessProbe, Removal};
@@ -38,7 +40,7 @@ fn main() -> std::process::ExitCode {
     finish(TOOL, run(&Args::parse()))
 }
 
-fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn run(args: &Args) -> Result<ExitCode, ToolError> {
     let dir = match &args.lock_dir {
         Some(dir) => LockDir::new(dir),
         None => LockDir::for_fleet(&Fleet::load(&args.config)?),
@@ -65,16 +67,16 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         match outcome {
             Removal::Removed(status) => {
                 count += 1;
-                println!("{verb} {}", describe(&status));
+                outln!("{verb} {}", describe(&status));
             }
             Removal::Kept(status) if status.state == LockState::Legacy => {
-                println!("kept {} (legacy: {})", status.name, status.detail);
+                outln!("kept {} (legacy: {})", status.name, status.detail);
             }
             Removal::Kept(_) | Removal::Missing => {}
         }
     }
     let plural = if count == 1 { "" } else { "s" };
-    println!(
+    outln!(
         "{verb} {count} lock file{plural} in {}",
         dir.path().display()
     );

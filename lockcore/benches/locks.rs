@@ -1,6 +1,8 @@
 //! `cargo bench -p lockcore`: the lock operations every tool pays for.
 //! Medians go in the README's performance section.
 
+// A benchmark's report is its printed medians.
+#![allow(clippy::print_stdout)]
 use criterion::{Criterion, criterion_group, criterion_main};
 use lockcore::{Acquire, LockClaim, LockDir, ProcessProbe};
 

@@ -60,3 +60,65 @@ impl PathError {
         }
     }
 }
+
+/// An error at a tool's edge, and the exit code it means (as cargo-nextest's
+/// `ExpectedError` carries `process_exit_code()`): every binary's `run` returns it, and
+/// [`crate::output::finish`] prints it with its causes and exits with its code.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// `fleet.toml` cannot be read or is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
+    /// The tool was called wrongly (an unknown account, say).
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// A file or folder the tool needs cannot be used; the message names it.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// Anything else: the action did not complete.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ToolError {
+    /// An error that means "the action did not complete".
+    pub fn failed(error: impl std::error::Error + Send + Sync + 'static) -> ToolError {
+        ToolError::Failed(Box::new(error))
+    }
+
+    /// The exit code this error means: the setup needs fixing (2), or the action did
+    /// not complete (1).
+    pub fn process_exit_code(&self) -> ExitCode {
+        match self {
+            ToolError::Config(_) | ToolError::Usage(_) | ToolError::Path(_) => ExitCode::Usage,
+            ToolError::Failed(_) => ExitCode::Problems,
+        }
+    }
+
+    /// A reader that went away (`| head`): not an error of ours.
+    pub fn is_broken_pipe(&self) -> bool {
+        match self {
+            ToolError::Failed(error) => error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe),
+            _ => false,
+        }
+    }
+}
+
+macro_rules! failed_from {
+    ($($error:ty),* $(,)?) => {$(
+        impl From<$error> for ToolError {
+            fn from(error: $error) -> ToolError {
+                ToolError::failed(error)
+            }
+        }
+    )*};
+}
+
+failed_from!(
+    crate::LockError,
+    crate::process::ProcessTableError,
+    std::io::Error,
+    serde_json::Error,
+);

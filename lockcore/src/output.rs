@@ -24,44 +24,31 @@ pub fn error_lines(tool: &str, error: &(dyn Error + 'static)) -> Vec<String> {
     lines
 }
 
-/// Prints [`error_lines`] to stderr.
+/// Prints [`error_lines`] to stderr, and waits until they are out.
 pub fn print_error(tool: &str, error: &(dyn Error + 'static)) {
     for line in error_lines(tool, error) {
         crate::printer::stderr().line(line);
     }
+    crate::printer::stderr().flush();
 }
 
 /// The end of every binary's `main`: the exit code of a run, or the error printed with
-/// its causes and mapped to an exit code (a config or usage mistake is 2;
-/// anything else means the action did not complete, 1).
+/// its causes and the exit code it means ([`crate::exit::ToolError`]). A reader that
+/// went away (`| head`) ends the tool quietly, as ripgrep does.
 pub fn finish(
     tool: &str,
-    result: Result<crate::ExitCode, Box<dyn Error>>,
+    result: Result<crate::ExitCode, crate::exit::ToolError>,
 ) -> std::process::ExitCode {
     let code = match result {
         Ok(code) => code,
-        // A reader that went away (`| head`) is not an error of ours: end quietly.
-        Err(error) if is_broken_pipe(error.as_ref()) => crate::ExitCode::Ok,
+        Err(error) if error.is_broken_pipe() => crate::ExitCode::Ok,
         Err(error) => {
-            print_error(tool, error.as_ref());
-            if error.is::<crate::ConfigError>()
-                || error.is::<crate::exit::UsageError>()
-                || error.is::<crate::exit::PathError>()
-            {
-                crate::ExitCode::Usage
-            } else {
-                crate::ExitCode::Problems
-            }
+            print_error(tool, &error);
+            error.process_exit_code()
         }
     };
     crate::printer::flush_all();
     code.into()
-}
-
-fn is_broken_pipe(error: &(dyn Error + 'static)) -> bool {
-    error
-        .downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// A duration for people: `12s`, `5m 03s`, `2h 05m`, `3d 04h`.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lockcore::config::{DEFAULT_CONFIG, MASTER_LOCK_NAME};
-use lockcore::exit::UsageError;
+use lockcore::exit::{ToolError, UsageError};
 use lockcore::output::finish;
 use lockcore::select::AccountSelection;
 use lockcore::stop_engine::{StopObserver, stop_in_order};
@@ -29,6 +29,7 @@ use lockcore::{
     Acquire, Component, DeskSnapshot, ExitCode, Fleet, Grace, HeldLock, LockClaim, LockDir,
     LockState, ProcessProbe, Removal, Role, Stage, StopRequest, Stoppable,
 };
+use lockcore::{errln, outln};
 
 use crate::signals::Ending;
 use crate::supervisor::{Launch, Supervisor};
@@ -88,7 +89,7 @@ fn main() -> std::process::ExitCode {
     finish(TOOL, result)
 }
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+type Result<T> = std::result::Result<T, ToolError>;
 
 /// What the orchestrator will start, in start order: the globals, and the enabled
 /// accounts of `--only` (all when none is named).
@@ -103,12 +104,12 @@ fn plan(fleet: &Fleet, only: &[String]) -> Result<Vec<Component>> {
 }
 
 fn print_plan(plan: &[Component], fleet: &Fleet) {
-    println!(
+    outln!(
         "master-launch would start, in this order (locks in {}):",
         fleet.lock_dir.display()
     );
     for (i, component) in plan.iter().enumerate() {
-        println!(
+        outln!(
             "  {}. {:<20} {:<9} in {}: {}",
             i + 1,
             component.lock_name,
@@ -141,7 +142,7 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
                 "",
                 &format!("refused: another master-launch runs: {holder}"),
             );
-            eprintln!("{TOOL}: refused: another master-launch is running. {holder}");
+            errln!("{TOOL}: refused: another master-launch is running. {holder}");
             return Ok(ExitCode::Refused);
         }
     };
@@ -159,26 +160,26 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
             account: component.account.clone(),
             command: component.command.clone(),
         };
-        let started = locks
-            .acquire(&component.lock_name, &claim, &mut probe)
-            .map_err(|e| -> Box<dyn std::error::Error> { Box::new(e) })
-            .and_then(|acquired| match acquired {
-                Acquire::Acquired(held) => start(&fleet, component, held, &events, &done_tx),
-                Acquire::Held(holder) => Err(Box::new(StartRefused(holder))),
-            });
+        let started = match locks.acquire(&component.lock_name, &claim, &mut probe) {
+            Ok(Acquire::Acquired(held)) => {
+                start(&fleet, component, held, &events, &done_tx).map_err(StartFailed::Error)
+            }
+            Ok(Acquire::Held(holder)) => Err(StartFailed::Refused(holder)),
+            Err(error) => Err(StartFailed::Error(error.into())),
+        };
         match started {
             Ok(supervisor) => supervisors.push(Arc::new(supervisor)),
-            Err(error) => {
+            Err(failed) => {
                 // Back out in order: what started gets a graceful stop and its lock goes.
-                events.line("", &format!("cannot start the desk: {error}"));
+                events.line("", &format!("cannot start the desk: {failed}"));
                 stop_all(&supervisors, Grace::Own, &events);
                 drop(master);
-                return match error.downcast::<StartRefused>() {
-                    Ok(refused) => {
-                        eprintln!("{TOOL}: refused: {}", refused.0);
+                return match failed {
+                    StartFailed::Refused(holder) => {
+                        errln!("{TOOL}: refused: {holder}");
                         Ok(ExitCode::Refused)
                     }
-                    Err(error) => Err(error),
+                    StartFailed::Error(error) => Err(error),
                 };
             }
         }
@@ -205,10 +206,15 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
-/// A component's lock was taken by someone else between the pre-flight and its start.
+/// Why a component of the desk could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct StartRefused(lockcore::Holder);
+enum StartFailed {
+    /// Someone took its lock between the pre-flight and its start.
+    #[error("{0}")]
+    Refused(lockcore::Holder),
+    #[error(transparent)]
+    Error(ToolError),
+}
 
 /// Ctrl+C, SIGTERM, SIGHUP, console close: ask the main thread to stop the desk. For a
 /// console close (Windows) wait, within what Windows grants, until it has: Windows
@@ -404,15 +410,13 @@ fn refuse(refusals: &[Refusal], events: &Log) -> Option<ExitCode> {
     if refusals.is_empty() {
         return None;
     }
-    eprintln!("{TOOL}: refused: parts of the desk are already running; nothing was started.");
-    eprintln!("  {:<20} {:<28} PID", "COMPONENT", "WHY");
+    errln!("{TOOL}: refused: parts of the desk are already running; nothing was started.");
+    errln!("  {:<20} {:<28} PID", "COMPONENT", "WHY");
     for (name, why, pid) in refusals {
-        eprintln!("  {name:<20} {why:<28} {pid}");
+        errln!("  {name:<20} {why:<28} {pid}");
         events.line("", &format!("refused: {name}: {why} (pid {pid})"));
     }
-    eprintln!(
-        "Stop them first with `safe-shutdown` (see them with `check-procs`), then start again."
-    );
+    errln!("Stop them first with `safe-shutdown` (see them with `check-procs`), then start again.");
     Some(ExitCode::Refused)
 }
 
@@ -510,11 +514,12 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     let fleet = Fleet::load(config)?;
     let Some(component) = fleet.component(name).cloned() else {
         let names: Vec<&str> = fleet.components().map(|c| c.lock_name.as_str()).collect();
-        return Err(Box::new(UsageError(format!(
+        return Err(UsageError(format!(
             "no component named {name} in {} (components: {})",
             fleet.path.display(),
             names.join(", ")
-        ))));
+        ))
+        .into());
     };
     let events = Log::open(&fleet.log_dir.join("master-launch.log"), false)?;
     let mut probe = ProcessProbe::new()?;
@@ -527,7 +532,7 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
         Acquire::Acquired(lock) => lock,
         Acquire::Held(holder) => {
             events.line("", &format!("refused: {holder}"));
-            eprintln!("{TOOL}: refused: {holder}");
+            errln!("{TOOL}: refused: {holder}");
             return Ok(ExitCode::Refused);
         }
     };
@@ -561,9 +566,9 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
         signals::on_stop(move |ending| runner.stop(grace_for(ending)))?;
     }
     watch_for_stop_request(fleet.lock_dir.clone(), runner);
-    eprintln!("{TOOL}: {name} started under its lock, pid {pid}; Ctrl+C stops it");
+    errln!("{TOOL}: {name} started under its lock, pid {pid}; Ctrl+C stops it");
     let status = slot.wait(&mut running)?;
-    eprintln!("{TOOL}: {name} exited ({})", supervisor::describe(status));
+    errln!("{TOOL}: {name} exited ({})", supervisor::describe(status));
     lock.release()?;
     let _ = StopRequest::remove(&fleet.lock_dir, name);
     Ok(if status.success() {

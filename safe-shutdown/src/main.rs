@@ -13,12 +13,14 @@
 
 mod find;
 
+use lockcore::{errln, outln};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use lockcore::config::{DEFAULT_CONFIG, MASTER_LOCK_NAME};
+use lockcore::exit::ToolError;
 use lockcore::logs::Log;
 use lockcore::output::{finish, human_duration};
 use lockcore::select::AccountSelection;
@@ -63,7 +65,7 @@ fn main() -> std::process::ExitCode {
     finish(TOOL, run(&Args::parse()))
 }
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+type Result<T> = std::result::Result<T, ToolError>;
 
 fn run(args: &Args) -> Result<ExitCode> {
     let fleet = Fleet::load(&args.config)?;
@@ -73,10 +75,10 @@ fn run(args: &Args) -> Result<ExitCode> {
     let targets = find::targets(&snapshot, &selection);
     let left_alone = find::left_alone(&snapshot, &selection);
     for line in &left_alone {
-        println!("{line}");
+        outln!("{line}");
     }
     if targets.is_empty() {
-        println!("Nothing to stop: no process of the desk runs.");
+        outln!("Nothing to stop: no process of the desk runs.");
         if !args.dry_run {
             clean_locks(&fleet, &selection, &mut probe, None);
         }
@@ -84,7 +86,7 @@ fn run(args: &Args) -> Result<ExitCode> {
     }
     print_targets(&targets, snapshot.taken_at);
     if args.dry_run {
-        println!("\n(dry run: nothing was stopped)");
+        outln!("\n(dry run: nothing was stopped)");
         return Ok(ExitCode::Ok);
     }
     let audit = Log::open(&fleet.log_dir.join("safe-shutdown.log"), false)?;
@@ -101,7 +103,7 @@ fn run(args: &Args) -> Result<ExitCode> {
                 "",
                 "refused: no terminal to confirm on and no --yes; nothing stopped",
             );
-            eprintln!(
+            errln!(
                 "{TOOL}: refusing to stop anything without confirmation: there is no terminal \
                  to ask on. Run it in a console, or pass --yes."
             );
@@ -109,7 +111,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         }
         if !confirmed(targets.len())? {
             audit.line("", "cancelled by the user; nothing stopped");
-            println!("Cancelled. Nothing was stopped.");
+            outln!("Cancelled. Nothing was stopped.");
             return Ok(ExitCode::Problems);
         }
     }
@@ -148,12 +150,12 @@ fn run(args: &Args) -> Result<ExitCode> {
     clean_locks(&fleet, &selection, &mut probe, Some(&audit));
     if outcome.all_stopped() {
         audit.line("", "all stopped");
-        println!("All {total} stopped.");
+        outln!("All {total} stopped.");
         return Ok(ExitCode::Ok);
     }
-    eprintln!("{TOOL}: THESE ARE STILL RUNNING:");
+    errln!("{TOOL}: THESE ARE STILL RUNNING:");
     for name in &outcome.survivors {
-        eprintln!("  {name}");
+        errln!("  {name}");
     }
     audit.line("", &format!("survivors: {}", outcome.survivors.join(", ")));
     Ok(ExitCode::Problems)
@@ -168,9 +170,12 @@ fn summary(targets: &[Target]) -> String {
 }
 
 fn print_targets(targets: &[Target], now: u64) {
-    println!(
+    outln!(
         "{:<20} {:<14} {:<8} {:<10} HOW IT WAS FOUND",
-        "NAME", "ACCOUNT", "PID", "UPTIME"
+        "NAME",
+        "ACCOUNT",
+        "PID",
+        "UPTIME"
     );
     for target in targets {
         let (pid, uptime) = match target.who {
@@ -180,7 +185,7 @@ fn print_targets(targets: &[Target], now: u64) {
             ),
             None => ("-".to_string(), "-".to_string()),
         };
-        println!(
+        outln!(
             "{:<20} {:<14} {:<8} {:<10} {}",
             target.name,
             target.account.as_deref().unwrap_or("-"),
@@ -192,12 +197,13 @@ fn print_targets(targets: &[Target], now: u64) {
 }
 
 fn confirmed(count: usize) -> Result<bool> {
-    println!();
-    println!("This stops {count} process(es). Open trades are NOT closed by stopping the bots.");
+    outln!();
+    outln!("This stops {count} process(es). Open trades are NOT closed by stopping the bots.");
     let answer: String = dialoguer::Input::new()
         .with_prompt("Type YES to stop them")
         .allow_empty(true)
-        .interact_text()?;
+        .interact_text()
+        .map_err(ToolError::failed)?;
     Ok(answer.trim().eq_ignore_ascii_case("yes"))
 }
 
@@ -225,7 +231,7 @@ fn clean_locks(
                 status.name,
                 status.detail
             );
-            println!("{line}");
+            outln!("{line}");
             if let Some(audit) = audit {
                 audit.line("", &line);
             }
@@ -264,7 +270,7 @@ impl StopObserver for Progress<'_> {
             bar.enable_steady_tick(Duration::from_millis(120));
             self.bar = Some(bar);
         } else {
-            println!("stopping {} ({total})...", stage.label());
+            outln!("stopping {} ({total})...", stage.label());
         }
     }
 
@@ -283,7 +289,7 @@ impl StopObserver for Progress<'_> {
         self.audit.line("", &line);
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => println!("{line}"),
+            None => outln!("{line}"),
         }
     }
 
@@ -297,7 +303,7 @@ impl StopObserver for Progress<'_> {
         self.audit.line("", &line);
         match self.bar.take() {
             Some(bar) => bar.finish_with_message(progress.to_string()),
-            None => println!("{line}"),
+            None => outln!("{line}"),
         }
     }
 }

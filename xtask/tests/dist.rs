@@ -77,7 +77,7 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
             "{name} has a bare LF"
         );
         assert!(text.contains("cd /d \"%~dp0\""), "{name}");
-        assert!(text.contains("exit /b !code!"), "{name}");
+        assert!(text.contains("exit /b %code%"), "{name}");
     }
     let start = std::fs::read_to_string(out.join(&name).join("START_BRAIN_GL_3.bat")).unwrap();
     assert!(

@@ -18,6 +18,8 @@
 //! `NAME.occupied` with `create_new` and removes it before releasing; finding it
 //! already there means two holders at once.
 
+// A test helper whose stdout is its report to the test: plain prints are what it needs.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
