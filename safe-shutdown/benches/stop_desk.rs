@@ -13,7 +13,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_tests::{Desk, Running, spawn_reader};
+use fleet_tests::{Desk, Running};
 
 const ACCOUNTS: [&str; 5] = [
     "ATLAS_S",
@@ -56,16 +56,7 @@ fn under_master_launch() -> Vec<Duration> {
     desk.add_args(&STUBBORN, &["--ignore-stop"]);
     (0..RUNS)
         .map(|_| {
-            let mut child = Command::new(fleet_tests::tool("master-launch", "master-launch"))
-                .arg("--config")
-                .arg(desk.config())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn master-launch");
-            let lines = spawn_reader(child.stdout.take().expect("stdout"));
-            let mut launcher = Running::new(child);
+            let (mut launcher, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
             lines
                 .wait_for("desk started", Duration::from_secs(30))
                 .expect("the desk started");

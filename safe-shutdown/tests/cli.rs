@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::prelude::*;
-use fleet_tests::{Desk, Lines, Running, spawn_reader, tool, wait_until};
+use fleet_tests::{Desk, Lines, Running, tool, wait_until};
 use lockcore::ProcessProbe;
 use predicates::prelude::*;
 
@@ -35,15 +35,7 @@ struct Launcher {
 
 /// master-launch on the desk, waited for until every component runs under its lock.
 fn launch(desk: &Desk) -> Launcher {
-    let mut child = Command::new(tool("master-launch", "master-launch"))
-        .arg("--config")
-        .arg(desk.config())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = spawn_reader(child.stdout.take().unwrap());
+    let (running, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
     assert!(
         lines
             .wait_for("desk started", Duration::from_secs(30))
@@ -51,7 +43,7 @@ fn launch(desk: &Desk) -> Launcher {
     );
     desk.wait_until_running();
     Launcher {
-        running: Running::new(child),
+        running,
         _lines: lines,
     }
 }
@@ -551,18 +543,7 @@ fn an_account_stop_while_its_brain_backs_off_keeps_it_stopped() {
         "[defaults]\nrestart_delay_ms = 4000\ngive_up_after = 10\n",
     );
     desk.add_args(&["BRAIN_BACK1"], &["--crash-after-ms", "300"]);
-    let _launcher = {
-        let mut child = Command::new(tool("master-launch", "master-launch"))
-            .arg("--config")
-            .arg(desk.config())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let _ = child.stdout.take();
-        Running::new(child)
-    };
+    let _launcher = fleet_tests::start_master_launch(&desk.config(), &[]);
     wait_until("the brain to crash and back off", || {
         desk.master_log().contains("BRAIN_BACK1: restarting in")
     });

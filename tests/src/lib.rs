@@ -162,6 +162,22 @@ impl Drop for Running {
     }
 }
 
+/// `master-launch --config CONFIG EXTRA...`, its stdout read into lines; killed (with
+/// what it started) when the guard drops.
+pub fn start_master_launch(config: &Path, extra: &[&str]) -> (Running, Lines) {
+    let mut child = Command::new(tool("master-launch", "master-launch"))
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn master-launch: {e}"));
+    let lines = spawn_reader(child.stdout.take().unwrap_or_else(|| panic!("no stdout")));
+    (Running::new(child), lines)
+}
+
 /// A throw-away desk: a temp folder with a `fleet.toml` whose components are stand-in
 /// bots, and helpers to start them the ways the real desk sees them started.
 #[derive(Debug)]

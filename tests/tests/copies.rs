@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use fleet_tests::{Running, spawn_reader, tool, wait_gone, wait_until};
+use fleet_tests::{Running, tool, wait_gone, wait_until};
 use lockcore::{DeskSnapshot, Fleet, ProcessProbe};
 
 /// A bot that runs until SIGTERM, then exits 0.
@@ -101,6 +101,15 @@ fn is_alive(pid: u32) -> bool {
     ProcessProbe::new().unwrap().identity(pid).is_some()
 }
 
+/// Whether `pid` runs, with `needle` in its command line: a process just spawned shows
+/// its parent's command line until it has exec'd.
+fn runs(pid: u32, needle: &str) -> bool {
+    ProcessProbe::new()
+        .unwrap()
+        .info(pid)
+        .is_some_and(|p| p.cmd.iter().any(|a| a.contains(needle)))
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -123,22 +132,13 @@ fn viewers_and_linters_are_never_copies_and_a_hand_started_copy_still_is() {
         ],
     );
     wait_until("the viewer and the linter to run", || {
-        is_alive(viewer.pid()) && is_alive(linter.pid())
+        runs(viewer.pid(), "BRAIN_") && runs(linter.pid(), "lint_pyview")
     });
 
     let check = desk.tool("check-procs", &[]);
     assert_eq!(check.status.code(), Some(0), "{}", text(&check));
 
-    let mut launcher = Command::new(tool("master-launch", "master-launch"))
-        .arg("--config")
-        .arg(desk.config())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = spawn_reader(launcher.stdout.take().unwrap());
-    let launcher = Running::new(launcher);
+    let (launcher, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
     assert!(
         lines
             .wait_for("desk started", Duration::from_secs(30))
@@ -190,7 +190,7 @@ fn a_legacy_record_naming_a_python_process_that_is_not_a_copy_is_left_alone() {
         "python3",
         &["-m", "lint_pylegacy", &format!("BRAIN_{}.py", desk.account)],
     );
-    wait_until("the linter to run", || is_alive(linter.pid()));
+    wait_until("the linter to run", || runs(linter.pid(), "lint_pylegacy"));
     let name = format!("BRAIN_{}", desk.account);
     let lock_dir = desk.path().join(".locks");
     std::fs::create_dir_all(&lock_dir).unwrap();
