@@ -63,6 +63,10 @@ pub fn install(config: &Path, at: At, print: bool) -> Result<ExitCode> {
             autostart::TASK_FOLDER
         ),
     }
+    if installed.file.is_some() && trigger == Trigger::Startup {
+        // A user unit starts with the user's manager: at boot only with lingering.
+        println!("{TOOL}: for it to start at boot before you log in: loginctl enable-linger $USER");
+    }
     println!(
         "{TOOL}: remove it with: master-launch --config \"{}\" uninstall",
         entry.config
