@@ -644,8 +644,10 @@ fn install_unit(name: &str, text: &str) -> Result<Installed> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {
     Removed,
-    /// There was no such entry; nothing was changed.
-    NotInstalled,
+    /// There was no such entry; nothing was changed. `detail`: what the scheduler said.
+    NotInstalled {
+        detail: Option<String>,
+    },
 }
 
 /// Removes exactly the entry of the desk whose absolute config path is `config`.
@@ -654,16 +656,22 @@ pub fn uninstall(scheduler: Scheduler, config: &Path) -> Result<Removal> {
     let name = entry_name(scheduler, &config);
     match scheduler {
         Scheduler::TaskScheduler => {
-            if !task_exists(&name)? {
-                return Ok(Removal::NotInstalled);
+            let delete = run_checked(schtasks().args(["/delete", "/tn", &name, "/f"]));
+            match delete {
+                Ok(()) => Ok(Removal::Removed),
+                // Refused, or there was nothing to delete: only a task that is still
+                // there makes it a refusal.
+                Err(refused) if task_exists(&name)? => Err(refused),
+                Err(AutostartError::Refused { message, .. }) => Ok(Removal::NotInstalled {
+                    detail: Some(message),
+                }),
+                Err(other) => Err(other),
             }
-            run_checked(schtasks().args(["/delete", "/tn", &name, "/f"]))?;
-            Ok(Removal::Removed)
         }
         Scheduler::SystemdUser => {
             let file = user_unit_dir()?.join(&name);
             if std::fs::symlink_metadata(&file).is_err() {
-                return Ok(Removal::NotInstalled);
+                return Ok(Removal::NotInstalled { detail: None });
             }
             run_checked(systemctl().args(["disable", &name]))?;
             std::fs::remove_file(&file).map_err(|source| AutostartError::Io {
@@ -740,27 +748,47 @@ pub fn status(scheduler: Scheduler, config: &Path) -> AutostartStatus {
     }
 }
 
-/// `schtasks /query /tn NAME`: exit 0 when the task exists. Any other exit means it
-/// does not (schtasks says "cannot find" in the user's language, so only the status
-/// is read).
+/// Whether Task Scheduler has the task `name`. First its file under
+/// `%SystemRoot%\System32\Tasks` (where Task Scheduler, and Wine, keep each task; a
+/// user may not be allowed to see it), else `schtasks /query /tn NAME /fo LIST`,
+/// which must succeed *and* name the task: its other words are in the user's
+/// language, and Wine's `schtasks` answers every `/query` with success and no output.
 fn task_exists(name: &str) -> Result<bool> {
+    if task_file(name).is_some_and(|file| file.is_file()) {
+        return Ok(true);
+    }
     let output = schtasks()
-        .args(["/query", "/tn", name])
+        .args(["/query", "/tn", name, "/fo", "LIST"])
+        .stdin(std::process::Stdio::null())
         .output()
         .map_err(|source| AutostartError::Spawn {
             program: "schtasks".into(),
             source,
         })?;
-    Ok(output.status.success())
+    // The hash at the end of the name is ASCII whatever the console code page.
+    let hash = name.rsplit(' ').next().unwrap_or(name);
+    let listed = String::from_utf8_lossy(&output.stdout);
+    Ok(output.status.success() && listed.contains("MASTER_LAUNCH") && listed.contains(hash))
+}
+
+/// `%SystemRoot%\System32\Tasks\<folder>\<name>`, where the task's definition is kept.
+fn task_file(name: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("SystemRoot").or_else(|| std::env::var_os("windir"))?;
+    let mut file = PathBuf::from(root).join("System32").join("Tasks");
+    file.extend(name.split('\\'));
+    Some(file)
 }
 
 /// Runs a scheduler command; a failure carries its own words.
 fn run_checked(command: &mut Command) -> Result<()> {
     let program = command.get_program().to_string_lossy().into_owned();
-    let output = command.output().map_err(|source| AutostartError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| AutostartError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
     if output.status.success() {
         return Ok(());
     }

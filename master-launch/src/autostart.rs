@@ -87,10 +87,11 @@ pub fn uninstall(config: &Path) -> Result<ExitCode> {
             scheduler.describe(),
             status.name
         ),
-        Removal::NotInstalled => println!(
-            "{TOOL}: no {} \"{}\" is installed; nothing to remove",
+        Removal::NotInstalled { detail } => println!(
+            "{TOOL}: no {} \"{}\" is installed; nothing to remove{}",
             scheduler.describe(),
-            status.name
+            status.name,
+            detail.map_or(String::new(), |d| format!(" ({d})"))
         ),
     }
     Ok(ExitCode::Ok)
