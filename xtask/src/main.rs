@@ -191,8 +191,8 @@ fn desk_readme() -> String {
      hours (Settings > Windows Update > Advanced options) to your trading hours so\n\
      it does not restart the machine under a running desk.\n\
      For the desk to start at boot before anyone logs on instead (no MetaTrader\n\
-     windows then), run from an elevated prompt:\n\
-     \x20 master-launch.exe --config \"%CD%\\fleet.toml\" install --at startup\n\n\
+     windows then), run in this folder from an elevated prompt:\n\
+     \x20 INSTALL_AT_LOGON.bat --at startup\n\n\
      Edit fleet.toml first: accounts, logins, terminals, the python path.\n\
      From PowerShell: .\\check-procs.exe --json | ConvertFrom-Json\n\
      Scheduling a .bat (Task Scheduler) or running it from PowerShell: set\n\
