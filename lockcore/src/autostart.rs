@@ -69,7 +69,7 @@ pub enum Trigger {
 /// What went wrong installing, removing or querying an entry.
 #[derive(Debug, thiserror::Error)]
 pub enum AutostartError {
-    #[error("{what} {path:?} cannot go into a {scheduler} definition: {reason}", scheduler = .scheduler.describe())]
+    #[error("{what} \"{path}\" cannot go into a {scheduler} definition: {reason}", scheduler = .scheduler.describe())]
     Unrepresentable {
         what: &'static str,
         path: String,

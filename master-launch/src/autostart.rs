@@ -6,7 +6,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use lockcore::autostart::{self, Entry, Removal, Scheduler, Trigger};
+use lockcore::autostart::{self, AutostartError, Entry, Removal, Scheduler, Trigger};
+use lockcore::exit::UsageError;
 use lockcore::{ExitCode, Fleet};
 
 use crate::{Result, TOOL};
@@ -29,7 +30,15 @@ pub fn install(config: &Path, at: At, print: bool) -> Result<ExitCode> {
         At::Startup => Trigger::Startup,
     };
     let scheduler = Scheduler::native();
-    let entry = Entry::for_fleet(scheduler, &fleet, &exe, trigger)?;
+    let entry = Entry::for_fleet(scheduler, &fleet, &exe, trigger).map_err(|error| {
+        match error {
+            // A path no definition can hold, or no user to name: fix the call, exit 2.
+            AutostartError::Unrepresentable { .. } | AutostartError::NoUser => {
+                Box::new(UsageError(error.to_string())) as Box<dyn std::error::Error>
+            }
+            other => Box::new(other),
+        }
+    })?;
     if print {
         // The definition alone on stdout (it can be saved and checked); the rest on
         // stderr. Nothing is installed.

@@ -346,6 +346,26 @@ mod systemd {
     }
 
     #[test]
+    fn a_config_path_no_unit_can_hold_is_exit_2_and_installs_nothing() {
+        let site = Site::new();
+        let systemd = UserSystemd::new(0, "");
+        let odd = site.dir.path().join("line\nbreak");
+        std::fs::create_dir(&odd).unwrap();
+        std::fs::copy(site.config(), odd.join("fleet.toml")).unwrap();
+        let mut command = Command::new(tool("master-launch", "master-launch"));
+        command
+            .arg("--config")
+            .arg(odd.join("fleet.toml"))
+            .arg("install");
+        systemd.env(&mut command);
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+        assert!(text(&output.stderr).contains("control character"));
+        assert!(systemd.calls().is_empty());
+        assert!(!systemd.xdg().exists());
+    }
+
+    #[test]
     fn a_directory_where_the_unit_file_goes_is_an_error_not_a_panic() {
         let site = Site::new();
         let systemd = UserSystemd::new(0, "");
