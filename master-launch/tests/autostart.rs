@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use fleet_tests::tool;
 use lockcore::autostart::{Scheduler, entry_name};
@@ -82,6 +82,7 @@ fn check_procs_autostart(site: &Site, env: &[(&str, &Path)]) -> serde_json::Valu
 #[cfg(unix)]
 mod systemd {
     use std::os::unix::fs::PermissionsExt;
+    use std::process::Output;
 
     use super::*;
 

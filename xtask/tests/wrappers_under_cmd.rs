@@ -172,22 +172,15 @@ fn master_launch_bat_starts_a_two_account_desk_and_safe_shutdown_bat_stops_it() 
 /// and `UNINSTALL_AT_LOGON.bat` removes exactly that task.
 #[test]
 fn install_at_logon_bat_registers_the_task_and_uninstall_at_logon_bat_removes_it() {
-    use lockcore::autostart::{Scheduler, entry_name};
+    use lockcore::autostart::{Scheduler, status};
 
     let desk = Desk::new("qs_autostart_bat", &["AUTOBAT"]);
     let folder = bundle(&desk);
     let config = folder.join("fleet.toml");
-    let name = entry_name(Scheduler::TaskScheduler, config.to_str().unwrap());
-    let query = || {
-        Command::new("schtasks")
-            .args(["/query", "/tn", &name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    };
+    // What check-procs asks: the task's file (Wine keeps one per task; its
+    // `schtasks /query` is a stub), else `schtasks /query` naming the task.
+    let query = || status(Scheduler::TaskScheduler, &config).installed;
+    let name = status(Scheduler::TaskScheduler, &config).name;
     assert!(!query(), "{name} exists before the test");
     let (code, out) = run(cmd(&folder.join("INSTALL_AT_LOGON.bat"), "").env("DESK_NO_PAUSE", "1"));
     assert_eq!(code, 0, "{out}");
