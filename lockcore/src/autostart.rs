@@ -103,6 +103,17 @@ pub enum AutostartError {
     },
 }
 
+impl AutostartError {
+    /// A mistake in how the tool was called (a path no definition can hold, no user
+    /// to name): exit 2. Everything else means the scheduler or the system refused.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            AutostartError::Unrepresentable { .. } | AutostartError::NoUser
+        )
+    }
+}
+
 type Result<T> = std::result::Result<T, AutostartError>;
 
 /// One desk's autostart entry: everything its definition says.

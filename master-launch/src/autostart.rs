@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use lockcore::autostart::{self, AutostartError, Entry, Removal, Scheduler, Trigger};
+use lockcore::autostart::{self, Entry, Removal, Scheduler, Trigger};
 use lockcore::exit::UsageError;
 use lockcore::{ExitCode, Fleet};
 
@@ -31,12 +31,11 @@ pub fn install(config: &Path, at: At, print: bool) -> Result<ExitCode> {
     };
     let scheduler = Scheduler::native();
     let entry = Entry::for_fleet(scheduler, &fleet, &exe, trigger).map_err(|error| {
-        match error {
-            // A path no definition can hold, or no user to name: fix the call, exit 2.
-            AutostartError::Unrepresentable { .. } | AutostartError::NoUser => {
-                Box::new(UsageError(error.to_string())) as Box<dyn std::error::Error>
-            }
-            other => Box::new(other),
+        // A path no definition can hold, or no user to name: fix the call, exit 2.
+        if error.is_usage() {
+            Box::new(UsageError(error.to_string())) as Box<dyn std::error::Error>
+        } else {
+            Box::new(error)
         }
     })?;
     if print {
