@@ -343,8 +343,8 @@ pub fn desk_stop_timeout(fleet: &Fleet) -> Duration {
 ///   window of its own would otherwise open a console window that anyone can close
 ///   (killing the desk out of order) or click into (QuickEdit then blocks its
 ///   output). A process with *no* console (DETACHED_PROCESS, or a GUI-subsystem
-///   build) would lose the graceful stop: CTRL_BREAK reaches a bot only through a
-///   console it shares with master-launch.
+///   build) would lose the graceful stop: CTRL_BREAK to a bot's process group can
+///   only be sent by a process attached to a console.
 /// - The logon trigger (default) runs in the user's interactive session
 ///   (`InteractiveToken`): MetaTrader needs a desktop. `--at startup` uses a boot
 ///   trigger and `S4U` (runs whether or not the user is logged on, no password
