@@ -1,7 +1,8 @@
 //! `check-procs`: what runs on the desk and what is wrong with it.
 //!
 //! Reads `fleet.toml`, scans the lock dir and the process table once, and prints a
-//! table (or `--json`). It never changes anything. Exit codes: 0 healthy, 1 problems,
+//! table (or `--json`), and whether the desk is installed to start by itself at logon
+//! (`master-launch install`). It never changes anything. Exit codes: 0 healthy, 1 problems,
 //! 2 bad arguments or config (see `lockcore::ExitCode`).
 
 mod render;
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use lockcore::autostart::{self, AutostartStatus, Scheduler};
 use lockcore::exit::ToolError;
 use lockcore::output::{finish, use_color};
 use lockcore::{DeskSnapshot, ExitCode, Fleet, ProcessProbe};
@@ -46,8 +48,10 @@ fn main() -> std::process::ExitCode {
 fn run(args: &Args) -> Result<ExitCode, ToolError> {
     let fleet = Fleet::load(&args.config)?;
     let mut probe = ProcessProbe::new()?;
+    // Asked once, also under --watch: on Windows it runs `schtasks /query`.
+    let autostart = autostart::status(Scheduler::native(), &fleet.path);
     let Some(every) = args.watch else {
-        return print_once(&fleet, &mut probe, args.json, false);
+        return print_once(&fleet, &mut probe, &autostart, args.json, false);
     };
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
@@ -56,7 +60,7 @@ fn run(args: &Args) -> Result<ExitCode, ToolError> {
     let redraw = !args.json && use_color(&std::io::stdout());
     let mut code = ExitCode::Ok;
     while !stop.load(Ordering::SeqCst) {
-        code = print_once(&fleet, &mut probe, args.json, redraw)?;
+        code = print_once(&fleet, &mut probe, &autostart, args.json, redraw)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(every.max(1));
         while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -68,16 +72,17 @@ fn run(args: &Args) -> Result<ExitCode, ToolError> {
 fn print_once(
     fleet: &Fleet,
     probe: &mut ProcessProbe,
+    autostart: &AutostartStatus,
     json: bool,
     clear_screen: bool,
 ) -> Result<ExitCode, ToolError> {
     let snapshot = DeskSnapshot::take(fleet, probe)?;
     let text = if json {
-        let mut text = serde_json::to_string_pretty(&render::report(&snapshot, fleet))?;
+        let mut text = serde_json::to_string_pretty(&render::report(&snapshot, fleet, autostart))?;
         text.push('\n');
         text
     } else {
-        render::table(&snapshot, use_color(&std::io::stdout()))
+        render::table(&snapshot, autostart, use_color(&std::io::stdout()))
     };
     let mut stdout = std::io::stdout().lock();
     if clear_screen {

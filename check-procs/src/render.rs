@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use lockcore::autostart::AutostartStatus;
 use lockcore::output::human_duration;
 use lockcore::process::ProcessInfo;
 use lockcore::{ComponentState, ComponentView, DeskSnapshot, Fleet, LockStatus, ProblemKind};
@@ -24,7 +25,7 @@ struct Row {
     style: Style,
 }
 
-pub fn table(snapshot: &DeskSnapshot, color: bool) -> String {
+pub fn table(snapshot: &DeskSnapshot, autostart: &AutostartStatus, color: bool) -> String {
     let mut rows = Vec::new();
     if let Some(master) = &snapshot.master {
         rows.push(lock_row(master, snapshot, "(orchestrator)"));
@@ -62,6 +63,7 @@ pub fn table(snapshot: &DeskSnapshot, color: bool) -> String {
         );
     }
     out.push('\n');
+    let _ = writeln!(out, "{}\n", autostart_line(autostart));
     if snapshot.problems.is_empty() {
         let _ = writeln!(
             out,
@@ -79,6 +81,20 @@ pub fn table(snapshot: &DeskSnapshot, color: bool) -> String {
         let _ = writeln!(out, "{}", paint(&line, problem_style(problem.kind), color));
     }
     out
+}
+
+/// The one line under the table: does this desk start by itself at logon/boot?
+fn autostart_line(status: &AutostartStatus) -> String {
+    if status.installed {
+        format!(
+            "Starts by itself: yes, {} \"{}\" ({})",
+            status.scheduler.describe(),
+            status.name,
+            status.how
+        )
+    } else {
+        format!("Starts by itself: no ({})", status.how)
+    }
 }
 
 fn column_widths(headers: &[&str; 6], rows: &[Row]) -> [usize; 6] {
@@ -222,6 +238,7 @@ pub struct Report<'a> {
     pub locks: Vec<&'a LockStatus>,
     pub processes: Vec<ProcessJson<'a>>,
     pub problems: &'a [lockcore::Problem],
+    pub autostart: &'a AutostartStatus,
 }
 
 #[derive(Serialize)]
@@ -251,7 +268,11 @@ pub struct ProcessJson<'a> {
     pub command: &'a [String],
 }
 
-pub fn report<'a>(snapshot: &'a DeskSnapshot, fleet: &Fleet) -> Report<'a> {
+pub fn report<'a>(
+    snapshot: &'a DeskSnapshot,
+    fleet: &Fleet,
+    autostart: &'a AutostartStatus,
+) -> Report<'a> {
     let components = snapshot
         .components
         .iter()
@@ -305,6 +326,7 @@ pub fn report<'a>(snapshot: &'a DeskSnapshot, fleet: &Fleet) -> Report<'a> {
         locks,
         processes,
         problems: &snapshot.problems,
+        autostart,
     }
 }
 
@@ -315,6 +337,7 @@ mod tests {
 
     use std::path::{Path, PathBuf};
 
+    use lockcore::autostart::{AutostartStatus, Scheduler};
     use lockcore::process::{ProcessInfo, ProcessTable};
     use lockcore::{DeskSnapshot, Fleet, LockRecord, LockState, LockStatus};
 
@@ -445,16 +468,45 @@ watchdog = ["{python}", "STOPLOSS_WATCHDOG_V2.py", "--account", "FTMO"]
         (fleet, snapshot)
     }
 
+    /// The desk installed as a Task Scheduler task (what a Windows desk shows).
+    fn installed() -> AutostartStatus {
+        AutostartStatus {
+            installed: true,
+            name: r"DeskTools\MASTER_LAUNCH C-desk 5c0ffee5".into(),
+            scheduler: Scheduler::TaskScheduler,
+            how: "registered; see it in Task Scheduler under DeskTools".into(),
+        }
+    }
+
     #[test]
     fn table_layout() {
         let (_, snapshot) = snapshot();
-        insta::assert_snapshot!(super::table(&snapshot, false));
+        insta::assert_snapshot!(super::table(&snapshot, &installed(), false));
+    }
+
+    #[test]
+    fn a_desk_not_installed_says_how_to_install_it() {
+        let (_, snapshot) = snapshot();
+        let status = AutostartStatus {
+            installed: false,
+            name: "desk-tools-srv-desk-5c0ffee5.service".into(),
+            scheduler: Scheduler::SystemdUser,
+            how: "no unit file /x.service; `master-launch install` adds it".into(),
+        };
+        let table = super::table(&snapshot, &status, false);
+        assert!(
+            table.contains(
+                "\nStarts by itself: no (no unit file /x.service; `master-launch install` adds it)\n\n"
+            ),
+            "{table}"
+        );
     }
 
     #[test]
     fn json_document() {
         let (fleet, snapshot) = snapshot();
-        let mut report = super::report(&snapshot, &fleet);
+        let autostart = installed();
+        let mut report = super::report(&snapshot, &fleet, &autostart);
         // The same snapshot on Windows, where paths join with `\`.
         report.lock_dir = report.lock_dir.replace('\\', "/");
         insta::assert_json_snapshot!(report);
@@ -463,7 +515,7 @@ watchdog = ["{python}", "STOPLOSS_WATCHDOG_V2.py", "--account", "FTMO"]
     #[test]
     fn colour_is_only_added_when_asked() {
         let (_, snapshot) = snapshot();
-        assert!(!super::table(&snapshot, false).contains('\x1b'));
-        assert!(super::table(&snapshot, true).contains('\x1b'));
+        assert!(!super::table(&snapshot, &installed(), false).contains('\x1b'));
+        assert!(super::table(&snapshot, &installed(), true).contains('\x1b'));
     }
 }

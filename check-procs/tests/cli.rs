@@ -301,8 +301,15 @@ fn the_json_document_has_its_documented_fields() {
         "locks",
         "processes",
         "problems",
+        "autostart",
     ] {
         assert!(json.get(key).is_some(), "missing {key}");
+    }
+    for key in ["installed", "name", "scheduler", "how"] {
+        assert!(
+            json["autostart"].get(key).is_some(),
+            "missing autostart.{key}"
+        );
     }
     let row = component(&json, "WATCHDOG_JSONACC");
     for key in [

@@ -122,3 +122,15 @@ failed_from!(
     std::io::Error,
     serde_json::Error,
 );
+
+impl From<crate::autostart::AutostartError> for ToolError {
+    /// A path no definition can hold, or no user to name: the call needs fixing (2);
+    /// anything else: the scheduler or the system refused (1).
+    fn from(error: crate::autostart::AutostartError) -> ToolError {
+        if error.is_usage() {
+            ToolError::Usage(UsageError(error.to_string()))
+        } else {
+            ToolError::failed(error)
+        }
+    }
+}

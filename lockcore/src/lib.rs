@@ -3,6 +3,7 @@
 //! It owns the one invariant of the product, *at most one live instance of each lock
 //! name*, and everything the tools share around it:
 //!
+//! - [`autostart`]: starting the desk at logon or boot (Task Scheduler, systemd user unit).
 //! - [`lock`]: kernel-held lock files: acquire, release, inspect, scan, remove-if-stale.
 //! - [`logs`]: time-stamped, size-rotated log files.
 //! - [`record`]: the JSON record inside a lock file, compatible with the older tool's.
@@ -20,6 +21,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for how the pieces fit.
 
+pub mod autostart;
 pub mod config;
 pub mod copies;
 pub mod desk;

@@ -7,7 +7,10 @@
 //! lock, then start a [`supervisor::Supervisor`] → wait for Ctrl+C / SIGTERM → stop
 //! brains, then watchdogs, then globals. `master-launch run NAME` starts one component
 //! by hand, under its lock, without supervision (what per-bot `.bat` wrappers call).
+//! `master-launch install|uninstall` sets the desk up to start by itself at logon
+//! (see `autostart`).
 
+mod autostart;
 mod child;
 mod signals;
 mod supervisor;
@@ -75,6 +78,18 @@ enum Sub {
         /// Its lock name, e.g. BRAIN_ATLAS or quantum_server.
         name: String,
     },
+    /// Start this desk by itself at logon (or startup): a Task Scheduler task on
+    /// Windows, a systemd user unit on Linux. Installing again replaces it.
+    Install {
+        /// When the desk starts.
+        #[arg(long, value_enum, default_value = "logon")]
+        at: autostart::At,
+        /// Print the task definition (or unit file) and install nothing.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Remove this desk's task (or unit); a running desk keeps running.
+    Uninstall,
 }
 
 fn main() -> std::process::ExitCode {
@@ -84,6 +99,8 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let result = match &args.command {
         Some(Sub::Run { name }) => run_one(&args.config, name),
+        Some(Sub::Install { at, print }) => autostart::install(&args.config, *at, *print),
+        Some(Sub::Uninstall) => autostart::uninstall(&args.config),
         None => orchestrate(&args),
     };
     finish(TOOL, result)

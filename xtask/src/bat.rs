@@ -38,7 +38,8 @@ pub fn wrapper(title: &str, tool: &str, args: &[&str]) -> String {
     text
 }
 
-/// Every wrapper of the bundle: the four tools, and `START_<NAME>.bat` per component.
+/// Every wrapper of the bundle: the four tools, installing and removing the logon
+/// task, and `START_<NAME>.bat` per component.
 pub fn all_wrappers(fleet: &Fleet) -> Vec<(String, String)> {
     let mut wrappers = vec![
         (
@@ -57,6 +58,23 @@ pub fn all_wrappers(fleet: &Fleet) -> Vec<(String, String)> {
         (
             "LOCK_GC.bat".to_string(),
             wrapper("Remove stale lock files.", "lock-gc", &[]),
+        ),
+        // A Task Scheduler task named after this folder's fleet.toml; see README.txt.
+        (
+            "INSTALL_AT_LOGON.bat".to_string(),
+            wrapper(
+                "Start this desk by itself when you log on (a Task Scheduler task).",
+                "master-launch",
+                &["install"],
+            ),
+        ),
+        (
+            "UNINSTALL_AT_LOGON.bat".to_string(),
+            wrapper(
+                "Stop starting this desk at logon (removes its Task Scheduler task).",
+                "master-launch",
+                &["uninstall"],
+            ),
         ),
     ];
     for component in fleet.components() {

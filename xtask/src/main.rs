@@ -171,7 +171,30 @@ fn desk_readme() -> String {
      \x20 SAFE_SHUTDOWN.bat   stop the desk in a safe order (asks you to type YES)\n\
      \x20 CHECK_PROCS.bat     see what runs and what is wrong\n\
      \x20 LOCK_GC.bat         remove stale lock files (never a held one)\n\
-     \x20 START_<NAME>.bat    start one bot by hand, under its lock\n\n\
+     \x20 START_<NAME>.bat    start one bot by hand, under its lock\n\
+     \x20 INSTALL_AT_LOGON.bat    start the desk by itself, without a window, whenever\n\
+     \x20                         you log on (after a Windows Update restart too)\n\
+     \x20 UNINSTALL_AT_LOGON.bat  stop doing that (a running desk keeps running)\n\n\
+     Starting at logon\n\
+     -----------------\n\
+     INSTALL_AT_LOGON.bat adds a Task Scheduler task named\n\
+     \"DeskTools\\MASTER_LAUNCH <this folder> <code>\" that runs master-launch.exe with\n\
+     this folder's fleet.toml when you log on: in your session (MetaTrader needs your\n\
+     desktop), with no window to close by mistake, never twice at once, no time\n\
+     limit, and retried every minute if Windows cannot start it. Running it again\n\
+     replaces the task; each desk folder gets its own task. To check it: open Task\n\
+     Scheduler (Win+R, taskschd.msc), Task Scheduler Library > DeskTools: the task,\n\
+     its trigger (At log on of you), its last run result and its History tab.\n\
+     CHECK_PROCS.bat also says \"Starts by itself: yes\" under its table.\n\
+     Stop the desk with SAFE_SHUTDOWN.bat, never with End in Task Scheduler: End\n\
+     would kill every bot at once, out of order (the task does not allow it).\n\
+     Before you log off or restart, run SAFE_SHUTDOWN.bat: at logoff Windows ends\n\
+     the session's programs without an orderly stop. Set Windows Update's active\n\
+     hours (Settings > Windows Update > Advanced options) to your trading hours so\n\
+     it does not restart the machine under a running desk.\n\
+     For the desk to start at boot before anyone logs on instead (no MetaTrader\n\
+     windows then), run in this folder from an elevated prompt:\n\
+     \x20 INSTALL_AT_LOGON.bat --at startup\n\n\
      Edit fleet.toml first: accounts, logins, terminals, the python path.\n\
      From PowerShell: .\\check-procs.exe --json | ConvertFrom-Json\n\
      Scheduling a .bat (Task Scheduler) or running it from PowerShell: set\n\

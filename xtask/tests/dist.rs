@@ -44,6 +44,7 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
     names.sort();
     let mut expected: Vec<String> = [
         "CHECK_PROCS.bat",
+        "INSTALL_AT_LOGON.bat",
         "LOCK_GC.bat",
         "MASTER_LAUNCH.bat",
         "README.txt",
@@ -54,6 +55,7 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
         "master-launch.exe",
         "safe-shutdown.exe",
         "START_quantum_server.bat",
+        "UNINSTALL_AT_LOGON.bat",
     ]
     .iter()
     .map(|f| format!("{name}/{f}"))
@@ -83,6 +85,15 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
     assert!(
         start.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" run BRAIN_GL_3 %*")
     );
+    let install = std::fs::read_to_string(out.join(&name).join("INSTALL_AT_LOGON.bat")).unwrap();
+    assert!(install.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" install %*"));
+    let uninstall =
+        std::fs::read_to_string(out.join(&name).join("UNINSTALL_AT_LOGON.bat")).unwrap();
+    assert!(
+        uninstall.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" uninstall %*")
+    );
+    let readme = std::fs::read_to_string(out.join(&name).join("README.txt")).unwrap();
+    assert!(readme.contains("INSTALL_AT_LOGON.bat") && readme.contains("taskschd.msc"));
     let shutdown = std::fs::read_to_string(out.join(&name).join("SAFE_SHUTDOWN.bat")).unwrap();
     assert!(
         !shutdown.to_lowercase().contains("set /p"),

@@ -1,7 +1,8 @@
 //! The generated `.bat` wrappers run by `cmd.exe`, the way Explorer runs them, from a
 //! folder whose path has spaces and parentheses: exit codes come back, the pause shows
 //! only when not switched off, and a two-account desk started by `MASTER_LAUNCH.bat`
-//! is stopped by `SAFE_SHUTDOWN.bat --yes`. Windows only: the Windows lane runs it
+//! is stopped by `SAFE_SHUTDOWN.bat --yes`; `INSTALL_AT_LOGON.bat` and
+//! `UNINSTALL_AT_LOGON.bat` add and remove the Task Scheduler task. Windows only: the Windows lane runs it
 //! under Wine's `cmd.exe`.
 #![cfg(windows)]
 // Test helpers may unwrap: a panic is the failure report.
@@ -182,4 +183,29 @@ fn master_launch_bat_starts_a_two_account_desk_and_safe_shutdown_bat_stops_it() 
         status.is_some()
     });
     assert_eq!(status.unwrap().code(), Some(0));
+}
+
+/// `INSTALL_AT_LOGON.bat` registers the desk's Task Scheduler task (Wine's `schtasks`
+/// keeps it; Wine never runs a task at logon, so only the registration is checked)
+/// and `UNINSTALL_AT_LOGON.bat` removes exactly that task.
+#[test]
+fn install_at_logon_bat_registers_the_task_and_uninstall_at_logon_bat_removes_it() {
+    use lockcore::autostart::{Scheduler, status};
+
+    let desk = Desk::new("qs_autostart_bat", &["AUTOBAT"]);
+    let folder = bundle(&desk);
+    let config = folder.join("fleet.toml");
+    // What check-procs asks: the task's file (Wine keeps one per task; its
+    // `schtasks /query` is a stub), else `schtasks /query` naming the task.
+    let query = || status(Scheduler::TaskScheduler, &config).installed;
+    let name = status(Scheduler::TaskScheduler, &config).name;
+    assert!(!query(), "{name} exists before the test");
+    let (code, out) = run(cmd(&folder.join("INSTALL_AT_LOGON.bat"), "").env("DESK_NO_PAUSE", "1"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&name), "{out}");
+    assert!(query(), "INSTALL_AT_LOGON.bat did not register {name}");
+    let (code, out) =
+        run(cmd(&folder.join("UNINSTALL_AT_LOGON.bat"), "").env("DESK_NO_PAUSE", "1"));
+    assert_eq!(code, 0, "{out}");
+    assert!(!query(), "UNINSTALL_AT_LOGON.bat left {name}");
 }
