@@ -98,6 +98,7 @@ class ProcessLock:
         """
         if self.acquired:
             return True
+        self._holder = None
         fleet_name = os.environ.get("FLEET_LOCK_NAME")
         if fleet_name:
             if fleet_name != self.name:
@@ -135,10 +136,15 @@ class ProcessLock:
     def get_lock_info(self) -> Optional[dict]:
         """The record in the lock file, or None if there is none or it is unreadable."""
         try:
-            with open(self.lock_file, "rb") as f:
-                record = json.loads(f.read().decode("utf-8"))
+            fd = _open_for_reading(self.lock_file)
+        except (OSError, RuntimeError):
+            return None
+        try:
+            record = json.loads(_read_fd(fd).decode("utf-8"))
         except (OSError, ValueError):
             return None
+        finally:
+            _os_close(fd)
         return record if isinstance(record, dict) else None
 
     def __enter__(self):
@@ -422,6 +428,11 @@ if not _WINDOWS:
         _check_regular(fd, path)
         return fd
 
+    def _open_for_reading(path):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        _check_regular(fd, path)
+        return fd
+
     def _try_lock(fd, exclusive) -> bool:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
@@ -438,8 +449,8 @@ if not _WINDOWS:
     def _is_held(path) -> bool:
         """Whether some process holds the exclusive lock on `path`."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+            fd = _open_for_reading(path)
+        except (OSError, RuntimeError):
             return False
         try:
             if _try_lock(fd, exclusive=False):
@@ -553,6 +564,9 @@ else:
     def _open_lock_file(path):
         return _create(path, _GENERIC_READ | _GENERIC_WRITE, _OPEN_ALWAYS)
 
+    def _open_for_reading(path):
+        return _create(path, _GENERIC_READ, _OPEN_EXISTING)
+
     def _position():
         overlapped = _OVERLAPPED()
         overlapped.OffsetHigh = _LOCK_OFFSET_HIGH
@@ -583,8 +597,8 @@ else:
 
     def _is_held(path) -> bool:
         try:
-            fd = _create(path, _GENERIC_READ, _OPEN_EXISTING)
-        except OSError:
+            fd = _open_for_reading(path)
+        except (OSError, RuntimeError):
             return False
         try:
             if _try_lock(fd, exclusive=False):

@@ -551,10 +551,9 @@ mod unix {
 
     /// A record the former module left (a live python pid, an older timestamp, no
     /// holder fields) holds the lock, as the Rust tools read it (DESIGN.md rule 5): the
-    /// bot refuses and the file is left as it was. The same record naming a process
-    /// that started after the timestamp is a reused pid: the bot takes the lock.
+    /// bot refuses and the file is left as it was; master-launch refuses too.
     #[test]
-    fn a_former_modules_record_is_legacy_held_unless_its_pid_was_reused() {
+    fn a_former_modules_record_naming_a_live_older_process_is_held() {
         if python3().is_none() {
             return;
         }
@@ -609,7 +608,8 @@ mod unix {
         assert!(String::from_utf8_lossy(&output.stderr).contains(&name));
     }
 
-    /// The reused-pid half of the test above, with the bot kept running to look at.
+    /// The same record naming a process that started after its timestamp is a reused
+    /// pid: stale for the tools, and the bot takes the lock over.
     #[test]
     fn a_former_modules_record_naming_a_reused_pid_is_taken_over() {
         if python3().is_none() {
@@ -750,6 +750,32 @@ mod unix {
         assert!(out.starts_with("LOCK FAILURE: "), "{out}");
     }
 
+    /// DESIGN.md rule 7 on Linux: anyone can unlink a held lock's file, so the bot
+    /// checks every few seconds and says so loudly on stderr.
+    #[test]
+    fn a_hand_started_bot_reports_its_lock_file_deleted() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("DEL");
+        let name = brain(&desk);
+        let mut child = bot_command(&desk, &name).spawn().unwrap();
+        let errors = spawn_reader(child.stderr.take().unwrap());
+        let bot = Bot {
+            lines: spawn_reader(child.stdout.take().unwrap()),
+            running: Running::new(child),
+        };
+        bot.wait_running();
+        std::fs::remove_file(desk.lock_path(&name)).unwrap();
+        let warning = errors
+            .wait_for("WARNING: lock file", Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no warning"));
+        assert!(
+            warning.contains(&format!("was deleted or replaced while {name} held it")),
+            "{warning}"
+        );
+    }
+
     /// A bot started by hand and a Rust tool (lockcore, as `lock-taker`) race for the
     /// same lock: exactly one wins each round, so they take the same OS lock.
     #[test]
@@ -847,5 +873,13 @@ mod unix {
         let (code, out, err) = finish(bot_command(&desk, &name).spawn().unwrap());
         assert_eq!(code, 1, "{out}{err}");
         assert!(out.contains("is not a regular file"), "{out}{err}");
+        // Named as the launcher's lock file, it is not read (which would block) either.
+        let mut command = bot_command(&desk, &name);
+        command
+            .env("FLEET_LOCK_NAME", &name)
+            .env("FLEET_LOCK_FILE", desk.lock_path(&name));
+        let (code, out, err) = finish(command.spawn().unwrap());
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains("is missing or unreadable"), "{out}{err}");
     }
 }
