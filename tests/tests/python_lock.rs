@@ -351,7 +351,7 @@ mod unix {
         );
         wait_gone(&first);
         let order: Vec<String> = exits.times().into_iter().map(|(name, _)| name).collect();
-        assert_eq!(order, [&*names[2], names[1], names[0]], "stop order");
+        assert_eq!(order, [names[2], names[1], names[0]], "stop order");
         let deadline = Instant::now() + Duration::from_secs(30);
         while launcher.child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "master-launch did not exit");
