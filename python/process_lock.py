@@ -151,8 +151,9 @@ class ProcessLock:
         if not self.acquire():
             info = self._holder or self.get_lock_info() or {}
             raise RuntimeError(
-                f"Process lock '{self.name}' is held by PID {info.get('pid')}. "
-                f"Started at {info.get('timestamp')}. Cannot start duplicate process."
+                f"Process lock '{self.name}' is held by PID {info.get('pid', 'unknown')}. "
+                f"Started at {info.get('timestamp', 'an unknown time')}. "
+                f"Cannot start duplicate process."
             )
         return self
 
@@ -229,7 +230,10 @@ class ProcessLock:
                     if legacy is not None:
                         self._holder = legacy
                         return False
-                    self._write_record(fd)
+                    try:
+                        self._write_record(fd)
+                    except OSError as e:
+                        raise LockError(f"cannot write the record to {path}: {e}") from e
                     self._fd, self._key, keep = fd, key, True
                     self.acquired = True
                     self._watch()
@@ -385,20 +389,6 @@ def _os_close(fd):
         pass
 
 
-def _file_key(fd):
-    st = os.fstat(fd)
-    return (st.st_dev, st.st_ino)
-
-
-def _names_file(path, key) -> bool:
-    """Whether `path` still names the file we locked (DESIGN.md rule 2)."""
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == key
-
-
 def _check_regular(fd, path):
     st = os.fstat(fd)
     reparse = getattr(st, "st_file_attributes", 0) & 0x400  # FILE_ATTRIBUTE_REPARSE_POINT
@@ -427,6 +417,19 @@ if not _WINDOWS:
             raise
         _check_regular(fd, path)
         return fd
+
+    def _file_key(fd):
+        """Device and inode."""
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino)
+
+    def _names_file(path, key) -> bool:
+        """Whether `path` still names the file we locked (DESIGN.md rule 2)."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == key
 
     def _open_for_reading(path):
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -540,10 +543,29 @@ else:
     _k32.GetProcessTimes.argtypes = [wintypes.HANDLE] + [ctypes.POINTER(wintypes.FILETIME)] * 4
     _k32.CloseHandle.argtypes = [wintypes.HANDLE]
 
+    class _FILE_INFORMATION(ctypes.Structure):  # BY_HANDLE_FILE_INFORMATION
+        _fields_ = [
+            ("dwFileAttributes", wintypes.DWORD),
+            ("ftCreationTime", wintypes.FILETIME),
+            ("ftLastAccessTime", wintypes.FILETIME),
+            ("ftLastWriteTime", wintypes.FILETIME),
+            ("dwVolumeSerialNumber", wintypes.DWORD),
+            ("nFileSizeHigh", wintypes.DWORD),
+            ("nFileSizeLow", wintypes.DWORD),
+            ("nNumberOfLinks", wintypes.DWORD),
+            ("nFileIndexHigh", wintypes.DWORD),
+            ("nFileIndexLow", wintypes.DWORD),
+        ]
+
+    _k32.GetFileInformationByHandle.argtypes = [
+        wintypes.HANDLE, ctypes.POINTER(_FILE_INFORMATION),
+    ]
+
     _GENERIC_READ, _GENERIC_WRITE = 0x80000000, 0x40000000
     _OPEN_EXISTING, _OPEN_ALWAYS = 3, 4
     _FILE_ATTRIBUTE_NORMAL = 0x80
     _FILE_FLAG_OPEN_REPARSE_POINT = 0x00200000  # a symlink is opened, not followed
+    _FILE_FLAG_BACKUP_SEMANTICS = 0x02000000  # lets a handle open a folder, to see what it is
     _LOCKFILE_FAIL_IMMEDIATELY, _LOCKFILE_EXCLUSIVE_LOCK = 0x1, 0x2
     _ERROR_SHARING_VIOLATION, _ERROR_LOCK_VIOLATION, _ERROR_IO_PENDING = 32, 33, 997
     _INVALID_HANDLE = wintypes.HANDLE(-1).value
@@ -560,6 +582,32 @@ else:
         fd = msvcrt.open_osfhandle(handle, os.O_RDWR if access & _GENERIC_WRITE else os.O_RDONLY)
         _check_regular(fd, path)
         return fd
+
+    def _handle_key(handle):
+        info = _FILE_INFORMATION()
+        if not _k32.GetFileInformationByHandle(handle, ctypes.byref(info)):
+            raise ctypes.WinError(ctypes.get_last_error())
+        return (info.dwVolumeSerialNumber, (info.nFileIndexHigh << 32) | info.nFileIndexLow)
+
+    def _file_key(fd):
+        """Volume serial number and file index, as lockcore's os::file_key."""
+        return _handle_key(msvcrt.get_osfhandle(fd))
+
+    def _names_file(path, key) -> bool:
+        """Whether `path` still names the file we locked (DESIGN.md rule 2): a second
+        handle on the path, for its attributes only, compared by file index."""
+        handle = _k32.CreateFileW(
+            str(path), 0, _SHARE_MODE, None, _OPEN_EXISTING,
+            _FILE_FLAG_OPEN_REPARSE_POINT | _FILE_FLAG_BACKUP_SEMANTICS, None,
+        )
+        if handle is None or handle == _INVALID_HANDLE:
+            return False
+        try:
+            return _handle_key(handle) == key
+        except OSError:
+            return False
+        finally:
+            _k32.CloseHandle(handle)
 
     def _open_lock_file(path):
         return _create(path, _GENERIC_READ | _GENERIC_WRITE, _OPEN_ALWAYS)
