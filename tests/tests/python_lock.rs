@@ -122,7 +122,7 @@ fn windows_branch_locks_the_same_byte_range_as_lockcore() {
 
 #[cfg(unix)]
 mod unix {
-    use std::io::Read;
+    use std::io::{Read, Write};
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
@@ -785,6 +785,66 @@ mod unix {
             warning.contains(&format!("was deleted or replaced while {name} held it")),
             "{warning}"
         );
+    }
+
+    /// The older module's API without `with`: `acquire()` is True once and False for a
+    /// second lock object (even in the same process), `get_lock_info()` shows the
+    /// record, `release()` frees it; a numeric account is recorded as text, which the
+    /// tools can read.
+    #[test]
+    fn acquire_release_and_get_lock_info_keep_the_older_api() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("API");
+        let name = brain(&desk);
+        let script = format!(
+            "import os, sys, time\n\
+             from process_lock import LOCK_DIR, ProcessLock\n\
+             first = ProcessLock({name:?}, account=212000584)\n\
+             second = ProcessLock({name:?})\n\
+             print('first', first.acquire(), first.acquire(), flush=True)\n\
+             print('second', second.acquire(), flush=True)\n\
+             info = second.get_lock_info()\n\
+             print('info', info['pid'] == os.getpid(), info['account'], flush=True)\n\
+             print('dir', LOCK_DIR == second.lock_file.parent, flush=True)\n\
+             sys.stdin.readline()\n\
+             first.release()\n\
+             print('after', second.get_lock_info(), second.acquire(), flush=True)\n\
+             second.release()\n"
+        );
+        let mut command = Command::new("python3");
+        command
+            .arg("-c")
+            .arg(script)
+            .current_dir(desk.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let lines = spawn_reader(child.stdout.take().unwrap());
+        let child = Running::new(child);
+        let want = |needle: &str| {
+            lines
+                .wait_for(needle, Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("no `{needle}`"))
+        };
+        assert_eq!(want("first"), "first True True");
+        assert_eq!(want("second"), "second False");
+        assert_eq!(want("info"), "info True 212000584");
+        assert_eq!(want("dir"), "dir True");
+        let snap = desk.snapshot();
+        let lock = snap.component(&name).unwrap().lock.clone().unwrap();
+        assert_eq!(lock.state, LockState::Running);
+        let record = lock.record.unwrap();
+        assert_eq!(record.account.as_deref(), Some("212000584"));
+        assert_eq!(record.pid, child.pid());
+        stdin.write_all(b"\n").unwrap();
+        assert_eq!(want("after"), "after None True");
+        let mut child = child;
+        assert_eq!(child.child.wait().unwrap().code(), Some(0));
+        assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
     }
 
     /// A bot started by hand and a Rust tool (lockcore, as `lock-taker`) race for the
