@@ -286,6 +286,32 @@ mod unix {
         command
     }
 
+    /// master-launch on a desk where it must refuse: its exit code and stderr. Should it
+    /// start the desk instead, it is stopped and the test fails, rather than hang.
+    fn refused_start(desk: &Desk) -> (Option<i32>, String) {
+        let errors = desk.dir.path().join("master-launch.stderr");
+        let mut child = master_launch(desk)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&errors).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _running = Running::new(child); // killed with what it started
+                let log = std::fs::read_to_string(desk.dir.path().join("logs/master-launch.log"))
+                    .unwrap_or_default();
+                panic!("master-launch did not refuse; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status.code(), std::fs::read_to_string(&errors).unwrap())
+    }
+
     fn kill(pid: u32, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &pid.to_string()])
@@ -519,9 +545,8 @@ mod unix {
         assert!(view.copies.len() == 1 && view.copies[0].locked, "{view:?}");
         assert!(snap.problems.is_empty(), "{:?}", snap.problems);
 
-        let output = master_launch(&desk).output().unwrap();
-        assert_eq!(output.status.code(), Some(3));
-        let text = String::from_utf8_lossy(&output.stderr);
+        let (code, text) = refused_start(&desk);
+        assert_eq!(code, Some(3), "{text}");
         assert!(
             text.contains(&name) && text.contains(&bot.running.pid().to_string()),
             "{text}"
@@ -614,9 +639,9 @@ mod unix {
         );
         assert_eq!(lock_state(&desk, &name), Some(LockState::Legacy));
         // master-launch refuses on it too, naming it legacy.
-        let output = master_launch(&desk).output().unwrap();
-        assert_eq!(output.status.code(), Some(3));
-        assert!(String::from_utf8_lossy(&output.stderr).contains(&name));
+        let (code, text) = refused_start(&desk);
+        assert_eq!(code, Some(3), "{text}");
+        assert!(text.contains(&name), "{text}");
     }
 
     /// The same record naming a process that started after its timestamp is a reused
