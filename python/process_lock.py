@@ -141,7 +141,7 @@ class ProcessLock:
             return None
         try:
             record = json.loads(_read_fd(fd).decode("utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         finally:
             _os_close(fd)
@@ -307,7 +307,7 @@ def _parse_record(data: bytes) -> Optional[dict]:
     """A record the desk tools can read (an object with an integer pid and a name)."""
     try:
         record = json.loads(data.decode("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     if not isinstance(record, dict) or not isinstance(record.get("name"), str):
         return None

@@ -943,9 +943,10 @@ mod unix {
         }
     }
 
-    /// Hostile lock paths: a symlink is not followed, a FIFO does not hang the bot.
+    /// Hostile lock paths: a symlink is not followed, a FIFO does not hang the bot,
+    /// garbage is overwritten.
     #[test]
-    fn a_symlink_or_fifo_at_the_lock_path_is_refused_not_followed() {
+    fn a_symlink_fifo_or_garbage_at_the_lock_path_does_no_harm() {
         if python3().is_none() {
             return;
         }
@@ -977,5 +978,20 @@ mod unix {
         let (code, out, err) = finish(command.spawn().unwrap());
         assert_eq!(code, 1, "{out}{err}");
         assert!(out.contains("is missing or unreadable"), "{out}{err}");
+
+        // A corrupt record (absurdly nested JSON) holds nothing: the bot takes over.
+        std::fs::remove_file(desk.lock_path(&name)).unwrap();
+        std::fs::write(desk.lock_path(&name), "[".repeat(200_000)).unwrap();
+        let bot = start_bot(bot_command(&desk, &name));
+        bot.wait_running();
+        let status = desk
+            .snapshot()
+            .component(&name)
+            .unwrap()
+            .lock
+            .clone()
+            .unwrap();
+        assert_eq!(status.state, LockState::Running);
+        assert_eq!(status.record.unwrap().pid, bot.running.pid());
     }
 }
