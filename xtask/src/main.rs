@@ -4,7 +4,8 @@
 //! `dist/desk-tools-<version>-<target>/` with the binaries, the `.bat` wrappers a
 //! trader double-clicks (`MASTER_LAUNCH.bat`, `SAFE_SHUTDOWN.bat`, `CHECK_PROCS.bat`,
 //! `LOCK_GC.bat`, and one hand-start wrapper per component of the given `fleet.toml`),
-//! an example `fleet.toml`, and a README for the desk; and zips it all. Every `.bat`
+//! an example `fleet.toml`, `process_lock.py` (the drop-in lock module for the desk's
+//! existing bots, from `python/`), and a README for the desk; and zips it all. Every `.bat`
 //! comes from [`bat::wrapper`]: edit the template, never the generated files.
 
 // A developer tool run through cargo: plain prints to a terminal are what it needs.
@@ -105,6 +106,10 @@ fn dist(target: &str, config: &Path, prebuilt: Option<&Path>, out_dir: &Path) ->
         fs::write(out.join(file), text)?;
     }
     fs::copy(&config, out.join("fleet.toml"))?;
+    // Beside the bots, where they import it from; shipped byte for byte.
+    let module = root.join("python/process_lock.py");
+    fs::copy(&module, out.join("process_lock.py"))
+        .map_err(|e| format!("cannot copy {}: {e}", module.display()))?;
     fs::write(out.join("README.txt"), desk_readme().replace('\n', "\r\n"))?;
     let zip = out_dir.join(format!("{name}.zip"));
     write_zip(&out, &name, &zip)?;
@@ -195,7 +200,16 @@ fn desk_readme() -> String {
      For the desk to start at boot before anyone logs on instead (no MetaTrader\n\
      windows then), run in this folder from an elevated prompt:\n\
      \x20 INSTALL_AT_LOGON.bat --at startup\n\n\
-     Edit fleet.toml first: accounts, logins, terminals, the python path.\n\
+     Edit fleet.toml first: accounts, logins, terminals, the python path.\n\n\
+     Your bots: keep `with ProcessLock(...)` in them and replace the old\n\
+     process_lock.py beside them with the one in this folder. Under MASTER_LAUNCH.bat\n\
+     (or a START_<NAME>.bat) it confirms the lock the launcher holds for the bot;\n\
+     started any other way it takes the same lock itself, so a second copy gets\n\
+     \"LOCK FAILURE\" and the tools show the running one. Or remove process_lock.py\n\
+     and put this two-line guard at the top of each bot, so that only the launcher\n\
+     can start it:\n\
+     \x20 if not os.environ.get(\"FLEET_LOCK_FILE\"):\n\
+     \x20     sys.exit(\"refusing to start: start me through master-launch\")\n\n\
      From PowerShell: .\\check-procs.exe --json | ConvertFrom-Json\n\
      Scheduling a .bat (Task Scheduler) or running it from PowerShell: set\n\
      DESK_NO_PAUSE=1 so it does not wait for a key at the end.\n\n\

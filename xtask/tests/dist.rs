@@ -53,6 +53,7 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
         "fleet.toml",
         "lock-gc.exe",
         "master-launch.exe",
+        "process_lock.py",
         "safe-shutdown.exe",
         "START_quantum_server.bat",
         "UNINSTALL_AT_LOGON.bat",
@@ -81,6 +82,20 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
         assert!(text.contains("cd /d \"%~dp0\""), "{name}");
         assert!(text.contains("exit /b %code%"), "{name}");
     }
+    // The drop-in lock module for the desk's bots, byte for byte, and the README says
+    // what to do with it.
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python/process_lock.py");
+    assert_eq!(
+        std::fs::read(out.join(&name).join("process_lock.py")).unwrap(),
+        std::fs::read(module).unwrap()
+    );
+    let readme = std::fs::read_to_string(out.join(&name).join("README.txt")).unwrap();
+    assert!(
+        readme.contains("keep `with ProcessLock(...)`")
+            && readme.contains("replace the old\r\nprocess_lock.py")
+            && readme.contains("if not os.environ.get(\"FLEET_LOCK_FILE\"):"),
+        "{readme}"
+    );
     let start = std::fs::read_to_string(out.join(&name).join("START_BRAIN_GL_3.bat")).unwrap();
     assert!(
         start.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" run BRAIN_GL_3 %*")

@@ -1,0 +1,699 @@
+"""
+Process lock for desk bots: at most one running copy of each lock name.
+
+A drop-in replacement for the older PID-file `process_lock.py`, with the same surface:
+`LOCK_DIR`, `ProcessLock(name, account=None)`, `acquire() -> bool`, `release()`,
+`get_lock_info()`, and `with ProcessLock(...):`, which raises `RuntimeError`
+("Process lock 'NAME' is held by PID N. Started at T. Cannot start duplicate
+process.") when another copy runs. Standard library only.
+
+Two ways a bot runs:
+
+- Under master-launch (or `master-launch run NAME`): the launcher took the lock
+  before it started the bot and holds it for as long as the bot runs; it tells the bot
+  through FLEET_LOCK_NAME and FLEET_LOCK_FILE. `acquire()` then only checks that the
+  lock is held and that its record names this process (or its launcher: a Windows
+  venv `python.exe` runs the real interpreter as its child) and writes nothing;
+  `release()` leaves the file to its holder.
+- Started any other way (by hand): the bot takes the same OS lock the desk tools take,
+  on the same file (`LOCK_DIR/NAME.lock`), and writes the same JSON record, so
+  check-procs shows it `running`, master-launch refuses to start a second copy, and
+  lock-gc leaves it alone. The kernel drops the lock when the bot dies, however it
+  dies, so a crash never blocks the next start.
+
+The protocol is lockcore's (lockcore/src/lock/mod.rs and os.rs in the desk tools'
+source): open without truncating; try the exclusive lock (Linux `flock`; Windows
+`LockFileEx` on one byte at offset 2^62, on a handle that does not share delete);
+check the path still names the locked file; treat an older tool's record that names a
+live process started no later than its timestamp as held; only then write the record
+(write, then cut to length). Release removes the file while still holding the lock.
+"""
+
+import datetime
+import errno
+import json
+import math
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+LOCK_DIR = Path(__file__).parent / ".locks"
+try:
+    LOCK_DIR.mkdir(exist_ok=True)  # as the older module did; acquire() creates it too
+except OSError:
+    pass
+
+# The lock's byte range and share mode on Windows: they must equal lockcore's
+# (lockcore/src/lock/os.rs: LOCK_OFFSET_HIGH, share_mode); a test compares them.
+_LOCK_OFFSET_HIGH = 0x4000_0000  # OVERLAPPED.OffsetHigh: byte 2^62, past any record
+_LOCK_LENGTH = 1
+_FILE_SHARE_READ = 0x1
+_FILE_SHARE_WRITE = 0x2
+_SHARE_MODE = _FILE_SHARE_READ | _FILE_SHARE_WRITE  # no FILE_SHARE_DELETE (rule 7)
+
+# As lockcore: a lock held by a process whose record names no live holder is a new
+# holder mid-write or a tool mid-check; wait this long before calling it held.
+_UNDECIDED_WAIT = 1.0
+_RETRY_PAUSE = 0.002
+# master-launch records the bot's pid just after starting it: wait this long for it.
+_MANAGED_WAIT = 3.0
+# A path that never stays the file we locked (something replaces it in a loop).
+_GIVE_UP_AFTER = 10.0
+# How often a holder checks that its file is still there (rule 7; Linux can unlink it).
+_WATCH_EVERY = 5.0
+
+_WINDOWS = os.name == "nt"
+
+
+class LockError(RuntimeError):
+    """The lock cannot be taken or confirmed for a reason other than another copy."""
+
+
+class ProcessLock:
+    def __init__(self, name: str, account: Optional[str] = None):
+        if not _valid_name(name):
+            raise ValueError(
+                f"{name!r} is not a valid lock name: use letters, digits, '_', '-' and '.'"
+            )
+        self.name = name
+        self.account = account
+        self.lock_file = Path(LOCK_DIR) / f"{name}.lock"
+        self.acquired = False
+        self._fd = None  # hand-started: the open, locked lock file
+        self._key = None  # (device, inode) of the file we locked
+        self._managed = False
+        self._holder = None  # the record that made acquire() return False
+        self._stop_watch = None
+
+    def acquire(self) -> bool:
+        """Takes the lock. True if this process may run, False if another copy holds it.
+
+        Raises LockError when it cannot tell (FLEET_LOCK_NAME names another lock, the
+        launcher's lock file does not name this process, the file is not a regular file).
+        """
+        if self.acquired:
+            return True
+        self._holder = None
+        fleet_name = os.environ.get("FLEET_LOCK_NAME")
+        if fleet_name:
+            if fleet_name != self.name:
+                raise LockError(
+                    f"this process was started under the lock {fleet_name} "
+                    f"(FLEET_LOCK_NAME), but it asks for the lock {self.name}: the bot "
+                    f"and the component that starts it disagree; fix the command or "
+                    f"the name in fleet.toml"
+                )
+            return self._confirm_managed()
+        return self._take()
+
+    def release(self):
+        """Releases a lock this process took by hand and removes its file.
+
+        Under a launcher it does nothing: the launcher holds the lock and removes it.
+        """
+        if not self.acquired:
+            return
+        self.acquired = False
+        if self._managed:
+            self._managed = False
+            return
+        if self._stop_watch is not None:
+            self._stop_watch.set()
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if not _names_file(self.lock_file, self._key):
+            _os_close(fd)
+            _warn_lost(self.name, self.lock_file)
+            return
+        _remove_locked(fd, self.lock_file)
+
+    def get_lock_info(self) -> Optional[dict]:
+        """The record in the lock file, or None if there is none or it is unreadable."""
+        try:
+            fd = _open_for_reading(self.lock_file)
+        except (OSError, RuntimeError):
+            return None
+        try:
+            record = json.loads(_read_fd(fd).decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return None
+        finally:
+            _os_close(fd)
+        return record if isinstance(record, dict) else None
+
+    def __enter__(self):
+        if not self.acquire():
+            info = self._holder or self.get_lock_info() or {}
+            raise RuntimeError(
+                f"Process lock '{self.name}' is held by PID {info.get('pid', 'unknown')}. "
+                f"Started at {info.get('timestamp', 'an unknown time')}. "
+                f"Cannot start duplicate process."
+            )
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        self.release()
+
+    # --- under a launcher -------------------------------------------------------
+
+    def _confirm_managed(self) -> bool:
+        lock_file = os.environ.get("FLEET_LOCK_FILE")
+        if not lock_file:
+            raise LockError(
+                f"FLEET_LOCK_NAME is {self.name} but FLEET_LOCK_FILE is not set: start "
+                f"this bot with master-launch, or unset FLEET_LOCK_NAME to start it by hand"
+            )
+        self.lock_file = Path(lock_file)
+        # Ourselves, and our parent for a launcher (venv python.exe) between us.
+        candidates = [os.getpid(), os.getppid()]
+        deadline = time.monotonic() + _MANAGED_WAIT
+        while True:
+            record = self.get_lock_info()
+            names_us = (
+                record is not None
+                and record.get("name") == self.name
+                and _names_process(record, candidates)
+            )
+            if names_us and _is_held(self.lock_file):
+                self._managed = True
+                self.acquired = True
+                return True
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        if record is None:
+            why = "is missing or unreadable"
+        elif not names_us:
+            why = f"names pid {record.get('pid')}, not this process (pid {os.getpid()})"
+        else:
+            why = "is not locked by any process"
+        raise LockError(
+            f"FLEET_LOCK_NAME says a launcher holds {self.name} for this process, but "
+            f"its lock file {self.lock_file} {why}; start the bot with master-launch "
+            f"(or `master-launch run {self.name}`), or unset FLEET_LOCK_NAME and "
+            f"FLEET_LOCK_FILE to start it by hand"
+        )
+
+    # --- by hand ------------------------------------------------------------------
+
+    def _take(self) -> bool:
+        path = self.lock_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LockError(f"cannot create lock folder {path.parent}: {e}") from e
+        started = time.monotonic()
+        while True:
+            waited = time.monotonic() - started
+            if waited >= _GIVE_UP_AFTER:
+                raise LockError(f"cannot take {self.name}: {path} keeps changing under us")
+            try:
+                fd = _open_lock_file(path)
+            except OSError as e:
+                if _is_transient(e) and waited < _UNDECIDED_WAIT:
+                    time.sleep(_RETRY_PAUSE)
+                    continue
+                raise LockError(f"cannot open lock file {path}: {e}") from e
+            keep = False
+            try:
+                if _try_lock(fd, exclusive=True):
+                    key = _file_key(fd)
+                    if not _names_file(path, key):
+                        continue  # released and removed between our open and our lock
+                    legacy = _live_legacy_record(_read_fd(fd))
+                    if legacy is not None:
+                        self._holder = legacy
+                        return False
+                    try:
+                        self._write_record(fd)
+                    except OSError as e:
+                        raise LockError(f"cannot write the record to {path}: {e}") from e
+                    self._fd, self._key, keep = fd, key, True
+                    self.acquired = True
+                    self._watch()
+                    return True
+                if _try_lock(fd, exclusive=False):
+                    _unlock(fd)  # only inspectors were in the way: not held
+                    time.sleep(_RETRY_PAUSE)
+                    continue
+                record = _parse_record(_read_fd(fd))
+                if _names_live_holder(record) or waited >= _UNDECIDED_WAIT:
+                    self._holder = record
+                    return False
+                time.sleep(_RETRY_PAUSE)
+            except OSError as e:
+                raise LockError(f"cannot lock {path}: {e}") from e
+            finally:
+                if not keep:
+                    _os_close(fd)
+
+    def _write_record(self, fd):
+        me = os.getpid()
+        start = _start_time(me)
+        record = {
+            "pid": me,
+            "name": self.name,
+            # The desk tools read it as text; bots have passed numbers.
+            "account": None if self.account is None else str(self.account),
+            "timestamp": datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S.%f"),
+            "pid_start": start,
+            "holder_pid": me,
+            "holder_start": start,
+            "host": socket.gethostname(),
+            "command": list(getattr(sys, "orig_argv", [sys.executable] + sys.argv)),
+        }
+        data = (json.dumps(record, indent=2) + "\n").encode("utf-8")
+        # Write first, then cut to length: a reader never sees an empty file.
+        os.lseek(fd, 0, os.SEEK_SET)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+
+    def _watch(self):
+        """On Linux anyone can unlink a held lock's file: say so loudly if it happens."""
+        stop = threading.Event()
+        self._stop_watch = stop
+        name, path, key = self.name, self.lock_file, self._key
+
+        def watch():
+            while not stop.wait(_WATCH_EVERY):
+                if not _names_file(path, key):
+                    _warn_lost(name, path)
+                    return
+
+        threading.Thread(target=watch, name=f"watch {name}", daemon=True).start()
+
+
+# --- records and processes ----------------------------------------------------------
+
+
+def _valid_name(name) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and all(c.isascii() and (c.isalnum() or c in "_-.") for c in name)
+    )
+
+
+def _parse_record(data: bytes) -> Optional[dict]:
+    """A record the desk tools can read (an object with an integer pid and a name)."""
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        return None
+    pid = record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < 2**32:
+        return None
+    return record
+
+
+def _same_start(a, b) -> bool:
+    # Start times are whole seconds; allow one second of rounding, as lockcore does.
+    return isinstance(a, int) and isinstance(b, int) and abs(a - b) <= 1
+
+
+def _is_alive(pid, start) -> bool:
+    return isinstance(pid, int) and _same_start(_start_time(pid), start)
+
+
+def _names_live_holder(record: Optional[dict]) -> bool:
+    return record is not None and _is_alive(record.get("holder_pid"), record.get("holder_start"))
+
+
+def _names_process(record: dict, pids) -> bool:
+    """The record's managed process is one of `pids`, with that process's start time."""
+    pid = record.get("pid")
+    return pid in pids and _same_start(_start_time(pid), record.get("pid_start"))
+
+
+def _live_legacy_record(data: bytes) -> Optional[dict]:
+    """DESIGN.md rule 5: an older tool's record (no holder fields) naming a live process
+    that started no later than the record's timestamp holds the lock. A live process
+    that started after it has reused the pid: the record is stale."""
+    record = _parse_record(data)
+    if record is None or record.get("holder_pid") is not None:
+        return None
+    started = _start_time(record["pid"])
+    if started is None:
+        return None
+    written = _timestamp_secs(record.get("timestamp"))
+    if written is not None and started > written:
+        return None
+    return record  # no readable timestamp: cannot tell reuse, so err towards held
+
+
+def _timestamp_secs(text) -> Optional[int]:
+    """The older tool's local time without a zone (or ISO 8601 with one), in seconds."""
+    if not isinstance(text, str):
+        return None
+    try:
+        # Naive means local time; an ambiguous one (DST fall-back) takes the earlier
+        # reading (fold=0), which makes a live process look older: errs towards held.
+        return math.floor(datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _warn_lost(name, path):
+    sys.stderr.write(
+        f"WARNING: lock file {path} was deleted or replaced while {name} held it, so "
+        f"another process could take {name} now; check for a duplicate with `check-procs`\n"
+    )
+    sys.stderr.flush()
+
+
+def _read_fd(fd) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _os_close(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _check_regular(fd, path):
+    st = os.fstat(fd)
+    reparse = getattr(st, "st_file_attributes", 0) & 0x400  # FILE_ATTRIBUTE_REPARSE_POINT
+    if not stat.S_ISREG(st.st_mode) or reparse:
+        _os_close(fd)
+        raise LockError(f"{path} is not a regular file: remove or rename it, then start again")
+
+
+if not _WINDOWS:
+    import fcntl
+
+    _CLK_TCK = os.sysconf("SC_CLK_TCK")
+    _boot_time_cache = []
+
+    def _open_lock_file(path):
+        # No symlinks followed, no blocking on a FIFO (DESIGN.md rule 12); never truncate.
+        try:
+            fd = os.open(
+                path,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o644,
+            )
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # a symbolic link
+                raise LockError(f"{path} is a symbolic link: remove it, then start again") from e
+            raise
+        _check_regular(fd, path)
+        return fd
+
+    def _file_key(fd):
+        """Device and inode."""
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino)
+
+    def _names_file(path, key) -> bool:
+        """Whether `path` still names the file we locked (DESIGN.md rule 2)."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == key
+
+    def _open_for_reading(path):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        _check_regular(fd, path)
+        return fd
+
+    def _try_lock(fd, exclusive) -> bool:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _is_transient(error) -> bool:
+        return False
+
+    def _is_held(path) -> bool:
+        """Whether some process holds the exclusive lock on `path`."""
+        try:
+            fd = _open_for_reading(path)
+        except (OSError, RuntimeError):
+            return False
+        try:
+            if _try_lock(fd, exclusive=False):
+                return False
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # also drops the shared lock, if we got it
+
+    def _remove_locked(fd, path):
+        # Unlink while still holding the lock, then close: a waiter that opened the old
+        # file finds, once it has the lock, that the path no longer names it, and retries.
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        finally:
+            _os_close(fd)
+
+    def _boot_time():
+        if not _boot_time_cache:
+            btime = 0
+            try:
+                with open("/proc/stat", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"btime"):
+                            btime = int(line.split()[1])
+                            break
+            except (OSError, ValueError, IndexError):
+                pass
+            _boot_time_cache.append(btime)
+        return _boot_time_cache[0]
+
+    def _start_time(pid) -> Optional[int]:
+        """Start time in Unix seconds, computed as the desk tools (sysinfo) do:
+        starttime ticks / SC_CLK_TCK + btime. None if gone or a zombie."""
+        if not isinstance(pid, int) or pid <= 0:
+            return None
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+            fields = data[data.rindex(b")") + 2:].split()
+            if fields[0] in (b"Z", b"X"):  # a zombie is not running anything
+                return None
+            return int(fields[19]) // _CLK_TCK + _boot_time()  # field 22: starttime
+        except (OSError, ValueError, IndexError):
+            return None
+
+else:
+    # Windows: kernel32 through ctypes. Sources: lockcore/src/lock/os.rs (the same calls
+    # through windows-sys) and the Win32 documentation of CreateFileW, LockFileEx,
+    # UnlockFileEx, OpenProcess, GetProcessTimes.
+    import ctypes
+    import msvcrt
+    from ctypes import wintypes
+
+    _k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+
+    class _OVERLAPPED(ctypes.Structure):
+        _fields_ = [
+            ("Internal", ctypes.c_size_t),
+            ("InternalHigh", ctypes.c_size_t),
+            ("Offset", wintypes.DWORD),
+            ("OffsetHigh", wintypes.DWORD),
+            ("hEvent", wintypes.HANDLE),
+        ]
+
+    _k32.CreateFileW.restype = wintypes.HANDLE
+    _k32.CreateFileW.argtypes = [
+        wintypes.LPCWSTR, wintypes.DWORD, wintypes.DWORD, ctypes.c_void_p,
+        wintypes.DWORD, wintypes.DWORD, wintypes.HANDLE,
+    ]
+    for _f in (_k32.LockFileEx, _k32.UnlockFileEx):
+        _f.restype = wintypes.BOOL
+    _k32.LockFileEx.argtypes = [
+        wintypes.HANDLE, wintypes.DWORD, wintypes.DWORD, wintypes.DWORD, wintypes.DWORD,
+        ctypes.POINTER(_OVERLAPPED),
+    ]
+    _k32.UnlockFileEx.argtypes = [
+        wintypes.HANDLE, wintypes.DWORD, wintypes.DWORD, wintypes.DWORD,
+        ctypes.POINTER(_OVERLAPPED),
+    ]
+    _k32.OpenProcess.restype = wintypes.HANDLE
+    _k32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+    _k32.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
+    _k32.GetProcessTimes.argtypes = [wintypes.HANDLE] + [ctypes.POINTER(wintypes.FILETIME)] * 4
+    _k32.CloseHandle.argtypes = [wintypes.HANDLE]
+
+    class _FILE_INFORMATION(ctypes.Structure):  # BY_HANDLE_FILE_INFORMATION
+        _fields_ = [
+            ("dwFileAttributes", wintypes.DWORD),
+            ("ftCreationTime", wintypes.FILETIME),
+            ("ftLastAccessTime", wintypes.FILETIME),
+            ("ftLastWriteTime", wintypes.FILETIME),
+            ("dwVolumeSerialNumber", wintypes.DWORD),
+            ("nFileSizeHigh", wintypes.DWORD),
+            ("nFileSizeLow", wintypes.DWORD),
+            ("nNumberOfLinks", wintypes.DWORD),
+            ("nFileIndexHigh", wintypes.DWORD),
+            ("nFileIndexLow", wintypes.DWORD),
+        ]
+
+    _k32.GetFileInformationByHandle.argtypes = [
+        wintypes.HANDLE, ctypes.POINTER(_FILE_INFORMATION),
+    ]
+
+    _GENERIC_READ, _GENERIC_WRITE = 0x80000000, 0x40000000
+    _OPEN_EXISTING, _OPEN_ALWAYS = 3, 4
+    _FILE_ATTRIBUTE_NORMAL = 0x80
+    _FILE_FLAG_OPEN_REPARSE_POINT = 0x00200000  # a symlink is opened, not followed
+    _FILE_FLAG_BACKUP_SEMANTICS = 0x02000000  # lets a handle open a folder, to see what it is
+    _LOCKFILE_FAIL_IMMEDIATELY, _LOCKFILE_EXCLUSIVE_LOCK = 0x1, 0x2
+    _ERROR_SHARING_VIOLATION, _ERROR_LOCK_VIOLATION, _ERROR_IO_PENDING = 32, 33, 997
+    _INVALID_HANDLE = wintypes.HANDLE(-1).value
+    _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+    _STILL_ACTIVE = 259
+
+    def _create(path, access, disposition):
+        handle = _k32.CreateFileW(
+            str(path), access, _SHARE_MODE, None, disposition,
+            _FILE_ATTRIBUTE_NORMAL | _FILE_FLAG_OPEN_REPARSE_POINT, None,
+        )
+        if handle is None or handle == _INVALID_HANDLE:
+            raise ctypes.WinError(ctypes.get_last_error())
+        fd = msvcrt.open_osfhandle(handle, os.O_RDWR if access & _GENERIC_WRITE else os.O_RDONLY)
+        _check_regular(fd, path)
+        return fd
+
+    def _handle_key(handle):
+        info = _FILE_INFORMATION()
+        if not _k32.GetFileInformationByHandle(handle, ctypes.byref(info)):
+            raise ctypes.WinError(ctypes.get_last_error())
+        return (info.dwVolumeSerialNumber, (info.nFileIndexHigh << 32) | info.nFileIndexLow)
+
+    def _file_key(fd):
+        """Volume serial number and file index, as lockcore's os::file_key."""
+        return _handle_key(msvcrt.get_osfhandle(fd))
+
+    def _names_file(path, key) -> bool:
+        """Whether `path` still names the file we locked (DESIGN.md rule 2): a second
+        handle on the path, for its attributes only, compared by file index."""
+        handle = _k32.CreateFileW(
+            str(path), 0, _SHARE_MODE, None, _OPEN_EXISTING,
+            _FILE_FLAG_OPEN_REPARSE_POINT | _FILE_FLAG_BACKUP_SEMANTICS, None,
+        )
+        if handle is None or handle == _INVALID_HANDLE:
+            return False
+        try:
+            return _handle_key(handle) == key
+        except OSError:
+            return False
+        finally:
+            _k32.CloseHandle(handle)
+
+    def _open_lock_file(path):
+        return _create(path, _GENERIC_READ | _GENERIC_WRITE, _OPEN_ALWAYS)
+
+    def _open_for_reading(path):
+        return _create(path, _GENERIC_READ, _OPEN_EXISTING)
+
+    def _position():
+        overlapped = _OVERLAPPED()
+        overlapped.OffsetHigh = _LOCK_OFFSET_HIGH
+        return overlapped
+
+    def _try_lock(fd, exclusive) -> bool:
+        flags = _LOCKFILE_FAIL_IMMEDIATELY | (_LOCKFILE_EXCLUSIVE_LOCK if exclusive else 0)
+        overlapped = _position()
+        if _k32.LockFileEx(
+            msvcrt.get_osfhandle(fd), flags, 0, _LOCK_LENGTH, 0, ctypes.byref(overlapped)
+        ):
+            return True
+        error = ctypes.get_last_error()
+        if error in (_ERROR_LOCK_VIOLATION, _ERROR_IO_PENDING):
+            return False
+        raise ctypes.WinError(error)
+
+    def _unlock(fd):
+        overlapped = _position()
+        if not _k32.UnlockFileEx(
+            msvcrt.get_osfhandle(fd), 0, _LOCK_LENGTH, 0, ctypes.byref(overlapped)
+        ):
+            raise ctypes.WinError(ctypes.get_last_error())
+
+    def _is_transient(error) -> bool:
+        # A crashed holder's handle is released "when resources allow".
+        return getattr(error, "winerror", None) in (_ERROR_SHARING_VIOLATION, _ERROR_LOCK_VIOLATION)
+
+    def _is_held(path) -> bool:
+        try:
+            fd = _open_for_reading(path)
+        except (OSError, RuntimeError):
+            return False
+        try:
+            if _try_lock(fd, exclusive=False):
+                _unlock(fd)
+                return False
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def _remove_locked(fd, path):
+        # Without delete sharing not even the holder can delete its open file: unlock,
+        # close, then delete. A sharing violation means another process has it open:
+        # an inspector for a moment (retry briefly), or a new holder, whose file it is.
+        try:
+            _unlock(fd)
+        except OSError:
+            pass
+        _os_close(fd)
+        deadline = time.monotonic() + 0.5
+        while True:
+            try:
+                os.unlink(path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                if not _is_transient(e) or time.monotonic() >= deadline:
+                    return
+                time.sleep(0.005)
+
+    def _start_time(pid) -> Optional[int]:
+        """Creation time in Unix seconds, as sysinfo computes it. None if gone."""
+        if not isinstance(pid, int) or pid < 0:
+            return None
+        handle = _k32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        if not handle:
+            return None
+        try:
+            code = wintypes.DWORD()
+            if not _k32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value != _STILL_ACTIVE:
+                return None
+            times = [wintypes.FILETIME() for _ in range(4)]
+            if not _k32.GetProcessTimes(handle, *[ctypes.byref(t) for t in times]):
+                return None
+            created = (times[0].dwHighDateTime << 32) | times[0].dwLowDateTime
+            return max(created // 10_000_000 - 11_644_473_600, 0)
+        finally:
+            _k32.CloseHandle(handle)

@@ -1,0 +1,998 @@
+//! `python/process_lock.py`, the drop-in module for the desk's existing bots, driven
+//! through real `python3` processes: the example bot (`python/example_bot.py`, shaped
+//! like the bots the desk runs: `with ProcessLock(...)` around the whole body) under
+//! master-launch, under `master-launch run`, and started by hand, against the Rust
+//! tools' own view of the lock.
+//!
+//! Unix only: the module's Windows branch needs a Windows Python, which Wine does not
+//! have here. That branch is cross-checked against lockcore's Windows code by
+//! `windows_branch_locks_the_same_byte_range_as_lockcore`, which reads both files.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// The number in `NAME = 0x4000_0000` (Python) or `const NAME: u32 = 0x4000_0000;` (Rust).
+fn hex_constant(text: &str, name: &str, file: &str) -> u64 {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(name) || l.starts_with(&format!("const {name}:")))
+        .unwrap_or_else(|| panic!("no {name} in {file}"));
+    let value = line
+        .split('=')
+        .nth(1)
+        .and_then(|v| v.split([';', '#']).next())
+        .map(|v| v.trim().replace('_', ""))
+        .unwrap_or_else(|| panic!("no value in `{line}` ({file})"));
+    let digits = value
+        .strip_prefix("0x")
+        .unwrap_or_else(|| panic!("`{line}` is not hex ({file})"));
+    u64::from_str_radix(digits, 16).unwrap_or_else(|e| panic!("`{line}`: {e} ({file})"))
+}
+
+/// DESIGN.md rule 6 and 7 on Windows: the Python module must lock the very byte
+/// lockcore locks, and open the file without delete sharing, or a bot started by hand
+/// and a master-launch would not exclude each other there.
+#[test]
+fn windows_branch_locks_the_same_byte_range_as_lockcore() {
+    if fleet_tests::wine::skip_under_wine(
+        "windows_branch_locks_the_same_byte_range_as_lockcore",
+        "reads the repository's sources, which are checked on the Linux run",
+    ) {
+        return;
+    }
+    let rust_file = "lockcore/src/lock/os.rs";
+    let python_file = "python/process_lock.py";
+    let rust = std::fs::read_to_string(repo_file(rust_file)).unwrap();
+    let python = std::fs::read_to_string(repo_file(python_file)).unwrap();
+
+    assert_eq!(
+        hex_constant(&python, "_LOCK_OFFSET_HIGH", python_file),
+        hex_constant(&rust, "LOCK_OFFSET_HIGH", rust_file),
+        "the Python module and lockcore lock different bytes on Windows"
+    );
+    assert!(
+        rust.contains("overlapped.Anonymous.Anonymous.OffsetHigh = LOCK_OFFSET_HIGH"),
+        "lockcore no longer puts LOCK_OFFSET_HIGH into OffsetHigh: update {python_file}"
+    );
+    assert!(
+        python.contains("overlapped.OffsetHigh = _LOCK_OFFSET_HIGH")
+            && python.contains("_LOCK_LENGTH = 1\n"),
+        "{python_file} must lock one byte at OffsetHigh = _LOCK_OFFSET_HIGH"
+    );
+    // Both lock and unlock one byte (length low 1, high 0).
+    assert!(
+        rust.matches("0,\n                1,\n                0,")
+            .count()
+            == 1
+            && rust.contains("UnlockFileEx(file.as_raw_handle(), 0, 1, 0, &mut overlapped)"),
+        "lockcore's LockFileEx/UnlockFileEx no longer take one byte: update {python_file}"
+    );
+    assert!(
+        python.contains("0, _LOCK_LENGTH, 0, ctypes.byref(overlapped)")
+            && python
+                .matches("_LOCK_LENGTH, 0, ctypes.byref(overlapped)")
+                .count()
+                == 2,
+        "{python_file} must lock and unlock (_LOCK_LENGTH, 0) bytes"
+    );
+
+    // Share mode: read and write, never delete (rule 7), in both.
+    assert!(
+        rust.contains(".share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)")
+            && !rust.contains("| FILE_SHARE_DELETE")
+            && !rust.contains("FILE_SHARE_DELETE,"),
+        "lockcore's share mode changed: update {python_file}"
+    );
+    assert_eq!(hex_constant(&python, "_FILE_SHARE_READ", python_file), 0x1);
+    assert_eq!(hex_constant(&python, "_FILE_SHARE_WRITE", python_file), 0x2);
+    assert!(
+        python.contains("_SHARE_MODE = _FILE_SHARE_READ | _FILE_SHARE_WRITE")
+            && !python.contains("FILE_SHARE_DELETE ="),
+        "{python_file} must open lock files with read and write sharing only"
+    );
+    // Every CreateFileW passes that share mode; every lock fails at once.
+    let opens: Vec<&str> = python.split("_k32.CreateFileW(").skip(1).collect();
+    assert!(
+        !opens.is_empty(),
+        "{python_file} opens no file with CreateFileW"
+    );
+    for call in opens {
+        // The share mode is the third argument: within the call's first lines.
+        let arguments: String = call.lines().take(3).collect();
+        assert!(
+            arguments.contains("_SHARE_MODE"),
+            "a CreateFileW in {python_file} without _SHARE_MODE: {arguments}"
+        );
+    }
+    assert!(
+        rust.contains("mode | LOCKFILE_FAIL_IMMEDIATELY")
+            && python.contains(
+                "_LOCKFILE_FAIL_IMMEDIATELY | (_LOCKFILE_EXCLUSIVE_LOCK if exclusive else 0)"
+            )
+            && python.contains("_LOCKFILE_FAIL_IMMEDIATELY, _LOCKFILE_EXCLUSIVE_LOCK = 0x1, 0x2")
+    );
+}
+
+#[cfg(unix)]
+mod unix {
+    use std::io::{Read, Write};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use fleet_tests::{
+        Barrier, Desk, ExitLog, Lines, Running, managed_pids, spawn_reader, tool, wait_gone,
+        wait_until,
+    };
+    use lockcore::{Acquire, LockClaim, LockDir, LockState, ProcessProbe};
+
+    use super::repo_file;
+
+    /// `python3`: these tests need it, and fail rather than pass without running
+    /// (`.ci/run` installs it).
+    fn python3() -> Option<&'static str> {
+        let found = Command::new("python3")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "python3 is needed for these tests; `.ci/run` installs it"
+        );
+        Some("python3")
+    }
+
+    /// A desk of three example bots (global, watchdog, brain), each a copy of
+    /// `python/example_bot.py` named after its lock, beside `process_lock.py`.
+    fn python_desk(tag: &str) -> Desk {
+        let dir = tempfile::tempdir().unwrap();
+        let global = format!("qs_py_{}", tag.to_lowercase());
+        let account = format!("PY{tag}");
+        std::fs::copy(
+            repo_file("python/process_lock.py"),
+            dir.path().join("process_lock.py"),
+        )
+        .unwrap();
+        let names = [
+            global.clone(),
+            format!("WATCHDOG_{account}"),
+            format!("BRAIN_{account}"),
+        ];
+        for name in &names {
+            std::fs::copy(
+                repo_file("python/example_bot.py"),
+                dir.path().join(format!("{name}.py")),
+            )
+            .unwrap();
+        }
+        let text = format!(
+            "lock_dir = \".locks\"\nlog_dir = \"logs\"\n\n[vars]\npython = \"python3\"\n\n\
+             [defaults]\nstop_timeout_secs = 5\n\n\
+             [[global]]\nname = \"{global}\"\ncommand = [\"{{python}}\", \"{global}.py\"]\n\n\
+             [[account]]\nname = \"{account}\"\nlogin = \"7{}\"\n\
+             brain = [\"{{python}}\", \"BRAIN_{account}.py\"]\n\
+             watchdog = [\"{{python}}\", \"WATCHDOG_{account}.py\"]\n",
+            tag.len()
+        );
+        std::fs::write(dir.path().join("fleet.toml"), text).unwrap();
+        Desk {
+            dir,
+            accounts: vec![account],
+            global,
+        }
+    }
+
+    fn brain(desk: &Desk) -> String {
+        format!("BRAIN_{}", desk.accounts[0])
+    }
+
+    /// `python3 NAME.py` in the desk's folder, as a double-click would start it.
+    fn bot_command(desk: &Desk, name: &str) -> Command {
+        let mut command = Command::new("python3");
+        command
+            .arg(format!("{name}.py"))
+            .current_dir(desk.dir.path())
+            .env_remove("FLEET_LOCK_NAME")
+            .env_remove("FLEET_LOCK_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    struct Bot {
+        running: Running,
+        lines: Lines,
+    }
+
+    fn start_bot(mut command: Command) -> Bot {
+        let mut child = command.spawn().unwrap();
+        let lines = spawn_reader(child.stdout.take().unwrap());
+        Bot {
+            running: Running::new(child),
+            lines,
+        }
+    }
+
+    impl Bot {
+        fn wait_running(&self) {
+            assert!(
+                self.lines
+                    .wait_for(": running, pid", Duration::from_secs(30))
+                    .is_some(),
+                "the bot did not start"
+            );
+        }
+    }
+
+    /// Runs to the end; returns the exit code, stdout and stderr.
+    fn finish(mut child: Child) -> (i32, String, String) {
+        let (mut out, mut err) = (String::new(), String::new());
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let code = child.wait().unwrap().code().unwrap_or(-1);
+        (code, out, err)
+    }
+
+    fn check_procs_json(desk: &Desk) -> (i32, serde_json::Value) {
+        let output = Command::new(tool("check-procs", "check-procs"))
+            .arg("--config")
+            .arg(desk.config())
+            .arg("--json")
+            .output()
+            .unwrap();
+        let document = serde_json::from_slice(&output.stdout).unwrap();
+        (output.status.code().unwrap(), document)
+    }
+
+    fn component_state(document: &serde_json::Value, name: &str) -> String {
+        document["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {document}"))["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn lock_state(desk: &Desk, name: &str) -> Option<LockState> {
+        let mut probe = ProcessProbe::new().unwrap();
+        LockDir::new(desk.lock_dir())
+            .inspect(name, &mut probe)
+            .unwrap()
+            .map(|s| s.state)
+    }
+
+    fn master_launch(desk: &Desk) -> Command {
+        let mut command = Command::new(tool("master-launch", "master-launch"));
+        command.arg("--config").arg(desk.config());
+        command
+    }
+
+    /// master-launch on a desk where it must refuse: its exit code and stderr. Should it
+    /// start the desk instead, it is stopped and the test fails, rather than hang.
+    fn refused_start(desk: &Desk) -> (Option<i32>, String) {
+        let errors = desk.dir.path().join("master-launch.stderr");
+        let mut child = master_launch(desk)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&errors).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _running = Running::new(child); // killed with what it started
+                let log = std::fs::read_to_string(desk.dir.path().join("logs/master-launch.log"))
+                    .unwrap_or_default();
+                panic!("master-launch did not refuse; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status.code(), std::fs::read_to_string(&errors).unwrap())
+    }
+
+    fn kill(pid: u32, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The seed's Step 2 bot under master-launch: every component runs and stays up
+    /// (no restart: the same pids, nothing in the log about exits), check-procs is
+    /// healthy, and safe-shutdown stops brain, watchdog, global in that order.
+    #[test]
+    fn under_master_launch_the_bots_run_stay_up_and_stop_in_order() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("ML");
+        let exits = ExitLog::new();
+        let mut launcher = master_launch(&desk);
+        launcher
+            .env("EXAMPLE_BOT_EXIT_LOG", &exits.arg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = launcher.spawn().unwrap();
+        let lines = spawn_reader(child.stdout.take().unwrap());
+        let mut launcher = Running::new(child);
+        assert!(
+            lines
+                .wait_for("desk started", Duration::from_secs(30))
+                .is_some()
+        );
+        desk.wait_until_running();
+        let names = desk.component_names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let first = managed_pids(&desk.snapshot(), &names);
+
+        // Longer than the module's wait for its record (3 s): a bot that could not
+        // confirm its lock would have exited and been restarted by now.
+        std::thread::sleep(Duration::from_secs(4));
+        let snap = desk.snapshot();
+        assert_eq!(managed_pids(&snap, &names), first, "a bot was restarted");
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let events =
+            std::fs::read_to_string(desk.dir.path().join("logs/master-launch.log")).unwrap();
+        assert!(
+            !events.contains("exited") && !events.contains("restarting"),
+            "{events}"
+        );
+        let brain_log =
+            std::fs::read_to_string(desk.dir.path().join(format!("logs/{}.log", brain(&desk))))
+                .unwrap();
+        assert!(brain_log.contains(": running, pid"), "{brain_log}");
+        assert!(!brain_log.contains("LOCK FAILURE"), "{brain_log}");
+
+        let (code, document) = check_procs_json(&desk);
+        assert_eq!(code, 0, "{document}");
+        for name in &names {
+            assert_eq!(component_state(&document, name), "running", "{name}");
+        }
+
+        let output = Command::new(tool("safe-shutdown", "safe-shutdown"))
+            .arg("--config")
+            .arg(desk.config())
+            .args(["--yes", "--timeout", "10"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        wait_gone(&first);
+        let order: Vec<String> = exits.times().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(order, [names[2], names[1], names[0]], "stop order");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while launcher.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "master-launch did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        desk.assert_no_lock_left("after safe-shutdown");
+    }
+
+    /// `master-launch run NAME` holds the lock for the bot the same way; Ctrl+C (here
+    /// SIGINT) stops it and the runner removes the lock.
+    #[test]
+    fn under_master_launch_run_the_bot_runs_and_stops() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("RUN");
+        let name = brain(&desk);
+        let mut command = master_launch(&desk);
+        command
+            .args(["run", &name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let bot = start_bot(command);
+        bot.wait_running();
+        std::thread::sleep(Duration::from_secs(4)); // past the module's wait
+        let snap = desk.snapshot();
+        let view = snap.component(&name).unwrap();
+        assert_eq!(view.lock.as_ref().unwrap().state, LockState::Running);
+        let record = view.lock.as_ref().unwrap().record.clone().unwrap();
+        assert_eq!(
+            record.holder_pid,
+            Some(bot.running.pid()),
+            "the runner holds it"
+        );
+        assert!(view.copies.len() == 1 && view.copies[0].locked, "{view:?}");
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let mut bot = bot;
+        kill(bot.running.pid(), "-INT");
+        let status = bot.running.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0));
+        assert!(
+            bot.lines
+                .wait_for("stopped cleanly", Duration::from_secs(1))
+                .is_some()
+        );
+        desk.assert_no_lock_left("after the runner stopped");
+    }
+
+    /// Two copies started by hand at the same instant, 50 rounds: exactly one runs,
+    /// the other says `LOCK FAILURE` (the desk's bots' own wording) and exits 1.
+    #[test]
+    fn two_copies_started_by_hand_at_once_exactly_one_runs_50_rounds() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("RACE");
+        let name = brain(&desk);
+        // Both wait for the barrier inside python, then run the bot as a script would.
+        let start_at = |go: &Barrier| {
+            let mut command = Command::new("python3");
+            command
+                .arg("-c")
+                .arg(
+                    "import os, runpy, sys, time\n\
+                     go, bot = sys.argv[1], sys.argv[2]\n\
+                     while not os.path.exists(go): time.sleep(0.0002)\n\
+                     sys.argv = [bot]\n\
+                     runpy.run_path(bot, run_name='__main__')\n",
+                )
+                .arg(&go.path)
+                .arg(format!("{name}.py"))
+                .current_dir(desk.dir.path())
+                .env_remove("FLEET_LOCK_NAME")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            start_bot(command)
+        };
+        for round in 0..50 {
+            let go = Barrier::new(desk.dir.path(), &format!("go{round}"));
+            let mut bots = [start_at(&go), start_at(&go)];
+            go.release();
+            // The loser exits at once; the winner runs until stopped.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let loser = loop {
+                if let Some(i) =
+                    (0..2).find(|&i| bots[i].running.child.try_wait().unwrap().is_some())
+                {
+                    break i;
+                }
+                assert!(Instant::now() < deadline, "round {round}: both still run");
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let winner = 1 - loser;
+            bots[winner].wait_running();
+            let loser_output = std::mem::replace(&mut bots[loser].lines, spawn_reader(&b""[..]));
+            let loser_lines = loser_output.collect();
+            assert_eq!(
+                bots[loser].running.child.wait().unwrap().code(),
+                Some(1),
+                "round {round}: {loser_lines:?}"
+            );
+            assert!(
+                loser_lines.iter().any(|l| l.starts_with(&format!(
+                    "LOCK FAILURE: Process lock '{name}' is held by PID {}.",
+                    bots[winner].running.pid()
+                ))) && !loser_lines.iter().any(|l| l.contains("running")),
+                "round {round}: {loser_lines:?}"
+            );
+            assert!(
+                bots[winner].running.child.try_wait().unwrap().is_none(),
+                "round {round}: the winner stopped"
+            );
+            // Alternate a clean stop (the file is removed) and a crash (it is left stale).
+            if round % 2 == 0 {
+                kill(bots[winner].running.pid(), "-TERM");
+                assert_eq!(bots[winner].running.child.wait().unwrap().code(), Some(0));
+                assert!(desk.lock_files().is_empty(), "round {round}");
+            } else {
+                bots[winner].running.kill();
+                assert_eq!(lock_state(&desk, &name), Some(LockState::Stale));
+            }
+        }
+    }
+
+    /// While a hand-started bot runs, the tools see it as the lock's holder: check-procs
+    /// says `running` (not `unlocked`, not `legacy`), master-launch refuses naming it.
+    /// Killed with SIGKILL, it leaves nothing that blocks: the next start runs at once.
+    #[test]
+    fn a_hand_started_bot_is_what_the_tools_see_and_sigkill_frees_it_at_once() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("HAND");
+        let name = brain(&desk);
+        let mut bot = start_bot(bot_command(&desk, &name));
+        bot.wait_running();
+
+        let (code, document) = check_procs_json(&desk);
+        assert_eq!(code, 0, "{document}");
+        assert_eq!(component_state(&document, &name), "running");
+        let snap = desk.snapshot();
+        let view = snap.component(&name).unwrap();
+        let lock = view.lock.as_ref().unwrap();
+        assert_eq!(lock.state, LockState::Running);
+        let record = lock.record.as_ref().unwrap();
+        assert!(!record.is_legacy());
+        assert_eq!(record.pid, bot.running.pid());
+        assert_eq!(record.holder_pid, Some(bot.running.pid()));
+        assert_eq!(record.account.as_deref(), Some(&*desk.accounts[0]));
+        assert_eq!(view.managed.as_ref().unwrap().pid, bot.running.pid());
+        assert!(view.holder_alive);
+        assert!(view.copies.len() == 1 && view.copies[0].locked, "{view:?}");
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+
+        let (code, text) = refused_start(&desk);
+        assert_eq!(code, Some(3), "{text}");
+        assert!(
+            text.contains(&name) && text.contains(&bot.running.pid().to_string()),
+            "{text}"
+        );
+        assert_eq!(
+            desk.snapshot()
+                .components
+                .iter()
+                .map(|v| v.copies.len())
+                .sum::<usize>(),
+            1
+        );
+
+        // lock-gc leaves it alone.
+        let gc = Command::new(tool("lock-gc", "lock-gc"))
+            .arg("--config")
+            .arg(desk.config())
+            .output()
+            .unwrap();
+        assert_eq!(gc.status.code(), Some(0));
+        assert_eq!(lock_state(&desk, &name), Some(LockState::Running));
+
+        bot.running.kill(); // SIGKILL, reaped
+        let started = Instant::now();
+        let next = start_bot(bot_command(&desk, &name));
+        next.wait_running();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let record = desk
+            .snapshot()
+            .component(&name)
+            .unwrap()
+            .lock
+            .clone()
+            .unwrap();
+        assert_eq!(record.state, LockState::Running);
+        assert_eq!(record.record.unwrap().pid, next.running.pid());
+    }
+
+    /// A record the former module left (a live python pid, an older timestamp, no
+    /// holder fields) holds the lock, as the Rust tools read it (DESIGN.md rule 5): the
+    /// bot refuses and the file is left as it was; master-launch refuses too.
+    #[test]
+    fn a_former_modules_record_naming_a_live_older_process_is_held() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("LEG");
+        let name = brain(&desk);
+        std::fs::create_dir_all(desk.lock_dir()).unwrap();
+        let path = desk.lock_path(&name);
+        // A python process writes the record as the former module did, and stays. Its
+        // timestamp is a second after its start, as the former module's would be.
+        let script = format!(
+            "import datetime, json, os, sys, time\n\
+             time.sleep(1.1)\n\
+             data = {{'pid': os.getpid(), 'name': {name:?}, 'account': '212000584',\n\
+                     'timestamp': datetime.datetime.now().isoformat()}}\n\
+             open(sys.argv[1], 'w').write(json.dumps(data, indent=2))\n\
+             print('written', flush=True)\n\
+             time.sleep(120)\n"
+        );
+        let mut old = Command::new("python3");
+        old.arg("-c")
+            .arg(script)
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let old = start_bot(old);
+        assert!(
+            old.lines
+                .wait_for("written", Duration::from_secs(30))
+                .is_some()
+        );
+        let before = std::fs::read(&path).unwrap();
+        assert_eq!(lock_state(&desk, &name), Some(LockState::Legacy));
+
+        let (code, out, err) = finish(bot_command(&desk, &name).spawn().unwrap());
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            out.contains(&format!(
+                "LOCK FAILURE: Process lock '{name}' is held by PID {}.",
+                old.running.pid()
+            )),
+            "{out}{err}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the record was touched"
+        );
+        assert_eq!(lock_state(&desk, &name), Some(LockState::Legacy));
+        // master-launch refuses on it too, naming it legacy.
+        let (code, text) = refused_start(&desk);
+        assert_eq!(code, Some(3), "{text}");
+        assert!(text.contains(&name), "{text}");
+    }
+
+    /// The same record naming a process that started after its timestamp is a reused
+    /// pid: stale for the tools, and the bot takes the lock over.
+    #[test]
+    fn a_former_modules_record_naming_a_reused_pid_is_taken_over() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("REUSE");
+        let name = brain(&desk);
+        std::fs::create_dir_all(desk.lock_dir()).unwrap();
+        let path = desk.lock_path(&name);
+        let script = format!(
+            "import datetime, json, os, sys, time\n\
+             data = {{'pid': os.getpid(), 'name': {name:?}, 'account': '212000584',\n\
+                     'timestamp': (datetime.datetime.now() - datetime.timedelta(hours=1)).isoformat()}}\n\
+             open(sys.argv[1], 'w').write(json.dumps(data, indent=2))\n\
+             print('written', flush=True)\n\
+             time.sleep(120)\n"
+        );
+        let mut old = Command::new("python3");
+        old.arg("-c")
+            .arg(script)
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let old = start_bot(old);
+        assert!(
+            old.lines
+                .wait_for("written", Duration::from_secs(30))
+                .is_some()
+        );
+        assert_eq!(lock_state(&desk, &name), Some(LockState::Stale));
+
+        let bot = start_bot(bot_command(&desk, &name));
+        bot.wait_running();
+        let status = desk
+            .snapshot()
+            .component(&name)
+            .unwrap()
+            .lock
+            .clone()
+            .unwrap();
+        assert_eq!(status.state, LockState::Running);
+        assert_eq!(status.record.unwrap().pid, bot.running.pid());
+        drop(old);
+    }
+
+    /// A bot started under another component's name (FLEET_LOCK_NAME differs from the
+    /// name it asks for) refuses with a message that says so, and touches no file.
+    #[test]
+    fn a_bot_started_under_another_components_name_says_so() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("MIS");
+        let name = brain(&desk);
+        let other = format!("WATCHDOG_{}", desk.accounts[0]);
+        let mut command = bot_command(&desk, &name);
+        command
+            .env("FLEET_LOCK_NAME", &other)
+            .env("FLEET_LOCK_FILE", desk.lock_path(&other));
+        let (code, out, err) = finish(command.spawn().unwrap());
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            out.starts_with("LOCK FAILURE: this process was started under the lock ")
+                && out.contains(&format!("{other} (FLEET_LOCK_NAME)"))
+                && out.contains(&format!("asks for the lock {name}")),
+            "{out}{err}"
+        );
+        assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
+    }
+
+    /// master-launch writes the child's pid into the record just after starting it:
+    /// a bot that looks first must wait for it, not give up. Here the test holds the
+    /// lock the way master-launch does and records the bot only a second later.
+    #[test]
+    fn a_managed_bot_waits_for_its_launcher_to_record_it() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("LATE");
+        let name = brain(&desk);
+        let mut probe = ProcessProbe::new().unwrap();
+        let claim = LockClaim {
+            account: Some(desk.accounts[0].clone()),
+            command: vec!["test".into()],
+        };
+        let Acquire::Acquired(mut held) = LockDir::new(desk.lock_dir())
+            .acquire(&name, &claim, &mut probe)
+            .unwrap()
+        else {
+            panic!("the test could not take {name}");
+        };
+        let mut command = bot_command(&desk, &name);
+        command
+            .env("FLEET_LOCK_NAME", &name)
+            .env("FLEET_LOCK_FILE", held.path());
+        let bot = start_bot(command);
+        std::thread::sleep(Duration::from_secs(1));
+        let identity = probe.identity(bot.running.pid()).unwrap();
+        held.set_managed(identity, vec!["python3".into(), format!("{name}.py")])
+            .unwrap();
+        bot.wait_running();
+        let before = std::fs::read(held.path()).unwrap();
+        let mut bot = bot;
+        kill(bot.running.pid(), "-TERM");
+        assert_eq!(bot.running.child.wait().unwrap().code(), Some(0));
+        // Its release left the holder's file alone.
+        assert_eq!(std::fs::read(held.path()).unwrap(), before);
+        held.verify().unwrap();
+
+        // A record that never names the bot: it gives up after its wait, and says why.
+        let mut command = bot_command(&desk, &name);
+        command
+            .env("FLEET_LOCK_NAME", &name)
+            .env("FLEET_LOCK_FILE", held.path());
+        let started = Instant::now();
+        let (code, out, err) = finish(command.spawn().unwrap());
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "it did not wait"
+        );
+        assert!(
+            out.starts_with("LOCK FAILURE: FLEET_LOCK_NAME says a launcher holds")
+                && out.contains(&format!("names pid {}", identity.pid)),
+            "{out}{err}"
+        );
+        assert_eq!(std::fs::read(held.path()).unwrap(), before);
+        held.release().unwrap();
+
+        // The file exists but nobody holds it (a launcher that died): refused too.
+        std::fs::write(desk.lock_path(&name), &before).unwrap();
+        let mut command = bot_command(&desk, &name);
+        command
+            .env("FLEET_LOCK_NAME", &name)
+            .env("FLEET_LOCK_FILE", desk.lock_path(&name));
+        let (code, out, _) = finish(command.spawn().unwrap());
+        assert_eq!(code, 1, "{out}");
+        assert!(out.starts_with("LOCK FAILURE: "), "{out}");
+    }
+
+    /// DESIGN.md rule 7 on Linux: anyone can unlink a held lock's file, so the bot
+    /// checks every few seconds and says so loudly on stderr.
+    #[test]
+    fn a_hand_started_bot_reports_its_lock_file_deleted() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("DEL");
+        let name = brain(&desk);
+        let mut child = bot_command(&desk, &name).spawn().unwrap();
+        let errors = spawn_reader(child.stderr.take().unwrap());
+        let bot = Bot {
+            lines: spawn_reader(child.stdout.take().unwrap()),
+            running: Running::new(child),
+        };
+        bot.wait_running();
+        std::fs::remove_file(desk.lock_path(&name)).unwrap();
+        let warning = errors
+            .wait_for("WARNING: lock file", Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no warning"));
+        assert!(
+            warning.contains(&format!("was deleted or replaced while {name} held it")),
+            "{warning}"
+        );
+    }
+
+    /// The older module's API without `with`: `acquire()` is True once and False for a
+    /// second lock object (even in the same process), `get_lock_info()` shows the
+    /// record, `release()` frees it; a numeric account is recorded as text, which the
+    /// tools can read.
+    #[test]
+    fn acquire_release_and_get_lock_info_keep_the_older_api() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("API");
+        let name = brain(&desk);
+        let script = format!(
+            "import os, sys, time\n\
+             from process_lock import LOCK_DIR, ProcessLock\n\
+             first = ProcessLock({name:?}, account=212000584)\n\
+             second = ProcessLock({name:?})\n\
+             print('first', first.acquire(), first.acquire(), flush=True)\n\
+             print('second', second.acquire(), flush=True)\n\
+             info = second.get_lock_info()\n\
+             print('info', info['pid'] == os.getpid(), info['account'], flush=True)\n\
+             print('dir', LOCK_DIR == second.lock_file.parent, flush=True)\n\
+             sys.stdin.readline()\n\
+             first.release()\n\
+             print('after', second.get_lock_info(), second.acquire(), flush=True)\n\
+             second.release()\n"
+        );
+        let mut command = Command::new("python3");
+        command
+            .arg("-c")
+            .arg(script)
+            .current_dir(desk.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let lines = spawn_reader(child.stdout.take().unwrap());
+        let child = Running::new(child);
+        let want = |needle: &str| {
+            lines
+                .wait_for(needle, Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("no `{needle}`"))
+        };
+        assert_eq!(want("first"), "first True True");
+        assert_eq!(want("second"), "second False");
+        assert_eq!(want("info"), "info True 212000584");
+        assert_eq!(want("dir"), "dir True");
+        let snap = desk.snapshot();
+        let lock = snap.component(&name).unwrap().lock.clone().unwrap();
+        assert_eq!(lock.state, LockState::Running);
+        let record = lock.record.unwrap();
+        assert_eq!(record.account.as_deref(), Some("212000584"));
+        assert_eq!(record.pid, child.pid());
+        stdin.write_all(b"\n").unwrap();
+        assert_eq!(want("after"), "after None True");
+        let mut child = child;
+        assert_eq!(child.child.wait().unwrap().code(), Some(0));
+        assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
+    }
+
+    /// A bot started by hand and a Rust tool (lockcore, as `lock-taker`) race for the
+    /// same lock: exactly one wins each round, so they take the same OS lock.
+    #[test]
+    fn a_hand_started_bot_and_a_rust_tool_exclude_each_other() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("MIX");
+        let name = brain(&desk);
+        for round in 0..20 {
+            let go = Barrier::new(desk.dir.path(), &format!("go{round}"));
+            let release = Barrier::new(desk.dir.path(), &format!("release{round}"));
+            let mut taker = Command::new(tool("fleet-tests", "lock-taker"));
+            taker
+                .arg("race")
+                .arg(desk.lock_dir())
+                .arg(&name)
+                .arg(&go.path)
+                .arg(&release.path)
+                .stdout(Stdio::piped());
+            let taker = start_bot(taker);
+            assert!(
+                taker
+                    .lines
+                    .wait_for("ready", Duration::from_secs(30))
+                    .is_some()
+            );
+            let mut command = Command::new("python3");
+            command
+                .arg("-c")
+                .arg(
+                    "import os, runpy, sys, time\n\
+                     go, bot = sys.argv[1], sys.argv[2]\n\
+                     while not os.path.exists(go): time.sleep(0.0002)\n\
+                     sys.argv = [bot]\n\
+                     runpy.run_path(bot, run_name='__main__')\n",
+                )
+                .arg(&go.path)
+                .arg(format!("{name}.py"))
+                .current_dir(desk.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped());
+            let mut bot = start_bot(command);
+            go.release();
+            let outcome = taker
+                .lines
+                .wait_for("outcome", Duration::from_secs(30))
+                .unwrap();
+            if outcome.contains("acquired") {
+                let (code, out) = {
+                    let status = bot.running.child.wait().unwrap();
+                    let lines = std::mem::replace(&mut bot.lines, spawn_reader(&b""[..]));
+                    (status.code(), lines.collect().join("\n"))
+                };
+                assert_eq!(code, Some(1), "round {round}: {out}");
+                assert!(out.starts_with("LOCK FAILURE: "), "round {round}: {out}");
+                release.release();
+            } else {
+                bot.wait_running();
+                release.release();
+                kill(bot.running.pid(), "-TERM");
+                assert_eq!(bot.running.child.wait().unwrap().code(), Some(0));
+            }
+            let mut taker = taker;
+            taker.running.child.wait().unwrap();
+            wait_until("the lock to be free", || {
+                lock_state(&desk, &name).is_none_or(|s| !s.is_held())
+            });
+        }
+    }
+
+    /// Hostile lock paths: a symlink is not followed, a FIFO does not hang the bot,
+    /// garbage is overwritten.
+    #[test]
+    fn a_symlink_fifo_or_garbage_at_the_lock_path_does_no_harm() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk("ODD");
+        let name = brain(&desk);
+        std::fs::create_dir_all(desk.lock_dir()).unwrap();
+        let target = desk.dir.path().join("elsewhere.txt");
+        std::fs::write(&target, b"keep me").unwrap();
+        std::os::unix::fs::symlink(&target, desk.lock_path(&name)).unwrap();
+        let (code, out, err) = finish(bot_command(&desk, &name).spawn().unwrap());
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains("is a symbolic link"), "{out}{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+
+        std::fs::remove_file(desk.lock_path(&name)).unwrap();
+        let made = Command::new("mkfifo")
+            .arg(desk.lock_path(&name))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (code, out, err) = finish(bot_command(&desk, &name).spawn().unwrap());
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains("is not a regular file"), "{out}{err}");
+        // Named as the launcher's lock file, it is not read (which would block) either.
+        let mut command = bot_command(&desk, &name);
+        command
+            .env("FLEET_LOCK_NAME", &name)
+            .env("FLEET_LOCK_FILE", desk.lock_path(&name));
+        let (code, out, err) = finish(command.spawn().unwrap());
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains("is missing or unreadable"), "{out}{err}");
+
+        // A corrupt record (absurdly nested JSON) holds nothing: the bot takes over.
+        std::fs::remove_file(desk.lock_path(&name)).unwrap();
+        std::fs::write(desk.lock_path(&name), "[".repeat(200_000)).unwrap();
+        let bot = start_bot(bot_command(&desk, &name));
+        bot.wait_running();
+        let status = desk
+            .snapshot()
+            .component(&name)
+            .unwrap()
+            .lock
+            .clone()
+            .unwrap();
+        assert_eq!(status.state, LockState::Running);
+        assert_eq!(status.record.unwrap().pid, bot.running.pid());
+    }
+}
