@@ -31,8 +31,8 @@ pub use config::{Component, ConfigError, Fleet, Role};
 pub use desk::{ComponentView, DeskSnapshot, Problem, ProblemKind, RunningCopy};
 pub use exit::ExitCode;
 pub use lock::{
-    Acquire, HeldLock, Holder, LockClaim, LockDir, LockError, LockLost, LockState, LockStatus,
-    LockWatcher, Removal,
+    Acquire, HeldLock, Holder, LockClaim, LockDir, LockError, LockLost, LockScan, LockState,
+    LockStatus, LockWatcher, Removal, StrayEntry,
 };
 pub use process::{ProcessIdentity, ProcessInfo, ProcessProbe, ProcessTable, ProcessTree};
 pub use record::LockRecord;

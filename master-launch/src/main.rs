@@ -230,9 +230,12 @@ fn supervise_desk(
             Err(RecvTimeoutError::Timeout) => {}
         }
         if let Some(request) = StopRequest::read(&fleet.lock_dir, MASTER_LOCK_NAME) {
+            if let Some(why) = &request.unreadable {
+                events.line("", &format!("{why}; it still means: stop all"));
+            }
             events.line(
                 "",
-                &format!("stop-all requested by pid {}", request.requested_by),
+                &format!("stop-all requested by {}", request.requester()),
             );
             return;
         }
@@ -271,24 +274,24 @@ fn act_on_stop_request(
     let Some(request) = StopRequest::read(&fleet.lock_dir, name) else {
         return;
     };
+    if let Some(why) = &request.unreadable {
+        events.line(
+            "",
+            &format!("{name}: {why}; stopping with its own stop timeout"),
+        );
+    }
     events.line(
         "",
         &format!(
-            "{name}: stop requested by pid {}; it will not be restarted",
-            request.requested_by
+            "{name}: stop requested by {}; it will not be restarted",
+            request.requester()
         ),
     );
     supervisor.request_stop();
-    deadlines.insert(
-        name.clone(),
-        Instant::now()
-            + request.time_left(
-                supervisor
-                    .component
-                    .stop_timeout
-                    .min(Duration::from_secs(1)),
-            ),
-    );
+    // time_left is at most a day, so the sum cannot overflow; checked all the same.
+    let wait = request.time_left(supervisor.component.stop_timeout);
+    let now = Instant::now();
+    deadlines.insert(name.clone(), now.checked_add(wait).unwrap_or(now));
 }
 
 enum Event {
@@ -340,6 +343,16 @@ fn preflight(
                 component.lock_name.clone(),
                 "running without its lock".into(),
                 copy.tree.root.pid,
+            ));
+        }
+        // DESIGN.md rule 12: a link, FIFO or directory at the lock's name is never
+        // written through or replaced; refuse before starting anything.
+        let lock_file = format!("{}.lock", component.lock_name);
+        if let Some(stray) = snapshot.strays.iter().find(|s| s.file_name == lock_file) {
+            refusals.push((
+                component.lock_name.clone(),
+                format!("{lock_file} is {}", stray.what),
+                0,
             ));
         }
     }
@@ -528,10 +541,7 @@ fn watch_for_stop_request(
         loop {
             std::thread::sleep(TICK);
             if let Some(request) = StopRequest::read(&lock_dir, &name) {
-                stop_by_hand(
-                    child,
-                    request.time_left(timeout.min(Duration::from_secs(1))),
-                );
+                stop_by_hand(child, request.time_left(timeout));
                 return;
             }
         }
