@@ -8,13 +8,20 @@
 //! Processes with a live lock holder are stopped through the holder (a stop request);
 //! copies nobody holds are signalled directly. Whatever is still alive after the
 //! timeout (plus a margin, for a holder) is killed with its children, after its start
-//! time is checked again. Exit codes: 0 all stopped, 1 something survived or the
-//! user cancelled, 2 bad arguments or config, or no terminal to confirm on.
+//! time is checked again.
+//!
+//! The emergency stop works whatever else is broken (DESIGN.md rule 12): entries in the
+//! lock dir that are not regular files are skipped, an unreadable lock dir leaves the
+//! processes found by command line, a stop request that cannot be written falls back
+//! to signalling the process, and an audit log that cannot be opened is reported on
+//! stderr (with its path) while the stop goes on. Exit codes: 0 all stopped, 1
+//! something survived, the user cancelled, or the audit log is incomplete, 2 bad
+//! arguments or config, or no terminal to confirm on.
 
 mod find;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -30,6 +37,8 @@ const TOOL: &str = "safe-shutdown";
 /// Extra time a lock holder gets beyond the timeout before we force its child: it
 /// forces at the deadline itself; this covers a hung holder.
 const HOLDER_MARGIN: Duration = Duration::from_secs(3);
+/// The longest `--timeout`: a day.
+const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
 
 /// Stop the trading desk, or some accounts, in a safe order.
 ///
@@ -48,8 +57,13 @@ struct Args {
     /// Stop only this account (repeatable); the rest keep trading.
     #[arg(long = "account", value_name = "NAME")]
     accounts: Vec<String>,
-    /// Seconds each process gets to stop gracefully before it is forced.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    /// Seconds each process gets to stop gracefully before it is forced (at most a day).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS)
+    )]
     timeout: u64,
     /// Print what would be stopped, and in which order, then exit.
     #[arg(long)]
@@ -75,12 +89,24 @@ fn run(args: &Args) -> Result<ExitCode> {
         }
     }
     let mut probe = ProcessProbe::new()?;
-    let snapshot = DeskSnapshot::take(&fleet, &mut probe)?;
+    let snapshot = match DeskSnapshot::take(&fleet, &mut probe) {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            // Without the lock dir, the desk's processes are still found by command line.
+            eprintln!("{TOOL}: {e}; looking for the desk's processes by their command lines only");
+            DeskSnapshot::build(
+                &fleet,
+                Vec::new(),
+                probe.table(),
+                lockcore::process::now_secs(),
+            )
+        }
+    };
     let targets = find::targets(&snapshot, &args.accounts);
     if targets.is_empty() {
         println!("Nothing to stop: no process of the desk runs.");
         if !args.dry_run {
-            clean_locks(&fleet, &args.accounts, &mut probe, None);
+            clean_locks(&fleet, &args.accounts, &mut probe, &Audit::none());
         }
         return Ok(ExitCode::Ok);
     }
@@ -89,17 +115,15 @@ fn run(args: &Args) -> Result<ExitCode> {
         println!("\n(dry run: nothing was stopped)");
         return Ok(ExitCode::Ok);
     }
-    let audit = Log::open(&fleet.log_dir.join("safe-shutdown.log"), false)?;
-    audit.line(
-        "",
-        &format!("found {} process(es): {}", targets.len(), summary(&targets)),
-    );
+    let audit = Audit::open(&fleet.log_dir.join("safe-shutdown.log"));
+    audit.line(&format!(
+        "found {} process(es): {}",
+        targets.len(),
+        summary(&targets)
+    ));
     if !args.yes {
         if !std::io::stdin().is_terminal() {
-            audit.line(
-                "",
-                "refused: no terminal to confirm on and no --yes; nothing stopped",
-            );
+            audit.line("refused: no terminal to confirm on and no --yes; nothing stopped");
             eprintln!(
                 "{TOOL}: refusing to stop anything without confirmation: there is no terminal \
                  to ask on. Run it in a console, or pass --yes."
@@ -107,43 +131,57 @@ fn run(args: &Args) -> Result<ExitCode> {
             return Ok(ExitCode::Usage);
         }
         if !confirmed(targets.len())? {
-            audit.line("", "cancelled by the user; nothing stopped");
+            audit.line("cancelled by the user; nothing stopped");
             println!("Cancelled. Nothing was stopped.");
             return Ok(ExitCode::Problems);
         }
     }
-    audit.line(
-        "",
-        if args.yes {
-            "confirmed by --yes"
-        } else {
-            "confirmed by the user (YES)"
-        },
-    );
-    let timeout = Duration::from_secs(args.timeout);
-    let whole_desk = args.accounts.is_empty();
-    if whole_desk && targets.iter().any(|t| t.stage == Stage::Orchestrator) {
+    audit.line(if args.yes {
+        "confirmed by --yes"
+    } else {
+        "confirmed by the user (YES)"
+    });
+    let timeout = Duration::from_secs(args.timeout.min(MAX_TIMEOUT_SECS));
+    let mut orchestrator_told = false;
+    if args.accounts.is_empty() && targets.iter().any(|t| t.stage == Stage::Orchestrator) {
         // Tell master-launch first: it restarts nothing and stops in order itself.
-        StopRequest::new(MASTER_LOCK_NAME, timeout).write(&fleet.lock_dir)?;
-        audit.line(
-            "",
-            "asked master-launch to stop the whole desk (stop-all request)",
-        );
+        match StopRequest::new(MASTER_LOCK_NAME, timeout).write(&fleet.lock_dir) {
+            Ok(_) => {
+                orchestrator_told = true;
+                audit.line("asked master-launch to stop the whole desk (stop-all request)");
+            }
+            Err(e) => audit.warn(&format!(
+                "cannot ask master-launch to stop the desk ({e}); stopping each component"
+            )),
+        }
     }
     for stage in Stage::ORDER {
         let in_stage: Vec<&Target> = targets.iter().filter(|t| t.stage == stage).collect();
         if !in_stage.is_empty() {
             stop_stage(
-                stage, &in_stage, &fleet, timeout, whole_desk, &audit, &mut probe,
-            )?;
+                stage,
+                &in_stage,
+                &fleet,
+                timeout,
+                orchestrator_told,
+                &audit,
+                &mut probe,
+            );
         }
     }
     let survivors: Vec<&Target> = targets.iter().filter(|t| probe.is_alive(t.who)).collect();
     let _ = StopRequest::remove(&fleet.lock_dir, MASTER_LOCK_NAME);
-    clean_locks(&fleet, &args.accounts, &mut probe, Some(&audit));
+    clean_locks(&fleet, &args.accounts, &mut probe, &audit);
     if survivors.is_empty() {
-        audit.line("", "all stopped");
+        audit.line("all stopped");
         println!("All {} stopped.", targets.len());
+        if let Some(path) = audit.broken() {
+            eprintln!(
+                "{TOOL}: everything stopped, but the audit log {} is incomplete",
+                path.display()
+            );
+            return Ok(ExitCode::Problems);
+        }
         return Ok(ExitCode::Ok);
     }
     eprintln!("{TOOL}: THESE ARE STILL RUNNING:");
@@ -153,14 +191,65 @@ fn run(args: &Args) -> Result<ExitCode> {
             target.name, target.who.pid, target.found
         );
     }
-    audit.line(
-        "",
-        &format!(
-            "survivors: {}",
-            summary(&survivors.iter().map(|t| (*t).clone()).collect::<Vec<_>>())
-        ),
-    );
+    audit.line(&format!(
+        "survivors: {}",
+        summary(&survivors.iter().map(|t| (*t).clone()).collect::<Vec<_>>())
+    ));
     Ok(ExitCode::Problems)
+}
+
+/// The audit trail: `<log_dir>/safe-shutdown.log`. If it cannot be opened, the stop
+/// goes on (the emergency stop never waits on a log); stderr says so with the path, and
+/// the exit code says the audit is incomplete.
+struct Audit {
+    log: Option<Log>,
+    broken: Option<PathBuf>,
+}
+
+impl Audit {
+    fn open(path: &Path) -> Audit {
+        match Log::open(path, false) {
+            Ok(log) => Audit {
+                log: Some(log),
+                broken: None,
+            },
+            Err(e) => {
+                eprintln!(
+                    "{TOOL}: cannot open the audit log {}: {e}; stopping anyway, without an audit",
+                    path.display()
+                );
+                Audit {
+                    log: None,
+                    broken: Some(path.to_path_buf()),
+                }
+            }
+        }
+    }
+
+    /// No audit wanted (nothing is being stopped).
+    fn none() -> Audit {
+        Audit {
+            log: None,
+            broken: None,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if let Some(log) = &self.log {
+            log.line("", text);
+        }
+    }
+
+    /// A line for the audit and for stderr: something did not go as planned.
+    fn warn(&self, text: &str) {
+        eprintln!("{TOOL}: {text}");
+        self.line(text);
+    }
+
+    /// The audit log's path, if it could not be opened.
+    fn broken(&self) -> Option<&Path> {
+        self.broken.as_deref()
+    }
 }
 
 fn summary(targets: &[Target]) -> String {
@@ -204,10 +293,10 @@ fn stop_stage(
     targets: &[&Target],
     fleet: &Fleet,
     timeout: Duration,
-    whole_desk: bool,
-    audit: &Log,
+    orchestrator_told: bool,
+    audit: &Audit,
     probe: &mut ProcessProbe,
-) -> Result<()> {
+) {
     let progress = Progress::new(stage, targets.len());
     let started = Instant::now();
     let mut deadline = timeout;
@@ -222,36 +311,41 @@ fn stop_stage(
                 lockcore::record::format_local(now.start_time)
             );
             println!("{line}");
-            audit.line("", &line);
+            audit.line(&line);
             continue;
         }
-        match target.holder {
-            Some(_) if whole_desk && target.held_by_orchestrator => {
+        // Timeouts are at most a day: these sums cannot overflow; saturating anyway.
+        let holder_deadline = timeout.saturating_add(HOLDER_MARGIN);
+        let request_written = match target.holder {
+            Some(_) if orchestrator_told && target.held_by_orchestrator => {
                 // The stop-all request covers it; master-launch keeps the order.
-                deadline = deadline.max(timeout * 3 + HOLDER_MARGIN);
+                deadline = deadline.max(timeout.saturating_mul(3).saturating_add(HOLDER_MARGIN));
+                true
             }
-            Some(holder) => {
-                StopRequest::new(&target.name, timeout).write(&fleet.lock_dir)?;
-                audit.line(
-                    "",
-                    &format!(
+            Some(holder) => match StopRequest::new(&target.name, timeout).write(&fleet.lock_dir) {
+                Ok(_) => {
+                    audit.line(&format!(
                         "{}: stop request to its holder pid {}",
                         target.name, holder.pid
-                    ),
-                );
-                deadline = deadline.max(timeout + HOLDER_MARGIN);
-            }
-            None => {
-                if let Some(asked) = probe.terminate(target.who) {
-                    audit.line(
-                        "",
-                        &format!(
-                            "{}: asked pid {} to stop: {asked}",
-                            target.name, target.who.pid
-                        ),
-                    );
+                    ));
+                    deadline = deadline.max(holder_deadline);
+                    true
                 }
-            }
+                Err(e) => {
+                    audit.warn(&format!(
+                        "{}: {e}; asking pid {} directly instead",
+                        target.name, target.who.pid
+                    ));
+                    false
+                }
+            },
+            None => false,
+        };
+        if !request_written && let Some(asked) = probe.terminate(target.who) {
+            audit.line(&format!(
+                "{}: asked pid {} to stop: {asked}",
+                target.name, target.who.pid
+            ));
         }
     }
     loop {
@@ -264,15 +358,12 @@ fn stop_stage(
     }
     let stubborn: Vec<&&Target> = targets.iter().filter(|t| probe.is_alive(t.who)).collect();
     for target in stubborn {
-        audit.line(
-            "",
-            &format!(
-                "{}: still running after {}; killing pid {} and its children",
-                target.name,
-                human_duration(started.elapsed().as_secs()),
-                target.who.pid
-            ),
-        );
+        audit.line(&format!(
+            "{}: still running after {}; killing pid {} and its children",
+            target.name,
+            human_duration(started.elapsed().as_secs()),
+            target.who.pid
+        ));
         probe.kill_tree(target.who);
     }
     let forced_at = Instant::now();
@@ -283,15 +374,15 @@ fn stop_stage(
     }
     let stopped = targets.iter().filter(|t| !probe.is_alive(t.who)).count();
     progress.finish(stopped);
-    audit.line(
-        "",
-        &format!("{}: {stopped} of {} stopped", stage.label(), targets.len()),
-    );
-    Ok(())
+    audit.line(&format!(
+        "{}: {stopped} of {} stopped",
+        stage.label(),
+        targets.len()
+    ));
 }
 
 /// Removes the lock files of what was asked for, where no holder is left.
-fn clean_locks(fleet: &Fleet, accounts: &[String], probe: &mut ProcessProbe, audit: Option<&Log>) {
+fn clean_locks(fleet: &Fleet, accounts: &[String], probe: &mut ProcessProbe, audit: &Audit) {
     let locks = LockDir::new(&fleet.lock_dir);
     let mut names: Vec<String> = fleet
         .components()
@@ -315,9 +406,7 @@ fn clean_locks(fleet: &Fleet, accounts: &[String], probe: &mut ProcessProbe, aud
                 status.detail
             );
             println!("{line}");
-            if let Some(audit) = audit {
-                audit.line("", &line);
-            }
+            audit.line(&line);
         }
     }
 }
