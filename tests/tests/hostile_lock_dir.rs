@@ -1,0 +1,130 @@
+//! Entries the tools did not write (DESIGN.md rule 12), at the library level: a link,
+//! FIFO or directory at a lock's name is never written through, opened in a way that
+//! blocks, or removed; a record too big to be one is `corrupt` and not read whole.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+#![cfg(unix)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lockcore::{LockClaim, LockDir, LockError, LockState, ProcessProbe, Removal};
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn is_not_a_file<T: std::fmt::Debug>(result: Result<T, LockError>, what: &str) {
+    match result {
+        Err(LockError::NotAFile { what: found, .. }) => assert_eq!(found, what),
+        other => panic!("expected NotAFile ({what}), got {other:?}"),
+    }
+}
+
+#[test]
+fn acquire_never_writes_through_a_symlink_existing_target_or_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let locks = tmp.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let nowhere = tmp.path().join("would-be-created");
+    std::os::unix::fs::symlink(&victim, locks.join("MASTER_LAUNCH.lock")).unwrap();
+    std::os::unix::fs::symlink(&nowhere, locks.join("BRAIN_X.lock")).unwrap();
+    let dir = LockDir::new(&locks);
+    let mut probe = ProcessProbe::new().unwrap();
+    for name in ["MASTER_LAUNCH", "BRAIN_X"] {
+        is_not_a_file(
+            dir.acquire(name, &LockClaim::default(), &mut probe),
+            "a symbolic link",
+        );
+        is_not_a_file(dir.inspect(name, &mut probe), "a symbolic link");
+        is_not_a_file(dir.remove_if_stale(name, &mut probe), "a symbolic link");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(
+        !nowhere.exists(),
+        "a file was created through a dangling link"
+    );
+    assert!(locks.join("MASTER_LAUNCH.lock").is_symlink());
+}
+
+#[test]
+fn fifos_and_directories_at_a_lock_name_are_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::new(tmp.path());
+    mkfifo(&tmp.path().join("junk.lock"));
+    std::fs::create_dir(tmp.path().join("stray.lock")).unwrap();
+    let mut probe = ProcessProbe::new().unwrap();
+    let started = Instant::now();
+    for (name, what) in [("junk", "a named pipe (FIFO)"), ("stray", "a directory")] {
+        is_not_a_file(dir.acquire(name, &LockClaim::default(), &mut probe), what);
+        is_not_a_file(dir.inspect(name, &mut probe), what);
+        is_not_a_file(dir.remove_if_stale(name, &mut probe), what);
+    }
+    let scan = dir.scan_all(&mut probe).unwrap();
+    assert!(scan.locks.is_empty());
+    let strays: Vec<(&str, &str)> = scan
+        .strays
+        .iter()
+        .map(|s| (s.file_name.as_str(), s.what.as_str()))
+        .collect();
+    assert_eq!(
+        strays,
+        [
+            ("junk.lock", "a named pipe (FIFO)"),
+            ("stray.lock", "a directory")
+        ]
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "something blocked"
+    );
+    assert!(tmp.path().join("stray.lock").is_dir());
+}
+
+#[test]
+fn a_record_bigger_than_64_kib_is_corrupt_and_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("BRAIN_BIG.lock");
+    let filler = "x".repeat(200 * 1024);
+    std::fs::write(
+        &path,
+        format!(r#"{{"pid": 4000000000, "name": "BRAIN_BIG", "command": ["{filler}"]}}"#),
+    )
+    .unwrap();
+    let sparse = tmp.path().join("HUGE.lock");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(100 * 1024 * 1024)
+        .unwrap();
+    let dir = LockDir::new(tmp.path());
+    let mut probe = ProcessProbe::new().unwrap();
+    for name in ["BRAIN_BIG", "HUGE"] {
+        let status = dir.inspect(name, &mut probe).unwrap().unwrap();
+        assert_eq!(status.state, LockState::Corrupt, "{name}");
+        assert!(status.record.is_none());
+        assert!(
+            status.detail.contains("more than a record can be"),
+            "{}",
+            status.detail
+        );
+    }
+    // An unknown name's unreadable file is kept; a desk lock's is removed.
+    assert!(matches!(
+        dir.remove_if_stale_or_unknown("HUGE", false, &mut probe)
+            .unwrap(),
+        Removal::Kept(_)
+    ));
+    assert!(sparse.exists());
+    assert!(matches!(
+        dir.remove_if_stale_or_unknown("BRAIN_BIG", true, &mut probe)
+            .unwrap(),
+        Removal::Removed(_)
+    ));
+}
