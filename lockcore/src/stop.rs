@@ -141,9 +141,17 @@ impl StopRequest {
         }
     }
 
-    /// Removes the request for `name` (acted on, or withdrawn).
+    /// Removes the request for `name` (acted on, or withdrawn). An entry that is not a
+    /// regular file was never a request, and is left alone (DESIGN.md rule 12).
     pub fn remove(lock_dir: &Path, name: &str) -> io::Result<()> {
-        match std::fs::remove_file(StopRequest::path(lock_dir, name)) {
+        let path = StopRequest::path(lock_dir, name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.file_type().is_file() => {}
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -279,6 +287,11 @@ mod tests {
         let started = std::time::Instant::now();
         for name in ["L", "D", "F"] {
             assert_eq!(StopRequest::read(dir.path(), name), None, "{name}");
+            StopRequest::remove(dir.path(), name).unwrap();
+            assert!(
+                std::fs::symlink_metadata(StopRequest::path(dir.path(), name)).is_ok(),
+                "{name} was removed"
+            );
         }
         assert!(started.elapsed() < Duration::from_secs(5));
     }
