@@ -78,6 +78,15 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
         0,
     );
+    let foreign = dir.foreign_entries()?;
+    if !foreign.is_empty() {
+        eprintln!(
+            "{TOOL}: warning: {} holds files that are not lock files or stop requests ({}); \
+             they are left alone, but give the lock folder a folder of its own",
+            dir.path().display(),
+            foreign.join(", ")
+        );
+    }
     for stray in dir.stray_entries()? {
         println!(
             "skipped {}: it is {}, not a file these tools wrote; left alone (remove it by hand \

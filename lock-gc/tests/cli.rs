@@ -148,7 +148,10 @@ fn lock_dir_works_without_a_config_and_keeps_unreadable_files_of_unknown_names()
                 ))
                 .and(predicate::str::contains("removed OLD.lock: stale"))
                 .and(predicate::str::contains("removed 2 lock files")),
-        );
+        )
+        .stderr(predicate::str::contains(
+            "holds files that are not lock files or stop requests (notes.txt)",
+        ));
     assert!(dir.path().join("notes.txt").exists());
     assert!(dir.path().join("X.lock").exists());
 }

@@ -128,3 +128,38 @@ fn a_record_bigger_than_64_kib_is_corrupt_and_not_read() {
         Removal::Removed(_)
     ));
 }
+
+#[test]
+fn a_held_lock_replaced_by_a_link_or_folder_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::new(tmp.path());
+    let mut probe = ProcessProbe::new().unwrap();
+    for replacement in ["link", "folder"] {
+        let held = match dir
+            .acquire("BRAIN_W", &LockClaim::default(), &mut probe)
+            .unwrap()
+        {
+            lockcore::Acquire::Acquired(held) => held,
+            other => panic!("{other:?}"),
+        };
+        let watcher = held.watcher().unwrap();
+        watcher.check().unwrap();
+        let path = held.path().to_path_buf();
+        std::fs::remove_file(&path).unwrap();
+        if replacement == "link" {
+            std::os::unix::fs::symlink(tmp.path().join("elsewhere"), &path).unwrap();
+        } else {
+            std::fs::create_dir(&path).unwrap();
+        }
+        assert!(watcher.check().is_err(), "{replacement}");
+        assert!(held.verify().is_err(), "{replacement}");
+        drop(held);
+        // The release left the replacement alone.
+        assert!(std::fs::symlink_metadata(&path).is_ok(), "{replacement}");
+        if replacement == "link" {
+            std::fs::remove_file(&path).unwrap();
+        } else {
+            std::fs::remove_dir(&path).unwrap();
+        }
+    }
+}

@@ -413,6 +413,20 @@ impl LockDir {
         Ok(names)
     }
 
+    /// Entries that are neither lock files nor stop requests (nor a request being
+    /// written): the tools leave them alone, but a lock folder shared with other files
+    /// invites mistakes, so callers warn about them.
+    pub fn foreign_entries(&self) -> Result<Vec<String>, LockError> {
+        let mut names: Vec<String> = self
+            .entries()?
+            .into_iter()
+            .map(|(file_name, _, _)| file_name)
+            .filter(|n| !n.ends_with(".lock") && !n.ends_with(".stop") && !n.ends_with(".tmp"))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// `*.lock` and `*.stop` entries that are not regular files, sorted by name.
     pub fn stray_entries(&self) -> Result<Vec<StrayEntry>, LockError> {
         let mut strays: Vec<StrayEntry> = self
@@ -673,10 +687,11 @@ pub struct LockWatcher {
 
 impl LockWatcher {
     pub fn check(&self) -> Result<(), LockLost> {
-        match os::open(&self.path, false).and_then(|file| os::file_key(&file)) {
+        match os::path_key(&self.path) {
             Ok(key) if key == self.key => Ok(()),
             // Cannot tell this time (a sharing violation for a moment); the next check will.
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Ok(()),
+            // A link or folder in its place is a replacement: lost.
+            Err(e) if e.kind() != io::ErrorKind::NotFound && os::not_a_file(&e).is_none() => Ok(()),
             _ => Err(LockLost {
                 name: self.name.clone(),
                 path: self.path.clone(),
