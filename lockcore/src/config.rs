@@ -389,14 +389,13 @@ impl Checker<'_> {
             if let Some(terminal) = &a.terminal {
                 self.claim_unique(&mut terminals, terminal, name, "terminal", normalise_path)?;
             }
-            let raw_vars = &vars;
-            let mut vars = builtins.clone();
-            vars.insert("account".into(), name.clone());
+            let mut account_builtins = builtins.clone();
+            account_builtins.insert("account".into(), name.clone());
             if let Some(login) = &a.login {
-                vars.insert("login".into(), login.get_ref().clone());
+                account_builtins.insert("login".into(), login.get_ref().clone());
             }
             if let Some(terminal) = &a.terminal {
-                vars.insert("terminal".into(), terminal.get_ref().clone());
+                account_builtins.insert("terminal".into(), terminal.get_ref().clone());
             }
             let enabled = a.enabled.unwrap_or(true);
             let part = |lock_name: String, role, command, pattern| ComponentSource {
@@ -425,8 +424,8 @@ impl Checker<'_> {
                 login: a.login.as_ref().map(|l| l.get_ref().clone()),
                 terminal: a.terminal.as_ref().map(|t| t.get_ref().clone()),
                 enabled,
-                watchdog: self.component(watchdog, defaults, &raw_vars, &vars)?,
-                brain: self.component(brain, defaults, &raw_vars, &vars)?,
+                watchdog: self.component(watchdog, defaults, &vars, &account_builtins)?,
+                brain: self.component(brain, defaults, &vars, &account_builtins)?,
             });
         }
 

@@ -450,7 +450,7 @@ impl LockDir {
     /// Every entry with a UTF-8 name: its name, path, and what it is if it is not a
     /// regular file. Types come from the directory listing or `lstat`: links are not
     /// followed and nothing is opened.
-    fn entries(&self) -> Result<Vec<(String, PathBuf, Option<&'static str>)>, LockError> {
+    fn entries(&self) -> Result<Vec<Entry>, LockError> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -710,6 +710,9 @@ pub(crate) fn open_entry(path: &Path) -> io::Result<File> {
 pub(crate) fn not_a_file(error: &io::Error) -> Option<&'static str> {
     os::not_a_file(error)
 }
+
+/// A lock-dir entry: its file name, its path, and what it is if not a regular file.
+type Entry = (String, PathBuf, Option<&'static str>);
 
 /// Whether `path` names the same file as the open handle. The path is looked at
 /// without following a link or opening what may be a FIFO.
