@@ -687,6 +687,7 @@ fn fifos_in_the_lock_dir_never_hang_the_orchestrator() {
 
 /// [`wait_all_running`], allowing problems of the given kinds (an entry the test put
 /// in the lock dir on purpose).
+#[cfg(unix)]
 fn wait_all_running_but(desk: &Desk, allowed: &[&str]) -> DeskSnapshot {
     let mut snap = desk.snapshot();
     wait_until("every component to run under its lock", || {
