@@ -20,6 +20,20 @@ use lockcore::output::{finish, use_color};
 use lockcore::{DeskSnapshot, ExitCode, Fleet, ProcessProbe};
 
 const TOOL: &str = "check-procs";
+/// The longest `--watch` interval: a day.
+const MAX_WATCH_SECS: u64 = 24 * 60 * 60;
+
+/// How a snapshot is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Table {
+        clear_screen: bool,
+    },
+    /// One indented document.
+    Json,
+    /// One document per line, for `--json --watch`.
+    JsonLine,
+}
 
 /// Show what runs on the trading desk and what is wrong with it.
 ///
@@ -33,11 +47,18 @@ struct Args {
     /// The desk's config file.
     #[arg(long, value_name = "PATH", default_value = lockcore::config::DEFAULT_CONFIG)]
     config: PathBuf,
-    /// Print one JSON document instead of the table (field names are stable).
+    /// Print one JSON document instead of the table (field names are stable). With
+    /// --watch: one document per line (JSON Lines).
     #[arg(long)]
     json: bool,
-    /// Redraw every SECS seconds (default 2) until Ctrl+C.
-    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    /// Redraw every SECS seconds (default 2, at most a day) until Ctrl+C.
+    #[arg(
+        long,
+        value_name = "SECS",
+        num_args = 0..=1,
+        default_missing_value = "2",
+        value_parser = clap::value_parser!(u64).range(1..=MAX_WATCH_SECS)
+    )]
     watch: Option<u64>,
 }
 
@@ -51,18 +72,33 @@ fn run(args: &Args) -> Result<ExitCode, ToolError> {
     // Asked once, also under --watch: on Windows it runs `schtasks /query`.
     let autostart = autostart::status(Scheduler::native(), &fleet.path);
     let Some(every) = args.watch else {
-        return print_once(&fleet, &mut probe, &autostart, args.json, false);
+        let format = if args.json {
+            Format::Json
+        } else {
+            Format::Table {
+                clear_screen: false,
+            }
+        };
+        return print_once(&fleet, &mut probe, &autostart, format);
     };
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
         .map_err(ToolError::failed)?;
-    let redraw = !args.json && use_color(&std::io::stdout());
+    let format = if args.json {
+        Format::JsonLine
+    } else {
+        Format::Table {
+            clear_screen: use_color(&std::io::stdout()),
+        }
+    };
     let mut code = ExitCode::Ok;
     while !stop.load(Ordering::SeqCst) {
-        code = print_once(&fleet, &mut probe, &autostart, args.json, redraw)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(every.max(1));
-        while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        code = print_once(&fleet, &mut probe, &autostart, format)?;
+        // `every` is at most a day (clap checks), so the sum fits; checked all the same.
+        let started = std::time::Instant::now();
+        let every = Duration::from_secs(every.clamp(1, MAX_WATCH_SECS));
+        while !stop.load(Ordering::SeqCst) && started.elapsed() < every {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -73,19 +109,17 @@ fn print_once(
     fleet: &Fleet,
     probe: &mut ProcessProbe,
     autostart: &AutostartStatus,
-    json: bool,
-    clear_screen: bool,
+    format: Format,
 ) -> Result<ExitCode, ToolError> {
     let snapshot = DeskSnapshot::take(fleet, probe)?;
-    let text = if json {
-        let mut text = serde_json::to_string_pretty(&render::report(&snapshot, fleet, autostart))?;
-        text.push('\n');
-        text
-    } else {
-        render::table(&snapshot, autostart, use_color(&std::io::stdout()))
+    let report = || render::report(&snapshot, fleet, autostart);
+    let text = match format {
+        Format::Json => serde_json::to_string_pretty(&report())? + "\n",
+        Format::JsonLine => serde_json::to_string(&report())? + "\n",
+        Format::Table { .. } => render::table(&snapshot, autostart, use_color(&std::io::stdout())),
     };
     let mut stdout = std::io::stdout().lock();
-    if clear_screen {
+    if format == (Format::Table { clear_screen: true }) {
         // Home the cursor and clear: redraw in place.
         write!(stdout, "\x1b[H\x1b[2J")?;
     }

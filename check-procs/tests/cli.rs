@@ -379,3 +379,146 @@ fn wait_for_problem(desk: &Desk, kind: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Table rows: a FIFO named `junk.lock` hung check-procs; a directory named
+/// `stray.lock` failed it; a symlink at a lock's name; a FIFO named `<NAME>.stop`.
+/// Each is reported as `not_a_file` with what to do, nothing hangs, nothing is touched.
+#[cfg(unix)]
+#[test]
+fn entries_that_are_not_regular_files_are_reported_without_hanging() {
+    let desk = Desk::new("qs_strays", &["STRAYACC"]);
+    let locks = desk.lock_dir();
+    std::fs::create_dir_all(&locks).unwrap();
+    let sentinel = desk.config().with_file_name("sentinel.txt");
+    std::fs::write(&sentinel, b"untouched").unwrap();
+    for fifo in ["junk.lock", "BRAIN_STRAYACC.stop"] {
+        assert!(
+            Command::new("mkfifo")
+                .arg(locks.join(fifo))
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    std::fs::create_dir(locks.join("stray.lock")).unwrap();
+    std::os::unix::fs::symlink(&sentinel, locks.join("MASTER_LAUNCH.lock")).unwrap();
+    for json in [false, true] {
+        let mut command = check_procs(&desk);
+        if json {
+            command.arg("--json");
+        }
+        let output = assert_cmd::Command::from_std(command)
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        if json {
+            let document: Value = serde_json::from_str(&text).unwrap();
+            let kinds = problem_kinds(&document);
+            assert_eq!(
+                kinds.iter().filter(|k| *k == "not_a_file").count(),
+                4,
+                "{kinds:?}"
+            );
+        } else {
+            for needle in [
+                "junk.lock is a named pipe (FIFO)",
+                "BRAIN_STRAYACC.stop is a named pipe (FIFO)",
+                "stray.lock is a directory",
+                "MASTER_LAUNCH.lock is a symbolic link",
+                "remove it by hand",
+            ] {
+                assert!(text.contains(needle), "{needle} missing from:\n{text}");
+            }
+        }
+    }
+    assert_eq!(std::fs::read(&sentinel).unwrap(), b"untouched");
+}
+
+/// Table row: a lock record of 100 MB was printed back whole by `check-procs --json`.
+#[test]
+fn a_huge_lock_record_is_corrupt_and_not_printed() {
+    let desk = Desk::new("qs_huge", &["HUGEACC"]);
+    std::fs::create_dir_all(desk.lock_dir()).unwrap();
+    let filler = "A".repeat(4 * 1024 * 1024);
+    std::fs::write(
+        desk.lock_path("BRAIN_HUGEACC"),
+        format!(r#"{{"pid": 1, "name": "BRAIN_HUGEACC", "command": ["{filler}"]}}"#),
+    )
+    .unwrap();
+    let output = check_procs(&desk).arg("--json").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        output.stdout.len() < 64 * 1024,
+        "{} bytes of output",
+        output.stdout.len()
+    );
+    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let lock = document["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "BRAIN_HUGEACC")
+        .unwrap();
+    assert_eq!(lock["state"], "corrupt");
+    assert!(
+        lock["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than a record can be"),
+        "{lock}"
+    );
+}
+
+/// Table row: `check-procs --json --watch` wrote documents back to back.
+#[test]
+fn json_watch_writes_one_document_per_line() {
+    let desk = Desk::new("qs_jsonl", &["JSONLACC"]);
+    let mut child = Command::cargo_bin("check-procs")
+        .unwrap()
+        .arg("--config")
+        .arg(desk.config())
+        .args(["--json", "--watch", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = fleet_tests::spawn_reader(child.stdout.take().unwrap());
+    for _ in 0..2 {
+        let line = lines
+            .wait_for("\"version\"", Duration::from_secs(20))
+            .expect("a JSON line");
+        let document: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(document["version"], 1);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Table row: `--watch 9223372036854775807` panicked (overflow adding to an Instant).
+#[test]
+fn an_out_of_range_watch_interval_is_a_usage_error_not_a_panic() {
+    let desk = Desk::new("qs_watchmax", &["WATCHMAXACC"]);
+    for value in ["9223372036854775807", "18446744073709551615", "0", "86401"] {
+        check_procs(&desk)
+            .args(["--watch", value])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("1..=86400"));
+    }
+}
+
+/// Table row: an empty fleet.toml was accepted as a desk with nothing in it, exit 0.
+#[test]
+fn an_empty_config_is_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(&config, "").unwrap();
+    Command::cargo_bin("check-procs")
+        .unwrap()
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("fleet.toml:1: the desk is empty"));
+}

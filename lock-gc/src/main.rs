@@ -1,16 +1,25 @@
 //! `lock-gc`: removes stale and corrupt lock files, and reports each.
 //!
-//! Every removal goes through `LockDir::remove_if_stale`, which decides under the
-//! exclusive OS lock, so a lock that is held, or legacy-held (an older tool's PID file
-//! naming a live process), is never removed, even while processes acquire and release
-//! around it. Exit codes: 0 when it ran, 1 when the lock dir could not be read,
-//! 2 bad arguments or config.
+//! Every removal goes through `LockDir::remove_if_stale_or_unknown`, which decides
+//! under the exclusive OS lock, so a lock that is held, or legacy-held (an older tool's
+//! PID file naming a live process), is never removed, even while processes acquire and
+//! release around it.
+//!
+//! Only what these tools (or the older PID-file tool) wrote is removed (DESIGN.md rule
+//! 12): a file with a readable record, or an unreadable one whose name is a lock of
+//! this desk (a component of fleet.toml, or `MASTER_LAUNCH`). Any other unreadable
+//! `*.lock` file (a `poetry.lock`) is reported as `unknown_lock` and kept. With
+//! `--lock-dir` there is no config, so the desk's lock names are unknown: only
+//! `MASTER_LAUNCH` counts as one. Entries that are not regular files are reported and
+//! left alone. Exit codes: 0 when it ran, 1 when the lock dir could not be read,
+//! 2 bad arguments or config (or a `--lock-dir` that is not a folder).
 
-use lockcore::outln;
+use lockcore::{errln, outln};
 use std::path::PathBuf;
 
 use clap::Parser;
-use lockcore::exit::ToolError;
+use lockcore::config::MASTER_LOCK_NAME;
+use lockcore::exit::{ToolError, UsageError};
 use lockcore::output::{finish, human_duration};
 use lockcore::process::now_secs;
 use lockcore::{ExitCode, Fleet, LockDir, LockState, LockStatus, ProcessProbe, Removal};
@@ -21,14 +30,16 @@ const TOOL: &str = "lock-gc";
 ///
 /// A lock file is stale when no process holds its OS lock, corrupt when nobody holds
 /// it and its record cannot be read. Held and legacy locks (an older tool's PID file
-/// naming a live process) are left alone.
+/// naming a live process) are left alone, and so is an unreadable file whose name is
+/// not a lock of the desk (another program's `*.lock`): it is reported as unknown_lock.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
     /// The desk's config file (its lock_dir is cleaned).
     #[arg(long, value_name = "PATH", default_value = lockcore::config::DEFAULT_CONFIG)]
     config: PathBuf,
-    /// Clean this folder instead, without reading a config.
+    /// Clean this folder instead, without reading a config (an unreadable file is then
+    /// removed only if it is named MASTER_LAUNCH.lock).
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     lock_dir: Option<PathBuf>,
     /// List what would be removed, and remove nothing.
@@ -41,10 +52,23 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: &Args) -> Result<ExitCode, ToolError> {
-    let dir = match &args.lock_dir {
-        Some(dir) => LockDir::new(dir),
-        None => LockDir::for_fleet(&Fleet::load(&args.config)?),
+    let (dir, desk_locks) = match &args.lock_dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(
+                    UsageError(format!("--lock-dir {}: no such folder", dir.display())).into(),
+                );
+            }
+            (LockDir::new(dir), vec![MASTER_LOCK_NAME.to_string()])
+        }
+        None => {
+            let fleet = Fleet::load(&args.config)?;
+            let mut names: Vec<String> = fleet.components().map(|c| c.lock_name.clone()).collect();
+            names.push(MASTER_LOCK_NAME.to_string());
+            (LockDir::for_fleet(&fleet), names)
+        }
     };
+    let is_desk_lock = |name: &str| desk_locks.iter().any(|n| n.eq_ignore_ascii_case(name));
     let mut probe = ProcessProbe::new()?;
     let (verb, mut count) = (
         if args.dry_run {
@@ -54,15 +78,49 @@ fn run(args: &Args) -> Result<ExitCode, ToolError> {
         },
         0,
     );
+    let foreign = dir.foreign_entries()?;
+    if !foreign.is_empty() {
+        errln!(
+            "{TOOL}: warning: {} holds files that are not lock files or stop requests ({}); \
+             they are left alone, but give the lock folder a folder of its own",
+            dir.path().display(),
+            foreign.join(", ")
+        );
+    }
+    for stray in dir.stray_entries()? {
+        outln!(
+            "skipped {}: it is {}, not a file these tools wrote; left alone (remove it by hand \
+             once you know what made it)",
+            stray.file_name, stray.what
+        );
+    }
     for name in dir.lock_names()? {
+        let desk_lock = is_desk_lock(&name);
         let outcome = if args.dry_run {
-            match dir.inspect(&name, &mut probe)? {
-                Some(status) if !status.state.is_held() => Removal::Removed(status),
-                Some(status) => Removal::Kept(status),
-                None => Removal::Missing,
+            match dir.inspect(&name, &mut probe) {
+                Ok(Some(status))
+                    if status.state.is_held()
+                        || (status.state == LockState::Corrupt && !desk_lock) =>
+                {
+                    Removal::Kept(status)
+                }
+                Ok(Some(status)) => Removal::Removed(status),
+                Ok(None) => Removal::Missing,
+                Err(e) => {
+                    outln!("skipped {name}.lock: {e}");
+                    continue;
+                }
             }
         } else {
-            dir.remove_if_stale(&name, &mut probe)?
+            match dir.remove_if_stale_or_unknown(&name, desk_lock, &mut probe) {
+                Ok(outcome) => outcome,
+                // Replaced by a link or FIFO since the folder was read, or unreadable:
+                // one bad entry does not stop the rest.
+                Err(e) => {
+                    outln!("skipped {name}.lock: {e}");
+                    continue;
+                }
+            }
         };
         match outcome {
             Removal::Removed(status) => {
@@ -71,6 +129,13 @@ fn run(args: &Args) -> Result<ExitCode, ToolError> {
             }
             Removal::Kept(status) if status.state == LockState::Legacy => {
                 outln!("kept {} (legacy: {})", status.name, status.detail);
+            }
+            Removal::Kept(status) if status.state == LockState::Corrupt => {
+                outln!(
+                    "kept {}.lock (unknown_lock: {}; its name is not a lock of this desk, so \
+                     another program may own it)",
+                    status.name, status.detail
+                );
             }
             Removal::Kept(_) | Removal::Missing => {}
         }

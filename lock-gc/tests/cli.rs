@@ -22,7 +22,8 @@ struct Mess {
 }
 
 fn mess(tag: &str) -> Mess {
-    let desk = Desk::new(&format!("gc_{tag}"), &[tag]);
+    let second = format!("{tag}B");
+    let desk = Desk::new(&format!("gc_{tag}"), &[tag, &second]);
     let holder = desk.start_locked(&format!("BRAIN_{tag}"), &[]);
     let legacy_bot = desk.start_by_hand(&format!("WATCHDOG_{tag}"));
     std::fs::write(
@@ -41,6 +42,8 @@ fn mess(tag: &str) -> Mess {
         .unwrap();
     assert!(status.success());
     std::fs::write(desk.lock_path("CORRUPT_ONE"), b"\x00garbage").unwrap();
+    // An unreadable file named like a lock of this desk: ours, so removable.
+    std::fs::write(desk.lock_path(&format!("BRAIN_{second}")), b"\x00garbage").unwrap();
     Mess {
         desk,
         _holder: holder,
@@ -62,13 +65,20 @@ fn removes_stale_and_corrupt_files_and_keeps_held_and_legacy_ones() {
                 "removed gc_GCALL.lock: stale (no process holds it, last holder pid",
             )
             .and(predicate::str::contains(
-                "removed CORRUPT_ONE.lock: corrupt (the record is not valid",
+                "removed BRAIN_GCALLB.lock: corrupt (the record is not valid",
+            ))
+            .and(predicate::str::contains(
+                "kept CORRUPT_ONE.lock (unknown_lock: the record is not valid",
             ))
             .and(predicate::str::contains("kept WATCHDOG_GCALL (legacy"))
             .and(predicate::str::contains("removed 2 lock files")),
         );
     assert!(!desk.lock_path("gc_GCALL").exists());
-    assert!(!desk.lock_path("CORRUPT_ONE").exists());
+    assert!(!desk.lock_path("BRAIN_GCALLB").exists());
+    assert!(
+        desk.lock_path("CORRUPT_ONE").exists(),
+        "an unreadable file with a name of no desk lock was removed"
+    );
     assert!(desk.lock_path("BRAIN_GCALL").exists(), "held lock removed");
     assert!(
         desk.lock_path("WATCHDOG_GCALL").exists(),
@@ -96,19 +106,34 @@ fn dry_run_lists_and_removes_nothing() {
         .stdout(
             predicate::str::contains("would remove gc_GCDRY.lock: stale")
                 .and(predicate::str::contains(
-                    "would remove CORRUPT_ONE.lock: corrupt",
+                    "would remove BRAIN_GCDRYB.lock: corrupt",
+                ))
+                .and(predicate::str::contains(
+                    "kept CORRUPT_ONE.lock (unknown_lock",
                 ))
                 .and(predicate::str::contains("would remove 2 lock files")),
         );
-    for name in ["gc_GCDRY", "CORRUPT_ONE", "BRAIN_GCDRY", "WATCHDOG_GCDRY"] {
+    for name in [
+        "gc_GCDRY",
+        "CORRUPT_ONE",
+        "BRAIN_GCDRY",
+        "WATCHDOG_GCDRY",
+        "BRAIN_GCDRYB",
+    ] {
         assert!(desk.lock_path(name).exists(), "{name} removed by a dry run");
     }
 }
 
 #[test]
-fn lock_dir_works_without_a_config() {
+fn lock_dir_works_without_a_config_and_keeps_unreadable_files_of_unknown_names() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("X.lock"), b"").unwrap();
+    std::fs::write(dir.path().join("MASTER_LAUNCH.lock"), b"").unwrap();
+    std::fs::write(
+        dir.path().join("OLD.lock"),
+        br#"{"pid": 4000000, "name": "OLD"}"#,
+    )
+    .unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"not a lock").unwrap();
     lock_gc()
         .current_dir(dir.path())
@@ -116,17 +141,118 @@ fn lock_dir_works_without_a_config() {
         .arg(dir.path())
         .assert()
         .code(0)
-        .stdout(predicate::str::contains(
-            "removed X.lock: corrupt (the file is empty)",
+        .stdout(
+            predicate::str::contains("removed MASTER_LAUNCH.lock: corrupt (the file is empty)")
+                .and(predicate::str::contains(
+                    "kept X.lock (unknown_lock: the file is empty",
+                ))
+                .and(predicate::str::contains("removed OLD.lock: stale"))
+                .and(predicate::str::contains("removed 2 lock files")),
+        )
+        .stderr(predicate::str::contains(
+            "holds files that are not lock files or stop requests (notes.txt)",
         ));
     assert!(dir.path().join("notes.txt").exists());
-    // A missing folder has nothing to clean.
+    assert!(dir.path().join("X.lock").exists());
+}
+
+/// Table row: `lock-gc --lock-dir /nonexistent` said "removed 0 lock files", exit 0.
+#[test]
+fn a_lock_dir_that_does_not_exist_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
     lock_gc()
         .arg("--lock-dir")
         .arg(dir.path().join("missing"))
         .assert()
-        .code(0)
-        .stdout(predicate::str::contains("removed 0 lock files"));
+        .code(2)
+        .stderr(predicate::str::contains("no such folder"));
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    lock_gc().arg("--lock-dir").arg(&file).assert().code(2);
+}
+
+/// Table row: `lock_dir = "."` beside `poetry.lock` and `Pipfile.lock`: lock-gc deleted
+/// both. Validation now refuses that lock dir; and a lock dir that holds another
+/// program's `*.lock` files keeps them.
+#[test]
+fn other_programs_lock_files_are_never_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let poetry = "[[package]]\nname = \"requests\"\n";
+    std::fs::write(dir.path().join("poetry.lock"), poetry).unwrap();
+    std::fs::write(dir.path().join("Pipfile.lock"), b"{\"_meta\": {}}").unwrap();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        "lock_dir = \".\"\n[[account]]\nname = \"A\"\nbrain = [\"b\"]\nwatchdog = [\"w\"]\n",
+    )
+    .unwrap();
+    lock_gc()
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("the config's own folder"));
+    for dry_run in [true, false] {
+        let mut command = lock_gc();
+        command.arg("--lock-dir").arg(dir.path());
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        command.assert().code(0).stdout(
+            predicate::str::contains("kept poetry.lock (unknown_lock")
+                .and(predicate::str::contains("kept Pipfile.lock (unknown_lock")),
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("poetry.lock")).unwrap(),
+        poetry
+    );
+    assert!(dir.path().join("Pipfile.lock").exists());
+}
+
+/// Table row: a FIFO named `junk.lock` hung lock-gc (also `--dry-run`); a symlink or a
+/// directory named like a lock must be reported and left alone.
+#[cfg(unix)]
+#[test]
+fn fifos_links_and_directories_named_like_locks_are_skipped_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let sentinel = dir.path().join("sentinel");
+    std::fs::write(&sentinel, b"").unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(locks.join("junk.lock"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::os::unix::fs::symlink(&sentinel, locks.join("MASTER_LAUNCH.lock")).unwrap();
+    std::fs::create_dir(locks.join("stray.lock")).unwrap();
+    for dry_run in [true, false] {
+        let mut command = lock_gc();
+        command.arg("--lock-dir").arg(&locks);
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        assert_cmd::Command::from_std(command)
+            .timeout(Duration::from_secs(60))
+            .assert()
+            .code(0)
+            .stdout(
+                predicate::str::contains("skipped junk.lock: it is a named pipe (FIFO)")
+                    .and(predicate::str::contains(
+                        "skipped MASTER_LAUNCH.lock: it is a symbolic link",
+                    ))
+                    .and(predicate::str::contains(
+                        "skipped stray.lock: it is a directory",
+                    )),
+            );
+    }
+    assert!(sentinel.exists());
+    assert!(locks.join("junk.lock").exists());
+    assert!(locks.join("stray.lock").is_dir());
+    assert!(locks.join("MASTER_LAUNCH.lock").is_symlink());
 }
 
 #[test]

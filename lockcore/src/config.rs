@@ -3,8 +3,10 @@
 //! Parsing is in two steps. Serde reads the file into `Raw*` structs that keep the
 //! source position of every value that a later check can blame (`toml::Spanned`) and
 //! refuse unknown keys; then [`Fleet::from_toml`] checks what serde cannot (duplicate
-//! names, logins and terminals, empty commands, undefined `{vars}`) and resolves the
-//! result: paths against the config's folder, `{vars}` substituted, defaults applied.
+//! names, logins and terminals, empty commands, undefined or cyclic `{vars}`, names no
+//! file system takes, an empty desk, a lock dir that is the config's own folder) and
+//! resolves the result: paths against the config's folder (a relative program path
+//! too), `{vars}` substituted (a var may use other vars), defaults applied.
 //! Every refusal is a [`ConfigError::Invalid`] naming the file, the line and the fix.
 
 use std::collections::BTreeMap;
@@ -21,6 +23,22 @@ pub const DEFAULT_CONFIG: &str = "fleet.toml";
 /// The lock name `master-launch` holds for its lifetime.
 pub const MASTER_LOCK_NAME: &str = "MASTER_LAUNCH";
 const DEFAULT_STOP_TIMEOUT_SECS: u64 = 10;
+/// The longest stop timeout a config may set: a day. Larger numbers are typos, and
+/// would overflow the clock arithmetic that waits for them.
+pub const MAX_STOP_TIMEOUT_SECS: u64 = 24 * 60 * 60;
+/// The longest first restart delay a config may set: an hour.
+const MAX_RESTART_DELAY_MS: u64 = 60 * 60 * 1000;
+/// The longest global or account name: its lock, log and stop-request file names
+/// (`WATCHDOG_<name>.stop.<pid>.tmp`) stay far below any file system's 255.
+pub const MAX_NAME_LEN: usize = 64;
+/// Names Windows keeps for devices, with or without an extension, in any case:
+/// `CON.lock` would open the console, not a file.
+const RESERVED_NAMES: [&str; 22] = [
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+];
+/// The names `{account}`, `{login}`, `{terminal}`, `{config_dir}` that need no [vars].
+const BUILTIN_VARS: [&str; 4] = ["account", "login", "terminal", "config_dir"];
 
 /// A `fleet.toml` mistake, or a file that cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -160,10 +178,10 @@ impl Fleet {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFleet {
-    lock_dir: Option<String>,
+    lock_dir: Option<Spanned<String>>,
     log_dir: Option<String>,
     #[serde(default)]
-    vars: BTreeMap<String, String>,
+    vars: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     defaults: RawOptions,
     #[serde(default)]
@@ -179,10 +197,10 @@ struct RawOptions {
     cwd: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    stop_timeout_secs: Option<u64>,
+    stop_timeout_secs: Option<Spanned<u64>>,
     restart: Option<RestartPolicy>,
     /// First restart delay; it doubles on each quick failure, up to 30 s.
-    restart_delay_ms: Option<u64>,
+    restart_delay_ms: Option<Spanned<u64>>,
     /// Give up on a component after this many failures within a minute.
     give_up_after: Option<u32>,
 }
@@ -198,7 +216,7 @@ struct RawGlobal {
     cwd: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    stop_timeout_secs: Option<u64>,
+    stop_timeout_secs: Option<Spanned<u64>>,
     restart: Option<RestartPolicy>,
 }
 
@@ -216,7 +234,7 @@ struct RawAccount {
     cwd: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    stop_timeout_secs: Option<u64>,
+    stop_timeout_secs: Option<Spanned<u64>>,
     restart: Option<RestartPolicy>,
 }
 
@@ -236,7 +254,7 @@ struct ComponentSource<'r> {
     pattern: Option<&'r Spanned<Vec<String>>>,
     cwd: Option<&'r String>,
     env: &'r BTreeMap<String, String>,
-    stop_timeout_secs: Option<u64>,
+    stop_timeout_secs: Option<&'r Spanned<u64>>,
     restart: Option<RestartPolicy>,
     line: usize,
 }
@@ -283,8 +301,37 @@ impl Checker<'_> {
     fn build(&self, raw: RawFleet) -> Result<Fleet, ConfigError> {
         let dir = self.dir();
         let defaults = &raw.defaults;
+        if raw.global.is_empty() && raw.account.is_empty() {
+            return Err(self.invalid(
+                0,
+                "the desk is empty: no [[global]] and no [[account]]".into(),
+                "add the desk's [[account]] tables (see the README's example), or pass \
+                 --config with the desk's own fleet.toml",
+            ));
+        }
+        self.check_bounds(defaults)?;
         let mut builtins = BTreeMap::new();
-        builtins.insert("config_dir".to_string(), dir.display().to_string());
+        let config_dir = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
+        builtins.insert("config_dir".to_string(), config_dir.display().to_string());
+        let vars = self.resolve_vars(&raw.vars)?;
+        let lock_dir = match &raw.lock_dir {
+            Some(value) => {
+                let lock_dir = dir.join(value.get_ref());
+                if same_folder(&lock_dir, &dir) {
+                    return Err(self.invalid(
+                        value.span().start,
+                        format!(
+                            "lock_dir `{}` is the config's own folder, where other programs keep \
+                             files named *.lock (poetry.lock, Pipfile.lock)",
+                            value.get_ref()
+                        ),
+                        "use a folder of its own, e.g. lock_dir = \".locks\"",
+                    ));
+                }
+                lock_dir
+            }
+            None => dir.join(".locks"),
+        };
         let mut names: Vec<(String, usize)> = vec![(MASTER_LOCK_NAME.into(), 0)];
 
         let mut globals = Vec::new();
@@ -303,12 +350,12 @@ impl Checker<'_> {
                     pattern: g.pattern.as_ref(),
                     cwd: g.cwd.as_ref(),
                     env: &g.env,
-                    stop_timeout_secs: g.stop_timeout_secs,
+                    stop_timeout_secs: g.stop_timeout_secs.as_ref(),
                     restart: g.restart,
                     line,
                 },
                 defaults,
-                &raw.vars,
+                &vars,
                 &builtins,
             )?);
         }
@@ -343,13 +390,13 @@ impl Checker<'_> {
             if let Some(terminal) = &a.terminal {
                 self.claim_unique(&mut terminals, terminal, name, "terminal", normalise_path)?;
             }
-            let mut vars = builtins.clone();
-            vars.insert("account".into(), name.clone());
+            let mut account_builtins = builtins.clone();
+            account_builtins.insert("account".into(), name.clone());
             if let Some(login) = &a.login {
-                vars.insert("login".into(), login.get_ref().clone());
+                account_builtins.insert("login".into(), login.get_ref().clone());
             }
             if let Some(terminal) = &a.terminal {
-                vars.insert("terminal".into(), terminal.get_ref().clone());
+                account_builtins.insert("terminal".into(), terminal.get_ref().clone());
             }
             let enabled = a.enabled.unwrap_or(true);
             let part = |lock_name: String, role, command, pattern| ComponentSource {
@@ -361,7 +408,7 @@ impl Checker<'_> {
                 pattern,
                 cwd: a.cwd.as_ref(),
                 env: &a.env,
-                stop_timeout_secs: a.stop_timeout_secs,
+                stop_timeout_secs: a.stop_timeout_secs.as_ref(),
                 restart: a.restart,
                 line,
             };
@@ -378,35 +425,116 @@ impl Checker<'_> {
                 login: a.login.as_ref().map(|l| l.get_ref().clone()),
                 terminal: a.terminal.as_ref().map(|t| t.get_ref().clone()),
                 enabled,
-                watchdog: self.component(watchdog, defaults, &raw.vars, &vars)?,
-                brain: self.component(brain, defaults, &raw.vars, &vars)?,
+                watchdog: self.component(watchdog, defaults, &vars, &account_builtins)?,
+                brain: self.component(brain, defaults, &vars, &account_builtins)?,
             });
         }
 
         Ok(Fleet {
             path: self.path.to_path_buf(),
-            lock_dir: dir.join(raw.lock_dir.as_deref().unwrap_or(".locks")),
+            lock_dir,
             log_dir: dir.join(raw.log_dir.as_deref().unwrap_or("logs")),
             globals,
             accounts,
         })
     }
 
-    /// Names become lock file names: keep them to what every file system accepts.
+    /// Names become lock file names: keep them to what every file system accepts, on
+    /// every platform (a desk's config moves between Windows and the test machines).
     fn check_name(&self, name: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
         let text = name.get_ref();
         let ok = !text.is_empty()
             && text
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
-        if ok {
-            return Ok(());
+        if !ok {
+            return Err(self.invalid(
+                name.span().start,
+                format!("{what} name `{text}` is not usable as a lock name"),
+                "use only letters, digits, `_` and `-`",
+            ));
         }
-        Err(self.invalid(
-            name.span().start,
-            format!("{what} name `{text}` is not usable as a lock name"),
-            "use only letters, digits, `_` and `-`",
-        ))
+        if text.len() > MAX_NAME_LEN {
+            return Err(self.invalid(
+                name.span().start,
+                format!(
+                    "{what} name `{}…` is {} characters long; lock and log file names built \
+                     from it would be too long",
+                    &text[..16],
+                    text.len()
+                ),
+                &format!("use at most {MAX_NAME_LEN} characters"),
+            ));
+        }
+        if is_reserved_name(text) {
+            return Err(self.invalid(
+                name.span().start,
+                format!("{what} name `{text}` is a device name on Windows: `{text}.lock` would not be a file"),
+                "choose another name (CON, PRN, AUX, NUL, COM1-COM9 and LPT1-LPT9 are reserved)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Numbers the tools wait on: bounded, so no clock arithmetic can overflow.
+    fn check_bounds(&self, defaults: &RawOptions) -> Result<(), ConfigError> {
+        if let Some(delay) = &defaults.restart_delay_ms
+            && *delay.get_ref() > MAX_RESTART_DELAY_MS
+        {
+            return Err(self.invalid(
+                delay.span().start,
+                format!(
+                    "restart_delay_ms = {} is more than an hour",
+                    delay.get_ref()
+                ),
+                &format!("use at most {MAX_RESTART_DELAY_MS}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_stop_timeout(&self, value: &Spanned<u64>) -> Result<u64, ConfigError> {
+        if *value.get_ref() > MAX_STOP_TIMEOUT_SECS {
+            return Err(self.invalid(
+                value.span().start,
+                format!("stop_timeout_secs = {} is more than a day", value.get_ref()),
+                &format!("use at most {MAX_STOP_TIMEOUT_SECS}"),
+            ));
+        }
+        Ok(*value.get_ref())
+    }
+
+    /// Substitutes `{vars}` inside [vars] values (a var may use other vars and the
+    /// built-in names), refusing an undefined name or a cycle at the var's line. The
+    /// built-ins that differ per account (`{account}`, `{login}`, `{terminal}`) stay
+    /// in place here and are substituted where the var is used.
+    fn resolve_vars(
+        &self,
+        raw: &BTreeMap<String, Spanned<String>>,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        let plain: BTreeMap<String, String> = raw
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+            .collect();
+        let mut resolved = BTreeMap::new();
+        for (name, value) in raw {
+            let mut chain = vec![name.clone()];
+            let text = expand(value.get_ref(), &plain, &BTreeMap::new(), &mut chain, true)
+                .map_err(|e| match e {
+                    VarError::Undefined(undefined) => self.invalid(
+                        value.span().start,
+                        format!("var `{name}` uses `{{{undefined}}}`, which is not defined"),
+                        "define it under [vars], or use one of {account}, {login}, {terminal}, {config_dir}",
+                    ),
+                    VarError::Cycle(cycle) => self.invalid(
+                        value.span().start,
+                        format!("vars refer to each other in a circle: {}", cycle.join(" -> ")),
+                        "write the value out in one of these vars",
+                    ),
+                })?;
+            resolved.insert(name.clone(), text);
+        }
+        Ok(resolved)
     }
 
     /// Lock names must be unique ignoring case: Windows file names ignore case.
@@ -479,6 +607,7 @@ impl Checker<'_> {
                 )
             })
         };
+        let dir = self.dir();
         let command_at = source.command.span().start;
         if source
             .command
@@ -492,12 +621,23 @@ impl Checker<'_> {
                 "give the program and its arguments, e.g. [\"{python}\", \"BRAIN_ATLAS.py\"]",
             ));
         }
-        let command = source
+        let mut command = source
             .command
             .get_ref()
             .iter()
             .map(|part| substitute(part, command_at))
             .collect::<Result<Vec<_>, _>>()?;
+        // A relative program path resolves against the config's folder (as the README
+        // says), not against `cwd`; a bare name is left to the PATH search.
+        if let Some(program) = command.first_mut()
+            && is_relative_path(program)
+        {
+            let joined = dir.join(program.as_str());
+            *program = std::path::absolute(&joined)
+                .unwrap_or(joined)
+                .display()
+                .to_string();
+        }
         let tokens = match source.pattern {
             Some(pattern) if pattern.get_ref().is_empty() => {
                 return Err(self.invalid(
@@ -516,19 +656,21 @@ impl Checker<'_> {
             None => None,
         };
         let copy_rule = CopyRule::new(&command, tokens);
-        let dir = self.dir();
         let cwd = match source.cwd.or(defaults.cwd.as_ref()) {
             Some(cwd) => dir.join(substitute(cwd, command_at)?),
             None => dir,
         };
-        let mut env = defaults.env.clone();
-        for (key, value) in source.env {
+        let mut env = BTreeMap::new();
+        for (key, value) in defaults.env.iter().chain(source.env) {
             env.insert(key.clone(), substitute(value, command_at)?);
         }
-        let stop_timeout_secs = source
+        let stop_timeout_secs = match source
             .stop_timeout_secs
-            .or(defaults.stop_timeout_secs)
-            .unwrap_or(DEFAULT_STOP_TIMEOUT_SECS);
+            .or(defaults.stop_timeout_secs.as_ref())
+        {
+            Some(value) => self.check_stop_timeout(value)?,
+            None => DEFAULT_STOP_TIMEOUT_SECS,
+        };
         Ok(Component {
             lock_name: source.lock_name,
             role: source.role,
@@ -543,7 +685,12 @@ impl Checker<'_> {
                 .restart
                 .or(defaults.restart)
                 .unwrap_or(RestartPolicy::OnFailure),
-            restart_delay: Duration::from_millis(defaults.restart_delay_ms.unwrap_or(1000)),
+            restart_delay: Duration::from_millis(
+                defaults
+                    .restart_delay_ms
+                    .as_ref()
+                    .map_or(1000, |d| *d.get_ref()),
+            ),
             give_up_after: defaults.give_up_after.unwrap_or(5).max(1),
             line: source.line,
         })
@@ -555,31 +702,117 @@ fn normalise_path(path: &str) -> String {
     path.trim().replace('/', "\\").to_ascii_lowercase()
 }
 
+/// Whether a program names a path relative to somewhere (`venv/py`, `.\\py.exe`),
+/// rather than a bare name for the PATH search or an absolute path (on either system:
+/// `C:\\...` and `\\\\server\\...` count as absolute everywhere).
+fn is_relative_path(program: &str) -> bool {
+    let bytes = program.as_bytes();
+    let windows_absolute = (bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':')
+        || program.starts_with(['\\', '/']);
+    program.contains(['/', '\\']) && Path::new(program).is_relative() && !windows_absolute
+}
+
+/// Whether two paths name one folder: the same folder once both exist, else the same
+/// path once `.` and `..` are resolved lexically.
+fn same_folder(a: &Path, b: &Path) -> bool {
+    if let (Ok(a), Ok(b)) = (a.canonicalize(), b.canonicalize()) {
+        return a == b;
+    }
+    let lexical = |p: &Path| {
+        let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut out = PathBuf::new();
+        for part in absolute.components() {
+            match part {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    lexical(a) == lexical(b)
+}
+
+/// Whether Windows reserves `name` for a device (any case, with or without extension).
+fn is_reserved_name(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or(name).trim_end();
+    RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(stem))
+}
+
+/// Why a `{var}` could not be substituted.
+#[derive(Debug, PartialEq, Eq)]
+enum VarError {
+    Undefined(String),
+    /// The chain of vars that leads back to its start.
+    Cycle(Vec<String>),
+}
+
 /// Replaces `{name}` with its value; `{{` and `}}` stand for literal braces. Returns
-/// the first undefined name as the error.
+/// the first undefined name as the error. Values of `vars` are already resolved.
 fn substitute_vars(
     text: &str,
     vars: &BTreeMap<String, String>,
     builtins: &BTreeMap<String, String>,
 ) -> Result<String, String> {
+    expand(text, vars, builtins, &mut Vec::new(), false).map_err(|e| match e {
+        VarError::Undefined(name) => name,
+        VarError::Cycle(chain) => chain.join(" -> "),
+    })
+}
+
+/// The substitution itself. With `recurse`, a var's value is expanded in turn (with
+/// `chain` the vars being expanded, to find a cycle), and the built-in names are kept
+/// as they are, to be substituted where the var is used.
+fn expand(
+    text: &str,
+    vars: &BTreeMap<String, String>,
+    builtins: &BTreeMap<String, String>,
+    chain: &mut Vec<String>,
+    recurse: bool,
+) -> Result<String, VarError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find(['{', '}']) {
         out.push_str(&rest[..open]);
         let tail = &rest[open..];
         if tail.starts_with("{{") || tail.starts_with("}}") {
-            out.push_str(&tail[..1]);
+            // Kept doubled while resolving vars: the final substitution turns it into one.
+            out.push_str(if recurse { &tail[..2] } else { &tail[..1] });
             rest = &tail[2..];
             continue;
         }
         match (tail.starts_with('{'), tail.find('}')) {
             (true, Some(close)) => {
                 let name = &tail[1..close];
-                let value = vars
-                    .get(name)
-                    .or_else(|| builtins.get(name))
-                    .ok_or_else(|| name.to_string())?;
-                out.push_str(value);
+                if recurse {
+                    if let Some(value) = vars.get(name) {
+                        if let Some(first) = chain.iter().position(|n| n == name) {
+                            let mut cycle = chain[first..].to_vec();
+                            cycle.push(name.to_string());
+                            return Err(VarError::Cycle(cycle));
+                        }
+                        chain.push(name.to_string());
+                        out.push_str(&expand(value, vars, builtins, chain, true)?);
+                        chain.pop();
+                    } else if BUILTIN_VARS.contains(&name) {
+                        out.push_str(&tail[..=close]);
+                    } else {
+                        return Err(VarError::Undefined(name.to_string()));
+                    }
+                } else {
+                    let value = vars
+                        .get(name)
+                        .or_else(|| builtins.get(name))
+                        .ok_or_else(|| VarError::Undefined(name.to_string()))?;
+                    // A resolved var may still hold a built-in (`{account}`).
+                    if vars.contains_key(name) && value.contains(['{', '}']) {
+                        out.push_str(&expand(value, &BTreeMap::new(), builtins, chain, false)?);
+                    } else {
+                        out.push_str(value);
+                    }
+                }
                 rest = &tail[close + 1..];
             }
             _ => {

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::config::{Component, Fleet, MASTER_LOCK_NAME};
-use crate::lock::{LockDir, LockError, LockState, LockStatus};
+use crate::lock::{LockDir, LockError, LockState, LockStatus, StrayEntry};
 use crate::process::{ProcessInfo, ProcessProbe, ProcessTable, ProcessTree, now_secs};
 use crate::record::LockRecord;
 
@@ -22,6 +22,9 @@ pub struct DeskSnapshot {
     pub master: Option<LockStatus>,
     /// Lock files that no component of `fleet.toml` explains.
     pub unknown_locks: Vec<LockStatus>,
+    /// `*.lock`/`*.stop` entries that are not regular files (or cannot be read): left
+    /// alone by every tool, reported as [`ProblemKind::NotAFile`].
+    pub strays: Vec<StrayEntry>,
     /// Most serious first.
     pub problems: Vec<Problem>,
     /// The table the snapshot was built from.
@@ -133,6 +136,9 @@ pub enum ProblemKind {
     Legacy,
     Stale,
     Corrupt,
+    /// A `*.lock`/`*.stop` entry that is not a regular file (a link, FIFO, directory):
+    /// no tool reads, writes or removes it (DESIGN.md rule 12).
+    NotAFile,
     /// A lock file no component of `fleet.toml` explains.
     UnknownLock,
 }
@@ -146,6 +152,7 @@ impl ProblemKind {
             ProblemKind::Legacy => "legacy",
             ProblemKind::Stale => "stale",
             ProblemKind::Corrupt => "corrupt",
+            ProblemKind::NotAFile => "not_a_file",
             ProblemKind::UnknownLock => "unknown_lock",
         }
     }
@@ -165,9 +172,29 @@ pub struct Problem {
 impl DeskSnapshot {
     /// Scans the lock dir once and reads the process table once.
     pub fn take(fleet: &Fleet, probe: &mut ProcessProbe) -> Result<DeskSnapshot, LockError> {
-        let locks = LockDir::for_fleet(fleet).scan(probe)?;
+        let scan = LockDir::for_fleet(fleet).scan_all(probe)?;
         let table = probe.table();
-        Ok(DeskSnapshot::build(fleet, locks, table, now_secs()))
+        let mut snapshot = DeskSnapshot::build(fleet, scan.locks, table, now_secs());
+        snapshot.add_strays(scan.strays);
+        Ok(snapshot)
+    }
+
+    /// Records entries that are not usable files, each as a problem with what to do.
+    pub fn add_strays(&mut self, strays: Vec<StrayEntry>) {
+        self.problems.extend(strays.iter().map(|stray| Problem {
+            kind: ProblemKind::NotAFile,
+            name: stray.file_name.clone(),
+            account: None,
+            pids: Vec::new(),
+            message: format!(
+                "{} is {}, not a lock file or stop request the tools wrote; every tool ignores it. \
+                 Find out what made it and remove it by hand",
+                stray.path.display(),
+                stray.what
+            ),
+        }));
+        self.problems.sort_by_key(|p| p.kind);
+        self.strays.extend(strays);
     }
 
     /// Builds a snapshot from given facts (the pure part of [`DeskSnapshot::take`]).
@@ -197,6 +224,7 @@ impl DeskSnapshot {
             components,
             master,
             unknown_locks,
+            strays: Vec::new(),
             problems,
             table,
         }

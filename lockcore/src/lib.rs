@@ -42,8 +42,8 @@ pub use copies::{CopyRule, Verdict};
 pub use desk::{ComponentState, ComponentView, DeskSnapshot, Problem, ProblemKind, RunningCopy};
 pub use exit::ExitCode;
 pub use lock::{
-    Acquire, HeldLock, Holder, LockClaim, LockDir, LockError, LockLost, LockState, LockStatus,
-    LockWatcher, Removal,
+    Acquire, HeldLock, Holder, LockClaim, LockDir, LockError, LockLost, LockScan, LockState,
+    LockStatus, LockWatcher, Removal, StrayEntry,
 };
 pub use process::{ProcessIdentity, ProcessInfo, ProcessProbe, ProcessTable, ProcessTree};
 pub use record::LockRecord;

@@ -7,43 +7,59 @@
 //! whole desk in the safe order and exit. The holder removes the file once it has
 //! acted on it. Requests are plain JSON so an operator can read them.
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The longest grace a request can give: a day.
-const LONGEST: Duration = Duration::from_secs(24 * 3600);
-
-/// Now, in Unix seconds with a fraction.
+use crate::lock::MAX_RECORD_BYTES;
+/// Now, in Unix seconds with a fraction: deadlines keep theirs, so a 3 s request
+/// gives 3 s, not whatever is left of the current second plus 2.
 fn now_unix() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The longest a request can ask a holder to wait: a deadline further away (a typo, a
+/// `u64::MAX`) is clamped to it, so no deadline overflows an `Instant`.
+pub const MAX_STOP_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+/// The least time a graceful stop gets, even when the deadline has passed.
+pub const MIN_STOP_WAIT: Duration = Duration::from_secs(1);
+
 /// A request to stop the holder of one lock name.
+///
+/// Anyone may write one by hand: only the file name matters. `deadline` and
+/// `requested_by` are optional; a missing or invalid `deadline` means the component's
+/// own `stop_timeout_secs` (never a faster kill).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StopRequest {
     /// The lock name whose holder should stop what it runs.
     pub name: String,
-    /// Unix seconds (with a fraction) by which the process should be gone; the holder
-    /// forces it then. Whole seconds are read as well.
-    pub deadline: f64,
+    /// Unix seconds by which the process should be gone; the holder forces it then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<f64>,
     /// Who asked (pid), for the logs.
-    pub requested_by: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<u32>,
+    /// Why the request file could not be read, naming its path: it still means "stop",
+    /// with the component's own timeout. Set by [`StopRequest::read`], never written.
+    #[serde(skip)]
+    pub unreadable: Option<String>,
 }
 
 impl StopRequest {
     /// A request to stop `name` within `timeout`, from this process.
     pub fn new(name: &str, timeout: Duration) -> StopRequest {
-        let deadline = now_unix() + timeout.min(LONGEST).as_secs_f64();
         StopRequest {
             name: name.to_string(),
             // Milliseconds are precision enough, and keep the file readable.
-            deadline: (deadline * 1000.0).round() / 1000.0,
-            requested_by: std::process::id(),
+            deadline: Some(
+                ((now_unix() + timeout.min(MAX_STOP_WAIT).as_secs_f64()) * 1000.0).round() / 1000.0,
+            ),
+            requested_by: Some(std::process::id()),
+            unreadable: None,
         }
     }
 
@@ -53,49 +69,128 @@ impl StopRequest {
     }
 
     /// Writes the request (replacing an older one for the same name). Written to a
-    /// temporary file and renamed, so a holder never reads half a request.
+    /// temporary file and renamed, so a holder never reads half a request. The
+    /// temporary file is created new (never opened through a link someone left there),
+    /// and the rename replaces a link at the request's name rather than following it.
     pub fn write(&self, lock_dir: &Path) -> io::Result<PathBuf> {
         std::fs::create_dir_all(lock_dir)?;
         let path = StopRequest::path(lock_dir, &self.name);
         let temporary = lock_dir.join(format!("{}.stop.{}.tmp", self.name, std::process::id()));
         let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
-        std::fs::write(&temporary, bytes)?;
-        std::fs::rename(&temporary, &path)?;
+        let create = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temporary)
+        };
+        let mut file = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Left by an earlier process with our pid; unlink never follows a link.
+                std::fs::remove_file(&temporary)?;
+                create()?
+            }
+            other => other?,
+        };
+        io::Write::write_all(&mut file, &bytes)?;
+        drop(file);
+        if let Err(e) = std::fs::rename(&temporary, &path) {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot write stop request {}: {e}", path.display()),
+            ));
+        }
         Ok(path)
     }
 
-    /// The pending request for `name`, if any. An unreadable request still counts as
-    /// a request to stop (with no deadline beyond the holder's own timeout).
+    /// The pending request for `name`, if any. An unreadable request still counts as a
+    /// request to stop, without a deadline (the component's own timeout applies), and
+    /// says why in [`StopRequest::unreadable`]. An entry that is not a regular file
+    /// (a FIFO, a link, a directory) is no request: it is never opened in a way that
+    /// could block, and `check-procs` reports it.
     pub fn read(lock_dir: &Path, name: &str) -> Option<StopRequest> {
-        let bytes = std::fs::read(StopRequest::path(lock_dir, name)).ok()?;
-        Some(
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| StopRequest {
+        let path = StopRequest::path(lock_dir, name);
+        let unreadable = |why: String| StopRequest {
+            name: name.to_string(),
+            deadline: None,
+            requested_by: None,
+            unreadable: Some(format!(
+                "stop request {} is unreadable: {why}",
+                path.display()
+            )),
+        };
+        let mut file = match crate::lock::open_entry(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) if crate::lock::not_a_file(&e).is_some() => return None,
+            Err(e) => return Some(unreadable(e.to_string())),
+        };
+        let mut bytes = Vec::new();
+        if let Err(e) = (&mut file)
+            .take(MAX_RECORD_BYTES.saturating_add(1))
+            .read_to_end(&mut bytes)
+        {
+            return Some(unreadable(e.to_string()));
+        }
+        if bytes.len() as u64 > MAX_RECORD_BYTES {
+            return Some(unreadable(format!("larger than {MAX_RECORD_BYTES} bytes")));
+        }
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(fields)) => Some(StopRequest {
                 name: name.to_string(),
-                deadline: 0.0,
-                requested_by: 0,
+                deadline: fields
+                    .get("deadline")
+                    .and_then(serde_json::Value::as_f64)
+                    .filter(|d| d.is_finite() && *d >= 0.0),
+                requested_by: fields
+                    .get("requested_by")
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|pid| u32::try_from(pid).ok()),
+                unreadable: None,
             }),
-        )
+            Ok(_) => Some(unreadable("not a JSON object".into())),
+            Err(e) => Some(unreadable(e.to_string())),
+        }
     }
 
-    /// Removes the request for `name` (acted on, or withdrawn).
+    /// Removes the request for `name` (acted on, or withdrawn). An entry that is not a
+    /// regular file was never a request, and is left alone (DESIGN.md rule 12).
     pub fn remove(lock_dir: &Path, name: &str) -> io::Result<()> {
-        match std::fs::remove_file(StopRequest::path(lock_dir, name)) {
+        let path = StopRequest::path(lock_dir, name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.file_type().is_file() => {}
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// Time left until the deadline: at least `floor` (a request written with a zero
-    /// timeout still gets a moment for a graceful stop), at most a day (a deadline
-    /// further out is no deadline anyone means, and would overflow a clock).
-    pub fn time_left(&self, floor: Duration) -> Duration {
-        let left = self.deadline - now_unix();
-        let left = if left.is_nan() {
-            floor
-        } else {
-            Duration::try_from_secs_f64(left.clamp(0.0, LONGEST.as_secs_f64())).unwrap_or(floor)
-        };
-        left.clamp(floor, LONGEST.max(floor))
+    /// How long the holder waits before forcing: the time left until the deadline,
+    /// at least [`MIN_STOP_WAIT`] (a request written with a zero timeout still gets a
+    /// moment for a graceful stop) and at most [`MAX_STOP_WAIT`]. Without a deadline,
+    /// `stop_timeout` (the component's own), also at most [`MAX_STOP_WAIT`].
+    pub fn time_left(&self, stop_timeout: Duration) -> Duration {
+        match self.deadline {
+            Some(deadline) => {
+                let left = (deadline - now_unix()).clamp(0.0, MAX_STOP_WAIT.as_secs_f64());
+                Duration::try_from_secs_f64(left)
+                    .unwrap_or(MIN_STOP_WAIT)
+                    .clamp(MIN_STOP_WAIT, MAX_STOP_WAIT)
+            }
+            None => stop_timeout.min(MAX_STOP_WAIT),
+        }
+    }
+
+    /// `pid 42`, or `someone` when the request does not say.
+    pub fn requester(&self) -> String {
+        self.requested_by.map_or_else(
+            || "someone (no requested_by)".to_string(),
+            |pid| format!("pid {pid}"),
+        )
     }
 }
 
@@ -119,44 +214,148 @@ mod tests {
     }
 
     #[test]
-    fn deadlines_keep_their_fraction_and_huge_ones_are_a_day() {
+    fn garbage_still_means_stop_with_the_components_own_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(StopRequest::path(dir.path(), "X"), b"??").unwrap();
+        let request = StopRequest::read(dir.path(), "X").unwrap();
+        assert_eq!(request.deadline, None);
+        let why = request.unreadable.as_deref().unwrap();
+        assert!(why.contains("X.stop"), "{why}");
+        assert_eq!(
+            request.time_left(Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn requested_by_and_deadline_are_optional_and_an_invalid_deadline_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in [
+            r#"{"name": "X"}"#,
+            r#"{"name": "X", "deadline": "soon"}"#,
+            r#"{"name": "X", "deadline": -5, "requested_by": "me"}"#,
+            r#"{}"#,
+        ] {
+            std::fs::write(StopRequest::path(dir.path(), "X"), text).unwrap();
+            let request = StopRequest::read(dir.path(), "X").unwrap();
+            assert_eq!(request.unreadable, None, "{text}");
+            assert_eq!(request.deadline, None, "{text}");
+            assert_eq!(
+                request.time_left(Duration::from_secs(10)),
+                Duration::from_secs(10),
+                "{text}: a missing deadline is the component's timeout, not a faster kill"
+            );
+        }
+        std::fs::write(
+            StopRequest::path(dir.path(), "X"),
+            r#"{"name": "X", "deadline": 0}"#,
+        )
+        .unwrap();
+        let request = StopRequest::read(dir.path(), "X").unwrap();
+        assert_eq!(request.requested_by, None);
+        assert_eq!(request.time_left(Duration::from_secs(10)), MIN_STOP_WAIT);
+    }
+
+    #[test]
+    fn a_deadline_keeps_its_fraction() {
         let request = StopRequest::new("BRAIN_ATLAS", Duration::from_millis(3000));
         let left = request.time_left(Duration::ZERO);
         assert!(
             left > Duration::from_millis(2900) && left <= Duration::from_millis(3001),
             "{left:?}"
         );
-        for deadline in [f64::MAX, 1.8e19, f64::INFINITY] {
-            let far = StopRequest {
-                deadline,
-                ..request.clone()
-            };
-            assert_eq!(far.time_left(Duration::ZERO), LONGEST);
-        }
-        let past = StopRequest {
-            deadline: -5.0,
-            ..request.clone()
-        };
-        assert_eq!(
-            past.time_left(Duration::from_secs(1)),
-            Duration::from_secs(1)
-        );
-        let whole: StopRequest = serde_json::from_str(
-            r#"{"name": "X", "deadline": 18446744073709551615, "requested_by": 1}"#,
-        )
-        .unwrap();
-        assert_eq!(whole.time_left(Duration::ZERO), LONGEST);
+        let written: StopRequest =
+            serde_json::from_str(r#"{"name": "X", "deadline": 1.5}"#).unwrap();
+        assert_eq!(written.deadline, Some(1.5));
     }
 
     #[test]
-    fn garbage_still_means_stop() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(StopRequest::path(dir.path(), "X"), b"??").unwrap();
-        let request = StopRequest::read(dir.path(), "X").unwrap();
-        assert_eq!(request.deadline, 0.0);
-        assert_eq!(
-            request.time_left(Duration::from_secs(3)),
-            Duration::from_secs(3)
+    fn a_huge_deadline_is_clamped_and_never_overflows_an_instant() {
+        let request = StopRequest {
+            name: "X".into(),
+            deadline: Some(1.8e19),
+            requested_by: Some(u32::MAX),
+            unreadable: None,
+        };
+        assert_eq!(request.time_left(Duration::ZERO), MAX_STOP_WAIT);
+        let never = StopRequest::new("X", Duration::from_secs(u64::MAX));
+        assert!(
+            never
+                .deadline
+                .is_some_and(|d| d <= now_unix() + MAX_STOP_WAIT.as_secs_f64() + 1.0)
         );
+        assert!(
+            std::time::Instant::now()
+                .checked_add(never.time_left(Duration::MAX))
+                .is_some()
+        );
+        let missing = StopRequest {
+            deadline: None,
+            ..request
+        };
+        assert_eq!(missing.time_left(Duration::MAX), MAX_STOP_WAIT);
+    }
+
+    #[test]
+    fn a_huge_request_is_unreadable_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = StopRequest::path(dir.path(), "X");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(10 * 1024 * 1024)
+            .unwrap();
+        let request = StopRequest::read(dir.path(), "X").unwrap();
+        assert!(request.unreadable.unwrap().contains("larger than"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_link_or_directory_is_no_request_and_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside.json");
+        std::fs::write(&outside, r#"{"name": "L", "deadline": 1}"#).unwrap();
+        std::os::unix::fs::symlink(&outside, StopRequest::path(dir.path(), "L")).unwrap();
+        std::fs::create_dir(StopRequest::path(dir.path(), "D")).unwrap();
+        mkfifo(&StopRequest::path(dir.path(), "F"));
+        let started = std::time::Instant::now();
+        for name in ["L", "D", "F"] {
+            assert_eq!(StopRequest::read(dir.path(), name), None, "{name}");
+            StopRequest::remove(dir.path(), name).unwrap();
+            assert!(
+                std::fs::symlink_metadata(StopRequest::path(dir.path(), name)).is_ok(),
+                "{name} was removed"
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[cfg(unix)]
+    fn mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn writing_never_follows_a_link_left_at_the_temporary_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let locks = dir.path().join("locks");
+        std::fs::create_dir(&locks).unwrap();
+        std::os::unix::fs::symlink(
+            &victim,
+            locks.join(format!("X.stop.{}.tmp", std::process::id())),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&victim, StopRequest::path(&locks, "X")).unwrap();
+        StopRequest::new("X", Duration::from_secs(1))
+            .write(&locks)
+            .unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert!(StopRequest::read(&locks, "X").unwrap().deadline.is_some());
     }
 }

@@ -75,10 +75,13 @@ fn the_design_example_loads_and_resolves() {
     );
     let watchdog = fleet.component("WATCHDOG_ATLAS").unwrap();
     assert_eq!(watchdog.role, Role::Watchdog);
+    let program = std::path::absolute("desk")
+        .unwrap()
+        .join(r".venv312_gpu\Scripts\python.exe");
     assert_eq!(
         watchdog.command,
         [
-            r".venv312_gpu\Scripts\python.exe",
+            program.to_str().unwrap(),
             "STOPLOSS_WATCHDOG_V2.py",
             "--account",
             "ATLAS"
@@ -248,4 +251,141 @@ fn the_error_message_names_file_line_and_fix() {
 fn a_missing_file_says_how_to_point_elsewhere() {
     let error = Fleet::load(Path::new("/nonexistent/fleet.toml")).unwrap_err();
     assert!(error.to_string().contains("--config PATH"), "{error}");
+}
+
+/// A minimal desk around `extra` lines placed before its one account (line 1 onwards).
+fn tiny_desk(before: &str, account: &str) -> String {
+    format!(
+        "{before}\n[[account]]\nname = \"{account}\"\nbrain = [\"b.py\"]\nwatchdog = [\"w.py\"]\n"
+    )
+}
+
+#[test]
+fn a_var_may_use_vars_and_builtins_and_the_child_gets_the_value() {
+    let text = r#"[vars]
+a = "{b}/{account}"
+b = "x{{y}}"
+
+[[account]]
+name = "ACC"
+brain = ["py", "{a}"]
+watchdog = ["py", "w.py"]
+"#;
+    let fleet = Fleet::from_toml(Path::new("desk/fleet.toml"), text).unwrap();
+    assert_eq!(
+        fleet.component("BRAIN_ACC").unwrap().command,
+        ["py", "x{y}/ACC"]
+    );
+}
+
+#[test]
+fn a_var_naming_an_undefined_var_is_refused_at_its_line() {
+    let (line, problem) = refusal(&tiny_desk("[vars]\nb = \"x\"\na = \"{nope}\"", "ACC"));
+    assert_eq!(line, 3);
+    assert!(problem.contains("`{nope}`"), "{problem}");
+}
+
+#[test]
+fn a_cycle_of_vars_is_refused_with_the_circle() {
+    let (line, problem) = refusal(&tiny_desk(
+        "[vars]\na = \"{b}\"\nb = \"{c}\"\nc = \"{a}\"",
+        "ACC",
+    ));
+    assert_eq!(line, 2);
+    assert!(problem.contains("a -> b -> c -> a"), "{problem}");
+    let (_, problem) = refusal(&tiny_desk("[vars]\na = \"{a}\"", "ACC"));
+    assert!(problem.contains("a -> a"), "{problem}");
+}
+
+#[test]
+fn windows_device_names_are_refused_on_every_platform_in_any_case() {
+    for name in ["CON", "nul", "Com1", "LPT9", "aux", "PRN"] {
+        let (line, problem) = refusal(&tiny_desk("", name));
+        assert_eq!(line, 3, "{name}");
+        assert!(problem.contains("device name"), "{name}: {problem}");
+        let global = format!("[[global]]\nname = \"{name}\"\ncommand = [\"q.exe\"]\n");
+        let (line, problem) = refusal(&global);
+        assert_eq!(line, 2, "{name}");
+        assert!(problem.contains("device name"), "{name}: {problem}");
+    }
+    // With an extension the name is refused too (a `.` is never allowed in a name).
+    let (_, problem) = refusal(&tiny_desk("", "CON.txt"));
+    assert!(problem.contains("not usable"), "{problem}");
+    // Names that only start like one are fine.
+    Fleet::from_toml(Path::new("f.toml"), &tiny_desk("", "CONSOLE")).unwrap();
+    Fleet::from_toml(Path::new("f.toml"), &tiny_desk("", "COM10")).unwrap();
+}
+
+#[test]
+fn a_name_longer_than_a_file_name_can_carry_is_refused() {
+    let long = "A".repeat(300);
+    let (line, problem) = refusal(&tiny_desk("", &long));
+    assert_eq!(line, 3);
+    assert!(problem.contains("300 characters"), "{problem}");
+    Fleet::from_toml(Path::new("f.toml"), &tiny_desk("", &"A".repeat(64))).unwrap();
+}
+
+#[test]
+fn an_empty_desk_is_refused() {
+    for text in ["", "lock_dir = \".locks\"\n", "[vars]\na = \"b\"\n"] {
+        let (line, problem) = refusal(text);
+        assert_eq!(line, 1);
+        assert!(problem.contains("the desk is empty"), "{problem}");
+    }
+}
+
+#[test]
+fn a_lock_dir_that_is_the_configs_own_folder_is_refused() {
+    for value in [".", "./", "sub/..", ""] {
+        let (line, problem) = refusal(&tiny_desk(&format!("lock_dir = \"{value}\""), "ACC"));
+        assert_eq!(line, 1, "{value:?}");
+        assert!(problem.contains("the config's own folder"), "{problem}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.toml");
+    let absolute = format!("lock_dir = '{}'", dir.path().display());
+    let text = tiny_desk(&absolute, "ACC");
+    std::fs::write(&config, &text).unwrap();
+    assert!(matches!(
+        Fleet::load(&config),
+        Err(ConfigError::Invalid { line: 1, .. })
+    ));
+}
+
+#[test]
+fn a_relative_program_path_resolves_against_the_config_folder_not_cwd() {
+    let text = r#"[defaults]
+cwd = "sub"
+env = { HOME_OF = "{config_dir}" }
+
+[vars]
+python = "venv/py"
+
+[[account]]
+name = "ACC"
+brain = ["{python}", "b.py"]
+watchdog = ["python3", "w.py"]
+"#;
+    let fleet = Fleet::from_toml(Path::new("desk/fleet.toml"), text).unwrap();
+    let brain = fleet.component("BRAIN_ACC").unwrap();
+    let desk = std::path::absolute("desk").unwrap();
+    assert_eq!(Path::new(&brain.command[0]), desk.join("venv/py"));
+    assert_eq!(brain.cwd, Path::new("desk/sub"));
+    // [defaults] env values get {var} substitution too.
+    assert_eq!(brain.env["HOME_OF"], desk.display().to_string());
+    // A bare program name is left to the PATH search.
+    assert_eq!(
+        fleet.component("WATCHDOG_ACC").unwrap().command[0],
+        "python3"
+    );
+}
+
+#[test]
+fn a_stop_timeout_over_a_day_is_refused() {
+    let (line, problem) = refusal(&tiny_desk(
+        "[defaults]\nstop_timeout_secs = 18446744073709551615",
+        "ACC",
+    ));
+    assert_eq!(line, 2);
+    assert!(problem.contains("more than a day"), "{problem}");
 }

@@ -280,9 +280,12 @@ fn supervise_desk(
             Err(RecvTimeoutError::Timeout) => {}
         }
         if let Some(request) = StopRequest::read(&fleet.lock_dir, MASTER_LOCK_NAME) {
+            if let Some(why) = &request.unreadable {
+                events.line("", &format!("{why}; it still means: stop all"));
+            }
             events.line(
                 "",
-                &format!("stop-all requested by pid {}", request.requested_by),
+                &format!("stop-all requested by {}", request.requester()),
             );
             return Grace::Given(request.time_left(Duration::from_secs(1)));
         }
@@ -320,18 +323,21 @@ fn act_on_stop_request(
 ) -> Option<JoinHandle<()>> {
     let name = supervisor.component.lock_name.clone();
     let request = StopRequest::read(&fleet.lock_dir, &name)?;
+    if let Some(why) = &request.unreadable {
+        events.line(
+            "",
+            &format!("{name}: {why}; stopping with its own stop timeout"),
+        );
+    }
     events.line(
         "",
         &format!(
-            "{name}: stop requested by pid {}; it will not be restarted",
-            request.requested_by
+            "{name}: stop requested by {}; it will not be restarted",
+            request.requester()
         ),
     );
-    let floor = supervisor
-        .component
-        .stop_timeout
-        .min(Duration::from_secs(1));
-    let grace = Grace::Given(request.time_left(floor));
+    // At least a second, at most a day; the component's own timeout without a deadline.
+    let grace = Grace::Given(request.time_left(supervisor.component.stop_timeout));
     let supervisor = supervisor.clone();
     let (events, lock_dir) = (events.clone(), fleet.lock_dir.clone());
     Some(std::thread::spawn(move || {
@@ -379,7 +385,24 @@ fn preflight(
     }
     let mut refusals = held_locks(&snapshot, plan);
     refusals.extend(unlocked_copies(&snapshot, plan));
+    refusals.extend(strays_in_the_way(&snapshot, plan));
     Ok(refuse(&refusals, events))
+}
+
+/// DESIGN.md rule 12: a link, FIFO or directory at a lock's name is never written
+/// through or replaced: refuse before starting anything.
+fn strays_in_the_way(snapshot: &DeskSnapshot, plan: &[Component]) -> Vec<Refusal> {
+    plan.iter()
+        .filter_map(|component| {
+            let lock_file = format!("{}.lock", component.lock_name);
+            let stray = snapshot.strays.iter().find(|s| s.file_name == lock_file)?;
+            Some((
+                component.lock_name.clone(),
+                format!("{lock_file} is {}", stray.what),
+                0,
+            ))
+        })
+        .collect()
 }
 
 /// Why a start is refused: a component, the reason, the pid in the way.
@@ -601,8 +624,7 @@ fn watch_for_stop_request(lock_dir: PathBuf, runner: Arc<Runner>) {
         loop {
             std::thread::sleep(TICK);
             if let Some(request) = StopRequest::read(&lock_dir, &runner.name) {
-                let floor = runner.timeout.min(Duration::from_secs(1));
-                runner.stop(Grace::Given(request.time_left(floor)));
+                runner.stop(Grace::Given(request.time_left(runner.timeout)));
                 return;
             }
         }

@@ -395,17 +395,11 @@ fn follow_output(running: &mut std::process::Child, launch: &Launch) {
 const CHILD_ENV_DEFAULTS: [(&str, &str); 2] =
     [("PYTHONIOENCODING", "utf-8"), ("PYTHONUNBUFFERED", "1")];
 
-/// The component's command, its program resolved against its working folder when it
-/// is a relative path (Windows would resolve it against ours).
+/// The component's command, started in its working folder. A relative program path
+/// was already resolved against the config's folder, at load time (`lockcore::config`).
 pub fn build_command(component: &Component) -> Command {
-    let program = &component.command[0];
-    let program_path = std::path::Path::new(program);
-    let resolved = if program_path.is_relative() && program.contains(['/', '\\']) {
-        component.cwd.join(program_path)
-    } else {
-        program_path.to_path_buf()
-    };
-    let mut command = Command::new(resolved);
+    // A relative program path was resolved against the config's folder at load time.
+    let mut command = Command::new(&component.command[0]);
     command
         .args(&component.command[1..])
         .current_dir(&component.cwd)

@@ -837,3 +837,221 @@ fn non_ascii_output_reaches_the_log_and_children_get_utf8() {
     );
     assert_eq!(launcher.stop_desk(), 0);
 }
+
+/// Table row: `MASTER_LAUNCH.lock` (or `BRAIN_X.lock` before `run BRAIN_X`) a symlink
+/// to another file: master-launch wrote its record through the link. Now it refuses,
+/// and the linked file and the link stay as they were.
+#[cfg(unix)]
+#[test]
+fn a_symlink_at_a_lock_name_is_never_written_through() {
+    let desk = Desk::new("qs_link", &["LINK1"]);
+    let locks = desk.lock_dir();
+    std::fs::create_dir_all(&locks).unwrap();
+    let victim = desk.config().with_file_name("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    for (name, args) in [
+        ("MASTER_LAUNCH", vec![]),
+        ("BRAIN_LINK1", vec!["run", "BRAIN_LINK1"]),
+    ] {
+        let link = locks.join(format!("{name}.lock"));
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let output = assert_cmd::Command::from_std({
+            let mut command = master_launch(&desk);
+            command.args(&args).stdin(Stdio::null());
+            command
+        })
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(0), "{name}: {stderr}");
+        assert_ne!(output.status.code(), Some(101), "{name}: {stderr}");
+        assert!(stderr.contains("symbolic link"), "{name}: {stderr}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "{name}");
+        assert!(
+            link.is_symlink(),
+            "{name}: the link was removed or replaced"
+        );
+        std::fs::remove_file(&link).unwrap();
+    }
+    assert!(
+        running_pids(&desk.snapshot()).is_empty(),
+        "something started"
+    );
+}
+
+/// Table rows: a FIFO named `junk.lock` hung master-launch's pre-flight; a FIFO named
+/// `<NAME>.stop` hung its main loop (SIGTERM, stop requests and lock checks waited for
+/// a writer). Now it starts, acts on signals and requests, and stops in order.
+#[cfg(unix)]
+#[test]
+fn fifos_in_the_lock_dir_never_hang_the_orchestrator() {
+    let desk = Desk::with_options("qs_fifo", &["FIFO1"], &[], QUICK_STOP);
+    let locks = desk.lock_dir();
+    std::fs::create_dir_all(&locks).unwrap();
+    let mkfifo = |name: &str| {
+        assert!(
+            Command::new("mkfifo")
+                .arg(locks.join(name))
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    mkfifo("junk.lock");
+    let launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let pids = running_pids(&wait_all_running_but(&desk, &["not_a_file"]));
+    mkfifo("BRAIN_FIFO1.stop");
+    mkfifo("MASTER_LAUNCH.stop");
+    // Several ticks with the FIFOs in place: still supervising, nothing stopped.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(running_pids(&desk.snapshot()), pids);
+    let asked = Instant::now();
+    assert_eq!(launcher.stop_desk(), 0);
+    assert!(asked.elapsed() < Duration::from_secs(30));
+    wait_gone(&pids);
+}
+
+/// [`wait_all_running`], allowing problems of the given kinds (an entry the test put
+/// in the lock dir on purpose).
+#[cfg(unix)]
+fn wait_all_running_but(desk: &Desk, allowed: &[&str]) -> DeskSnapshot {
+    let mut snap = desk.snapshot();
+    wait_until("every component to run under its lock", || {
+        snap = desk.snapshot();
+        snap.components
+            .iter()
+            .filter(|v| v.component.enabled)
+            .all(|v| v.copies.len() == 1 && v.copies[0].locked && v.managed.is_some())
+            && snap
+                .problems
+                .iter()
+                .all(|p| allowed.contains(&p.kind.as_str()))
+    });
+    snap
+}
+
+/// Table row: a stop request without `requested_by` counted as unreadable, its deadline
+/// became 0, and a bot asked to stop within 10 s was forced after 1 s. Now a missing
+/// deadline means the component's stop_timeout_secs: the slow bot stops gracefully.
+#[test]
+fn a_stop_request_without_requester_or_deadline_gets_the_full_stop_timeout() {
+    if fleet_tests::wine::skip_under_wine(
+        "a_stop_request_without_requester_or_deadline_gets_the_full_stop_timeout",
+        "Wine does not deliver CTRL_BREAK to the bots: no graceful exit to log",
+    ) {
+        return;
+    }
+    let exit_log = fleet_tests::ExitLog::new();
+    let desk = Desk::with_options(
+        "qs_noreq",
+        &["NOREQ1"],
+        &["--stop-delay-ms", "2500", "--exit-log", &exit_log.arg],
+        "[defaults]\nstop_timeout_secs = 10\n",
+    );
+    let launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let snap = wait_all_running(&desk);
+    let brain = snap
+        .component("BRAIN_NOREQ1")
+        .unwrap()
+        .managed
+        .as_ref()
+        .unwrap()
+        .pid;
+    std::fs::write(
+        desk.lock_dir().join("BRAIN_NOREQ1.stop"),
+        br#"{"name": "BRAIN_NOREQ1"}"#,
+    )
+    .unwrap();
+    wait_gone(&[brain]);
+    let exits = exit_log.times();
+    assert!(
+        exits.iter().any(|(name, _)| name == "BRAIN_NOREQ1"),
+        "the brain was forced instead of stopping gracefully: {exits:?}"
+    );
+    assert!(
+        launcher
+            .lines
+            .wait_for("stop requested by someone", Duration::from_secs(5))
+            .is_some()
+    );
+    assert_eq!(launcher.stop_desk(), 0);
+}
+
+/// A stop request with a huge deadline panicked master-launch (overflow adding to an
+/// Instant). Now the wait is clamped to a day: the graceful stop happens, no panic.
+#[test]
+fn a_stop_request_with_a_huge_deadline_does_not_panic() {
+    let desk = Desk::with_options("qs_hugedl", &["HUGEDL1"], &[], QUICK_STOP);
+    let mut launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let snap = wait_all_running(&desk);
+    let brain = snap
+        .component("BRAIN_HUGEDL1")
+        .unwrap()
+        .managed
+        .as_ref()
+        .unwrap()
+        .pid;
+    std::fs::write(
+        desk.lock_dir().join("BRAIN_HUGEDL1.stop"),
+        br#"{"name": "BRAIN_HUGEDL1", "deadline": 18446744073709551615, "requested_by": 4294967295}"#,
+    )
+    .unwrap();
+    if cfg!(unix) {
+        wait_gone(&[brain]);
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        launcher.running.child.try_wait().unwrap().is_none(),
+        "master-launch died"
+    );
+    assert_eq!(launcher.stop_all(), 0);
+}
+
+/// Table row: `cwd = "sub"` with `python = 'venv/py'`: the program was looked up
+/// relative to `cwd` ("No such file or directory", a restart loop). A relative program
+/// path resolves against the config file's folder; the working directory stays `cwd`.
+#[test]
+fn a_relative_program_path_resolves_against_the_config_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir
+        .path()
+        .join("venv")
+        .join(format!("py{}", std::env::consts::EXE_SUFFIX));
+    std::fs::create_dir_all(program.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+    std::fs::copy(fleet_tests::stand_in(), &program).unwrap();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vars]\npython = 'venv/py{}'\n\n[[global]]\nname = \"relg\"\ncwd = \"sub\"\n\
+             command = [\"{{python}}\", \"relg\"]\nstop_timeout_secs = 2\n",
+            std::env::consts::EXE_SUFFIX
+        ),
+    )
+    .unwrap();
+    let mut child = Command::cargo_bin("master-launch")
+        .unwrap()
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "relg"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = spawn_reader(child.stderr.take().unwrap());
+    let mut runner = Running::new(child);
+    let started = lines.wait_for("started under its lock", Duration::from_secs(30));
+    let fleet = lockcore::Fleet::load(&config).unwrap();
+    let mut probe = lockcore::ProcessProbe::new().unwrap();
+    let snapshot = DeskSnapshot::take(&fleet, &mut probe).unwrap();
+    runner.kill();
+    assert!(started.is_some(), "the program was not found");
+    let view = snapshot.component("relg").unwrap();
+    assert_eq!(view.copies.len(), 1, "{:?}", snapshot.problems);
+}

@@ -19,7 +19,7 @@ const HOLDER_MARGIN: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
     /// The running master-launch, told by one stop-all request: it keeps the order.
-    Orchestrator,
+    Orchestrator(ProcessIdentity),
     /// Its lock holder (master-launch or a `run` runner), told by a stop request.
     Holder(ProcessIdentity),
     /// Nobody holds it: asked directly (SIGTERM; CTRL_BREAK or a close on Windows).
@@ -74,7 +74,7 @@ pub fn targets(snapshot: &DeskSnapshot, selection: &AccountSelection) -> Vec<Tar
         .and_then(LockRecord::holder_identity)
         .filter(|who| snapshot.table.is_alive(*who));
     let via_holder = |holder: Option<ProcessIdentity>| match holder {
-        Some(h) if selection.is_all() && Some(h) == orchestrator => Via::Orchestrator,
+        Some(h) if selection.is_all() && Some(h) == orchestrator => Via::Orchestrator(h),
         Some(h) => Via::Holder(h),
         None => Via::Direct,
     };
@@ -146,7 +146,7 @@ pub fn targets(snapshot: &DeskSnapshot, selection: &AccountSelection) -> Vec<Tar
             account: None,
             stage: Stage::Orchestrator,
             who: Some(who),
-            via: Via::Orchestrator,
+            via: Via::Orchestrator(who),
             found: "its own lock".into(),
             left_alone: false,
         });
@@ -184,7 +184,7 @@ impl Stoppable<StopContext> for Target {
     fn margin(&self) -> Duration {
         match self.via {
             Via::Direct => Duration::ZERO,
-            Via::Orchestrator | Via::Holder(_) => HOLDER_MARGIN,
+            Via::Orchestrator(_) | Via::Holder(_) => HOLDER_MARGIN,
         }
     }
 
@@ -200,21 +200,26 @@ impl Stoppable<StopContext> for Target {
                 lockcore::record::format_local(now.start_time)
             );
         }
+        let directly =
+            |context: &mut StopContext| match self.who.and_then(|who| context.probe.terminate(who))
+            {
+                Some(asked) => format!("asked to stop: {asked}"),
+                None => "already gone".into(),
+            };
         match self.via {
-            Via::Orchestrator => "master-launch stops it (stop-all request)".into(),
+            Via::Orchestrator(_) => "master-launch stops it (stop-all request)".into(),
             Via::Holder(holder) => {
                 match StopRequest::new(&self.name, context.timeout).write(&context.lock_dir) {
                     Ok(_) => format!("stop request to its holder pid {}", holder.pid),
+                    // The emergency stop works whatever else is broken: ask the bot.
                     Err(e) => format!(
-                        "cannot write a stop request for its holder pid {} ({e}); it will be forced",
-                        holder.pid
+                        "cannot write a stop request for its holder pid {} ({e}); {}",
+                        holder.pid,
+                        directly(context)
                     ),
                 }
             }
-            Via::Direct => match self.who.and_then(|who| context.probe.terminate(who)) {
-                Some(asked) => format!("asked to stop: {asked}"),
-                None => "already gone".into(),
-            },
+            Via::Direct => directly(context),
         }
     }
 
@@ -227,8 +232,8 @@ impl Stoppable<StopContext> for Target {
             // Between restarts: stopped once its holder let go of the lock.
             None => {
                 let holder = match self.via {
-                    Via::Holder(h) => Some(h),
-                    Via::Orchestrator | Via::Direct => None,
+                    Via::Holder(h) | Via::Orchestrator(h) => Some(h),
+                    Via::Direct => None,
                 };
                 !still_held_by(context, &self.name, holder)
             }

@@ -8,14 +8,21 @@
 //! Processes with a live lock holder are stopped through the holder (a stop request);
 //! copies nobody holds are signalled directly. Whatever is still alive after the
 //! timeout (plus a margin, for a holder) is killed with its children, after its start
-//! time is checked again. Exit codes: 0 all stopped, 1 something survived or the
-//! user cancelled, 2 bad arguments or config, or no terminal to confirm on.
+//! time is checked again.
+//!
+//! The emergency stop works whatever else is broken (DESIGN.md rule 12): entries in the
+//! lock dir that are not regular files are skipped, an unreadable lock dir leaves the
+//! processes found by command line, a stop request that cannot be written falls back
+//! to signalling the process, and an audit log that cannot be opened is reported on
+//! stderr (with its path) while the stop goes on. Exit codes: 0 all stopped, 1
+//! something survived, the user cancelled, or the audit log is incomplete, 2 bad
+//! arguments or config, or no terminal to confirm on.
 
 mod find;
 
 use lockcore::{errln, outln};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -33,6 +40,8 @@ use lockcore::{
 use crate::find::{StopContext, Target, Via};
 
 const TOOL: &str = "safe-shutdown";
+/// The longest `--timeout`: a day.
+const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
 
 /// Stop the trading desk, or some accounts, in a safe order.
 ///
@@ -51,8 +60,13 @@ struct Args {
     /// Stop only this account (repeatable); the rest keep trading.
     #[arg(long = "account", value_name = "NAME")]
     accounts: Vec<String>,
-    /// Seconds each process gets to stop gracefully before it is forced.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    /// Seconds each process gets to stop gracefully before it is forced (at most a day).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS)
+    )]
     timeout: u64,
     /// Print what would be stopped, and in which order, then exit.
     #[arg(long)]
@@ -71,8 +85,18 @@ fn run(args: &Args) -> Result<ExitCode> {
     let fleet = Fleet::load(&args.config)?;
     let selection = AccountSelection::of(&fleet, &args.accounts, "--account")?;
     let mut probe = ProcessProbe::new()?;
-    let snapshot = DeskSnapshot::take(&fleet, &mut probe)?;
-    let targets = find::targets(&snapshot, &selection);
+    // The emergency stop works whatever else is broken: without the lock dir, the
+    // desk's processes are still found by their command lines.
+    let snapshot = DeskSnapshot::take(&fleet, &mut probe).unwrap_or_else(|e| {
+        errln!("{TOOL}: {e}; looking for the desk's processes by their command lines only");
+        DeskSnapshot::build(
+            &fleet,
+            Vec::new(),
+            probe.table(),
+            lockcore::process::now_secs(),
+        )
+    });
+    let mut targets = find::targets(&snapshot, &selection);
     let left_alone = find::left_alone(&snapshot, &selection);
     for line in &left_alone {
         outln!("{line}");
@@ -80,7 +104,7 @@ fn run(args: &Args) -> Result<ExitCode> {
     if targets.is_empty() {
         outln!("Nothing to stop: no process of the desk runs.");
         if !args.dry_run {
-            clean_locks(&fleet, &selection, &mut probe, None);
+            clean_locks(&fleet, &selection, &mut probe, &Audit::none());
         }
         return Ok(ExitCode::Ok);
     }
@@ -89,20 +113,18 @@ fn run(args: &Args) -> Result<ExitCode> {
         outln!("\n(dry run: nothing was stopped)");
         return Ok(ExitCode::Ok);
     }
-    let audit = Log::open(&fleet.log_dir.join("safe-shutdown.log"), false)?;
-    audit.line(
-        "",
-        &format!("found {} process(es): {}", targets.len(), summary(&targets)),
-    );
+    let audit = Audit::open(&fleet.log_dir.join("safe-shutdown.log"));
+    audit.line(&format!(
+        "found {} process(es): {}",
+        targets.len(),
+        summary(&targets)
+    ));
     for line in &left_alone {
-        audit.line("", line);
+        audit.line(line);
     }
     if !args.yes {
         if !std::io::stdin().is_terminal() {
-            audit.line(
-                "",
-                "refused: no terminal to confirm on and no --yes; nothing stopped",
-            );
+            audit.line("refused: no terminal to confirm on and no --yes; nothing stopped");
             errln!(
                 "{TOOL}: refusing to stop anything without confirmation: there is no terminal \
                  to ask on. Run it in a console, or pass --yes."
@@ -110,27 +132,37 @@ fn run(args: &Args) -> Result<ExitCode> {
             return Ok(ExitCode::Usage);
         }
         if !confirmed(targets.len())? {
-            audit.line("", "cancelled by the user; nothing stopped");
+            audit.line("cancelled by the user; nothing stopped");
             outln!("Cancelled. Nothing was stopped.");
             return Ok(ExitCode::Problems);
         }
     }
-    audit.line(
-        "",
-        if args.yes {
-            "confirmed by --yes"
-        } else {
-            "confirmed by the user (YES)"
-        },
-    );
-    let timeout = Duration::from_secs(args.timeout);
-    if targets.iter().any(|t| t.via == Via::Orchestrator) {
+    audit.line(if args.yes {
+        "confirmed by --yes"
+    } else {
+        "confirmed by the user (YES)"
+    });
+    let timeout = Duration::from_secs(args.timeout.min(MAX_TIMEOUT_SECS));
+    if let Some(orchestrator) = targets.iter().find_map(|t| match t.via {
+        Via::Orchestrator(who) => Some(who),
+        _ => None,
+    }) {
         // Tell master-launch first: it restarts nothing and stops in order itself.
-        StopRequest::new(MASTER_LOCK_NAME, timeout).write(&fleet.lock_dir)?;
-        audit.line(
-            "",
-            "asked master-launch to stop the whole desk (stop-all request)",
-        );
+        match StopRequest::new(MASTER_LOCK_NAME, timeout).write(&fleet.lock_dir) {
+            Ok(_) => audit.line("asked master-launch to stop the whole desk (stop-all request)"),
+            Err(e) => {
+                audit.warn(&format!(
+                    "cannot ask master-launch to stop the desk ({e}); asking it for each \
+                     component instead"
+                ));
+                for target in targets
+                    .iter_mut()
+                    .filter(|t| t.via == Via::Orchestrator(orchestrator))
+                {
+                    target.via = Via::Holder(orchestrator);
+                }
+            }
+        }
     }
     let total = targets.len();
     let mut context = StopContext {
@@ -147,18 +179,79 @@ fn run(args: &Args) -> Result<ExitCode> {
     );
     let mut probe = context.probe;
     let _ = StopRequest::remove(&fleet.lock_dir, MASTER_LOCK_NAME);
-    clean_locks(&fleet, &selection, &mut probe, Some(&audit));
+    clean_locks(&fleet, &selection, &mut probe, &audit);
     if outcome.all_stopped() {
-        audit.line("", "all stopped");
+        audit.line("all stopped");
         outln!("All {total} stopped.");
+        if let Some(path) = audit.broken() {
+            errln!(
+                "{TOOL}: everything stopped, but the audit log {} is incomplete",
+                path.display()
+            );
+            return Ok(ExitCode::Problems);
+        }
         return Ok(ExitCode::Ok);
     }
     errln!("{TOOL}: THESE ARE STILL RUNNING:");
     for name in &outcome.survivors {
         errln!("  {name}");
     }
-    audit.line("", &format!("survivors: {}", outcome.survivors.join(", ")));
+    audit.line(&format!("survivors: {}", outcome.survivors.join(", ")));
     Ok(ExitCode::Problems)
+}
+
+/// The audit trail: `<log_dir>/safe-shutdown.log`. If it cannot be opened, the stop
+/// goes on (the emergency stop never waits on a log); stderr says so with the path, and
+/// the exit code says the audit is incomplete.
+struct Audit {
+    log: Option<Log>,
+    broken: Option<PathBuf>,
+}
+
+impl Audit {
+    fn open(path: &Path) -> Audit {
+        match Log::open(path, false) {
+            Ok(log) => Audit {
+                log: Some(log),
+                broken: None,
+            },
+            Err(e) => {
+                errln!(
+                    "{TOOL}: cannot open the audit log {}: {e}; stopping anyway, without an audit",
+                    path.display()
+                );
+                Audit {
+                    log: None,
+                    broken: Some(path.to_path_buf()),
+                }
+            }
+        }
+    }
+
+    /// No audit wanted (nothing is being stopped).
+    fn none() -> Audit {
+        Audit {
+            log: None,
+            broken: None,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if let Some(log) = &self.log {
+            log.line("", text);
+        }
+    }
+
+    /// A line for the audit and for stderr: something did not go as planned.
+    fn warn(&self, text: &str) {
+        errln!("{TOOL}: {text}");
+        self.line(text);
+    }
+
+    /// The audit log's path, if it could not be opened.
+    fn broken(&self) -> Option<&Path> {
+        self.broken.as_deref()
+    }
 }
 
 fn summary(targets: &[Target]) -> String {
@@ -212,7 +305,7 @@ fn clean_locks(
     fleet: &Fleet,
     selection: &AccountSelection,
     probe: &mut ProcessProbe,
-    audit: Option<&Log>,
+    audit: &Audit,
 ) {
     let locks = LockDir::for_fleet(fleet);
     let mut names: Vec<String> = fleet
@@ -232,9 +325,7 @@ fn clean_locks(
                 status.detail
             );
             outln!("{line}");
-            if let Some(audit) = audit {
-                audit.line("", &line);
-            }
+            audit.line(&line);
         }
     }
 }
@@ -244,13 +335,13 @@ fn clean_locks(
 /// it ends. Forced processes are named as they are forced, and everything done goes
 /// to the audit log.
 struct Progress<'a> {
-    audit: &'a Log,
+    audit: &'a Audit,
     bar: Option<indicatif::ProgressBar>,
     on_terminal: bool,
 }
 
 impl<'a> Progress<'a> {
-    fn new(audit: &'a Log) -> Progress<'a> {
+    fn new(audit: &'a Audit) -> Progress<'a> {
         Progress {
             audit,
             bar: None,
@@ -275,7 +366,7 @@ impl StopObserver for Progress<'_> {
     }
 
     fn asked(&mut self, name: &str, how: &str) {
-        self.audit.line("", &format!("{name}: {how}"));
+        self.audit.line(&format!("{name}: {how}"));
     }
 
     fn waiting(&mut self, progress: &engine::Progress) {
@@ -286,7 +377,7 @@ impl StopObserver for Progress<'_> {
 
     fn forced(&mut self, name: &str, how: &str) {
         let line = format!("forcing {name}: it did not stop in time; {how}");
-        self.audit.line("", &line);
+        self.audit.line(&line);
         match &self.bar {
             Some(bar) => bar.println(line),
             None => outln!("{line}"),
@@ -300,7 +391,7 @@ impl StopObserver for Progress<'_> {
             progress.stopped,
             progress.total
         );
-        self.audit.line("", &line);
+        self.audit.line(&line);
         match self.bar.take() {
             Some(bar) => bar.finish_with_message(progress.to_string()),
             None => outln!("{line}"),

@@ -569,3 +569,84 @@ fn an_account_stop_while_its_brain_backs_off_keeps_it_stopped() {
         desk.master_log()
     );
 }
+
+/// Table row: a directory named `stray.lock` made safe-shutdown fail ("Is a
+/// directory"), exit 1, all bots running; a FIFO `junk.lock` hung it. The emergency
+/// stop now stops the desk whatever else is in the lock dir, and touches none of it.
+#[cfg(unix)]
+#[test]
+fn the_emergency_stop_works_whatever_else_is_in_the_lock_dir() {
+    let desk = Desk::new("qs_hostile", &["HOSTILE1"]);
+    let locks = desk.lock_dir();
+    std::fs::create_dir_all(&locks).unwrap();
+    let sentinel = desk.config().with_file_name("sentinel.txt");
+    std::fs::write(&sentinel, b"untouched").unwrap();
+    std::fs::create_dir(locks.join("stray.lock")).unwrap();
+    for fifo in ["junk.lock", "BRAIN_HOSTILE1.stop"] {
+        assert!(
+            Command::new("mkfifo")
+                .arg(locks.join(fifo))
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    std::os::unix::fs::symlink(&sentinel, locks.join("WATCHDOG_HOSTILE1.lock")).unwrap();
+    let _w = desk.start_by_hand("WATCHDOG_HOSTILE1");
+    let _b = desk.start_by_hand("BRAIN_HOSTILE1");
+    wait_until("two copies", || running_pids(&desk).len() == 2);
+    let pids = running_pids(&desk);
+    assert_cmd::Command::from_std(safe_shutdown(&desk, &["--yes", "--timeout", "5"]))
+        .timeout(Duration::from_secs(90))
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("All 2 stopped."));
+    fleet_tests::wait_gone(&pids);
+    assert_eq!(std::fs::read(&sentinel).unwrap(), b"untouched");
+    assert!(locks.join("stray.lock").is_dir());
+    assert!(locks.join("WATCHDOG_HOSTILE1.lock").is_symlink());
+}
+
+/// Table row: `logs/safe-shutdown.log` could not be opened: safe-shutdown stopped
+/// nothing ("Is a directory", no path). Now it says so with the path, stops
+/// everything, and exits 1 because the audit is incomplete.
+#[test]
+fn an_audit_log_that_cannot_be_opened_does_not_stop_the_stop() {
+    let desk = Desk::new("qs_noaudit", &["NOAUDIT1"]);
+    let audit = desk
+        .config()
+        .with_file_name("logs")
+        .join("safe-shutdown.log");
+    std::fs::create_dir_all(&audit).unwrap();
+    let _w = desk.start_by_hand("WATCHDOG_NOAUDIT1");
+    let _b = desk.start_by_hand("BRAIN_NOAUDIT1");
+    wait_until("two copies", || running_pids(&desk).len() == 2);
+    let pids = running_pids(&desk);
+    let output = safe_shutdown(&desk, &["--yes", "--timeout", "5"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the audit log")
+            && stderr.contains(&audit.display().to_string()),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("All 2 stopped."));
+    fleet_tests::wait_gone(&pids);
+}
+
+/// Table row: `--timeout 18446744073709551615` panicked (duration overflow), exit 101.
+#[test]
+fn an_out_of_range_timeout_is_a_usage_error_not_a_panic() {
+    let desk = Desk::new("qs_bigtimeout", &["BIGTO1"]);
+    for value in ["18446744073709551615", "86401", "-1"] {
+        safe_shutdown(&desk, &["--yes", "--timeout", value])
+            .assert()
+            .code(2);
+    }
+    safe_shutdown(&desk, &["--yes", "--timeout", "99999999"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("0..=86400"));
+}

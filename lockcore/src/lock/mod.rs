@@ -17,6 +17,11 @@
 //! - **Remove-if-stale**: exclusive try-lock, identity check, classify, remove under the
 //!   lock. A starter that meets this brief exclusive lock sees a record naming no live
 //!   holder and retries.
+//!
+//! Entries the tools did not write (DESIGN.md rule 12): an entry named `*.lock` that is
+//! not a regular file (a symlink, FIFO, directory, device) is never opened for reading
+//! or writing; scans report it as a [`StrayEntry`] and otherwise skip it. A record is
+//! read only up to [`MAX_RECORD_BYTES`]; a bigger file is `corrupt`.
 
 mod os;
 
@@ -41,6 +46,9 @@ const UNDECIDED_WAIT: Duration = Duration::from_secs(1);
 const RETRY_PAUSE: Duration = Duration::from_millis(2);
 /// How long remove-if-stale waits on a lock whose record names no live holder.
 const BUSY_WAIT: Duration = Duration::from_millis(200);
+/// A record is a few hundred bytes; a file bigger than this is not one of ours, is
+/// `corrupt`, and is never read whole into memory or printed.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
 /// A folder of lock files, and what the desk's components look like when running:
 /// an older tool's record is judged against them (DESIGN.md rule 11).
@@ -160,6 +168,27 @@ pub struct LockStatus {
     pub detail: String,
 }
 
+/// A `*.lock` or `*.stop` entry of the lock dir that the tools cannot use: not a
+/// regular file (a symlink, FIFO, directory, device), or one that could not be opened.
+/// It is reported and otherwise left alone (DESIGN.md rule 12).
+#[derive(Debug, Clone, Serialize)]
+pub struct StrayEntry {
+    /// The entry's file name, e.g. `BRAIN_ATLAS.lock`.
+    pub file_name: String,
+    pub path: PathBuf,
+    /// What it is, e.g. "a symbolic link", or why it could not be read.
+    pub what: String,
+}
+
+/// Everything a scan of the lock dir found.
+#[derive(Debug, Clone, Default)]
+pub struct LockScan {
+    /// The lock files, inspected, sorted by name.
+    pub locks: Vec<LockStatus>,
+    /// Entries named like locks or stop requests that are not usable files.
+    pub strays: Vec<StrayEntry>,
+}
+
 /// The outcome of [`LockDir::remove_if_stale`].
 #[derive(Debug, Clone)]
 pub enum Removal {
@@ -195,6 +224,12 @@ pub enum LockError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{} is {what}, not a regular file: the tools neither read, write nor remove it; \
+         find out what made it and remove it by hand",
+        path.display()
+    )]
+    NotAFile { path: PathBuf, what: &'static str },
     #[error(transparent)]
     Lost(#[from] LockLost),
     #[error(transparent)]
@@ -202,10 +237,16 @@ pub enum LockError {
 }
 
 fn io_error<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> LockError + 'p {
-    move |source| LockError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+    move |source| match os::not_a_file(&source) {
+        Some(what) => LockError::NotAFile {
+            path: path.to_path_buf(),
+            what,
+        },
+        None => LockError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 
@@ -279,9 +320,10 @@ impl LockDir {
                 if !names_file(&path, &file) {
                     continue; // released and removed between our open and our lock
                 }
-                let existing = read_all(&file).map_err(io_error("read", &path))?;
+                let existing = read_record(&file).map_err(io_error("read", &path))?;
                 let rule = self.copy_rule(name);
-                if let Some(holder) = live_legacy_holder(name, &path, &existing, rule, probe) {
+                if let Some(holder) = live_legacy_holder(name, &path, existing.bytes(), rule, probe)
+                {
                     return Ok(Acquire::Held(holder));
                 }
                 let held = HeldLock::start(name, path, file, claim, probe)?;
@@ -293,9 +335,7 @@ impl LockDir {
                 std::thread::sleep(RETRY_PAUSE);
                 continue;
             }
-            let record = read_all(&file)
-                .ok()
-                .and_then(|b| LockRecord::parse(&b).ok());
+            let record = read_record(&file).ok().and_then(|r| r.parse());
             if names_live_holder(record.as_ref(), probe) || started.elapsed() >= UNDECIDED_WAIT {
                 return Ok(Acquire::Held(Holder {
                     name: name.into(),
@@ -330,13 +370,12 @@ impl LockDir {
                 if !names_file(&path, &file) {
                     continue;
                 }
-                let bytes = read_all(&file).map_err(io_error("read", &path));
+                let read = read_record(&file).map_err(io_error("read", &path));
                 os::unlock(&file).map_err(io_error("unlock", &path))?;
                 let rule = self.copy_rule(name);
-                return Ok(Some(classify_unheld(name, path, &bytes?, rule, probe)));
+                return Ok(Some(classify_unheld(name, path, &read?, rule, probe)));
             }
-            let bytes = read_all(&file).map_err(io_error("read", &path))?;
-            let record = LockRecord::parse(&bytes).ok();
+            let record = read_record(&file).map_err(io_error("read", &path))?.parse();
             if names_live_holder(record.as_ref(), probe) || started.elapsed() >= UNDECIDED_WAIT {
                 let detail = match &record {
                     Some(_) => "an OS lock is held on it".to_string(),
@@ -355,28 +394,51 @@ impl LockDir {
     }
 
     /// Every `*.lock` file in the folder, inspected, sorted by name. A missing folder
-    /// has no locks.
+    /// has no locks. Entries that are not regular files are left out (see [`Self::scan_all`]).
     pub fn scan(&self, probe: &mut ProcessProbe) -> Result<Vec<LockStatus>, LockError> {
-        let mut statuses = Vec::new();
-        for name in self.lock_names()? {
-            if let Some(status) = self.inspect(&name, probe)? {
-                statuses.push(status);
-            }
-        }
-        Ok(statuses)
+        Ok(self.scan_all(probe)?.locks)
     }
 
-    /// The names of the `*.lock` files in the folder, sorted.
-    pub fn lock_names(&self) -> Result<Vec<String>, LockError> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_error("read lock folder", &self.dir)(e)),
+    /// Every `*.lock` file inspected, and every `*.lock`/`*.stop` entry that is not a
+    /// usable file. Only an unreadable folder is an error: one bad entry never keeps
+    /// the others from being seen (the emergency stop depends on this scan).
+    pub fn scan_all(&self, probe: &mut ProcessProbe) -> Result<LockScan, LockError> {
+        let mut scan = LockScan {
+            locks: Vec::new(),
+            strays: self.stray_entries()?,
         };
-        let mut names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let file_name = entry.file_name().into_string().ok()?;
+        for name in self.lock_names()? {
+            match self.inspect(&name, probe) {
+                Ok(Some(status)) => scan.locks.push(status),
+                Ok(None) => {}
+                // Replaced by something else since the folder was read, or unreadable.
+                Err(LockError::NotAFile { path, what }) => scan.strays.push(StrayEntry {
+                    file_name: format!("{name}.lock"),
+                    path,
+                    what: what.to_string(),
+                }),
+                Err(LockError::Io {
+                    action,
+                    path,
+                    source,
+                }) => scan.strays.push(StrayEntry {
+                    file_name: format!("{name}.lock"),
+                    path,
+                    what: format!("cannot {action} it: {source}"),
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(scan)
+    }
+
+    /// The names of the `*.lock` entries in the folder that are regular files, sorted.
+    pub fn lock_names(&self) -> Result<Vec<String>, LockError> {
+        let mut names: Vec<String> = self
+            .entries()?
+            .into_iter()
+            .filter(|(_, _, non_regular)| non_regular.is_none())
+            .filter_map(|(file_name, _, _)| {
                 let name = file_name.strip_suffix(".lock")?;
                 self.lock_path(name).is_ok().then(|| name.to_string())
             })
@@ -385,12 +447,83 @@ impl LockDir {
         Ok(names)
     }
 
+    /// Entries that are neither lock files nor stop requests (nor a request being
+    /// written): the tools leave them alone, but a lock folder shared with other files
+    /// invites mistakes, so callers warn about them.
+    pub fn foreign_entries(&self) -> Result<Vec<String>, LockError> {
+        let mut names: Vec<String> = self
+            .entries()?
+            .into_iter()
+            .map(|(file_name, _, _)| file_name)
+            .filter(|n| !n.ends_with(".lock") && !n.ends_with(".stop") && !n.ends_with(".tmp"))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// `*.lock` and `*.stop` entries that are not regular files, sorted by name.
+    pub fn stray_entries(&self) -> Result<Vec<StrayEntry>, LockError> {
+        let mut strays: Vec<StrayEntry> = self
+            .entries()?
+            .into_iter()
+            .filter(|(file_name, _, _)| {
+                file_name.ends_with(".lock") || file_name.ends_with(".stop")
+            })
+            .filter_map(|(file_name, path, non_regular)| {
+                Some(StrayEntry {
+                    file_name,
+                    path,
+                    what: non_regular?.to_string(),
+                })
+            })
+            .collect();
+        strays.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        Ok(strays)
+    }
+
+    /// Every entry with a UTF-8 name: its name, path, and what it is if it is not a
+    /// regular file. Types come from the directory listing or `lstat`: links are not
+    /// followed and nothing is opened.
+    fn entries(&self) -> Result<Vec<Entry>, LockError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("read lock folder", &self.dir)(e)),
+        };
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let file_name = entry.file_name().into_string().ok()?;
+                let path = entry.path();
+                let non_regular = match std::fs::symlink_metadata(&path) {
+                    Ok(metadata) => os::describe_non_regular(&metadata),
+                    // Gone since the listing: nothing to report.
+                    Err(_) => return None,
+                };
+                Some((file_name, path, non_regular))
+            })
+            .collect())
+    }
+
     /// Removes the lock file if nobody holds it (stale or corrupt). Safe while other
     /// processes acquire and release the same name: the removal happens under the
     /// exclusive lock, after checking that the path still names the file we locked.
     pub fn remove_if_stale(
         &self,
         name: &str,
+        probe: &mut ProcessProbe,
+    ) -> Result<Removal, LockError> {
+        self.remove_if_stale_or_unknown(name, true, probe)
+    }
+
+    /// [`Self::remove_if_stale`], except that a file whose record cannot be read is
+    /// removed only if `desk_lock` says its name is a lock of this desk: a `*.lock` file
+    /// with another name and no record of ours (a `poetry.lock`) was written by
+    /// someone else, and is kept (DESIGN.md rule 12).
+    pub fn remove_if_stale_or_unknown(
+        &self,
+        name: &str,
+        desk_lock: bool,
         probe: &mut ProcessProbe,
     ) -> Result<Removal, LockError> {
         let path = self.lock_path(name)?;
@@ -406,9 +539,9 @@ impl LockDir {
         if !names_file(&path, &file) {
             return Ok(Removal::Missing);
         }
-        let bytes = read_all(&file).map_err(io_error("read", &path))?;
-        let status = classify_unheld(name, path.clone(), &bytes, self.copy_rule(name), probe);
-        if status.state.is_held() {
+        let read = read_record(&file).map_err(io_error("read", &path))?;
+        let status = classify_unheld(name, path.clone(), &read, self.copy_rule(name), probe);
+        if status.state.is_held() || (status.state == LockState::Corrupt && !desk_lock) {
             return Ok(Removal::Kept(status));
         }
         match os::remove_locked(file, &path).map_err(io_error("remove", &path))? {
@@ -433,7 +566,7 @@ impl LockDir {
             if os::try_lock_exclusive(file).map_err(io_error("lock", path))? {
                 return Ok(true);
             }
-            let record = read_all(file).ok().and_then(|b| LockRecord::parse(&b).ok());
+            let record = read_record(file).ok().and_then(|r| r.parse());
             if names_live_holder(record.as_ref(), probe) || started.elapsed() >= BUSY_WAIT {
                 return Ok(false);
             }
@@ -588,10 +721,11 @@ pub struct LockWatcher {
 
 impl LockWatcher {
     pub fn check(&self) -> Result<(), LockLost> {
-        match os::open(&self.path, false).and_then(|file| os::file_key(&file)) {
+        match os::path_key(&self.path) {
             Ok(key) if key == self.key => Ok(()),
             // Cannot tell this time (a sharing violation for a moment); the next check will.
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Ok(()),
+            // A link or folder in its place is a replacement: lost.
+            Err(e) if e.kind() != io::ErrorKind::NotFound && os::not_a_file(&e).is_none() => Ok(()),
             _ => Err(LockLost {
                 name: self.name.clone(),
                 path: self.path.clone(),
@@ -600,19 +734,64 @@ impl LockWatcher {
     }
 }
 
-/// Whether `path` names the same file as the open handle.
-fn names_file(path: &Path, file: &File) -> bool {
-    let Ok(ours) = file.try_clone().and_then(same_file::Handle::from_file) else {
-        return false;
-    };
-    same_file::Handle::from_path(path).is_ok_and(|there| there == ours)
+/// Opens an existing lock-dir entry for reading, only if it is a regular file: never
+/// through a link, never blocking on a FIFO (DESIGN.md rule 12). For stop requests.
+pub(crate) fn open_entry(path: &Path) -> io::Result<File> {
+    os::open(path, false)
 }
 
-fn read_all(mut file: &File) -> io::Result<Vec<u8>> {
+/// What a lock-dir entry is, if [`open_entry`] refused it for not being a regular file.
+pub(crate) fn not_a_file(error: &io::Error) -> Option<&'static str> {
+    os::not_a_file(error)
+}
+
+/// A lock-dir entry: its file name, its path, and what it is if not a regular file.
+type Entry = (String, PathBuf, Option<&'static str>);
+
+/// Whether `path` names the same file as the open handle. The path is looked at
+/// without following a link or opening what may be a FIFO.
+fn names_file(path: &Path, file: &File) -> bool {
+    match (os::file_key(file), os::path_key(path)) {
+        (Ok(ours), Ok(there)) => ours == there,
+        _ => false,
+    }
+}
+
+/// What a lock file holds, read at most up to [`MAX_RECORD_BYTES`].
+#[derive(Debug)]
+enum RecordBytes {
+    Read(Vec<u8>),
+    /// Bigger than any record: not read.
+    TooBig(u64),
+}
+
+impl RecordBytes {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            RecordBytes::Read(bytes) => bytes,
+            RecordBytes::TooBig(_) => &[],
+        }
+    }
+
+    fn parse(&self) -> Option<LockRecord> {
+        match self {
+            RecordBytes::Read(bytes) => LockRecord::parse(bytes).ok(),
+            RecordBytes::TooBig(_) => None,
+        }
+    }
+}
+
+/// Reads the record from the start; never more than [`MAX_RECORD_BYTES`] + 1 bytes.
+fn read_record(mut file: &File) -> io::Result<RecordBytes> {
     let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0))?;
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
+    file.take(MAX_RECORD_BYTES.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        let size = file.metadata().map_or(bytes.len() as u64, |m| m.len());
+        return Ok(RecordBytes::TooBig(size));
+    }
+    Ok(RecordBytes::Read(bytes))
 }
 
 fn names_live_holder(record: Option<&LockRecord>, probe: &mut ProcessProbe) -> bool {
@@ -643,10 +822,24 @@ fn live_legacy_holder(
 fn classify_unheld(
     name: &str,
     path: PathBuf,
-    bytes: &[u8],
+    read: &RecordBytes,
     rule: Option<&CopyRule>,
     probe: &mut ProcessProbe,
 ) -> LockStatus {
+    let bytes = match read {
+        RecordBytes::Read(bytes) => bytes,
+        RecordBytes::TooBig(size) => {
+            return LockStatus {
+                name: name.into(),
+                path,
+                state: LockState::Corrupt,
+                record: None,
+                detail: format!(
+                    "the file is {size} bytes, more than a record can be ({MAX_RECORD_BYTES}); not read"
+                ),
+            };
+        }
+    };
     let record = match LockRecord::parse(bytes) {
         Ok(record) => record,
         Err(e) => {

@@ -10,12 +10,82 @@
 //! holder cannot delete its own open file either: it unlocks, closes, then deletes, and
 //! a sharing violation then means another process has the file open and it is theirs.
 //! Wine does not enforce mandatory read locks: keep this code small and reviewed.
+//!
+//! Both: a lock-dir entry is opened only if it is a regular file (DESIGN.md rule 12).
+//! A symlink (Windows: any reparse point) is never followed, so a record is never
+//! written through a link into another file; a FIFO, socket, device or directory is
+//! never opened in a way that can block. Such an entry fails with [`NotAFile`].
 
 use std::fs::File;
 use std::io;
 use std::path::Path;
 
-pub(crate) use imp::{file_key, open, remove_locked, try_lock_exclusive, try_lock_shared, unlock};
+pub(crate) use imp::{
+    file_key, open, path_key, remove_locked, try_lock_exclusive, try_lock_shared, unlock,
+};
+
+/// The error inside an [`io::Error`] from [`open`] when the entry is not a regular file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("it is {what}, not a regular file")]
+pub(crate) struct NotAFile {
+    pub(crate) what: &'static str,
+}
+
+/// What a non-regular entry is, if `error` says the entry was not a regular file.
+pub(crate) fn not_a_file(error: &io::Error) -> Option<&'static str> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<NotAFile>())
+        .map(|n| n.what)
+}
+
+fn not_a_file_error(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, NotAFile { what })
+}
+
+/// What an entry is, from metadata that did not follow links; `None` for a regular file.
+pub(crate) fn describe_non_regular(metadata: &std::fs::Metadata) -> Option<&'static str> {
+    let kind = metadata.file_type();
+    if kind.is_symlink() {
+        return Some("a symbolic link");
+    }
+    if kind.is_dir() {
+        return Some("a directory");
+    }
+    if imp::is_reparse_point(metadata) {
+        return Some("a reparse point (a link)");
+    }
+    if kind.is_file() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return Some("a named pipe (FIFO)");
+        }
+        if kind.is_socket() {
+            return Some("a socket");
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return Some("a device");
+        }
+    }
+    Some("not a regular file")
+}
+
+/// Refuses an entry that is there and is not a regular file, before it is opened:
+/// opening a device can have effects of its own. The open itself re-checks.
+fn refuse_non_regular_entry(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) => match describe_non_regular(&metadata) {
+            Some(what) => Err(not_a_file_error(what)),
+            None => Ok(()),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
 
 /// Which file an open handle is, without keeping it open: a watcher that kept a second
 /// handle would, on Windows, keep its holder from deleting the file at release.
@@ -44,14 +114,36 @@ pub(crate) fn is_transient(error: &io::Error) -> bool {
 mod imp {
     use super::*;
     use std::fs::{OpenOptions, TryLockError};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
+    /// Opens (and with `create`, creates) a lock-dir entry that is a regular file.
+    /// `O_NOFOLLOW`: a symlink fails (ELOOP) instead of being followed, also on create.
+    /// `O_NONBLOCK`: a FIFO swapped in after the type check opens at once (and is then
+    /// refused by the `fstat` check); on a regular file it changes nothing, and `flock`
+    /// ignores it.
     pub(crate) fn open(path: &Path, create: bool) -> io::Result<File> {
-        OpenOptions::new()
+        refuse_non_regular_entry(path)?;
+        let file = OpenOptions::new()
             .read(true)
             .write(create)
             .create(create)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => not_a_file_error("a symbolic link"),
+                Some(libc::EISDIR) => not_a_file_error("a directory"),
+                Some(libc::ENXIO) => not_a_file_error("a socket or device"),
+                _ => e,
+            })?;
+        match describe_non_regular(&file.metadata()?) {
+            Some(what) => Err(not_a_file_error(what)),
+            None => Ok(file),
+        }
+    }
+
+    pub(crate) fn is_reparse_point(_metadata: &std::fs::Metadata) -> bool {
+        false
     }
 
     pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
@@ -68,8 +160,13 @@ mod imp {
 
     /// Device and inode.
     pub(crate) fn file_key(file: &File) -> io::Result<FileKey> {
-        use std::os::unix::fs::MetadataExt;
         let metadata = file.metadata()?;
+        Ok(FileKey(metadata.dev(), metadata.ino()))
+    }
+
+    /// Device and inode of the entry itself (a symlink is not followed, nothing is opened).
+    pub(crate) fn path_key(path: &Path) -> io::Result<FileKey> {
+        let metadata = std::fs::symlink_metadata(path)?;
         Ok(FileKey(metadata.dev(), metadata.ino()))
     }
 
@@ -98,27 +195,67 @@ mod imp {
 mod imp {
     use super::*;
     use std::fs::OpenOptions;
-    use std::os::windows::fs::OpenOptionsExt;
+    use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
     use std::os::windows::io::AsRawHandle;
     use windows_sys::Win32::Foundation::{ERROR_IO_PENDING, ERROR_LOCK_VIOLATION};
     use windows_sys::Win32::Storage::FileSystem::{
-        BY_HANDLE_FILE_INFORMATION, FILE_SHARE_READ, FILE_SHARE_WRITE, GetFileInformationByHandle,
-        LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LockFileEx, UnlockFileEx,
+        BY_HANDLE_FILE_INFORMATION, FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_REPARSE_POINT,
+        FILE_FLAG_OPEN_REPARSE_POINT, FILE_SHARE_READ, FILE_SHARE_WRITE, FILE_TYPE_DISK,
+        GetFileInformationByHandle, GetFileType, LOCKFILE_EXCLUSIVE_LOCK,
+        LOCKFILE_FAIL_IMMEDIATELY, LockFileEx, UnlockFileEx,
     };
     use windows_sys::Win32::System::IO::OVERLAPPED;
 
     /// The locked byte is at offset 2^62: no record ever reaches it.
     const LOCK_OFFSET_HIGH: u32 = 0x4000_0000;
 
+    /// Opens (and with `create`, creates) a lock-dir entry that is a regular file.
+    /// FILE_FLAG_OPEN_REPARSE_POINT opens a symlink or junction itself, never its
+    /// target; the handle's attributes then refuse it. A directory cannot be opened
+    /// without FILE_FLAG_BACKUP_SEMANTICS, and a handle that is not on a disk (a device
+    /// such as `CON`) is refused by its file type.
     pub(crate) fn open(path: &Path, create: bool) -> io::Result<File> {
-        OpenOptions::new()
+        refuse_non_regular_entry(path)?;
+        let file = OpenOptions::new()
             .read(true)
             .write(create)
             .create(create)
             .truncate(false)
             // No FILE_SHARE_DELETE: `del .locks\*.lock` fails while the file is open.
             .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
-            .open(path)
+            .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
+            .open(path)?;
+        // SAFETY: an open handle, for the duration of the call.
+        if unsafe { GetFileType(file.as_raw_handle()) } != FILE_TYPE_DISK {
+            return Err(not_a_file_error("a device"));
+        }
+        let info = information(&file)?;
+        if info.dwFileAttributes & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
+            return Err(not_a_file_error("a reparse point (a link)"));
+        }
+        if info.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY != 0 {
+            return Err(not_a_file_error("a directory"));
+        }
+        Ok(file)
+    }
+
+    pub(crate) fn is_reparse_point(metadata: &std::fs::Metadata) -> bool {
+        metadata.file_attributes() & FILE_ATTRIBUTE_REPARSE_POINT != 0
+    }
+
+    /// The identity of the entry at `path`, opened without following a link.
+    pub(crate) fn path_key(path: &Path) -> io::Result<FileKey> {
+        file_key(&open(path, false)?)
+    }
+
+    fn information(file: &File) -> io::Result<BY_HANDLE_FILE_INFORMATION> {
+        // SAFETY: plain data; all-zero is a valid value to be overwritten.
+        let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
+        // SAFETY: an open handle and a pointer to the struct the call fills.
+        if unsafe { GetFileInformationByHandle(file.as_raw_handle(), &mut info) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(info)
     }
 
     pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
@@ -143,12 +280,7 @@ mod imp {
 
     /// Volume serial number and file index (unique per NTFS volume).
     pub(crate) fn file_key(file: &File) -> io::Result<FileKey> {
-        // SAFETY: plain data; all-zero is a valid value to be overwritten.
-        let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
-        // SAFETY: an open handle and a pointer to the struct the call fills.
-        if unsafe { GetFileInformationByHandle(file.as_raw_handle(), &mut info) } == 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let info = information(file)?;
         let index = (u64::from(info.nFileIndexHigh) << 32) | u64::from(info.nFileIndexLow);
         Ok(FileKey(u64::from(info.dwVolumeSerialNumber), index))
     }
