@@ -162,6 +162,17 @@ fn a_lock_whose_process_is_gone_while_its_holder_lives_is_reported() {
         .env("LOCK_TAKER_LINGER_MS", "20000")
         .stdout(std::process::Stdio::null());
     let _holder = fleet_tests::Running::new(command.spawn().unwrap());
+    // Steady state: the holder has recorded its bot, and that bot has crashed (before
+    // the record names it, the holder's own start looks like a gone process too).
+    fleet_tests::wait_until("the recorded bot to crash", || {
+        let snap = desk.snapshot();
+        let view = snap.component("BRAIN_GONEACC").unwrap();
+        view.lock
+            .as_ref()
+            .and_then(|l| l.record.as_ref())
+            .is_some_and(|r| r.holder_pid != Some(r.pid))
+            && view.managed.is_none()
+    });
     wait_for_problem(&desk, "process_gone");
     // The holder lingers for 20 s: the state is steady now.
     let (code, table, json) = check(&desk);

@@ -91,7 +91,8 @@ fn run(args: &Args) -> Result<ExitCode, ToolError> {
         outln!(
             "skipped {}: it is {}, not a file these tools wrote; left alone (remove it by hand \
              once you know what made it)",
-            stray.file_name, stray.what
+            stray.file_name,
+            stray.what
         );
     }
     for name in dir.lock_names()? {
@@ -134,7 +135,8 @@ fn run(args: &Args) -> Result<ExitCode, ToolError> {
                 outln!(
                     "kept {}.lock (unknown_lock: {}; its name is not a lock of this desk, so \
                      another program may own it)",
-                    status.name, status.detail
+                    status.name,
+                    status.detail
                 );
             }
             Removal::Kept(_) | Removal::Missing => {}

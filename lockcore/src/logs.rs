@@ -94,7 +94,7 @@ impl LogFile {
     fn rotate(&mut self) {
         let old = self.path.with_extension("log.1");
         let _ = std::fs::remove_file(&old);
-        if std::fs::rename(&self.path, &old).is_err() {
+        if crate::lock::retry_transient(|| std::fs::rename(&self.path, &old)).is_err() {
             // Open elsewhere (Windows): keep writing here, try again later.
             self.rotate_at = self.written + ROTATE_AT_BYTES;
             return;

@@ -72,7 +72,13 @@ impl StopRequest {
     /// temporary file and renamed, so a holder never reads half a request. The
     /// temporary file is created new (never opened through a link someone left there),
     /// and the rename replaces a link at the request's name rather than following it.
+    /// Transient Windows errors (an antivirus or indexer holding the new file for a
+    /// moment) are retried for about a second.
     pub fn write(&self, lock_dir: &Path) -> io::Result<PathBuf> {
+        crate::lock::retry_transient(|| self.write_once(lock_dir))
+    }
+
+    fn write_once(&self, lock_dir: &Path) -> io::Result<PathBuf> {
         std::fs::create_dir_all(lock_dir)?;
         let path = StopRequest::path(lock_dir, &self.name);
         let temporary = lock_dir.join(format!("{}.stop.{}.tmp", self.name, std::process::id()));
@@ -207,7 +213,8 @@ mod tests {
             StopRequest::read(dir.path(), "BRAIN_ATLAS"),
             Some(request.clone())
         );
-        assert!(request.time_left(Duration::ZERO) <= Duration::from_secs(10));
+        // Deadlines are written to the millisecond.
+        assert!(request.time_left(Duration::ZERO) <= Duration::from_millis(10_001));
         StopRequest::remove(dir.path(), "BRAIN_ATLAS").unwrap();
         assert_eq!(StopRequest::read(dir.path(), "BRAIN_ATLAS"), None);
         StopRequest::remove(dir.path(), "BRAIN_ATLAS").unwrap();

@@ -530,7 +530,9 @@ fn start(
 fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, events: &Log) {
     let targets: Vec<&Supervisor> = supervisors.iter().map(|s| &**s).collect();
     stop_in_order(targets, grace, &mut (), &mut EventObserver(events));
-    for supervisor in supervisors {
+    let mut in_stop_order: Vec<&Arc<Supervisor>> = supervisors.iter().collect();
+    in_stop_order.sort_by_key(|s| Stage::of(s.component.role));
+    for supervisor in in_stop_order {
         if let Some(outcome) = supervisor.join() {
             let name = &supervisor.component.lock_name;
             events.line("", &format!("{name}: stopped ({outcome:?})"));

@@ -22,6 +22,16 @@ impl Idle {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn idle");
+        // Until it has exec'd, the process shows our command line, not its own.
+        let mut probe = ProcessProbe::new().expect("probe");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !probe
+            .info(child.id())
+            .is_some_and(|p| p.cmd.iter().any(|a| a == "idle"))
+        {
+            assert!(std::time::Instant::now() < deadline, "idle never ran");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         Idle(child)
     }
 

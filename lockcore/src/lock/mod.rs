@@ -25,6 +25,8 @@
 
 mod os;
 
+pub(crate) use os::retry_transient;
+
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

@@ -106,8 +106,25 @@ pub(crate) enum Removed {
 /// An open error that a retry can clear: Windows releases a crashed holder's handle
 /// "when resources allow", so a sharing or lock violation right after a crash is brief.
 pub(crate) fn is_transient(error: &io::Error) -> bool {
-    // ERROR_SHARING_VIOLATION (32), ERROR_LOCK_VIOLATION (33)
-    cfg!(windows) && matches!(error.raw_os_error(), Some(32 | 33))
+    // ERROR_ACCESS_DENIED (5: also a file whose delete is pending, until the last
+    // handle closes), ERROR_SHARING_VIOLATION (32: an antivirus or indexer has it open
+    // for a moment), ERROR_LOCK_VIOLATION (33)
+    cfg!(windows) && matches!(error.raw_os_error(), Some(5 | 32 | 33))
+}
+
+/// Runs `op` again while it fails with a [transient](is_transient) error, for about a
+/// second; then its last result stands.
+pub(crate) fn retry_transient<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    loop {
+        match op() {
+            Err(e) if is_transient(&e) && started.elapsed() < PATIENCE => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
 }
 
 #[cfg(unix)]
