@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lockcore::autostart::{self, AutostartStatus, Scheduler};
+use lockcore::errln;
 use lockcore::exit::ToolError;
 use lockcore::output::{finish, use_color};
 use lockcore::{DeskSnapshot, ExitCode, Fleet, ProcessProbe};
@@ -69,6 +70,9 @@ fn main() -> std::process::ExitCode {
 fn run(args: &Args) -> Result<ExitCode, ToolError> {
     let fleet = Fleet::load(&args.config)?;
     let mut probe = ProcessProbe::new()?;
+    if let Some(warning) = lockcore::LockDir::new(&fleet.lock_dir).foreign_warning() {
+        errln!("{TOOL}: {warning}");
+    }
     // Asked once, also under --watch: on Windows it runs `schtasks /query`.
     let autostart = autostart::status(Scheduler::native(), &fleet.path);
     let Some(every) = args.watch else {

@@ -533,3 +533,23 @@ fn an_empty_config_is_refused_with_exit_2() {
         .code(2)
         .stderr(predicate::str::contains("fleet.toml:1: the desk is empty"));
 }
+
+/// A lock folder shared with other files invites mistakes: check-procs says so (on
+/// stderr, so `--json` stays one document), and touches none of them.
+#[test]
+fn files_that_are_not_locks_in_the_lock_folder_are_warned_about() {
+    let desk = Desk::new("qs_foreign", &["FOREIGN1"]);
+    std::fs::create_dir_all(desk.lock_dir()).unwrap();
+    std::fs::write(desk.lock_dir().join("notes.txt"), b"mine").unwrap();
+    let output = check_procs(&desk).arg("--json").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not lock files or stop requests (notes.txt)"),
+        "{stderr}"
+    );
+    let _: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        std::fs::read(desk.lock_dir().join("notes.txt")).unwrap(),
+        b"mine"
+    );
+}

@@ -78,14 +78,8 @@ fn run(args: &Args) -> Result<ExitCode, ToolError> {
         },
         0,
     );
-    let foreign = dir.foreign_entries()?;
-    if !foreign.is_empty() {
-        errln!(
-            "{TOOL}: warning: {} holds files that are not lock files or stop requests ({}); \
-             they are left alone, but give the lock folder a folder of its own",
-            dir.path().display(),
-            foreign.join(", ")
-        );
+    if let Some(warning) = dir.foreign_warning() {
+        errln!("{TOOL}: {warning}");
     }
     for stray in dir.stray_entries()? {
         outln!(

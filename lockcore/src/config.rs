@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::copies::CopyRule;
+use crate::lock::{BadName, check_lock_name};
 
 /// The config file every tool reads unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "fleet.toml";
@@ -33,10 +34,6 @@ const MAX_RESTART_DELAY_MS: u64 = 60 * 60 * 1000;
 pub const MAX_NAME_LEN: usize = 64;
 /// Names Windows keeps for devices, with or without an extension, in any case:
 /// `CON.lock` would open the console, not a file.
-const RESERVED_NAMES: [&str; 22] = [
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
-    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
-];
 /// The names `{account}`, `{login}`, `{terminal}`, `{config_dir}` that need no [vars].
 const BUILTIN_VARS: [&str; 4] = ["account", "login", "terminal", "config_dir"];
 
@@ -443,37 +440,37 @@ impl Checker<'_> {
     /// every platform (a desk's config moves between Windows and the test machines).
     fn check_name(&self, name: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
         let text = name.get_ref();
-        let ok = !text.is_empty()
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
-        if !ok {
-            return Err(self.invalid(
-                name.span().start,
+        // A config-level limit first: the lock names built from it (`WATCHDOG_` + it)
+        // stay within the lock-level one.
+        let problem = if text.len() > MAX_NAME_LEN {
+            Some(BadName::TooLong)
+        } else {
+            check_lock_name(text).err()
+        };
+        let (problem, fix) = match problem {
+            None => return Ok(()),
+            Some(BadName::Empty | BadName::Characters) => (
                 format!("{what} name `{text}` is not usable as a lock name"),
-                "use only letters, digits, `_` and `-`",
-            ));
-        }
-        if text.len() > MAX_NAME_LEN {
-            return Err(self.invalid(
-                name.span().start,
+                "use only letters, digits, `_` and `-`".to_string(),
+            ),
+            Some(BadName::TooLong) => (
                 format!(
                     "{what} name `{}…` is {} characters long; lock and log file names built \
                      from it would be too long",
-                    &text[..16],
+                    text.chars().take(16).collect::<String>(),
                     text.len()
                 ),
-                &format!("use at most {MAX_NAME_LEN} characters"),
-            ));
-        }
-        if is_reserved_name(text) {
-            return Err(self.invalid(
-                name.span().start,
-                format!("{what} name `{text}` is a device name on Windows: `{text}.lock` would not be a file"),
-                "choose another name (CON, PRN, AUX, NUL, COM1-COM9 and LPT1-LPT9 are reserved)",
-            ));
-        }
-        Ok(())
+                format!("use at most {MAX_NAME_LEN} characters"),
+            ),
+            Some(BadName::Device) => (
+                format!(
+                    "{what} name `{text}` is a device name on Windows: `{text}.lock` would not be a file"
+                ),
+                "choose another name (CON, PRN, AUX, NUL, COM1-COM9 and LPT1-LPT9 are reserved)"
+                    .to_string(),
+            ),
+        };
+        Err(self.invalid(name.span().start, problem, &fix))
     }
 
     /// Numbers the tools wait on: bounded, so no clock arithmetic can overflow.
@@ -733,12 +730,6 @@ fn same_folder(a: &Path, b: &Path) -> bool {
         out
     };
     lexical(a) == lexical(b)
-}
-
-/// Whether Windows reserves `name` for a device (any case, with or without extension).
-fn is_reserved_name(name: &str) -> bool {
-    let stem = name.split('.').next().unwrap_or(name).trim_end();
-    RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(stem))
 }
 
 /// Why a `{var}` could not be substituted.

@@ -146,6 +146,9 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     }
     let events = Log::open(&fleet.log_dir.join("master-launch.log"), true)?;
     let _console = signals::prepare_console();
+    if let Some(warning) = LockDir::new(&fleet.lock_dir).foreign_warning() {
+        events.line("", &warning);
+    }
     let mut probe = ProcessProbe::new()?;
     let locks = LockDir::for_fleet(&fleet);
     let claim = LockClaim {

@@ -52,6 +52,49 @@ const BUSY_WAIT: Duration = Duration::from_millis(200);
 /// `corrupt`, and is never read whole into memory or printed.
 pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
+/// The longest lock name: `WATCHDOG_` and a 64-character account fit, far within what
+/// any file system takes.
+pub const MAX_LOCK_NAME_LEN: usize = 100;
+
+/// Windows reserves these for devices, in any case and with any extension: `CON.lock`
+/// is the console, not a file.
+const DEVICE_NAMES: [&str; 22] = [
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+];
+
+/// Why a string cannot be a lock name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadName {
+    Empty,
+    /// Something other than ASCII letters, digits, `_` and `-`.
+    Characters,
+    TooLong,
+    /// A Windows device name.
+    Device,
+}
+
+/// The one rule for lock names (they are file names on every platform): `fleet.toml`
+/// validation and every lock operation use it.
+pub fn check_lock_name(name: &str) -> Result<(), BadName> {
+    if name.is_empty() {
+        return Err(BadName::Empty);
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    {
+        return Err(BadName::Characters);
+    }
+    if name.len() > MAX_LOCK_NAME_LEN {
+        return Err(BadName::TooLong);
+    }
+    if DEVICE_NAMES.iter().any(|d| d.eq_ignore_ascii_case(name)) {
+        return Err(BadName::Device);
+    }
+    Ok(())
+}
+
 /// A folder of lock files, and what the desk's components look like when running:
 /// an older tool's record is judged against them (DESIGN.md rule 11).
 #[derive(Debug, Clone)]
@@ -217,7 +260,9 @@ pub struct LockLost {
 /// Errors from lock operations.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("`{name}` is not a valid lock name: use letters, digits, `_`, `-` and `.`")]
+    #[error(
+        "`{name}` is not a valid lock name: use letters, digits, `_` and `-`, at most {MAX_LOCK_NAME_LEN}, not a Windows device name"
+    )]
     InvalidName { name: String },
     #[error("cannot {action} {}", path.display())]
     Io {
@@ -285,15 +330,10 @@ impl LockDir {
         &self.dir
     }
 
-    /// `<lock_dir>/<name>.lock`, after checking the name cannot escape the folder.
+    /// `<lock_dir>/<name>.lock`, for a valid lock name ([`check_lock_name`]): it
+    /// cannot escape the folder, nor be a device on Windows.
     pub fn lock_path(&self, name: &str) -> Result<PathBuf, LockError> {
-        let valid = !name.is_empty()
-            && name != "."
-            && name != ".."
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !valid {
+        if check_lock_name(name).is_err() {
             return Err(LockError::InvalidName { name: name.into() });
         }
         Ok(self.dir.join(format!("{name}.lock")))
@@ -461,6 +501,19 @@ impl LockDir {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// The warning every tool gives when the lock folder holds [foreign
+    /// entries](LockDir::foreign_entries); `None` when it holds none (or cannot be read:
+    /// the tool reports that itself).
+    pub fn foreign_warning(&self) -> Option<String> {
+        let foreign = self.foreign_entries().ok().filter(|f| !f.is_empty())?;
+        Some(format!(
+            "warning: {} holds files that are not lock files or stop requests ({}); they \
+             are left alone, but give the lock folder a folder of its own",
+            self.dir.display(),
+            foreign.join(", ")
+        ))
     }
 
     /// `*.lock` and `*.stop` entries that are not regular files, sorted by name.
