@@ -55,7 +55,7 @@ pub enum ConfigError {
     },
 }
 
-/// What a process is for. The order of the variants is the safe stop order.
+/// What a process is for. The stop order lives in [`crate::stop_engine::Stage`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
