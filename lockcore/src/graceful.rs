@@ -115,7 +115,14 @@ mod imp {
         pub const CTRL_BREAK_CONSOLE: i32 = 3;
         pub const SHARED_CONSOLE: i32 = 4;
         pub const NO_CONSOLE: i32 = 5;
+        /// GenerateConsoleCtrlEvent itself failed.
+        pub const NOT_SENT: i32 = 6;
     }
+
+    /// How long the helper may take: it attaches, reads the process table once and
+    /// sends one event. A helper stuck on a hung console must not hold up the stop
+    /// (the caller forces at its deadline all the same).
+    const HELPER_PATIENCE: std::time::Duration = std::time::Duration::from_millis(1500);
 
     pub fn ask_to_stop(pid: u32) -> Asked {
         let windows = top_level_windows(pid);
@@ -131,14 +138,30 @@ mod imp {
             Err(e) => return Asked::Nothing(format!("cannot find own executable: {e}")),
         };
         // Detached: the helper has no console of its own to leave before attaching.
-        let status = Command::new(exe)
+        let helper = Command::new(exe)
             .arg(CONSOLE_HELPER_ARG)
             .arg(pid.to_string())
             .creation_flags(DETACHED_PROCESS)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .spawn();
+        let status = helper.and_then(|mut helper| {
+            let started = std::time::Instant::now();
+            loop {
+                if let Some(status) = helper.try_wait()? {
+                    return Ok(status);
+                }
+                if started.elapsed() >= HELPER_PATIENCE {
+                    let _ = helper.kill();
+                    let _ = helper.wait();
+                    return Err(std::io::Error::other(
+                        "the console helper did not answer in time",
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
         match status.map(|s| s.code()) {
             Ok(Some(helper_exit::CTRL_BREAK)) => Asked::CtrlBreak,
             Ok(Some(helper_exit::CTRL_BREAK_CONSOLE)) => Asked::CtrlBreakConsole,
@@ -148,8 +171,11 @@ mod imp {
             Ok(Some(helper_exit::NO_CONSOLE)) => {
                 Asked::Nothing("it has neither a console nor a window".into())
             }
+            Ok(Some(helper_exit::NOT_SENT)) => {
+                Asked::Nothing("the console refused the event".into())
+            }
             Ok(code) => Asked::Nothing(format!("the console helper failed ({code:?})")),
-            Err(e) => Asked::Nothing(format!("cannot start the console helper: {e}")),
+            Err(e) => Asked::Nothing(format!("console helper: {e}")),
         }
     }
 
@@ -234,14 +260,18 @@ mod imp {
         } else if !parent_attached {
             // The first process of its console is the root of the console's group.
             // SAFETY: no pointers.
-            unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) };
-            helper_exit::CTRL_BREAK
+            match unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) } {
+                0 => helper_exit::NOT_SENT,
+                _ => helper_exit::CTRL_BREAK,
+            }
         } else {
             // Everything on this console is the bot's own tree (checked above): group 0
             // is every process on it, and the helper ignores the event.
             // SAFETY: no pointers.
-            unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, 0) };
-            helper_exit::CTRL_BREAK_CONSOLE
+            match unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, 0) } {
+                0 => helper_exit::NOT_SENT,
+                _ => helper_exit::CTRL_BREAK_CONSOLE,
+            }
         };
         // SAFETY: detaching from the console we attached to.
         unsafe { FreeConsole() };

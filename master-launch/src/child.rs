@@ -84,6 +84,7 @@ impl Slot {
     /// Waits for the child to exit, empties the slot, then reaps it. The binding is
     /// released on return: on Windows closing the job kills what the child left behind.
     pub fn wait(&self, child: &mut Child) -> io::Result<ExitStatus> {
+        // Blocks until the child has exited, without reaping it (its pid stays taken).
         let observed = imp::wait_exited(child);
         // From here on no signal can be sent to the child's pid.
         let _binding = self.entry().take();
@@ -194,10 +195,22 @@ mod imp {
         }
     }
 
-    /// Other Unixes: no `waitid` in nix; `Child::wait` both waits and reaps.
+    /// Other Unixes (not a platform of the desk, and not built by CI): nix has no
+    /// `waitid` there; poll `waitpid(WNOHANG | WNOWAIT)` instead. Where the platform
+    /// refuses that, give up waiting here and let `Child::wait` block and reap.
     #[cfg(not(target_os = "linux"))]
-    pub(super) fn wait_exited(_child: &Child) -> io::Result<()> {
-        Ok(())
+    pub(super) fn wait_exited(child: &Child) -> io::Result<()> {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT)) {
+                Ok(WaitStatus::StillAlive) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                _ => return Ok(()),
+            }
+        }
     }
 }
 
@@ -206,7 +219,7 @@ mod imp {
     use super::*;
     use std::os::windows::io::AsRawHandle;
     use std::os::windows::process::CommandExt;
-    use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, INVALID_HANDLE_VALUE};
+    use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, INVALID_HANDLE_VALUE, WAIT_FAILED};
     use windows_sys::Win32::System::Diagnostics::ToolHelp::{
         CreateToolhelp32Snapshot, TH32CS_SNAPTHREAD, THREADENTRY32, Thread32First, Thread32Next,
     };
@@ -216,8 +229,8 @@ mod imp {
         SetInformationJobObject, TerminateJobObject,
     };
     use windows_sys::Win32::System::Threading::{
-        CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, CREATE_SUSPENDED, OpenThread, ResumeThread,
-        THREAD_SUSPEND_RESUME,
+        CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, CREATE_SUSPENDED, INFINITE, OpenThread,
+        ResumeThread, THREAD_SUSPEND_RESUME, WaitForSingleObject,
     };
 
     /// A Job Object with kill-on-close; the child dies when this is dropped or when
@@ -340,9 +353,13 @@ mod imp {
         }
     }
 
-    /// The open process handle that `Child` keeps reserves the pid until it is
-    /// dropped, so waiting and reaping need not be split here.
-    pub(super) fn wait_exited(_child: &Child) -> io::Result<()> {
+    /// Blocks until the child has exited. Its pid stays reserved as long as `Child`
+    /// keeps its process handle open, so nothing here reaps anything.
+    pub(super) fn wait_exited(child: &Child) -> io::Result<()> {
+        // SAFETY: the handle is open for as long as `child` lives.
+        if unsafe { WaitForSingleObject(child.as_raw_handle(), INFINITE) } == WAIT_FAILED {
+            return Err(io::Error::last_os_error());
+        }
         Ok(())
     }
 }

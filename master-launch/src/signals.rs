@@ -6,10 +6,13 @@
 //!
 //! Windows: a raw `SetConsoleCtrlHandler` routine, not `ctrlc`: `ctrlc` answers a
 //! console close at once and runs its closure on another thread (rust-ctrlc #122), and
-//! Windows ends the process as soon as the routine returns. For a close, logoff or
-//! shutdown the routine itself carries the stop (about 5 s are granted; the caller
-//! compresses its budget to fit). The children do not see the close themselves: each
-//! runs on a console of its own without a window (`child.rs`). Also QuickEdit is
+//! Windows ends the process as soon as the routine returns. For a close the routine
+//! itself carries the stop (about 5 s are granted; the caller compresses its budget to
+//! fit). The children do not see the close themselves: each runs on a console of its
+//! own without a window (`child.rs`). Logoff and shutdown are not covered: a console
+//! program that loads user32 (lockcore's graceful stop does) is not sent those events
+//! (SetConsoleCtrlHandler, Remarks); Windows then ends master-launch, and the job ends
+//! the bots with it, out of order. The README says to run safe-shutdown before. Also QuickEdit is
 //! switched off for our console while we run (a click into the window would otherwise
 //! freeze console writes until Esc, microsoft/terminal #34), and restored at exit.
 //! Nothing here has run on real Windows; Wine delivers no console events.
@@ -62,8 +65,8 @@ mod imp {
     use windows_sys::Win32::Foundation::HANDLE;
     use windows_sys::Win32::System::Console::{
         CONSOLE_MODE, CTRL_BREAK_EVENT, CTRL_C_EVENT, CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT,
-        CTRL_SHUTDOWN_EVENT, ENABLE_EXTENDED_FLAGS, ENABLE_QUICK_EDIT_MODE, GetConsoleMode,
-        GetStdHandle, STD_INPUT_HANDLE, SetConsoleCtrlHandler, SetConsoleMode,
+        CTRL_SHUTDOWN_EVENT, ENABLE_EXTENDED_FLAGS, ENABLE_INSERT_MODE, ENABLE_QUICK_EDIT_MODE,
+        GetConsoleMode, GetStdHandle, STD_INPUT_HANDLE, SetConsoleCtrlHandler, SetConsoleMode,
     };
     use windows_sys::core::BOOL;
 
@@ -111,11 +114,20 @@ mod imp {
             if GetConsoleMode(input, &mut mode) == 0 {
                 return ConsoleGuard(None);
             }
-            let quiet = (mode & !ENABLE_QUICK_EDIT_MODE) | ENABLE_EXTENDED_FLAGS;
+            // QuickEdit and Insert change only with ENABLE_EXTENDED_FLAGS, and setting
+            // that flag without ENABLE_INSERT_MODE turns Insert off (SetConsoleMode).
+            // A mode read without the flag says nothing of either: assume the
+            // console's defaults (both on), and restore those.
+            let (quiet, restore) = if mode & ENABLE_EXTENDED_FLAGS == 0 {
+                let defaults = mode | ENABLE_EXTENDED_FLAGS | ENABLE_INSERT_MODE;
+                (defaults, defaults | ENABLE_QUICK_EDIT_MODE)
+            } else {
+                (mode & !ENABLE_QUICK_EDIT_MODE, mode)
+            };
             if SetConsoleMode(input, quiet) == 0 {
                 return ConsoleGuard(None);
             }
-            ConsoleGuard(Some((input, mode)))
+            ConsoleGuard(Some((input, restore)))
         }
     }
 
