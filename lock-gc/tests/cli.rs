@@ -307,16 +307,15 @@ fn lock_gc_in_a_loop_never_removes_a_held_lock() {
         assert!(Instant::now() < deadline, "cyclers did not finish");
         // Crashed holders leave stale files: one on the contested name (the cyclers may
         // take it over first) and one on a quiet name that lock-gc must always remove.
+        // Wine's CreateProcess fails now and then (1359): these starts retry there.
         for name in ["BRAIN_GCRACE", "WATCHDOG_GCRACE"] {
-            let status = Command::new(&taker)
-                .arg("abandon")
-                .arg(&lock_dir)
-                .arg(name)
-                .status()
-                .unwrap();
+            let status = fleet_tests::wine::status(
+                Command::new(&taker).arg("abandon").arg(&lock_dir).arg(name),
+            )
+            .unwrap();
             assert!(status.success());
         }
-        let output = lock_gc().arg("--lock-dir").arg(&lock_dir).output().unwrap();
+        let output = fleet_tests::wine::output(lock_gc().arg("--lock-dir").arg(&lock_dir)).unwrap();
         assert_eq!(output.status.code(), Some(0));
         let text = String::from_utf8(output.stdout).unwrap();
         removed += text

@@ -605,18 +605,24 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
         role: component.role,
         timeout: component.stop_timeout,
         slot: slot.clone(),
+        stopped_on_request: std::sync::atomic::AtomicBool::new(false),
     });
     {
         let runner = runner.clone();
         signals::on_stop(move |ending| runner.stop(grace_for(ending)))?;
     }
-    watch_for_stop_request(fleet.lock_dir.clone(), runner);
+    watch_for_stop_request(fleet.lock_dir.clone(), runner.clone());
     errln!("{TOOL}: {name} started under its lock, pid {pid}; Ctrl+C stops it");
     let status = slot.wait(&mut running)?;
     errln!("{TOOL}: {name} exited ({})", supervisor::describe(status));
     lock.release()?;
     let _ = StopRequest::remove(&fleet.lock_dir, name);
-    Ok(if status.success() {
+    // A bot forced at its deadline after a stop request did what was asked (the
+    // forced stop ends it with a code of its own).
+    let asked = runner
+        .stopped_on_request
+        .load(std::sync::atomic::Ordering::SeqCst);
+    Ok(if status.success() || asked {
         ExitCode::Ok
     } else {
         ExitCode::Problems
@@ -643,10 +649,15 @@ struct Runner {
     role: Role,
     timeout: Duration,
     slot: Arc<child::Slot>,
+    /// Asked to stop (Ctrl+C, a stop request): then however the bot ended, the run
+    /// did what was asked.
+    stopped_on_request: std::sync::atomic::AtomicBool,
 }
 
 impl Runner {
     fn stop(&self, grace: Grace) {
+        self.stopped_on_request
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         stop_in_order(
             vec![self],
             grace,

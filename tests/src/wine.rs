@@ -55,3 +55,17 @@ pub fn spawn(command: &mut std::process::Command) -> std::io::Result<std::proces
     }
     result
 }
+
+/// [`spawn`], then waits for the process: `Command::status` with Wine's retry.
+pub fn status(command: &mut std::process::Command) -> std::io::Result<std::process::ExitStatus> {
+    spawn(command)?.wait()
+}
+
+/// [`spawn`] with piped output, then collects it: `Command::output` with Wine's retry.
+pub fn output(command: &mut std::process::Command) -> std::io::Result<std::process::Output> {
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    spawn(command)?.wait_with_output()
+}
