@@ -171,11 +171,18 @@ fn component_row(view: &ComponentView, now: u64) -> Row {
     } else {
         process.map_or("-".to_string(), |p| p.pid.to_string())
     };
-    let command = process.map_or(&view.component.command, |p| &p.cmd);
+    // Nothing runs: the orchestrator's reason says more than the configured command.
+    let command = match (process, view.reason()) {
+        (Some(p), _) => p.cmd.join(" "),
+        (None, Some(reason)) => reason.to_string(),
+        (None, None) => view.component.command.join(" "),
+    };
     let style = match state {
         _ if state.is_alarm() => Style::new().red().bold(),
         ComponentState::Running => Style::new().green(),
-        ComponentState::Stopped | ComponentState::Disabled => Style::new().dimmed(),
+        ComponentState::Stopped | ComponentState::Disabled | ComponentState::NotStarted => {
+            Style::new().dimmed()
+        }
         _ => Style::new().yellow(),
     };
     Row {
@@ -184,7 +191,7 @@ fn component_row(view: &ComponentView, now: u64) -> Row {
         state: state_cell(state),
         pid,
         uptime: process.map_or("-".into(), |p| uptime(now, p.start_time)),
-        command: shorten(&command.join(" ")),
+        command: shorten(&command),
         style,
     }
 }
@@ -248,6 +255,8 @@ pub struct ComponentJson<'a> {
     pub role: lockcore::Role,
     pub enabled: bool,
     pub state: ComponentState,
+    /// What the running orchestrator says of it, in plain words.
+    pub reason: Option<&'a str>,
     pub pid: Option<u32>,
     pub start_time: Option<u64>,
     pub uptime_secs: Option<u64>,
@@ -285,6 +294,7 @@ pub fn report<'a>(
                 role: view.component.role,
                 enabled: view.component.enabled,
                 state: view.state(),
+                reason: view.reason(),
                 pid: process.map(|p| p.pid),
                 start_time: process.map(|p| p.start_time),
                 uptime_secs: process.map(|p| snapshot.taken_at.saturating_sub(p.start_time)),
@@ -517,5 +527,194 @@ watchdog = ["{python}", "STOPLOSS_WATCHDOG_V2.py", "--account", "FTMO"]
         let (_, snapshot) = snapshot();
         assert!(!super::table(&snapshot, &installed(), false).contains('\x1b'));
         assert!(super::table(&snapshot, &installed(), true).contains('\x1b'));
+    }
+}
+
+#[cfg(test)]
+mod supervised_tests {
+    //! Golden output for what a running orchestrator says: a given-up brain, a
+    //! watchdog backing off, a brain held back, an account stopped on request, and an
+    //! account left out by `--only`.
+
+    use std::path::{Path, PathBuf};
+
+    use lockcore::autostart::{AutostartStatus, Scheduler};
+    use lockcore::control::{DeskState, Supervised, Supervision};
+    use lockcore::process::{ProcessIdentity, ProcessInfo, ProcessTable};
+    use lockcore::{DeskSnapshot, Fleet, LockRecord, LockState, LockStatus};
+
+    const NOW: u64 = 1_790_000_000;
+
+    const FLEET: &str = r#"
+[[global]]
+name = "quantum_server"
+command = ["python", "quantum_server.py"]
+
+[[account]]
+name = "ATLAS"
+brain = ["python", "BRAIN_ATLAS.py"]
+watchdog = ["python", "WATCHDOG_ATLAS.py"]
+
+[[account]]
+name = "GL_3"
+brain = ["python", "BRAIN_GL_3.py"]
+watchdog = ["python", "WATCHDOG_GL_3.py"]
+
+[[account]]
+name = "BG"
+brain = ["python", "BRAIN_BG.py"]
+watchdog = ["python", "WATCHDOG_BG.py"]
+
+[[account]]
+name = "SPARE"
+brain = ["python", "BRAIN_SPARE.py"]
+watchdog = ["python", "WATCHDOG_SPARE.py"]
+"#;
+
+    fn held(name: &str, pid: u32) -> LockStatus {
+        LockStatus {
+            name: name.into(),
+            path: PathBuf::from(format!(".locks/{name}.lock")),
+            state: LockState::Running,
+            record: Some(LockRecord {
+                pid,
+                name: name.into(),
+                account: None,
+                timestamp: Some("2026-09-21T14:13:20.000000".into()),
+                pid_start: Some(NOW - 600),
+                holder_pid: Some(100),
+                holder_start: Some(NOW - 600),
+                host: Some("DESK-01".into()),
+                command: vec![],
+            }),
+            detail: "an OS lock is held on it".into(),
+        }
+    }
+
+    fn python(pid: u32, script: &str) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            parent: Some(100),
+            start_time: NOW - 600,
+            name: "python".into(),
+            cmd: vec!["python".into(), script.into()],
+        }
+    }
+
+    fn supervised(name: &str, state: Supervision, reason: &str) -> Supervised {
+        Supervised {
+            name: name.into(),
+            state,
+            pid: None,
+            since: NOW as f64,
+            reason: reason.into(),
+            answers: vec![],
+        }
+    }
+
+    fn snapshot() -> (Fleet, DeskSnapshot) {
+        let fleet = Fleet::from_toml(Path::new("fleet.toml"), FLEET).unwrap();
+        let table = ProcessTable::from_processes([
+            ProcessInfo {
+                pid: 100,
+                parent: Some(1),
+                start_time: NOW - 600,
+                name: "master-launch".into(),
+                cmd: vec!["master-launch".into()],
+            },
+            python(200, "quantum_server.py"),
+            python(300, "WATCHDOG_ATLAS.py"),
+        ]);
+        let mut master = held("MASTER_LAUNCH", 100);
+        if let Some(record) = master.record.as_mut() {
+            record.pid_start = Some(NOW - 600);
+        }
+        let locks = vec![
+            master,
+            held("quantum_server", 200),
+            held("WATCHDOG_ATLAS", 300),
+            // Backing off: the orchestrator keeps the lock, no child runs.
+            held("WATCHDOG_GL_3", 100),
+        ];
+        let running = |name: &str, pid| Supervised {
+            pid: Some(pid),
+            ..supervised(name, Supervision::Running, &format!("running, pid {pid}"))
+        };
+        let state = DeskState {
+            orchestrator: ProcessIdentity {
+                pid: 100,
+                start_time: NOW - 600,
+            },
+            updated_at: NOW as f64,
+            components: vec![
+                running("quantum_server", 200),
+                running("WATCHDOG_ATLAS", 300),
+                supervised(
+                    "BRAIN_ATLAS",
+                    Supervision::GivenUp,
+                    "given up after 3 failure(s) within 60 s; last: code 3, at 14:02:11",
+                ),
+                supervised(
+                    "WATCHDOG_GL_3",
+                    Supervision::Restarting,
+                    "exited (signal 9); restart 2 in 0.5 s, at 14:05:00",
+                ),
+                supervised(
+                    "BRAIN_GL_3",
+                    Supervision::Starting,
+                    "waiting for its watchdog WATCHDOG_GL_3 to run",
+                ),
+                supervised(
+                    "WATCHDOG_BG",
+                    Supervision::Stopped,
+                    "stopped on request by pid 4242 at 14:00:01",
+                ),
+                supervised(
+                    "BRAIN_BG",
+                    Supervision::Stopped,
+                    "stopped on request by pid 4242 at 14:00:00",
+                ),
+                supervised(
+                    "WATCHDOG_SPARE",
+                    Supervision::GivenUp,
+                    "given up after 1 failure(s) within 60 s; last: cannot start python: No such file or directory (os error 2), at 14:01:00",
+                ),
+                supervised(
+                    "BRAIN_SPARE",
+                    Supervision::Blocked,
+                    "held back: its watchdog WATCHDOG_SPARE is given_up",
+                ),
+            ],
+        };
+        let snapshot = DeskSnapshot::build_supervised(&fleet, locks, table, NOW, Some(state));
+        (fleet, snapshot)
+    }
+
+    fn not_installed() -> AutostartStatus {
+        AutostartStatus {
+            installed: false,
+            name: "x".into(),
+            scheduler: Scheduler::SystemdUser,
+            how: "not installed".into(),
+        }
+    }
+
+    #[test]
+    fn supervised_table_layout() {
+        let (_, snapshot) = snapshot();
+        insta::assert_snapshot!(super::table(&snapshot, &not_installed(), false));
+    }
+
+    #[test]
+    fn supervised_json_components_and_problems() {
+        let (fleet, snapshot) = snapshot();
+        let autostart = not_installed();
+        let report = super::report(&snapshot, &fleet, &autostart);
+        let json = serde_json::to_value(&report).unwrap();
+        insta::assert_json_snapshot!(serde_json::json!({
+            "healthy": json["healthy"],
+            "components": json["components"],
+            "problems": json["problems"],
+        }));
     }
 }

@@ -24,6 +24,8 @@ pub const DEFAULT_CONFIG: &str = "fleet.toml";
 /// The lock name `master-launch` holds for its lifetime.
 pub const MASTER_LOCK_NAME: &str = "MASTER_LAUNCH";
 const DEFAULT_STOP_TIMEOUT_SECS: u64 = 10;
+/// Failures within a minute before supervision gives a process up.
+const DEFAULT_GIVE_UP_AFTER: u32 = 5;
 /// The longest stop timeout a config may set: a day. Larger numbers are typos, and
 /// would overflow the clock arithmetic that waits for them.
 pub const MAX_STOP_TIMEOUT_SECS: u64 = 24 * 60 * 60;
@@ -105,8 +107,10 @@ pub struct Component {
     pub copy_rule: CopyRule,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
-    /// Delay before the first restart; doubles on each quick failure (capped).
-    pub restart_delay: Duration,
+    /// Delay before the first restart after a crash; `None` restarts at once (the
+    /// default: a watchdog's positions are unguarded until it is back). Later quick
+    /// failures back off from there, doubling, capped at 30 s.
+    pub restart_delay: Option<Duration>,
     /// Failures within a minute after which supervision gives up on it.
     pub give_up_after: u32,
     /// The config line that defines it, for messages.
@@ -120,6 +124,8 @@ pub struct Account {
     pub login: Option<String>,
     pub terminal: Option<String>,
     pub enabled: bool,
+    /// DESIGN.md rule 13: the brain runs only while the watchdog runs (default).
+    pub brain_requires_watchdog: bool,
     pub watchdog: Component,
     pub brain: Component,
 }
@@ -196,10 +202,11 @@ struct RawOptions {
     env: BTreeMap<String, String>,
     stop_timeout_secs: Option<Spanned<u64>>,
     restart: Option<RestartPolicy>,
-    /// First restart delay; it doubles on each quick failure, up to 30 s.
+    /// Delay before the first restart (default: none); it doubles on each quick
+    /// failure, up to 30 s.
     restart_delay_ms: Option<Spanned<u64>>,
     /// Give up on a component after this many failures within a minute.
-    give_up_after: Option<u32>,
+    give_up_after: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +222,8 @@ struct RawGlobal {
     env: BTreeMap<String, String>,
     stop_timeout_secs: Option<Spanned<u64>>,
     restart: Option<RestartPolicy>,
+    restart_delay_ms: Option<Spanned<u64>>,
+    give_up_after: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +242,10 @@ struct RawAccount {
     env: BTreeMap<String, String>,
     stop_timeout_secs: Option<Spanned<u64>>,
     restart: Option<RestartPolicy>,
+    restart_delay_ms: Option<Spanned<u64>>,
+    give_up_after: Option<Spanned<u32>>,
+    /// DESIGN.md rule 13: `false` lets this account's brain run without its watchdog.
+    brain_requires_watchdog: Option<bool>,
 }
 
 /// Turns raw values into a [`Fleet`], blaming lines as it goes.
@@ -253,6 +266,8 @@ struct ComponentSource<'r> {
     env: &'r BTreeMap<String, String>,
     stop_timeout_secs: Option<&'r Spanned<u64>>,
     restart: Option<RestartPolicy>,
+    restart_delay_ms: Option<&'r Spanned<u64>>,
+    give_up_after: Option<&'r Spanned<u32>>,
     line: usize,
 }
 
@@ -306,7 +321,8 @@ impl Checker<'_> {
                  --config with the desk's own fleet.toml",
             ));
         }
-        self.check_bounds(defaults)?;
+        self.check_restart_delay(defaults.restart_delay_ms.as_ref())?;
+        self.check_give_up_after(defaults.give_up_after.as_ref())?;
         let mut builtins = BTreeMap::new();
         let config_dir = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
         builtins.insert("config_dir".to_string(), config_dir.display().to_string());
@@ -349,6 +365,8 @@ impl Checker<'_> {
                     env: &g.env,
                     stop_timeout_secs: g.stop_timeout_secs.as_ref(),
                     restart: g.restart,
+                    restart_delay_ms: g.restart_delay_ms.as_ref(),
+                    give_up_after: g.give_up_after.as_ref(),
                     line,
                 },
                 defaults,
@@ -407,6 +425,8 @@ impl Checker<'_> {
                 env: &a.env,
                 stop_timeout_secs: a.stop_timeout_secs.as_ref(),
                 restart: a.restart,
+                restart_delay_ms: a.restart_delay_ms.as_ref(),
+                give_up_after: a.give_up_after.as_ref(),
                 line,
             };
             let watchdog = part(
@@ -422,6 +442,7 @@ impl Checker<'_> {
                 login: a.login.as_ref().map(|l| l.get_ref().clone()),
                 terminal: a.terminal.as_ref().map(|t| t.get_ref().clone()),
                 enabled,
+                brain_requires_watchdog: a.brain_requires_watchdog.unwrap_or(true),
                 watchdog: self.component(watchdog, defaults, &vars, &account_builtins)?,
                 brain: self.component(brain, defaults, &vars, &account_builtins)?,
             });
@@ -473,9 +494,9 @@ impl Checker<'_> {
         Err(self.invalid(name.span().start, problem, &fix))
     }
 
-    /// Numbers the tools wait on: bounded, so no clock arithmetic can overflow.
-    fn check_bounds(&self, defaults: &RawOptions) -> Result<(), ConfigError> {
-        if let Some(delay) = &defaults.restart_delay_ms
+    /// A number the tools wait on: bounded, so no clock arithmetic can overflow.
+    fn check_restart_delay(&self, delay: Option<&Spanned<u64>>) -> Result<(), ConfigError> {
+        if let Some(delay) = delay
             && *delay.get_ref() > MAX_RESTART_DELAY_MS
         {
             return Err(self.invalid(
@@ -488,6 +509,19 @@ impl Checker<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// Zero would give up before the first restart: say so rather than guess.
+    fn check_give_up_after(&self, value: Option<&Spanned<u32>>) -> Result<(), ConfigError> {
+        match value {
+            Some(value) if *value.get_ref() == 0 => Err(self.invalid(
+                value.span().start,
+                "give_up_after = 0 would give up on a process before its first restart".into(),
+                "use 1 or more (the number of failures within a minute before giving up), \
+                 or restart = \"never\"",
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn check_stop_timeout(&self, value: &Spanned<u64>) -> Result<u64, ConfigError> {
@@ -661,6 +695,12 @@ impl Checker<'_> {
         for (key, value) in defaults.env.iter().chain(source.env) {
             env.insert(key.clone(), substitute(value, command_at)?);
         }
+        let restart_delay_ms = source
+            .restart_delay_ms
+            .or(defaults.restart_delay_ms.as_ref());
+        self.check_restart_delay(source.restart_delay_ms)?;
+        let give_up_after = source.give_up_after.or(defaults.give_up_after.as_ref());
+        self.check_give_up_after(source.give_up_after)?;
         let stop_timeout_secs = match source
             .stop_timeout_secs
             .or(defaults.stop_timeout_secs.as_ref())
@@ -682,13 +722,8 @@ impl Checker<'_> {
                 .restart
                 .or(defaults.restart)
                 .unwrap_or(RestartPolicy::OnFailure),
-            restart_delay: Duration::from_millis(
-                defaults
-                    .restart_delay_ms
-                    .as_ref()
-                    .map_or(1000, |d| *d.get_ref()),
-            ),
-            give_up_after: defaults.give_up_after.unwrap_or(5).max(1),
+            restart_delay: restart_delay_ms.map(|d| Duration::from_millis(*d.get_ref())),
+            give_up_after: give_up_after.map_or(DEFAULT_GIVE_UP_AFTER, |g| *g.get_ref()),
             line: source.line,
         })
     }

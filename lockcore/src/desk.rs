@@ -7,6 +7,7 @@
 use serde::Serialize;
 
 use crate::config::{Component, Fleet, MASTER_LOCK_NAME};
+use crate::control::{DeskState, Supervised, Supervision};
 use crate::lock::{LockDir, LockError, LockState, LockStatus, StrayEntry};
 use crate::process::{ProcessInfo, ProcessProbe, ProcessTable, ProcessTree, now_secs};
 use crate::record::LockRecord;
@@ -20,6 +21,8 @@ pub struct DeskSnapshot {
     pub components: Vec<ComponentView>,
     /// The orchestrator's own lock, if its file exists.
     pub master: Option<LockStatus>,
+    /// The running orchestrator's published view, if one runs.
+    pub supervision: Option<DeskState>,
     /// Lock files that no component of `fleet.toml` explains.
     pub unknown_locks: Vec<LockStatus>,
     /// `*.lock`/`*.stop` entries that are not regular files (or cannot be read): left
@@ -46,6 +49,8 @@ pub struct ComponentView {
     /// A live process that an older tool's record names but that is not a copy of the
     /// component (DESIGN.md rule 11): reported, never stopped.
     pub named_not_a_copy: Option<ProcessInfo>,
+    /// What the running orchestrator says of it, if one runs.
+    pub supervised: Option<Supervised>,
 }
 
 /// What a component is doing, as check-procs shows it (`--json` uses [`as_str`]).
@@ -63,10 +68,21 @@ pub enum ComponentState {
     Legacy,
     /// A copy runs, with no lock file at all.
     Unlocked,
-    /// Enabled, not running, no lock file.
+    /// Enabled, not running, no lock file; with an orchestrator running: stopped on
+    /// request, or exited where its restart policy leaves it (not a problem).
     Stopped,
     /// Its account is disabled in fleet.toml, and nothing runs.
     Disabled,
+    /// The orchestrator is starting it (a brain: waiting for its watchdog to run).
+    Starting,
+    /// It exited and the orchestrator restarts it after a backoff.
+    Restarting,
+    /// The orchestrator gave up on it after repeated failures.
+    GivenUp,
+    /// A brain the orchestrator holds back because its watchdog is not running.
+    Blocked,
+    /// The orchestrator runs but was not asked to start it (`--only`).
+    NotStarted,
 }
 
 impl ComponentState {
@@ -80,21 +96,34 @@ impl ComponentState {
             ComponentState::Unlocked => "unlocked",
             ComponentState::Stopped => "stopped",
             ComponentState::Disabled => "disabled",
+            ComponentState::Starting => "starting",
+            ComponentState::Restarting => "restarting",
+            ComponentState::GivenUp => "given_up",
+            ComponentState::Blocked => "blocked",
+            ComponentState::NotStarted => "not_started",
         }
     }
 
     /// Whether this state means trouble that needs a person: shown loudly.
     pub fn is_alarm(self) -> bool {
-        matches!(self, ComponentState::Duplicate | ComponentState::Unlocked)
+        matches!(
+            self,
+            ComponentState::Duplicate | ComponentState::Unlocked | ComponentState::GivenUp
+        )
     }
 }
 
 impl ComponentView {
-    /// What the component is doing: duplicates first, then its lock file's state, then
-    /// a copy without a lock, else stopped or disabled.
+    /// What the component is doing: duplicates first; then, while nothing of it runs,
+    /// what the running orchestrator says (given up, restarting, stopped on request,
+    /// ...); then its lock file's state, then a copy without a lock, else stopped or
+    /// disabled.
     pub fn state(&self) -> ComponentState {
         if self.copies.len() > 1 {
             return ComponentState::Duplicate;
+        }
+        if let Some(state) = self.supervised_state() {
+            return state;
         }
         if let Some(lock) = &self.lock {
             return match lock.state {
@@ -114,6 +143,31 @@ impl ComponentView {
     }
 }
 
+impl ComponentView {
+    /// The orchestrator's word for a component of which nothing runs; `None` while a
+    /// copy runs (the processes then speak for themselves) or no orchestrator runs.
+    fn supervised_state(&self) -> Option<ComponentState> {
+        let supervised = self.supervised.as_ref()?;
+        if !self.copies.is_empty() || self.managed.is_some() {
+            return None;
+        }
+        Some(match supervised.state {
+            Supervision::Running => return None,
+            Supervision::NotStarted => ComponentState::NotStarted,
+            Supervision::Starting => ComponentState::Starting,
+            Supervision::Restarting => ComponentState::Restarting,
+            Supervision::Stopped => ComponentState::Stopped,
+            Supervision::GivenUp => ComponentState::GivenUp,
+            Supervision::Blocked => ComponentState::Blocked,
+        })
+    }
+
+    /// Why it is in its state, in plain words, when the orchestrator says.
+    pub fn reason(&self) -> Option<&str> {
+        self.supervised.as_ref().map(|s| s.reason.as_str())
+    }
+}
+
 /// A process tree running a component, and whether a lock owns it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunningCopy {
@@ -128,8 +182,14 @@ pub struct RunningCopy {
 pub enum ProblemKind {
     /// More than one copy of one component: duplicate orders.
     Duplicate,
+    /// The orchestrator gave up on it: that account is not trading (or not guarded).
+    GivenUp,
+    /// A brain held back because its watchdog is not running.
+    Blocked,
     /// A copy that no lock owns: started by hand, around the tools.
     Unlocked,
+    /// It exited and the orchestrator is backing off before restarting it.
+    Restarting,
     /// The lock is held but the process it records is gone.
     ProcessGone,
     /// Held only by an older tool's PID file.
@@ -147,7 +207,10 @@ impl ProblemKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProblemKind::Duplicate => "duplicate",
+            ProblemKind::GivenUp => "given_up",
+            ProblemKind::Blocked => "blocked",
             ProblemKind::Unlocked => "unlocked",
+            ProblemKind::Restarting => "restarting",
             ProblemKind::ProcessGone => "process_gone",
             ProblemKind::Legacy => "legacy",
             ProblemKind::Stale => "stale",
@@ -170,11 +233,18 @@ pub struct Problem {
 }
 
 impl DeskSnapshot {
-    /// Scans the lock dir once and reads the process table once.
+    /// Scans the lock dir once, reads the process table once, and reads the running
+    /// orchestrator's view, if one runs.
     pub fn take(fleet: &Fleet, probe: &mut ProcessProbe) -> Result<DeskSnapshot, LockError> {
         let scan = LockDir::for_fleet(fleet).scan_all(probe)?;
         let table = probe.table();
-        let mut snapshot = DeskSnapshot::build(fleet, scan.locks, table, now_secs());
+        let supervision = scan
+            .locks
+            .iter()
+            .find(|l| l.name == MASTER_LOCK_NAME)
+            .and_then(|master| DeskState::read_current(&fleet.lock_dir, master));
+        let mut snapshot =
+            DeskSnapshot::build_supervised(fleet, scan.locks, table, now_secs(), supervision);
         snapshot.add_strays(scan.strays);
         Ok(snapshot)
     }
@@ -197,19 +267,35 @@ impl DeskSnapshot {
         self.strays.extend(strays);
     }
 
-    /// Builds a snapshot from given facts (the pure part of [`DeskSnapshot::take`]).
+    /// Builds a snapshot from given facts, with no orchestrator's view.
     pub fn build(
+        fleet: &Fleet,
+        locks: Vec<LockStatus>,
+        table: ProcessTable,
+        taken_at: u64,
+    ) -> DeskSnapshot {
+        DeskSnapshot::build_supervised(fleet, locks, table, taken_at, None)
+    }
+
+    /// Builds a snapshot from given facts (the pure part of [`DeskSnapshot::take`]).
+    pub fn build_supervised(
         fleet: &Fleet,
         mut locks: Vec<LockStatus>,
         table: ProcessTable,
         taken_at: u64,
+        supervision: Option<DeskState>,
     ) -> DeskSnapshot {
         let master = take_lock(&mut locks, MASTER_LOCK_NAME);
         let components: Vec<ComponentView> = fleet
             .components()
             .map(|component| {
                 let lock = take_lock(&mut locks, &component.lock_name);
-                view(component.clone(), lock, &table)
+                let mut view = view(component.clone(), lock, &table);
+                view.supervised = supervision
+                    .as_ref()
+                    .and_then(|s| s.component(&component.lock_name))
+                    .cloned();
+                view
             })
             .collect();
         let unknown_locks = locks;
@@ -223,6 +309,7 @@ impl DeskSnapshot {
             taken_at,
             components,
             master,
+            supervision,
             unknown_locks,
             strays: Vec::new(),
             problems,
@@ -306,6 +393,7 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
         holder_alive,
         copies,
         named_not_a_copy,
+        supervised: None,
     }
 }
 
@@ -364,8 +452,13 @@ fn problems_of(view: &ComponentView) -> Vec<Problem> {
             ),
         ));
     }
+    problems.extend(supervision_problem(view));
+    let between_runs = matches!(
+        view.supervised.as_ref().map(|s| s.state),
+        Some(Supervision::Starting | Supervision::Restarting)
+    );
     if let Some(lock) = &view.lock {
-        if lock.state == LockState::Running && view.managed.is_none() {
+        if lock.state == LockState::Running && view.managed.is_none() && !between_runs {
             let record = lock.record.as_ref();
             let pid = record.map_or(0, |r| r.pid);
             let holder = record.and_then(|r| r.holder_pid).unwrap_or(0);
@@ -400,6 +493,33 @@ fn problems_of(view: &ComponentView) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// A component the orchestrator should run but does not: given up, held back, or
+/// backing off before a restart (DESIGN.md: check-procs tells the truth).
+fn supervision_problem(view: &ComponentView) -> Option<Problem> {
+    let component = &view.component;
+    let kind = match view.state() {
+        ComponentState::GivenUp => ProblemKind::GivenUp,
+        ComponentState::Blocked => ProblemKind::Blocked,
+        ComponentState::Restarting => ProblemKind::Restarting,
+        _ => return None,
+    };
+    let reason = view.reason().unwrap_or_default();
+    let message = match kind {
+        ProblemKind::GivenUp => format!(
+            "{} is not running: {reason}. Fix it (its log is {}.log), then `master-launch start {}`",
+            component.lock_name, component.lock_name, component.lock_name
+        ),
+        _ => format!("{} is not running: {reason}", component.lock_name),
+    };
+    Some(Problem {
+        kind,
+        name: component.lock_name.clone(),
+        account: component.account.clone(),
+        pids: Vec::new(),
+        message,
+    })
 }
 
 /// Legacy, stale and corrupt lock files.

@@ -13,6 +13,7 @@
 //! - [`select`]: which accounts a command acts on (`--only`, `--account`).
 //! - [`desk`]: one snapshot of locks and processes, and the problems in it.
 //! - [`stop`]: stop requests, the way anyone asks a lock holder to stop.
+//! - [`control`]: start and restart requests to the orchestrator, and the view it publishes.
 //! - [`stop_engine`]: stages in the safe order, deadlines, graceful-then-forced: every stop.
 //! - [`graceful`]: asking a process we did not start to stop (SIGTERM, CTRL_BREAK, close).
 //! - [`exit`]: the exit codes every tool uses.
@@ -23,6 +24,7 @@
 
 pub mod autostart;
 pub mod config;
+pub mod control;
 pub mod copies;
 pub mod desk;
 pub mod exit;

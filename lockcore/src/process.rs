@@ -16,7 +16,7 @@ use crate::graceful::Asked;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, UpdateKind};
 
 /// A process as the tools name it: its pid and when it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub struct ProcessIdentity {
     pub pid: u32,
     /// Seconds since the Unix epoch.

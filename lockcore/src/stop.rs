@@ -7,16 +7,16 @@
 //! whole desk in the safe order and exit. The holder removes the file once it has
 //! acted on it. Requests are plain JSON so an operator can read them.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lock::MAX_RECORD_BYTES;
+use crate::lock::entry::{self, EntryRead, Existing, Written};
 /// Now, in Unix seconds with a fraction: deadlines keep theirs, so a 3 s request
 /// gives 3 s, not whatever is left of the current second plus 2.
-fn now_unix() -> f64 {
+pub(crate) fn now_unix() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -68,45 +68,15 @@ impl StopRequest {
         lock_dir.join(format!("{name}.stop"))
     }
 
-    /// Writes the request (replacing an older one for the same name). Written to a
-    /// temporary file and renamed, so a holder never reads half a request. The
-    /// temporary file is created new (never opened through a link someone left there),
-    /// and the rename replaces a link at the request's name rather than following it.
-    /// Transient Windows errors (an antivirus or indexer holding the new file for a
-    /// moment) are retried for about a second.
+    /// Writes the request (replacing an older one for the same name), whole or not at
+    /// all: a holder never reads half a request, and a link left at the request's
+    /// name is replaced, never followed.
     pub fn write(&self, lock_dir: &Path) -> io::Result<PathBuf> {
-        crate::lock::retry_transient(|| self.write_once(lock_dir))
-    }
-
-    fn write_once(&self, lock_dir: &Path) -> io::Result<PathBuf> {
-        std::fs::create_dir_all(lock_dir)?;
-        let path = StopRequest::path(lock_dir, &self.name);
-        let temporary = lock_dir.join(format!("{}.stop.{}.tmp", self.name, std::process::id()));
         let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
-        let create = || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temporary)
-        };
-        let mut file = match create() {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                // Left by an earlier process with our pid; unlink never follows a link.
-                std::fs::remove_file(&temporary)?;
-                create()?
-            }
-            other => other?,
-        };
-        io::Write::write_all(&mut file, &bytes)?;
-        drop(file);
-        if let Err(e) = std::fs::rename(&temporary, &path) {
-            let _ = std::fs::remove_file(&temporary);
-            return Err(io::Error::new(
-                e.kind(),
-                format!("cannot write stop request {}: {e}", path.display()),
-            ));
+        let file_name = format!("{}.stop", self.name);
+        match entry::write_whole(lock_dir, &file_name, &bytes, Existing::Replace)? {
+            Written::At(path) | Written::AlreadyThere(path) => Ok(path),
         }
-        Ok(path)
     }
 
     /// The pending request for `name`, if any. An unreadable request still counts as a
@@ -115,64 +85,35 @@ impl StopRequest {
     /// (a FIFO, a link, a directory) is no request: it is never opened in a way that
     /// could block, and `check-procs` reports it.
     pub fn read(lock_dir: &Path, name: &str) -> Option<StopRequest> {
-        let path = StopRequest::path(lock_dir, name);
-        let unreadable = |why: String| StopRequest {
+        let request = |deadline, requested_by, unreadable| StopRequest {
             name: name.to_string(),
-            deadline: None,
-            requested_by: None,
-            unreadable: Some(format!(
-                "stop request {} is unreadable: {why}",
-                path.display()
-            )),
+            deadline,
+            requested_by,
+            unreadable,
         };
-        let mut file = match crate::lock::open_entry(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-            Err(e) if crate::lock::not_a_file(&e).is_some() => return None,
-            Err(e) => return Some(unreadable(e.to_string())),
-        };
-        let mut bytes = Vec::new();
-        if let Err(e) = (&mut file)
-            .take(MAX_RECORD_BYTES.saturating_add(1))
-            .read_to_end(&mut bytes)
-        {
-            return Some(unreadable(e.to_string()));
-        }
-        if bytes.len() as u64 > MAX_RECORD_BYTES {
-            return Some(unreadable(format!("larger than {MAX_RECORD_BYTES} bytes")));
-        }
-        match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(serde_json::Value::Object(fields)) => Some(StopRequest {
-                name: name.to_string(),
-                deadline: fields
+        match entry::read_object(lock_dir, &format!("{name}.stop")) {
+            EntryRead::Nothing => None,
+            EntryRead::Unreadable(why) => {
+                Some(request(None, None, Some(format!("stop request {why}"))))
+            }
+            EntryRead::Object(fields) => Some(request(
+                fields
                     .get("deadline")
                     .and_then(serde_json::Value::as_f64)
                     .filter(|d| d.is_finite() && *d >= 0.0),
-                requested_by: fields
+                fields
                     .get("requested_by")
                     .and_then(serde_json::Value::as_u64)
                     .and_then(|pid| u32::try_from(pid).ok()),
-                unreadable: None,
-            }),
-            Ok(_) => Some(unreadable("not a JSON object".into())),
-            Err(e) => Some(unreadable(e.to_string())),
+                None,
+            )),
         }
     }
 
     /// Removes the request for `name` (acted on, or withdrawn). An entry that is not a
     /// regular file was never a request, and is left alone (DESIGN.md rule 12).
     pub fn remove(lock_dir: &Path, name: &str) -> io::Result<()> {
-        let path = StopRequest::path(lock_dir, name);
-        match std::fs::symlink_metadata(&path) {
-            Ok(metadata) if metadata.file_type().is_file() => {}
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        entry::remove_file_entry(lock_dir, &format!("{name}.stop"))
     }
 
     /// How long the holder waits before forcing: the time left until the deadline,

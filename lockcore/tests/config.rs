@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::time::Duration;
 
 use lockcore::Role;
 use lockcore::config::{ConfigError, Fleet, RestartPolicy};
@@ -388,4 +389,50 @@ fn a_stop_timeout_over_a_day_is_refused() {
     ));
     assert_eq!(line, 2);
     assert!(problem.contains("more than a day"), "{problem}");
+}
+
+#[test]
+fn restart_settings_can_be_set_per_process_and_default_to_an_immediate_first_restart() {
+    let text = "[defaults]\nrestart_delay_ms = 2000\ngive_up_after = 7\n\n\
+                [[global]]\nname = \"qs\"\ncommand = [\"q\"]\nrestart_delay_ms = 0\ngive_up_after = 2\n\n\
+                [[account]]\nname = \"A\"\nbrain = [\"b\"]\nwatchdog = [\"w\"]\n\
+                give_up_after = 4\nbrain_requires_watchdog = false\n\n\
+                [[account]]\nname = \"B\"\nbrain = [\"b\"]\nwatchdog = [\"w\"]\n";
+    let fleet = Fleet::from_toml(Path::new("fleet.toml"), text).unwrap();
+    let qs = fleet.component("qs").unwrap();
+    assert_eq!(qs.restart_delay, Some(Duration::ZERO));
+    assert_eq!(qs.give_up_after, 2);
+    let a = fleet.component("WATCHDOG_A").unwrap();
+    assert_eq!(a.restart_delay, Some(Duration::from_millis(2000)));
+    assert_eq!(a.give_up_after, 4);
+    assert!(!fleet.account("A").unwrap().brain_requires_watchdog);
+    assert!(
+        fleet.account("B").unwrap().brain_requires_watchdog,
+        "the default"
+    );
+    assert_eq!(fleet.component("BRAIN_B").unwrap().give_up_after, 7);
+    let plain = Fleet::from_toml(Path::new("fleet.toml"), &tiny_desk("", "ACC")).unwrap();
+    let brain = plain.component("BRAIN_ACC").unwrap();
+    assert_eq!(brain.restart_delay, None, "no delay unless set");
+    assert_eq!(brain.give_up_after, 5);
+}
+
+#[test]
+fn give_up_after_zero_is_refused_where_it_is_set() {
+    let (line, problem) = refusal(&tiny_desk("[defaults]\ngive_up_after = 0", "ACC"));
+    assert_eq!(line, 2);
+    assert!(problem.contains("give_up_after = 0"), "{problem}");
+    let text = "[[global]]\nname = \"qs\"\ncommand = [\"q\"]\ngive_up_after = 0\n";
+    let (line, problem) = refusal(text);
+    assert_eq!(line, 4);
+    assert!(problem.contains("give_up_after = 0"), "{problem}");
+}
+
+#[test]
+fn a_per_process_restart_delay_over_an_hour_is_refused() {
+    let text = "[[account]]\nname = \"A\"\nbrain = [\"b\"]\nwatchdog = [\"w\"]\n\
+                restart_delay_ms = 18446744073709551615\n";
+    let (line, problem) = refusal(text);
+    assert_eq!(line, 5);
+    assert!(problem.contains("more than an hour"), "{problem}");
 }

@@ -6,6 +6,10 @@
 //! - idle: then one minute of supervising: CPU time used per minute, and peak memory
 //!   (VmHWM), printed as medians of six 10-second windows.
 //!
+//! - watchdog back after kill -9: from killing a supervised watchdog (SIGKILL) until
+//!   its lock records the new one, on a fresh desk each time (the first restart after
+//!   a crash is immediate; later ones back off), printed as the median of 15.
+//!
 //! The medians go in the README.
 
 // A benchmark's report is its printed medians.
@@ -134,10 +138,57 @@ fn idle_minute() {
     stop(child);
 }
 
+/// The pid the lock of `name` records as its running bot, if the bot runs.
+fn managed(lock_dir: &std::path::Path, name: &str, probe: &mut ProcessProbe) -> Option<u32> {
+    let status = lockcore::LockDir::new(lock_dir)
+        .inspect(name, probe)
+        .ok()??;
+    let record = status.record?;
+    (record.holder_pid != Some(record.pid) && probe.identity(record.pid).is_some())
+        .then_some(record.pid)
+}
+
+fn watchdog_back_after_kill() {
+    let desk = Desk::new("qs_mkill", &["KILL_M"]);
+    let fleet = Fleet::load(&desk.config()).expect("config");
+    let mut probe = ProcessProbe::new().expect("process table");
+    let mut gaps = Vec::new();
+    for _ in 0..15 {
+        let child = launch(&desk);
+        while !all_running(&fleet, &mut probe) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let old = managed(&fleet.lock_dir, "WATCHDOG_KILL_M", &mut probe).expect("watchdog pid");
+        let killed = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-KILL", &old.to_string()])
+            .status();
+        loop {
+            match managed(&fleet.lock_dir, "WATCHDOG_KILL_M", &mut probe) {
+                Some(pid) if pid != old => break,
+                _ => std::thread::sleep(Duration::from_micros(500)),
+            }
+        }
+        gaps.push(killed.elapsed().as_secs_f64() * 1000.0);
+        stop(child);
+    }
+    let (min, max) = (
+        gaps.iter().copied().fold(f64::MAX, f64::min),
+        gaps.iter().copied().fold(0.0, f64::max),
+    );
+    println!(
+        "watchdog back after kill -9 (fresh desk, first restart): median {:.1} ms \
+         (min {min:.1}, max {max:.1}, {} runs)",
+        median(gaps.clone()),
+        gaps.len()
+    );
+}
+
 criterion_group!(benches, start_to_running);
 
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
+    watchdog_back_after_kill();
     idle_minute();
 }

@@ -3,46 +3,47 @@
 //!
 //! Flow: `fleet.toml` → plan (enabled components, `--only`, start order) → the
 //! orchestrator's own `MASTER_LAUNCH` lock → pre-flight (refuse if anything it would
-//! start is held or already running; clean stale locks) → per component: take its
-//! lock, then start a [`supervisor::Supervisor`] → wait for Ctrl+C / SIGTERM → stop
-//! brains, then watchdogs, then globals. `master-launch run NAME` starts one component
-//! by hand, under its lock, without supervision (what per-bot `.bat` wrappers call).
-//! `master-launch install|uninstall` sets the desk up to start by itself at logon
-//! (see `autostart`).
+//! start is held or already running; clean stale locks) → every planned lock → the
+//! [`orchestrator::Orchestrator`] starts and supervises them in order, acts on stop,
+//! start and restart requests, and publishes its view → on Ctrl+C / SIGTERM / a
+//! stop-all request: stop brains, then watchdogs, then globals.
+//! `master-launch start|restart` ask the running orchestrator (see `request`).
+//! `master-launch run NAME` starts one component by hand, under its lock, without
+//! supervision. `master-launch install|uninstall` sets the desk up to start by itself
+//! at logon (see `autostart`).
 
 mod autostart;
 mod child;
+mod orchestrator;
+mod request;
 mod signals;
 mod supervisor;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lockcore::config::{DEFAULT_CONFIG, MASTER_LOCK_NAME};
+use lockcore::control::{Action, ControlRequest};
 use lockcore::exit::{ToolError, UsageError};
 use lockcore::output::finish;
 use lockcore::select::AccountSelection;
-use lockcore::stop_engine::{StopObserver, stop_in_order};
+use lockcore::stop_engine::stop_in_order;
 use lockcore::{
-    Acquire, Component, DeskSnapshot, ExitCode, Fleet, Grace, HeldLock, LockClaim, LockDir,
-    LockState, ProcessProbe, Removal, Role, Stage, StopRequest, Stoppable,
+    Acquire, Component, DeskSnapshot, ExitCode, Fleet, Grace, LockClaim, LockDir, LockState,
+    ProcessProbe, Removal, Role, Stage, StopRequest, Stoppable,
 };
 use lockcore::{errln, outln};
 
+use crate::orchestrator::{Event, Orchestrator};
 use crate::signals::Ending;
-use crate::supervisor::{Launch, Supervisor};
 use lockcore::logs::Log;
 
 const TOOL: &str = "master-launch";
-/// How often the lock dir is looked at for stop requests: a directory read, cheap.
+/// How often `run` looks for a stop request: a file read, cheap.
 const TICK: Duration = Duration::from_millis(250);
-/// Every this many ticks, each held lock file is checked to still be ours.
-const VERIFY_EVERY_TICKS: u32 = 8;
 /// Windows grants about 5 s after a console close, logoff or shutdown: the handler
 /// waits this long for the ordered stop, in which each stage gets [`CLOSING_GRACE`].
 const CLOSING_BUDGET: Duration = Duration::from_millis(4500);
@@ -73,7 +74,36 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Sub {
-    /// Start one component by hand, under its lock, without supervision.
+    /// Ask the running master-launch to start components again (given up, stopped on
+    /// request, or left out by --only), under its supervision; waits until they run.
+    ///
+    /// An account's watchdog starts before its brain. Exit 0 when all run; 1 when one
+    /// failed to start, or no master-launch runs; 2 for an unknown name; 3 when
+    /// something else holds a lock or runs a copy.
+    Start {
+        #[command(flatten)]
+        targets: request::Targets,
+        /// With no master-launch running, run the one component NAME by hand instead
+        /// (as `run NAME`): what a double-clicked START_<NAME>.bat means.
+        #[arg(long)]
+        or_run: bool,
+        /// Give up waiting for the answer after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = request::DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
+    },
+    /// Ask the running master-launch to stop components gracefully and start them
+    /// again (brain before watchdog to stop, watchdog before brain to start); waits
+    /// until they run again. Restarting a watchdog restarts its brain too.
+    Restart {
+        #[command(flatten)]
+        targets: request::Targets,
+        /// Give up waiting for the answer after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = request::DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
+    },
+    /// Start one component by hand, under its lock, without supervision. With a
+    /// master-launch running, `master-launch start NAME` puts it under supervision
+    /// instead.
     Run {
         /// Its lock name, e.g. BRAIN_ATLAS or quantum_server.
         name: String,
@@ -98,6 +128,14 @@ fn main() -> std::process::ExitCode {
     lockcore::graceful::serve_console_helper();
     let args = Args::parse();
     let result = match &args.command {
+        Some(Sub::Start {
+            targets,
+            or_run,
+            timeout,
+        }) => request::ask(&args.config, Action::Start, targets, *or_run, *timeout),
+        Some(Sub::Restart { targets, timeout }) => {
+            request::ask(&args.config, Action::Restart, targets, false, *timeout)
+        }
         Some(Sub::Run { name }) => run_one(&args.config, name),
         Some(Sub::Install { at, print }) => autostart::install(&args.config, *at, *print),
         Some(Sub::Uninstall) => autostart::uninstall(&args.config),
@@ -169,71 +207,63 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     if let Some(code) = preflight(&fleet, &plan, &locks, &mut probe, &events)? {
         return Ok(code);
     }
-    let names = plan.iter().map(|c| c.lock_name.as_str());
+    // The enabled components: what this orchestrator may be asked to start.
+    let names = fleet
+        .components()
+        .filter(|c| c.enabled)
+        .map(|c| c.lock_name.as_str());
     clear_stale_requests(&fleet, names.chain([MASTER_LOCK_NAME]), &events);
-    let (done_tx, done_rx) = channel::<Event>();
+    let (tx, rx) = channel::<Event>();
     let stopped = Arc::new((Mutex::new(false), Condvar::new()));
-    install_stop_handler(done_tx.clone(), stopped.clone())?;
-    let mut supervisors: Vec<Arc<Supervisor>> = Vec::new();
+    install_stop_handler(tx.clone(), stopped.clone())?;
+    // Every planned lock before anything starts: a start that cannot take them all
+    // starts nothing.
+    let mut plan_locks = Vec::new();
     for component in &plan {
         let claim = LockClaim {
             account: component.account.clone(),
             command: component.command.clone(),
         };
-        let started = match locks.acquire(&component.lock_name, &claim, &mut probe) {
-            Ok(Acquire::Acquired(held)) => {
-                start(&fleet, component, held, &events, &done_tx).map_err(StartFailed::Error)
-            }
-            Ok(Acquire::Held(holder)) => Err(StartFailed::Refused(holder)),
-            Err(error) => Err(StartFailed::Error(error.into())),
-        };
-        match started {
-            Ok(supervisor) => supervisors.push(Arc::new(supervisor)),
-            Err(failed) => {
-                // Back out in order: what started gets a graceful stop and its lock goes.
-                events.line("", &format!("cannot start the desk: {failed}"));
-                stop_all(&supervisors, Grace::Own, &events);
-                drop(master);
-                return match failed {
-                    StartFailed::Refused(holder) => {
-                        errln!("{TOOL}: refused: {holder}");
-                        Ok(ExitCode::Refused)
-                    }
-                    StartFailed::Error(error) => Err(error),
-                };
+        match locks.acquire(&component.lock_name, &claim, &mut probe)? {
+            Acquire::Acquired(held) => plan_locks.push((component.clone(), held)),
+            Acquire::Held(holder) => {
+                events.line("", &format!("cannot start the desk: {holder}"));
+                errln!("{TOOL}: refused: {holder}");
+                return Ok(ExitCode::Refused);
             }
         }
     }
-    events.line(
-        "",
-        &format!(
-            "desk started: {} processes; Ctrl+C stops it",
-            supervisors.len()
-        ),
-    );
-    let grace = supervise_desk(&supervisors, &done_rx, &fleet, &events);
-    events.line(
-        "",
-        "stopping the desk: brains, then watchdogs, then globals",
-    );
-    stop_all(&supervisors, grace, &events);
-    let _ = StopRequest::remove(&fleet.lock_dir, MASTER_LOCK_NAME);
-    master.release()?;
+    let mut desk = Orchestrator::new(&fleet, events.clone(), probe, master, plan_locks, tx);
+    let ran = desk.run(&rx);
+    let grace = match &ran {
+        Ok(grace) => {
+            events.line(
+                "",
+                "stopping the desk: brains, then watchdogs, then globals",
+            );
+            *grace
+        }
+        Err(error) => {
+            // Back out in order: what started gets a graceful stop and its lock goes.
+            events.line("", &format!("cannot start the desk: {error}"));
+            Grace::Own
+        }
+    };
+    let given_up = desk.stop_everything(grace);
+    desk.release()?;
     events.line("", "desk stopped; all locks released");
     let (flag, signal) = &*stopped;
     *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
     signal.notify_all();
+    ran?;
+    if given_up {
+        events.line(
+            "",
+            "ended with components given up (exit code 1); see the GIVING UP lines above",
+        );
+        return Ok(ExitCode::Problems);
+    }
     Ok(ExitCode::Ok)
-}
-
-/// Why a component of the desk could not be started.
-#[derive(Debug, thiserror::Error)]
-enum StartFailed {
-    /// Someone took its lock between the pre-flight and its start.
-    #[error("{0}")]
-    Refused(lockcore::Holder),
-    #[error(transparent)]
-    Error(ToolError),
 }
 
 /// Ctrl+C, SIGTERM, SIGHUP, console close: ask the main thread to stop the desk. For a
@@ -260,100 +290,6 @@ fn grace_for(ending: Ending) -> Grace {
         Ending::Interrupt => Grace::Own,
         Ending::ConsoleClosing => Grace::Given(CLOSING_GRACE),
     }
-}
-
-/// The orchestrator's idle loop: wakes on a signal, on a component's supervision
-/// ending, or every [`TICK`] to act on stop requests and check lock files. Returns
-/// when the desk should stop, with the grace its processes get: a stop-all request's,
-/// or each component's own on a signal.
-fn supervise_desk(
-    supervisors: &[Arc<Supervisor>],
-    done: &std::sync::mpsc::Receiver<Event>,
-    fleet: &Fleet,
-    events: &Log,
-) -> Grace {
-    let mut running = supervisors.len();
-    let mut requested: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let mut ticks = 0u32;
-    while running > 0 {
-        match done.recv_timeout(TICK) {
-            Ok(Event::Signal(grace)) => return grace,
-            Err(RecvTimeoutError::Disconnected) => return Grace::Own,
-            Ok(Event::Done) => running -= 1,
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        if let Some(request) = StopRequest::read(&fleet.lock_dir, MASTER_LOCK_NAME) {
-            if let Some(why) = &request.unreadable {
-                events.line("", &format!("{why}; it still means: stop all"));
-            }
-            events.line(
-                "",
-                &format!("stop-all requested by {}", request.requester()),
-            );
-            return Grace::Given(request.time_left(Duration::from_secs(1)));
-        }
-        requested.retain(|_, stopping| !stopping.is_finished());
-        for supervisor in supervisors {
-            let name = &supervisor.component.lock_name;
-            if requested.contains_key(name) {
-                continue;
-            }
-            if let Some(stopping) = act_on_stop_request(supervisor, fleet, events) {
-                requested.insert(name.clone(), stopping);
-            }
-        }
-        ticks += 1;
-        if ticks.is_multiple_of(VERIFY_EVERY_TICKS) {
-            for supervisor in supervisors {
-                if let Err(lost) = supervisor.verify_lock() {
-                    events.line("", &format!("LOCK LOST: {lost}"));
-                }
-            }
-        }
-    }
-    Grace::Own
-}
-
-/// A stop request for one component: the stop engine stops it (gracefully, forced at
-/// the request's deadline) on a thread of its own, so the desk goes on being
-/// supervised meanwhile; it is never restarted, and the request is removed once it
-/// is stopped. A component between restarts is stopped the same way: the pending
-/// restart is cancelled.
-fn act_on_stop_request(
-    supervisor: &Arc<Supervisor>,
-    fleet: &Fleet,
-    events: &Log,
-) -> Option<JoinHandle<()>> {
-    let name = supervisor.component.lock_name.clone();
-    let request = StopRequest::read(&fleet.lock_dir, &name)?;
-    if let Some(why) = &request.unreadable {
-        events.line(
-            "",
-            &format!("{name}: {why}; stopping with its own stop timeout"),
-        );
-    }
-    events.line(
-        "",
-        &format!(
-            "{name}: stop requested by {}; it will not be restarted",
-            request.requester()
-        ),
-    );
-    // At least a second, at most a day; the component's own timeout without a deadline.
-    let grace = Grace::Given(request.time_left(supervisor.component.stop_timeout));
-    let supervisor = supervisor.clone();
-    let (events, lock_dir) = (events.clone(), fleet.lock_dir.clone());
-    Some(std::thread::spawn(move || {
-        stop_all(std::slice::from_ref(&supervisor), grace, &events);
-        let _ = StopRequest::remove(&lock_dir, &name);
-    }))
-}
-
-enum Event {
-    /// Stop the desk, with this grace.
-    Signal(Grace),
-    /// One component's supervision ended.
-    Done,
 }
 
 /// Refuses if anything the plan would start is held or already running; cleans stale
@@ -463,9 +399,9 @@ fn refuse(refusals: &[Refusal], events: &Log) -> Option<ExitCode> {
     Some(ExitCode::Refused)
 }
 
-/// Stop requests left from before we held the locks (a requester that died before
-/// cleaning up) are addressed to holders that are gone; acting on them would stop the
-/// desk we are starting.
+/// Requests left from before we held the locks (a requester that died before
+/// cleaning up) are addressed to holders that are gone: acting on a stop would stop
+/// the desk we are starting, and a start or restart has nobody waiting for it.
 fn clear_stale_requests<'n>(fleet: &Fleet, names: impl IntoIterator<Item = &'n str>, events: &Log) {
     for name in names {
         if StopRequest::read(&fleet.lock_dir, name).is_some() {
@@ -475,81 +411,18 @@ fn clear_stale_requests<'n>(fleet: &Fleet, names: impl IntoIterator<Item = &'n s
                 &format!("cleared a stop request for {name} left from before this start"),
             );
         }
-    }
-}
-
-/// The `FLEET_*` variables a managed process learns who it is from.
-fn fleet_env(fleet: &Fleet, component: &Component, lock: &HeldLock) -> Vec<(String, String)> {
-    let lock_file = std::path::absolute(lock.path()).unwrap_or_else(|_| lock.path().to_path_buf());
-    let mut env = vec![
-        ("FLEET_LOCK_NAME".to_string(), component.lock_name.clone()),
-        (
-            "FLEET_LOCK_FILE".to_string(),
-            lock_file.display().to_string(),
-        ),
-    ];
-    if let Some(account) = component.account.as_deref().and_then(|a| fleet.account(a)) {
-        env.push(("FLEET_ACCOUNT".into(), account.name.clone()));
-        env.push((
-            "FLEET_LOGIN".into(),
-            account.login.clone().unwrap_or_default(),
-        ));
-        env.push((
-            "FLEET_TERMINAL".into(),
-            account.terminal.clone().unwrap_or_default(),
-        ));
-    }
-    env
-}
-
-fn start(
-    fleet: &Fleet,
-    component: &Component,
-    lock: HeldLock,
-    events: &Log,
-    done: &Sender<Event>,
-) -> Result<Supervisor> {
-    let log = Log::open(
-        &fleet.log_dir.join(format!("{}.log", component.lock_name)),
-        false,
-    )?;
-    let launch = Launch {
-        env: fleet_env(fleet, component, &lock),
-        log,
-        events: events.clone(),
-        done: {
-            let done = done.clone();
-            Box::new(move || {
-                let _ = done.send(Event::Done);
-            })
-        },
-    };
-    Ok(Supervisor::start(component.clone(), lock, launch))
-}
-
-/// Stops supervised components with the stop engine: brains, then watchdogs, then
-/// globals; in parallel within a stage; graceful, then forced through each child's
-/// binding. Every supervision thread has ended when it returns.
-fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, events: &Log) {
-    let targets: Vec<&Supervisor> = supervisors.iter().map(|s| &**s).collect();
-    stop_in_order(targets, grace, &mut (), &mut EventObserver(events));
-    let mut in_stop_order: Vec<&Arc<Supervisor>> = supervisors.iter().collect();
-    in_stop_order.sort_by_key(|s| Stage::of(s.component.role));
-    for supervisor in in_stop_order {
-        if let Some(outcome) = supervisor.join() {
-            let name = &supervisor.component.lock_name;
-            events.line("", &format!("{name}: stopped ({outcome:?})"));
+        for action in Action::ALL {
+            if ControlRequest::read(&fleet.lock_dir, name, action).is_some() {
+                let _ = ControlRequest::remove(&fleet.lock_dir, name, action);
+                events.line(
+                    "",
+                    &format!(
+                        "cleared a {} request for {name} left from before this start",
+                        action.as_str()
+                    ),
+                );
+            }
         }
-    }
-}
-
-/// What the orchestrator's log records of a stop.
-struct EventObserver<'l>(&'l Log);
-
-impl StopObserver for EventObserver<'_> {
-    fn forced(&mut self, name: &str, how: &str) {
-        self.0
-            .line("", &format!("{name}: did not stop in time; {how}"));
     }
 }
 
@@ -590,8 +463,14 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
         return Ok(code);
     }
     clear_stale_requests(&fleet, [name], &events);
+    if let Some(orchestrator) = request::running_orchestrator(&fleet, &mut probe) {
+        errln!(
+            "{TOOL}: note: master-launch (pid {orchestrator}) is running; `master-launch start {name}` \
+             would put {name} under its supervision. Running it by hand."
+        );
+    }
     let mut command = supervisor::build_command(&component);
-    command.envs(fleet_env(&fleet, &component, &lock));
+    command.envs(orchestrator::fleet_env(&fleet, &component, &lock));
     let slot = Arc::new(child::Slot::default());
     let Some(mut running) = slot.spawn(&mut command, || false, &mut probe)? else {
         return Ok(ExitCode::Problems);

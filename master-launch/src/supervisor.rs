@@ -24,18 +24,38 @@ use crate::child;
 use lockcore::logs::Log;
 
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+/// The second delay when the first restart was immediate: backoff starts from here.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Failures are counted over this window; a run this long resets the backoff.
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// How long [`Supervisor::start`] waits for the first start attempt, so that the
+/// orchestrator's start order is the order in which processes really start.
+const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(10);
 
 /// How a supervised component ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Stopped on request.
     Stopped,
-    /// Exited and its restart policy says not to restart.
-    Finished,
-    /// Failed too often; supervision gave up on it.
-    GaveUp,
+    /// Exited, and its restart policy says not to restart it.
+    Finished { last_exit: String, success: bool },
+    /// Failed too often (or, with `restart = "never"`, could not start): given up.
+    GaveUp { failures: usize, last_exit: String },
+}
+
+/// What a supervision thread tells the orchestrator, as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The child runs.
+    Started { pid: u32 },
+    /// It will be started again after `delay`; `attempt` counts restarts in a row.
+    Restarting {
+        attempt: u32,
+        delay: Duration,
+        last_exit: String,
+    },
+    /// Supervision has ended and the lock is released.
+    Ended(Outcome),
 }
 
 #[derive(Debug, Default)]
@@ -69,8 +89,8 @@ pub struct Launch {
     pub log: Log,
     /// The orchestrator's log.
     pub events: Log,
-    /// Called once when supervision of this component ends, for whatever reason.
-    pub done: Box<dyn Fn() + Send>,
+    /// Told what happens: started, restarting, ended (once, last, for whatever reason).
+    pub report: Box<dyn Fn(Report) + Send>,
 }
 
 impl std::fmt::Debug for Launch {
@@ -82,23 +102,30 @@ impl std::fmt::Debug for Launch {
 }
 
 impl Supervisor {
+    /// Starts supervising: returns once the first start attempt has been made (the
+    /// child runs, or could not be started), so components start in the order asked.
     pub fn start(component: Component, lock: HeldLock, launch: Launch) -> Supervisor {
         let shared = Arc::new(Shared::default());
         let watcher = lock.watcher().ok();
+        let (attempted, first_attempt) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = {
             let (component, shared) = (component.clone(), shared.clone());
             std::thread::Builder::new()
                 .name(format!("supervise {}", component.lock_name))
                 .spawn(move || {
                     let mut lock = lock;
-                    let outcome = supervise_through_panics(&component, &mut lock, &launch, &shared);
+                    let outcome = supervise_through_panics(
+                        &component, &mut lock, &launch, &shared, &attempted,
+                    );
                     shared.releasing.store(true, Ordering::SeqCst);
                     drop(lock);
-                    (launch.done)();
+                    let _ = attempted.try_send(());
+                    (launch.report)(Report::Ended(outcome.clone()));
                     outcome
                 })
                 .unwrap_or_else(|e| panic!("cannot start a thread: {e}"))
         };
+        let _ = first_attempt.recv_timeout(FIRST_ATTEMPT_WAIT);
         Supervisor {
             component,
             shared,
@@ -201,12 +228,13 @@ fn supervise_through_panics(
     lock: &mut HeldLock,
     launch: &Launch,
     shared: &Shared,
+    attempted: &std::sync::mpsc::SyncSender<()>,
 ) -> Outcome {
     let name = &component.lock_name;
     let mut panics = 0;
     loop {
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            supervise(component, lock, launch, shared)
+            supervise(component, lock, launch, shared, attempted)
         }));
         let panic = match run {
             Ok(outcome) => return outcome,
@@ -227,10 +255,13 @@ fn supervise_through_panics(
                 "",
                 &format!(
                     "{name}: BUG: supervision failed {panics} time(s) ({what}); GIVING UP on it. \
-                     Please report this. Start it again with `master-launch run {name}`"
+                     Please report this. Start it again with `master-launch start {name}`"
                 ),
             );
-            return Outcome::GaveUp;
+            return Outcome::GaveUp {
+                failures: panics as usize,
+                last_exit: format!("a bug in supervision: {what}"),
+            };
         }
         launch.events.line(
             "",
@@ -247,10 +278,10 @@ fn supervise(
     lock: &mut HeldLock,
     launch: &Launch,
     shared: &Shared,
+    attempted: &std::sync::mpsc::SyncSender<()>,
 ) -> Outcome {
     let name = &component.lock_name;
-    let mut failures: VecDeque<Instant> = VecDeque::new();
-    let mut delay = component.restart_delay.min(MAX_RESTART_DELAY);
+    let mut backoff = Backoff::new(component);
     let mut probe = ProcessProbe::new().ok();
     loop {
         let started = Instant::now();
@@ -262,14 +293,27 @@ fn supervise(
             ),
             None => Err(std::io::Error::other("cannot read the process table")),
         };
+        let _ = attempted.try_send(());
         let mut running = match spawned {
             Ok(Some(running)) => running,
             Ok(None) => return Outcome::Stopped,
             Err(e) => {
-                launch
-                    .events
-                    .line("", &format!("{name}: cannot start: {e}"));
-                match after_failure(component, launch, shared, &mut failures, &mut delay) {
+                let why = format!("cannot start {}: {e}", component.command[0]);
+                launch.events.line("", &format!("{name}: {why}"));
+                if component.restart == RestartPolicy::Never {
+                    launch.events.line(
+                        "",
+                        &format!(
+                            "{name}: GIVING UP: restart = \"never\". Fix it, then start it \
+                             again with `master-launch start {name}`"
+                        ),
+                    );
+                    return Outcome::GaveUp {
+                        failures: 1,
+                        last_exit: why,
+                    };
+                }
+                match backoff.after_failure(component, launch, shared, why) {
                     Some(outcome) => return outcome,
                     None => continue,
                 }
@@ -287,6 +331,7 @@ fn supervise(
         launch
             .events
             .line("", &format!("{name}: started, pid {pid}"));
+        (launch.report)(Report::Started { pid });
         let status = shared.child.wait(&mut running);
         let how = status.as_ref().map_or_else(
             |e| format!("could not be waited for: {e}"),
@@ -307,64 +352,122 @@ fn supervise(
                 "",
                 &format!("{name}: not restarted (restart = {:?})", component.restart),
             );
-            return Outcome::Finished;
+            return Outcome::Finished {
+                last_exit: how,
+                success,
+            };
         }
         if started.elapsed() >= FAILURE_WINDOW {
-            delay = component.restart_delay.min(MAX_RESTART_DELAY);
+            backoff = Backoff::new(component);
         }
-        if let Some(outcome) = after_failure(component, launch, shared, &mut failures, &mut delay) {
+        let next = if success {
+            // `restart = "always"`: a clean exit is no failure; it still backs off, so
+            // a program that exits at once cannot spin.
+            backoff.wait(component, launch, shared, how)
+        } else {
+            backoff.after_failure(component, launch, shared, how)
+        };
+        if let Some(outcome) = next {
             return outcome;
         }
     }
 }
 
-/// Counts a failure; gives up, or waits out the backoff (a stop cuts it short).
-fn after_failure(
-    component: &Component,
-    launch: &Launch,
-    shared: &Shared,
-    failures: &mut VecDeque<Instant>,
-    delay: &mut Duration,
-) -> Option<Outcome> {
-    let now = Instant::now();
-    failures.push_back(now);
-    while failures
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
-    {
-        failures.pop_front();
+/// Restart timing: the first restart after a crash is immediate unless
+/// `restart_delay_ms` says otherwise; later ones double, capped at
+/// [`MAX_RESTART_DELAY`]; failures within [`FAILURE_WINDOW`] count toward giving up.
+struct Backoff {
+    delay: Duration,
+    attempt: u32,
+    failures: VecDeque<Instant>,
+}
+
+impl Backoff {
+    fn new(component: &Component) -> Backoff {
+        Backoff {
+            delay: component
+                .restart_delay
+                .unwrap_or(Duration::ZERO)
+                .min(MAX_RESTART_DELAY),
+            attempt: 0,
+            failures: VecDeque::new(),
+        }
     }
-    if failures.len() >= component.give_up_after as usize {
+
+    /// Counts a failure; gives up, or waits out the backoff.
+    fn after_failure(
+        &mut self,
+        component: &Component,
+        launch: &Launch,
+        shared: &Shared,
+        last_exit: String,
+    ) -> Option<Outcome> {
+        let now = Instant::now();
+        self.failures.push_back(now);
+        while self
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
+        {
+            self.failures.pop_front();
+        }
+        if self.failures.len() >= component.give_up_after as usize {
+            launch.events.line(
+                "",
+                &format!(
+                    "{}: GIVING UP after {} failures within {} s (last: {last_exit}); the rest of \
+                     the desk keeps running. Fix it, then start it again with `master-launch start {}`",
+                    component.lock_name,
+                    self.failures.len(),
+                    FAILURE_WINDOW.as_secs(),
+                    component.lock_name
+                ),
+            );
+            return Some(Outcome::GaveUp {
+                failures: self.failures.len(),
+                last_exit,
+            });
+        }
+        self.wait(component, launch, shared, last_exit)
+    }
+
+    /// Waits out the current delay (a stop cuts it short) and doubles the next one.
+    fn wait(
+        &mut self,
+        component: &Component,
+        launch: &Launch,
+        shared: &Shared,
+        last_exit: String,
+    ) -> Option<Outcome> {
+        self.attempt = self.attempt.saturating_add(1);
         launch.events.line(
             "",
             &format!(
-                "{}: GIVING UP after {} failures within {} s; the rest of the desk keeps running. \
-                 Fix it, then start it again with `master-launch run {}`",
+                "{}: restarting in {} ms",
                 component.lock_name,
-                failures.len(),
-                FAILURE_WINDOW.as_secs(),
-                component.lock_name
+                self.delay.as_millis()
             ),
         );
-        return Some(Outcome::GaveUp);
+        (launch.report)(Report::Restarting {
+            attempt: self.attempt,
+            delay: self.delay,
+            last_exit,
+        });
+        let guard = shared.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = shared.wake.wait_timeout_while(guard, self.delay, |_| {
+            !shared.stopping.load(Ordering::SeqCst)
+        });
+        self.delay = if self.delay.is_zero() {
+            FIRST_BACKOFF
+        } else {
+            self.delay.saturating_mul(2)
+        }
+        .min(MAX_RESTART_DELAY);
+        if shared.stopping.load(Ordering::SeqCst) {
+            return Some(Outcome::Stopped);
+        }
+        None
     }
-    launch.events.line(
-        "",
-        &format!(
-            "{}: restarting in {} ms",
-            component.lock_name,
-            delay.as_millis()
-        ),
-    );
-    let guard = shared.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = shared
-        .wake
-        .wait_timeout_while(guard, *delay, |_| !shared.stopping.load(Ordering::SeqCst));
-    *delay = delay.saturating_mul(2).min(MAX_RESTART_DELAY);
-    if shared.stopping.load(Ordering::SeqCst) {
-        return Some(Outcome::Stopped);
-    }
-    None
 }
 
 /// The component's command with the supervisor's environment and piped output.

@@ -345,7 +345,8 @@ fn a_crash_looping_child_is_given_up_while_the_rest_keep_running() {
         assert_eq!(view.copies.len(), 1, "{name} stopped too");
         assert!(view.copies[0].locked);
     }
-    assert_eq!(launcher.stop_desk(), 0);
+    // Its exit code says it ended with a component given up.
+    assert_eq!(launcher.stop_desk(), 1);
 }
 
 // Unix-only: it sends SIGINT; a test cannot type Ctrl+C into master-launch's console.

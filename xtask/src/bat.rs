@@ -81,10 +81,12 @@ pub fn all_wrappers(fleet: &Fleet) -> Vec<(String, String)> {
         let name = &component.lock_name;
         wrappers.push((
             format!("START_{name}.bat"),
+            // With master-launch running, it asks it to start NAME (supervised);
+            // without, it runs NAME by hand under its lock.
             wrapper(
-                &format!("Start {name} by hand, under its lock."),
+                &format!("Start {name}: through the running master-launch, else by hand."),
                 "master-launch",
-                &["run", name],
+                &["start", "--or-run", name],
             ),
         ));
     }
@@ -107,5 +109,25 @@ mod tests {
         let tool_line = text.find("check-procs.exe").unwrap();
         let delayed = text.find("EnableDelayedExpansion").unwrap();
         assert!(delayed > tool_line, "{text}");
+    }
+
+    #[test]
+    fn a_start_wrapper_asks_the_orchestrator_or_runs_by_hand() {
+        let fleet = Fleet::from_toml(
+            std::path::Path::new("fleet.toml"),
+            "[[account]]\nname = \"ATLAS\"\nbrain = [\"b\"]\nwatchdog = [\"w\"]\n",
+        )
+        .unwrap();
+        let wrappers = all_wrappers(&fleet);
+        let (_, text) = wrappers
+            .iter()
+            .find(|(name, _)| name == "START_BRAIN_ATLAS.bat")
+            .unwrap();
+        assert!(
+            text.contains(
+                "master-launch.exe\" --config \"%~dp0fleet.toml\" start --or-run BRAIN_ATLAS"
+            ),
+            "{text}"
+        );
     }
 }

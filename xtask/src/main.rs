@@ -176,7 +176,8 @@ fn desk_readme() -> String {
      \x20 SAFE_SHUTDOWN.bat   stop the desk in a safe order (asks you to type YES)\n\
      \x20 CHECK_PROCS.bat     see what runs and what is wrong\n\
      \x20 LOCK_GC.bat         remove stale lock files (never a held one)\n\
-     \x20 START_<NAME>.bat    start one bot by hand, under its lock\n\
+     \x20 START_<NAME>.bat    start one bot: through the running master-launch, else by\n\
+     \x20                     hand under its lock\n\
      \x20 INSTALL_AT_LOGON.bat    start the desk by itself, without a window, whenever\n\
      \x20                         you log on (after a Windows Update restart too)\n\
      \x20 UNINSTALL_AT_LOGON.bat  stop doing that (a running desk keeps running)\n\n\
@@ -210,6 +211,11 @@ fn desk_readme() -> String {
      can start it:\n\
      \x20 if not os.environ.get(\"FLEET_LOCK_FILE\"):\n\
      \x20     sys.exit(\"refusing to start: start me through master-launch\")\n\n\
+     While the desk runs, from PowerShell in this folder:\n\
+     \x20 .\\master-launch.exe start BRAIN_ATLAS     bring back a bot that was given up\n\
+     \x20 .\\master-launch.exe start --account ATLAS or stopped (watchdog, then brain)\n\
+     \x20 .\\master-launch.exe restart BRAIN_ATLAS   stop it gracefully and start it again\n\
+     A brain never runs while its account's watchdog does not.\n\n\
      From PowerShell: .\\check-procs.exe --json | ConvertFrom-Json\n\
      Scheduling a .bat (Task Scheduler) or running it from PowerShell: set\n\
      DESK_NO_PAUSE=1 so it does not wait for a key at the end.\n\n\

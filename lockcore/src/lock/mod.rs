@@ -23,6 +23,7 @@
 //! or writing; scans report it as a [`StrayEntry`] and otherwise skip it. A record is
 //! read only up to [`MAX_RECORD_BYTES`]; a bigger file is `corrupt`.
 
+pub(crate) mod entry;
 mod os;
 
 pub(crate) use os::retry_transient;
@@ -497,7 +498,7 @@ impl LockDir {
             .entries()?
             .into_iter()
             .map(|(file_name, _, _)| file_name)
-            .filter(|n| !n.ends_with(".lock") && !n.ends_with(".stop") && !n.ends_with(".tmp"))
+            .filter(|n| !is_desk_entry(n) && !n.ends_with(".tmp"))
             .collect();
         names.sort();
         Ok(names)
@@ -516,14 +517,13 @@ impl LockDir {
         ))
     }
 
-    /// `*.lock` and `*.stop` entries that are not regular files, sorted by name.
+    /// Entries named like the tools' own (`*.lock`, `*.stop`, `*.start`, `*.restart`,
+    /// `*.state`) that are not regular files, sorted by name.
     pub fn stray_entries(&self) -> Result<Vec<StrayEntry>, LockError> {
         let mut strays: Vec<StrayEntry> = self
             .entries()?
             .into_iter()
-            .filter(|(file_name, _, _)| {
-                file_name.ends_with(".lock") || file_name.ends_with(".stop")
-            })
+            .filter(|(file_name, _, _)| is_desk_entry(file_name))
             .filter_map(|(file_name, path, non_regular)| {
                 Some(StrayEntry {
                     file_name,
@@ -798,6 +798,16 @@ pub(crate) fn open_entry(path: &Path) -> io::Result<File> {
 /// What a lock-dir entry is, if [`open_entry`] refused it for not being a regular file.
 pub(crate) fn not_a_file(error: &io::Error) -> Option<&'static str> {
     os::not_a_file(error)
+}
+
+/// Suffixes of the entries the tools write in the lock dir: locks, stop, start and
+/// restart requests, and the orchestrator's published view.
+const DESK_ENTRY_SUFFIXES: [&str; 5] = [".lock", ".stop", ".start", ".restart", ".state"];
+
+fn is_desk_entry(file_name: &str) -> bool {
+    DESK_ENTRY_SUFFIXES
+        .iter()
+        .any(|suffix| file_name.ends_with(suffix))
 }
 
 /// A lock-dir entry: its file name, its path, and what it is if not a regular file.

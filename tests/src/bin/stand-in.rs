@@ -4,13 +4,16 @@
 //!
 //! ```text
 //! stand-in NAME [--ignore-stop] [--stop-delay-ms N] [--crash-after-ms N] [--exit-log FILE]
-//!              [--say TEXT]
+//!              [--say TEXT] [--crash-while FILE] [--exit-after-ms N]
 //! ```
 //!
 //! - On SIGTERM/SIGINT (Ctrl+C, Ctrl+Break, console close on Windows) it logs, waits
 //!   `--stop-delay-ms`, appends `NAME <unix-ms>` to `--exit-log`, and exits 0.
 //! - `--ignore-stop`: logs the request and keeps running (a hung bot).
 //! - `--crash-after-ms N`: exits with code 3 after N ms (a crash-looping bot).
+//! - `--exit-after-ms N`: exits cleanly (code 0) after N ms.
+//! - `--crash-while FILE`: exits with code 3 at once while FILE exists (a bug that a
+//!   test "fixes" by removing the file).
 //! - `--say TEXT`: prints TEXT once at start (non-ASCII output, say). It also reports
 //!   the Python encoding variables it was given.
 //! - With `STANDIN_LAUNCHER=1` it acts like a Windows venv `python.exe`: it starts the
@@ -28,6 +31,8 @@ struct Options {
     crash_after: Option<Duration>,
     exit_log: Option<String>,
     say: Option<String>,
+    crash_while: Option<String>,
+    exit_after: Option<Duration>,
 }
 
 fn main() {
@@ -47,6 +52,8 @@ fn parse(args: &[String]) -> Options {
         crash_after: None,
         exit_log: None,
         say: None,
+        crash_while: None,
+        exit_after: None,
     };
     let mut rest = args.iter().skip(1);
     while let Some(flag) = rest.next() {
@@ -60,6 +67,8 @@ fn parse(args: &[String]) -> Options {
             "--crash-after-ms" => options.crash_after = Some(number()),
             "--exit-log" => options.exit_log = rest.next().cloned(),
             "--say" => options.say = rest.next().cloned(),
+            "--exit-after-ms" => options.exit_after = Some(number()),
+            "--crash-while" => options.crash_while = rest.next().cloned(),
             _ => {}
         }
     }
@@ -80,6 +89,12 @@ fn launch_child(args: &[String]) -> ! {
 }
 
 fn run(options: &Options) {
+    if let Some(file) = &options.crash_while
+        && std::path::Path::new(file).exists()
+    {
+        log(&options.name, &format!("crashing: {file} exists"));
+        std::process::exit(3);
+    }
     let (stop_tx, stop_rx) = channel();
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = stop_tx.send(());
@@ -112,7 +127,7 @@ fn run(options: &Options) {
     }
     let started = Instant::now();
     loop {
-        let wait = match options.crash_after {
+        let wait = match options.crash_after.or(options.exit_after) {
             Some(after) => after
                 .saturating_sub(started.elapsed())
                 .min(Duration::from_secs(1)),
@@ -134,6 +149,13 @@ fn run(options: &Options) {
                 {
                     log(&options.name, "crashing on purpose");
                     std::process::exit(3);
+                }
+                if options
+                    .exit_after
+                    .is_some_and(|after| started.elapsed() >= after)
+                {
+                    log(&options.name, "done; exiting cleanly");
+                    std::process::exit(0);
                 }
             }
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),

@@ -1,0 +1,139 @@
+//! The small JSON files of the lock dir besides the locks (stop, start and restart
+//! requests, the orchestrator's published state): written whole or not at all, read
+//! without following links or blocking, and never read past [`MAX_RECORD_BYTES`].
+//!
+//! Writes go to a temporary file created new (never opened through a link someone
+//! left there) and then take the final name in one step, so a reader never sees half
+//! a file (DESIGN.md rule 12).
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use super::MAX_RECORD_BYTES;
+
+/// What to do when the final name is already taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Replace it (a rename replaces a link at the name rather than following it).
+    Replace,
+    /// Keep it: the write reports [`Written::AlreadyThere`].
+    Keep,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Written {
+    At(PathBuf),
+    /// [`Existing::Keep`] found the name taken; nothing was written.
+    AlreadyThere(PathBuf),
+}
+
+/// Writes `bytes` to `<dir>/<file_name>` in one step. Transient Windows errors (an
+/// antivirus or indexer holding the new file for a moment) are retried for about a
+/// second.
+pub(crate) fn write_whole(
+    dir: &Path,
+    file_name: &str,
+    bytes: &[u8],
+    existing: Existing,
+) -> io::Result<Written> {
+    super::retry_transient(|| write_once(dir, file_name, bytes, existing))
+}
+
+fn write_once(
+    dir: &Path,
+    file_name: &str,
+    bytes: &[u8],
+    existing: Existing,
+) -> io::Result<Written> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(file_name);
+    let temporary = dir.join(format!("{file_name}.{}.tmp", std::process::id()));
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)
+    };
+    let mut file = match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Left by an earlier process with our pid; unlink never follows a link.
+            std::fs::remove_file(&temporary)?;
+            create()?
+        }
+        other => other?,
+    };
+    io::Write::write_all(&mut file, bytes)?;
+    drop(file);
+    let placed = match existing {
+        Existing::Replace => std::fs::rename(&temporary, &path).map(|()| Written::At(path.clone())),
+        // A hard link never replaces what is there: two writers cannot both win.
+        Existing::Keep => match std::fs::hard_link(&temporary, &path) {
+            Ok(()) => Ok(Written::At(path.clone())),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Ok(Written::AlreadyThere(path.clone()))
+            }
+            Err(e) => Err(e),
+        },
+    };
+    // After a rename this is gone already; after a link it is the second name.
+    let _ = std::fs::remove_file(&temporary);
+    placed.map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
+}
+
+/// What reading an entry found.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum EntryRead {
+    /// Nothing there, or something that is not a regular file (a link, FIFO or
+    /// directory: never opened in a way that could block; scans report it).
+    Nothing,
+    /// The file's JSON object.
+    Object(serde_json::Map<String, serde_json::Value>),
+    /// It is there but cannot be used, and why (naming its path).
+    Unreadable(String),
+}
+
+/// Reads `<dir>/<file_name>` as a JSON object, if it is a regular file.
+pub(crate) fn read_object(dir: &Path, file_name: &str) -> EntryRead {
+    let path = dir.join(file_name);
+    let unreadable =
+        |why: String| EntryRead::Unreadable(format!("{} is unreadable: {why}", path.display()));
+    let mut file = match super::open_entry(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return EntryRead::Nothing,
+        Err(e) if super::not_a_file(&e).is_some() => return EntryRead::Nothing,
+        Err(e) => return unreadable(e.to_string()),
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = (&mut file)
+        .take(MAX_RECORD_BYTES.saturating_add(1))
+        .read_to_end(&mut bytes)
+    {
+        return unreadable(e.to_string());
+    }
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return unreadable(format!("larger than {MAX_RECORD_BYTES} bytes"));
+    }
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(fields)) => EntryRead::Object(fields),
+        Ok(_) => unreadable("not a JSON object".into()),
+        Err(e) => unreadable(e.to_string()),
+    }
+}
+
+/// Removes `<dir>/<file_name>` if it is a regular file. Anything else was never
+/// written by the tools and is left alone (DESIGN.md rule 12).
+pub(crate) fn remove_file_entry(dir: &Path, file_name: &str) -> io::Result<()> {
+    let path = dir.join(file_name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(metadata) if metadata.file_type().is_file() => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
