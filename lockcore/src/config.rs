@@ -19,6 +19,9 @@ use toml::Spanned;
 use crate::copies::CopyRule;
 use crate::lock::{BadName, check_lock_name};
 
+mod keys;
+pub use keys::{CONFIG_KEYS, ConfigKey, accepted_keys};
+
 /// The config file every tool reads unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "fleet.toml";
 /// The lock name `master-launch` holds for its lifetime.
