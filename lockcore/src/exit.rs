@@ -36,11 +36,19 @@ impl ExitCode {
     /// What the code tells a person or a script, for every tool.
     pub fn meaning(self) -> &'static str {
         match self {
-            ExitCode::Ok => "ok / healthy",
-            ExitCode::Problems => "problems found, or an action did not complete",
-            ExitCode::Usage => "bad arguments or configuration; nothing was changed",
+            ExitCode::Ok => "ok: everything asked for was done; the desk is healthy",
+            ExitCode::Problems => {
+                "problems found, or an action did not complete (something survived a stop, \
+                 the answer was not YES, a folder could not be read)"
+            }
+            ExitCode::Usage => {
+                "bad arguments, a bad fleet.toml (the message names file, line and fix), a \
+                 path from it that cannot be used, or safe-shutdown with no terminal and no \
+                 --yes; nothing is left changed"
+            }
             ExitCode::Refused => {
-                "refused because a lock is held, or because a copy runs without any lock; nothing was started"
+                "refused: a lock is held, or a copy of a component already runs without any \
+                 lock; nothing was started"
             }
         }
     }

@@ -233,6 +233,30 @@ fn desk_readme() -> String {
         .to_string()
         + &lockcore::ExitCode::ALL
             .iter()
-            .map(|code| format!("  {}  {}\n", code.code(), code.meaning()))
+            .map(|code| wrap(&format!("  {}  ", code.code()), code.meaning(), 80, "     "))
             .collect::<String>()
+}
+
+/// `prefix` and `text` in lines of at most `width` characters (a longer word stands
+/// alone), each line after the first starting with `indent`.
+fn wrap(prefix: &str, text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = prefix.to_string();
+    let mut fresh = true;
+    for word in text.split_whitespace() {
+        if !fresh && line.len() + 1 + word.len() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.to_string();
+            fresh = true;
+        }
+        if !fresh {
+            line.push(' ');
+        }
+        line.push_str(word);
+        fresh = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
