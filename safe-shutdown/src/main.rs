@@ -55,7 +55,8 @@ struct Args {
     /// The desk's config file.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
-    /// Do not ask; stop at once.
+    /// Do not ask; stop at once. Without it and without a terminal to ask on, nothing
+    /// is touched (exit 2).
     #[arg(long)]
     yes: bool,
     /// Stop only this account (repeatable); the rest keep trading.
