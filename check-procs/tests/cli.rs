@@ -553,3 +553,73 @@ fn files_that_are_not_locks_in_the_lock_folder_are_warned_about() {
         b"mine"
     );
 }
+
+/// Every field path of a `--json` document: `version`, `components[]`,
+/// `components[].name`, `autostart.how`; a lock's record is the file's own JSON.
+fn json_paths(value: &Value, prefix: &str, paths: &mut std::collections::BTreeSet<String>) {
+    let Value::Object(fields) = value else {
+        return;
+    };
+    for (key, value) in fields {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            Value::Array(items) if items.iter().any(Value::is_object) => {
+                let path = format!("{path}[]");
+                if !lockcore::desk::JSON_OPAQUE.contains(&path.as_str()) {
+                    for item in items {
+                        json_paths(item, &path, paths);
+                    }
+                }
+                paths.insert(path);
+            }
+            Value::Object(_) => {
+                if !lockcore::desk::JSON_OPAQUE.contains(&path.as_str()) {
+                    json_paths(value, &path, paths);
+                }
+                paths.insert(path);
+            }
+            _ => {
+                paths.insert(path);
+            }
+        }
+    }
+}
+
+/// The README's `--json` table is generated from `lockcore::desk::JSON_FIELDS`; this
+/// holds that list to a real document with every array filled (a running bot, a copy,
+/// a bad lock file, a problem), so a field cannot be added or renamed without its row.
+#[test]
+fn the_documented_json_fields_are_exactly_the_documents_fields() {
+    let desk = Desk::new("qs_fields", &["FIELDS1"]);
+    let _bot = desk.start_locked("BRAIN_FIELDS1", &[]);
+    std::fs::create_dir_all(desk.lock_dir()).unwrap();
+    std::fs::write(desk.lock_path("WATCHDOG_FIELDS1"), b"garbage").unwrap();
+    let (_, _, json) = check(&desk);
+    for array in ["components", "locks", "processes", "problems"] {
+        assert!(
+            !json[array].as_array().unwrap().is_empty(),
+            "{array} is empty: {json}"
+        );
+    }
+    let mut found = std::collections::BTreeSet::new();
+    json_paths(&json, "", &mut found);
+    let documented: std::collections::BTreeSet<String> = lockcore::desk::JSON_FIELDS
+        .iter()
+        .flat_map(lockcore::desk::JsonField::paths)
+        .collect();
+    assert_eq!(
+        found, documented,
+        "check-procs --json and JSON_FIELDS (lockcore/src/desk/documented.rs) differ"
+    );
+    let state = component(&json, "BRAIN_FIELDS1")["state"].clone();
+    assert!(
+        lockcore::ComponentState::ALL
+            .iter()
+            .any(|s| state == s.as_str()),
+        "{state}"
+    );
+}

@@ -11,8 +11,9 @@
 //! `*.lock` file (a `poetry.lock`) is reported as `unknown_lock` and kept. With
 //! `--lock-dir` there is no config, so the desk's lock names are unknown: only
 //! `MASTER_LAUNCH` counts as one. Entries that are not regular files are reported and
-//! left alone. Exit codes: 0 when it ran, 1 when the lock dir could not be read,
-//! 2 bad arguments or config (or a `--lock-dir` that is not a folder).
+//! left alone. Exit codes: 0 when it ran (entries it could not use are reported as
+//! skipped), 1 when the lock dir itself could not be read (nothing was cleaned), 2 bad
+//! arguments or config (or a `--lock-dir` that is not a folder).
 
 use lockcore::{errln, outln};
 use std::path::PathBuf;

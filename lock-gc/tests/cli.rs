@@ -171,6 +171,37 @@ fn a_lock_dir_that_does_not_exist_is_a_usage_error() {
     lock_gc().arg("--lock-dir").arg(&file).assert().code(2);
 }
 
+/// README: exit 1 when the lock folder cannot be read (here the config's `lock_dir` is
+/// a file): the cleaning did not happen, and the message names the folder. The file
+/// is left as it was, with and without `--dry-run`.
+#[test]
+fn a_lock_dir_that_cannot_be_read_is_exit_1_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_folder = dir.path().join("locks");
+    std::fs::write(&not_a_folder, b"a file, not a folder").unwrap();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        "lock_dir = \"locks\"\n[[account]]\nname = \"A\"\nbrain = [\"b\"]\nwatchdog = [\"w\"]\n",
+    )
+    .unwrap();
+    for dry_run in [false, true] {
+        let mut command = lock_gc();
+        command.arg("--config").arg(&config);
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        command
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("locks").and(predicate::str::contains("cannot")));
+        assert_eq!(
+            std::fs::read(&not_a_folder).unwrap(),
+            b"a file, not a folder"
+        );
+    }
+}
+
 /// Table row: `lock_dir = "."` beside `poetry.lock` and `Pipfile.lock`: lock-gc deleted
 /// both. Validation now refuses that lock dir; and a lock dir that holds another
 /// program's `*.lock` files keeps them.

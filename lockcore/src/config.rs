@@ -19,6 +19,9 @@ use toml::Spanned;
 use crate::copies::CopyRule;
 use crate::lock::{BadName, check_lock_name};
 
+mod keys;
+pub use keys::{CONFIG_KEYS, ConfigKey, accepted_keys};
+
 /// The config file every tool reads unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "fleet.toml";
 /// The lock name `master-launch` holds for its lifetime.
@@ -580,18 +583,24 @@ impl Checker<'_> {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(lock_name))
         {
-            let problem = if *first == 0 {
-                format!("{what} lock name `{lock_name}` is reserved for `{existing}`")
+            let (problem, fix) = if *first == 0 {
+                (
+                    format!("{what} lock name `{lock_name}` is reserved for `{existing}`"),
+                    format!("choose another name: `{existing}` is master-launch's own lock"),
+                )
             } else {
-                format!(
-                    "{what} lock name `{lock_name}` is already used on line {first} (`{existing}`)"
+                (
+                    format!(
+                        "{what} lock name `{lock_name}` is already used on line {first} (`{existing}`)"
+                    ),
+                    "give each global and account a name of its own".to_string(),
                 )
             };
             return Err(ConfigError::Invalid {
                 path: self.path.to_path_buf(),
                 line,
                 problem,
-                fix: "give each global and account a name of its own".into(),
+                fix,
             });
         }
         names.push((lock_name.to_string(), line));

@@ -6,6 +6,9 @@
 
 use serde::Serialize;
 
+mod documented;
+pub use documented::{JSON_FIELDS, JSON_OPAQUE, JsonField};
+
 use crate::config::{Component, Fleet, MASTER_LOCK_NAME};
 use crate::control::{DeskState, Supervised, Supervision};
 use crate::lock::{LockDir, LockError, LockState, LockStatus, StrayEntry};
@@ -56,7 +59,10 @@ pub struct ComponentView {
 /// What a component is doing, as check-procs shows it (`--json` uses [`as_str`]).
 ///
 /// [`as_str`]: ComponentState::as_str
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+///
+/// Each state has a sentence in `desk/documented.rs` (`ComponentState::meaning`, `ALL`);
+/// `Deserialize` is derived only so a test can hold `ALL` to the variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ComponentState {
     /// More than one copy runs.

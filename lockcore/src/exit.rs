@@ -3,7 +3,10 @@
 //! Scripts and the `.bat` wrappers branch on these, so they never change meaning.
 
 /// A tool's exit status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// `Deserialize` is derived only so that a test can list the variants the compiler
+/// knows ([`crate::introspect::enum_variants`]) and hold [`ExitCode::ALL`] to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[repr(u8)]
 pub enum ExitCode {
     /// Everything asked for was done; the desk is healthy.
@@ -17,8 +20,37 @@ pub enum ExitCode {
 }
 
 impl ExitCode {
+    /// Every exit code, in order: the README's table and the bundle's README.txt are
+    /// generated from this list and [`ExitCode::meaning`] (`cargo xtask docs`).
+    pub const ALL: [ExitCode; 4] = [
+        ExitCode::Ok,
+        ExitCode::Problems,
+        ExitCode::Usage,
+        ExitCode::Refused,
+    ];
+
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// What the code tells a person or a script, for every tool.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ExitCode::Ok => "ok: everything asked for was done; the desk is healthy",
+            ExitCode::Problems => {
+                "problems found, or an action did not complete (something survived a stop, \
+                 the answer was not YES, a folder could not be read)"
+            }
+            ExitCode::Usage => {
+                "bad arguments, a bad fleet.toml (the message names file, line and fix), a \
+                 path from it that cannot be used, or safe-shutdown with no terminal and no \
+                 --yes; nothing is left changed"
+            }
+            ExitCode::Refused => {
+                "refused: a lock is held, or a copy of a component already runs without any \
+                 lock; nothing was started"
+            }
+        }
     }
 }
 
@@ -131,6 +163,25 @@ impl From<crate::autostart::AutostartError> for ToolError {
             ToolError::Usage(UsageError(error.to_string()))
         } else {
             ToolError::failed(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_variant_in_code_order() {
+        let names: Vec<String> = ExitCode::ALL.iter().map(|c| format!("{c:?}")).collect();
+        assert_eq!(
+            names,
+            crate::introspect::enum_variants::<ExitCode>(),
+            "ExitCode::ALL must list every variant"
+        );
+        for (position, code) in ExitCode::ALL.iter().enumerate() {
+            assert_eq!(usize::from(code.code()), position);
+            assert!(!code.meaning().is_empty());
         }
     }
 }

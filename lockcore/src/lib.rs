@@ -17,6 +17,7 @@
 //! - [`stop_engine`]: stages in the safe order, deadlines, graceful-then-forced: every stop.
 //! - [`graceful`]: asking a process we did not start to stop (SIGTERM, CTRL_BREAK, close).
 //! - [`exit`]: the exit codes every tool uses.
+//! - [`introspect`]: the field and variant names serde knows, for the generated docs.
 //! - [`output`]: colour decisions and error printing at the binary edge.
 //! - [`printer`]: stdout and stderr that never panic or block (`outln!`, `errln!`).
 //!
@@ -29,6 +30,7 @@ pub mod copies;
 pub mod desk;
 pub mod exit;
 pub mod graceful;
+pub mod introspect;
 pub mod lock;
 pub mod logs;
 pub mod output;

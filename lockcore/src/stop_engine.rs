@@ -274,6 +274,16 @@ impl StopObserver for Quiet {}
 mod tests {
     use super::*;
 
+    /// The stop order has one home: `Stage`. Its `Ord` (used to sort targets and joins
+    /// in master-launch and safe-shutdown) is `ORDER`, and `of` puts brains first.
+    #[test]
+    fn stage_ordering_is_the_safe_order() {
+        assert!(Stage::ORDER.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(Stage::of(Role::Brain) < Stage::of(Role::Watchdog));
+        assert!(Stage::of(Role::Watchdog) < Stage::of(Role::Global));
+        assert!(Stage::of(Role::Global) < Stage::Orchestrator);
+    }
+
     /// A target that stops after `stops_after` (or never), and records what was done
     /// to it, with the time since the test began.
     #[derive(Debug)]

@@ -435,4 +435,90 @@ fn a_per_process_restart_delay_over_an_hour_is_refused() {
     let (line, problem) = refusal(text);
     assert_eq!(line, 5);
     assert!(problem.contains("more than an hour"), "{problem}");
+/// A refusal's line, problem and fix, after checking that the message a person sees
+/// names the file and the line and carries the fix.
+fn refusal_and_fix(text: &str) -> (usize, String, String) {
+    let error = Fleet::from_toml(Path::new("desk/fleet.toml"), text).unwrap_err();
+    let message = error.to_string();
+    match error {
+        ConfigError::Invalid {
+            line, problem, fix, ..
+        } => {
+            assert!(
+                message.starts_with(&format!("desk/fleet.toml:{line}: ")),
+                "{message}"
+            );
+            assert!(message.ends_with(&format!("; fix: {fix}")), "{message}");
+            (line, problem, fix)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_empty_match_is_refused_at_its_line() {
+    let (line, problem, fix) = refusal_and_fix(
+        "[[global]]\nname = \"qs\"\ncommand = [\"q.py\"]\nmatch = []\n\n[[account]]\nname = \"A\"\nbrain = [\"b.py\"]\nwatchdog = [\"w.py\"]\n",
+    );
+    assert_eq!(line, 4);
+    assert!(
+        problem.contains("the match pattern of `qs` is empty"),
+        "{problem}"
+    );
+    assert!(fix.contains("remove the key"), "{fix}");
+    for key in ["brain_match", "watchdog_match"] {
+        let (line, problem, _) = refusal_and_fix(&tiny_desk("", "ACC").replace(
+            "watchdog = [\"w.py\"]\n",
+            &format!("watchdog = [\"w.py\"]\n{key} = []\n"),
+        ));
+        assert_eq!(line, 6, "{key}");
+        assert!(problem.contains("match pattern of"), "{key}: {problem}");
+        assert!(problem.contains("is empty"), "{key}: {problem}");
+    }
+}
+
+#[test]
+fn the_reserved_master_launch_name_is_refused_in_any_case() {
+    for name in ["MASTER_LAUNCH", "master_launch", "Master_Launch"] {
+        let (line, problem, fix) = refusal_and_fix(&format!(
+            "[[global]]\nname = \"{name}\"\ncommand = [\"q.py\"]\n"
+        ));
+        assert_eq!(line, 2, "{name}");
+        assert!(
+            problem.contains(&format!("`{name}` is reserved for `MASTER_LAUNCH`")),
+            "{problem}"
+        );
+        assert!(fix.contains("master-launch's own lock"), "{fix}");
+    }
+}
+
+#[test]
+fn a_restart_delay_over_an_hour_is_refused() {
+    let (line, problem, fix) = refusal_and_fix(&tiny_desk(
+        "[defaults]\nrestart_delay_ms = 18446744073709551615",
+        "ACC",
+    ));
+    assert_eq!(line, 2);
+    assert!(problem.contains("more than an hour"), "{problem}");
+    assert!(fix.contains("3600000"), "{fix}");
+}
+
+#[test]
+fn an_empty_name_is_refused() {
+    let (line, problem, fix) = refusal_and_fix(&tiny_desk("", ""));
+    assert_eq!(line, 3);
+    assert!(
+        problem.contains("account name `` is not usable"),
+        "{problem}"
+    );
+    assert!(fix.contains("letters, digits"), "{fix}");
+}
+
+#[test]
+fn a_value_of_the_wrong_kind_is_refused_at_its_line() {
+    let (line, problem, fix) =
+        refusal_and_fix(&tiny_desk("[defaults]\nrestart = \"sometimes\"", "ACC"));
+    assert_eq!(line, 2);
+    assert!(problem.contains("sometimes"), "{problem}");
+    assert!(fix.contains("correct the value"), "{fix}");
 }

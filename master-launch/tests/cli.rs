@@ -620,6 +620,51 @@ fn a_stop_request_stops_a_hand_started_component() {
     assert!(!desk.lock_dir().join("WATCHDOG_RUNREQ.stop").exists());
 }
 
+/// README: stop requests left from before a start are "cleared, and logged, when
+/// master-launch or `run` takes the locks". `run` clears its component's request
+/// (it is not obeyed: the bot keeps running) and says so in master-launch.log.
+#[test]
+fn run_clears_a_request_left_from_before_its_start_and_logs_it() {
+    let desk = Desk::new("qs_runold", &["RUNOLD"]);
+    std::fs::create_dir_all(desk.lock_dir()).unwrap();
+    lockcore::StopRequest::new("WATCHDOG_RUNOLD", Duration::from_secs(1))
+        .write(&desk.lock_dir())
+        .unwrap();
+    let mut runner = launch(&desk, &["run", "WATCHDOG_RUNOLD"]);
+    wait_until("the watchdog to run under its lock", || {
+        desk.snapshot()
+            .component("WATCHDOG_RUNOLD")
+            .unwrap()
+            .managed
+            .is_some()
+    });
+    assert!(!desk.lock_dir().join("WATCHDOG_RUNOLD.stop").exists());
+    // Several looks at the lock dir later, it still runs.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(runner.running.child.try_wait().unwrap().is_none());
+    assert!(
+        desk.snapshot()
+            .component("WATCHDOG_RUNOLD")
+            .unwrap()
+            .managed
+            .is_some()
+    );
+    let log = desk.master_log();
+    assert!(
+        log.contains("cleared a stop request for WATCHDOG_RUNOLD left from before this start"),
+        "{log}"
+    );
+    lockcore::StopRequest::new("WATCHDOG_RUNOLD", Duration::from_secs(5))
+        .write(&desk.lock_dir())
+        .unwrap();
+    let mut status = None;
+    wait_until("the runner to exit", || {
+        status = runner.running.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(0));
+}
+
 /// `run NAME` (what every START_<NAME>.bat calls) refuses beside a copy started by
 /// hand without a lock, names it, starts nothing and leaves no lock behind.
 #[test]

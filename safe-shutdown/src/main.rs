@@ -16,7 +16,8 @@
 //! to signalling the process, and an audit log that cannot be opened is reported on
 //! stderr (with its path) while the stop goes on. Exit codes: 0 all stopped, 1
 //! something survived, the user cancelled, or the audit log is incomplete, 2 bad
-//! arguments or config, or no terminal to confirm on.
+//! arguments or config, or no terminal to confirm on (then nothing is touched, not even
+//! a stale lock file when nothing runs).
 
 mod find;
 
@@ -54,7 +55,8 @@ struct Args {
     /// The desk's config file.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
-    /// Do not ask; stop at once.
+    /// Do not ask; stop at once. Without it and without a terminal to ask on, nothing
+    /// is touched (exit 2).
     #[arg(long)]
     yes: bool,
     /// Stop only this account (repeatable); the rest keep trading.
@@ -101,8 +103,19 @@ fn run(args: &Args) -> Result<ExitCode> {
     for line in &left_alone {
         outln!("{line}");
     }
+    // Without a terminal to ask on, nothing is touched unless --yes says so: not a
+    // process, not a lock file (DESIGN.md: no terminal means refuse).
+    let unconfirmable = !args.yes && !args.dry_run && !std::io::stdin().is_terminal();
     if targets.is_empty() {
         outln!("Nothing to stop: no process of the desk runs.");
+        if unconfirmable {
+            errln!(
+                "{TOOL}: refusing to remove stale lock files without confirmation: there is \
+                 no terminal to ask on, and nothing was touched. Pass --yes to remove them, \
+                 or run lock-gc."
+            );
+            return Ok(ExitCode::Usage);
+        }
         if !args.dry_run {
             clean_locks(&fleet, &selection, &mut probe, &Audit::none());
         }
@@ -123,11 +136,11 @@ fn run(args: &Args) -> Result<ExitCode> {
         audit.line(line);
     }
     if !args.yes {
-        if !std::io::stdin().is_terminal() {
+        if unconfirmable {
             audit.line("refused: no terminal to confirm on and no --yes; nothing stopped");
             errln!(
                 "{TOOL}: refusing to stop anything without confirmation: there is no terminal \
-                 to ask on. Run it in a console, or pass --yes."
+                 to ask on, and nothing was touched. Run it in a console, or pass --yes."
             );
             return Ok(ExitCode::Usage);
         }

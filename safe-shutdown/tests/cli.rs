@@ -80,6 +80,51 @@ fn without_a_terminal_and_without_yes_it_refuses_and_stops_nothing() {
     assert!(audit.contains("refused: no terminal"), "{audit}");
 }
 
+/// README: with no terminal and no `--yes` it "touches nothing", also when nothing runs:
+/// a stale and a corrupt lock file stay byte for byte (with `--yes` they go).
+#[test]
+fn without_a_terminal_and_without_yes_it_leaves_stale_locks_when_nothing_runs() {
+    let desk = Desk::new("qs_noterm_idle", &["IDLE1"]);
+    std::fs::create_dir_all(desk.lock_dir()).unwrap();
+    let stale = serde_json::json!({
+        "pid": 999_999, "name": "BRAIN_IDLE1", "account": "IDLE1",
+        "timestamp": "2026-01-01T00:00:00", "pid_start": 1,
+        "holder_pid": 999_999, "holder_start": 1,
+        "host": "desk", "command": ["python", "BRAIN_IDLE1.py"]
+    })
+    .to_string();
+    std::fs::write(desk.lock_path("BRAIN_IDLE1"), &stale).unwrap();
+    std::fs::write(desk.lock_path("WATCHDOG_IDLE1"), b"garbage").unwrap();
+    let states: Vec<String> = desk
+        .snapshot()
+        .components
+        .iter()
+        .filter_map(|c| c.lock.as_ref().map(|l| l.state.as_str().to_string()))
+        .collect();
+    assert_eq!(states, ["corrupt", "stale"], "the test's premise");
+
+    safe_shutdown(&desk, &[])
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains("Nothing to stop"))
+        .stderr(predicate::str::contains("no terminal").and(predicate::str::contains("--yes")));
+    assert_eq!(
+        std::fs::read_to_string(desk.lock_path("BRAIN_IDLE1")).unwrap(),
+        stale
+    );
+    assert_eq!(
+        std::fs::read(desk.lock_path("WATCHDOG_IDLE1")).unwrap(),
+        b"garbage"
+    );
+    assert!(
+        !desk.dir.path().join("logs/safe-shutdown.log").exists(),
+        "an audit log was written"
+    );
+
+    safe_shutdown(&desk, &["--yes"]).assert().code(0);
+    assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
+}
+
 /// The prompt through a real pseudo-terminal (Python's pty module drives it).
 #[cfg(unix)]
 fn answer_prompt(desk: &Desk, answer: &str) -> (i32, String) {

@@ -356,3 +356,44 @@ fn names_that_could_escape_the_lock_dir_are_refused() {
         );
     }
 }
+
+/// ARCHITECTURE: a starter that meets only shared lockers (inspections) retries, but
+/// not for ever: a reader that never lets go makes the start fail with a message
+/// naming the file within READERS_WAIT (5 s), and once the reader is gone the lock
+/// is taken.
+#[test]
+fn a_starter_kept_out_by_a_reader_that_never_lets_go_fails_in_bounded_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::new(tmp.path());
+    let path = tmp.path().join("BRAIN_READER.lock");
+    std::fs::write(&path, b"").unwrap();
+    let reader = std::fs::File::open(&path).unwrap();
+    reader.lock_shared().unwrap();
+    let claim = LockClaim {
+        account: None,
+        command: vec!["python".into(), "BRAIN_READER.py".into()],
+    };
+    let mut probe = ProcessProbe::new().unwrap();
+    let started = std::time::Instant::now();
+    let error = match dir.acquire("BRAIN_READER", &claim, &mut probe) {
+        Err(error) => error,
+        Ok(_) => panic!("acquired under a shared lock"),
+    };
+    let took = started.elapsed();
+    assert!(
+        matches!(error, lockcore::LockError::KeptBusy { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("BRAIN_READER.lock"), "{error}");
+    assert!(took >= std::time::Duration::from_secs(5), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+
+    // Closing lets go (Wine refuses std's explicit unlock of a whole-file lock).
+    drop(reader);
+    // Read after the reader let go: its whole-file lock blocks reads under Wine.
+    assert_eq!(std::fs::read(&path).unwrap(), b"", "the file was written");
+    match dir.acquire("BRAIN_READER", &claim, &mut probe).unwrap() {
+        Acquire::Acquired(held) => held.release().unwrap(),
+        Acquire::Held(holder) => panic!("held by {holder}"),
+    }
+}

@@ -7,10 +7,13 @@
 //! an example `fleet.toml`, `process_lock.py` (the drop-in lock module for the desk's
 //! existing bots, from `python/`), and a README for the desk; and zips it all. Every `.bat`
 //! comes from [`bat::wrapper`]: edit the template, never the generated files.
+//!
+//! `cargo xtask docs [--check]`: the README's tables generated from the code ([`docs`]).
 
 // A developer tool run through cargo: plain prints to a terminal are what it needs.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 mod bat;
+mod docs;
 
 use std::fs;
 use std::io::Write;
@@ -49,6 +52,17 @@ enum Task {
         #[arg(long, value_name = "DIR", default_value = "dist")]
         out: PathBuf,
     },
+    /// Write the README's generated tables (exit codes, check-procs --json fields and
+    /// states, fleet.toml keys) from the code.
+    Docs {
+        /// Change nothing; exit 1 and show the difference if the README is not what
+        /// the code says.
+        #[arg(long)]
+        check: bool,
+        /// The README to write or check (relative to the workspace root).
+        #[arg(long, value_name = "PATH", default_value = "README.md")]
+        readme: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,13 +73,15 @@ fn main() -> std::process::ExitCode {
             config,
             prebuilt,
             out,
-        } => dist(&target, &config, prebuilt.as_deref(), &out),
+        } => dist(&target, &config, prebuilt.as_deref(), &out).map(|zip| {
+            println!("dist: {}", zip.display());
+            true
+        }),
+        Task::Docs { check, readme } => docs::run(&workspace_root().join(readme), check),
     };
     match result {
-        Ok(zip) => {
-            println!("dist: {}", zip.display());
-            std::process::ExitCode::SUCCESS
-        }
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
         Err(error) => {
             lockcore::output::print_error("xtask", error.as_ref());
             std::process::ExitCode::FAILURE
@@ -219,7 +235,34 @@ fn desk_readme() -> String {
      From PowerShell: .\\check-procs.exe --json | ConvertFrom-Json\n\
      Scheduling a .bat (Task Scheduler) or running it from PowerShell: set\n\
      DESK_NO_PAUSE=1 so it does not wait for a key at the end.\n\n\
-     Exit codes: 0 ok, 1 problems or something survived, 2 bad arguments or config,\n\
-     3 refused because a lock is held.\n"
+     Exit codes (every tool):\n"
         .to_string()
+        + &lockcore::ExitCode::ALL
+            .iter()
+            .map(|code| wrap(&format!("  {}  ", code.code()), code.meaning(), 80, "     "))
+            .collect::<String>()
+}
+
+/// `prefix` and `text` in lines of at most `width` characters (a longer word stands
+/// alone), each line after the first starting with `indent`.
+fn wrap(prefix: &str, text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = prefix.to_string();
+    let mut fresh = true;
+    for word in text.split_whitespace() {
+        if !fresh && line.len() + 1 + word.len() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.to_string();
+            fresh = true;
+        }
+        if !fresh {
+            line.push(' ');
+        }
+        line.push_str(word);
+        fresh = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }

@@ -109,6 +109,14 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
     );
     let readme = std::fs::read_to_string(out.join(&name).join("README.txt")).unwrap();
     assert!(readme.contains("INSTALL_AT_LOGON.bat") && readme.contains("taskschd.msc"));
+    // Every exit code, as lockcore states it (3 also for a copy without any lock).
+    let words = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    for code in lockcore::ExitCode::ALL {
+        let line = format!("{} {}", code.code(), code.meaning());
+        assert!(words.contains(&line), "{line:?} missing from {readme}");
+    }
+    assert!(words.contains("runs without any lock"), "{readme}");
+
     let shutdown = std::fs::read_to_string(out.join(&name).join("SAFE_SHUTDOWN.bat")).unwrap();
     assert!(
         !shutdown.to_lowercase().contains("set /p"),

@@ -46,6 +46,11 @@ use crate::record::{LockRecord, format_local, local_timestamp_now};
 /// a new holder about to write its record, a `lock-gc` mid-check, or a crashed Windows
 /// holder whose handle is not yet released.
 const UNDECIDED_WAIT: Duration = Duration::from_secs(1);
+/// How long a starter retries while only readers (shared lockers: inspections) are in
+/// its way. Each holds the lock for a moment; five seconds of them without a gap means
+/// something keeps a shared lock on the file, and the start fails with a message
+/// instead of waiting for ever.
+const READERS_WAIT: Duration = Duration::from_secs(5);
 const RETRY_PAUSE: Duration = Duration::from_millis(2);
 /// How long remove-if-stale waits on a lock whose record names no live holder.
 const BUSY_WAIT: Duration = Duration::from_millis(200);
@@ -278,6 +283,13 @@ pub enum LockError {
         path.display()
     )]
     NotAFile { path: PathBuf, what: &'static str },
+    #[error(
+        "cannot take {}: nobody holds it, but other programs kept it locked for reading \
+         (shared) for {} s without a gap; find what keeps it open and start again",
+        path.display(),
+        READERS_WAIT.as_secs()
+    )]
+    KeptBusy { path: PathBuf },
     #[error(transparent)]
     Lost(#[from] LockLost),
     #[error(transparent)]
@@ -375,6 +387,9 @@ impl LockDir {
             if os::try_lock_shared(&file).map_err(io_error("lock", &path))? {
                 // Only inspectors were in the way: not held. Let go and try again.
                 os::unlock(&file).map_err(io_error("unlock", &path))?;
+                if started.elapsed() >= READERS_WAIT {
+                    return Err(LockError::KeptBusy { path });
+                }
                 std::thread::sleep(RETRY_PAUSE);
                 continue;
             }

@@ -1,0 +1,177 @@
+//! Every `fleet.toml` key, in words: the one place the README's key list comes from
+//! (`cargo xtask docs` writes it). A test holds [`CONFIG_KEYS`] to the keys the parser
+//! accepts (the `Raw*` structs, which refuse any other key), so a key cannot be added
+//! without its row, nor a row outlive its key.
+
+use super::{RawAccount, RawFleet, RawGlobal, RawOptions};
+use crate::introspect::struct_fields;
+
+/// One key of one table.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigKey {
+    /// `""` for the top level, else the table: `[vars]`, `[defaults]`, `[[global]]`,
+    /// `[[account]]`.
+    pub table: &'static str,
+    pub key: &'static str,
+    pub meaning: &'static str,
+}
+
+const fn key(table: &'static str, key: &'static str, meaning: &'static str) -> ConfigKey {
+    ConfigKey {
+        table,
+        key,
+        meaning,
+    }
+}
+
+const TOP: &str = "";
+const DEFAULTS: &str = "[defaults]";
+const GLOBAL: &str = "[[global]]";
+const ACCOUNT: &str = "[[account]]";
+
+/// Every key, table by table, in the order the README lists them.
+pub const CONFIG_KEYS: &[ConfigKey] = &[
+    key(
+        TOP,
+        "lock_dir",
+        "the lock folder (default `.locks`); never the config's own folder",
+    ),
+    key(TOP, "log_dir", "the log folder (default `logs`)"),
+    key(
+        TOP,
+        "vars",
+        "`[vars]`: names for `{name}` substitution in commands, match, cwd and env",
+    ),
+    key(
+        TOP,
+        "defaults",
+        "`[defaults]`: the options below, for every process",
+    ),
+    key(TOP, "global", "`[[global]]`: one per global process"),
+    key(
+        TOP,
+        "account",
+        "`[[account]]`: one per broker account (a watchdog and a brain)",
+    ),
+    key(
+        DEFAULTS,
+        "cwd",
+        "working folder (default: the config's folder)",
+    ),
+    key(
+        DEFAULTS,
+        "env",
+        "environment variables; a process's own `env` adds to them",
+    ),
+    key(
+        DEFAULTS,
+        "stop_timeout_secs",
+        "graceful stop, then forced (default 10, at most 86400)",
+    ),
+    key(
+        DEFAULTS,
+        "restart",
+        "`always`, `on-failure` (default) or `never`",
+    ),
+    key(
+        DEFAULTS,
+        "restart_delay_ms",
+        "delay before the first restart after a crash (default: none, at once; at most an \
+         hour); later quick failures double it (from 250 ms when it is 0), capped at 30 s",
+    ),
+    key(
+        DEFAULTS,
+        "give_up_after",
+        "failures within a minute before giving up (default 5, at least 1)",
+    ),
+    key(GLOBAL, "name", "its lock name"),
+    key(GLOBAL, "command", "program and arguments"),
+    key(
+        GLOBAL,
+        "match",
+        "tokens that recognise a running copy (default: what the command runs)",
+    ),
+    key(
+        GLOBAL,
+        "enabled",
+        "false: shown, never started (default true)",
+    ),
+    key(GLOBAL, "cwd", "as in `[defaults]`"),
+    key(GLOBAL, "env", "as in `[defaults]`"),
+    key(GLOBAL, "stop_timeout_secs", "as in `[defaults]`"),
+    key(GLOBAL, "restart", "as in `[defaults]`"),
+    key(GLOBAL, "restart_delay_ms", "as in `[defaults]`"),
+    key(GLOBAL, "give_up_after", "as in `[defaults]`"),
+    key(
+        ACCOUNT,
+        "name",
+        "the account; locks `BRAIN_<name>` and `WATCHDOG_<name>`",
+    ),
+    key(ACCOUNT, "login", "broker login, `{login}`; unique"),
+    key(
+        ACCOUNT,
+        "terminal",
+        "MetaTrader terminal path, `{terminal}`; unique",
+    ),
+    key(
+        ACCOUNT,
+        "enabled",
+        "false: shown, never started (default true)",
+    ),
+    key(ACCOUNT, "brain", "the brain's program and arguments"),
+    key(ACCOUNT, "watchdog", "the watchdog's program and arguments"),
+    key(ACCOUNT, "brain_match", "as `match`, for the brain"),
+    key(ACCOUNT, "watchdog_match", "as `match`, for the watchdog"),
+    key(ACCOUNT, "cwd", "as in `[defaults]`, for both"),
+    key(ACCOUNT, "env", "as in `[defaults]`, for both"),
+    key(ACCOUNT, "stop_timeout_secs", "as in `[defaults]`, for both"),
+    key(ACCOUNT, "restart", "as in `[defaults]`, for both"),
+    key(ACCOUNT, "restart_delay_ms", "as in `[defaults]`, for both"),
+    key(ACCOUNT, "give_up_after", "as in `[defaults]`, for both"),
+    key(
+        ACCOUNT,
+        "brain_requires_watchdog",
+        "false: the brain may run while its watchdog does not (default true: it never does)",
+    ),
+];
+
+/// The keys the parser accepts, table by table: read from the `Raw*` structs
+/// themselves.
+pub fn accepted_keys() -> [(&'static str, &'static [&'static str]); 4] {
+    [
+        (TOP, struct_fields::<RawFleet>()),
+        (DEFAULTS, struct_fields::<RawOptions>()),
+        (GLOBAL, struct_fields::<RawGlobal>()),
+        (ACCOUNT, struct_fields::<RawAccount>()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_accepted_key_has_exactly_one_row_and_every_row_a_key() {
+        for (table, accepted) in accepted_keys() {
+            assert!(!accepted.is_empty(), "no keys found for {table:?}");
+            let mut documented: Vec<&str> = CONFIG_KEYS
+                .iter()
+                .filter(|k| k.table == table)
+                .map(|k| k.key)
+                .collect();
+            let mut accepted = accepted.to_vec();
+            documented.sort_unstable();
+            accepted.sort_unstable();
+            assert_eq!(
+                documented, accepted,
+                "the keys of {table:?} in CONFIG_KEYS (lockcore/src/config/keys.rs) must be \
+                 the keys the parser accepts"
+            );
+        }
+        assert!(
+            CONFIG_KEYS
+                .iter()
+                .all(|k| [TOP, DEFAULTS, GLOBAL, ACCOUNT].contains(&k.table))
+        );
+    }
+}
