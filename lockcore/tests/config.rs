@@ -435,6 +435,8 @@ fn a_per_process_restart_delay_over_an_hour_is_refused() {
     let (line, problem) = refusal(text);
     assert_eq!(line, 5);
     assert!(problem.contains("more than an hour"), "{problem}");
+}
+
 /// A refusal's line, problem and fix, after checking that the message a person sees
 /// names the file and the line and carries the fix.
 fn refusal_and_fix(text: &str) -> (usize, String, String) {
