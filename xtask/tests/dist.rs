@@ -97,9 +97,9 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
         "{readme}"
     );
     let start = std::fs::read_to_string(out.join(&name).join("START_BRAIN_GL_3.bat")).unwrap();
-    assert!(
-        start.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" run BRAIN_GL_3 %*")
-    );
+    assert!(start.contains(
+        "\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" start --or-run BRAIN_GL_3 %*"
+    ));
     let install = std::fs::read_to_string(out.join(&name).join("INSTALL_AT_LOGON.bat")).unwrap();
     assert!(install.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" install %*"));
     let uninstall =
