@@ -293,9 +293,16 @@ impl DeskState {
         by_holder.then_some(state)
     }
 
-    /// Removes the view (the orchestrator has ended).
-    pub fn remove(lock_dir: &Path) -> io::Result<()> {
-        entry::remove_file_entry(lock_dir, STATE_FILE)
+    /// Removes the view `orchestrator` published (it is ending). A file there that it
+    /// did not write (another orchestrator's, or anyone's) is left alone (DESIGN.md
+    /// rule 12).
+    pub fn remove_own(lock_dir: &Path, orchestrator: ProcessIdentity) -> io::Result<()> {
+        match DeskState::read(lock_dir) {
+            Some(Ok(state)) if state.orchestrator == orchestrator => {
+                entry::remove_file_entry(lock_dir, STATE_FILE)
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn component(&self, name: &str) -> Option<&Supervised> {
@@ -411,8 +418,23 @@ mod tests {
         assert!(DeskState::read_current(dir.path(), &master(LockState::Running, 42)).is_some());
         assert!(DeskState::read_current(dir.path(), &master(LockState::Stale, 42)).is_none());
         assert!(DeskState::read_current(dir.path(), &master(LockState::Running, 43)).is_none());
-        DeskState::remove(dir.path()).unwrap();
+        let other = ProcessIdentity {
+            pid: 42,
+            start_time: 999,
+        };
+        DeskState::remove_own(dir.path(), other).unwrap();
+        assert!(
+            DeskState::read(dir.path()).is_some(),
+            "removed another's view"
+        );
+        DeskState::remove_own(dir.path(), state.orchestrator).unwrap();
         assert_eq!(DeskState::read(dir.path()), None);
+        std::fs::write(dir.path().join(STATE_FILE), b"not ours").unwrap();
+        DeskState::remove_own(dir.path(), state.orchestrator).unwrap();
+        assert!(
+            dir.path().join(STATE_FILE).exists(),
+            "removed a file it did not write"
+        );
     }
 
     #[cfg(unix)]
@@ -439,7 +461,7 @@ mod tests {
                 .is_symlink()
         );
         assert_eq!(DeskState::read(&locks), None, "a link is no view");
-        DeskState::remove(&locks).unwrap();
+        DeskState::remove_own(&locks, me()).unwrap();
         assert!(
             std::fs::symlink_metadata(locks.join(STATE_FILE)).is_ok(),
             "removed a link"

@@ -285,7 +285,7 @@ impl<'f> Orchestrator<'f> {
                 "the desk is stopping (master-launch is ending)",
             );
         }
-        let _ = DeskState::remove(&self.fleet.lock_dir);
+        let _ = DeskState::remove_own(&self.fleet.lock_dir, self.identity);
         self.units
             .iter()
             .any(|u| matches!(u.view.state, Supervision::GivenUp | Supervision::Blocked))
