@@ -192,6 +192,11 @@ fn wait_for_answers(
     let mut outcomes: Vec<Outcome> = Vec::new();
     while !pending.is_empty() {
         let Some(view) = current_view(fleet, probe, Duration::ZERO) else {
+            if running_orchestrator(fleet, probe).is_some() && Instant::now() < give_up_at {
+                // Its view is being replaced, or unreadable for a moment: look again.
+                std::thread::sleep(POLL);
+                continue;
+            }
             errln!(
                 "master-launch: master-launch ended before it answered; see {}",
                 fleet.log_dir.join("master-launch.log").display()

@@ -15,6 +15,10 @@ use lockcore::{ComponentState, DeskSnapshot, StopRequest};
 /// Short stops (Wine never delivers CTRL_BREAK: every stop there is forced at the
 /// timeout) and quick give-ups.
 const QUICK: &str = "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 2\n";
+/// [`QUICK`], restarting after any exit: Wine's `taskkill /F` leaves exit code 0, which
+/// `on-failure` would take for a clean exit.
+const QUICK_ALWAYS: &str =
+    "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 2\nrestart = \"always\"\n";
 
 fn master_launch(desk: &Desk, args: &[&str]) -> Output {
     let mut command = Command::new(tool("master-launch", "master-launch"));
@@ -117,7 +121,7 @@ fn log_position(log: &str, needle: &str, from: usize) -> Option<usize> {
 
 #[test]
 fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() {
-    let desk = Desk::with_options("ctl_gu", &["GU"], &[], QUICK);
+    let desk = Desk::with_options("ctl_gu", &["GU"], &[], QUICK_ALWAYS);
     let bug = desk.dir.path().join("bug");
     std::fs::write(&bug, "").unwrap();
     desk.add_args(
@@ -334,7 +338,12 @@ fn a_watchdog_that_cannot_start_keeps_its_brain_from_ever_starting() {
 #[test]
 fn a_watchdog_given_up_while_its_brain_runs_stops_the_brain_and_the_brain_follows_it_back() {
     let exit_log = fleet_tests::ExitLog::new();
-    let desk = Desk::with_options("ctl_wg", &["WG"], &["--exit-log", &exit_log.arg], QUICK);
+    let desk = Desk::with_options(
+        "ctl_wg",
+        &["WG"],
+        &["--exit-log", &exit_log.arg],
+        QUICK_ALWAYS,
+    );
     let bug = desk.dir.path().join("bug");
     desk.add_args(
         &["WATCHDOG_WG"],

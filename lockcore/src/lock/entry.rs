@@ -99,7 +99,9 @@ pub(crate) fn read_object(dir: &Path, file_name: &str) -> EntryRead {
     let path = dir.join(file_name);
     let unreadable =
         |why: String| EntryRead::Unreadable(format!("{} is unreadable: {why}", path.display()));
-    let mut file = match super::open_entry(&path) {
+    // On Windows a reader meets a sharing violation while the writer renames a new
+    // version into place: a moment, retried like every transient error.
+    let mut file = match super::retry_transient(|| super::open_entry(&path)) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return EntryRead::Nothing,
         Err(e) if super::not_a_file(&e).is_some() => return EntryRead::Nothing,
