@@ -1,0 +1,436 @@
+//! Hostile tests of the control of a running desk (`master-launch start|restart`, the
+//! orchestrator's published view, DESIGN.md rule 13): what a careful user running real
+//! money does wrong or meets by bad luck, with real processes, real locks and the real
+//! binaries. The friendly paths are in `control.rs`.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fleet_tests::{Desk, Lines, Running, start_master_launch, tool, wait_until};
+use lockcore::control::{DeskState, Supervision};
+use lockcore::{DeskSnapshot, StopRequest};
+
+/// Short stops and quick give-ups.
+const QUICK: &str = "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 2\n";
+
+fn master_launch(desk: &Desk, args: &[&str]) -> Output {
+    let mut command = Command::new(tool("master-launch", "master-launch"));
+    command.arg("--config").arg(desk.config()).args(args);
+    fleet_tests::wine::output(&mut command).unwrap()
+}
+
+/// `master-launch ARGS` in the background, its stderr read into lines.
+fn master_launch_spawn(desk: &Desk, args: &[&str]) -> (std::process::Child, Lines) {
+    let mut command = Command::new(tool("master-launch", "master-launch"));
+    command
+        .arg("--config")
+        .arg(desk.config())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = fleet_tests::wine::spawn(&mut command).unwrap();
+    let lines = fleet_tests::spawn_reader(child.stderr.take().unwrap());
+    (child, lines)
+}
+
+fn check_procs_json(desk: &Desk) -> (i32, serde_json::Value) {
+    let mut command = Command::new(tool("check-procs", "check-procs"));
+    command.arg("--config").arg(desk.config()).arg("--json");
+    let output = fleet_tests::wine::output(&mut command).unwrap();
+    let json = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check-procs --json: {e}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    (output.status.code().unwrap_or(-1), json)
+}
+
+fn component<'j>(json: &'j serde_json::Value, name: &str) -> &'j serde_json::Value {
+    json["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {json}"))
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The orchestrator, started; waits for "desk started".
+fn launch(desk: &Desk, extra: &[&str]) -> (Running, Lines) {
+    let (running, lines) = start_master_launch(&desk.config(), extra);
+    assert!(
+        lines
+            .wait_for("desk started", Duration::from_secs(30))
+            .is_some(),
+        "master-launch did not start the desk: {}",
+        desk.master_log()
+    );
+    (running, lines)
+}
+
+/// Waits for `child` to end, at most `limit`; its exit code.
+fn wait_exit(child: &mut std::process::Child, limit: Duration, what: &str) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "{what} did not end in {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A stop-all request, then master-launch's exit code.
+fn stop_desk(desk: &Desk, mut running: Running) -> i32 {
+    StopRequest::new("MASTER_LAUNCH", Duration::from_secs(5))
+        .write(&desk.lock_dir())
+        .unwrap();
+    wait_exit(&mut running.child, Duration::from_secs(60), "master-launch")
+}
+
+fn managed_pid(snapshot: &DeskSnapshot, name: &str) -> Option<u32> {
+    snapshot
+        .component(name)
+        .and_then(|v| v.managed.as_ref())
+        .map(|p| p.pid)
+}
+
+fn copies(snapshot: &DeskSnapshot, name: &str) -> usize {
+    snapshot.component(name).unwrap().copies.len()
+}
+
+/// The position of the first line of the log that contains `needle` after `from`.
+fn log_position(log: &str, needle: &str, from: usize) -> Option<usize> {
+    log[from..].find(needle).map(|i| i + from)
+}
+
+/// The published view's state of `name`.
+fn view_state(desk: &Desk, name: &str) -> Option<Supervision> {
+    let view = DeskState::read(&desk.lock_dir())?.ok()?;
+    view.component(name).map(|c| c.state)
+}
+
+#[cfg(unix)]
+fn signal(pid: u32, which: &str) {
+    let status = Command::new("kill")
+        .arg(which)
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// The orchestrator is killed (-9) while a requester waits for a restart: the
+/// requester says so and exits 1 promptly; nothing of the desk survives.
+#[test]
+fn hx_a_requester_waiting_on_a_killed_orchestrator_exits_promptly() {
+    let desk = Desk::with_options("hx_kl", &["HXKL"], &[], QUICK);
+    desk.add_args(&["BRAIN_HXKL"], &["--stop-delay-ms", "1500"]);
+    let (mut orchestrator, _lines) = launch(&desk, &[]);
+    desk.wait_until_running();
+    let pids = fleet_tests::running_pids(&desk.snapshot());
+    let (mut restart, lines) = master_launch_spawn(&desk, &["restart", "BRAIN_HXKL"]);
+    wait_until("the restart to be taken", || {
+        desk.master_log().contains("BRAIN_HXKL: restart requested")
+    });
+    orchestrator.kill();
+    let killed_at = Instant::now();
+    let code = wait_exit(&mut restart, Duration::from_secs(30), "the requester");
+    let text = lines.collect().join("\n");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(5),
+        "took {:?}: {text}",
+        killed_at.elapsed()
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("ended before it answered"), "{text}");
+    fleet_tests::wait_gone(&pids);
+}
+
+/// `restart WATCHDOG_X`: its brain is stopped first and comes back after it; sampled
+/// all along, a brain never runs without its watchdog.
+#[test]
+fn hx_restarting_a_watchdog_never_leaves_its_brain_unguarded() {
+    let desk = Desk::with_options("hx_rw", &["HXRW"], &[], QUICK);
+    desk.add_args(&["BRAIN_HXRW"], &["--stop-delay-ms", "300"]);
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    for round in 0..2 {
+        desk.wait_until_running();
+        let before = fleet_tests::managed_pids(&desk.snapshot(), &["WATCHDOG_HXRW", "BRAIN_HXRW"]);
+        let mark = desk.master_log().len();
+        let (mut restart, lines) = master_launch_spawn(&desk, &["restart", "WATCHDOG_HXRW"]);
+        let mut samples = 0;
+        let code = loop {
+            let snapshot = desk.snapshot();
+            let (watchdogs, brains) = (
+                copies(&snapshot, "WATCHDOG_HXRW"),
+                copies(&snapshot, "BRAIN_HXRW"),
+            );
+            assert!(
+                watchdogs <= 1 && brains <= 1,
+                "round {round}: two copies: {:?}",
+                snapshot.problems
+            );
+            assert!(
+                brains == 0 || watchdogs == 1,
+                "round {round}: a brain without its watchdog"
+            );
+            samples += 1;
+            if let Some(status) = restart.try_wait().unwrap() {
+                break status.code();
+            }
+        };
+        let text = lines.collect().join("\n");
+        assert_eq!(code, Some(0), "round {round}: {text}");
+        assert!(samples > 3, "sampled only {samples} times");
+        // The brain comes back after its watchdog, without being asked.
+        desk.wait_until_running();
+        let after = fleet_tests::managed_pids(&desk.snapshot(), &["WATCHDOG_HXRW", "BRAIN_HXRW"]);
+        assert!(
+            before.iter().all(|pid| !after.contains(pid)),
+            "round {round}: {before:?} -> {after:?}"
+        );
+        let log = desk.master_log();
+        let brain_exit = log_position(&log, "BRAIN_HXRW: exited", mark).unwrap();
+        let watchdog_exit = log_position(&log, "WATCHDOG_HXRW: exited", mark).unwrap();
+        let watchdog_start = log_position(&log, "WATCHDOG_HXRW: started", mark).unwrap();
+        let brain_start = log_position(&log, "BRAIN_HXRW: started", mark).unwrap();
+        assert!(
+            brain_exit < watchdog_exit
+                && watchdog_exit < watchdog_start
+                && watchdog_start < brain_start,
+            "round {round}: out of order: {}",
+            &log[mark..]
+        );
+    }
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
+
+/// A brain that ignores stop requests: a restart forces it at its stop timeout and
+/// never runs two copies.
+#[test]
+fn hx_restarting_a_brain_that_ignores_stop_forces_it_and_never_runs_two() {
+    let desk = Desk::with_options("hx_ig", &["HXIG"], &[], QUICK);
+    desk.add_args(&["BRAIN_HXIG"], &["--ignore-stop"]);
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    desk.wait_until_running();
+    let old = managed_pid(&desk.snapshot(), "BRAIN_HXIG").unwrap();
+    let (mut restart, lines) = master_launch_spawn(&desk, &["restart", "--account", "HXIG"]);
+    let code = loop {
+        let snapshot = desk.snapshot();
+        assert!(
+            copies(&snapshot, "BRAIN_HXIG") <= 1,
+            "{:?}",
+            snapshot.problems
+        );
+        assert!(
+            copies(&snapshot, "BRAIN_HXIG") == 0 || copies(&snapshot, "WATCHDOG_HXIG") == 1,
+            "a brain without its watchdog"
+        );
+        if let Some(status) = restart.try_wait().unwrap() {
+            break status.code();
+        }
+    };
+    let text = lines.collect().join("\n");
+    assert_eq!(code, Some(0), "{text}");
+    let log = desk.master_log();
+    assert!(log.contains("BRAIN_HXIG (pid"), "{log}");
+    assert!(log.contains("did not stop in time"), "{log}");
+    desk.wait_until_running();
+    assert_ne!(managed_pid(&desk.snapshot(), "BRAIN_HXIG"), Some(old));
+    fleet_tests::wait_gone(&[old]);
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
+
+/// Garbage, a huge file and a request naming another component at request names are
+/// cleared and logged, never acted on; a link and a FIFO are left alone, never read
+/// through, and a requester meeting them gives up with the reason instead of hanging.
+#[cfg(unix)]
+#[test]
+fn hx_garbage_links_and_fifos_at_request_names_are_never_acted_on_nor_hang() {
+    let desk = Desk::with_options("hx_gb", &["HXGBRUN", "HXGB"], &[], QUICK);
+    let (orchestrator, _lines) = launch(&desk, &["--only", "HXGBRUN"]);
+    wait_until("the --only part to run", || {
+        let snapshot = desk.snapshot();
+        ["hx_gb", "WATCHDOG_HXGBRUN", "BRAIN_HXGBRUN"]
+            .iter()
+            .all(|n| managed_pid(&snapshot, n).is_some())
+    });
+    let global = managed_pid(&desk.snapshot(), "hx_gb").unwrap();
+    let locks = desk.lock_dir();
+    std::fs::write(locks.join("WATCHDOG_HXGB.start"), b"not json {").unwrap();
+    std::fs::write(locks.join("BRAIN_HXGB.restart"), vec![b'x'; 1 << 20]).unwrap();
+    let other = serde_json::json!({
+        "name": "WATCHDOG_HXGB", "action": "start", "id": "x", "requested_by": null
+    });
+    std::fs::write(locks.join("hx_gb.restart"), other.to_string()).unwrap();
+    // A link to a perfectly good request elsewhere: never followed.
+    let victim = desk.dir.path().join("victim.json");
+    let good = serde_json::json!({
+        "name": "WATCHDOG_HXGB", "action": "restart", "id": "y", "requested_by": null
+    });
+    std::fs::write(&victim, good.to_string()).unwrap();
+    std::os::unix::fs::symlink(&victim, locks.join("WATCHDOG_HXGB.restart")).unwrap();
+    let fifo = locks.join("BRAIN_HXGB.start");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until("the three unusable requests to be cleared", || {
+        desk.master_log()
+            .matches("cleared an unusable request")
+            .count()
+            >= 3
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    let log = desk.master_log();
+    assert!(!log.contains("HXGB: started"), "{log}");
+    assert!(!log.contains("hx_gb: restart requested"), "{log}");
+    for name in ["WATCHDOG_HXGB.start", "BRAIN_HXGB.restart", "hx_gb.restart"] {
+        assert!(!locks.join(name).exists(), "{name} left");
+    }
+    assert!(
+        std::fs::symlink_metadata(locks.join("WATCHDOG_HXGB.restart"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::symlink_metadata(&fifo).is_ok(), "the FIFO went");
+    assert_eq!(std::fs::read(&victim).unwrap(), good.to_string().as_bytes());
+    assert_eq!(managed_pid(&desk.snapshot(), "hx_gb"), Some(global));
+    // A requester that meets the FIFO or the link gives up with the reason.
+    for (args, entry) in [
+        (["start", "BRAIN_HXGB"], "BRAIN_HXGB.start"),
+        (["restart", "WATCHDOG_HXGB"], "WATCHDOG_HXGB.restart"),
+    ] {
+        let asked = Instant::now();
+        let output = master_launch(&desk, &args);
+        assert!(asked.elapsed() < Duration::from_secs(20), "{args:?}");
+        assert_ne!(output.status.code(), Some(0), "{}", stderr(&output));
+        assert!(stderr(&output).contains(entry), "{}", stderr(&output));
+        assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), good.to_string().as_bytes());
+    // The orchestrator still serves good requests.
+    let output = master_launch(&desk, &["start", "WATCHDOG_HXGB"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
+
+/// safe-shutdown of the whole desk while a watchdog restart is under way: everything
+/// stops, brain before watchdog, and nothing is started again.
+#[test]
+fn hx_safe_shutdown_during_a_restart_stops_everything_in_order_and_starts_nothing() {
+    let desk = Desk::with_options(
+        "hx_sd",
+        &["HXSD"],
+        &[],
+        "[defaults]\nstop_timeout_secs = 15\ngive_up_after = 2\n",
+    );
+    // Long enough a stop that the shutdown lands while the restart still stops it.
+    desk.add_args(&["BRAIN_HXSD"], &["--stop-delay-ms", "4000"]);
+    let (mut orchestrator, _lines) = launch(&desk, &[]);
+    desk.wait_until_running();
+    let pids = fleet_tests::running_pids(&desk.snapshot());
+    let (mut restart, _restart_lines) = master_launch_spawn(&desk, &["restart", "WATCHDOG_HXSD"]);
+    wait_until("the restart to be taken", || {
+        desk.master_log()
+            .contains("WATCHDOG_HXSD: restart requested")
+    });
+    let mark = desk.master_log().len();
+    let mut command = Command::new(tool("safe-shutdown", "safe-shutdown"));
+    command
+        .arg("--config")
+        .arg(desk.config())
+        .args(["--yes", "--timeout", "10"]);
+    let output = fleet_tests::wine::output(&mut command).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    wait_exit(
+        &mut orchestrator.child,
+        Duration::from_secs(30),
+        "master-launch",
+    );
+    assert_eq!(
+        wait_exit(&mut restart, Duration::from_secs(30), "the restart"),
+        1
+    );
+    fleet_tests::wait_gone(&pids);
+    let log = desk.master_log();
+    assert!(
+        log_position(&log, ": started", mark).is_none(),
+        "started during a shutdown: {}",
+        &log[mark..]
+    );
+    let brain = log_position(&log, "BRAIN_HXSD: exited", mark).unwrap();
+    let watchdog = log_position(&log, "WATCHDOG_HXSD: exited", mark).unwrap();
+    assert!(brain < watchdog, "{}", &log[mark..]);
+    assert!(
+        desk.snapshot()
+            .components
+            .iter()
+            .all(|c| c.copies.is_empty())
+    );
+    desk.assert_no_lock_left("after safe-shutdown");
+}
+
+/// The view of an orchestrator killed with -9 stays in the lock dir: check-procs must
+/// not take its given-up component for the truth of a desk that no longer runs.
+#[test]
+fn hx_the_view_of_a_dead_orchestrator_is_ignored_by_check_procs() {
+    let desk = Desk::with_options("hx_dv", &["HXDV"], &[], QUICK);
+    let bug = desk.dir.path().join("bug");
+    std::fs::write(&bug, "").unwrap();
+    desk.add_args(
+        &["BRAIN_HXDV"],
+        &["--crash-while", &bug.display().to_string()],
+    );
+    let (mut orchestrator, lines) = launch(&desk, &[]);
+    assert!(
+        lines
+            .wait_for("BRAIN_HXDV: GIVING UP", Duration::from_secs(30))
+            .is_some()
+    );
+    wait_until("the view to say given_up", || {
+        view_state(&desk, "BRAIN_HXDV") == Some(Supervision::GivenUp)
+    });
+    let pids = fleet_tests::running_pids(&desk.snapshot());
+    orchestrator.kill();
+    fleet_tests::wait_gone(&pids);
+    assert!(
+        DeskState::read(&desk.lock_dir()).is_some(),
+        "the view is left"
+    );
+    let (_, json) = check_procs_json(&desk);
+    for c in json["components"].as_array().unwrap() {
+        assert!(
+            !["given_up", "blocked", "restarting", "starting"]
+                .contains(&c["state"].as_str().unwrap()),
+            "{json}"
+        );
+    }
+    assert!(
+        json["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["kind"] != "given_up"),
+        "{json}"
+    );
+    // A requester is told no orchestrator runs.
+    let output = master_launch(&desk, &["start", "BRAIN_HXDV"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no master-launch is running"),
+        "{}",
+        stderr(&output)
+    );
+}
