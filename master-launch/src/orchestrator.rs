@@ -390,6 +390,10 @@ impl<'f> Orchestrator<'f> {
     }
 
     fn on_stopped(&mut self, indexes: &[usize]) {
+        // Look at the lock dir before reconciling: a stop request that arrived while a
+        // restart's stop ran (and was left for now) must win over the restart, before
+        // the component is started again even for a moment.
+        self.last_scan = None;
         for &index in indexes {
             let unit = &mut self.units[index];
             unit.stopping = false;

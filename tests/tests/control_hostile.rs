@@ -126,6 +126,58 @@ fn signal(pid: u32, which: &str) {
     assert!(status.success(), "kill {which} {pid}");
 }
 
+/// A stop request (safe-shutdown --account, say) that arrives while the component is
+/// being stopped for a restart: the user's stop wins, and the component is not started
+/// again in between, not even for a moment.
+#[test]
+fn hx_a_stop_request_arriving_during_a_restart_wins_and_nothing_starts_in_between() {
+    let desk = Desk::with_options(
+        "hx_sr",
+        &["HXSR"],
+        &[],
+        "[defaults]\nstop_timeout_secs = 5\ngive_up_after = 2\n",
+    );
+    desk.add_args(&["BRAIN_HXSR"], &["--stop-delay-ms", "800"]);
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    desk.wait_until_running();
+    for round in 0..3 {
+        if round > 0 {
+            let output = master_launch(&desk, &["start", "BRAIN_HXSR"]);
+            assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        }
+        let asked = desk
+            .master_log()
+            .matches("BRAIN_HXSR: restart requested")
+            .count();
+        let (mut restart, _restart_lines) = master_launch_spawn(&desk, &["restart", "BRAIN_HXSR"]);
+        wait_until("the restart to be taken", || {
+            desk.master_log()
+                .matches("BRAIN_HXSR: restart requested")
+                .count()
+                > asked
+        });
+        let mark = desk.master_log().len();
+        StopRequest::new("BRAIN_HXSR", Duration::from_secs(10))
+            .write(&desk.lock_dir())
+            .unwrap();
+        let code = wait_exit(&mut restart, Duration::from_secs(30), "the restart");
+        assert_eq!(code, 1, "round {round}: a restart overtaken by a stop");
+        wait_until("the brain to show as stopped on request", || {
+            view_state(&desk, "BRAIN_HXSR") == Some(Supervision::Stopped)
+                && !desk.lock_dir().join("BRAIN_HXSR.stop").exists()
+        });
+        std::thread::sleep(Duration::from_millis(600));
+        let log = desk.master_log();
+        assert!(
+            log_position(&log, "BRAIN_HXSR: started", mark).is_none(),
+            "round {round}: the brain was started although a stop was asked for: {}",
+            &log[mark..]
+        );
+        assert_eq!(copies(&desk.snapshot(), "BRAIN_HXSR"), 0, "round {round}");
+    }
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
+
 /// The orchestrator is killed (-9) while a requester waits for a restart: the
 /// requester says so and exits 1 promptly; nothing of the desk survives.
 #[test]
