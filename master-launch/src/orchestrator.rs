@@ -518,6 +518,15 @@ impl<'f> Orchestrator<'f> {
                             action.as_str()
                         ),
                     );
+                    // Another requester may have joined it and waits for this id.
+                    self.units[index].answer(
+                        request.id,
+                        AnswerOutcome::Failed,
+                        format!(
+                            "not acted on: {requester}, which placed the request, has ended; \
+                             ask again"
+                        ),
+                    );
                     continue;
                 }
                 self.events.line(

@@ -178,6 +178,54 @@ fn hx_a_stop_request_arriving_during_a_restart_wins_and_nothing_starts_in_betwee
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
 
+/// Two requesters of one start share one request file; the one that placed it dies
+/// before the orchestrator reads it. The request is cleared, and the survivor, who
+/// joined it, must get an answer at once instead of waiting out its whole timeout.
+#[cfg(unix)]
+#[test]
+fn hx_a_requester_that_joined_a_request_whose_placer_died_is_answered_promptly() {
+    let desk = Desk::with_options("hx_jn", &["HXJNRUN", "HXJN"], &[], QUICK);
+    let (orchestrator, _lines) = launch(&desk, &["--only", "HXJNRUN"]);
+    let mut gone = Command::new(fleet_tests::stand_in())
+        .args(["gone", "--exit-after-ms", "0"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut probe = lockcore::ProcessProbe::new().unwrap();
+    let identity = probe
+        .identity(gone.id())
+        .unwrap_or(lockcore::ProcessIdentity {
+            pid: gone.id(),
+            start_time: 1,
+        });
+    gone.wait().unwrap();
+    // Hold the orchestrator still, so that the survivor joins before it looks.
+    signal(orchestrator.pid(), "-STOP");
+    lockcore::control::ControlRequest::new(
+        "WATCHDOG_HXJN",
+        lockcore::control::Action::Start,
+        identity,
+    )
+    .place(&desk.lock_dir(), Duration::from_secs(1))
+    .unwrap();
+    let (mut survivor, lines) =
+        master_launch_spawn(&desk, &["start", "WATCHDOG_HXJN", "--timeout", "60"]);
+    let joined = lines.wait_for("already pending", Duration::from_secs(20));
+    signal(orchestrator.pid(), "-CONT");
+    assert!(joined.is_some(), "the survivor did not join the request");
+    let asked_at = Instant::now();
+    let code = wait_exit(&mut survivor, Duration::from_secs(90), "the survivor");
+    let rest = lines.collect().join("\n");
+    assert!(
+        asked_at.elapsed() < Duration::from_secs(15),
+        "the survivor waited {:?} for an answer that never came: {rest}",
+        asked_at.elapsed()
+    );
+    assert_eq!(code, 1, "{rest}");
+    assert!(rest.contains("ask again"), "{rest}");
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
+
 /// The orchestrator is killed (-9) while a requester waits for a restart: the
 /// requester says so and exits 1 promptly; nothing of the desk survives.
 #[test]
