@@ -140,6 +140,8 @@ pub struct Orchestrator<'f> {
     /// Whether the first start has printed "desk started".
     announced: bool,
     published: Option<Vec<Supervised>>,
+    /// Why the view could not be published last time, once logged.
+    publish_error: Option<String>,
     ticks: u32,
     last_scan: Option<Instant>,
 }
@@ -220,6 +222,7 @@ impl<'f> Orchestrator<'f> {
             stops: Vec::new(),
             announced: false,
             published: None,
+            publish_error: None,
             ticks: 0,
             last_scan: None,
         }
@@ -793,10 +796,16 @@ impl<'f> Orchestrator<'f> {
             components,
         };
         if let Err(e) = state.write(&self.fleet.lock_dir) {
-            self.events
-                .line("", &format!("cannot publish the desk's state: {e}"));
+            // Retried on every change; said once per reason, not on every tick.
+            let why = e.to_string();
+            if self.publish_error.as_ref() != Some(&why) {
+                self.events
+                    .line("", &format!("cannot publish the desk's state: {why}"));
+                self.publish_error = Some(why);
+            }
             return;
         }
+        self.publish_error = None;
         self.published = Some(state.components);
     }
 

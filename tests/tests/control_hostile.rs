@@ -426,6 +426,36 @@ fn hx_garbage_links_and_fifos_at_request_names_are_never_acted_on_nor_hang() {
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
 
+/// A link at `MASTER_LAUNCH.state`: never written through, and the orchestrator says
+/// so once, not on every tick for as long as the desk runs.
+#[cfg(unix)]
+#[test]
+fn hx_a_link_at_the_views_name_is_reported_once_not_on_every_tick() {
+    let desk = Desk::with_options("hx_ln", &["HXLN"], &[], QUICK);
+    let victim = desk.dir.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    std::fs::create_dir_all(desk.lock_dir()).unwrap();
+    std::os::unix::fs::symlink(&victim, desk.lock_dir().join("MASTER_LAUNCH.state")).unwrap();
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    desk.wait_until_running();
+    std::thread::sleep(Duration::from_secs(3));
+    let log = desk.master_log();
+    let complaints = log.matches("cannot publish the desk's state").count();
+    assert!(
+        (1..=2).contains(&complaints),
+        "{complaints} complaints in 3 s: {log}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(
+        std::fs::symlink_metadata(desk.lock_dir().join("MASTER_LAUNCH.state"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
 /// safe-shutdown of the whole desk while a watchdog restart is under way: everything
 /// stops, brain before watchdog, and nothing is started again.
 #[test]
