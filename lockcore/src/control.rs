@@ -26,6 +26,10 @@ pub const STATE_FILE: &str = "MASTER_LAUNCH.state";
 /// How many answers per component the view keeps: enough for every requester that
 /// could be waiting at once.
 pub const ANSWERS_KEPT: usize = 16;
+/// The longest request id taken. Ours are `<pid>-<nanos>`; the id is copied into the
+/// view's answers, so a longer one (anyone can write the lock dir) could grow the view
+/// past what readers accept and hide it from check-procs and every requester.
+pub const MAX_ID_BYTES: usize = 64;
 
 /// What a control request asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -140,7 +144,12 @@ impl ControlRequest {
                         )
                     })
                     .and_then(|request| {
-                        if request.name == name && request.action == action {
+                        if request.id.len() > MAX_ID_BYTES {
+                            Err(format!(
+                                "{} has an id longer than {MAX_ID_BYTES} bytes",
+                                lock_dir.join(&file_name).display()
+                            ))
+                        } else if request.name == name && request.action == action {
                             Ok(request)
                         } else {
                             Err(format!(

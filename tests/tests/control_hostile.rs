@@ -512,6 +512,53 @@ fn hx_safe_shutdown_during_a_restart_stops_everything_in_order_and_starts_nothin
     desk.assert_no_lock_left("after safe-shutdown");
 }
 
+/// A request whose id is huge (the id is copied into every answer of the view): the
+/// view must stay readable, or check-procs would stop reporting a given-up brain and
+/// every requester would stop getting answers.
+#[test]
+fn hx_a_request_with_a_huge_id_cannot_hide_a_given_up_brain() {
+    let desk = Desk::with_options("hx_id", &["HXID"], &[], QUICK);
+    let bug = desk.dir.path().join("bug");
+    std::fs::write(&bug, "").unwrap();
+    desk.add_args(
+        &["BRAIN_HXID"],
+        &["--crash-while", &bug.display().to_string()],
+    );
+    let (orchestrator, lines) = launch(&desk, &[]);
+    assert!(
+        lines
+            .wait_for("BRAIN_HXID: GIVING UP", Duration::from_secs(30))
+            .is_some()
+    );
+    wait_until("check-procs to say given_up", || {
+        let (code, json) = check_procs_json(&desk);
+        code == 1 && component(&json, "BRAIN_HXID")["state"] == "given_up"
+    });
+    // Each fits the size a request may have; their answers together do not.
+    for id in ["i", "j"] {
+        let request = serde_json::json!({
+            "name": "hx_id", "action": "start", "id": id.repeat(60_000), "requested_by": null
+        });
+        std::fs::write(desk.lock_dir().join("hx_id.start"), request.to_string()).unwrap();
+        wait_until("the request to be taken", || {
+            !desk.lock_dir().join("hx_id.start").exists()
+        });
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let view = DeskState::read(&desk.lock_dir()).unwrap();
+    assert!(view.is_ok(), "{view:?}");
+    let (code, json) = check_procs_json(&desk);
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(
+        component(&json, "BRAIN_HXID")["state"],
+        "given_up",
+        "{json}"
+    );
+    let output = master_launch(&desk, &["start", "hx_id", "--timeout", "20"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stop_desk(&desk, orchestrator), 1);
+}
+
 /// The view of an orchestrator killed with -9 stays in the lock dir: check-procs must
 /// not take its given-up component for the truth of a desk that no longer runs.
 #[test]
