@@ -611,3 +611,43 @@ fn hx_the_view_of_a_dead_orchestrator_is_ignored_by_check_procs() {
         stderr(&output)
     );
 }
+
+/// A requester whose stderr and stdout readers are gone (`| head -c0`) does its job and
+/// exits with its code, no panic; `--timeout 0` answers at once and the request goes on.
+#[test]
+fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
+    let desk = Desk::with_options("hx_cp", &["HXCP"], &[], QUICK);
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    desk.wait_until_running();
+    let old = managed_pid(&desk.snapshot(), "BRAIN_HXCP").unwrap();
+    let mut command = Command::new(tool("master-launch", "master-launch"));
+    command
+        .arg("--config")
+        .arg(desk.config())
+        .args(["restart", "BRAIN_HXCP"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = fleet_tests::wine::spawn(&mut command).unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(60), "the restart"),
+        0
+    );
+    desk.wait_until_running();
+    let second = managed_pid(&desk.snapshot(), "BRAIN_HXCP").unwrap();
+    assert_ne!(second, old);
+    let asked = Instant::now();
+    let output = master_launch(&desk, &["restart", "BRAIN_HXCP", "--timeout", "0"]);
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("goes on with the request"),
+        "{}",
+        stderr(&output)
+    );
+    wait_until("the restart to go on", || {
+        managed_pid(&desk.snapshot(), "BRAIN_HXCP").is_some_and(|pid| pid != second)
+    });
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
