@@ -22,6 +22,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -77,6 +78,9 @@ struct Unit {
     start_after_stop: bool,
     /// Since when its current child runs.
     running_since: Option<Instant>,
+    /// True while its child runs, as its supervision thread sees it: a brain's
+    /// supervisor restarts it only while its watchdog's is true (DESIGN.md rule 13).
+    runs: Arc<AtomicBool>,
     /// Requests waiting for an answer: the id, and for a restart the moment after
     /// which the new run must have started.
     waiting: Vec<(String, Option<Instant>)>,
@@ -206,6 +210,7 @@ impl<'f> Orchestrator<'f> {
                 after_stop: None,
                 start_after_stop: false,
                 running_since: None,
+                runs: Arc::new(AtomicBool::new(false)),
                 waiting: Vec::new(),
             });
         }
@@ -751,6 +756,10 @@ impl<'f> Orchestrator<'f> {
             report: Box::new(move |report| {
                 let _ = tx.send(Event::Supervision(index, report));
             }),
+            runs: self.units[index].runs.clone(),
+            guard: self.units[index]
+                .watchdog
+                .map(|w| self.units[w].runs.clone()),
         };
         let unit = &mut self.units[index];
         unit.set(Supervision::Starting, "starting".into());

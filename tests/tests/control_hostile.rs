@@ -651,3 +651,57 @@ fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
     });
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
+
+/// A watchdog crash-loops (each restart further off) and meanwhile its brain crashes:
+/// the brain's own supervisor must not start it again while the watchdog is down
+/// (DESIGN.md rule 13: started after it); it follows the watchdog back.
+#[test]
+fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
+    let desk = Desk::with_options(
+        "hx_wb",
+        &["HXWB"],
+        &[],
+        "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 20\nrestart_delay_ms = 1500\n",
+    );
+    let bug = desk.dir.path().join("bug");
+    desk.add_args(
+        &["WATCHDOG_HXWB"],
+        &["--crash-while", &bug.display().to_string()],
+    );
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    desk.wait_until_running();
+    let snapshot = desk.snapshot();
+    let brain = managed_pid(&snapshot, "BRAIN_HXWB").unwrap();
+    let watchdog = managed_pid(&snapshot, "WATCHDOG_HXWB").unwrap();
+    std::fs::write(&bug, "").unwrap();
+    fleet_tests::force_kill(watchdog);
+    wait_until("the watchdog to back off", || {
+        view_state(&desk, "WATCHDOG_HXWB") == Some(Supervision::Restarting)
+    });
+    fleet_tests::force_kill(brain);
+    fleet_tests::wait_gone(&[brain]);
+    // The brain's restart (1.5 s) comes while the watchdog crash-loops (1.5 s, 3 s).
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let snapshot = desk.snapshot();
+        assert!(
+            copies(&snapshot, "BRAIN_HXWB") == 0 || copies(&snapshot, "WATCHDOG_HXWB") == 1,
+            "a brain started while its watchdog was down: {}",
+            desk.master_log()
+        );
+    }
+    assert!(
+        desk.master_log()
+            .contains("BRAIN_HXWB: not restarted while its watchdog is not running"),
+        "{}",
+        desk.master_log()
+    );
+    // Fixed: the watchdog comes back at its next attempt, and the brain follows it.
+    std::fs::remove_file(&bug).unwrap();
+    desk.wait_until_running();
+    let log = desk.master_log();
+    let watchdog_at = log.rfind("WATCHDOG_HXWB: started").unwrap();
+    let brain_at = log.rfind("BRAIN_HXWB: started").unwrap();
+    assert!(watchdog_at < brain_at, "{log}");
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
