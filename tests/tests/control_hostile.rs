@@ -705,3 +705,52 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
     assert!(watchdog_at < brain_at, "{log}");
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
+
+/// The view keeps the last answers of every component. A desk that answers many
+/// requests with long reasons (a watchdog whose program path is long and missing, so
+/// every start of its brain fails naming it) must keep a view that readers accept, or
+/// check-procs stops reporting the given-up watchdog and requesters get no answers.
+#[test]
+fn hx_many_long_answers_keep_the_view_readable() {
+    let accounts = ["HXLA1", "HXLA2"];
+    let desk = Desk::with_options("hx_la", &accounts, &[], QUICK);
+    let mut missing = desk.dir.path().to_path_buf();
+    for part in 0..12 {
+        missing.push(format!("{part}{}", "m".repeat(240)));
+    }
+    let text = std::fs::read_to_string(desk.config()).unwrap().replace(
+        "watchdog = [\"{bot}\"",
+        &format!("watchdog = [{:?}", missing.display().to_string()),
+    );
+    std::fs::write(desk.config(), text).unwrap();
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    wait_until("both watchdogs to be given up", || {
+        desk.master_log().matches(": GIVING UP").count() >= 2
+    });
+    for round in 0..lockcore::control::ANSWERS_KEPT {
+        let output = master_launch(&desk, &["start", "BRAIN_HXLA1", "BRAIN_HXLA2"]);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "round {round}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains("start --account"),
+            "round {round}: {}",
+            stderr(&output)
+        );
+    }
+    let view = DeskState::read(&desk.lock_dir()).unwrap();
+    assert!(view.is_ok(), "{view:?}");
+    let (code, json) = check_procs_json(&desk);
+    assert_eq!(code, 1, "{json}");
+    for account in accounts {
+        assert_eq!(
+            component(&json, &format!("WATCHDOG_{account}"))["state"],
+            "given_up",
+            "{json}"
+        );
+    }
+    assert_eq!(stop_desk(&desk, orchestrator), 1);
+}
