@@ -242,6 +242,16 @@ fn wait_for_answers(
                 std::thread::sleep(POLL);
             }
             let names: Vec<&str> = pending.iter().map(|(n, _)| n.as_str()).collect();
+            if not_taken(&pending) {
+                // Once we have ended, the orchestrator clears it unread: say so.
+                errln!(
+                    "master-launch: master-launch has not taken the request for {} (is it \
+                     hung?); nothing was done: see `check-procs` and {}",
+                    names.join(", "),
+                    fleet.log_dir.join("master-launch.log").display()
+                );
+                return Ok(ExitCode::Problems);
+            }
             errln!(
                 "master-launch: no answer for {} within {} s; master-launch goes on with the \
                  request: see `check-procs` and {}",

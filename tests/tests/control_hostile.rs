@@ -754,3 +754,32 @@ fn hx_many_long_answers_keep_the_view_readable() {
     }
     assert_eq!(stop_desk(&desk, orchestrator), 1);
 }
+
+/// A requester whose orchestrator is hung (here: paused) gives up after its timeout
+/// and its wait for the request to be taken, and does not claim that the request goes
+/// on; once resumed, the orchestrator clears the orphan unread.
+#[cfg(unix)]
+#[test]
+fn hx_a_requester_facing_a_hung_orchestrator_says_nothing_was_done() {
+    let desk = Desk::with_options("hx_hg", &["HXHGRUN", "HXHG"], &[], QUICK);
+    let (orchestrator, _lines) = launch(&desk, &["--only", "HXHGRUN"]);
+    signal(orchestrator.pid(), "-STOP");
+    let asked = Instant::now();
+    let output = master_launch(&desk, &["start", "WATCHDOG_HXHG", "--timeout", "0"]);
+    let took = asked.elapsed();
+    signal(orchestrator.pid(), "-CONT");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(
+        stderr(&output).contains("nothing was done"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stderr(&output).contains("goes on"), "{}", stderr(&output));
+    wait_until("the orphan request to be cleared", || {
+        desk.master_log()
+            .contains("WATCHDOG_HXHG: cleared a start request")
+    });
+    assert!(!desk.master_log().contains("WATCHDOG_HXHG: started"));
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
