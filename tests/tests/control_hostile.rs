@@ -783,3 +783,83 @@ fn hx_a_requester_facing_a_hung_orchestrator_says_nothing_was_done() {
     assert!(!desk.master_log().contains("WATCHDOG_HXHG: started"));
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
+
+/// A stop request for a brain that arrives while its watchdog is being restarted (the
+/// brain is being stopped as part of it): the watchdog comes back, the brain does not.
+#[test]
+fn hx_a_brain_stopped_during_its_watchdogs_restart_stays_stopped() {
+    let desk = Desk::with_options("hx_bs", &["HXBS"], &[], QUICK);
+    desk.add_args(&["BRAIN_HXBS"], &["--stop-delay-ms", "800"]);
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    desk.wait_until_running();
+    let (mut restart, _restart_lines) = master_launch_spawn(&desk, &["restart", "WATCHDOG_HXBS"]);
+    wait_until("the restart to be taken", || {
+        desk.master_log()
+            .contains("WATCHDOG_HXBS: restart requested")
+    });
+    let mark = desk.master_log().len();
+    StopRequest::new("BRAIN_HXBS", Duration::from_secs(10))
+        .write(&desk.lock_dir())
+        .unwrap();
+    assert_eq!(
+        wait_exit(&mut restart, Duration::from_secs(30), "the restart"),
+        0
+    );
+    wait_until("the brain to show as stopped on request", || {
+        view_state(&desk, "BRAIN_HXBS") == Some(Supervision::Stopped)
+            && !desk.lock_dir().join("BRAIN_HXBS.stop").exists()
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let log = desk.master_log();
+    assert!(
+        log_position(&log, "WATCHDOG_HXBS: started", mark).is_some(),
+        "{}",
+        &log[mark..]
+    );
+    assert!(
+        log_position(&log, "BRAIN_HXBS: started", mark).is_none(),
+        "{}",
+        &log[mark..]
+    );
+    let snapshot = desk.snapshot();
+    assert_eq!(copies(&snapshot, "BRAIN_HXBS"), 0);
+    assert_eq!(copies(&snapshot, "WATCHDOG_HXBS"), 1);
+    let (code, json) = check_procs_json(&desk);
+    assert_eq!(code, 0, "stopped on request is no problem: {json}");
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
+
+/// A disabled account: neither `master-launch --only` nor `start --account` nor
+/// `start BRAIN_X` brings it in against a running orchestrator (exit 2, naming it).
+#[test]
+fn hx_a_disabled_account_cannot_be_started_through_the_orchestrator() {
+    let desk = Desk::with_options("hx_da", &["HXDARUN", "HXDA"], &[], QUICK);
+    let text = std::fs::read_to_string(desk.config())
+        .unwrap()
+        .replace("name = \"HXDA\"\n", "name = \"HXDA\"\nenabled = false\n");
+    std::fs::write(desk.config(), text).unwrap();
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    for args in [
+        &["start", "--account", "HXDA"][..],
+        &["restart", "BRAIN_HXDA"][..],
+        &["start", "WATCHDOG_HXDA", "--or-run"][..],
+    ] {
+        let output = master_launch(&desk, args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(stderr(&output).contains("HXDA"), "{}", stderr(&output));
+        assert!(stderr(&output).contains("disabled"), "{}", stderr(&output));
+    }
+    let snapshot = desk.snapshot();
+    assert_eq!(copies(&snapshot, "BRAIN_HXDA"), 0);
+    assert_eq!(copies(&snapshot, "WATCHDOG_HXDA"), 0);
+    assert!(
+        !desk.lock_dir().join("BRAIN_HXDA.restart").exists()
+            && !desk.lock_dir().join("WATCHDOG_HXDA.start").exists()
+    );
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
