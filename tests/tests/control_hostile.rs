@@ -863,3 +863,30 @@ fn hx_a_disabled_account_cannot_be_started_through_the_orchestrator() {
     );
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
+
+/// A requester killed (-9) after its restart was taken: the restart is carried out
+/// all the same, one brain at a time, and the desk is healthy after it.
+#[test]
+fn hx_a_requester_killed_while_waiting_leaves_a_completed_restart() {
+    let desk = Desk::with_options("hx_rk", &["HXRK"], &[], QUICK);
+    desk.add_args(&["BRAIN_HXRK"], &["--stop-delay-ms", "500"]);
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    desk.wait_until_running();
+    let old = managed_pid(&desk.snapshot(), "BRAIN_HXRK").unwrap();
+    let (mut restart, _restart_lines) = master_launch_spawn(&desk, &["restart", "BRAIN_HXRK"]);
+    wait_until("the restart to be taken", || {
+        desk.master_log().contains("BRAIN_HXRK: restart requested")
+    });
+    restart.kill().unwrap();
+    restart.wait().unwrap();
+    wait_until("the new brain to run", || {
+        let snapshot = desk.snapshot();
+        assert!(copies(&snapshot, "BRAIN_HXRK") <= 1, "two brains at once");
+        managed_pid(&snapshot, "BRAIN_HXRK").is_some_and(|pid| pid != old)
+    });
+    wait_until("check-procs to be healthy", || {
+        check_procs_json(&desk).0 == 0
+    });
+    assert!(!desk.lock_dir().join("BRAIN_HXRK.restart").exists());
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
