@@ -26,6 +26,14 @@ pub const STATE_FILE: &str = "MASTER_LAUNCH.state";
 /// How many answers per component the view keeps: enough for every requester that
 /// could be waiting at once.
 pub const ANSWERS_KEPT: usize = 16;
+/// The longest request id taken. Ours are `<pid>-<nanos>`; the id is copied into the
+/// view's answers, so a longer one (anyone can write the lock dir) could grow the view
+/// past what readers accept and hide it from check-procs and every requester.
+pub const MAX_ID_BYTES: usize = 64;
+/// The largest view a reader accepts. Every component keeps [`ANSWERS_KEPT`] answers
+/// whose reasons may name long paths: a big desk's view outgrows a lock record's
+/// limit (64 KiB), and a view cut off there would hide every state from check-procs.
+pub const MAX_VIEW_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What a control request asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -140,7 +148,12 @@ impl ControlRequest {
                         )
                     })
                     .and_then(|request| {
-                        if request.name == name && request.action == action {
+                        if request.id.len() > MAX_ID_BYTES {
+                            Err(format!(
+                                "{} has an id longer than {MAX_ID_BYTES} bytes",
+                                lock_dir.join(&file_name).display()
+                            ))
+                        } else if request.name == name && request.action == action {
                             Ok(request)
                         } else {
                             Err(format!(
@@ -264,7 +277,7 @@ impl DeskState {
 
     /// The published view, if there is one: `Err` says why the file cannot be used.
     pub fn read(lock_dir: &Path) -> Option<Result<DeskState, String>> {
-        match entry::read_object(lock_dir, STATE_FILE) {
+        match entry::read_object_within(lock_dir, STATE_FILE, MAX_VIEW_BYTES) {
             EntryRead::Nothing => None,
             EntryRead::Unreadable(why) => Some(Err(why)),
             EntryRead::Object(fields) => Some(

@@ -22,6 +22,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -77,6 +78,9 @@ struct Unit {
     start_after_stop: bool,
     /// Since when its current child runs.
     running_since: Option<Instant>,
+    /// True while its child runs, as its supervision thread sees it: a brain's
+    /// supervisor restarts it only while its watchdog's is true (DESIGN.md rule 13).
+    runs: Arc<AtomicBool>,
     /// Requests waiting for an answer: the id, and for a restart the moment after
     /// which the new run must have started.
     waiting: Vec<(String, Option<Instant>)>,
@@ -140,6 +144,8 @@ pub struct Orchestrator<'f> {
     /// Whether the first start has printed "desk started".
     announced: bool,
     published: Option<Vec<Supervised>>,
+    /// Why the view could not be published last time, once logged.
+    publish_error: Option<String>,
     ticks: u32,
     last_scan: Option<Instant>,
 }
@@ -204,6 +210,7 @@ impl<'f> Orchestrator<'f> {
                 after_stop: None,
                 start_after_stop: false,
                 running_since: None,
+                runs: Arc::new(AtomicBool::new(false)),
                 waiting: Vec::new(),
             });
         }
@@ -220,6 +227,7 @@ impl<'f> Orchestrator<'f> {
             stops: Vec::new(),
             announced: false,
             published: None,
+            publish_error: None,
             ticks: 0,
             last_scan: None,
         }
@@ -390,6 +398,10 @@ impl<'f> Orchestrator<'f> {
     }
 
     fn on_stopped(&mut self, indexes: &[usize]) {
+        // Look at the lock dir before reconciling: a stop request that arrived while a
+        // restart's stop ran (and was left for now) must win over the restart, before
+        // the component is started again even for a moment.
+        self.last_scan = None;
         for &index in indexes {
             let unit = &mut self.units[index];
             unit.stopping = false;
@@ -512,6 +524,15 @@ impl<'f> Orchestrator<'f> {
                         &format!(
                             "{name}: cleared a {} request of {requester}, which has ended",
                             action.as_str()
+                        ),
+                    );
+                    // Another requester may have joined it and waits for this id.
+                    self.units[index].answer(
+                        request.id,
+                        AnswerOutcome::Failed,
+                        format!(
+                            "not acted on: {requester}, which placed the request, has ended; \
+                             ask again"
                         ),
                     );
                     continue;
@@ -735,6 +756,10 @@ impl<'f> Orchestrator<'f> {
             report: Box::new(move |report| {
                 let _ = tx.send(Event::Supervision(index, report));
             }),
+            runs: self.units[index].runs.clone(),
+            guard: self.units[index]
+                .watchdog
+                .map(|w| self.units[w].runs.clone()),
         };
         let unit = &mut self.units[index];
         unit.set(Supervision::Starting, "starting".into());
@@ -780,10 +805,16 @@ impl<'f> Orchestrator<'f> {
             components,
         };
         if let Err(e) = state.write(&self.fleet.lock_dir) {
-            self.events
-                .line("", &format!("cannot publish the desk's state: {e}"));
+            // Retried on every change; said once per reason, not on every tick.
+            let why = e.to_string();
+            if self.publish_error.as_ref() != Some(&why) {
+                self.events
+                    .line("", &format!("cannot publish the desk's state: {why}"));
+                self.publish_error = Some(why);
+            }
             return;
         }
+        self.publish_error = None;
         self.published = Some(state.components);
     }
 

@@ -23,6 +23,9 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 const POLL: Duration = Duration::from_millis(100);
 /// How long a freshly started orchestrator may take to publish its first view.
 const FIRST_VIEW_WAIT: Duration = Duration::from_secs(10);
+/// How long a requester that gives up waits, at most, for its request to be taken
+/// (the orchestrator looks every quarter second).
+const PICKUP_WAIT: Duration = Duration::from_secs(5);
 
 /// What a request names: components, accounts, or both.
 #[derive(Debug, clap::Args)]
@@ -106,7 +109,7 @@ pub fn ask(
         action.as_str(),
         names.join(", ")
     );
-    wait_for_answers(&fleet, &mut probe, pending, timeout_secs)
+    wait_for_answers(&fleet, &mut probe, action, pending, timeout_secs)
 }
 
 /// The components named, in start order, each once; an account is its watchdog and
@@ -182,6 +185,7 @@ fn current_view(fleet: &Fleet, probe: &mut ProcessProbe, patience: Duration) -> 
 fn wait_for_answers(
     fleet: &Fleet,
     probe: &mut ProcessProbe,
+    action: Action,
     mut pending: Vec<(String, String)>,
     timeout_secs: u64,
 ) -> Result<ExitCode, ToolError> {
@@ -230,7 +234,29 @@ fn wait_for_answers(
             break;
         }
         if Instant::now() >= give_up_at {
+            // A request not taken yet would be cleared once we have ended (as one of a
+            // requester that died): wait until it is taken, so that "goes on" is true.
+            let not_taken = |pending: &[(String, String)]| {
+                pending.iter().any(|(name, id)| {
+                    matches!(ControlRequest::read(&fleet.lock_dir, name, action),
+                        Some(Ok(request)) if &request.id == id)
+                })
+            };
+            let pickup_until = Instant::now() + PICKUP_WAIT;
+            while not_taken(&pending) && Instant::now() < pickup_until {
+                std::thread::sleep(POLL);
+            }
             let names: Vec<&str> = pending.iter().map(|(n, _)| n.as_str()).collect();
+            if not_taken(&pending) {
+                // Once we have ended, the orchestrator clears it unread: say so.
+                errln!(
+                    "master-launch: master-launch has not taken the request for {} (is it \
+                     hung?); nothing was done: see `check-procs` and {}",
+                    names.join(", "),
+                    fleet.log_dir.join("master-launch.log").display()
+                );
+                return Ok(ExitCode::Problems);
+            }
             errln!(
                 "master-launch: no answer for {} within {} s; master-launch goes on with the \
                  request: see `check-procs` and {}",

@@ -91,6 +91,10 @@ pub struct Launch {
     pub events: Log,
     /// Told what happens: started, restarting, ended (once, last, for whatever reason).
     pub report: Box<dyn Fn(Report) + Send>,
+    /// True while this component's child runs (a brain's guard reads its watchdog's).
+    pub runs: Arc<AtomicBool>,
+    /// For a brain that needs its watchdog (DESIGN.md rule 13): the watchdog's `runs`.
+    pub guard: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for Launch {
@@ -247,6 +251,7 @@ fn supervise_through_panics(
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".into());
         shared.child.force();
+        launch.runs.store(false, Ordering::SeqCst);
         if shared.stopping.load(Ordering::SeqCst) {
             return Outcome::Stopped;
         }
@@ -283,7 +288,24 @@ fn supervise(
     let name = &component.lock_name;
     let mut backoff = Backoff::new(component);
     let mut probe = ProcessProbe::new().ok();
+    let mut first = true;
     loop {
+        // DESIGN.md rule 13: a brain is started only after its watchdog. The first start
+        // waited for it (the orchestrator); a restart while the watchdog is down (in
+        // its own backoff, say) ends supervision instead, and the orchestrator starts
+        // the brain again once its watchdog runs.
+        if !std::mem::take(&mut first)
+            && launch
+                .guard
+                .as_ref()
+                .is_some_and(|g| !g.load(Ordering::SeqCst))
+        {
+            launch.events.line(
+                "",
+                &format!("{name}: not restarted while its watchdog is not running"),
+            );
+            return Outcome::Stopped;
+        }
         let started = Instant::now();
         let spawned = match probe.as_mut() {
             Some(probe) => shared.child.spawn(
@@ -331,8 +353,10 @@ fn supervise(
         launch
             .events
             .line("", &format!("{name}: started, pid {pid}"));
+        launch.runs.store(true, Ordering::SeqCst);
         (launch.report)(Report::Started { pid });
         let status = shared.child.wait(&mut running);
+        launch.runs.store(false, Ordering::SeqCst);
         let how = status.as_ref().map_or_else(
             |e| format!("could not be waited for: {e}"),
             |s| describe(*s),

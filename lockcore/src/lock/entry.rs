@@ -96,6 +96,11 @@ pub(crate) enum EntryRead {
 
 /// Reads `<dir>/<file_name>` as a JSON object, if it is a regular file.
 pub(crate) fn read_object(dir: &Path, file_name: &str) -> EntryRead {
+    read_object_within(dir, file_name, MAX_RECORD_BYTES)
+}
+
+/// [`read_object`] for a file that may be larger than a record (the orchestrator's view).
+pub(crate) fn read_object_within(dir: &Path, file_name: &str, max_bytes: u64) -> EntryRead {
     let path = dir.join(file_name);
     let unreadable =
         |why: String| EntryRead::Unreadable(format!("{} is unreadable: {why}", path.display()));
@@ -109,13 +114,13 @@ pub(crate) fn read_object(dir: &Path, file_name: &str) -> EntryRead {
     };
     let mut bytes = Vec::new();
     if let Err(e) = (&mut file)
-        .take(MAX_RECORD_BYTES.saturating_add(1))
+        .take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
     {
         return unreadable(e.to_string());
     }
-    if bytes.len() as u64 > MAX_RECORD_BYTES {
-        return unreadable(format!("larger than {MAX_RECORD_BYTES} bytes"));
+    if bytes.len() as u64 > max_bytes {
+        return unreadable(format!("larger than {max_bytes} bytes"));
     }
     match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(serde_json::Value::Object(fields)) => EntryRead::Object(fields),
