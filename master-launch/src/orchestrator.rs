@@ -342,6 +342,9 @@ impl<'f> Orchestrator<'f> {
                         clock_in(delay)
                     ),
                 );
+                if !delay.is_zero() {
+                    self.hold_back_brains_of(index);
+                }
             }
             Report::Ended(outcome) => {
                 unit.running_since = None;
@@ -482,6 +485,34 @@ impl<'f> Orchestrator<'f> {
             }
             self.stop_units(targets, grace, Some(name));
         }
+    }
+
+    /// DESIGN.md rule 13: a watchdog that backs off before its restart (it failed
+    /// again within a minute) leaves its positions unguarded for that long, so its
+    /// running brains are stopped, gracefully, and held back; they stay wanted and
+    /// follow the watchdog back once it has run for [`SETTLE`]. (The immediate first
+    /// restart after a crash keeps the brain: the watchdog is back in milliseconds.)
+    fn hold_back_brains_of(&mut self, index: usize) {
+        let brains = self.brains_of(index);
+        if brains.is_empty() {
+            return;
+        }
+        let name = self.units[index].name().to_string();
+        for &brain in &brains {
+            self.events.line(
+                "",
+                &format!(
+                    "{}: stopping it: its watchdog {name} is backing off before a restart \
+                     (a brain never trades unguarded); it starts again once {name} runs",
+                    self.units[brain].name()
+                ),
+            );
+            self.units[brain].after_stop = Some((
+                Supervision::Starting,
+                format!("held back: its watchdog {name} is restarting"),
+            ));
+        }
+        self.stop_units(brains, Grace::Own, None);
     }
 
     /// The running brains that need the watchdog at `index`.

@@ -769,3 +769,47 @@ fn an_account_may_allow_an_unguarded_brain_explicitly() {
     );
     assert_eq!(stop_desk(&desk, orchestrator), 1);
 }
+
+#[test]
+fn a_brain_is_held_back_while_its_watchdog_backs_off_and_follows_it_back() {
+    let exit_log = fleet_tests::ExitLog::new();
+    let desk = Desk::with_options(
+        "ctl_bo",
+        &["BO"],
+        &["--exit-log", &exit_log.arg],
+        "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 5\nrestart = \"always\"\n",
+    );
+    let bug = desk.dir.path().join("bug");
+    desk.add_args(
+        &["WATCHDOG_BO"],
+        &["--crash-while", &bug.display().to_string()],
+    );
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    desk.wait_until_running();
+    let brain = managed_pid(&desk.snapshot(), "BRAIN_BO").unwrap();
+    let watchdog = managed_pid(&desk.snapshot(), "WATCHDOG_BO").unwrap();
+    // The watchdog crashes again at once after its immediate restart: it backs off.
+    std::fs::write(&bug, "").unwrap();
+    fleet_tests::force_kill(watchdog);
+    wait_until("the brain to be held back", || {
+        desk.master_log()
+            .contains("BRAIN_BO: stopping it: its watchdog WATCHDOG_BO is backing off")
+    });
+    fleet_tests::wait_gone(&[brain]);
+    if !fleet_tests::wine::under_wine() {
+        assert!(
+            exit_log.times().iter().any(|(n, _)| n == "BRAIN_BO"),
+            "the brain was not stopped gracefully"
+        );
+    }
+    // Fixed: the watchdog's next attempt runs, and the brain follows by itself.
+    std::fs::remove_file(&bug).unwrap();
+    let new_brain = wait_supervised(&desk, "BRAIN_BO", orchestrator.pid());
+    assert_ne!(new_brain, brain);
+    let log = desk.master_log();
+    let held = log.find("BRAIN_BO: stopping it").unwrap();
+    let watchdog_back = log_position(&log, "WATCHDOG_BO: started", held).unwrap();
+    let brain_back = log_position(&log, "BRAIN_BO: started", held).unwrap();
+    assert!(watchdog_back < brain_back, "{}", &log[held..]);
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
