@@ -1,0 +1,344 @@
+//! Cluster locks against a real etcd (`fleet_tests::etcd`): one key, one holder,
+//! across "hosts" that share nothing but etcd; a lease that ends frees its key, never
+//! earlier; a holder cut off from etcd knows it before half its lease is gone.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fleet_tests::etcd::Etcd;
+use fleet_tests::proxy::Proxy;
+use lockcore::cluster::{ClusterClaim, ClusterError, ClusterLock, EtcdClient, Fence};
+use lockcore::config::ClusterConfig;
+use serde_json::json;
+
+fn skip(test: &str) -> bool {
+    fleet_tests::wine::skip_under_wine(
+        test,
+        "etcd is a Linux program the Windows test binary cannot start; the cluster code is \
+         platform-free and runs on Linux",
+    )
+}
+
+fn cluster(endpoint: &str, host: &str, ttl_secs: u64) -> ClusterConfig {
+    ClusterConfig {
+        endpoints: vec![endpoint.to_string()],
+        lease_ttl: Duration::from_secs(ttl_secs),
+        host: host.to_string(),
+        desk: "desk".to_string(),
+        auth: None,
+    }
+}
+
+fn client(cluster: &ClusterConfig) -> Arc<EtcdClient> {
+    Arc::new(EtcdClient::from_config(cluster))
+}
+
+fn record(pid: u32) -> serde_json::Value {
+    json!({ "lock_name": "BRAIN_ATLAS", "pid": pid })
+}
+
+fn held(claim: ClusterClaim) -> ClusterLock {
+    match claim {
+        ClusterClaim::Held(lock) => lock,
+        ClusterClaim::HeldElsewhere(holder) => panic!("expected the key, held by {holder:?}"),
+    }
+}
+
+#[test]
+fn two_hosts_racing_for_one_key_exactly_one_wins_every_round() {
+    if skip("two_hosts_racing_for_one_key_exactly_one_wins_every_round") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let hosts = ["A", "B"].map(|host| cluster(&etcd.endpoint, host, 5));
+    for round in 0..20 {
+        let barrier = Arc::new(Barrier::new(2));
+        let racers: Vec<_> = hosts
+            .iter()
+            .cloned()
+            .map(|config| {
+                let barrier = Arc::clone(&barrier);
+                // Each host its own client and connections: they share only etcd.
+                let client = client(&config);
+                thread::spawn(move || {
+                    barrier.wait();
+                    let claim = ClusterLock::acquire(client, &config, "BRAIN_ATLAS", &record(1));
+                    (config.host, claim.unwrap())
+                })
+            })
+            .collect();
+        let results: Vec<(String, ClusterClaim)> =
+            racers.into_iter().map(|r| r.join().unwrap()).collect();
+        let winners: Vec<&String> = results
+            .iter()
+            .filter(|(_, c)| matches!(c, ClusterClaim::Held(_)))
+            .map(|(h, _)| h)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let winner = winners[0].clone();
+        for (host, claim) in &results {
+            if let ClusterClaim::HeldElsewhere(holder) = claim {
+                assert_ne!(host, &winner);
+                assert_eq!(
+                    holder.host.as_deref(),
+                    Some(winner.as_str()),
+                    "round {round}"
+                );
+                assert!(holder.value.contains("\"pid\":1"), "{}", holder.value);
+            }
+        }
+        for (_, claim) in results {
+            if let ClusterClaim::Held(lock) = claim {
+                lock.release().unwrap();
+            }
+        }
+        assert_eq!(etcd.client().get("/desk/locks/BRAIN_ATLAS").unwrap(), None);
+    }
+}
+
+#[test]
+fn release_deletes_the_key_and_the_next_holder_takes_it_at_once() {
+    if skip("release_deletes_the_key_and_the_next_holder_takes_it_at_once") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = cluster(&etcd.endpoint, "A", 10);
+    let b = cluster(&etcd.endpoint, "B", 10);
+    let lock = held(ClusterLock::acquire(client(&a), &a, "WATCHDOG_GL_3", &record(7)).unwrap());
+    let kv = etcd
+        .client()
+        .get("/desk/locks/WATCHDOG_GL_3")
+        .unwrap()
+        .unwrap();
+    assert_eq!(kv.lease, lock.lease());
+    let value: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+    assert_eq!(value["host"], "A");
+    assert_eq!(value["pid"], 7);
+    lock.release().unwrap();
+    let lock = held(ClusterLock::acquire(client(&b), &b, "WATCHDOG_GL_3", &record(8)).unwrap());
+    assert_eq!(lock.fence(), Fence::Keep);
+    drop(lock);
+    assert_eq!(
+        etcd.client().get("/desk/locks/WATCHDOG_GL_3").unwrap(),
+        None
+    );
+}
+
+#[test]
+fn an_abandoned_lease_frees_the_key_after_its_ttl_and_not_before() {
+    if skip("an_abandoned_lease_frees_the_key_after_its_ttl_and_not_before") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = cluster(&etcd.endpoint, "A", 2);
+    let b = cluster(&etcd.endpoint, "B", 2);
+    let lock = held(ClusterLock::acquire(client(&a), &a, "BRAIN_ATLAS", &record(1)).unwrap());
+    // Let the keeper renew a few times: the lease must outlive the grant's TTL.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lock.fence(), Fence::Keep, "{}", lock.fence_reason());
+    let last_renewal = lock.status().renewed_at;
+    let created_at_revision = etcd
+        .client()
+        .get("/desk/locks/BRAIN_ATLAS")
+        .unwrap()
+        .unwrap();
+    lock.abandon();
+    let abandoned = Instant::now();
+    let b_client = client(&b);
+    let taken = loop {
+        match ClusterLock::acquire(Arc::clone(&b_client), &b, "BRAIN_ATLAS", &record(2)).unwrap() {
+            ClusterClaim::Held(lock) => break (Instant::now(), lock),
+            ClusterClaim::HeldElsewhere(holder) => {
+                assert_eq!(holder.host.as_deref(), Some("A"));
+            }
+        }
+        assert!(
+            abandoned.elapsed() < Duration::from_secs(5),
+            "the key outlived its lease by far: {}",
+            etcd.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    // etcd ends a lease no earlier than TTL after it received the last renewal, which
+    // was sent no earlier than `last_renewal`.
+    assert!(
+        taken.0 >= last_renewal + Duration::from_secs(2),
+        "taken {:?} after the last renewal",
+        taken.0 - last_renewal
+    );
+    // The old holder's release cannot delete the new holder's key.
+    assert!(
+        !etcd
+            .client()
+            .delete_if_created_at(
+                "/desk/locks/BRAIN_ATLAS",
+                created_at_revision.create_revision
+            )
+            .unwrap()
+    );
+    let kv = etcd
+        .client()
+        .get("/desk/locks/BRAIN_ATLAS")
+        .unwrap()
+        .unwrap();
+    assert_eq!(kv.lease, taken.1.lease());
+}
+
+#[test]
+fn a_partitioned_holder_fences_before_its_lease_ends_and_the_other_host_only_after() {
+    if skip("a_partitioned_holder_fences_before_its_lease_ends_and_the_other_host_only_after") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(&etcd.endpoint);
+    let ttl = Duration::from_secs(2);
+    let a = cluster(&proxy.endpoint, "A", 2);
+    let b = cluster(&etcd.endpoint, "B", 2);
+    let lock = held(ClusterLock::acquire(client(&a), &a, "BRAIN_ATLAS", &record(1)).unwrap());
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(lock.fence(), Fence::Keep, "{}", lock.fence_reason());
+
+    proxy.partition();
+    let cut = Instant::now();
+    let b_client = client(&b);
+    let (mut asked, mut forced, mut taken) = (None, None, None);
+    while taken.is_none() {
+        let now = Instant::now();
+        match lock.fence() {
+            Fence::Keep => {}
+            Fence::AskStop => {
+                asked.get_or_insert(now);
+            }
+            Fence::Force => {
+                asked.get_or_insert(now);
+                forced.get_or_insert(now);
+            }
+        }
+        if let ClusterClaim::Held(b_lock) =
+            ClusterLock::acquire(Arc::clone(&b_client), &b, "BRAIN_ATLAS", &record(2)).unwrap()
+        {
+            taken = Some((Instant::now(), b_lock));
+        }
+        assert!(
+            cut.elapsed() < ttl * 4,
+            "B never got the key: {}",
+            etcd.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (asked, forced, taken) = (asked.unwrap(), forced.unwrap(), taken.unwrap().0);
+    let last_renewal = lock.status().renewed_at;
+    // A knew before TTL/2 (plus the polling's slack) after the cut...
+    assert!(
+        asked - cut <= ttl / 2 + Duration::from_millis(250),
+        "A asked its child to stop {:?} after the cut",
+        asked - cut
+    );
+    // ...forced before its lease could end, and B took the key only after that.
+    assert!(forced < taken, "B took the key before A forced its child");
+    assert!(forced <= last_renewal + ttl - ttl / 4 + Duration::from_millis(250));
+    assert!(taken >= last_renewal + ttl);
+    let reason = lock.fence_reason();
+    assert!(
+        reason.contains("cannot renew the lease of /desk/locks/BRAIN_ATLAS since"),
+        "{reason}"
+    );
+    // The gap without a holder: from A's force to B's start.
+    let gap = taken - forced;
+    assert!(gap < Duration::from_secs(3), "gap {gap:?}");
+    // The measured times, for the README's takeover table (`--nocapture`).
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "partition, TTL {ttl:?}: asked {:?}, forced {:?}, B took the key {:?} after the \
+             cut; {gap:?} without a holder",
+            asked - cut,
+            forced - cut,
+            taken - cut
+        );
+    }
+    lock.abandon();
+}
+
+#[test]
+fn a_revoked_lease_is_seen_as_gone_and_forces_at_once() {
+    if skip("a_revoked_lease_is_seen_as_gone_and_forces_at_once") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = cluster(&etcd.endpoint, "A", 3);
+    let lock = held(ClusterLock::acquire(client(&a), &a, "quantum_server", &record(1)).unwrap());
+    etcd.client().revoke(lock.lease()).unwrap();
+    let start = Instant::now();
+    while lock.fence() != Fence::Force {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            lock.status()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lock.status().gone);
+    assert!(
+        lock.fence_reason().contains("is gone"),
+        "{}",
+        lock.fence_reason()
+    );
+    // Releasing a lease etcd already dropped is not an error.
+    lock.release().unwrap();
+}
+
+#[test]
+fn a_dead_endpoint_is_skipped_and_no_endpoint_is_an_error_naming_them() {
+    if skip("a_dead_endpoint_is_skipped_and_no_endpoint_is_an_error_naming_them") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let mut config = cluster(&dead, "A", 2);
+    config.endpoints.push(etcd.endpoint.clone());
+    let lock = held(ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap());
+    lock.release().unwrap();
+
+    let config = cluster(&dead, "A", 2);
+    let start = Instant::now();
+    let error = ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(matches!(error, ClusterError::Unreachable { .. }), "{error}");
+    assert!(error.to_string().contains(&dead), "{error}");
+}
+
+#[test]
+fn list_reads_every_lock_under_the_desk_prefix() {
+    if skip("list_reads_every_lock_under_the_desk_prefix") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = cluster(&etcd.endpoint, "A", 5);
+    let mut other_desk = cluster(&etcd.endpoint, "A", 5);
+    other_desk.desk = "desk2".into();
+    let c = client(&a);
+    let locks: Vec<ClusterLock> = ["BRAIN_A", "WATCHDOG_A"]
+        .iter()
+        .map(|name| held(ClusterLock::acquire(Arc::clone(&c), &a, name, &record(1)).unwrap()))
+        .collect();
+    let _other = held(
+        ClusterLock::acquire(client(&other_desk), &other_desk, "BRAIN_A", &record(1)).unwrap(),
+    );
+    let keys: Vec<String> = etcd
+        .client()
+        .list("/desk/locks/")
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(keys, ["/desk/locks/BRAIN_A", "/desk/locks/WATCHDOG_A"]);
+    drop(locks);
+    assert!(etcd.client().list("/desk/locks/").unwrap().is_empty());
+}
