@@ -167,6 +167,8 @@ pub struct ClusterConfig {
     pub host: String,
     /// The key prefix: locks live under `/<desk>/locks/`.
     pub desk: String,
+    /// The line of the `[cluster]` table, for messages.
+    pub line: usize,
     /// etcd user and password, both or neither.
     pub auth: Option<(String, String)>,
 }
@@ -206,6 +208,26 @@ impl Fleet {
     /// The component that owns a lock name, if any.
     pub fn component(&self, lock_name: &str) -> Option<&Component> {
         self.components().find(|c| c.lock_name == lock_name)
+    }
+
+    /// Refuses a `[cluster]` table in a tool that does not take cluster locks yet: a
+    /// desk that names a cluster expects a standby never to double-trade, and a tool
+    /// that ignored the table would let it. Exit 2, naming the table's line.
+    pub fn refuse_cluster(&self, what: &str) -> Result<(), ConfigError> {
+        match &self.cluster {
+            None => Ok(()),
+            Some(cluster) => Err(ConfigError::Invalid {
+                path: self.path.clone(),
+                line: cluster.line,
+                problem: format!(
+                    "[cluster]: {what} does not take cluster locks yet, so it could not keep \
+                     another machine from running the same components"
+                ),
+                fix: "remove the [cluster] table to run this desk on this machine only (its \
+                      local locks hold as before)"
+                    .to_string(),
+            }),
+        }
     }
 
     pub fn account(&self, name: &str) -> Option<&Account> {
@@ -515,6 +537,7 @@ impl Checker<'_> {
     /// `[cluster]`: every value checked here, so that a typo is a config error at start
     /// and never a lock that silently lives on another etcd or under another prefix.
     fn cluster(&self, raw: &Spanned<RawCluster>) -> Result<ClusterConfig, ConfigError> {
+        let line = self.line_of(raw.span().start);
         let raw = raw.get_ref();
         if raw.endpoints.get_ref().is_empty() {
             return Err(self.invalid(
@@ -618,6 +641,7 @@ impl Checker<'_> {
             host,
             desk,
             auth,
+            line,
         })
     }
 

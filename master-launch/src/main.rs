@@ -177,6 +177,7 @@ fn print_plan(plan: &[Component], fleet: &Fleet) {
 
 fn orchestrate(args: &Args) -> Result<ExitCode> {
     let fleet = Fleet::load(&args.config)?;
+    fleet.refuse_cluster("master-launch")?;
     let plan = plan(&fleet, &args.only)?;
     if args.dry_run {
         print_plan(&plan, &fleet);
@@ -430,6 +431,7 @@ fn clear_stale_requests<'n>(fleet: &Fleet, names: impl IntoIterator<Item = &'n s
 /// pre-flight as the orchestrator's: a copy running without its lock refuses it.
 fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     let fleet = Fleet::load(config)?;
+    fleet.refuse_cluster("master-launch run")?;
     let Some(component) = fleet.component(name).cloned() else {
         let names: Vec<&str> = fleet.components().map(|c| c.lock_name.as_str()).collect();
         return Err(UsageError(format!(

@@ -174,6 +174,40 @@ fn an_unknown_only_account_is_a_usage_error() {
         .stderr(predicate::str::contains("--only NOPE: no such account"));
 }
 
+/// Until master-launch takes cluster locks, a desk that names a cluster is refused
+/// rather than run without them; nothing starts, no lock is taken, and etcd (here a
+/// listener that counts connections) is never contacted.
+#[test]
+fn a_cluster_table_is_refused_until_master_launch_takes_cluster_locks() {
+    let etcd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    etcd.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://{}", etcd.local_addr().unwrap());
+    let desk = Desk::with_options(
+        "qs_cluster",
+        &["CL1"],
+        &[],
+        &format!("\n[cluster]\nendpoints = [\"{endpoint}\"]\n"),
+    );
+    let text = std::fs::read_to_string(desk.config()).unwrap();
+    let line = text.lines().position(|l| l == "[cluster]").unwrap() + 1;
+    for args in [&[][..], &["--dry-run"][..], &["run", "BRAIN_CL1"][..]] {
+        master_launch(&desk)
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(format!(
+                "fleet.toml:{line}: [cluster]"
+            )))
+            .stderr(predicate::str::contains("does not take cluster locks yet"))
+            .stderr(predicate::str::contains("remove the [cluster] table"));
+    }
+    assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
+    assert!(
+        matches!(etcd.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "master-launch connected to the cluster endpoint"
+    );
+}
+
 /// Runs everywhere, under Wine too: the two-account desk of the Windows lane.
 #[test]
 fn a_desk_starts_once_a_second_master_launch_refuses_and_a_stop_all_ends_it() {
