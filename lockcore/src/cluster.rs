@@ -519,6 +519,62 @@ pub struct LeaseStatus {
     pub gone: bool,
 }
 
+/// The lease's health as another thread sees it: [`FenceWatch::fence`] says what the
+/// child may still do, [`FenceWatch::reason`] why, for the log.
+#[derive(Debug, Clone)]
+pub struct FenceWatch {
+    key: String,
+    ttl: Duration,
+    status: Arc<Mutex<LeaseStatus>>,
+}
+
+impl FenceWatch {
+    pub fn fence(&self) -> Fence {
+        fence(&lock(&self.status), self.ttl)
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Time left before the lease can end, as this holder counts it (zero once gone).
+    pub fn ttl_left(&self) -> Duration {
+        let status = lock(&self.status);
+        if status.gone {
+            return Duration::ZERO;
+        }
+        self.ttl.saturating_sub(status.renewed_at.elapsed())
+    }
+
+    /// Since when renewals fail and why.
+    pub fn reason(&self) -> String {
+        let status = lock(&self.status).clone();
+        if status.gone {
+            return format!(
+                "etcd says the lease of {} is gone (expired or revoked): another host may \
+                 hold it now",
+                self.key
+            );
+        }
+        let since = status
+            .failing_since
+            .map(|t| {
+                chrono::DateTime::<chrono::Local>::from(t)
+                    .format("%H:%M:%S%.3f")
+                    .to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        format!(
+            "cannot renew the lease of {} since {since} ({:.1} s since the last renewal, the \
+             lease lasts {} s): {}",
+            self.key,
+            status.renewed_at.elapsed().as_secs_f64(),
+            self.ttl.as_secs(),
+            status.last_error.as_deref().unwrap_or("no answer"),
+        )
+    }
+}
+
 /// A held cluster lock: the key, its lease and the thread that keeps the lease alive.
 /// Dropping it releases the key (best effort); [`ClusterLock::release`] reports errors.
 #[derive(Debug)]
@@ -665,35 +721,22 @@ impl ClusterLock {
 
     /// What the holder must do with its child now.
     pub fn fence(&self) -> Fence {
-        fence(&self.status(), self.ttl)
+        self.watch().fence()
     }
 
-    /// Why the holder fences, for its log: since when renewals fail and why.
+    /// Why the holder fences, for its log.
     pub fn fence_reason(&self) -> String {
-        let status = self.status();
-        let since = status
-            .failing_since
-            .map(|t| {
-                chrono::DateTime::<chrono::Local>::from(t)
-                    .format("%H:%M:%S%.3f")
-                    .to_string()
-            })
-            .unwrap_or_else(|| "-".into());
-        if status.gone {
-            return format!(
-                "etcd says the lease of {} is gone (expired or revoked): another host may \
-                 hold it now",
-                self.key
-            );
+        self.watch().reason()
+    }
+
+    /// A handle on the lease's health for another thread (the one that fences the
+    /// child while the holder's thread waits for it).
+    pub fn watch(&self) -> FenceWatch {
+        FenceWatch {
+            key: self.key.clone(),
+            ttl: self.ttl,
+            status: Arc::clone(&self.status),
         }
-        format!(
-            "cannot renew the lease of {} since {since} ({:.1} s since the last renewal, the \
-             lease lasts {} s): {}",
-            self.key,
-            status.renewed_at.elapsed().as_secs_f64(),
-            self.ttl.as_secs(),
-            status.last_error.as_deref().unwrap_or("no answer"),
-        )
     }
 
     /// Stops renewing, deletes the key if it is still ours, revokes the lease.

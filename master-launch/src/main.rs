@@ -177,7 +177,6 @@ fn print_plan(plan: &[Component], fleet: &Fleet) {
 
 fn orchestrate(args: &Args) -> Result<ExitCode> {
     let fleet = Fleet::load(&args.config)?;
-    fleet.refuse_cluster("master-launch")?;
     let plan = plan(&fleet, &args.only)?;
     if args.dry_run {
         print_plan(&plan, &fleet);
@@ -189,7 +188,9 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         events.line("", &warning);
     }
     let mut probe = ProcessProbe::new()?;
-    let locks = LockDir::for_fleet(&fleet);
+    // With [cluster], each component's lock also takes its etcd key (never
+    // MASTER_LAUNCH: each machine's orchestrator holds its own).
+    let locks = LockDir::for_fleet(&fleet).with_cluster(&fleet);
     let claim = LockClaim {
         account: None,
         command: std::env::args().collect(),

@@ -174,11 +174,11 @@ fn an_unknown_only_account_is_a_usage_error() {
         .stderr(predicate::str::contains("--only NOPE: no such account"));
 }
 
-/// Until master-launch takes cluster locks, a desk that names a cluster is refused
-/// rather than run without them; nothing starts, no lock is taken, and etcd (here a
-/// listener that counts connections) is never contacted.
+/// With `[cluster]`: a dry run touches no network (etcd here is a listener that
+/// counts connections); `run NAME` refuses the desk until it takes cluster locks; a
+/// start whose etcd cannot be reached starts nothing and leaves no lock.
 #[test]
-fn a_cluster_table_is_refused_until_master_launch_takes_cluster_locks() {
+fn a_cluster_desk_dry_runs_offline_refuses_run_and_starts_nothing_without_etcd() {
     let etcd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     etcd.set_nonblocking(true).unwrap();
     let endpoint = format!("http://{}", etcd.local_addr().unwrap());
@@ -190,22 +190,26 @@ fn a_cluster_table_is_refused_until_master_launch_takes_cluster_locks() {
     );
     let text = std::fs::read_to_string(desk.config()).unwrap();
     let line = text.lines().position(|l| l == "[cluster]").unwrap() + 1;
-    for args in [&[][..], &["--dry-run"][..], &["run", "BRAIN_CL1"][..]] {
-        master_launch(&desk)
-            .args(args)
-            .assert()
-            .code(2)
-            .stderr(predicate::str::contains(format!(
-                "fleet.toml:{line}: [cluster]"
-            )))
-            .stderr(predicate::str::contains("does not take cluster locks yet"))
-            .stderr(predicate::str::contains("remove the [cluster] table"));
-    }
-    assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
+    master_launch(&desk).arg("--dry-run").assert().success();
+    master_launch(&desk)
+        .args(["run", "BRAIN_CL1"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "fleet.toml:{line}: [cluster]"
+        )))
+        .stderr(predicate::str::contains("does not take cluster locks yet"))
+        .stderr(predicate::str::contains("remove the [cluster] table"));
     assert!(
         matches!(etcd.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        "master-launch connected to the cluster endpoint"
+        "a dry run or a refused run connected to the cluster endpoint"
     );
+    drop(etcd);
+    master_launch(&desk)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cannot reach etcd at"));
+    assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
 }
 
 /// Runs everywhere, under Wine too: the two-account desk of the Windows lane.

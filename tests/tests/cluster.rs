@@ -343,3 +343,111 @@ fn list_reads_every_lock_under_the_desk_prefix() {
     drop(locks);
     assert!(etcd.client().list("/desk/locks/").unwrap().is_empty());
 }
+
+/// A two-account desk for "host" `host` whose locks go through `endpoint`, TTL 2 s.
+/// Each host's bots say which host they belong to (`--say`), so one host's bots are
+/// never copies of the other's components.
+fn cluster_desk(endpoint: &str, host: &str) -> fleet_tests::Desk {
+    fleet_tests::Desk::with_options(
+        "qs",
+        &["ACC1", "ACC2"],
+        &["--say", &format!("host-{host}")],
+        &format!(
+            "\n[cluster]\nendpoints = [\"{endpoint}\"]\nlease_ttl_secs = 2\nhost = \"{host}\"\n"
+        ),
+    )
+}
+
+/// master-launch on two "hosts" (own lock dirs, one etcd): B is refused while A runs
+/// the desk, naming A; cut A off etcd and A stops its bots before its lease can end
+/// (its log says why), and B can start them only after that.
+#[test]
+fn master_launch_on_a_partitioned_host_fences_its_bots_before_the_other_host_can_start_them() {
+    if skip(
+        "master_launch_on_a_partitioned_host_fences_its_bots_before_the_other_host_can_start_them",
+    ) {
+        return;
+    }
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(&etcd.endpoint);
+    let desk_a = cluster_desk(&proxy.endpoint, "A");
+    let desk_b = cluster_desk(&etcd.endpoint, "B");
+    let (_a, _a_lines) = fleet_tests::start_master_launch(&desk_a.config(), &[]);
+    desk_a.wait_until_running();
+    let a_pids = fleet_tests::running_pids(&desk_a.snapshot());
+    assert_eq!(a_pids.len(), 5, "{a_pids:?}");
+    let keys: Vec<String> = etcd
+        .client()
+        .list("/desk/locks/")
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(keys.len(), 5, "{keys:?}");
+
+    let refused = std::process::Command::new(fleet_tests::tool("master-launch", "master-launch"))
+        .arg("--config")
+        .arg(desk_b.config())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("on A"), "{stderr}");
+    assert!(fleet_tests::running_pids(&desk_b.snapshot()).is_empty());
+
+    proxy.partition();
+    let cut = Instant::now();
+    let mut probe = lockcore::ProcessProbe::new().unwrap();
+    let mut a_gone = None;
+    let mut b = None;
+    while b.is_none() {
+        let now = Instant::now();
+        if a_gone.is_none() && a_pids.iter().all(|&pid| probe.identity(pid).is_none()) {
+            a_gone = Some(now);
+        }
+        if a_gone.is_some() {
+            // Try B until the keys are free: a refusal exits at once and takes nothing.
+            let (running, lines) = fleet_tests::start_master_launch(&desk_b.config(), &[]);
+            if lines
+                .wait_for("started, pid", Duration::from_secs(3))
+                .is_some()
+            {
+                b = Some((Instant::now(), running, lines));
+                break;
+            }
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(8),
+            "B never started: A gone {a_gone:?}; A's log:\n{}\nB's log:\n{}",
+            desk_a.master_log(),
+            desk_b.master_log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let a_gone = a_gone.unwrap();
+    let (b_started, _b, _b_lines) = b.unwrap();
+    desk_b.wait_until_running();
+    // A's bots were gone before the lease could end (2 s after the last renewal,
+    // which was before the cut), with polling slack.
+    assert!(
+        a_gone - cut <= Duration::from_millis(2000),
+        "A's bots ran {:?} after the cut",
+        a_gone - cut
+    );
+    assert!(b_started > a_gone);
+    let log = desk_a.master_log();
+    assert!(
+        log.contains("SELF-FENCING: cannot renew the lease of /desk/locks/"),
+        "{log}"
+    );
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "master-launch partition, TTL 2 s: A's bots gone {:?} after the cut, B's first \
+             bot started {:?} after the cut",
+            a_gone - cut,
+            b_started - cut
+        );
+    }
+}
