@@ -451,3 +451,66 @@ fn master_launch_on_a_partitioned_host_fences_its_bots_before_the_other_host_can
         );
     }
 }
+
+/// kill -9 of host A's master-launch: its bots die at once (the local binding), its
+/// keys stay until the lease ends, and host B can start the desk only then, within the
+/// TTL plus the time a start takes.
+#[test]
+fn a_killed_master_launch_loses_its_bots_at_once_and_the_other_host_starts_them_after_the_ttl() {
+    if skip(
+        "a_killed_master_launch_loses_its_bots_at_once_and_the_other_host_starts_them_after_the_ttl",
+    ) {
+        return;
+    }
+    let etcd = Etcd::start();
+    let desk_a = cluster_desk(&etcd.endpoint, "A");
+    let desk_b = cluster_desk(&etcd.endpoint, "B");
+    let (mut a, _a_lines) = fleet_tests::start_master_launch(&desk_a.config(), &[]);
+    desk_a.wait_until_running();
+    let a_pids = fleet_tests::running_pids(&desk_a.snapshot());
+    a.kill();
+    let killed = Instant::now();
+    fleet_tests::wait_gone(&a_pids);
+    let a_gone = killed.elapsed();
+    assert!(
+        a_gone < Duration::from_secs(2),
+        "A's bots outlived it by {a_gone:?}"
+    );
+    let started = loop {
+        let (running, lines) = fleet_tests::start_master_launch(&desk_b.config(), &[]);
+        if lines
+            .wait_for("started, pid", Duration::from_secs(3))
+            .is_some()
+        {
+            break (killed.elapsed(), running, lines);
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(8),
+            "B never started; B's log:\n{}",
+            desk_b.master_log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    desk_b.wait_until_running();
+    // Never two copies: A's bots were gone first. The lease ends 2 s after A's last
+    // renewal, at most 2/3 s before the kill: not before 4/3 s after it.
+    assert!(started.0 > a_gone);
+    assert!(
+        started.0 >= Duration::from_millis(1300),
+        "B started {:?} after the kill",
+        started.0
+    );
+    assert!(
+        started.0 < Duration::from_secs(5),
+        "B started {:?} after the kill",
+        started.0
+    );
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "kill -9, TTL 2 s: A's bots gone {a_gone:?} after the kill, B's first bot started \
+             {:?} after it",
+            started.0
+        );
+    }
+}
