@@ -284,8 +284,9 @@ fn supervise_through_panics(
 
 /// Self-fencing (`[cluster]`): while the lock is held, a lease that cannot be renewed
 /// stops the child before it can end and another machine can take the key: asked at
-/// TTL/2 without a renewal, forced at TTL minus the safety margin. A fenced component
-/// is not restarted (it stops as if asked). Ends when the lock is released.
+/// TTL/2 without a renewal, forced at TTL minus the safety margin. Supervision then
+/// ends as if asked, releasing the lock and key; the orchestrator may start it again
+/// only through a fresh take of both. Ends when the lock is released.
 fn fence_child(name: &str, watch: &FenceWatch, shared: &Shared, events: &Log) {
     let (mut asked, mut forced) = (false, false);
     while !shared.releasing.load(Ordering::SeqCst) && !forced {

@@ -441,6 +441,10 @@ fn master_launch_on_a_partitioned_host_fences_its_bots_before_the_other_host_can
         log.contains("SELF-FENCING: cannot renew the lease of /desk/locks/"),
         "{log}"
     );
+    // A tried once to start them again, through etcd, which it cannot reach: nothing
+    // of A's runs beside B's desk.
+    assert!(log.contains("not started: cannot reach etcd"), "{log}");
+    assert!(fleet_tests::running_pids(&desk_a.snapshot()).is_empty());
     #[allow(clippy::print_stderr)]
     {
         eprintln!(
