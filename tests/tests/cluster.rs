@@ -518,3 +518,56 @@ fn a_killed_master_launch_loses_its_bots_at_once_and_the_other_host_starts_them_
         );
     }
 }
+
+/// One plain HTTP POST (the test's own, to set etcd up without the client under test).
+fn post(endpoint: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let address = endpoint.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// With authentication on in etcd: the right user and password take and renew the
+/// key; none, or a wrong password, is an error that says so.
+#[test]
+fn user_and_password_authenticate_and_a_wrong_password_is_refused() {
+    if skip("user_and_password_authenticate_and_a_wrong_password_is_refused") {
+        return;
+    }
+    let etcd = Etcd::start();
+    for (path, body) in [
+        ("/v3/auth/role/add", r#"{"name":"root"}"#),
+        ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        let answer = post(&etcd.endpoint, path, body);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
+    let mut config = cluster(&etcd.endpoint, "A", 2);
+    let error = ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap_err();
+    assert!(error.to_string().contains("user name is empty"), "{error}");
+
+    config.auth = Some(("root".into(), "wrong".into()));
+    let error = ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap_err();
+    assert!(
+        error.to_string().contains("authentication failed"),
+        "{error}"
+    );
+
+    config.auth = Some(("root".into(), "pw".into()));
+    let lock = held(ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap());
+    // Renewals carry the token too: the lease outlives its TTL.
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(lock.fence(), Fence::Keep, "{}", lock.fence_reason());
+    lock.release().unwrap();
+}
