@@ -142,6 +142,42 @@ pub struct Fleet {
     pub log_dir: PathBuf,
     pub globals: Vec<Component>,
     pub accounts: Vec<Account>,
+    /// `[cluster]`: locks shared with other machines through etcd. `None` (no table)
+    /// keeps every lock on this machine and touches no network.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The shortest and longest lease a `[cluster]` may ask for. Below 2 s a renewal every
+/// TTL/3 leaves no room for one slow round trip; above 5 minutes a dead machine would
+/// keep its components from a standby for too long.
+pub const MIN_LEASE_TTL_SECS: u64 = 2;
+pub const MAX_LEASE_TTL_SECS: u64 = 300;
+const DEFAULT_LEASE_TTL_SECS: u64 = 10;
+/// The environment variable that names this machine in the cluster, over `host`.
+pub const HOST_ENV: &str = "FLEET_HOST";
+
+/// A validated `[cluster]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd client URLs (`http://10.0.0.5:2379`), tried in order.
+    pub endpoints: Vec<String>,
+    pub lease_ttl: Duration,
+    /// This machine's name in lock values: `FLEET_HOST`, else `host`, else the
+    /// machine's name.
+    pub host: String,
+    /// The key prefix: locks live under `/<desk>/locks/`.
+    pub desk: String,
+    /// The line of the `[cluster]` table, for messages.
+    pub line: usize,
+    /// etcd user and password, both or neither.
+    pub auth: Option<(String, String)>,
+}
+
+impl ClusterConfig {
+    /// The etcd key of a lock name.
+    pub fn lock_key(&self, lock_name: &str) -> String {
+        format!("/{}/locks/{lock_name}", self.desk)
+    }
 }
 
 impl Fleet {
@@ -174,6 +210,26 @@ impl Fleet {
         self.components().find(|c| c.lock_name == lock_name)
     }
 
+    /// Refuses a `[cluster]` table in a tool that does not take cluster locks yet: a
+    /// desk that names a cluster expects a standby never to double-trade, and a tool
+    /// that ignored the table would let it. Exit 2, naming the table's line.
+    pub fn refuse_cluster(&self, what: &str) -> Result<(), ConfigError> {
+        match &self.cluster {
+            None => Ok(()),
+            Some(cluster) => Err(ConfigError::Invalid {
+                path: self.path.clone(),
+                line: cluster.line,
+                problem: format!(
+                    "[cluster]: {what} does not take cluster locks yet, so it could not keep \
+                     another machine from running the same components"
+                ),
+                fix: "remove the [cluster] table to run this desk on this machine only (its \
+                      local locks hold as before)"
+                    .to_string(),
+            }),
+        }
+    }
+
     pub fn account(&self, name: &str) -> Option<&Account> {
         self.accounts
             .iter()
@@ -194,6 +250,19 @@ struct RawFleet {
     global: Vec<Spanned<RawGlobal>>,
     #[serde(default)]
     account: Vec<Spanned<RawAccount>>,
+    cluster: Option<Spanned<RawCluster>>,
+}
+
+/// `[cluster]`: etcd endpoints and this machine's part in the shared locks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    lease_ttl_secs: Option<Spanned<u64>>,
+    host: Option<Spanned<String>>,
+    desk: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
 }
 
 /// `[defaults]`: options that every process inherits unless it sets its own.
@@ -451,13 +520,167 @@ impl Checker<'_> {
             });
         }
 
+        let cluster = match &raw.cluster {
+            Some(cluster) => Some(self.cluster(cluster)?),
+            None => None,
+        };
         Ok(Fleet {
             path: self.path.to_path_buf(),
             lock_dir,
             log_dir: dir.join(raw.log_dir.as_deref().unwrap_or("logs")),
             globals,
             accounts,
+            cluster,
         })
+    }
+
+    /// `[cluster]`: every value checked here, so that a typo is a config error at start
+    /// and never a lock that silently lives on another etcd or under another prefix.
+    fn cluster(&self, raw: &Spanned<RawCluster>) -> Result<ClusterConfig, ConfigError> {
+        let line = self.line_of(raw.span().start);
+        let raw = raw.get_ref();
+        if raw.endpoints.get_ref().is_empty() {
+            return Err(self.invalid(
+                raw.endpoints.span().start,
+                "[cluster] endpoints is empty".into(),
+                "list the etcd client URLs, e.g. endpoints = [\"http://10.0.0.5:2379\"], or \
+                 remove [cluster] to keep every lock on this machine",
+            ));
+        }
+        let mut endpoints = Vec::new();
+        for endpoint in raw.endpoints.get_ref() {
+            endpoints.push(self.check_endpoint(endpoint)?);
+        }
+        let lease_ttl_secs = match &raw.lease_ttl_secs {
+            Some(ttl) if !(MIN_LEASE_TTL_SECS..=MAX_LEASE_TTL_SECS).contains(ttl.get_ref()) => {
+                return Err(self.invalid(
+                    ttl.span().start,
+                    format!("lease_ttl_secs = {} is out of range", ttl.get_ref()),
+                    &format!(
+                        "use {MIN_LEASE_TTL_SECS} to {MAX_LEASE_TTL_SECS} seconds (default \
+                         {DEFAULT_LEASE_TTL_SECS}): a standby takes over at most this long after \
+                         a machine dies"
+                    ),
+                ));
+            }
+            Some(ttl) => *ttl.get_ref(),
+            None => DEFAULT_LEASE_TTL_SECS,
+        };
+        let desk = match &raw.desk {
+            Some(desk) => {
+                let text = desk.get_ref();
+                let usable = !text.is_empty()
+                    && text.len() <= MAX_NAME_LEN
+                    && text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                    && text != "."
+                    && text != "..";
+                if !usable {
+                    return Err(self.invalid(
+                        desk.span().start,
+                        format!("[cluster] desk `{text}` is not usable as an etcd key prefix"),
+                        &format!(
+                            "use letters, digits, `_`, `-` and `.` only (no `/`), at most \
+                             {MAX_NAME_LEN} characters, e.g. desk = \"desk\""
+                        ),
+                    ));
+                }
+                text.clone()
+            }
+            None => "desk".to_string(),
+        };
+        let host = match std::env::var(HOST_ENV) {
+            Ok(host) if !host.trim().is_empty() => host.trim().to_string(),
+            _ => match &raw.host {
+                Some(host) => {
+                    let text = host.get_ref().trim();
+                    if text.is_empty() || text.len() > 255 || text.chars().any(char::is_control) {
+                        return Err(self.invalid(
+                            host.span().start,
+                            "[cluster] host is empty, too long or has control characters".into(),
+                            "name this machine (at most 255 characters), or remove the key to \
+                             use the machine's own name (FLEET_HOST overrides both)",
+                        ));
+                    }
+                    text.to_string()
+                }
+                None => gethostname::gethostname().to_string_lossy().into_owned(),
+            },
+        };
+        let auth = match (&raw.user, &raw.password) {
+            (None, None) => None,
+            (Some(user), _) if user.get_ref().is_empty() => {
+                return Err(self.invalid(
+                    user.span().start,
+                    "[cluster] user is empty".into(),
+                    "give the etcd user's name, or remove user and password",
+                ));
+            }
+            (Some(user), Some(password)) => {
+                Some((user.get_ref().clone(), password.get_ref().clone()))
+            }
+            (Some(user), None) => {
+                return Err(self.invalid(
+                    user.span().start,
+                    "[cluster] has a user but no password".into(),
+                    "add password = \"...\" next to user, or remove user",
+                ));
+            }
+            (None, Some(password)) => {
+                return Err(self.invalid(
+                    password.span().start,
+                    "[cluster] has a password but no user".into(),
+                    "add user = \"...\" next to password, or remove password",
+                ));
+            }
+        };
+        Ok(ClusterConfig {
+            endpoints,
+            lease_ttl: Duration::from_secs(lease_ttl_secs),
+            host,
+            desk,
+            auth,
+            line,
+        })
+    }
+
+    /// An etcd client URL: `http://HOST:PORT` with nothing after the authority but an
+    /// optional `/`. `https` is refused until TLS is supported, so that a desk never
+    /// believes its traffic is encrypted when it is not.
+    fn check_endpoint(&self, endpoint: &Spanned<String>) -> Result<String, ConfigError> {
+        let text = endpoint.get_ref().trim();
+        let at = endpoint.span().start;
+        if let Some(rest) = text.strip_prefix("https://") {
+            return Err(self.invalid(
+                at,
+                format!("endpoint `{text}`: TLS to etcd is not supported yet"),
+                &format!(
+                    "use http://{rest} on a private network or through a local TLS tunnel \
+                     (the README's cluster section says how)"
+                ),
+            ));
+        }
+        let authority = text
+            .strip_prefix("http://")
+            .map(|rest| rest.strip_suffix('/').unwrap_or(rest));
+        let valid = authority.is_some_and(|authority| {
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            };
+            !host.is_empty()
+                && !host.contains(['/', '@', '?', '#', ' '])
+                && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0))
+        });
+        match authority {
+            Some(authority) if valid => Ok(format!("http://{authority}")),
+            _ => Err(self.invalid(
+                at,
+                format!("endpoint `{text}` is not an etcd client URL"),
+                "write it as http://HOST:PORT, e.g. \"http://10.0.0.5:2379\"",
+            )),
+        }
     }
 
     /// Names become lock file names: keep them to what every file system accepts, on

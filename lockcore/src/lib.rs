@@ -10,6 +10,7 @@
 //! - [`process`]: process identity (pid + start time) and the process table.
 //! - [`copies`]: what counts as a running copy of a component (DESIGN.md rule 9).
 //! - [`config`]: `fleet.toml`, its model and its validation.
+//! - [`cluster`]: locks shared between machines through etcd (`[cluster]`; optional).
 //! - [`select`]: which accounts a command acts on (`--only`, `--account`).
 //! - [`desk`]: one snapshot of locks and processes, and the problems in it.
 //! - [`stop`]: stop requests, the way anyone asks a lock holder to stop.
@@ -24,6 +25,7 @@
 //! See `ARCHITECTURE.md` at the repository root for how the pieces fit.
 
 pub mod autostart;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod copies;

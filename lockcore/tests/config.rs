@@ -524,3 +524,172 @@ fn a_value_of_the_wrong_kind_is_refused_at_its_line() {
     assert!(problem.contains("sometimes"), "{problem}");
     assert!(fix.contains("correct the value"), "{fix}");
 }
+
+/// A one-account desk with a `[cluster]` table made of `lines` (the table's first key
+/// is on line 7).
+fn cluster_desk(lines: &str) -> String {
+    tiny_desk("", "ACC") + "\n[cluster]\n" + lines + "\n"
+}
+const CLUSTER_LINE: usize = 8;
+
+#[test]
+fn without_a_cluster_table_the_desk_has_no_cluster() {
+    let fleet = Fleet::from_toml(Path::new("desk/fleet.toml"), DESK).unwrap();
+    assert_eq!(fleet.cluster, None);
+}
+
+#[test]
+fn a_cluster_table_loads_with_its_defaults() {
+    let text = cluster_desk(r#"endpoints = ["http://10.0.0.5:2379/", "http://etcd-b:2379"]"#);
+    let fleet = Fleet::from_toml(Path::new("desk/fleet.toml"), &text).unwrap();
+    let cluster = fleet.cluster.unwrap();
+    assert_eq!(
+        cluster.endpoints,
+        ["http://10.0.0.5:2379", "http://etcd-b:2379"]
+    );
+    assert_eq!(cluster.lease_ttl, Duration::from_secs(10));
+    assert_eq!(cluster.desk, "desk");
+    assert_eq!(cluster.auth, None);
+    if std::env::var_os(lockcore::config::HOST_ENV).is_none() {
+        let machine = gethostname::gethostname();
+        assert_eq!(cluster.host, machine.to_string_lossy());
+    }
+    assert_eq!(cluster.lock_key("BRAIN_ACC"), "/desk/locks/BRAIN_ACC");
+}
+
+#[test]
+fn a_cluster_table_takes_every_key() {
+    let text = cluster_desk(
+        "endpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl_secs = 3\nhost = \"A\"\n\
+         desk = \"prop-desk\"\nuser = \"desk\"\npassword = \"secret\"",
+    );
+    let cluster = Fleet::from_toml(Path::new("desk/fleet.toml"), &text)
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(cluster.lease_ttl, Duration::from_secs(3));
+    if std::env::var_os(lockcore::config::HOST_ENV).is_none() {
+        assert_eq!(cluster.host, "A");
+    }
+    assert_eq!(cluster.desk, "prop-desk");
+    assert_eq!(cluster.auth, Some(("desk".into(), "secret".into())));
+    assert_eq!(cluster.lock_key("X"), "/prop-desk/locks/X");
+}
+
+#[test]
+fn cluster_refusals_name_their_line_and_fix() {
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "endpoints = []",
+            0,
+            "endpoints is empty",
+            "remove [cluster]",
+        ),
+        (
+            "endpoints = [\"https://10.0.0.5:2379\"]",
+            0,
+            "TLS to etcd is not supported yet",
+            "http://10.0.0.5:2379",
+        ),
+        (
+            "endpoints = [\"10.0.0.5:2379\"]",
+            0,
+            "not an etcd client URL",
+            "http://HOST:PORT",
+        ),
+        (
+            "endpoints = [\"http://10.0.0.5:99999\"]",
+            0,
+            "not an etcd client URL",
+            "http://HOST:PORT",
+        ),
+        (
+            "endpoints = [\"http://a:1/v3/kv\"]",
+            0,
+            "not an etcd client URL",
+            "http://HOST:PORT",
+        ),
+        (
+            "endpoints = [\"http://:2379\"]",
+            0,
+            "not an etcd client URL",
+            "http://HOST:PORT",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nlease_ttl_secs = 1",
+            1,
+            "lease_ttl_secs = 1 is out of range",
+            "2 to 300",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nlease_ttl_secs = 18446744073709551615",
+            1,
+            "out of range",
+            "2 to 300",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\ndesk = \"a/b\"",
+            1,
+            "not usable as an etcd key prefix",
+            "no `/`",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\ndesk = \"..\"",
+            1,
+            "not usable as an etcd key prefix",
+            "no `/`",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nuser = \"desk\"",
+            1,
+            "a user but no password",
+            "add password",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\npassword = \"x\"",
+            1,
+            "a password but no user",
+            "add user",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nuser = \"\"\npassword = \"x\"",
+            1,
+            "user is empty",
+            "user's name",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nttl = 5",
+            1,
+            "unknown field `ttl`",
+            "README lists every key",
+        ),
+        (
+            "lease_ttl_secs = 5",
+            0,
+            "missing field `endpoints`",
+            "add the missing key",
+        ),
+    ];
+    for (lines, offset, want_problem, want_fix) in cases {
+        let (line, problem, fix) = refusal_and_fix(&cluster_desk(lines));
+        assert!(problem.contains(want_problem), "{lines}: {problem}");
+        assert!(fix.contains(want_fix), "{lines}: {fix}");
+        // A missing key is blamed on its table's header line.
+        if !want_problem.starts_with("missing") {
+            assert_eq!(line, CLUSTER_LINE + offset, "{lines}: {problem}");
+        }
+    }
+}
+
+#[test]
+fn an_empty_host_is_refused_unless_fleet_host_names_the_machine() {
+    if std::env::var_os(lockcore::config::HOST_ENV).is_some() {
+        return;
+    }
+    let (line, problem, fix) = refusal_and_fix(&cluster_desk(
+        "endpoints = [\"http://a:2379\"]\nhost = \" \"",
+    ));
+    assert_eq!(line, CLUSTER_LINE + 1);
+    assert!(problem.contains("host is empty"), "{problem}");
+    assert!(fix.contains("FLEET_HOST"), "{fix}");
+}

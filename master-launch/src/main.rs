@@ -188,7 +188,9 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         events.line("", &warning);
     }
     let mut probe = ProcessProbe::new()?;
-    let locks = LockDir::for_fleet(&fleet);
+    // With [cluster], each component's lock also takes its etcd key (never
+    // MASTER_LAUNCH: each machine's orchestrator holds its own).
+    let locks = LockDir::for_fleet(&fleet).with_cluster(&fleet);
     let claim = LockClaim {
         account: None,
         command: std::env::args().collect(),
@@ -430,6 +432,7 @@ fn clear_stale_requests<'n>(fleet: &Fleet, names: impl IntoIterator<Item = &'n s
 /// pre-flight as the orchestrator's: a copy running without its lock refuses it.
 fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     let fleet = Fleet::load(config)?;
+    fleet.refuse_cluster("master-launch run")?;
     let Some(component) = fleet.component(name).cloned() else {
         let names: Vec<&str> = fleet.components().map(|c| c.lock_name.as_str()).collect();
         return Err(UsageError(format!(

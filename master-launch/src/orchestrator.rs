@@ -215,7 +215,7 @@ impl<'f> Orchestrator<'f> {
             });
         }
         Orchestrator {
-            locks: LockDir::for_fleet(fleet),
+            locks: LockDir::for_fleet(fleet).with_cluster(fleet),
             fleet,
             events,
             probe,

@@ -15,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use lockcore::cluster::{Fence, FenceWatch};
 use lockcore::config::RestartPolicy;
 use lockcore::{
     Component, HeldLock, LockLost, LockWatcher, ProcessIdentity, ProcessProbe, Stage, Stoppable,
@@ -111,6 +112,14 @@ impl Supervisor {
     pub fn start(component: Component, lock: HeldLock, launch: Launch) -> Supervisor {
         let shared = Arc::new(Shared::default());
         let watcher = lock.watcher().ok();
+        if let Some(watch) = lock.fence_watch() {
+            let (shared, events) = (shared.clone(), launch.events.clone());
+            let name = component.lock_name.clone();
+            std::thread::Builder::new()
+                .name(format!("fence {name}"))
+                .spawn(move || fence_child(&name, &watch, &shared, &events))
+                .unwrap_or_else(|e| panic!("cannot start a thread: {e}"));
+        }
         let (attempted, first_attempt) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = {
             let (component, shared) = (component.clone(), shared.clone());
@@ -277,6 +286,52 @@ fn supervise_through_panics(
         );
     }
 }
+
+/// Self-fencing (`[cluster]`): while the lock is held, a lease that cannot be renewed
+/// stops the child before it can end and another machine can take the key: asked at
+/// TTL/2 without a renewal, forced at TTL minus the safety margin. Supervision then
+/// ends as if asked, releasing the lock and key; the orchestrator may start it again
+/// only through a fresh take of both. Ends when the lock is released.
+fn fence_child(name: &str, watch: &FenceWatch, shared: &Shared, events: &Log) {
+    let (mut asked, mut forced) = (false, false);
+    while !shared.releasing.load(Ordering::SeqCst) && !forced {
+        match watch.fence() {
+            Fence::Keep => {}
+            Fence::AskStop if !asked => {
+                asked = true;
+                events.line(
+                    "",
+                    &format!(
+                        "{name}: SELF-FENCING: {}; asking it to stop before its lease can end",
+                        watch.reason()
+                    ),
+                );
+                shared.stopping.store(true, Ordering::SeqCst);
+                shared.wake.notify_all();
+                shared.child.ask_to_stop();
+            }
+            Fence::AskStop => {}
+            Fence::Force => {
+                forced = true;
+                events.line(
+                    "",
+                    &format!(
+                        "{name}: SELF-FENCING: {}; forcing it before its lease can end",
+                        watch.reason()
+                    ),
+                );
+                shared.stopping.store(true, Ordering::SeqCst);
+                shared.wake.notify_all();
+                shared.child.force();
+            }
+        }
+        std::thread::sleep(FENCE_POLL);
+    }
+}
+
+/// How often the fencing thread looks at the lease: small against the safety margin
+/// (TTL/4, at least 500 ms).
+const FENCE_POLL: Duration = Duration::from_millis(20);
 
 fn supervise(
     component: &Component,

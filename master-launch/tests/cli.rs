@@ -174,6 +174,44 @@ fn an_unknown_only_account_is_a_usage_error() {
         .stderr(predicate::str::contains("--only NOPE: no such account"));
 }
 
+/// With `[cluster]`: a dry run touches no network (etcd here is a listener that
+/// counts connections); `run NAME` refuses the desk until it takes cluster locks; a
+/// start whose etcd cannot be reached starts nothing and leaves no lock.
+#[test]
+fn a_cluster_desk_dry_runs_offline_refuses_run_and_starts_nothing_without_etcd() {
+    let etcd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    etcd.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://{}", etcd.local_addr().unwrap());
+    let desk = Desk::with_options(
+        "qs_cluster",
+        &["CL1"],
+        &[],
+        &format!("\n[cluster]\nendpoints = [\"{endpoint}\"]\n"),
+    );
+    let text = std::fs::read_to_string(desk.config()).unwrap();
+    let line = text.lines().position(|l| l == "[cluster]").unwrap() + 1;
+    master_launch(&desk).arg("--dry-run").assert().success();
+    master_launch(&desk)
+        .args(["run", "BRAIN_CL1"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "fleet.toml:{line}: [cluster]"
+        )))
+        .stderr(predicate::str::contains("does not take cluster locks yet"))
+        .stderr(predicate::str::contains("remove the [cluster] table"));
+    assert!(
+        matches!(etcd.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a dry run or a refused run connected to the cluster endpoint"
+    );
+    drop(etcd);
+    master_launch(&desk)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cannot reach etcd at"));
+    assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
+}
+
 /// Runs everywhere, under Wine too: the two-account desk of the Windows lane.
 #[test]
 fn a_desk_starts_once_a_second_master_launch_refuses_and_a_stop_all_ends_it() {

@@ -5,6 +5,7 @@
 //!   its own package; the tools live in other packages.
 //! - [`Barrier`] releases many processes at the same instant: each waits for a file.
 //! - [`spawn_reader`] turns a child's stdout into lines a test can wait for.
+//! - [`etcd::Etcd`] runs a real etcd on loopback; [`proxy::Proxy`] cuts a host off it.
 //!
 //! The helper binaries in `src/bin/` are stand-ins the scenarios drive.
 
@@ -15,6 +16,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod etcd;
+pub mod proxy;
 pub mod wine;
 
 /// The path of workspace binary `name` from package `package`, built if needed.

@@ -3,14 +3,14 @@
 //! accepts (the `Raw*` structs, which refuse any other key), so a key cannot be added
 //! without its row, nor a row outlive its key.
 
-use super::{RawAccount, RawFleet, RawGlobal, RawOptions};
+use super::{RawAccount, RawCluster, RawFleet, RawGlobal, RawOptions};
 use crate::introspect::struct_fields;
 
 /// One key of one table.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigKey {
     /// `""` for the top level, else the table: `[vars]`, `[defaults]`, `[[global]]`,
-    /// `[[account]]`.
+    /// `[[account]]`, `[cluster]`.
     pub table: &'static str,
     pub key: &'static str,
     pub meaning: &'static str,
@@ -28,6 +28,7 @@ const TOP: &str = "";
 const DEFAULTS: &str = "[defaults]";
 const GLOBAL: &str = "[[global]]";
 const ACCOUNT: &str = "[[account]]";
+const CLUSTER: &str = "[cluster]";
 
 /// Every key, table by table, in the order the README lists them.
 pub const CONFIG_KEYS: &[ConfigKey] = &[
@@ -52,6 +53,12 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         TOP,
         "account",
         "`[[account]]`: one per broker account (a watchdog and a brain)",
+    ),
+    key(
+        TOP,
+        "cluster",
+        "`[cluster]`: locks shared with other machines through etcd (optional; without it \
+         no network is touched)",
     ),
     key(
         DEFAULTS,
@@ -133,16 +140,41 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         "brain_requires_watchdog",
         "false: the brain may run while its watchdog does not (default true: it never does)",
     ),
+    key(
+        CLUSTER,
+        "endpoints",
+        "etcd client URLs, `http://HOST:PORT`, tried in order (`https` is refused: TLS is not \
+         supported yet)",
+    ),
+    key(
+        CLUSTER,
+        "lease_ttl_secs",
+        "how long a lock outlives its holder's last renewal (default 10, 2 to 300)",
+    ),
+    key(
+        CLUSTER,
+        "host",
+        "this machine's name in the locks (default: the machine's name; `FLEET_HOST` \
+         overrides both)",
+    ),
+    key(
+        CLUSTER,
+        "desk",
+        "key prefix: locks live under `/<desk>/locks/` (default `desk`)",
+    ),
+    key(CLUSTER, "user", "etcd user (with `password`)"),
+    key(CLUSTER, "password", "etcd password (with `user`)"),
 ];
 
 /// The keys the parser accepts, table by table: read from the `Raw*` structs
 /// themselves.
-pub fn accepted_keys() -> [(&'static str, &'static [&'static str]); 4] {
+pub fn accepted_keys() -> [(&'static str, &'static [&'static str]); 5] {
     [
         (TOP, struct_fields::<RawFleet>()),
         (DEFAULTS, struct_fields::<RawOptions>()),
         (GLOBAL, struct_fields::<RawGlobal>()),
         (ACCOUNT, struct_fields::<RawAccount>()),
+        (CLUSTER, struct_fields::<RawCluster>()),
     ]
 }
 
@@ -171,7 +203,7 @@ mod tests {
         assert!(
             CONFIG_KEYS
                 .iter()
-                .all(|k| [TOP, DEFAULTS, GLOBAL, ACCOUNT].contains(&k.table))
+                .all(|k| [TOP, DEFAULTS, GLOBAL, ACCOUNT, CLUSTER].contains(&k.table))
         );
     }
 }

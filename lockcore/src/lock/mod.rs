@@ -36,8 +36,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use crate::config::Fleet;
+use crate::cluster::{ClusterClaim, ClusterError, ClusterLock, EtcdClient, FenceWatch};
+use crate::config::{ClusterConfig, Fleet};
 use crate::copies::{CopyRule, runs_python};
 use crate::process::{ProcessIdentity, ProcessProbe, ProcessTableError};
 use crate::record::{LockRecord, format_local, local_timestamp_now};
@@ -108,6 +110,18 @@ pub struct LockDir {
     dir: PathBuf,
     /// Copy rules by lock name, lower case (Windows file names ignore case).
     copy_rules: BTreeMap<String, CopyRule>,
+    /// `[cluster]`: the components whose locks also take an etcd key.
+    cluster: Option<ClusterPart>,
+}
+
+/// What a lock dir needs to take cluster keys.
+#[derive(Debug, Clone)]
+struct ClusterPart {
+    client: Arc<EtcdClient>,
+    config: ClusterConfig,
+    /// The component lock names, lower case: never `MASTER_LAUNCH`, which each
+    /// machine's orchestrator holds for itself.
+    names: Vec<String>,
 }
 
 /// What the caller wants recorded about the process the lock is for.
@@ -175,6 +189,8 @@ pub struct HeldLock {
     path: PathBuf,
     file: Option<File>,
     record: LockRecord,
+    /// The etcd key, with `[cluster]`: released before the local lock.
+    cluster: Option<ClusterLock>,
 }
 
 /// The state of a lock file, as `check-procs` and `lock-gc` show it.
@@ -293,6 +309,8 @@ pub enum LockError {
     #[error(transparent)]
     Lost(#[from] LockLost),
     #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
     ProcessTable(#[from] ProcessTableError),
 }
 
@@ -317,6 +335,55 @@ impl LockDir {
         Self {
             dir: dir.into(),
             copy_rules: BTreeMap::new(),
+            cluster: None,
+        }
+    }
+
+    /// With `[cluster]`, a component's lock is the local lock and then its etcd key
+    /// ([`ClusterLock`]), released in the reverse order. Without it, nothing changes.
+    pub fn with_cluster(mut self, fleet: &Fleet) -> Self {
+        self.cluster = fleet.cluster.as_ref().map(|config| ClusterPart {
+            client: Arc::new(EtcdClient::from_config(config)),
+            config: config.clone(),
+            names: fleet
+                .components()
+                .map(|c| c.lock_name.to_ascii_lowercase())
+                .collect(),
+        });
+        self
+    }
+
+    /// Takes the cluster key of a lock just taken locally, if the desk has a cluster.
+    /// Held elsewhere: the local lock goes, and the answer names the other host.
+    fn take_cluster_key(&self, mut held: HeldLock) -> Result<Acquire, LockError> {
+        let Some(part) = &self.cluster else {
+            return Ok(Acquire::Acquired(held));
+        };
+        if !part.names.contains(&held.name.to_ascii_lowercase()) {
+            return Ok(Acquire::Acquired(held));
+        }
+        held.record.host = Some(part.config.host.clone());
+        held.write_record()?;
+        match ClusterLock::acquire(
+            Arc::clone(&part.client),
+            &part.config,
+            &held.name,
+            &held.record,
+        )? {
+            ClusterClaim::Held(key) => {
+                held.cluster = Some(key);
+                Ok(Acquire::Acquired(held))
+            }
+            ClusterClaim::HeldElsewhere(other) => {
+                let holder = Holder {
+                    name: held.name.clone(),
+                    path: PathBuf::from(part.config.lock_key(&held.name)),
+                    record: serde_json::from_str(&other.value).ok(),
+                    legacy: false,
+                };
+                held.release()?;
+                Ok(Acquire::Held(holder))
+            }
         }
     }
 
@@ -382,7 +449,7 @@ impl LockDir {
                     return Ok(Acquire::Held(holder));
                 }
                 let held = HeldLock::start(name, path, file, claim, probe)?;
-                return Ok(Acquire::Acquired(held));
+                return self.take_cluster_key(held);
             }
             if os::try_lock_shared(&file).map_err(io_error("lock", &path))? {
                 // Only inspectors were in the way: not held. Let go and try again.
@@ -680,6 +747,7 @@ impl HeldLock {
             path,
             file: Some(file),
             record,
+            cluster: None,
         };
         held.write_record()?;
         Ok(held)
@@ -739,15 +807,23 @@ impl HeldLock {
         self.release_inner()
     }
 
+    /// With `[cluster]`: what the holder must do with its child now, shareable with a
+    /// thread that watches while another waits for the child.
+    pub fn fence_watch(&self) -> Option<FenceWatch> {
+        self.cluster.as_ref().map(ClusterLock::watch)
+    }
+
     fn release_inner(&mut self) -> Result<(), LockError> {
+        // The key first: another machine may take over only once nothing runs here.
+        let cluster = self.cluster.take().map(ClusterLock::release);
         let Some(file) = self.file.take() else {
-            return Ok(());
+            return cluster.transpose().map(|_| ()).map_err(LockError::from);
         };
         if !names_file(&self.path, &file) {
             return Err(self.lost().into());
         }
         os::remove_locked(file, &self.path).map_err(io_error("remove", &self.path))?;
-        Ok(())
+        cluster.transpose().map(|_| ()).map_err(LockError::from)
     }
 
     fn write_record(&mut self) -> Result<(), LockError> {

@@ -1,0 +1,905 @@
+//! Locks shared between machines: a small synchronous etcd v3 client and the cluster
+//! lock built on it (`[cluster]` in fleet.toml; without that table nothing here runs
+//! and no connection is made).
+//!
+//! A cluster lock is the etcd key `/<desk>/locks/<NAME>`, created in one transaction
+//! only if absent (`create_revision == 0`) and attached to a lease. Its value is the
+//! lock record as JSON with the holder's `host` added. A keeper thread renews the lease
+//! every TTL/3; the holder asks [`ClusterLock::fence`] what its child may still do, and
+//! stops it before the lease can end (self-fencing): ask at TTL/2 without a renewal,
+//! force at TTL minus a safety margin of TTL/4. Every duration is measured from the
+//! moment the last successful renewal was *sent*, on this machine's monotonic clock:
+//! etcd restarts the TTL when it receives the renewal, which is later, so the holder's
+//! view of the end is never later than etcd's (no wall clocks are compared).
+//! Release deletes the key only if it is still the one this holder created (same
+//! create revision), then revokes the lease.
+//!
+//! Why the JSON gateway over `ureq` rather than the gRPC API (`etcd-client`, tonic):
+//! the tools are small synchronous, thread-based programs; tonic brings an async
+//! runtime, `protoc` at build time and a large dependency tree into every binary and
+//! the Windows cross-build. etcd serves the same v3 API as JSON on its client port
+//! (`POST /v3/kv/txn`, ...; keys and values base64, 64-bit numbers as strings), and
+//! `ureq` (default features off: no TLS, no C code) is a well-kept blocking HTTP
+//! client. TLS is refused by the config until it is supported.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::ClusterConfig;
+
+/// An etcd request that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No endpoint answered (refused, timed out, closed).
+    #[error("cannot reach etcd at {endpoints}: {reason}")]
+    Unreachable { endpoints: String, reason: String },
+    /// etcd answered with an error (`{"error": ..., "code": ...}`).
+    #[error("etcd at {endpoint} refused {what}: {message} (code {code})")]
+    Refused {
+        endpoint: String,
+        what: &'static str,
+        message: String,
+        code: i64,
+    },
+    /// etcd answered something this client cannot read.
+    #[error("etcd at {endpoint} answered {what} with something unexpected: {detail}")]
+    Malformed {
+        endpoint: String,
+        what: &'static str,
+        detail: String,
+    },
+}
+
+/// A lease's id, as etcd numbers it.
+pub type LeaseId = i64;
+
+/// One key as etcd stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    /// 0: attached to no lease.
+    pub lease: LeaseId,
+}
+
+/// What a create-if-absent transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The key is ours, created at this revision.
+    Created { revision: i64 },
+    /// Someone else's key was there.
+    Exists(KeyValue),
+}
+
+/// A synchronous etcd v3 client over the JSON gateway.
+#[derive(Debug)]
+pub struct EtcdClient {
+    endpoints: Vec<String>,
+    agent: ureq::Agent,
+    /// The endpoint that answered last: tried first next time.
+    current: AtomicUsize,
+    auth: Option<(String, String)>,
+    token: Mutex<Option<String>>,
+    timeout: Duration,
+}
+
+impl EtcdClient {
+    /// A client for `endpoints` (`http://HOST:PORT`). `timeout` bounds each request,
+    /// connection included; nothing is sent until the first call.
+    pub fn new(
+        endpoints: Vec<String>,
+        auth: Option<(String, String)>,
+        timeout: Duration,
+    ) -> EtcdClient {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .build()
+            .new_agent();
+        EtcdClient {
+            endpoints,
+            agent,
+            current: AtomicUsize::new(0),
+            auth,
+            token: Mutex::new(None),
+            timeout,
+        }
+    }
+
+    /// The client a `[cluster]` table describes; requests time out after a third of
+    /// the lease (a renewal that takes longer is as good as lost).
+    pub fn from_config(cluster: &ClusterConfig) -> EtcdClient {
+        EtcdClient::new(
+            cluster.endpoints.clone(),
+            cluster.auth.clone(),
+            request_timeout(cluster.lease_ttl),
+        )
+    }
+
+    /// Grants a lease of `ttl` (whole seconds, at least 1).
+    pub fn grant(&self, ttl: Duration) -> Result<LeaseId, ClusterError> {
+        let secs = ttl.as_secs().max(1);
+        let (endpoint, answer) = self.call(
+            "/v3/lease/grant",
+            &json!({ "TTL": secs }),
+            "a lease grant",
+            self.timeout,
+        )?;
+        let id = int(&answer, "ID");
+        if id == 0 {
+            return Err(malformed(&endpoint, "a lease grant", &answer));
+        }
+        Ok(id)
+    }
+
+    /// Renews a lease once. `Ok(None)`: etcd no longer knows it (expired or revoked).
+    pub fn keep_alive(
+        &self,
+        lease: LeaseId,
+        timeout: Duration,
+    ) -> Result<Option<Duration>, ClusterError> {
+        let (_, answer) = self.call(
+            "/v3/lease/keepalive",
+            &json!({ "ID": lease.to_string() }),
+            "a lease renewal",
+            timeout,
+        )?;
+        // The gateway streams: each answer is wrapped in `result`.
+        let result = answer.get("result").unwrap_or(&answer);
+        let ttl = int(result, "TTL");
+        Ok((ttl > 0).then(|| Duration::from_secs(ttl.unsigned_abs())))
+    }
+
+    /// Revokes a lease: every key attached to it is deleted.
+    pub fn revoke(&self, lease: LeaseId) -> Result<(), ClusterError> {
+        match self.call(
+            "/v3/lease/revoke",
+            &json!({ "ID": lease.to_string() }),
+            "a lease revoke",
+            self.timeout,
+        ) {
+            Ok(_) => Ok(()),
+            // Already gone: what revoking wanted.
+            Err(ClusterError::Refused { message, .. }) if message.contains("lease not found") => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates `key` with `value` attached to `lease`, in one transaction, only if the
+    /// key does not exist; otherwise returns the key that is there.
+    pub fn create_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<Created, ClusterError> {
+        let key64 = BASE64.encode(key);
+        let body = json!({
+            "compare": [{ "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
+            "success": [{ "request_put": { "key": key64, "value": BASE64.encode(value), "lease": lease.to_string() } }],
+            "failure": [{ "request_range": { "key": key64 } }],
+        });
+        let (endpoint, answer) =
+            self.call("/v3/kv/txn", &body, "a lock transaction", self.timeout)?;
+        if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
+            let revision = answer.get("header").map_or(0, |h| int(h, "revision"));
+            if revision == 0 {
+                return Err(malformed(&endpoint, "a lock transaction", &answer));
+            }
+            return Ok(Created::Created { revision });
+        }
+        let existing = answer
+            .get("responses")
+            .and_then(|r| r.get(0))
+            .and_then(|r| r.get("response_range"))
+            .map(|r| kvs(&endpoint, r))
+            .transpose()?
+            .and_then(|mut kvs| kvs.pop());
+        match existing {
+            Some(kv) => Ok(Created::Exists(kv)),
+            // Deleted between the compare and the range: cannot happen in one
+            // transaction, so the answer is not what it seems.
+            None => Err(malformed(&endpoint, "a lock transaction", &answer)),
+        }
+    }
+
+    /// The key, if it exists.
+    pub fn get(&self, key: &str) -> Result<Option<KeyValue>, ClusterError> {
+        let (endpoint, answer) = self.call(
+            "/v3/kv/range",
+            &json!({ "key": BASE64.encode(key) }),
+            "a read",
+            self.timeout,
+        )?;
+        Ok(kvs(&endpoint, &answer)?.pop())
+    }
+
+    /// Every key that starts with `prefix`, in key order.
+    pub fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, ClusterError> {
+        let (endpoint, answer) = self.call(
+            "/v3/kv/range",
+            &json!({ "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix.as_bytes())) }),
+            "a read",
+            self.timeout,
+        )?;
+        kvs(&endpoint, &answer)
+    }
+
+    /// Deletes `key` only if it is still the one created at `revision`: never a key
+    /// another holder created since. Returns whether it was deleted.
+    pub fn delete_if_created_at(&self, key: &str, revision: i64) -> Result<bool, ClusterError> {
+        let key64 = BASE64.encode(key);
+        let body = json!({
+            "compare": [{ "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": revision.to_string() }],
+            "success": [{ "request_delete_range": { "key": key64 } }],
+        });
+        let (_, answer) = self.call("/v3/kv/txn", &body, "a release", self.timeout)?;
+        Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
+    }
+
+    /// Deletes every key that starts with `prefix` (tests and tools clearing a desk).
+    pub fn delete_prefix(&self, prefix: &str) -> Result<(), ClusterError> {
+        self.call(
+            "/v3/kv/deleterange",
+            &json!({ "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix.as_bytes())) }),
+            "a delete",
+            self.timeout,
+        )
+        .map(|_| ())
+    }
+
+    /// One POST, trying each endpoint in turn from the last one that answered. Returns
+    /// the endpoint that answered and its JSON.
+    fn call(
+        &self,
+        path: &str,
+        body: &Value,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<(String, Value), ClusterError> {
+        let first = self.current.load(Ordering::Relaxed);
+        let mut reasons = Vec::new();
+        for i in 0..self.endpoints.len() {
+            let index = (first + i) % self.endpoints.len();
+            let endpoint = &self.endpoints[index];
+            match self.post(endpoint, path, body, what, timeout) {
+                Ok(answer) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok((endpoint.clone(), answer));
+                }
+                Err(Attempt::Transport(reason)) => reasons.push(format!("{endpoint}: {reason}")),
+                Err(Attempt::Answer(error)) => return Err(error),
+            }
+        }
+        Err(ClusterError::Unreachable {
+            endpoints: self.endpoints.join(", "),
+            reason: if reasons.is_empty() {
+                "no endpoints configured".to_string()
+            } else {
+                reasons.join("; ")
+            },
+        })
+    }
+
+    fn post(
+        &self,
+        endpoint: &str,
+        path: &str,
+        body: &Value,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<Value, Attempt> {
+        let token = match &self.auth {
+            Some(_) => Some(self.token(endpoint, timeout)?),
+            None => None,
+        };
+        let answer = self.post_raw(endpoint, path, body, what, timeout, token.as_deref())?;
+        if let Some(error) = refusal(endpoint, what, &answer) {
+            // An expired token: authenticate again, once.
+            if token.is_some()
+                && let ClusterError::Refused { message, .. } = &error
+                && message.contains("token")
+            {
+                *lock(&self.token) = None;
+                let token = self.token(endpoint, timeout)?;
+                let answer = self.post_raw(endpoint, path, body, what, timeout, Some(&token))?;
+                return match refusal(endpoint, what, &answer) {
+                    Some(error) => Err(Attempt::Answer(error)),
+                    None => Ok(answer),
+                };
+            }
+            return Err(Attempt::Answer(error));
+        }
+        Ok(answer)
+    }
+
+    fn token(&self, endpoint: &str, timeout: Duration) -> Result<String, Attempt> {
+        if let Some(token) = lock(&self.token).clone() {
+            return Ok(token);
+        }
+        let Some((user, password)) = &self.auth else {
+            return Ok(String::new());
+        };
+        let what = "authentication";
+        let answer = self.post_raw(
+            endpoint,
+            "/v3/auth/authenticate",
+            &json!({ "name": user, "password": password }),
+            what,
+            timeout,
+            None,
+        )?;
+        if let Some(error) = refusal(endpoint, what, &answer) {
+            return Err(Attempt::Answer(error));
+        }
+        let token = answer
+            .get("token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Attempt::Answer(malformed(endpoint, what, &answer)))?
+            .to_string();
+        *lock(&self.token) = Some(token.clone());
+        Ok(token)
+    }
+
+    fn post_raw(
+        &self,
+        endpoint: &str,
+        path: &str,
+        body: &Value,
+        what: &'static str,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<Value, Attempt> {
+        let mut request = self
+            .agent
+            .post(format!("{endpoint}{path}"))
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        let mut response = request
+            .send(body.to_string())
+            .map_err(|e| Attempt::Transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Attempt::Transport(e.to_string()))?;
+        serde_json::from_str::<Value>(text.trim()).map_err(|e| {
+            Attempt::Answer(ClusterError::Malformed {
+                endpoint: endpoint.to_string(),
+                what,
+                detail: format!(
+                    "HTTP {status}, not JSON ({e}): {}",
+                    text.chars().take(200).collect::<String>()
+                ),
+            })
+        })
+    }
+}
+
+/// Why one endpoint did not give an answer.
+enum Attempt {
+    /// Try the next endpoint.
+    Transport(String),
+    /// An answer: another endpoint would say the same.
+    Answer(ClusterError),
+}
+
+/// Requests time out after a sixth of the lease (at least 200 ms): two tries fit
+/// between renewals, and a renewal that hangs is reported long before TTL/2.
+pub fn request_timeout(ttl: Duration) -> Duration {
+    (ttl / 6).max(Duration::from_millis(200))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A 64-bit number from the gateway's JSON: a string, or a number; absent means 0.
+fn int(value: &Value, key: &str) -> i64 {
+    match value.get(key) {
+        Some(Value::String(text)) => text.parse().unwrap_or(0),
+        Some(Value::Number(number)) => number.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn malformed(endpoint: &str, what: &'static str, answer: &Value) -> ClusterError {
+    ClusterError::Malformed {
+        endpoint: endpoint.to_string(),
+        what,
+        detail: answer.to_string().chars().take(300).collect(),
+    }
+}
+
+/// The error etcd put in an answer (`{"error": ...}`, or a stream's `{"error": {...}}`).
+fn refusal(endpoint: &str, what: &'static str, answer: &Value) -> Option<ClusterError> {
+    let error = answer.get("error")?;
+    let (message, code) = match error {
+        Value::Object(_) => (
+            error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            int(error, "code"),
+        ),
+        other => (
+            answer
+                .get("message")
+                .and_then(Value::as_str)
+                .map_or_else(|| other.to_string(), str::to_string),
+            int(answer, "code"),
+        ),
+    };
+    Some(ClusterError::Refused {
+        endpoint: endpoint.to_string(),
+        what,
+        message,
+        code,
+    })
+}
+
+/// The keys of a range answer.
+fn kvs(endpoint: &str, answer: &Value) -> Result<Vec<KeyValue>, ClusterError> {
+    let Some(list) = answer.get("kvs").and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    let decode = |kv: &Value, field: &str| -> Result<Vec<u8>, ClusterError> {
+        let text = kv.get(field).and_then(Value::as_str).unwrap_or_default();
+        BASE64.decode(text).map_err(|e| ClusterError::Malformed {
+            endpoint: endpoint.to_string(),
+            what: "a read",
+            detail: format!("{field} is not base64: {e}"),
+        })
+    };
+    list.iter()
+        .map(|kv| {
+            Ok(KeyValue {
+                key: String::from_utf8_lossy(&decode(kv, "key")?).into_owned(),
+                value: decode(kv, "value")?,
+                create_revision: int(kv, "create_revision"),
+                mod_revision: int(kv, "mod_revision"),
+                lease: int(kv, "lease"),
+            })
+        })
+        .collect()
+}
+
+/// The end of etcd's range for a prefix: the prefix with its last byte below 0xff
+/// incremented (`\0` alone means "to the end of the key space").
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// What the holder of a cluster lock must do with its child now (self-fencing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The lease was renewed recently: run.
+    Keep,
+    /// No renewal for TTL/2: ask the child to stop.
+    AskStop,
+    /// TTL minus the safety margin has passed without a renewal, or etcd says the
+    /// lease is gone: force the child now.
+    Force,
+}
+
+/// The keeper's view of a lease, for the holder and its log.
+#[derive(Debug, Clone)]
+pub struct LeaseStatus {
+    /// When the last successful renewal (or the grant) was sent.
+    pub renewed_at: Instant,
+    /// Since when renewals fail (wall clock, for the log), if they do.
+    pub failing_since: Option<SystemTime>,
+    pub last_error: Option<String>,
+    /// etcd said the lease no longer exists: it will never be renewed again.
+    pub gone: bool,
+}
+
+/// The lease's health as another thread sees it: [`FenceWatch::fence`] says what the
+/// child may still do, [`FenceWatch::reason`] why, for the log.
+#[derive(Debug, Clone)]
+pub struct FenceWatch {
+    key: String,
+    ttl: Duration,
+    status: Arc<Mutex<LeaseStatus>>,
+}
+
+impl FenceWatch {
+    pub fn fence(&self) -> Fence {
+        fence(&lock(&self.status), self.ttl)
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Time left before the lease can end, as this holder counts it (zero once gone).
+    pub fn ttl_left(&self) -> Duration {
+        let status = lock(&self.status);
+        if status.gone {
+            return Duration::ZERO;
+        }
+        self.ttl.saturating_sub(status.renewed_at.elapsed())
+    }
+
+    /// Since when renewals fail and why.
+    pub fn reason(&self) -> String {
+        let status = lock(&self.status).clone();
+        if status.gone {
+            return format!(
+                "etcd says the lease of {} is gone (expired or revoked): another host may \
+                 hold it now",
+                self.key
+            );
+        }
+        let since = status
+            .failing_since
+            .map(|t| {
+                chrono::DateTime::<chrono::Local>::from(t)
+                    .format("%H:%M:%S%.3f")
+                    .to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        format!(
+            "cannot renew the lease of {} since {since} ({:.1} s since the last renewal, the \
+             lease lasts {} s): {}",
+            self.key,
+            status.renewed_at.elapsed().as_secs_f64(),
+            self.ttl.as_secs(),
+            status.last_error.as_deref().unwrap_or("no answer"),
+        )
+    }
+}
+
+/// A held cluster lock: the key, its lease and the thread that keeps the lease alive.
+/// Dropping it releases the key (best effort); [`ClusterLock::release`] reports errors.
+#[derive(Debug)]
+pub struct ClusterLock {
+    client: Arc<EtcdClient>,
+    key: String,
+    lease: LeaseId,
+    revision: i64,
+    ttl: Duration,
+    status: Arc<Mutex<LeaseStatus>>,
+    stop_keeper: Option<mpsc::Sender<()>>,
+    keeper: Option<JoinHandle<()>>,
+}
+
+/// Who holds a cluster key, as its value says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterHolder {
+    /// The holder's host, if the value names one.
+    pub host: Option<String>,
+    /// The value as stored (the lock record with `host`), lossily as text.
+    pub value: String,
+    pub lease: LeaseId,
+    pub create_revision: i64,
+}
+
+impl ClusterHolder {
+    fn from_kv(kv: &KeyValue) -> ClusterHolder {
+        let value = String::from_utf8_lossy(&kv.value).into_owned();
+        let host = serde_json::from_str::<Value>(&value)
+            .ok()
+            .and_then(|v| v.get("host").and_then(Value::as_str).map(str::to_string));
+        ClusterHolder {
+            host,
+            value,
+            lease: kv.lease,
+            create_revision: kv.create_revision,
+        }
+    }
+}
+
+/// The answer to a cluster lock attempt.
+#[derive(Debug)]
+pub enum ClusterClaim {
+    Held(ClusterLock),
+    /// Another holder has the key.
+    HeldElsewhere(ClusterHolder),
+}
+
+/// The key's value: the lock record's JSON object with `host` added.
+pub fn lock_value(record: &impl Serialize, host: &str) -> Vec<u8> {
+    let mut value = serde_json::to_value(record).unwrap_or(Value::Null);
+    match &mut value {
+        Value::Object(map) => {
+            map.insert("host".into(), Value::String(host.to_string()));
+        }
+        other => value = json!({ "host": host, "record": other.take() }),
+    }
+    value.to_string().into_bytes()
+}
+
+impl ClusterLock {
+    /// Takes the key of `lock_name` under a new lease, if nobody holds it. On success
+    /// a keeper thread renews the lease every TTL/3 until release.
+    pub fn acquire(
+        client: Arc<EtcdClient>,
+        cluster: &ClusterConfig,
+        lock_name: &str,
+        record: &impl Serialize,
+    ) -> Result<ClusterClaim, ClusterError> {
+        let key = cluster.lock_key(lock_name);
+        let ttl = cluster.lease_ttl;
+        // The lease's clock starts no earlier than this, on etcd's side.
+        let granted_at = Instant::now();
+        let lease = client.grant(ttl)?;
+        let created = client.create_if_absent(&key, &lock_value(record, &cluster.host), lease);
+        let revision = match created {
+            Ok(Created::Created { revision }) => revision,
+            Ok(Created::Exists(kv)) => {
+                // Ours is unused: revoke it rather than let it linger for a TTL.
+                let _ = client.revoke(lease);
+                return Ok(ClusterClaim::HeldElsewhere(ClusterHolder::from_kv(&kv)));
+            }
+            Err(e) => {
+                let _ = client.revoke(lease);
+                return Err(e);
+            }
+        };
+        let status = Arc::new(Mutex::new(LeaseStatus {
+            renewed_at: granted_at,
+            failing_since: None,
+            last_error: None,
+            gone: false,
+        }));
+        let (stop_keeper, stopped) = mpsc::channel();
+        let keeper = {
+            let client = Arc::clone(&client);
+            let status = Arc::clone(&status);
+            std::thread::Builder::new()
+                .name(format!("lease-keeper {lock_name}"))
+                .spawn(move || keep_lease(&client, lease, ttl, &status, &stopped))
+                .ok()
+        };
+        if keeper.is_none() {
+            let _ = client.delete_if_created_at(&key, revision);
+            let _ = client.revoke(lease);
+            return Err(ClusterError::Unreachable {
+                endpoints: String::new(),
+                reason: "cannot start the thread that renews the lease".into(),
+            });
+        }
+        Ok(ClusterClaim::Held(ClusterLock {
+            client,
+            key,
+            lease,
+            revision,
+            ttl,
+            status,
+            stop_keeper: Some(stop_keeper),
+            keeper,
+        }))
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn lease(&self) -> LeaseId {
+        self.lease
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The safety margin before the lease's end: TTL/4. A holder frozen longer than
+    /// this (a suspended VM) may outlive its lease: the documented limit.
+    pub fn safety_margin(&self) -> Duration {
+        self.ttl / 4
+    }
+
+    pub fn status(&self) -> LeaseStatus {
+        lock(&self.status).clone()
+    }
+
+    /// What the holder must do with its child now.
+    pub fn fence(&self) -> Fence {
+        self.watch().fence()
+    }
+
+    /// Why the holder fences, for its log.
+    pub fn fence_reason(&self) -> String {
+        self.watch().reason()
+    }
+
+    /// A handle on the lease's health for another thread (the one that fences the
+    /// child while the holder's thread waits for it).
+    pub fn watch(&self) -> FenceWatch {
+        FenceWatch {
+            key: self.key.clone(),
+            ttl: self.ttl,
+            status: Arc::clone(&self.status),
+        }
+    }
+
+    /// Stops renewing, deletes the key if it is still ours, revokes the lease.
+    pub fn release(mut self) -> Result<(), ClusterError> {
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<(), ClusterError> {
+        let Some(stop) = self.stop_keeper.take() else {
+            return Ok(());
+        };
+        drop(stop);
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
+        }
+        let deleted = self.client.delete_if_created_at(&self.key, self.revision);
+        let revoked = self.client.revoke(self.lease);
+        deleted.and(revoked)
+    }
+
+    /// Stops renewing without releasing: the key stays until its lease expires. What a
+    /// holder that dies without a word looks like to the cluster (tests).
+    pub fn abandon(mut self) {
+        self.stop_keeper.take();
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
+        }
+    }
+}
+
+impl Drop for ClusterLock {
+    fn drop(&mut self) {
+        let _ = self.release_inner();
+    }
+}
+
+fn fence(status: &LeaseStatus, ttl: Duration) -> Fence {
+    let quiet = status.renewed_at.elapsed();
+    if status.gone || quiet >= ttl - ttl / 4 {
+        Fence::Force
+    } else if quiet >= ttl / 2 {
+        Fence::AskStop
+    } else {
+        Fence::Keep
+    }
+}
+
+/// The keeper thread: renew every TTL/3, retry failures every TTL/12, stop when the
+/// holder drops the sender, or when etcd says the lease is gone.
+fn keep_lease(
+    client: &EtcdClient,
+    lease: LeaseId,
+    ttl: Duration,
+    status: &Mutex<LeaseStatus>,
+    stopped: &mpsc::Receiver<()>,
+) {
+    let interval = ttl / 3;
+    let retry = (ttl / 12).max(Duration::from_millis(50));
+    let timeout = request_timeout(ttl);
+    let mut next = Instant::now() + interval;
+    loop {
+        match stopped.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let sent = Instant::now();
+        let outcome = client.keep_alive(lease, timeout);
+        let mut status = lock(status);
+        match outcome {
+            Ok(Some(_)) => {
+                status.renewed_at = sent;
+                status.failing_since = None;
+                status.last_error = None;
+                next = sent + interval;
+            }
+            Ok(None) => {
+                status.gone = true;
+                status.failing_since.get_or_insert_with(SystemTime::now);
+                status.last_error = Some("the lease no longer exists".into());
+                return;
+            }
+            Err(e) => {
+                status.failing_since.get_or_insert_with(SystemTime::now);
+                status.last_error = Some(e.to_string());
+                next = Instant::now() + retry;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte_that_can_be() {
+        assert_eq!(prefix_end(b"/desk/locks/"), b"/desk/locks0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+    }
+
+    #[test]
+    fn gateway_numbers_are_read_as_strings_or_numbers() {
+        let v = json!({ "a": "42", "b": 7, "c": "x" });
+        assert_eq!(int(&v, "a"), 42);
+        assert_eq!(int(&v, "b"), 7);
+        assert_eq!(int(&v, "c"), 0);
+        assert_eq!(int(&v, "missing"), 0);
+    }
+
+    #[test]
+    fn fencing_asks_at_half_the_ttl_and_forces_before_its_end() {
+        let ttl = Duration::from_secs(8);
+        let at = |ago: Duration, gone: bool| LeaseStatus {
+            renewed_at: Instant::now() - ago,
+            failing_since: None,
+            last_error: None,
+            gone,
+        };
+        assert_eq!(fence(&at(Duration::from_secs(3), false), ttl), Fence::Keep);
+        assert_eq!(
+            fence(&at(Duration::from_secs(4), false), ttl),
+            Fence::AskStop
+        );
+        assert_eq!(fence(&at(Duration::from_secs(6), false), ttl), Fence::Force);
+        assert_eq!(fence(&at(Duration::ZERO, true), ttl), Fence::Force);
+    }
+
+    #[test]
+    fn the_value_is_the_record_with_the_host() {
+        let value = lock_value(&json!({ "pid": 7 }), "A");
+        let parsed: Value = serde_json::from_slice(&value).unwrap_or_default();
+        assert_eq!(parsed, json!({ "pid": 7, "host": "A" }));
+        let holder = ClusterHolder::from_kv(&KeyValue {
+            key: "/desk/locks/X".into(),
+            value,
+            create_revision: 3,
+            mod_revision: 3,
+            lease: 9,
+        });
+        assert_eq!(holder.host.as_deref(), Some("A"));
+    }
+
+    #[test]
+    fn an_error_answer_is_a_refusal_naming_its_message() {
+        let error = refusal(
+            "http://e",
+            "a read",
+            &json!({ "error": "bad", "message": "etcdserver: lease not found", "code": 5 }),
+        );
+        assert!(
+            matches!(error, Some(ClusterError::Refused { ref message, code: 5, .. }) if message.contains("lease not found")),
+            "{error:?}"
+        );
+        let stream = refusal(
+            "http://e",
+            "a renewal",
+            &json!({ "error": { "message": "m", "code": 14 } }),
+        );
+        assert!(matches!(
+            stream,
+            Some(ClusterError::Refused { code: 14, .. })
+        ));
+        assert!(refusal("http://e", "a read", &json!({ "kvs": [] })).is_none());
+    }
+}

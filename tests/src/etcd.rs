@@ -1,0 +1,130 @@
+//! A real etcd for the cluster tests: Debian's `etcd` (package `etcd-server`, which
+//! `.ci/run` installs) on free loopback ports with a temporary data folder, killed when
+//! the handle drops. A missing etcd fails the test with the install command: a cluster
+//! test never passes by not running.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockcore::cluster::EtcdClient;
+
+/// One running etcd node.
+#[derive(Debug)]
+pub struct Etcd {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// Holds the data folder and the node's log until the drop.
+    dir: tempfile::TempDir,
+}
+
+/// The etcd binary: `FLEET_TEST_ETCD`, else `etcd` on the PATH.
+fn etcd_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLEET_TEST_ETCD") {
+        return PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("etcd"))
+            .find(|candidate| candidate.is_file())
+    });
+    match found {
+        Some(path) => path,
+        None => panic!(
+            "the cluster tests need etcd and it is not on the PATH: install it \
+             (`apt-get install -y etcd-server` on Debian; .ci/run does) or set \
+             FLEET_TEST_ETCD to its path"
+        ),
+    }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
+}
+
+impl Etcd {
+    /// Starts a one-node etcd and waits until it answers (at most 20 s; a port taken
+    /// between the choice and the bind is tried again with new ports).
+    pub fn start() -> Etcd {
+        let binary = etcd_binary();
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+            let (client, peer) = (free_port(), free_port());
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log_path = dir.path().join("etcd.log");
+            let log = std::fs::File::create(&log_path)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+            let err = log
+                .try_clone()
+                .unwrap_or_else(|e| panic!("cannot reopen {}: {e}", log_path.display()));
+            let child = Command::new(&binary)
+                .arg("--name=test")
+                .arg(format!("--data-dir={}", dir.path().join("data").display()))
+                .arg(format!("--listen-client-urls={endpoint}"))
+                .arg(format!("--advertise-client-urls={endpoint}"))
+                .arg(format!("--listen-peer-urls={peer_url}"))
+                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                .arg(format!("--initial-cluster=test={peer_url}"))
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let mut etcd = Etcd {
+                child,
+                endpoint,
+                dir,
+            };
+            if etcd.wait_ready(Duration::from_secs(20)) {
+                return etcd;
+            }
+            last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            etcd.stop();
+        }
+        panic!("etcd did not start on loopback; its log:\n{last_log}");
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> bool {
+        let client = self.client();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if client.get("/").is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// A client for this node with a 2 s request timeout.
+    pub fn client(&self) -> EtcdClient {
+        EtcdClient::new(vec![self.endpoint.clone()], None, Duration::from_secs(2))
+    }
+
+    /// The node's own log (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

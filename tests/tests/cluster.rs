@@ -1,0 +1,573 @@
+//! Cluster locks against a real etcd (`fleet_tests::etcd`): one key, one holder,
+//! across "hosts" that share nothing but etcd; a lease that ends frees its key, never
+//! earlier; a holder cut off from etcd knows it before half its lease is gone.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fleet_tests::etcd::Etcd;
+use fleet_tests::proxy::Proxy;
+use lockcore::cluster::{ClusterClaim, ClusterError, ClusterLock, EtcdClient, Fence};
+use lockcore::config::ClusterConfig;
+use serde_json::json;
+
+fn skip(test: &str) -> bool {
+    fleet_tests::wine::skip_under_wine(
+        test,
+        "etcd is a Linux program the Windows test binary cannot start; the cluster code is \
+         platform-free and runs on Linux",
+    )
+}
+
+fn cluster(endpoint: &str, host: &str, ttl_secs: u64) -> ClusterConfig {
+    ClusterConfig {
+        endpoints: vec![endpoint.to_string()],
+        lease_ttl: Duration::from_secs(ttl_secs),
+        host: host.to_string(),
+        desk: "desk".to_string(),
+        auth: None,
+        line: 0,
+    }
+}
+
+fn client(cluster: &ClusterConfig) -> Arc<EtcdClient> {
+    Arc::new(EtcdClient::from_config(cluster))
+}
+
+fn record(pid: u32) -> serde_json::Value {
+    json!({ "lock_name": "BRAIN_ATLAS", "pid": pid })
+}
+
+fn held(claim: ClusterClaim) -> ClusterLock {
+    match claim {
+        ClusterClaim::Held(lock) => lock,
+        ClusterClaim::HeldElsewhere(holder) => panic!("expected the key, held by {holder:?}"),
+    }
+}
+
+#[test]
+fn two_hosts_racing_for_one_key_exactly_one_wins_every_round() {
+    if skip("two_hosts_racing_for_one_key_exactly_one_wins_every_round") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let hosts = ["A", "B"].map(|host| cluster(&etcd.endpoint, host, 5));
+    for round in 0..20 {
+        let barrier = Arc::new(Barrier::new(2));
+        let racers: Vec<_> = hosts
+            .iter()
+            .cloned()
+            .map(|config| {
+                let barrier = Arc::clone(&barrier);
+                // Each host its own client and connections: they share only etcd.
+                let client = client(&config);
+                thread::spawn(move || {
+                    barrier.wait();
+                    let claim = ClusterLock::acquire(client, &config, "BRAIN_ATLAS", &record(1));
+                    (config.host, claim.unwrap())
+                })
+            })
+            .collect();
+        let results: Vec<(String, ClusterClaim)> =
+            racers.into_iter().map(|r| r.join().unwrap()).collect();
+        let winners: Vec<&String> = results
+            .iter()
+            .filter(|(_, c)| matches!(c, ClusterClaim::Held(_)))
+            .map(|(h, _)| h)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let winner = winners[0].clone();
+        for (host, claim) in &results {
+            if let ClusterClaim::HeldElsewhere(holder) = claim {
+                assert_ne!(host, &winner);
+                assert_eq!(
+                    holder.host.as_deref(),
+                    Some(winner.as_str()),
+                    "round {round}"
+                );
+                assert!(holder.value.contains("\"pid\":1"), "{}", holder.value);
+            }
+        }
+        for (_, claim) in results {
+            if let ClusterClaim::Held(lock) = claim {
+                lock.release().unwrap();
+            }
+        }
+        assert_eq!(etcd.client().get("/desk/locks/BRAIN_ATLAS").unwrap(), None);
+    }
+}
+
+#[test]
+fn release_deletes_the_key_and_the_next_holder_takes_it_at_once() {
+    if skip("release_deletes_the_key_and_the_next_holder_takes_it_at_once") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = cluster(&etcd.endpoint, "A", 10);
+    let b = cluster(&etcd.endpoint, "B", 10);
+    let lock = held(ClusterLock::acquire(client(&a), &a, "WATCHDOG_GL_3", &record(7)).unwrap());
+    let kv = etcd
+        .client()
+        .get("/desk/locks/WATCHDOG_GL_3")
+        .unwrap()
+        .unwrap();
+    assert_eq!(kv.lease, lock.lease());
+    let value: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+    assert_eq!(value["host"], "A");
+    assert_eq!(value["pid"], 7);
+    lock.release().unwrap();
+    let lock = held(ClusterLock::acquire(client(&b), &b, "WATCHDOG_GL_3", &record(8)).unwrap());
+    assert_eq!(lock.fence(), Fence::Keep);
+    drop(lock);
+    assert_eq!(
+        etcd.client().get("/desk/locks/WATCHDOG_GL_3").unwrap(),
+        None
+    );
+}
+
+#[test]
+fn an_abandoned_lease_frees_the_key_after_its_ttl_and_not_before() {
+    if skip("an_abandoned_lease_frees_the_key_after_its_ttl_and_not_before") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = cluster(&etcd.endpoint, "A", 2);
+    let b = cluster(&etcd.endpoint, "B", 2);
+    let lock = held(ClusterLock::acquire(client(&a), &a, "BRAIN_ATLAS", &record(1)).unwrap());
+    // Let the keeper renew a few times: the lease must outlive the grant's TTL.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lock.fence(), Fence::Keep, "{}", lock.fence_reason());
+    let last_renewal = lock.status().renewed_at;
+    let created_at_revision = etcd
+        .client()
+        .get("/desk/locks/BRAIN_ATLAS")
+        .unwrap()
+        .unwrap();
+    lock.abandon();
+    let abandoned = Instant::now();
+    let b_client = client(&b);
+    let taken = loop {
+        match ClusterLock::acquire(Arc::clone(&b_client), &b, "BRAIN_ATLAS", &record(2)).unwrap() {
+            ClusterClaim::Held(lock) => break (Instant::now(), lock),
+            ClusterClaim::HeldElsewhere(holder) => {
+                assert_eq!(holder.host.as_deref(), Some("A"));
+            }
+        }
+        assert!(
+            abandoned.elapsed() < Duration::from_secs(5),
+            "the key outlived its lease by far: {}",
+            etcd.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    // etcd ends a lease no earlier than TTL after it received the last renewal, which
+    // was sent no earlier than `last_renewal`.
+    assert!(
+        taken.0 >= last_renewal + Duration::from_secs(2),
+        "taken {:?} after the last renewal",
+        taken.0 - last_renewal
+    );
+    // The old holder's release cannot delete the new holder's key.
+    assert!(
+        !etcd
+            .client()
+            .delete_if_created_at(
+                "/desk/locks/BRAIN_ATLAS",
+                created_at_revision.create_revision
+            )
+            .unwrap()
+    );
+    let kv = etcd
+        .client()
+        .get("/desk/locks/BRAIN_ATLAS")
+        .unwrap()
+        .unwrap();
+    assert_eq!(kv.lease, taken.1.lease());
+}
+
+#[test]
+fn a_partitioned_holder_fences_before_its_lease_ends_and_the_other_host_only_after() {
+    if skip("a_partitioned_holder_fences_before_its_lease_ends_and_the_other_host_only_after") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(&etcd.endpoint);
+    let ttl = Duration::from_secs(2);
+    let a = cluster(&proxy.endpoint, "A", 2);
+    let b = cluster(&etcd.endpoint, "B", 2);
+    let lock = held(ClusterLock::acquire(client(&a), &a, "BRAIN_ATLAS", &record(1)).unwrap());
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(lock.fence(), Fence::Keep, "{}", lock.fence_reason());
+
+    proxy.partition();
+    let cut = Instant::now();
+    let b_client = client(&b);
+    let (mut asked, mut forced, mut taken) = (None, None, None);
+    while taken.is_none() {
+        let now = Instant::now();
+        match lock.fence() {
+            Fence::Keep => {}
+            Fence::AskStop => {
+                asked.get_or_insert(now);
+            }
+            Fence::Force => {
+                asked.get_or_insert(now);
+                forced.get_or_insert(now);
+            }
+        }
+        if let ClusterClaim::Held(b_lock) =
+            ClusterLock::acquire(Arc::clone(&b_client), &b, "BRAIN_ATLAS", &record(2)).unwrap()
+        {
+            taken = Some((Instant::now(), b_lock));
+        }
+        assert!(
+            cut.elapsed() < ttl * 4,
+            "B never got the key: {}",
+            etcd.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (asked, forced, taken) = (asked.unwrap(), forced.unwrap(), taken.unwrap().0);
+    let last_renewal = lock.status().renewed_at;
+    // A knew before TTL/2 (plus the polling's slack) after the cut...
+    assert!(
+        asked - cut <= ttl / 2 + Duration::from_millis(250),
+        "A asked its child to stop {:?} after the cut",
+        asked - cut
+    );
+    // ...forced before its lease could end, and B took the key only after that.
+    assert!(forced < taken, "B took the key before A forced its child");
+    assert!(forced <= last_renewal + ttl - ttl / 4 + Duration::from_millis(250));
+    assert!(taken >= last_renewal + ttl);
+    let reason = lock.fence_reason();
+    assert!(
+        reason.contains("cannot renew the lease of /desk/locks/BRAIN_ATLAS since"),
+        "{reason}"
+    );
+    // The gap without a holder: from A's force to B's start.
+    let gap = taken - forced;
+    assert!(gap < Duration::from_secs(3), "gap {gap:?}");
+    // The measured times, for the README's takeover table (`--nocapture`).
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "partition, TTL {ttl:?}: asked {:?}, forced {:?}, B took the key {:?} after the \
+             cut; {gap:?} without a holder",
+            asked - cut,
+            forced - cut,
+            taken - cut
+        );
+    }
+    lock.abandon();
+}
+
+#[test]
+fn a_revoked_lease_is_seen_as_gone_and_forces_at_once() {
+    if skip("a_revoked_lease_is_seen_as_gone_and_forces_at_once") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = cluster(&etcd.endpoint, "A", 3);
+    let lock = held(ClusterLock::acquire(client(&a), &a, "quantum_server", &record(1)).unwrap());
+    etcd.client().revoke(lock.lease()).unwrap();
+    let start = Instant::now();
+    while lock.fence() != Fence::Force {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            lock.status()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lock.status().gone);
+    assert!(
+        lock.fence_reason().contains("is gone"),
+        "{}",
+        lock.fence_reason()
+    );
+    // Releasing a lease etcd already dropped is not an error.
+    lock.release().unwrap();
+}
+
+#[test]
+fn a_dead_endpoint_is_skipped_and_no_endpoint_is_an_error_naming_them() {
+    if skip("a_dead_endpoint_is_skipped_and_no_endpoint_is_an_error_naming_them") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let mut config = cluster(&dead, "A", 2);
+    config.endpoints.push(etcd.endpoint.clone());
+    let lock = held(ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap());
+    lock.release().unwrap();
+
+    let config = cluster(&dead, "A", 2);
+    let start = Instant::now();
+    let error = ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(matches!(error, ClusterError::Unreachable { .. }), "{error}");
+    assert!(error.to_string().contains(&dead), "{error}");
+}
+
+#[test]
+fn list_reads_every_lock_under_the_desk_prefix() {
+    if skip("list_reads_every_lock_under_the_desk_prefix") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = cluster(&etcd.endpoint, "A", 5);
+    let mut other_desk = cluster(&etcd.endpoint, "A", 5);
+    other_desk.desk = "desk2".into();
+    let c = client(&a);
+    let locks: Vec<ClusterLock> = ["BRAIN_A", "WATCHDOG_A"]
+        .iter()
+        .map(|name| held(ClusterLock::acquire(Arc::clone(&c), &a, name, &record(1)).unwrap()))
+        .collect();
+    let _other = held(
+        ClusterLock::acquire(client(&other_desk), &other_desk, "BRAIN_A", &record(1)).unwrap(),
+    );
+    let keys: Vec<String> = etcd
+        .client()
+        .list("/desk/locks/")
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(keys, ["/desk/locks/BRAIN_A", "/desk/locks/WATCHDOG_A"]);
+    drop(locks);
+    assert!(etcd.client().list("/desk/locks/").unwrap().is_empty());
+}
+
+/// A two-account desk for "host" `host` whose locks go through `endpoint`, TTL 2 s.
+/// Each host's bots say which host they belong to (`--say`), so one host's bots are
+/// never copies of the other's components.
+fn cluster_desk(endpoint: &str, host: &str) -> fleet_tests::Desk {
+    fleet_tests::Desk::with_options(
+        "qs",
+        &["ACC1", "ACC2"],
+        &["--say", &format!("host-{host}")],
+        &format!(
+            "\n[cluster]\nendpoints = [\"{endpoint}\"]\nlease_ttl_secs = 2\nhost = \"{host}\"\n"
+        ),
+    )
+}
+
+/// master-launch on two "hosts" (own lock dirs, one etcd): B is refused while A runs
+/// the desk, naming A; cut A off etcd and A stops its bots before its lease can end
+/// (its log says why), and B can start them only after that.
+#[test]
+fn master_launch_on_a_partitioned_host_fences_its_bots_before_the_other_host_can_start_them() {
+    if skip(
+        "master_launch_on_a_partitioned_host_fences_its_bots_before_the_other_host_can_start_them",
+    ) {
+        return;
+    }
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(&etcd.endpoint);
+    let desk_a = cluster_desk(&proxy.endpoint, "A");
+    let desk_b = cluster_desk(&etcd.endpoint, "B");
+    let (_a, _a_lines) = fleet_tests::start_master_launch(&desk_a.config(), &[]);
+    desk_a.wait_until_running();
+    let a_pids = fleet_tests::running_pids(&desk_a.snapshot());
+    assert_eq!(a_pids.len(), 5, "{a_pids:?}");
+    let keys: Vec<String> = etcd
+        .client()
+        .list("/desk/locks/")
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(keys.len(), 5, "{keys:?}");
+
+    let refused = std::process::Command::new(fleet_tests::tool("master-launch", "master-launch"))
+        .arg("--config")
+        .arg(desk_b.config())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("on A"), "{stderr}");
+    assert!(fleet_tests::running_pids(&desk_b.snapshot()).is_empty());
+
+    proxy.partition();
+    let cut = Instant::now();
+    let mut probe = lockcore::ProcessProbe::new().unwrap();
+    let mut a_gone = None;
+    let mut b = None;
+    while b.is_none() {
+        let now = Instant::now();
+        if a_gone.is_none() && a_pids.iter().all(|&pid| probe.identity(pid).is_none()) {
+            a_gone = Some(now);
+        }
+        if a_gone.is_some() {
+            // Try B until the keys are free: a refusal exits at once and takes nothing.
+            let (running, lines) = fleet_tests::start_master_launch(&desk_b.config(), &[]);
+            if lines
+                .wait_for("started, pid", Duration::from_secs(3))
+                .is_some()
+            {
+                b = Some((Instant::now(), running, lines));
+                break;
+            }
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(8),
+            "B never started: A gone {a_gone:?}; A's log:\n{}\nB's log:\n{}",
+            desk_a.master_log(),
+            desk_b.master_log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let a_gone = a_gone.unwrap();
+    let (b_started, _b, _b_lines) = b.unwrap();
+    desk_b.wait_until_running();
+    // A's bots were gone before the lease could end (2 s after the last renewal,
+    // which was before the cut), with polling slack.
+    assert!(
+        a_gone - cut <= Duration::from_millis(2000),
+        "A's bots ran {:?} after the cut",
+        a_gone - cut
+    );
+    assert!(b_started > a_gone);
+    let log = desk_a.master_log();
+    assert!(
+        log.contains("SELF-FENCING: cannot renew the lease of /desk/locks/"),
+        "{log}"
+    );
+    // A tried once to start them again, through etcd, which it cannot reach: nothing
+    // of A's runs beside B's desk.
+    assert!(log.contains("not started: cannot reach etcd"), "{log}");
+    assert!(fleet_tests::running_pids(&desk_a.snapshot()).is_empty());
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "master-launch partition, TTL 2 s: A's bots gone {:?} after the cut, B's first \
+             bot started {:?} after the cut",
+            a_gone - cut,
+            b_started - cut
+        );
+    }
+}
+
+/// kill -9 of host A's master-launch: its bots die at once (the local binding), its
+/// keys stay until the lease ends, and host B can start the desk only then, within the
+/// TTL plus the time a start takes.
+#[test]
+fn a_killed_master_launch_loses_its_bots_at_once_and_the_other_host_starts_them_after_the_ttl() {
+    if skip(
+        "a_killed_master_launch_loses_its_bots_at_once_and_the_other_host_starts_them_after_the_ttl",
+    ) {
+        return;
+    }
+    let etcd = Etcd::start();
+    let desk_a = cluster_desk(&etcd.endpoint, "A");
+    let desk_b = cluster_desk(&etcd.endpoint, "B");
+    let (mut a, _a_lines) = fleet_tests::start_master_launch(&desk_a.config(), &[]);
+    desk_a.wait_until_running();
+    let a_pids = fleet_tests::running_pids(&desk_a.snapshot());
+    a.kill();
+    let killed = Instant::now();
+    fleet_tests::wait_gone(&a_pids);
+    let a_gone = killed.elapsed();
+    assert!(
+        a_gone < Duration::from_secs(2),
+        "A's bots outlived it by {a_gone:?}"
+    );
+    let started = loop {
+        let (running, lines) = fleet_tests::start_master_launch(&desk_b.config(), &[]);
+        if lines
+            .wait_for("started, pid", Duration::from_secs(3))
+            .is_some()
+        {
+            break (killed.elapsed(), running, lines);
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(8),
+            "B never started; B's log:\n{}",
+            desk_b.master_log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    desk_b.wait_until_running();
+    // Never two copies: A's bots were gone first. The lease ends 2 s after A's last
+    // renewal, at most 2/3 s before the kill: not before 4/3 s after it.
+    assert!(started.0 > a_gone);
+    assert!(
+        started.0 >= Duration::from_millis(1300),
+        "B started {:?} after the kill",
+        started.0
+    );
+    assert!(
+        started.0 < Duration::from_secs(5),
+        "B started {:?} after the kill",
+        started.0
+    );
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "kill -9, TTL 2 s: A's bots gone {a_gone:?} after the kill, B's first bot started \
+             {:?} after it",
+            started.0
+        );
+    }
+}
+
+/// One plain HTTP POST (the test's own, to set etcd up without the client under test).
+fn post(endpoint: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let address = endpoint.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// With authentication on in etcd: the right user and password take and renew the
+/// key; none, or a wrong password, is an error that says so.
+#[test]
+fn user_and_password_authenticate_and_a_wrong_password_is_refused() {
+    if skip("user_and_password_authenticate_and_a_wrong_password_is_refused") {
+        return;
+    }
+    let etcd = Etcd::start();
+    for (path, body) in [
+        ("/v3/auth/role/add", r#"{"name":"root"}"#),
+        ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        let answer = post(&etcd.endpoint, path, body);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
+    let mut config = cluster(&etcd.endpoint, "A", 2);
+    let error = ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap_err();
+    assert!(error.to_string().contains("user name is empty"), "{error}");
+
+    config.auth = Some(("root".into(), "wrong".into()));
+    let error = ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap_err();
+    assert!(
+        error.to_string().contains("authentication failed"),
+        "{error}"
+    );
+
+    config.auth = Some(("root".into(), "pw".into()));
+    let lock = held(ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap());
+    // Renewals carry the token too: the lease outlives its TTL.
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(lock.fence(), Fence::Keep, "{}", lock.fence_reason());
+    lock.release().unwrap();
+}
