@@ -661,7 +661,10 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
         "hx_wb",
         &["HXWB"],
         &[],
-        "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 20\nrestart_delay_ms = 1500\n",
+        // `always`: Wine's `taskkill /F` leaves exit code 0, which `on-failure` would
+        // take for a clean exit.
+        "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 20\nrestart_delay_ms = 1500\n\
+         restart = \"always\"\n",
     );
     let bug = desk.dir.path().join("bug");
     desk.add_args(
