@@ -17,6 +17,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod etcd;
+pub mod orchestrated;
 pub mod proxy;
 pub mod wine;
 

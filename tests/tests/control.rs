@@ -5,119 +5,13 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_tests::{Desk, Lines, Running, start_master_launch, tool, wait_until};
+use fleet_tests::orchestrated::*;
+use fleet_tests::{Desk, Running, start_master_launch, tool, wait_until};
 use lockcore::control::{DeskState, Supervision};
-use lockcore::{ComponentState, DeskSnapshot, StopRequest};
-
-/// Short stops (Wine never delivers CTRL_BREAK: every stop there is forced at the
-/// timeout) and quick give-ups.
-const QUICK: &str = "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 2\n";
-/// [`QUICK`], restarting after any exit: Wine's `taskkill /F` leaves exit code 0, which
-/// `on-failure` would take for a clean exit.
-const QUICK_ALWAYS: &str =
-    "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 2\nrestart = \"always\"\n";
-
-fn master_launch(desk: &Desk, args: &[&str]) -> Output {
-    let mut command = Command::new(tool("master-launch", "master-launch"));
-    command.arg("--config").arg(desk.config()).args(args);
-    fleet_tests::wine::output(&mut command).unwrap()
-}
-
-fn check_procs_json(desk: &Desk) -> (i32, serde_json::Value) {
-    let mut command = Command::new(tool("check-procs", "check-procs"));
-    command.arg("--config").arg(desk.config()).arg("--json");
-    let output = fleet_tests::wine::output(&mut command).unwrap();
-    let json = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check-procs --json: {e}: {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
-    (output.status.code().unwrap_or(-1), json)
-}
-
-fn component<'j>(json: &'j serde_json::Value, name: &str) -> &'j serde_json::Value {
-    json["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not in {json}"))
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// The orchestrator, started; waits for "desk started".
-fn launch(desk: &Desk, extra: &[&str]) -> (Running, Lines) {
-    let (running, lines) = start_master_launch(&desk.config(), extra);
-    assert!(
-        lines
-            .wait_for("desk started", Duration::from_secs(30))
-            .is_some(),
-        "master-launch did not start the desk: {}",
-        desk.master_log()
-    );
-    (running, lines)
-}
-
-/// A stop-all request, then master-launch's exit code.
-fn stop_desk(desk: &Desk, mut running: Running) -> i32 {
-    StopRequest::new("MASTER_LAUNCH", Duration::from_secs(5))
-        .write(&desk.lock_dir())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = running.child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < deadline, "master-launch did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn managed_pid(snapshot: &DeskSnapshot, name: &str) -> Option<u32> {
-    snapshot
-        .component(name)
-        .and_then(|v| v.managed.as_ref())
-        .map(|p| p.pid)
-}
-
-fn holder_pid(snapshot: &DeskSnapshot, name: &str) -> Option<u32> {
-    snapshot
-        .component(name)?
-        .lock
-        .as_ref()?
-        .record
-        .as_ref()?
-        .holder_pid
-}
-
-/// Waits until `name` runs under its lock, supervised by `orchestrator`; its pid.
-fn wait_supervised(desk: &Desk, name: &str, orchestrator: u32) -> u32 {
-    let mut pid = 0;
-    wait_until(&format!("{name} to run under master-launch"), || {
-        let snapshot = desk.snapshot();
-        let view = snapshot.component(name).unwrap();
-        match managed_pid(&snapshot, name) {
-            Some(managed) if view.copies.len() == 1 => {
-                pid = managed;
-                holder_pid(&snapshot, name) == Some(orchestrator)
-            }
-            _ => false,
-        }
-    });
-    pid
-}
-
-/// The position of the first line of the log that contains `needle` after `from`.
-fn log_position(log: &str, needle: &str, from: usize) -> Option<usize> {
-    log[from..].find(needle).map(|i| i + from)
-}
+use lockcore::{ComponentState, StopRequest};
 
 #[test]
 fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() {

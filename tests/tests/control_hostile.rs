@@ -5,21 +5,13 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_tests::{Desk, Lines, Running, start_master_launch, tool, wait_until};
+use fleet_tests::orchestrated::*;
+use fleet_tests::{Desk, Lines, tool, wait_until};
+use lockcore::StopRequest;
 use lockcore::control::{DeskState, Supervision};
-use lockcore::{DeskSnapshot, StopRequest};
-
-/// Short stops and quick give-ups.
-const QUICK: &str = "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 2\n";
-
-fn master_launch(desk: &Desk, args: &[&str]) -> Output {
-    let mut command = Command::new(tool("master-launch", "master-launch"));
-    command.arg("--config").arg(desk.config()).args(args);
-    fleet_tests::wine::output(&mut command).unwrap()
-}
 
 /// `master-launch ARGS` in the background, its stderr read into lines.
 fn master_launch_spawn(desk: &Desk, args: &[&str]) -> (std::process::Child, Lines) {
@@ -33,87 +25,6 @@ fn master_launch_spawn(desk: &Desk, args: &[&str]) -> (std::process::Child, Line
     let mut child = fleet_tests::wine::spawn(&mut command).unwrap();
     let lines = fleet_tests::spawn_reader(child.stderr.take().unwrap());
     (child, lines)
-}
-
-fn check_procs_json(desk: &Desk) -> (i32, serde_json::Value) {
-    let mut command = Command::new(tool("check-procs", "check-procs"));
-    command.arg("--config").arg(desk.config()).arg("--json");
-    let output = fleet_tests::wine::output(&mut command).unwrap();
-    let json = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check-procs --json: {e}: {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
-    (output.status.code().unwrap_or(-1), json)
-}
-
-fn component<'j>(json: &'j serde_json::Value, name: &str) -> &'j serde_json::Value {
-    json["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not in {json}"))
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// The orchestrator, started; waits for "desk started".
-fn launch(desk: &Desk, extra: &[&str]) -> (Running, Lines) {
-    let (running, lines) = start_master_launch(&desk.config(), extra);
-    assert!(
-        lines
-            .wait_for("desk started", Duration::from_secs(30))
-            .is_some(),
-        "master-launch did not start the desk: {}",
-        desk.master_log()
-    );
-    (running, lines)
-}
-
-/// Waits for `child` to end, at most `limit`; its exit code.
-fn wait_exit(child: &mut std::process::Child, limit: Duration, what: &str) -> i32 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < deadline, "{what} did not end in {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A stop-all request, then master-launch's exit code.
-fn stop_desk(desk: &Desk, mut running: Running) -> i32 {
-    StopRequest::new("MASTER_LAUNCH", Duration::from_secs(5))
-        .write(&desk.lock_dir())
-        .unwrap();
-    wait_exit(&mut running.child, Duration::from_secs(60), "master-launch")
-}
-
-fn managed_pid(snapshot: &DeskSnapshot, name: &str) -> Option<u32> {
-    snapshot
-        .component(name)
-        .and_then(|v| v.managed.as_ref())
-        .map(|p| p.pid)
-}
-
-fn copies(snapshot: &DeskSnapshot, name: &str) -> usize {
-    snapshot.component(name).unwrap().copies.len()
-}
-
-/// The position of the first line of the log that contains `needle` after `from`.
-fn log_position(log: &str, needle: &str, from: usize) -> Option<usize> {
-    log[from..].find(needle).map(|i| i + from)
-}
-
-/// The published view's state of `name`.
-fn view_state(desk: &Desk, name: &str) -> Option<Supervision> {
-    let view = DeskState::read(&desk.lock_dir())?.ok()?;
-    view.component(name).map(|c| c.state)
 }
 
 #[cfg(unix)]
