@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::lock::entry::{self, EntryRead, Existing, Written};
 /// Now, in Unix seconds with a fraction: deadlines keep theirs, so a 3 s request
 /// gives 3 s, not whatever is left of the current second plus 2.
-pub(crate) fn now_unix() -> f64 {
+pub fn now_unix() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

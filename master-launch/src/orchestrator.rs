@@ -34,6 +34,7 @@ use lockcore::control::{
 };
 use lockcore::exit::ToolError;
 use lockcore::logs::Log;
+use lockcore::stop::now_unix;
 use lockcore::stop_engine::{StopObserver, stop_in_order};
 use lockcore::{
     Acquire, Component, DeskSnapshot, Fleet, Grace, HeldLock, LockClaim, LockDir, LockWatcher,
@@ -988,12 +989,6 @@ fn policy(restart: RestartPolicy) -> &'static str {
         RestartPolicy::OnFailure => "\"on-failure\"",
         RestartPolicy::Always => "\"always\"",
     }
-}
-
-fn now_unix() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The local time now, `HH:MM:SS`, for reasons a person reads.

@@ -72,6 +72,14 @@ struct Shared {
     wake_lock: Mutex<()>,
 }
 
+impl Shared {
+    /// No restart from now on; a backoff sleep ends at once.
+    fn mark_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+}
+
 /// A running supervision thread for one component.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -162,8 +170,7 @@ impl Supervisor {
 
     /// Marks the component as stopping and asks its child to stop gracefully.
     pub fn request_stop(&self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_all();
+        self.shared.mark_stopping();
         self.shared.child.ask_to_stop();
     }
 
@@ -294,34 +301,29 @@ fn supervise_through_panics(
 /// only through a fresh take of both. Ends when the lock is released.
 fn fence_child(name: &str, watch: &FenceWatch, shared: &Shared, events: &Log) {
     let (mut asked, mut forced) = (false, false);
+    let say = |what: &str| {
+        events.line(
+            "",
+            &format!(
+                "{name}: SELF-FENCING: {}; {what} before its lease can end",
+                watch.reason()
+            ),
+        );
+    };
     while !shared.releasing.load(Ordering::SeqCst) && !forced {
         match watch.fence() {
             Fence::Keep => {}
             Fence::AskStop if !asked => {
                 asked = true;
-                events.line(
-                    "",
-                    &format!(
-                        "{name}: SELF-FENCING: {}; asking it to stop before its lease can end",
-                        watch.reason()
-                    ),
-                );
-                shared.stopping.store(true, Ordering::SeqCst);
-                shared.wake.notify_all();
+                say("asking it to stop");
+                shared.mark_stopping();
                 shared.child.ask_to_stop();
             }
             Fence::AskStop => {}
             Fence::Force => {
                 forced = true;
-                events.line(
-                    "",
-                    &format!(
-                        "{name}: SELF-FENCING: {}; forcing it before its lease can end",
-                        watch.reason()
-                    ),
-                );
-                shared.stopping.store(true, Ordering::SeqCst);
-                shared.wake.notify_all();
+                say("forcing it");
+                shared.mark_stopping();
                 shared.child.force();
             }
         }

@@ -135,3 +135,21 @@ pub fn view_state(desk: &Desk, name: &str) -> Option<Supervision> {
     let view = DeskState::read(&desk.lock_dir())?.ok()?;
     view.component(name).map(|c| c.state)
 }
+
+/// The identity of a process that has just ended (a requester that died).
+pub fn ended_identity() -> lockcore::ProcessIdentity {
+    let mut gone = Command::new(crate::stand_in())
+        .args(["gone", "--exit-after-ms", "0"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn a stand-in: {e}"));
+    let identity = lockcore::ProcessProbe::new()
+        .ok()
+        .and_then(|mut probe| probe.identity(gone.id()))
+        .unwrap_or(lockcore::ProcessIdentity {
+            pid: gone.id(),
+            start_time: 1,
+        });
+    let _ = gone.wait();
+    identity
+}

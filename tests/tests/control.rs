@@ -546,19 +546,7 @@ fn requests_without_an_orchestrator_or_with_bad_names_and_start_or_run() {
 fn a_request_left_by_a_requester_that_died_is_cleared_not_served() {
     let desk = Desk::with_options("ctl_dead", &["DEADRUN", "DEAD"], &[], QUICK);
     let (orchestrator, _lines) = launch(&desk, &["--only", "DEADRUN"]);
-    let mut gone = Command::new(fleet_tests::stand_in())
-        .args(["gone", "--exit-after-ms", "0"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut probe = lockcore::ProcessProbe::new().unwrap();
-    let identity = probe
-        .identity(gone.id())
-        .unwrap_or(lockcore::ProcessIdentity {
-            pid: gone.id(),
-            start_time: 1,
-        });
-    gone.wait().unwrap();
+    let identity = ended_identity();
     let request = lockcore::control::ControlRequest::new(
         "WATCHDOG_DEAD",
         lockcore::control::Action::Start,

@@ -97,19 +97,7 @@ fn hx_a_stop_request_arriving_during_a_restart_wins_and_nothing_starts_in_betwee
 fn hx_a_requester_that_joined_a_request_whose_placer_died_is_answered_promptly() {
     let desk = Desk::with_options("hx_jn", &["HXJNRUN", "HXJN"], &[], QUICK);
     let (orchestrator, _lines) = launch(&desk, &["--only", "HXJNRUN"]);
-    let mut gone = Command::new(fleet_tests::stand_in())
-        .args(["gone", "--exit-after-ms", "0"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut probe = lockcore::ProcessProbe::new().unwrap();
-    let identity = probe
-        .identity(gone.id())
-        .unwrap_or(lockcore::ProcessIdentity {
-            pid: gone.id(),
-            start_time: 1,
-        });
-    gone.wait().unwrap();
+    let identity = ended_identity();
     // Hold the orchestrator still, so that the survivor joins before it looks.
     signal(orchestrator.pid(), "-STOP");
     lockcore::control::ControlRequest::new(
