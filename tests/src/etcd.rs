@@ -48,6 +48,19 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
 
+/// A folder for etcd's data. In memory (`/dev/shm`) where there is one: etcd fsyncs
+/// its log on every write, and on a loaded test machine a disk fsync can outlast the
+/// short request timeouts a 2 s lease implies, which would fail a test for the disk's
+/// sake, not the lock's.
+fn data_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    shm.is_dir()
+        .then(|| tempfile::tempdir_in(shm).ok())
+        .flatten()
+        .map_or_else(tempfile::tempdir, Ok)
+        .unwrap_or_else(|e| panic!("temp dir: {e}"))
+}
+
 impl Etcd {
     /// Starts a one-node etcd and waits until it answers (at most 20 s; a port taken
     /// between the choice and the bind is tried again with new ports).
@@ -55,7 +68,7 @@ impl Etcd {
         let binary = etcd_binary();
         let mut last_log = String::new();
         for _ in 0..3 {
-            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+            let dir = data_dir();
             let (client, peer) = (free_port(), free_port());
             let endpoint = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");

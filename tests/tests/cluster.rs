@@ -345,12 +345,14 @@ fn list_reads_every_lock_under_the_desk_prefix() {
 }
 
 /// A two-account desk for "host" `host` whose locks go through `endpoint`, TTL 2 s.
-/// Each host's bots say which host they belong to (`--say`), so one host's bots are
-/// never copies of the other's components.
-fn cluster_desk(endpoint: &str, host: &str) -> fleet_tests::Desk {
+/// Each host's bots say which host they belong to (`--say`). Processes are recognised
+/// by command line, so each test gives its desks names of their own (`tag`): tests
+/// running at once must not see each other's bots.
+fn cluster_desk(endpoint: &str, host: &str, tag: &str) -> fleet_tests::Desk {
+    let accounts = [format!("{tag}1"), format!("{tag}2")];
     fleet_tests::Desk::with_options(
-        "qs",
-        &["ACC1", "ACC2"],
+        &format!("qs_{tag}"),
+        &[&accounts[0], &accounts[1]],
         &["--say", &format!("host-{host}")],
         &format!(
             "\n[cluster]\nendpoints = [\"{endpoint}\"]\nlease_ttl_secs = 2\nhost = \"{host}\"\n"
@@ -370,8 +372,8 @@ fn master_launch_on_a_partitioned_host_fences_its_bots_before_the_other_host_can
     }
     let etcd = Etcd::start();
     let proxy = Proxy::start(&etcd.endpoint);
-    let desk_a = cluster_desk(&proxy.endpoint, "A");
-    let desk_b = cluster_desk(&etcd.endpoint, "B");
+    let desk_a = cluster_desk(&proxy.endpoint, "A", "CLPART");
+    let desk_b = cluster_desk(&etcd.endpoint, "B", "CLPART");
     let (_a, _a_lines) = fleet_tests::start_master_launch(&desk_a.config(), &[]);
     desk_a.wait_until_running();
     let a_pids = fleet_tests::running_pids(&desk_a.snapshot());
@@ -467,8 +469,8 @@ fn a_killed_master_launch_loses_its_bots_at_once_and_the_other_host_starts_them_
         return;
     }
     let etcd = Etcd::start();
-    let desk_a = cluster_desk(&etcd.endpoint, "A");
-    let desk_b = cluster_desk(&etcd.endpoint, "B");
+    let desk_a = cluster_desk(&etcd.endpoint, "A", "CLKILL");
+    let desk_b = cluster_desk(&etcd.endpoint, "B", "CLKILL");
     let (mut a, _a_lines) = fleet_tests::start_master_launch(&desk_a.config(), &[]);
     desk_a.wait_until_running();
     let a_pids = fleet_tests::running_pids(&desk_a.snapshot());
