@@ -101,13 +101,14 @@ fn is_alive(pid: u32) -> bool {
     ProcessProbe::new().unwrap().identity(pid).is_some()
 }
 
-/// Whether `pid` runs, with `needle` in its command line: a process just spawned shows
-/// its parent's command line until it has exec'd.
-fn runs(pid: u32, needle: &str) -> bool {
+/// Whether `pid` runs `program`, with `needle` in its command line. A process just
+/// spawned shows its parent's command line until it has exec'd, and `python3` may be
+/// a launcher script (pyenv's shim is a bash script) that only then execs Python.
+fn runs(pid: u32, program: &str, needle: &str) -> bool {
     ProcessProbe::new()
         .unwrap()
         .info(pid)
-        .is_some_and(|p| p.cmd.iter().any(|a| a.contains(needle)))
+        .is_some_and(|p| p.name.starts_with(program) && p.cmd.iter().any(|a| a.contains(needle)))
 }
 
 fn text(output: &Output) -> String {
@@ -132,7 +133,7 @@ fn viewers_and_linters_are_never_copies_and_a_hand_started_copy_still_is() {
         ],
     );
     wait_until("the viewer and the linter to run", || {
-        runs(viewer.pid(), "BRAIN_") && runs(linter.pid(), "lint_pyview")
+        runs(viewer.pid(), "tail", "BRAIN_") && runs(linter.pid(), "python", "lint_pyview")
     });
 
     let check = desk.tool("check-procs", &[]);
@@ -190,7 +191,9 @@ fn a_legacy_record_naming_a_python_process_that_is_not_a_copy_is_left_alone() {
         "python3",
         &["-m", "lint_pylegacy", &format!("BRAIN_{}.py", desk.account)],
     );
-    wait_until("the linter to run", || runs(linter.pid(), "lint_pylegacy"));
+    wait_until("the linter to run", || {
+        runs(linter.pid(), "python", "lint_pylegacy")
+    });
     let name = format!("BRAIN_{}", desk.account);
     let lock_dir = desk.path().join(".locks");
     std::fs::create_dir_all(&lock_dir).unwrap();
