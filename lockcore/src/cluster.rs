@@ -34,6 +34,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::ClusterConfig;
+use crate::process::ProcessIdentity;
+use crate::record::LockRecord;
 
 /// An etcd request that failed.
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +251,126 @@ impl EtcdClient {
         Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
     }
 
+    /// The key, if it exists, and the store's revision when it was read: a watch from
+    /// the next revision misses no change made after this read.
+    pub fn get_at(&self, key: &str) -> Result<(Option<KeyValue>, i64), ClusterError> {
+        let (endpoint, answer) = self.call(
+            "/v3/kv/range",
+            &json!({ "key": BASE64.encode(key) }),
+            "a read",
+            self.timeout,
+        )?;
+        let revision = answer.get("header").map_or(0, |h| int(h, "revision"));
+        Ok((kvs(&endpoint, &answer)?.pop(), revision))
+    }
+
+    /// Replaces the value of `key`, still attached to `lease`, only if it is still the
+    /// key created at `revision`. Returns whether it was.
+    pub fn update_if_created_at(
+        &self,
+        key: &str,
+        revision: i64,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<bool, ClusterError> {
+        let key64 = BASE64.encode(key);
+        let body = json!({
+            "compare": [{ "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": revision.to_string() }],
+            "success": [{ "request_put": { "key": key64, "value": BASE64.encode(value), "lease": lease.to_string() } }],
+        });
+        let (_, answer) = self.call("/v3/kv/txn", &body, "an update", self.timeout)?;
+        Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
+    }
+
+    /// The time a lease has left, as the etcd leader counts it; `None` once it is gone.
+    pub fn time_to_live(&self, lease: LeaseId) -> Result<Option<Duration>, ClusterError> {
+        let (_, answer) = self.call(
+            "/v3/lease/timetolive",
+            &json!({ "ID": lease.to_string() }),
+            "a lease query",
+            self.timeout,
+        )?;
+        let ttl = int(&answer, "TTL");
+        Ok((ttl >= 0 && answer.get("TTL").is_some())
+            .then(|| Duration::from_secs(ttl.unsigned_abs())))
+    }
+
+    /// Waits up to `timeout` for a change of `key` at or after `from_revision` (a
+    /// watch: etcd pushes the change, nothing is polled). `Ok(true)`: it changed, or
+    /// etcd ended the watch (compaction): read it again. `Ok(false)`: no change yet.
+    pub fn wait_for_change(
+        &self,
+        key: &str,
+        from_revision: i64,
+        timeout: Duration,
+    ) -> Result<bool, ClusterError> {
+        let endpoint = self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len().max(1)].clone();
+        let what = "a watch";
+        let token = match &self.auth {
+            Some(_) => Some(
+                self.token(&endpoint, self.timeout)
+                    .map_err(|a| a.into_error(&endpoint))?,
+            ),
+            None => None,
+        };
+        let mut request = self
+            .agent
+            .post(format!("{endpoint}/v3/watch"))
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header("content-type", "application/json");
+        if let Some(token) = &token {
+            request = request.header("authorization", token.as_str());
+        }
+        let body = json!({ "create_request": {
+            "key": BASE64.encode(key),
+            "start_revision": from_revision.to_string(),
+        }});
+        let unreachable = |reason: String| ClusterError::Unreachable {
+            endpoints: endpoint.clone(),
+            reason,
+        };
+        let mut response = request
+            .send(body.to_string())
+            .map_err(|e| unreachable(e.to_string()))?;
+        // The gateway streams one JSON object per line: first `created`, then events.
+        let reader = std::io::BufReader::new(response.body_mut().as_reader());
+        let mut created = false;
+        for line in std::io::BufRead::lines(reader) {
+            let line = match line {
+                Ok(line) => line,
+                // The watch outlived `timeout` with no change: the expected end.
+                Err(_) if created => return Ok(false),
+                Err(e) => return Err(unreachable(e.to_string())),
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let answer: Value = serde_json::from_str(line.trim()).map_err(|e| {
+                ClusterError::Malformed {
+                    endpoint: endpoint.clone(),
+                    what,
+                    detail: format!("not JSON ({e}): {}", line.chars().take(200).collect::<String>()),
+                }
+            })?;
+            if let Some(error) = refusal(&endpoint, what, &answer) {
+                return Err(error);
+            }
+            let result = answer.get("result").unwrap_or(&answer);
+            let events = result
+                .get("events")
+                .and_then(Value::as_array)
+                .is_some_and(|e| !e.is_empty());
+            if events || result.get("canceled").and_then(Value::as_bool) == Some(true) {
+                return Ok(true);
+            }
+            created |= result.get("created").and_then(Value::as_bool) == Some(true);
+        }
+        // The stream ended without a change: etcd closed it; read the key again.
+        Ok(true)
+    }
+
     /// Deletes every key that starts with `prefix` (tests and tools clearing a desk).
     pub fn delete_prefix(&self, prefix: &str) -> Result<(), ClusterError> {
         self.call(
@@ -399,6 +521,18 @@ enum Attempt {
     Transport(String),
     /// An answer: another endpoint would say the same.
     Answer(ClusterError),
+}
+
+impl Attempt {
+    fn into_error(self, endpoint: &str) -> ClusterError {
+        match self {
+            Attempt::Transport(reason) => ClusterError::Unreachable {
+                endpoints: endpoint.to_string(),
+                reason,
+            },
+            Attempt::Answer(error) => error,
+        }
+    }
 }
 
 /// Requests time out after a sixth of the lease (at least 200 ms): two tries fit
@@ -615,6 +749,88 @@ impl ClusterHolder {
     }
 }
 
+/// One lock key as the cluster holds it now: who holds it, for how much longer.
+#[derive(Debug, Clone)]
+pub struct ClusterEntry {
+    /// The lock name (the key without its prefix).
+    pub name: String,
+    pub holder: ClusterHolder,
+    /// The lock record in the value, if it reads as one: its `pid`/`pid_start` name the
+    /// holder's child once it runs.
+    pub record: Option<LockRecord>,
+    /// What the lease has left, as etcd's leader counts it (`None`: it just ended).
+    pub ttl_left: Option<Duration>,
+}
+
+impl ClusterEntry {
+    /// The child the holder runs, when the record names one (not the holder itself).
+    pub fn child(&self) -> Option<ProcessIdentity> {
+        let record = self.record.as_ref()?;
+        if record.holder_pid == Some(record.pid) {
+            return None;
+        }
+        Some(ProcessIdentity {
+            pid: record.pid,
+            start_time: record.pid_start?,
+        })
+    }
+}
+
+/// Every lock key of the desk, with its lease's time left: what check-procs shows and
+/// what keeps the tools from taking another host's child for an unlocked copy.
+pub fn read_entries(
+    client: &EtcdClient,
+    cluster: &ClusterConfig,
+) -> Result<Vec<ClusterEntry>, ClusterError> {
+    let prefix = cluster.lock_key("");
+    client
+        .list(&prefix)?
+        .iter()
+        .map(|kv| {
+            let holder = ClusterHolder::from_kv(kv);
+            let ttl_left = match kv.lease {
+                0 => None,
+                lease => client.time_to_live(lease)?,
+            };
+            Ok(ClusterEntry {
+                name: kv.key.strip_prefix(&prefix).unwrap_or(&kv.key).to_string(),
+                record: serde_json::from_str(&holder.value).ok(),
+                holder,
+                ttl_left,
+            })
+        })
+        .collect()
+}
+
+/// Watches `key` on a thread of its own until it is free (absent), then calls
+/// `on_free` once. A standby's wait: etcd pushes the deletion (a watch), and every
+/// `window` the key is read again, so a lost watch costs at most that long. Errors
+/// are retried; `keep_waiting` returning false ends the wait without a call.
+pub fn spawn_free_watch(
+    client: Arc<EtcdClient>,
+    key: String,
+    window: Duration,
+    keep_waiting: impl Fn() -> bool + Send + 'static,
+    on_free: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let retry = (window / 8).max(Duration::from_millis(100));
+    std::thread::Builder::new()
+        .name(format!("standby {key}"))
+        .spawn(move || {
+            while keep_waiting() {
+                match client.get_at(&key) {
+                    Ok((None, _)) => return on_free(),
+                    Ok((Some(_), revision)) => {
+                        if client.wait_for_change(&key, revision + 1, window).is_err() {
+                            std::thread::sleep(retry);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(retry),
+                }
+            }
+        })
+}
+
 /// The answer to a cluster lock attempt.
 #[derive(Debug)]
 pub enum ClusterClaim {
@@ -737,6 +953,17 @@ impl ClusterLock {
             ttl: self.ttl,
             status: Arc::clone(&self.status),
         }
+    }
+
+    /// Writes a new value (the record naming the child just started) if the key is
+    /// still ours. `Ok(false)`: it is not (the lease ended): the holder must fence.
+    pub fn update_record(&self, record: &impl Serialize, host: &str) -> Result<bool, ClusterError> {
+        self.client.update_if_created_at(
+            &self.key,
+            self.revision,
+            &lock_value(record, host),
+            self.lease,
+        )
     }
 
     /// Stops renewing, deletes the key if it is still ours, revokes the lease.

@@ -9,6 +9,7 @@ use serde::Serialize;
 mod documented;
 pub use documented::{JSON_FIELDS, JSON_OPAQUE, JsonField};
 
+use crate::cluster::{ClusterEntry, EtcdClient, read_entries};
 use crate::config::{Component, Fleet, MASTER_LOCK_NAME};
 use crate::control::{DeskState, Supervised, Supervision};
 use crate::lock::{LockDir, LockError, LockState, LockStatus, StrayEntry};
@@ -35,6 +36,19 @@ pub struct DeskSnapshot {
     pub problems: Vec<Problem>,
     /// The table the snapshot was built from.
     pub table: ProcessTable,
+    /// With `[cluster]`: the lock keys as etcd holds them now.
+    pub cluster: Option<ClusterSnapshot>,
+}
+
+/// The cluster's view of the desk's locks, read once per snapshot.
+#[derive(Debug, Clone)]
+pub struct ClusterSnapshot {
+    /// This machine's name in the cluster.
+    pub host: String,
+    /// Every lock key, on any host.
+    pub entries: Vec<ClusterEntry>,
+    /// Why etcd could not be read (then `entries` is empty).
+    pub error: Option<String>,
 }
 
 /// One component and what runs for it.
@@ -54,6 +68,11 @@ pub struct ComponentView {
     pub named_not_a_copy: Option<ProcessInfo>,
     /// What the running orchestrator says of it, if one runs.
     pub supervised: Option<Supervised>,
+    /// With `[cluster]`: its key, held by this host or another.
+    pub cluster: Option<ClusterEntry>,
+    /// Copies another host's key owns (its holder's child, or under its holder): both
+    /// "hosts" on one machine see each other's bots, which are not unlocked copies.
+    pub elsewhere: Vec<RunningCopy>,
 }
 
 /// What a component is doing, as check-procs shows it (`--json` uses [`as_str`]).
@@ -251,8 +270,49 @@ impl DeskSnapshot {
             .and_then(|master| DeskState::read_current(&fleet.lock_dir, master));
         let mut snapshot =
             DeskSnapshot::build_supervised(fleet, scan.locks, table, now_secs(), supervision);
+        if let Some(cluster) = &fleet.cluster {
+            let client = EtcdClient::from_config(cluster);
+            snapshot.add_cluster(match read_entries(&client, cluster) {
+                Ok(entries) => ClusterSnapshot {
+                    host: cluster.host.clone(),
+                    entries,
+                    error: None,
+                },
+                Err(e) => ClusterSnapshot {
+                    host: cluster.host.clone(),
+                    entries: Vec::new(),
+                    error: Some(e.to_string()),
+                },
+            });
+        }
         snapshot.add_strays(scan.strays);
         Ok(snapshot)
+    }
+
+    /// Adds the cluster's view: each component's key, and the copies another host's key
+    /// owns set apart from this machine's copies (then the problems are found again).
+    pub fn add_cluster(&mut self, cluster: ClusterSnapshot) {
+        for view in &mut self.components {
+            view.cluster = cluster
+                .entries
+                .iter()
+                .find(|e| e.name.eq_ignore_ascii_case(&view.component.lock_name))
+                .cloned();
+            let Some(entry) = view
+                .cluster
+                .as_ref()
+                .filter(|e| e.holder.host.as_deref() != Some(cluster.host.as_str()))
+            else {
+                continue;
+            };
+            let (elsewhere, here) = std::mem::take(&mut view.copies)
+                .into_iter()
+                .partition(|copy| !copy.locked && owned_elsewhere(&self.table, &copy.tree, entry));
+            view.copies = here;
+            view.elsewhere = elsewhere;
+        }
+        self.cluster = Some(cluster);
+        self.find_problems();
     }
 
     /// Records entries that are not usable files, each as a problem with what to do.
@@ -304,23 +364,31 @@ impl DeskSnapshot {
                 view
             })
             .collect();
-        let unknown_locks = locks;
-        let mut problems: Vec<Problem> = components.iter().flat_map(problems_of).collect();
-        problems.extend(unknown_locks.iter().map(unknown_lock_problem));
-        if let Some(master) = &master {
-            problems.extend(lock_file_problem(master, None));
-        }
-        problems.sort_by_key(|p| p.kind);
-        DeskSnapshot {
+        let mut snapshot = DeskSnapshot {
             taken_at,
             components,
             master,
             supervision,
-            unknown_locks,
+            unknown_locks: locks,
             strays: Vec::new(),
-            problems,
+            problems: Vec::new(),
             table,
+            cluster: None,
+        };
+        snapshot.find_problems();
+        snapshot
+    }
+
+    /// The problems of the components, unknown locks and the orchestrator's lock, most
+    /// serious first (strays are added by [`DeskSnapshot::add_strays`]).
+    fn find_problems(&mut self) {
+        let mut problems: Vec<Problem> = self.components.iter().flat_map(problems_of).collect();
+        problems.extend(self.unknown_locks.iter().map(unknown_lock_problem));
+        if let Some(master) = &self.master {
+            problems.extend(lock_file_problem(master, None));
         }
+        problems.sort_by_key(|p| p.kind);
+        self.problems = problems;
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -400,7 +468,18 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
         copies,
         named_not_a_copy,
         supervised: None,
+        cluster: None,
+        elsewhere: Vec::new(),
     }
+}
+
+/// Whether another host's key owns a copy: the copy is the child its record names
+/// (same pid and start time), or runs under the holder it records.
+fn owned_elsewhere(table: &ProcessTable, tree: &ProcessTree, entry: &ClusterEntry) -> bool {
+    let child = entry.child().filter(|&c| table.is_alive(c)).map(|c| c.pid);
+    let holder = entry.record.as_ref().and_then(LockRecord::holder_identity);
+    let holder_alive = holder.is_some_and(|h| table.is_alive(h));
+    owns(table, tree, child, holder.map(|h| h.pid), holder_alive)
 }
 
 /// Whether a lock owns a running copy: the copy is (or contains, or runs under) the

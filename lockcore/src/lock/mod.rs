@@ -149,6 +149,9 @@ pub struct Holder {
     pub record: Option<LockRecord>,
     /// Held by a live process named in an older tool's PID file, not by an OS lock.
     pub legacy: bool,
+    /// Held on another host, through this etcd key (`[cluster]`): a standby waits for
+    /// it rather than refusing.
+    pub cluster_key: Option<String>,
 }
 
 impl std::fmt::Display for Holder {
@@ -375,16 +378,37 @@ impl LockDir {
                 Ok(Acquire::Acquired(held))
             }
             ClusterClaim::HeldElsewhere(other) => {
+                let key = part.config.lock_key(&held.name);
                 let holder = Holder {
                     name: held.name.clone(),
-                    path: PathBuf::from(part.config.lock_key(&held.name)),
+                    path: PathBuf::from(&key),
                     record: serde_json::from_str(&other.value).ok(),
                     legacy: false,
+                    cluster_key: Some(key),
                 };
                 held.release()?;
                 Ok(Acquire::Held(holder))
             }
         }
+    }
+
+    /// With `[cluster]`: waits on a thread of its own until the key of a lock held on
+    /// another host is free, then calls `on_free` (a standby's wait; see
+    /// [`crate::cluster::spawn_free_watch`]). `None` without a cluster.
+    pub fn wait_until_free(
+        &self,
+        key: &str,
+        keep_waiting: impl Fn() -> bool + Send + 'static,
+        on_free: impl FnOnce() + Send + 'static,
+    ) -> Option<std::io::Result<std::thread::JoinHandle<()>>> {
+        let part = self.cluster.as_ref()?;
+        Some(crate::cluster::spawn_free_watch(
+            Arc::clone(&part.client),
+            key.to_string(),
+            part.config.lease_ttl,
+            keep_waiting,
+            on_free,
+        ))
     }
 
     /// The desk's lock folder, knowing how each of its components runs.
@@ -467,6 +491,7 @@ impl LockDir {
                     path,
                     record,
                     legacy: false,
+                    cluster_key: None,
                 }));
             }
             std::thread::sleep(RETRY_PAUSE);
@@ -775,7 +800,14 @@ impl HeldLock {
         self.record.pid_start = Some(managed.start_time);
         self.record.command = command;
         self.record.timestamp = Some(local_timestamp_now());
-        self.write_record()
+        self.write_record()?;
+        // The key names the child too: another host's tools on one machine (tests)
+        // must not take it for an unlocked copy. A key that is no longer ours is the
+        // fencing thread's business.
+        if let (Some(cluster), Some(host)) = (&self.cluster, &self.record.host) {
+            cluster.update_record(&self.record, host)?;
+        }
+        Ok(())
     }
 
     /// Checks that the path still names the file we hold (DESIGN.md rule 7: on Linux
@@ -971,6 +1003,7 @@ fn live_legacy_holder(
         path: path.to_path_buf(),
         record: Some(record),
         legacy: true,
+        cluster_key: None,
     })
 }
 
