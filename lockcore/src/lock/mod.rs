@@ -31,6 +31,7 @@ pub(crate) use os::retry_transient;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -400,7 +401,7 @@ impl LockDir {
         key: &str,
         keep_waiting: impl Fn() -> bool + Send + 'static,
         on_free: impl FnOnce() + Send + 'static,
-    ) -> Option<std::io::Result<std::thread::JoinHandle<()>>> {
+    ) -> Option<io::Result<JoinHandle<()>>> {
         let part = self.cluster.as_ref()?;
         Some(crate::cluster::spawn_free_watch(
             Arc::clone(&part.client),
