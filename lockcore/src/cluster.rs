@@ -304,7 +304,9 @@ impl EtcdClient {
         from_revision: i64,
         timeout: Duration,
     ) -> Result<bool, ClusterError> {
-        let endpoint = self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len().max(1)].clone();
+        let endpoint = self.endpoints
+            [self.current.load(Ordering::Relaxed) % self.endpoints.len().max(1)]
+        .clone();
         let what = "a watch";
         let token = match &self.auth {
             Some(_) => Some(
@@ -347,13 +349,15 @@ impl EtcdClient {
             if line.trim().is_empty() {
                 continue;
             }
-            let answer: Value = serde_json::from_str(line.trim()).map_err(|e| {
-                ClusterError::Malformed {
+            let answer: Value =
+                serde_json::from_str(line.trim()).map_err(|e| ClusterError::Malformed {
                     endpoint: endpoint.clone(),
                     what,
-                    detail: format!("not JSON ({e}): {}", line.chars().take(200).collect::<String>()),
-                }
-            })?;
+                    detail: format!(
+                        "not JSON ({e}): {}",
+                        line.chars().take(200).collect::<String>()
+                    ),
+                })?;
             if let Some(error) = refusal(&endpoint, what, &answer) {
                 return Err(error);
             }
@@ -629,6 +633,17 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Which of a desk's holders is fencing: brains stop first, so that even while a host
+/// fences no brain trades without its watchdog (DESIGN.md rule 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceStage {
+    /// A brain: asked to stop at TTL/2 without a renewal, forced at 5/8 of the TTL.
+    Brain,
+    /// A watchdog or a global: asked at TTL/2 once no brain that needs it runs, at 11/16
+    /// at the latest; forced at TTL minus the safety margin (3/4 of the TTL).
+    Guard { brains_down: bool },
+}
+
 /// What the holder of a cluster lock must do with its child now (self-fencing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fence {
@@ -663,8 +678,9 @@ pub struct FenceWatch {
 }
 
 impl FenceWatch {
-    pub fn fence(&self) -> Fence {
-        fence(&lock(&self.status), self.ttl)
+    /// What a holder in `stage` must do now.
+    pub fn fence(&self, stage: FenceStage) -> Fence {
+        fence(&lock(&self.status), self.ttl, stage)
     }
 
     pub fn key(&self) -> &str {
@@ -693,18 +709,20 @@ impl FenceWatch {
         let since = status
             .failing_since
             .map(|t| {
-                chrono::DateTime::<chrono::Local>::from(t)
-                    .format("%H:%M:%S%.3f")
-                    .to_string()
+                let at = chrono::DateTime::<chrono::Local>::from(t).format("%H:%M:%S%.3f");
+                format!(" since {at}")
             })
-            .unwrap_or_else(|| "-".into());
+            .unwrap_or_default();
         format!(
-            "cannot renew the lease of {} since {since} ({:.1} s since the last renewal, the \
-             lease lasts {} s): {}",
+            "cannot renew the lease of {}{since} ({:.1} s since the last renewal, the lease \
+             lasts {} s): {}",
             self.key,
             status.renewed_at.elapsed().as_secs_f64(),
             self.ttl.as_secs(),
-            status.last_error.as_deref().unwrap_or("no answer"),
+            status
+                .last_error
+                .as_deref()
+                .unwrap_or("the renewal sent has not been answered"),
         )
     }
 }
@@ -935,9 +953,9 @@ impl ClusterLock {
         lock(&self.status).clone()
     }
 
-    /// What the holder must do with its child now.
+    /// What the holder of anything but a brain must do with its child now.
     pub fn fence(&self) -> Fence {
-        self.watch().fence()
+        self.watch().fence(FenceStage::Guard { brains_down: true })
     }
 
     /// Why the holder fences, for its log.
@@ -1000,11 +1018,16 @@ impl Drop for ClusterLock {
     }
 }
 
-fn fence(status: &LeaseStatus, ttl: Duration) -> Fence {
+fn fence(status: &LeaseStatus, ttl: Duration, stage: FenceStage) -> Fence {
     let quiet = status.renewed_at.elapsed();
-    if status.gone || quiet >= ttl - ttl / 4 {
+    let (ask, force) = match stage {
+        FenceStage::Brain => (ttl / 2, ttl * 5 / 8),
+        FenceStage::Guard { brains_down: true } => (ttl / 2, ttl - ttl / 4),
+        FenceStage::Guard { brains_down: false } => (ttl * 11 / 16, ttl - ttl / 4),
+    };
+    if status.gone || quiet >= force {
         Fence::Force
-    } else if quiet >= ttl / 2 {
+    } else if quiet >= ask {
         Fence::AskStop
     } else {
         Fence::Keep
@@ -1083,13 +1106,24 @@ mod tests {
             last_error: None,
             gone,
         };
-        assert_eq!(fence(&at(Duration::from_secs(3), false), ttl), Fence::Keep);
+        let guard = FenceStage::Guard { brains_down: true };
+        let waiting = FenceStage::Guard { brains_down: false };
+        let brain = FenceStage::Brain;
+        let secs = |s| at(Duration::from_secs(s), false);
+        assert_eq!(fence(&secs(3), ttl, guard), Fence::Keep);
+        assert_eq!(fence(&secs(4), ttl, guard), Fence::AskStop);
+        assert_eq!(fence(&secs(6), ttl, guard), Fence::Force);
+        assert_eq!(fence(&at(Duration::ZERO, true), ttl, guard), Fence::Force);
+        // Brains first: forced at 5 s, while a watchdog whose brain still runs is
+        // asked only at 5.5 s.
+        assert_eq!(fence(&secs(4), ttl, brain), Fence::AskStop);
+        assert_eq!(fence(&secs(5), ttl, brain), Fence::Force);
+        assert_eq!(fence(&secs(5), ttl, waiting), Fence::Keep);
         assert_eq!(
-            fence(&at(Duration::from_secs(4), false), ttl),
+            fence(&at(Duration::from_millis(5500), false), ttl, waiting),
             Fence::AskStop
         );
-        assert_eq!(fence(&at(Duration::from_secs(6), false), ttl), Fence::Force);
-        assert_eq!(fence(&at(Duration::ZERO, true), ttl), Fence::Force);
+        assert_eq!(fence(&secs(6), ttl, waiting), Fence::Force);
     }
 
     #[test]

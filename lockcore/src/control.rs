@@ -192,6 +192,9 @@ pub enum Supervision {
     GivenUp,
     /// A brain held back because its watchdog is not running (DESIGN.md rule 13).
     Blocked,
+    /// `[cluster]`: another host holds its key; it starts here as soon as the key is
+    /// free (a brain stands by with its watchdog).
+    Standby,
 }
 
 impl Supervision {
@@ -204,6 +207,7 @@ impl Supervision {
             Supervision::Stopped => "stopped",
             Supervision::GivenUp => "given_up",
             Supervision::Blocked => "blocked",
+            Supervision::Standby => "standby",
         }
     }
 }

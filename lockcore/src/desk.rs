@@ -184,6 +184,8 @@ impl ComponentView {
             Supervision::Stopped => ComponentState::Stopped,
             Supervision::GivenUp => ComponentState::GivenUp,
             Supervision::Blocked => ComponentState::Blocked,
+            // Runs on another host: nothing runs here, and nothing is wrong.
+            Supervision::Standby => ComponentState::Stopped,
         })
     }
 

@@ -219,15 +219,29 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     let stopped = Arc::new((Mutex::new(false), Condvar::new()));
     install_stop_handler(tx.clone(), stopped.clone())?;
     // Every planned lock before anything starts: a start that cannot take them all
-    // starts nothing.
+    // starts nothing. With [cluster], a key another host holds is not in the way: that
+    // component stands by (and a brain with it when its watchdog does, so that the
+    // host that runs the watchdog can take the brain's key).
     let mut plan_locks = Vec::new();
+    let mut held_elsewhere: Vec<String> = Vec::new();
     for component in &plan {
+        if watchdog_held_elsewhere(&fleet, component, &held_elsewhere) {
+            held_elsewhere.push(component.lock_name.clone());
+            continue;
+        }
         let claim = LockClaim {
             account: component.account.clone(),
             command: component.command.clone(),
         };
         match locks.acquire(&component.lock_name, &claim, &mut probe)? {
             Acquire::Acquired(held) => plan_locks.push((component.clone(), held)),
+            Acquire::Held(holder) if holder.cluster_key.is_some() => {
+                events.line(
+                    "",
+                    &format!("{}: held on another host: {holder}", component.lock_name),
+                );
+                held_elsewhere.push(component.lock_name.clone());
+            }
             Acquire::Held(holder) => {
                 events.line("", &format!("cannot start the desk: {holder}"));
                 errln!("{TOOL}: refused: {holder}");
@@ -235,7 +249,15 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
             }
         }
     }
-    let mut desk = Orchestrator::new(&fleet, events.clone(), probe, master, plan_locks, tx);
+    let mut desk = Orchestrator::new(
+        &fleet,
+        events.clone(),
+        probe,
+        master,
+        plan_locks,
+        &held_elsewhere,
+        tx,
+    );
     let ran = desk.run(&rx);
     let grace = match &ran {
         Ok(grace) => {
@@ -266,6 +288,23 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         return Ok(ExitCode::Problems);
     }
     Ok(ExitCode::Ok)
+}
+
+/// Whether `component` is a brain whose watchdog (which it needs, DESIGN.md rule 13)
+/// another host holds: the brain then stands by too.
+fn watchdog_held_elsewhere(
+    fleet: &Fleet,
+    component: &Component,
+    held_elsewhere: &[String],
+) -> bool {
+    component.role == Role::Brain
+        && component
+            .account
+            .as_deref()
+            .and_then(|a| fleet.account(a))
+            .is_some_and(|a| {
+                a.brain_requires_watchdog && held_elsewhere.contains(&a.watchdog.lock_name)
+            })
 }
 
 /// Ctrl+C, SIGTERM, SIGHUP, console close: ask the main thread to stop the desk. For a

@@ -22,7 +22,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,8 +37,8 @@ use lockcore::logs::Log;
 use lockcore::stop::now_unix;
 use lockcore::stop_engine::{StopObserver, stop_in_order};
 use lockcore::{
-    Acquire, Component, DeskSnapshot, Fleet, Grace, HeldLock, LockClaim, LockDir, LockWatcher,
-    ProcessIdentity, ProcessProbe, Role, Stage, StopRequest,
+    Acquire, Component, DeskSnapshot, Fleet, Grace, HeldLock, Holder, LockClaim, LockDir,
+    LockError, LockWatcher, ProcessIdentity, ProcessProbe, Role, Stage, StopRequest,
 };
 
 use crate::supervisor::{FAILURE_WINDOW, Launch, Outcome, Report, Supervisor};
@@ -59,6 +59,8 @@ pub enum Event {
     Supervision(usize, Report),
     /// A stop on a thread of its own has ended, for these units.
     Stopped(Vec<usize>),
+    /// `[cluster]`: the key another host held for the unit at this index is free.
+    KeyFree(usize),
 }
 
 /// One component of the desk, as the orchestrator keeps it.
@@ -85,6 +87,9 @@ struct Unit {
     /// Requests waiting for an answer: the id, and for a restart the moment after
     /// which the new run must have started.
     waiting: Vec<(String, Option<Instant>)>,
+    /// `[cluster]`: while another host holds its key, the flag its key's watch keeps
+    /// waiting on (cleared when it is no longer wanted here).
+    standby: Option<Arc<AtomicBool>>,
     view: Supervised,
 }
 
@@ -121,6 +126,13 @@ impl Unit {
         self.view.answers.drain(..extra);
     }
 
+    /// Ends a standby: its key's watch stops at its next look.
+    fn end_standby(&mut self) {
+        if let Some(waiting) = self.standby.take() {
+            waiting.store(false, Ordering::SeqCst);
+        }
+    }
+
     /// Answers every waiting request the same way.
     fn answer_all(&mut self, outcome: AnswerOutcome, detail: &str) {
         for (id, _) in std::mem::take(&mut self.waiting) {
@@ -152,15 +164,17 @@ pub struct Orchestrator<'f> {
 }
 
 impl<'f> Orchestrator<'f> {
-    /// The desk, with the locks the pre-flight took for `plan` (in start order), ready
-    /// to start; every other enabled component is known as not started, so that a start
-    /// request can bring it in.
+    /// The desk, with the locks the pre-flight took for the plan (in start order), ready
+    /// to start, and the plan's components whose keys another host holds (`[cluster]`),
+    /// which stand by; every other enabled component is known as not started, so that a
+    /// start request can bring it in.
     pub fn new(
         fleet: &'f Fleet,
         events: Log,
         mut probe: ProcessProbe,
         master: HeldLock,
         mut plan_locks: Vec<(Component, HeldLock)>,
+        held_elsewhere: &[String],
         tx: Sender<Event>,
     ) -> Orchestrator<'f> {
         let identity = probe.own_identity();
@@ -182,7 +196,8 @@ impl<'f> Orchestrator<'f> {
                     }),
                 _ => None,
             };
-            let (state, reason) = if lock.is_some() {
+            let elsewhere = held_elsewhere.contains(&component.lock_name);
+            let (state, reason) = if lock.is_some() || elsewhere {
                 (Supervision::Starting, "starting".to_string())
             } else {
                 (
@@ -202,7 +217,7 @@ impl<'f> Orchestrator<'f> {
                     reason,
                     answers: Vec::new(),
                 },
-                wanted: lock.is_some(),
+                wanted: lock.is_some() || elsewhere,
                 lock,
                 component: component.clone(),
                 watchdog,
@@ -213,6 +228,7 @@ impl<'f> Orchestrator<'f> {
                 running_since: None,
                 runs: Arc::new(AtomicBool::new(false)),
                 waiting: Vec::new(),
+                standby: None,
             });
         }
         Orchestrator {
@@ -253,6 +269,7 @@ impl<'f> Orchestrator<'f> {
                 Ok(Event::Signal(grace)) => return Ok(grace),
                 Ok(Event::Supervision(index, report)) => self.on_report(index, report),
                 Ok(Event::Stopped(indexes)) => self.on_stopped(&indexes),
+                Ok(Event::KeyFree(index)) => self.on_key_free(index),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(Grace::Own),
             }
@@ -418,6 +435,17 @@ impl<'f> Orchestrator<'f> {
         }
     }
 
+    /// The key a standby waited for is free: the next reconcile takes it (or, if
+    /// another standby was quicker, stands by again).
+    fn on_key_free(&mut self, index: usize) {
+        let unit = &mut self.units[index];
+        if unit.standby.is_some() {
+            unit.end_standby();
+            self.events
+                .line("", &format!("{}: its key is free: taking it", unit.name()));
+        }
+    }
+
     fn stop_all_requested(&mut self) -> Option<Grace> {
         let request = StopRequest::read(&self.fleet.lock_dir, MASTER_LOCK_NAME)?;
         if let Some(why) = &request.unreadable {
@@ -468,8 +496,10 @@ impl<'f> Orchestrator<'f> {
                 &format!("stopped on request by {by}"),
             );
             if unit.supervisor.is_none() {
-                // Not started yet (a brain waiting for its watchdog): its lock goes.
+                // Not started yet (a brain waiting for its watchdog, a standby): its
+                // lock goes, its key's watch ends.
                 unit.lock = None;
+                unit.end_standby();
                 unit.set(stopped.0, stopped.1);
                 let _ = StopRequest::remove(&self.fleet.lock_dir, &name);
                 continue;
@@ -582,6 +612,12 @@ impl<'f> Orchestrator<'f> {
         let running = self.units[index].supervisor.is_some();
         if action == Action::Start || !running {
             let unit = &mut self.units[index];
+            if unit.standby.is_some() {
+                // Another host runs it: starting it here too is what the cluster forbids.
+                let why = unit.view.reason.clone();
+                unit.answer(id, AnswerOutcome::Refused, why);
+                return;
+            }
             unit.waiting.push((id, None));
             if !unit.wanted {
                 unit.wanted = true;
@@ -643,7 +679,7 @@ impl<'f> Orchestrator<'f> {
     /// Brings what runs in line with what should, in start order.
     fn reconcile(&mut self) -> Result<(), ToolError> {
         for index in 0..self.units.len() {
-            if self.units[index].stopping {
+            if self.units[index].stopping || self.units[index].standby.is_some() {
                 continue;
             }
             let unit = &self.units[index];
@@ -656,6 +692,9 @@ impl<'f> Orchestrator<'f> {
                         unit.answer_all(AnswerOutcome::Failed, &reason);
                         // Not while its watchdog is down: the first start's lock goes.
                         unit.lock = None;
+                    }
+                    if state == Supervision::Standby && unit.view.state != state {
+                        self.events.line("", &format!("{}: {reason}", unit.name()));
                     }
                     if unit.view.state != state || unit.view.reason != reason {
                         unit.set(state, reason);
@@ -683,9 +722,18 @@ impl<'f> Orchestrator<'f> {
         if !self.announced && self.units.iter().all(|u| u.lock.is_none()) {
             self.announced = true;
             let started = self.units.iter().filter(|u| u.supervisor.is_some()).count();
+            let standing_by = self
+                .units
+                .iter()
+                .filter(|u| u.view.state == Supervision::Standby)
+                .count();
+            let standby = match standing_by {
+                0 => String::new(),
+                n => format!(", {n} standing by for another host"),
+            };
             self.events.line(
                 "",
-                &format!("desk started: {started} processes; Ctrl+C stops it"),
+                &format!("desk started: {started} processes{standby}; Ctrl+C stops it"),
             );
         }
         Ok(())
@@ -700,7 +748,33 @@ impl<'f> Orchestrator<'f> {
             Some(lock) => lock,
             None => match self.take_lock(index) {
                 Ok(lock) => lock,
-                Err((outcome, why)) => {
+                Err(NotTaken::Elsewhere(holder)) => {
+                    let key = holder.cluster_key.clone().unwrap_or_default();
+                    let host = holder
+                        .record
+                        .as_ref()
+                        .and_then(|r| r.host.as_deref())
+                        .unwrap_or("another host");
+                    let pid = holder
+                        .record
+                        .as_ref()
+                        .map_or_else(String::new, |r| format!(", pid {}", r.pid));
+                    let reason = format!(
+                        "stands by: {host} holds it{pid}; starts here as soon as its key {key} \
+                         is free"
+                    );
+                    self.stand_by(index, &key, reason);
+                    return Ok(());
+                }
+                Err(NotTaken::Unreachable { key, why }) => {
+                    let reason = format!(
+                        "stands by: {why}; starts here once etcd answers and its key {key} is \
+                         free"
+                    );
+                    self.stand_by(index, &key, reason);
+                    return Ok(());
+                }
+                Err(NotTaken::No(outcome, why)) => {
                     let unit = &mut self.units[index];
                     self.events
                         .line("", &format!("{}: not started: {why}", unit.name()));
@@ -730,9 +804,49 @@ impl<'f> Orchestrator<'f> {
         }
     }
 
+    /// `[cluster]`: another host holds its key. It stays wanted and waits, on a thread,
+    /// for the key to be free (etcd pushes the deletion); requests meanwhile are refused.
+    /// Also when etcd cannot be reached (a partitioned host after fencing): it waits
+    /// until etcd answers and the key is free.
+    fn stand_by(&mut self, index: usize, key: &str, reason: String) {
+        let waiting = Arc::new(AtomicBool::new(true));
+        let tx = self.tx.clone();
+        let watch = self.locks.wait_until_free(
+            key,
+            {
+                let waiting = Arc::clone(&waiting);
+                move || waiting.load(Ordering::SeqCst)
+            },
+            move || {
+                let _ = tx.send(Event::KeyFree(index));
+            },
+        );
+        let unit = &mut self.units[index];
+        unit.answer_all(AnswerOutcome::Refused, &reason);
+        match watch {
+            Some(Ok(_)) => {
+                self.events.line("", &format!("{}: {reason}", unit.name()));
+                unit.standby = Some(waiting);
+                unit.set(Supervision::Standby, reason);
+            }
+            Some(Err(e)) => {
+                let why = format!("cannot watch its key {key}: {e}");
+                self.events
+                    .line("", &format!("{}: not started: {why}", unit.name()));
+                unit.wanted = false;
+                unit.set(Supervision::GivenUp, format!("not started: {why}"));
+            }
+            None => {
+                // A holder on another host without a cluster: cannot happen.
+                unit.wanted = false;
+                unit.set(Supervision::NotStarted, format!("not started: {reason}"));
+            }
+        }
+    }
+
     /// A later start's lock and pre-flight: refused when someone else holds the lock
-    /// or a copy runs without it.
-    fn take_lock(&mut self, index: usize) -> Result<HeldLock, (AnswerOutcome, String)> {
+    /// or a copy runs without it; with `[cluster]`, another host may hold the key.
+    fn take_lock(&mut self, index: usize) -> Result<HeldLock, NotTaken> {
         let component = &self.units[index].component;
         let claim = LockClaim {
             account: component.account.clone(),
@@ -743,12 +857,29 @@ impl<'f> Orchestrator<'f> {
             .acquire(&component.lock_name, &claim, &mut self.probe)
         {
             Ok(Acquire::Acquired(lock)) => lock,
-            Ok(Acquire::Held(holder)) => return Err((AnswerOutcome::Refused, holder.to_string())),
-            Err(error) => return Err((AnswerOutcome::Failed, error.to_string())),
+            Ok(Acquire::Held(holder)) if holder.cluster_key.is_some() => {
+                return Err(NotTaken::Elsewhere(holder));
+            }
+            Ok(Acquire::Held(holder)) => {
+                return Err(NotTaken::No(AnswerOutcome::Refused, holder.to_string()));
+            }
+            Err(LockError::Cluster(error)) => {
+                let key = self
+                    .fleet
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.lock_key(&component.lock_name))
+                    .unwrap_or_default();
+                return Err(NotTaken::Unreachable {
+                    key,
+                    why: error.to_string(),
+                });
+            }
+            Err(error) => return Err(NotTaken::No(AnswerOutcome::Failed, error.to_string())),
         };
         // Holding the lock, any copy still found runs without it (started by hand).
         let snapshot = DeskSnapshot::take(self.fleet, &mut self.probe)
-            .map_err(|e| (AnswerOutcome::Failed, e.to_string()))?;
+            .map_err(|e| NotTaken::No(AnswerOutcome::Failed, e.to_string()))?;
         let unlocked: Vec<String> = snapshot
             .component(&component.lock_name)
             .map(|view| {
@@ -759,7 +890,7 @@ impl<'f> Orchestrator<'f> {
             })
             .unwrap_or_default();
         if !unlocked.is_empty() {
-            return Err((
+            return Err(NotTaken::No(
                 AnswerOutcome::Refused,
                 format!(
                     "pid {} runs {} without its lock; stop it with safe-shutdown first",
@@ -792,6 +923,12 @@ impl<'f> Orchestrator<'f> {
             guard: self.units[index]
                 .watchdog
                 .map(|w| self.units[w].runs.clone()),
+            guarded: self
+                .units
+                .iter()
+                .filter(|u| u.watchdog == Some(index))
+                .map(|u| u.runs.clone())
+                .collect(),
         };
         let unit = &mut self.units[index];
         unit.set(Supervision::Starting, "starting".into());
@@ -895,11 +1032,30 @@ impl<'f> Orchestrator<'f> {
     }
 }
 
+/// Why a later start did not take a component's lock.
+enum NotTaken {
+    /// Refused or failed, with the answer a request gets.
+    No(AnswerOutcome, String),
+    /// `[cluster]`: another host holds its key: stand by.
+    Elsewhere(Holder),
+    /// `[cluster]`: etcd did not answer: stand by until it does.
+    Unreachable { key: String, why: String },
+}
+
 /// What a brain that needs `watchdog` is while the watchdog does not run (yet).
 fn held_back(watchdog: &Unit) -> (Supervision, String) {
     let name = watchdog.name();
     let account = watchdog.component.account.as_deref().unwrap_or("?");
     match watchdog.view.state {
+        // Its watchdog runs on another host: so does the brain (its key is not taken
+        // here, so the host that runs the watchdog can take it).
+        Supervision::Standby if watchdog.standby.is_some() => (
+            Supervision::Standby,
+            format!(
+                "stands by with its watchdog {name}: {}",
+                watchdog.view.reason
+            ),
+        ),
         _ if watchdog.wanted || watchdog.stopping => (
             Supervision::Starting,
             format!("waiting for its watchdog {name} to run"),

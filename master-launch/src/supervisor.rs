@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lockcore::cluster::{Fence, FenceWatch};
+use lockcore::cluster::{Fence, FenceStage, FenceWatch};
 use lockcore::config::RestartPolicy;
 use lockcore::{
     Component, HeldLock, LockLost, LockWatcher, ProcessIdentity, ProcessProbe, Stage, Stoppable,
@@ -104,6 +104,9 @@ pub struct Launch {
     pub runs: Arc<AtomicBool>,
     /// For a brain that needs its watchdog (DESIGN.md rule 13): the watchdog's `runs`.
     pub guard: Option<Arc<AtomicBool>>,
+    /// For a watchdog: the `runs` of the brains that need it, which self-fencing stops
+    /// first (DESIGN.md rule 13).
+    pub guarded: Vec<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for Launch {
@@ -123,9 +126,18 @@ impl Supervisor {
         if let Some(watch) = lock.fence_watch() {
             let (shared, events) = (shared.clone(), launch.events.clone());
             let name = component.lock_name.clone();
+            let (role, guarded) = (component.role, launch.guarded.clone());
             std::thread::Builder::new()
                 .name(format!("fence {name}"))
-                .spawn(move || fence_child(&name, &watch, &shared, &events))
+                .spawn(move || {
+                    let stage = || match role {
+                        lockcore::Role::Brain => FenceStage::Brain,
+                        _ => FenceStage::Guard {
+                            brains_down: guarded.iter().all(|b| !b.load(Ordering::SeqCst)),
+                        },
+                    };
+                    fence_child(&name, &watch, stage, &shared, &events);
+                })
                 .unwrap_or_else(|e| panic!("cannot start a thread: {e}"));
         }
         let (attempted, first_attempt) = std::sync::mpsc::sync_channel::<()>(1);
@@ -299,7 +311,13 @@ fn supervise_through_panics(
 /// TTL/2 without a renewal, forced at TTL minus the safety margin. Supervision then
 /// ends as if asked, releasing the lock and key; the orchestrator may start it again
 /// only through a fresh take of both. Ends when the lock is released.
-fn fence_child(name: &str, watch: &FenceWatch, shared: &Shared, events: &Log) {
+fn fence_child(
+    name: &str,
+    watch: &FenceWatch,
+    stage: impl Fn() -> FenceStage,
+    shared: &Shared,
+    events: &Log,
+) {
     let (mut asked, mut forced) = (false, false);
     let say = |what: &str| {
         events.line(
@@ -311,7 +329,7 @@ fn fence_child(name: &str, watch: &FenceWatch, shared: &Shared, events: &Log) {
         );
     };
     while !shared.releasing.load(Ordering::SeqCst) && !forced {
-        match watch.fence() {
+        match watch.fence(stage()) {
             Fence::Keep => {}
             Fence::AskStop if !asked => {
                 asked = true;

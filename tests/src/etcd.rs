@@ -141,3 +141,19 @@ impl Drop for Etcd {
         self.stop();
     }
 }
+
+/// A two-account desk for "host" `host` whose locks go through `endpoint`, TTL 2 s.
+/// Each host's bots say which host they belong to (`--say`). Processes are recognised
+/// by command line, so each test gives its desks names of their own (`tag`): tests
+/// running at once must not see each other's bots.
+pub fn cluster_desk(endpoint: &str, host: &str, tag: &str) -> crate::Desk {
+    let accounts = [format!("{tag}1"), format!("{tag}2")];
+    crate::Desk::with_options(
+        &format!("qs_{tag}"),
+        &[&accounts[0], &accounts[1]],
+        &["--say", &format!("host-{host}")],
+        &format!(
+            "\n[cluster]\nendpoints = [\"{endpoint}\"]\nlease_ttl_secs = 2\nhost = \"{host}\"\n"
+        ),
+    )
+}

@@ -122,7 +122,24 @@ pub fn wait_supervised(desk: &Desk, name: &str, orchestrator: u32) -> u32 {
             _ => false,
         }
     });
+    // The lock record names the child a moment before the log says it started.
+    let started = format!("{name}: started, pid {pid}");
+    wait_until(&format!("the log to say `{started}`"), || {
+        desk.master_log().contains(&started)
+    });
     pid
+}
+
+/// The position of the first occurrence of `needle` in the master log after `from`,
+/// once it is there (a supervisor logs a start just after recording it).
+pub fn wait_logged(desk: &Desk, needle: &str, from: usize) -> usize {
+    let mut at = 0;
+    wait_until(&format!("the log to say `{needle}`"), || {
+        log_position(&desk.master_log(), needle, from)
+            .map(|i| at = i)
+            .is_some()
+    });
+    at
 }
 
 /// The position of the first occurrence of `needle` in the log after `from`.

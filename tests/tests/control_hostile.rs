@@ -195,11 +195,11 @@ fn hx_restarting_a_watchdog_never_leaves_its_brain_unguarded() {
             before.iter().all(|pid| !after.contains(pid)),
             "round {round}: {before:?} -> {after:?}"
         );
+        let brain_start = wait_logged(&desk, "BRAIN_HXRW: started", mark);
         let log = desk.master_log();
         let brain_exit = log_position(&log, "BRAIN_HXRW: exited", mark).unwrap();
         let watchdog_exit = log_position(&log, "WATCHDOG_HXRW: exited", mark).unwrap();
         let watchdog_start = log_position(&log, "WATCHDOG_HXRW: started", mark).unwrap();
-        let brain_start = log_position(&log, "BRAIN_HXRW: started", mark).unwrap();
         assert!(
             brain_exit < watchdog_exit
                 && watchdog_exit < watchdog_start
