@@ -36,6 +36,7 @@ use serde_json::{Value, json};
 use crate::config::ClusterConfig;
 use crate::process::ProcessIdentity;
 use crate::record::LockRecord;
+use crate::stop::StopRequest;
 
 /// An etcd request that failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,8 @@ pub enum Created {
     Created { revision: i64 },
     /// Someone else's key was there.
     Exists(KeyValue),
+    /// The key was free, but the blocking key (a stop request) exists.
+    Blocked(KeyValue),
 }
 
 /// A synchronous etcd v3 client over the JSON gateway.
@@ -180,18 +183,24 @@ impl EtcdClient {
     }
 
     /// Creates `key` with `value` attached to `lease`, in one transaction, only if the
-    /// key does not exist; otherwise returns the key that is there.
+    /// key does not exist and neither does `blocker` (a stop request for it); otherwise
+    /// returns the key that is there, or the blocker.
     pub fn create_if_absent(
         &self,
         key: &str,
         value: &[u8],
         lease: LeaseId,
+        blocker: &str,
     ) -> Result<Created, ClusterError> {
         let key64 = BASE64.encode(key);
+        let blocker64 = BASE64.encode(blocker);
         let body = json!({
-            "compare": [{ "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
+            "compare": [
+                { "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" },
+                { "key": blocker64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" },
+            ],
             "success": [{ "request_put": { "key": key64, "value": BASE64.encode(value), "lease": lease.to_string() } }],
-            "failure": [{ "request_range": { "key": key64 } }],
+            "failure": [{ "request_range": { "key": key64 } }, { "request_range": { "key": blocker64 } }],
         });
         let (endpoint, answer) =
             self.call("/v3/kv/txn", &body, "a lock transaction", self.timeout)?;
@@ -202,18 +211,21 @@ impl EtcdClient {
             }
             return Ok(Created::Created { revision });
         }
-        let existing = answer
-            .get("responses")
-            .and_then(|r| r.get(0))
-            .and_then(|r| r.get("response_range"))
-            .map(|r| kvs(&endpoint, r))
-            .transpose()?
-            .and_then(|mut kvs| kvs.pop());
-        match existing {
-            Some(kv) => Ok(Created::Exists(kv)),
+        let range = |index: usize| {
+            answer
+                .get("responses")
+                .and_then(|r| r.get(index))
+                .and_then(|r| r.get("response_range"))
+                .map(|r| kvs(&endpoint, r))
+                .transpose()
+                .map(|kvs| kvs.and_then(|mut kvs| kvs.pop()))
+        };
+        match (range(0)?, range(1)?) {
+            (Some(kv), _) => Ok(Created::Exists(kv)),
+            (None, Some(stop)) => Ok(Created::Blocked(stop)),
             // Deleted between the compare and the range: cannot happen in one
             // transaction, so the answer is not what it seems.
-            None => Err(malformed(&endpoint, "a lock transaction", &answer)),
+            (None, None) => Err(malformed(&endpoint, "a lock transaction", &answer)),
         }
     }
 
@@ -230,13 +242,30 @@ impl EtcdClient {
 
     /// Every key that starts with `prefix`, in key order.
     pub fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, ClusterError> {
+        self.list_at(prefix).map(|(kvs, _)| kvs)
+    }
+
+    /// Every key that starts with `prefix`, and the store's revision when they were read.
+    pub fn list_at(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), ClusterError> {
         let (endpoint, answer) = self.call(
             "/v3/kv/range",
             &json!({ "key": BASE64.encode(prefix), "range_end": BASE64.encode(prefix_end(prefix.as_bytes())) }),
             "a read",
             self.timeout,
         )?;
-        kvs(&endpoint, &answer)
+        let revision = answer.get("header").map_or(0, |h| int(h, "revision"));
+        Ok((kvs(&endpoint, &answer)?, revision))
+    }
+
+    /// Writes `key` attached to `lease` (it goes when the lease ends).
+    pub fn put(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<(), ClusterError> {
+        self.call(
+            "/v3/kv/put",
+            &json!({ "key": BASE64.encode(key), "value": BASE64.encode(value), "lease": lease.to_string() }),
+            "a write",
+            self.timeout,
+        )
+        .map(|_| ())
     }
 
     /// Deletes `key` only if it is still the one created at `revision`: never a key
@@ -304,6 +333,27 @@ impl EtcdClient {
         from_revision: i64,
         timeout: Duration,
     ) -> Result<bool, ClusterError> {
+        self.watch(key, None, from_revision, timeout)
+    }
+
+    /// [`EtcdClient::wait_for_change`] for every key that starts with `prefix`.
+    pub fn wait_for_change_under(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+        timeout: Duration,
+    ) -> Result<bool, ClusterError> {
+        let end = prefix_end(prefix.as_bytes());
+        self.watch(prefix, Some(&end), from_revision, timeout)
+    }
+
+    fn watch(
+        &self,
+        key: &str,
+        range_end: Option<&[u8]>,
+        from_revision: i64,
+        timeout: Duration,
+    ) -> Result<bool, ClusterError> {
         let endpoint = self.endpoints
             [self.current.load(Ordering::Relaxed) % self.endpoints.len().max(1)]
         .clone();
@@ -325,10 +375,14 @@ impl EtcdClient {
         if let Some(token) = &token {
             request = request.header("authorization", token.as_str());
         }
-        let body = json!({ "create_request": {
+        let mut create = json!({
             "key": BASE64.encode(key),
             "start_revision": from_revision.to_string(),
-        }});
+        });
+        if let Some(end) = range_end {
+            create["range_end"] = Value::String(BASE64.encode(end));
+        }
+        let body = json!({ "create_request": create });
         let unreachable = |reason: String| ClusterError::Unreachable {
             endpoints: endpoint.clone(),
             reason,
@@ -753,7 +807,7 @@ pub struct ClusterHolder {
 }
 
 impl ClusterHolder {
-    fn from_kv(kv: &KeyValue) -> ClusterHolder {
+    pub fn from_kv(kv: &KeyValue) -> ClusterHolder {
         let value = String::from_utf8_lossy(&kv.value).into_owned();
         let host = serde_json::from_str::<Value>(&value)
             .ok()
@@ -855,6 +909,93 @@ pub enum ClusterClaim {
     Held(ClusterLock),
     /// Another holder has the key.
     HeldElsewhere(ClusterHolder),
+    /// The key is free, but someone asked, through etcd, for the component to stop: a
+    /// standby must not take over what the desk's owner is stopping.
+    StopRequested(StopRequest),
+}
+
+/// A stop request as its key holds it: the fields of a `<NAME>.stop` file. A value
+/// that does not read as one still means "stop", with the component's own timeout.
+fn stop_request_of(name: &str, kv: &KeyValue) -> StopRequest {
+    match serde_json::from_slice::<StopRequest>(&kv.value) {
+        Ok(mut request) => {
+            request.name = name.to_string();
+            request
+        }
+        Err(e) => StopRequest {
+            name: name.to_string(),
+            deadline: None,
+            requested_by: None,
+            requested_on: None,
+            unreadable: Some(format!(
+                "the stop request key {} does not read ({e})",
+                kv.key
+            )),
+        },
+    }
+}
+
+/// Asks the holder of `name`, on whatever host, to stop it: the key
+/// `/<desk>/stop/<NAME>` holds the request (the fields of a `<NAME>.stop` file, with
+/// this host), under a lease that outlives the request's deadline by a TTL, so that a
+/// requester that dies leaves nothing behind for long. While it exists no host takes
+/// the component's key.
+pub fn place_stop_request(
+    client: &EtcdClient,
+    cluster: &ClusterConfig,
+    request: &StopRequest,
+) -> Result<(), ClusterError> {
+    let mut request = request.clone();
+    request.requested_on = Some(cluster.host.clone());
+    let lease = client.grant(request.time_left(Duration::ZERO) + cluster.lease_ttl)?;
+    let value = serde_json::to_vec(&request).unwrap_or_default();
+    client.put(&cluster.stop_key(&request.name), &value, lease)
+}
+
+/// Watches the desk's stop requests on a thread of its own and calls `on_request`
+/// once for each new one (a holder turns it into its own `<NAME>.stop`). etcd pushes
+/// each new key; every `window` they are read again, so a lost watch costs at most
+/// that long. Ends when `keep_watching` says so.
+pub fn spawn_stop_watch(
+    client: Arc<EtcdClient>,
+    cluster: &ClusterConfig,
+    keep_watching: impl Fn() -> bool + Send + 'static,
+    on_request: impl Fn(StopRequest) + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let prefix = cluster.stop_key("");
+    let window = cluster.lease_ttl;
+    let retry = (window / 8).max(Duration::from_millis(100));
+    std::thread::Builder::new()
+        .name("cluster stop requests".into())
+        .spawn(move || {
+            let mut seen: Vec<(String, i64)> = Vec::new();
+            while keep_watching() {
+                match client.list_at(&prefix) {
+                    Ok((kvs, revision)) => {
+                        seen.retain(|s| {
+                            kvs.iter()
+                                .any(|kv| (&kv.key, kv.create_revision) == (&s.0, s.1))
+                        });
+                        for kv in kvs {
+                            let id = (kv.key.clone(), kv.create_revision);
+                            if seen.contains(&id) {
+                                continue;
+                            }
+                            seen.push(id);
+                            let name = kv.key.strip_prefix(&prefix).unwrap_or(&kv.key);
+                            on_request(stop_request_of(name, &kv));
+                        }
+                        if client
+                            .wait_for_change_under(&prefix, revision + 1, window)
+                            .is_err()
+                        {
+                            std::thread::sleep(retry);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(retry),
+                }
+            }
+        })
 }
 
 /// The key's value: the lock record's JSON object with `host` added.
@@ -883,13 +1024,24 @@ impl ClusterLock {
         // The lease's clock starts no earlier than this, on etcd's side.
         let granted_at = Instant::now();
         let lease = client.grant(ttl)?;
-        let created = client.create_if_absent(&key, &lock_value(record, &cluster.host), lease);
+        let created = client.create_if_absent(
+            &key,
+            &lock_value(record, &cluster.host),
+            lease,
+            &cluster.stop_key(lock_name),
+        );
         let revision = match created {
             Ok(Created::Created { revision }) => revision,
             Ok(Created::Exists(kv)) => {
                 // Ours is unused: revoke it rather than let it linger for a TTL.
                 let _ = client.revoke(lease);
                 return Ok(ClusterClaim::HeldElsewhere(ClusterHolder::from_kv(&kv)));
+            }
+            Ok(Created::Blocked(stop)) => {
+                let _ = client.revoke(lease);
+                return Ok(ClusterClaim::StopRequested(stop_request_of(
+                    lock_name, &stop,
+                )));
             }
             Err(e) => {
                 let _ = client.revoke(lease);

@@ -178,6 +178,11 @@ impl ClusterConfig {
     pub fn lock_key(&self, lock_name: &str) -> String {
         format!("/{}/locks/{lock_name}", self.desk)
     }
+
+    /// The etcd key of a stop request for a lock name (any host's holder acts on it).
+    pub fn stop_key(&self, lock_name: &str) -> String {
+        format!("/{}/stop/{lock_name}", self.desk)
+    }
 }
 
 impl Fleet {

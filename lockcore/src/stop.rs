@@ -43,11 +43,18 @@ pub struct StopRequest {
     /// Who asked (pid), for the logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<u32>,
+    /// `[cluster]`: the host the request came from, through etcd (`requested_by` is a
+    /// pid there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_on: Option<String>,
     /// Why the request file could not be read, naming its path: it still means "stop",
     /// with the component's own timeout. Set by [`StopRequest::read`], never written.
     #[serde(skip)]
     pub unreadable: Option<String>,
 }
+
+/// A host name from a request is shown in logs: a longer one is cut.
+const MAX_HOST_CHARS: usize = 253;
 
 impl StopRequest {
     /// A request to stop `name` within `timeout`, from this process.
@@ -59,6 +66,7 @@ impl StopRequest {
                 ((now_unix() + timeout.min(MAX_STOP_WAIT).as_secs_f64()) * 1000.0).round() / 1000.0,
             ),
             requested_by: Some(std::process::id()),
+            requested_on: None,
             unreadable: None,
         }
     }
@@ -85,17 +93,21 @@ impl StopRequest {
     /// (a FIFO, a link, a directory) is no request: it is never opened in a way that
     /// could block, and `check-procs` reports it.
     pub fn read(lock_dir: &Path, name: &str) -> Option<StopRequest> {
-        let request = |deadline, requested_by, unreadable| StopRequest {
+        let request = |deadline, requested_by, requested_on, unreadable| StopRequest {
             name: name.to_string(),
             deadline,
             requested_by,
+            requested_on,
             unreadable,
         };
         match entry::read_object(lock_dir, &format!("{name}.stop")) {
             EntryRead::Nothing => None,
-            EntryRead::Unreadable(why) => {
-                Some(request(None, None, Some(format!("stop request {why}"))))
-            }
+            EntryRead::Unreadable(why) => Some(request(
+                None,
+                None,
+                None,
+                Some(format!("stop request {why}")),
+            )),
             EntryRead::Object(fields) => Some(request(
                 fields
                     .get("deadline")
@@ -105,6 +117,10 @@ impl StopRequest {
                     .get("requested_by")
                     .and_then(serde_json::Value::as_u64)
                     .and_then(|pid| u32::try_from(pid).ok()),
+                fields
+                    .get("requested_on")
+                    .and_then(serde_json::Value::as_str)
+                    .map(|host| host.chars().take(MAX_HOST_CHARS).collect()),
                 None,
             )),
         }
@@ -134,10 +150,14 @@ impl StopRequest {
 
     /// `pid 42`, or `someone` when the request does not say.
     pub fn requester(&self) -> String {
-        self.requested_by.map_or_else(
+        let who = self.requested_by.map_or_else(
             || "someone (no requested_by)".to_string(),
             |pid| format!("pid {pid}"),
-        )
+        );
+        match &self.requested_on {
+            Some(host) => format!("{who} on host {host} (through etcd)"),
+            None => who,
+        }
     }
 }
 
@@ -223,6 +243,7 @@ mod tests {
             name: "X".into(),
             deadline: Some(1.8e19),
             requested_by: Some(u32::MAX),
+            requested_on: None,
             unreadable: None,
         };
         assert_eq!(request.time_left(Duration::ZERO), MAX_STOP_WAIT);

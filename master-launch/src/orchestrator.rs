@@ -161,6 +161,8 @@ pub struct Orchestrator<'f> {
     publish_error: Option<String>,
     ticks: u32,
     last_scan: Option<Instant>,
+    /// `[cluster]`: while true, stop requests placed in etcd are relayed into the lock dir.
+    relaying: Arc<AtomicBool>,
 }
 
 impl<'f> Orchestrator<'f> {
@@ -247,6 +249,7 @@ impl<'f> Orchestrator<'f> {
             publish_error: None,
             ticks: 0,
             last_scan: None,
+            relaying: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -262,6 +265,7 @@ impl<'f> Orchestrator<'f> {
             );
             return Ok(Grace::Own);
         }
+        self.relay_cluster_stop_requests();
         self.reconcile()?;
         self.publish();
         loop {
@@ -295,6 +299,7 @@ impl<'f> Orchestrator<'f> {
     /// waits for stops in flight, and publishes the end. Returns whether any component
     /// had been given up (the orchestrator's exit code says so).
     pub fn stop_everything(&mut self, grace: Grace) -> bool {
+        self.relaying.store(false, Ordering::SeqCst);
         let supervisors: Vec<Arc<Supervisor>> = self
             .units
             .iter()
@@ -322,6 +327,34 @@ impl<'f> Orchestrator<'f> {
         let _ = StopRequest::remove(&self.fleet.lock_dir, MASTER_LOCK_NAME);
         self.master.release()?;
         Ok(())
+    }
+
+    /// `[cluster]`: a stop request that safe-shutdown placed in etcd on another host
+    /// becomes this lock dir's `<NAME>.stop`, acted on like a local one (a standby's
+    /// component is then not taken over).
+    fn relay_cluster_stop_requests(&self) {
+        let relaying = Arc::clone(&self.relaying);
+        let events = self.events.clone();
+        let relay = self.locks.relay_cluster_stop_requests(
+            move || relaying.load(Ordering::SeqCst),
+            move |relayed| match relayed {
+                Ok(request) => events.line(
+                    "",
+                    &format!(
+                        "{}: stop request from {} relayed into the lock dir",
+                        request.name,
+                        request.requester()
+                    ),
+                ),
+                Err(why) => events.line("", &why),
+            },
+        );
+        if let Some(Err(e)) = relay {
+            self.events.line(
+                "",
+                &format!("cannot watch etcd for stop requests from other hosts: {e}"),
+            );
+        }
     }
 
     /// Sooner than a tick when a brain waits for its watchdog to settle, or an answer
@@ -774,6 +807,21 @@ impl<'f> Orchestrator<'f> {
                     self.stand_by(index, &key, reason);
                     return Ok(());
                 }
+                Err(NotTaken::StopRequested(request)) => {
+                    let by = format!("{} at {}", request.requester(), clock_now());
+                    let unit = &mut self.units[index];
+                    self.events.line(
+                        "",
+                        &format!("{}: not started: a stop was requested by {by}", unit.name()),
+                    );
+                    unit.wanted = false;
+                    unit.answer_all(
+                        AnswerOutcome::Failed,
+                        &format!("stopped on request by {by}"),
+                    );
+                    unit.set(Supervision::Stopped, format!("stopped on request by {by}"));
+                    return Ok(());
+                }
                 Err(NotTaken::No(outcome, why)) => {
                     let unit = &mut self.units[index];
                     self.events
@@ -862,6 +910,9 @@ impl<'f> Orchestrator<'f> {
             }
             Ok(Acquire::Held(holder)) => {
                 return Err(NotTaken::No(AnswerOutcome::Refused, holder.to_string()));
+            }
+            Err(LockError::StopRequested { request }) => {
+                return Err(NotTaken::StopRequested(request));
             }
             Err(LockError::Cluster(error)) => {
                 let key = self
@@ -1040,6 +1091,8 @@ enum NotTaken {
     Elsewhere(Holder),
     /// `[cluster]`: etcd did not answer: stand by until it does.
     Unreachable { key: String, why: String },
+    /// `[cluster]`: a stop request for it stands in etcd: it is not started.
+    StopRequested(StopRequest),
 }
 
 /// What a brain that needs `watchdog` is while the watchdog does not run (yet).

@@ -5,10 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lockcore::cluster::{ClusterEntry, EtcdClient, place_stop_request};
+use lockcore::config::ClusterConfig;
 use lockcore::select::AccountSelection;
 use lockcore::{
-    DeskSnapshot, LockDir, LockRecord, LockState, ProcessIdentity, ProcessProbe, Stage,
-    StopRequest, Stoppable,
+    ComponentView, DeskSnapshot, LockDir, LockRecord, LockState, ProcessIdentity, ProcessProbe,
+    Stage, StopRequest, Stoppable,
 };
 
 /// Extra time a lock holder gets beyond the timeout before we force its child: it
@@ -24,6 +26,9 @@ pub enum Via {
     Holder(ProcessIdentity),
     /// Nobody holds it: asked directly (SIGTERM; CTRL_BREAK or a close on Windows).
     Direct,
+    /// `[cluster]`: its holder runs on another host, told by a stop request key in etcd;
+    /// nothing on that host can be forced from here.
+    Cluster,
 }
 
 /// One thing to stop.
@@ -39,6 +44,8 @@ pub struct Target {
     pub found: String,
     /// Its pid turned out to belong to another process: never touched.
     pub left_alone: bool,
+    /// `[cluster]`: the host whose holder runs it, for [`Via::Cluster`].
+    pub host: Option<String>,
 }
 
 /// Processes that an older tool's lock record names but that are not copies of their
@@ -92,7 +99,23 @@ pub fn targets(snapshot: &DeskSnapshot, selection: &AccountSelection) -> Vec<Tar
             via,
             found,
             left_alone: false,
+            host: None,
         };
+        if let Some((host, entry)) = held_elsewhere(snapshot, view) {
+            let pid = entry
+                .record
+                .as_ref()
+                .map_or_else(String::new, |r| format!(", pid {}", r.pid));
+            targets.push(Target {
+                host: Some(host.to_string()),
+                ..target(
+                    None,
+                    Via::Cluster,
+                    format!("etcd: runs on host {host}{pid}"),
+                )
+            });
+            continue;
+        }
         let lock = view.lock.as_ref().filter(|l| l.state.is_held());
         let legacy = lock.is_some_and(|l| l.state == LockState::Legacy);
         let holder = lock
@@ -149,10 +172,23 @@ pub fn targets(snapshot: &DeskSnapshot, selection: &AccountSelection) -> Vec<Tar
             via: Via::Orchestrator(who),
             found: "its own lock".into(),
             left_alone: false,
+            host: None,
         });
     }
     targets.sort_by_key(|t| t.stage);
     targets
+}
+
+/// `[cluster]`: the key of a component that another host holds, with that host, when
+/// nothing of it runs here.
+fn held_elsewhere<'s>(
+    snapshot: &'s DeskSnapshot,
+    view: &'s ComponentView,
+) -> Option<(&'s str, &'s ClusterEntry)> {
+    let ours = &snapshot.cluster.as_ref()?.host;
+    let entry = view.cluster.as_ref()?;
+    let host = entry.holder.host.as_deref()?;
+    (host != ours && view.copies.is_empty() && view.managed.is_none()).then_some((host, entry))
 }
 
 /// What the stop engine needs to ask, check and force a [`Target`].
@@ -163,6 +199,8 @@ pub struct StopContext {
     pub lock_dir: PathBuf,
     /// The graceful-stop time asked of holders.
     pub timeout: Duration,
+    /// `[cluster]`: the stop requests placed in etcd, removed once the stop is over.
+    pub cluster: Option<ClusterStops>,
 }
 
 impl Stoppable<StopContext> for Target {
@@ -184,7 +222,7 @@ impl Stoppable<StopContext> for Target {
     fn margin(&self) -> Duration {
         match self.via {
             Via::Direct => Duration::ZERO,
-            Via::Orchestrator(_) | Via::Holder(_) => HOLDER_MARGIN,
+            Via::Orchestrator(_) | Via::Holder(_) | Via::Cluster => HOLDER_MARGIN,
         }
     }
 
@@ -220,6 +258,19 @@ impl Stoppable<StopContext> for Target {
                 }
             }
             Via::Direct => directly(context),
+            Via::Cluster => {
+                let host = self.host.as_deref().unwrap_or("another host");
+                let request = StopRequest::new(&self.name, context.timeout);
+                match context.cluster.as_mut().map(|c| c.place(&request)) {
+                    Some(Ok(())) => {
+                        format!("stop request through etcd to its holder on host {host}")
+                    }
+                    Some(Err(e)) => format!(
+                        "cannot place a stop request in etcd for its holder on host {host}: {e}"
+                    ),
+                    None => "no [cluster] to reach it through".into(),
+                }
+            }
         }
     }
 
@@ -227,13 +278,20 @@ impl Stoppable<StopContext> for Target {
         if self.left_alone {
             return true;
         }
+        if self.via == Via::Cluster {
+            // Stopped once that host's holder let go of the key (after its child).
+            return context
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.released(&self.name, self.host.as_deref()));
+        }
         match self.who {
             Some(who) => !context.probe.is_alive(who),
             // Between restarts: stopped once its holder let go of the lock.
             None => {
                 let holder = match self.via {
                     Via::Holder(h) | Via::Orchestrator(h) => Some(h),
-                    Via::Direct => None,
+                    Via::Direct | Via::Cluster => None,
                 };
                 !still_held_by(context, &self.name, holder)
             }
@@ -241,12 +299,64 @@ impl Stoppable<StopContext> for Target {
     }
 
     fn force(&mut self, context: &mut StopContext) -> String {
+        if self.via == Via::Cluster {
+            return format!(
+                "cannot force a process on host {} from here; its master-launch forces it at \
+                 the deadline",
+                self.host.as_deref().unwrap_or("another host")
+            );
+        }
         match self.who {
             Some(who) if context.probe.kill_tree(who) => {
                 format!("killed pid {} and its children", who.pid)
             }
             Some(_) => "it was gone already".into(),
             None => "its holder does not let go of the lock; nothing to kill".into(),
+        }
+    }
+}
+
+/// `[cluster]`: the stop requests this run places in etcd, and how it sees their end.
+#[derive(Debug)]
+pub struct ClusterStops {
+    client: EtcdClient,
+    config: ClusterConfig,
+    placed: Vec<String>,
+}
+
+impl ClusterStops {
+    pub fn new(config: &ClusterConfig) -> ClusterStops {
+        ClusterStops {
+            client: EtcdClient::from_config(config),
+            config: config.clone(),
+            placed: Vec::new(),
+        }
+    }
+
+    fn place(&mut self, request: &StopRequest) -> Result<(), lockcore::cluster::ClusterError> {
+        place_stop_request(&self.client, &self.config, request)?;
+        self.placed.push(request.name.clone());
+        Ok(())
+    }
+
+    /// Whether `name`'s key is no longer held by `host` (an etcd that does not answer
+    /// tells nothing: not released).
+    fn released(&self, name: &str, host: Option<&str>) -> bool {
+        match self.client.get(&self.config.lock_key(name)) {
+            Ok(None) => true,
+            Ok(Some(kv)) => {
+                let holder = lockcore::cluster::ClusterHolder::from_kv(&kv);
+                host.is_some() && holder.host.as_deref() != host
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Removes the requests placed (best effort: their leases end them anyway), so that
+    /// the desk can be started again at once. Standbys were told while they stood.
+    pub fn withdraw(&self) {
+        for name in &self.placed {
+            let _ = self.client.delete_prefix(&self.config.stop_key(name));
         }
     }
 }

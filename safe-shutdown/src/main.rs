@@ -38,7 +38,7 @@ use lockcore::{
     Stoppable,
 };
 
-use crate::find::{StopContext, Target, Via};
+use crate::find::{ClusterStops, StopContext, Target, Via};
 
 const TOOL: &str = "safe-shutdown";
 /// The longest `--timeout`: a day.
@@ -183,6 +183,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         locks: LockDir::for_fleet(&fleet),
         lock_dir: fleet.lock_dir.clone(),
         timeout,
+        cluster: fleet.cluster.as_ref().map(ClusterStops::new),
     };
     let outcome = stop_in_order(
         targets,
@@ -190,6 +191,9 @@ fn run(args: &Args) -> Result<ExitCode> {
         &mut context,
         &mut Progress::new(&audit),
     );
+    if let Some(cluster) = &context.cluster {
+        cluster.withdraw();
+    }
     let mut probe = context.probe;
     let _ = StopRequest::remove(&fleet.lock_dir, MASTER_LOCK_NAME);
     clean_locks(&fleet, &selection, &mut probe, &audit);

@@ -45,6 +45,7 @@ fn held(claim: ClusterClaim) -> ClusterLock {
     match claim {
         ClusterClaim::Held(lock) => lock,
         ClusterClaim::HeldElsewhere(holder) => panic!("expected the key, held by {holder:?}"),
+        ClusterClaim::StopRequested(request) => panic!("expected the key, {request:?}"),
     }
 }
 
@@ -155,6 +156,7 @@ fn an_abandoned_lease_frees_the_key_after_its_ttl_and_not_before() {
             ClusterClaim::HeldElsewhere(holder) => {
                 assert_eq!(holder.host.as_deref(), Some("A"));
             }
+            ClusterClaim::StopRequested(request) => panic!("{request:?}"),
         }
         assert!(
             abandoned.elapsed() < Duration::from_secs(5),
@@ -395,4 +397,85 @@ fn user_and_password_authenticate_and_a_wrong_password_is_refused() {
     thread::sleep(Duration::from_millis(2500));
     assert_eq!(lock.fence(), Fence::Keep, "{}", lock.fence_reason());
     lock.release().unwrap();
+}
+
+/// A stop request placed through etcd (safe-shutdown on another host) keeps every host
+/// from taking the component's key while it stands, in the same transaction that
+/// would take it; withdrawn, the key can be taken again at once. Its lease outlives
+/// its deadline by a TTL, then it goes by itself.
+#[test]
+fn a_stop_request_key_keeps_every_host_from_taking_the_key_while_it_stands() {
+    if skip("a_stop_request_key_keeps_every_host_from_taking_the_key_while_it_stands") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let (a, b) = (
+        cluster(&etcd.endpoint, "A", 2),
+        cluster(&etcd.endpoint, "B", 2),
+    );
+    let request = lockcore::StopRequest::new("BRAIN_ATLAS", Duration::from_secs(1));
+    lockcore::cluster::place_stop_request(&client(&b), &b, &request).unwrap();
+    let stored = etcd
+        .client()
+        .get("/desk/stop/BRAIN_ATLAS")
+        .unwrap()
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&stored.value).unwrap();
+    assert_eq!(value["requested_on"], "B", "{value}");
+    assert_eq!(value["requested_by"], std::process::id(), "{value}");
+    match ClusterLock::acquire(client(&a), &a, "BRAIN_ATLAS", &record(1)).unwrap() {
+        ClusterClaim::StopRequested(seen) => {
+            assert_eq!(seen.name, "BRAIN_ATLAS");
+            assert_eq!(seen.requested_on.as_deref(), Some("B"));
+            assert!(
+                seen.requester().contains("on host B"),
+                "{}",
+                seen.requester()
+            );
+        }
+        other => panic!("a stop request did not block the key: {other:?}"),
+    }
+    assert_eq!(etcd.client().get("/desk/locks/BRAIN_ATLAS").unwrap(), None);
+    // Another component's key is not blocked.
+    drop(held(
+        ClusterLock::acquire(client(&a), &a, "WATCHDOG_ATLAS", &record(1)).unwrap(),
+    ));
+    // Left alone, the request ends with its lease: deadline (1 s) + TTL (2 s).
+    let placed = Instant::now();
+    let taken = loop {
+        if let ClusterClaim::Held(lock) =
+            ClusterLock::acquire(client(&a), &a, "BRAIN_ATLAS", &record(1)).unwrap()
+        {
+            break (placed.elapsed(), lock);
+        }
+        assert!(placed.elapsed() < Duration::from_secs(8), "{}", etcd.log());
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        taken.0 >= Duration::from_secs(2),
+        "the request went after {:?}",
+        taken.0
+    );
+}
+
+/// A corrupt stop request value still blocks, and still reads as a request (with the
+/// component's own timeout), saying why.
+#[test]
+fn an_unreadable_stop_request_key_still_means_stop() {
+    if skip("an_unreadable_stop_request_key_still_means_stop") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = cluster(&etcd.endpoint, "A", 2);
+    etcd.client()
+        .put("/desk/stop/BRAIN_ATLAS", b"\0not json", 0)
+        .unwrap();
+    match ClusterLock::acquire(client(&a), &a, "BRAIN_ATLAS", &record(1)).unwrap() {
+        ClusterClaim::StopRequested(seen) => {
+            assert_eq!(seen.deadline, None);
+            let why = seen.unreadable.unwrap_or_default();
+            assert!(why.contains("/desk/stop/BRAIN_ATLAS"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -351,11 +351,14 @@ fn a_partitioned_holder_fences_first_and_the_standby_starts_only_after() {
     assert_eq!(stop_desk(&desk_a, a), 0);
 }
 
-/// safe-shutdown on the standby host stops that host's master-launch and nothing of
-/// the other host's: its bots are the cluster's, named in their keys, not copies.
+/// safe-shutdown on the standby host stops the desk on the host that runs it, through
+/// that host's master-launch (stop request keys in etcd, stage by stage: brains, then
+/// watchdogs, then the global), never by signalling another host's processes; the
+/// standby takes nothing over, and the requests are withdrawn so that the desk can be
+/// started again at once.
 #[test]
-fn safe_shutdown_on_the_standby_host_never_touches_the_other_hosts_bots() {
-    if skip("safe_shutdown_on_the_standby_host_never_touches_the_other_hosts_bots") {
+fn safe_shutdown_on_the_standby_host_stops_the_desk_through_its_holder_in_order() {
+    if skip("safe_shutdown_on_the_standby_host_stops_the_desk_through_its_holder_in_order") {
         return;
     }
     let etcd = Etcd::start();
@@ -363,28 +366,60 @@ fn safe_shutdown_on_the_standby_host_never_touches_the_other_hosts_bots() {
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CDSAFE");
     let mut census = Census::new(&desk_a, &desk_b);
     let (a, mut b) = a_runs_b_stands_by(&desk_a, &desk_b, &mut census);
-    let a_pids = fleet_tests::running_pids(&desk_a.snapshot());
-    let stop = std::process::Command::new(fleet_tests::tool("safe-shutdown", "safe-shutdown"))
-        .arg("--config")
-        .arg(desk_b.config())
-        .args(["--yes", "--timeout", "5"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let stop = thread::spawn({
+        let config = desk_b.config();
+        move || {
+            std::process::Command::new(fleet_tests::tool("safe-shutdown", "safe-shutdown"))
+                .arg("--config")
+                .arg(config)
+                .args(["--yes", "--timeout", "5"])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        }
+    });
+    // Sampled all along: never two copies, never a brain without its watchdog, and
+    // nothing ever runs on B.
+    sample_until(&mut census, Duration::from_secs(20), "stopping", |c| {
+        assert!(c.values().all(|h| !h.contains(&"B".to_string())), "{c:?}");
+        Census::none_running(c)
+    });
+    let stop = stop.join().unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&stop.stdout),
         String::from_utf8_lossy(&stop.stderr)
     );
     assert_eq!(stop.status.code(), Some(0), "{said}");
+    assert!(said.contains("etcd: runs on host A"), "{said}");
+    let audit = std::fs::read_to_string(desk_b.dir.path().join("logs/safe-shutdown.log")).unwrap();
+    assert_eq!(
+        audit
+            .matches("stop request through etcd to its holder on host A")
+            .count(),
+        5,
+        "{audit}"
+    );
     fleet_tests::wait_gone(&[b.pid()]);
     let _ = b.child.wait();
-    let now = census.check("after safe-shutdown on B");
-    assert!(now.values().all(|h| h == &["A"]), "{now:?}\n{said}");
-    let mut probe = ProcessProbe::new().unwrap();
-    assert!(
-        a_pids.iter().all(|&p| probe.identity(p).is_some()),
-        "safe-shutdown on B stopped A's bots: {said}"
-    );
+    // A's master-launch stopped them on request, brains first.
+    let log_a = desk_a.master_log();
+    let asked = |name: &str| {
+        log_a
+            .find(&format!("{name}: stop requested by pid"))
+            .unwrap_or_else(|| panic!("{name} was not stopped on request:\n{log_a}"))
+    };
+    for account in ["CDSAFE1", "CDSAFE2"] {
+        assert!(asked(&format!("BRAIN_{account}")) < asked(&format!("WATCHDOG_{account}")));
+        assert!(asked(&format!("WATCHDOG_{account}")) < asked("qs_CDSAFE"));
+    }
+    assert!(log_a.contains("on host B (through etcd)"), "{log_a}");
+    assert_eq!(etcd_keys(&etcd), Vec::<String>::new());
+    assert!(etcd.client().list("/desk/stop/").unwrap().is_empty());
+    // Withdrawn: the desk starts again at once, here on B.
+    let (b, _) = start_master_launch(&desk_b.config(), &[]);
+    desk_b.wait_until_running();
+    census.check("started again");
+    assert_eq!(stop_desk(&desk_b, b), 0);
     assert_eq!(stop_desk(&desk_a, a), 0);
 }

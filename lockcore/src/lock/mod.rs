@@ -44,6 +44,7 @@ use crate::config::{ClusterConfig, Fleet};
 use crate::copies::{CopyRule, runs_python};
 use crate::process::{ProcessIdentity, ProcessProbe, ProcessTableError};
 use crate::record::{LockRecord, format_local, local_timestamp_now};
+use crate::stop::StopRequest;
 
 /// How long a starter waits when the lock is held but the record names no live holder:
 /// a new holder about to write its record, a `lock-gc` mid-check, or a crashed Windows
@@ -314,6 +315,13 @@ pub enum LockError {
     Lost(#[from] LockLost),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error(
+        "{}: a stop was requested by {} through etcd; nothing takes it while that request \
+         stands (it ends with its deadline)",
+        request.name,
+        request.requester()
+    )]
+    StopRequested { request: StopRequest },
     #[error(transparent)]
     ProcessTable(#[from] ProcessTableError),
 }
@@ -378,6 +386,10 @@ impl LockDir {
                 held.cluster = Some(key);
                 Ok(Acquire::Acquired(held))
             }
+            ClusterClaim::StopRequested(request) => {
+                held.release()?;
+                Err(LockError::StopRequested { request })
+            }
             ClusterClaim::HeldElsewhere(other) => {
                 let key = part.config.lock_key(&held.name);
                 let holder = Holder {
@@ -409,6 +421,42 @@ impl LockDir {
             part.config.lease_ttl,
             keep_waiting,
             on_free,
+        ))
+    }
+
+    /// With `[cluster]`: watches the desk's stop requests in etcd (placed by
+    /// safe-shutdown on another host) on a thread of its own, and writes each as this
+    /// lock dir's `<NAME>.stop`, where the orchestrator acts on it as on a local one.
+    /// `None` without a cluster.
+    pub fn relay_cluster_stop_requests(
+        &self,
+        keep_watching: impl Fn() -> bool + Send + 'static,
+        on_relayed: impl Fn(Result<&StopRequest, String>) + Send + 'static,
+    ) -> Option<io::Result<JoinHandle<()>>> {
+        let part = self.cluster.as_ref()?;
+        let dir = self.dir.clone();
+        Some(crate::cluster::spawn_stop_watch(
+            Arc::clone(&part.client),
+            &part.config,
+            keep_watching,
+            move |request| {
+                // Only components: each host's orchestrator is stopped on its own host.
+                if request
+                    .name
+                    .eq_ignore_ascii_case(crate::config::MASTER_LOCK_NAME)
+                    || check_lock_name(&request.name).is_err()
+                {
+                    return;
+                }
+                match request.write(&dir) {
+                    Ok(_) => on_relayed(Ok(&request)),
+                    Err(e) => on_relayed(Err(format!(
+                        "cannot relay the stop request for {} from etcd into {}: {e}",
+                        request.name,
+                        dir.display()
+                    ))),
+                }
+            },
         ))
     }
 
