@@ -906,7 +906,7 @@ impl<'f> Orchestrator<'f> {
         {
             Ok(Acquire::Acquired(lock)) => lock,
             Ok(Acquire::Held(holder)) if holder.cluster_key.is_some() => {
-                return Err(NotTaken::Elsewhere(holder));
+                return Err(NotTaken::Elsewhere(Box::new(holder)));
             }
             Ok(Acquire::Held(holder)) => {
                 return Err(NotTaken::No(AnswerOutcome::Refused, holder.to_string()));
@@ -1088,7 +1088,7 @@ enum NotTaken {
     /// Refused or failed, with the answer a request gets.
     No(AnswerOutcome, String),
     /// `[cluster]`: another host holds its key: stand by.
-    Elsewhere(Holder),
+    Elsewhere(Box<Holder>),
     /// `[cluster]`: etcd did not answer: stand by until it does.
     Unreachable { key: String, why: String },
     /// `[cluster]`: a stop request for it stands in etcd: it is not started.
