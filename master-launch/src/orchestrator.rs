@@ -311,6 +311,7 @@ impl<'f> Orchestrator<'f> {
         }
         for unit in &mut self.units {
             unit.lock = None;
+            unit.end_standby();
             unit.answer_all(
                 AnswerOutcome::Failed,
                 "the desk is stopping (master-launch is ending)",
