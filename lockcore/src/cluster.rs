@@ -365,16 +365,7 @@ impl EtcdClient {
             ),
             None => None,
         };
-        let mut request = self
-            .agent
-            .post(format!("{endpoint}/v3/watch"))
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .header("content-type", "application/json");
-        if let Some(token) = &token {
-            request = request.header("authorization", token.as_str());
-        }
+        let request = self.request(&endpoint, "/v3/watch", timeout, token.as_deref());
         let mut create = json!({
             "key": BASE64.encode(key),
             "start_revision": from_revision.to_string(),
@@ -533,6 +524,27 @@ impl EtcdClient {
         Ok(token)
     }
 
+    /// A JSON POST to `endpoint` + `path`, ended after `timeout`, with the token.
+    fn request(
+        &self,
+        endpoint: &str,
+        path: &str,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let request = self
+            .agent
+            .post(format!("{endpoint}{path}"))
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header("content-type", "application/json");
+        match token {
+            Some(token) => request.header("authorization", token),
+            None => request,
+        }
+    }
+
     fn post_raw(
         &self,
         endpoint: &str,
@@ -542,17 +554,8 @@ impl EtcdClient {
         timeout: Duration,
         token: Option<&str>,
     ) -> Result<Value, Attempt> {
-        let mut request = self
-            .agent
-            .post(format!("{endpoint}{path}"))
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .header("content-type", "application/json");
-        if let Some(token) = token {
-            request = request.header("authorization", token);
-        }
-        let mut response = request
+        let mut response = self
+            .request(endpoint, path, timeout, token)
             .send(body.to_string())
             .map_err(|e| Attempt::Transport(e.to_string()))?;
         let status = response.status().as_u16();

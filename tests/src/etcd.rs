@@ -142,6 +142,16 @@ impl Drop for Etcd {
     }
 }
 
+/// Skips a cluster test under Wine, saying why: a Windows test binary cannot start
+/// Linux's etcd, and the cluster code is platform-free.
+pub fn skip_under_wine(test: &str) -> bool {
+    crate::wine::skip_under_wine(
+        test,
+        "etcd is a Linux program the Windows test binary cannot start; the cluster code is \
+         platform-free and runs on Linux",
+    )
+}
+
 /// A two-account desk for "host" `host` whose locks go through `endpoint`, TTL 2 s.
 /// Each host's bots say which host they belong to (`--say`). Processes are recognised
 /// by command line, so each test gives its desks names of their own (`tag`): tests

@@ -8,19 +8,11 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fleet_tests::etcd::Etcd;
+use fleet_tests::etcd::{Etcd, skip_under_wine as skip};
 use fleet_tests::proxy::Proxy;
 use lockcore::cluster::{ClusterClaim, ClusterError, ClusterLock, EtcdClient, Fence};
 use lockcore::config::ClusterConfig;
 use serde_json::json;
-
-fn skip(test: &str) -> bool {
-    fleet_tests::wine::skip_under_wine(
-        test,
-        "etcd is a Linux program the Windows test binary cannot start; the cluster code is \
-         platform-free and runs on Linux",
-    )
-}
 
 fn cluster(endpoint: &str, host: &str, ttl_secs: u64) -> ClusterConfig {
     ClusterConfig {

@@ -13,19 +13,11 @@ use std::collections::BTreeMap;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fleet_tests::etcd::{Etcd, cluster_desk};
+use fleet_tests::etcd::{Etcd, cluster_desk, skip_under_wine as skip};
 use fleet_tests::orchestrated::stop_desk;
 use fleet_tests::proxy::Proxy;
 use fleet_tests::{Desk, Running, start_master_launch, wait_until};
 use lockcore::{Fleet, ProcessProbe};
-
-fn skip(test: &str) -> bool {
-    fleet_tests::wine::skip_under_wine(
-        test,
-        "etcd is a Linux program the Windows test binary cannot start; the cluster code is \
-         platform-free and runs on Linux",
-    )
-}
 
 /// Where each component runs, across both hosts: lock name -> the host of each copy.
 struct Census {
