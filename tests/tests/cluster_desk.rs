@@ -232,6 +232,18 @@ fn a_killed_holder_loses_its_bots_at_once_and_the_standby_takes_over_within_the_
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CDKILL");
     let mut census = Census::new(&desk_a, &desk_b);
     let (mut a, b) = a_runs_b_stands_by(&desk_a, &desk_b, &mut census);
+    // Asked to start a component A runs, B refuses (exit 3), naming the holder.
+    let start = std::process::Command::new(fleet_tests::tool("master-launch", "master-launch"))
+        .arg("--config")
+        .arg(desk_b.config())
+        .args(["start", "WATCHDOG_CDKILL1", "--timeout", "10"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&start.stderr);
+    assert_eq!(start.status.code(), Some(3), "{said}");
+    assert!(said.contains("stands by: A holds it"), "{said}");
+    census.check("after a refused start");
     a.kill();
     let killed = Instant::now();
     let (a_gone, _) = sample_until(&mut census, Duration::from_secs(2), "after the kill", |c| {
