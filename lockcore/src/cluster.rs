@@ -304,7 +304,9 @@ impl EtcdClient {
         from_revision: i64,
         timeout: Duration,
     ) -> Result<bool, ClusterError> {
-        let endpoint = self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len().max(1)].clone();
+        let endpoint = self.endpoints
+            [self.current.load(Ordering::Relaxed) % self.endpoints.len().max(1)]
+        .clone();
         let what = "a watch";
         let token = match &self.auth {
             Some(_) => Some(
@@ -347,13 +349,15 @@ impl EtcdClient {
             if line.trim().is_empty() {
                 continue;
             }
-            let answer: Value = serde_json::from_str(line.trim()).map_err(|e| {
-                ClusterError::Malformed {
+            let answer: Value =
+                serde_json::from_str(line.trim()).map_err(|e| ClusterError::Malformed {
                     endpoint: endpoint.clone(),
                     what,
-                    detail: format!("not JSON ({e}): {}", line.chars().take(200).collect::<String>()),
-                }
-            })?;
+                    detail: format!(
+                        "not JSON ({e}): {}",
+                        line.chars().take(200).collect::<String>()
+                    ),
+                })?;
             if let Some(error) = refusal(&endpoint, what, &answer) {
                 return Err(error);
             }
