@@ -176,7 +176,7 @@ impl ComponentView {
     /// running orchestrator says (given up, restarting, stopped on request, ...); then
     /// its lock file's state, then a copy without a lock, else stopped or disabled.
     pub fn state(&self) -> ComponentState {
-        if self.copies.len() > 1 {
+        if self.copies.len() > 1 || self.runs_here_and_elsewhere() {
             return ComponentState::Duplicate;
         }
         if self.runs_elsewhere() {
@@ -204,6 +204,13 @@ impl ComponentView {
 }
 
 impl ComponentView {
+    /// It runs here under this machine's lock while another host holds its key: two
+    /// machines may run it at once (a holder that failed to fence itself, a copy
+    /// hand-started under a local lock only, or this machine named otherwise before).
+    fn runs_here_and_elsewhere(&self) -> bool {
+        self.held_elsewhere && (self.managed.is_some() || self.copies.iter().any(|c| c.locked))
+    }
+
     /// Another host holds its key and nothing of it runs here. A held local lock with
     /// no child (a holder waiting for the key) does not change that.
     fn runs_elsewhere(&self) -> bool {
@@ -549,6 +556,30 @@ fn problems_of(view: &ComponentView) -> Vec<Problem> {
             format!(
                 "{} copies of {} are running (pids {}); stop them all with safe-shutdown{}, then start once",
                 view.copies.len(),
+                component.lock_name,
+                join(&pids),
+                account_flag(component)
+            ),
+        ));
+    }
+    if view.copies.len() <= 1 && view.runs_here_and_elsewhere() {
+        let pids: Vec<u32> = match &view.managed {
+            Some(managed) => vec![managed.pid],
+            None => view.copies.iter().map(|c| c.tree.root.pid).collect(),
+        };
+        let host = view
+            .cluster
+            .as_ref()
+            .and_then(|e| e.holder.host.as_deref())
+            .unwrap_or("(none named)");
+        problems.push(problem(
+            ProblemKind::Duplicate,
+            pids.clone(),
+            format!(
+                "{} runs here (pid {}) under this machine's lock, but its cluster key is held \
+                 by host {host}: two machines may run it at once. Stop it here with \
+                 safe-shutdown{}; if host {host} is this machine, FLEET_HOST or [cluster] host \
+                 differs between the tools",
                 component.lock_name,
                 join(&pids),
                 account_flag(component)
@@ -939,6 +970,50 @@ watchdog = ["python", "WATCHDOG_ATLAS.py"]
         }
         view.supervised = Some(supervised(Supervision::GivenUp));
         assert_eq!(view.state(), ComponentState::GivenUp);
+    }
+
+    #[test]
+    fn running_here_under_the_local_lock_while_another_host_holds_the_key_is_a_duplicate() {
+        let fleet = Fleet::from_toml(Path::new("fleet.toml"), FLEET).unwrap();
+        let table = ProcessTable::from_processes([
+            process(100, 1, &["master-launch"]),
+            process(101, 100, &["python", "qs.py"]),
+        ]);
+        let lock = LockStatus {
+            name: "qs".into(),
+            path: PathBuf::from(".locks/qs.lock"),
+            state: LockState::Running,
+            record: Some(record("qs", 101, 100)),
+            detail: String::new(),
+        };
+        let mut snapshot = DeskSnapshot::build(&fleet, vec![lock], table, NOW);
+        assert_eq!(
+            snapshot.component("qs").unwrap().state(),
+            ComponentState::Running
+        );
+        snapshot.add_cluster(cluster("B", vec![entry("qs", "A", 4242, 4240)], None));
+        let view = snapshot.component("qs").unwrap();
+        assert_eq!(view.state(), ComponentState::Duplicate);
+        assert_eq!(view.copies.len(), 1);
+        assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
+        let problem = &snapshot.problems[0];
+        assert_eq!(problem.kind, ProblemKind::Duplicate);
+        assert_eq!(problem.pids, [101]);
+        assert!(
+            problem
+                .message
+                .contains("its cluster key is held by host A"),
+            "{}",
+            problem.message
+        );
+        // The same key held by this host: running, healthy.
+        let mut snapshot = snapshot.clone();
+        snapshot.add_cluster(cluster("A", vec![entry("qs", "A", 101, 100)], None));
+        assert_eq!(
+            snapshot.component("qs").unwrap().state(),
+            ComponentState::Running
+        );
+        assert!(snapshot.is_healthy(), "{:?}", snapshot.problems);
     }
 
     #[test]

@@ -138,7 +138,8 @@ fn normalised_table(text: &str) -> String {
 /// same components, own lock dir) shows every component held by A with its lease's
 /// time left, `elsewhere`, healthy, and A's bots not as unlocked copies; the same
 /// components without `[cluster]` do show them as unlocked (so the view is what keeps
-/// them apart). check-procs on A shows A and `running`.
+/// them apart). check-procs on A shows A and `running`. A copy B starts under its
+/// local lock only, while A holds the key, is a duplicate.
 #[test]
 fn another_hosts_components_are_elsewhere_with_its_name_and_lease_and_not_unlocked_copies() {
     if skip(
@@ -230,6 +231,31 @@ fn another_hosts_components_are_elsewhere_with_its_name_and_lease_and_not_unlock
         .collect();
     insta::assert_json_snapshot!("held_by_a_seen_from_b_json", projection);
     insta::assert_snapshot!("held_by_a_seen_from_b_table", normalised_table(&b_table));
+
+    // A copy started on B under B's local lock only (a hand start with the lock helper,
+    // no key), while A holds the key: two machines run it, a duplicate.
+    let twice = &names[2];
+    let hand = desk_b.start_locked(twice, &[]);
+    let (code, on_b) = json(&desk_b.config());
+    assert_eq!(code, 1, "{on_b:#}");
+    assert_eq!(problem_kinds(&on_b), ["duplicate"], "{on_b:#}");
+    let problem = &on_b["problems"][0];
+    assert_eq!(problem["name"], twice.as_str());
+    let message = problem["message"].as_str().unwrap();
+    assert!(
+        message.contains("under this machine's lock, but its cluster key is held by host A"),
+        "{message}"
+    );
+    let component = components(&on_b)
+        .iter()
+        .find(|c| c["name"] == twice.as_str())
+        .unwrap();
+    assert_eq!(component["state"], "duplicate", "{component}");
+    assert_eq!(component["host"], "A", "{component}");
+    assert_eq!(component["copies"], 1, "{component}");
+    assert_ne!(component["pid"], Value::Null, "{component}");
+    assert!(!a_pids.contains(&component["pid"].as_u64().unwrap()));
+    drop(hand);
 }
 
 /// etcd stops: check-procs says so as a problem of its own naming the endpoint (exit

@@ -35,7 +35,10 @@ impl ComponentState {
                 "a lock file nobody holds and nobody can read (or over 64 KiB); nothing runs for it"
             }
             ComponentState::Legacy => "an older tool's PID file names a live process",
-            ComponentState::Duplicate => "more than one copy runs",
+            ComponentState::Duplicate => {
+                "more than one copy runs (with `[cluster]`, also: one runs here under this \
+                 machine's lock while another host holds its key)"
+            }
             ComponentState::Unlocked => "a copy runs without any lock file (started by hand)",
             ComponentState::Stopped => {
                 "enabled, not running, no lock file; with master-launch running: stopped on \
