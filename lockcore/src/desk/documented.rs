@@ -53,7 +53,7 @@ impl ComponentState {
             }
             ComponentState::GivenUp => {
                 "master-launch gave up on it after repeated failures (a problem, ranked after \
-                 `duplicate`)"
+                 `duplicate` and `cluster_unreachable`)"
             }
             ComponentState::Blocked => {
                 "a brain master-launch holds back because its watchdog is not running (a problem)"
