@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use lockcore::autostart::AutostartStatus;
-use lockcore::desk::ClusterSnapshot;
+use lockcore::desk::{ClusterSnapshot, printable_host};
 use lockcore::output::human_duration;
 use lockcore::process::ProcessInfo;
 use lockcore::{ComponentState, ComponentView, DeskSnapshot, Fleet, LockStatus, ProblemKind};
@@ -229,7 +229,7 @@ fn component_row(view: &ComponentView, now: u64, cluster_unknown: bool) -> Row {
         account: view.component.account.clone().unwrap_or_else(|| "-".into()),
         state: state_cell(state),
         host: match key_host(view) {
-            Some(host) => host.to_string(),
+            Some(host) => printable_host(host),
             None if cluster_unknown => "?".into(),
             None => "-".into(),
         },
@@ -260,7 +260,7 @@ fn lease_left(view: &ComponentView) -> Option<u64> {
 fn elsewhere_sentence(view: &ComponentView) -> String {
     let host = key_host(view).map_or_else(
         || "another host (its key names none)".to_string(),
-        |host| format!("host {host}"),
+        |host| format!("host {}", printable_host(host)),
     );
     let pid = view
         .cluster
@@ -962,6 +962,59 @@ host = "B"
             "processes": json["processes"],
             "problems": json["problems"],
         }));
+    }
+
+    #[test]
+    fn a_host_name_from_etcd_cannot_paint_the_terminal_or_stretch_the_table() {
+        let (fleet, mut snapshot) = snapshot(None);
+        let hostile = format!("evil\x1b[2J\x07{}", "x".repeat(300));
+        let entries: Vec<ClusterEntry> = snapshot
+            .cluster
+            .as_ref()
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| ClusterEntry {
+                holder: ClusterHolder {
+                    // WATCHDOG_ATLAS runs here: its problem names the host too.
+                    host: e.name.ends_with("_ATLAS").then(|| hostile.clone()),
+                    ..e.holder.clone()
+                },
+                ..e.clone()
+            })
+            .collect();
+        let mut cluster = snapshot.cluster.take().unwrap();
+        cluster.entries = entries;
+        snapshot.add_cluster(cluster);
+        let text = super::table(&snapshot, &not_installed(), false);
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
+        let row = text.lines().find(|l| l.starts_with("BRAIN_ATLAS")).unwrap();
+        let expected = format!("evil?[2J?{}...", "x".repeat(20));
+        assert!(row.contains(&format!("  {expected}  ")), "{row}");
+        assert!(
+            row.contains(&format!("runs on host {expected}, pid 4242 there")),
+            "{row}"
+        );
+        assert!(
+            text.contains(&format!(
+                "its cluster key is held by host {expected}: two machines"
+            )),
+            "{text}"
+        );
+        // A key whose value names no host: held elsewhere all the same.
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("quantum_server"))
+            .unwrap();
+        assert!(
+            row.contains("runs on another host (its key names none)"),
+            "{row}"
+        );
+        assert!(row.contains("elsewhere"), "{row}");
+        // The JSON carries the name as etcd holds it (serde escapes it).
+        let json =
+            serde_json::to_string(&super::report(&snapshot, &fleet, &not_installed())).unwrap();
+        assert!(json.contains("evil\\u001b[2J\\u0007x"), "{json}");
     }
 
     #[test]

@@ -571,7 +571,7 @@ fn problems_of(view: &ComponentView) -> Vec<Problem> {
             .cluster
             .as_ref()
             .and_then(|e| e.holder.host.as_deref())
-            .unwrap_or("(none named)");
+            .map_or_else(|| "(none named)".to_string(), printable_host);
         problems.push(problem(
             ProblemKind::Duplicate,
             pids.clone(),
@@ -708,6 +708,28 @@ fn lock_file_problem(lock: &LockStatus, account: Option<String>) -> Option<Probl
     })
 }
 
+/// The widest host name shown in a table or message (the config allows 255).
+pub const HOST_WIDTH: usize = 32;
+
+/// A host name from etcd as tables and messages show it: anyone who can write to etcd
+/// wrote it, so control characters (a terminal escape) become `?` and it is cut at
+/// [`HOST_WIDTH`] characters.
+pub fn printable_host(host: &str) -> String {
+    let clean = printable(host);
+    if clean.chars().count() <= HOST_WIDTH {
+        return clean;
+    }
+    let kept: String = clean.chars().take(HOST_WIDTH - 3).collect();
+    format!("{kept}...")
+}
+
+/// Text from outside (etcd's answers) with control characters as `?`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// etcd could not be read: say which endpoints, why, and what to do.
 fn cluster_problem(cluster: &ClusterSnapshot) -> Option<Problem> {
     let error = cluster.error.as_ref()?;
@@ -717,10 +739,11 @@ fn cluster_problem(cluster: &ClusterSnapshot) -> Option<Problem> {
         account: None,
         pids: Vec::new(),
         message: format!(
-            "cannot read the cluster's locks: {error}. This view shows this machine only, \
+            "cannot read the cluster's locks: {}. This view shows this machine only, \
              and a holder that cannot renew its lease stops its bots before the lease ends; \
              check that etcd runs at {} and that this machine reaches it ([cluster] \
              endpoints in fleet.toml)",
+            printable(error),
             cluster.endpoints.join(", ")
         ),
     })
@@ -1027,7 +1050,7 @@ watchdog = ["python", "WATCHDOG_ATLAS.py"]
         snapshot.add_cluster(cluster(
             "B",
             Vec::new(),
-            Some("cannot reach etcd at http://10.0.0.5:2379: connection refused"),
+            Some("cannot reach etcd at http://10.0.0.5:2379: connection refused\x1b[2J"),
         ));
         let kinds: Vec<ProblemKind> = snapshot.problems.iter().map(|p| p.kind).collect();
         // Second only to duplicates; the stray found before is kept.
@@ -1044,6 +1067,8 @@ watchdog = ["python", "WATCHDOG_ATLAS.py"]
         assert!(message.contains("http://10.0.0.5:2379"), "{message}");
         assert!(message.contains("connection refused"), "{message}");
         assert!(message.contains("check that etcd runs"), "{message}");
+        // Text from outside cannot paint the terminal.
+        assert!(message.contains("refused?[2J"), "{message}");
         assert_eq!(snapshot.problems[0].name, "/desk/locks/");
     }
 }
