@@ -1,7 +1,7 @@
 //! `check-procs`: what runs on the desk and what is wrong with it.
 //!
-//! Reads `fleet.toml`, scans the lock dir and the process table once, and prints a
-//! table (or `--json`), and whether the desk is installed to start by itself at logon
+//! Reads `fleet.toml`, scans the lock dir and the process table once (with `[cluster]`,
+//! etcd's lock keys too), and prints a table (or `--json`), and whether the desk is installed to start by itself at logon
 //! (`master-launch install`). It never changes anything. Exit codes: 0 healthy, 1 problems,
 //! 2 bad arguments or config (see `lockcore::ExitCode`).
 
@@ -41,7 +41,9 @@ enum Format {
 /// One row per component of fleet.toml (globals, then each account's watchdog and
 /// brain), then one line per problem, most serious first: duplicate copies, copies
 /// started without their lock, locks whose process is gone, legacy, stale and corrupt
-/// lock files. Exit status: 0 healthy, 1 problems found, 2 bad arguments or config.
+/// lock files. With [cluster] in fleet.toml: which host holds each component and the
+/// lease time left, and whether etcd can be read. Exit status: 0 healthy, 1 problems
+/// found, 2 bad arguments or config.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {

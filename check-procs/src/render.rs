@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use lockcore::autostart::AutostartStatus;
+use lockcore::desk::{ClusterSnapshot, printable_host};
 use lockcore::output::human_duration;
 use lockcore::process::ProcessInfo;
 use lockcore::{ComponentState, ComponentView, DeskSnapshot, Fleet, LockStatus, ProblemKind};
@@ -19,10 +20,26 @@ struct Row {
     name: String,
     account: String,
     state: String,
+    /// With `[cluster]`: the host its key names, and the lease's time left.
+    host: String,
+    lease: String,
     pid: String,
     uptime: String,
     command: String,
     style: Style,
+}
+
+impl Row {
+    /// The row's cells; HOST and LEASE only for a desk with `[cluster]` (without it the
+    /// table is what it always was).
+    fn cells(&self, cluster: bool) -> Vec<&str> {
+        let mut cells = vec![&*self.name, &*self.account, &*self.state];
+        if cluster {
+            cells.extend([&*self.host, &*self.lease]);
+        }
+        cells.extend([&*self.pid, &*self.uptime, &*self.command]);
+        cells
+    }
 }
 
 pub fn table(snapshot: &DeskSnapshot, autostart: &AutostartStatus, color: bool) -> String {
@@ -30,11 +47,13 @@ pub fn table(snapshot: &DeskSnapshot, autostart: &AutostartStatus, color: bool) 
     if let Some(master) = &snapshot.master {
         rows.push(lock_row(master, snapshot, "(orchestrator)"));
     }
+    // etcd unread: who holds what is unknown, not "nobody".
+    let unknown = snapshot.cluster.as_ref().is_some_and(|c| c.error.is_some());
     rows.extend(
         snapshot
             .components
             .iter()
-            .map(|v| component_row(v, snapshot.taken_at)),
+            .map(|v| component_row(v, snapshot.taken_at, unknown)),
     );
     rows.extend(
         snapshot
@@ -42,28 +61,28 @@ pub fn table(snapshot: &DeskSnapshot, autostart: &AutostartStatus, color: bool) 
             .iter()
             .map(|l| lock_row(l, snapshot, "(not in fleet.toml)")),
     );
+    let cluster = snapshot.cluster.is_some();
+    let mut headers = vec!["COMPONENT", "ACCOUNT", "STATE"];
+    if cluster {
+        headers.extend(["HOST", "LEASE"]);
+    }
+    headers.extend(["PID", "UPTIME", "COMMAND"]);
     let mut out = String::new();
-    let headers = ["COMPONENT", "ACCOUNT", "STATE", "PID", "UPTIME", "COMMAND"];
-    let widths = column_widths(&headers, &rows);
-    let header_line = pad_line(&headers.map(String::from), &widths);
+    let widths = column_widths(&headers, rows.iter().map(|r| r.cells(cluster)));
+    let header_line = pad_line(&headers, &widths);
     let _ = writeln!(out, "{}", paint(&header_line, Style::new().bold(), color));
     for row in &rows {
-        let cells = [
-            row.name.clone(),
-            row.account.clone(),
-            row.state.clone(),
-            row.pid.clone(),
-            row.uptime.clone(),
-            row.command.clone(),
-        ];
         let _ = writeln!(
             out,
             "{}",
-            paint(&pad_line(&cells, &widths), row.style, color)
+            paint(&pad_line(&row.cells(cluster), &widths), row.style, color)
         );
     }
     out.push('\n');
     let _ = writeln!(out, "{}\n", autostart_line(autostart));
+    if let Some(cluster) = &snapshot.cluster {
+        let _ = writeln!(out, "{}\n", cluster_line(cluster));
+    }
     if snapshot.problems.is_empty() {
         let _ = writeln!(
             out,
@@ -83,6 +102,29 @@ pub fn table(snapshot: &DeskSnapshot, autostart: &AutostartStatus, color: bool) 
     out
 }
 
+/// The line under the table for a desk with `[cluster]`: this machine's name in the
+/// cluster, and what etcd holds (or that it cannot be read).
+fn cluster_line(cluster: &ClusterSnapshot) -> String {
+    let endpoints = cluster.endpoints.join(", ");
+    match &cluster.error {
+        None => {
+            let count = cluster.entries.len();
+            format!(
+                "Cluster: this machine is \"{}\"; etcd ({endpoints}) holds {count} lock key{} \
+                 under {}",
+                cluster.host,
+                if count == 1 { "" } else { "s" },
+                cluster.prefix
+            )
+        }
+        Some(_) => format!(
+            "Cluster: this machine is \"{}\"; etcd ({endpoints}) cannot be read (see the \
+             problems below): the table shows this machine only",
+            cluster.host
+        ),
+    }
+}
+
 /// The one line under the table: does this desk start by itself at logon/boot?
 fn autostart_line(status: &AutostartStatus) -> String {
     if status.installed {
@@ -97,17 +139,9 @@ fn autostart_line(status: &AutostartStatus) -> String {
     }
 }
 
-fn column_widths(headers: &[&str; 6], rows: &[Row]) -> [usize; 6] {
-    let mut widths = headers.map(str::len);
-    for row in rows {
-        let cells = [
-            &row.name,
-            &row.account,
-            &row.state,
-            &row.pid,
-            &row.uptime,
-            &row.command,
-        ];
+fn column_widths<'a>(headers: &[&str], rows: impl Iterator<Item = Vec<&'a str>>) -> Vec<usize> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for cells in rows {
         for (width, cell) in widths.iter_mut().zip(cells) {
             *width = (*width).max(cell.chars().count());
         }
@@ -115,7 +149,7 @@ fn column_widths(headers: &[&str; 6], rows: &[Row]) -> [usize; 6] {
     widths
 }
 
-fn pad_line(cells: &[String; 6], widths: &[usize; 6]) -> String {
+fn pad_line(cells: &[&str], widths: &[usize]) -> String {
     let mut line = String::new();
     for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
         if i + 1 == cells.len() {
@@ -137,7 +171,9 @@ fn paint(text: &str, style: Style, color: bool) -> String {
 
 fn problem_style(kind: ProblemKind) -> Style {
     match kind {
-        ProblemKind::Duplicate | ProblemKind::Unlocked => Style::new().red().bold(),
+        ProblemKind::Duplicate | ProblemKind::Unlocked | ProblemKind::ClusterUnreachable => {
+            Style::new().red().bold()
+        }
         ProblemKind::ProcessGone | ProblemKind::Legacy => Style::new().yellow().bold(),
         _ => Style::new().yellow(),
     }
@@ -159,7 +195,7 @@ fn shown_process(view: &ComponentView) -> Option<&ProcessInfo> {
         .or_else(|| view.copies.first().map(|c| &c.tree.root))
 }
 
-fn component_row(view: &ComponentView, now: u64) -> Row {
+fn component_row(view: &ComponentView, now: u64, cluster_unknown: bool) -> Row {
     let state = view.state();
     let process = shown_process(view);
     let pid = if view.copies.len() > 1 {
@@ -171,15 +207,18 @@ fn component_row(view: &ComponentView, now: u64) -> Row {
     } else {
         process.map_or("-".to_string(), |p| p.pid.to_string())
     };
-    // Nothing runs: the orchestrator's reason says more than the configured command.
+    // Nothing runs here: where it runs, or the orchestrator's reason, says more than
+    // the configured command.
     let command = match (process, view.reason()) {
         (Some(p), _) => p.cmd.join(" "),
+        (None, _) if state == ComponentState::Elsewhere => elsewhere_sentence(view),
         (None, Some(reason)) => reason.to_string(),
         (None, None) => view.component.command.join(" "),
     };
     let style = match state {
         _ if state.is_alarm() => Style::new().red().bold(),
         ComponentState::Running => Style::new().green(),
+        ComponentState::Elsewhere => Style::new().cyan(),
         ComponentState::Stopped | ComponentState::Disabled | ComponentState::NotStarted => {
             Style::new().dimmed()
         }
@@ -189,11 +228,51 @@ fn component_row(view: &ComponentView, now: u64) -> Row {
         name: view.component.lock_name.clone(),
         account: view.component.account.clone().unwrap_or_else(|| "-".into()),
         state: state_cell(state),
+        host: match key_host(view) {
+            Some(host) => printable_host(host),
+            None if cluster_unknown => "?".into(),
+            None => "-".into(),
+        },
+        lease: match lease_left(view) {
+            Some(left) => human_duration(left),
+            None if cluster_unknown => "?".into(),
+            None => "-".into(),
+        },
         pid,
         uptime: process.map_or("-".into(), |p| uptime(now, p.start_time)),
         command: shorten(&command),
         style,
     }
+}
+
+/// The host its cluster key names, if it has a key that names one.
+fn key_host(view: &ComponentView) -> Option<&str> {
+    view.cluster.as_ref()?.holder.host.as_deref()
+}
+
+/// Whole seconds left on its key's lease, as the etcd leader counts them.
+fn lease_left(view: &ComponentView) -> Option<u64> {
+    view.cluster.as_ref()?.ttl_left.map(|left| left.as_secs())
+}
+
+/// Where a component that runs on another host runs: "runs on host A, pid 4242
+/// there, lease 7s left".
+fn elsewhere_sentence(view: &ComponentView) -> String {
+    let host = key_host(view).map_or_else(
+        || "another host (its key names none)".to_string(),
+        |host| format!("host {}", printable_host(host)),
+    );
+    let pid = view
+        .cluster
+        .as_ref()
+        .and_then(|entry| entry.child())
+        .map(|child| format!(", pid {} there", child.pid))
+        .unwrap_or_default();
+    let lease = lease_left(view).map_or_else(
+        || "its lease is ending".to_string(),
+        |left| format!("lease {} left", human_duration(left)),
+    );
+    format!("runs on {host}{pid}, {lease}")
 }
 
 fn lock_row(lock: &LockStatus, snapshot: &DeskSnapshot, note: &str) -> Row {
@@ -210,6 +289,9 @@ fn lock_row(lock: &LockStatus, snapshot: &DeskSnapshot, note: &str) -> Row {
             .and_then(|r| r.account.clone())
             .unwrap_or_else(|| "-".into()),
         state: lock.state.as_str().to_string(),
+        // The orchestrator's lock and unknown files are this machine's only.
+        host: "-".into(),
+        lease: "-".into(),
         pid: record.map_or("-".into(), |r| r.pid.to_string()),
         uptime: process.map_or("-".into(), |p| uptime(snapshot.taken_at, p.start_time)),
         command: shorten(format!("{note} {command}").trim_end()),
@@ -262,6 +344,10 @@ pub struct ComponentJson<'a> {
     pub uptime_secs: Option<u64>,
     pub holder_pid: Option<u32>,
     pub holder_alive: bool,
+    /// With `[cluster]`: the host its key names; always present (null without).
+    pub host: Option<&'a str>,
+    /// With `[cluster]`: whole seconds left on its key's lease.
+    pub lease_ttl_left: Option<u64>,
     pub copies: usize,
     pub command: &'a [String],
 }
@@ -300,6 +386,8 @@ pub fn report<'a>(
                 uptime_secs: process.map(|p| snapshot.taken_at.saturating_sub(p.start_time)),
                 holder_pid: record.and_then(|r| r.holder_pid),
                 holder_alive: view.holder_alive,
+                host: key_host(view),
+                lease_ttl_left: lease_left(view),
                 copies: view.copies.len(),
                 command: process.map_or(&view.component.command, |p| &p.cmd),
             }
@@ -716,5 +804,224 @@ watchdog = ["python", "WATCHDOG_SPARE.py"]
             "components": json["components"],
             "problems": json["problems"],
         }));
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    //! Golden output for a desk with `[cluster]`, seen from host B: components another
+    //! host holds (one of its bots visible here, as when both "hosts" share a machine),
+    //! one running here, one with no key, a copy started by hand here; and the same
+    //! desk when etcd cannot be read.
+
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use lockcore::autostart::{AutostartStatus, Scheduler};
+    use lockcore::cluster::{ClusterEntry, ClusterHolder};
+    use lockcore::desk::ClusterSnapshot;
+    use lockcore::process::{ProcessInfo, ProcessTable};
+    use lockcore::{DeskSnapshot, Fleet, LockRecord, LockState, LockStatus};
+
+    const NOW: u64 = 1_790_000_000;
+
+    const FLEET: &str = r#"
+[[global]]
+name = "quantum_server"
+command = ["python", "quantum_server.py"]
+
+[[account]]
+name = "ATLAS"
+brain = ["python", "BRAIN_ATLAS.py"]
+watchdog = ["python", "WATCHDOG_ATLAS.py"]
+
+[[account]]
+name = "GL_3"
+brain = ["python", "BRAIN_GL_3.py"]
+watchdog = ["python", "WATCHDOG_GL_3.py"]
+
+[cluster]
+endpoints = ["http://10.0.0.5:2379"]
+host = "B"
+"#;
+
+    fn python(pid: u32, parent: u32, script: &str) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            parent: Some(parent),
+            start_time: NOW - 600,
+            name: "python".into(),
+            cmd: vec!["python".into(), script.into()],
+        }
+    }
+
+    fn record(name: &str, pid: u32, holder: u32) -> LockRecord {
+        LockRecord {
+            pid,
+            name: name.into(),
+            account: None,
+            timestamp: Some("2026-09-21T14:13:20.000000".into()),
+            pid_start: Some(NOW - 600),
+            holder_pid: Some(holder),
+            holder_start: Some(NOW - 600),
+            host: None,
+            command: vec!["python".into(), format!("{name}.py")],
+        }
+    }
+
+    fn entry(name: &str, host: &str, pid: u32, holder: u32, ttl: Option<u64>) -> ClusterEntry {
+        ClusterEntry {
+            name: name.into(),
+            holder: ClusterHolder {
+                host: Some(host.into()),
+                value: String::new(),
+                lease: 7_587_000_000_000_000_000,
+                create_revision: 12,
+            },
+            record: Some(record(name, pid, holder)),
+            ttl_left: ttl.map(Duration::from_secs),
+        }
+    }
+
+    /// Host B runs WATCHDOG_ATLAS under its own lock (master-launch pid 100); host A
+    /// (master-launch pid 900) runs quantum_server (its bot, pid 901, visible here)
+    /// and BRAIN_ATLAS (pid 4242 on A); WATCHDOG_GL_3 has no key and nothing runs;
+    /// BRAIN_GL_3's key is A's but a copy started by hand runs here (pid 500).
+    fn snapshot(error: Option<&str>) -> (Fleet, DeskSnapshot) {
+        let fleet = Fleet::from_toml(Path::new("fleet.toml"), FLEET).unwrap();
+        let table = ProcessTable::from_processes([
+            ProcessInfo {
+                pid: 100,
+                parent: Some(1),
+                start_time: NOW - 600,
+                name: "master-launch".into(),
+                cmd: vec!["master-launch".into()],
+            },
+            python(300, 100, "WATCHDOG_ATLAS.py"),
+            ProcessInfo {
+                pid: 900,
+                parent: Some(1),
+                start_time: NOW - 600,
+                name: "master-launch".into(),
+                cmd: vec!["master-launch".into()],
+            },
+            python(901, 900, "quantum_server.py"),
+            python(500, 1, "BRAIN_GL_3.py"),
+        ]);
+        let locks = vec![LockStatus {
+            name: "WATCHDOG_ATLAS".into(),
+            path: PathBuf::from(".locks/WATCHDOG_ATLAS.lock"),
+            state: LockState::Running,
+            record: Some(record("WATCHDOG_ATLAS", 300, 100)),
+            detail: "an OS lock is held on it".into(),
+        }];
+        let mut snapshot = DeskSnapshot::build(&fleet, locks, table, NOW);
+        let entries = match error {
+            Some(_) => Vec::new(),
+            None => vec![
+                entry("BRAIN_ATLAS", "A", 4242, 4240, Some(7)),
+                entry("BRAIN_GL_3", "A", 4343, 4240, Some(7)),
+                entry("WATCHDOG_ATLAS", "B", 300, 100, Some(9)),
+                entry("quantum_server", "A", 901, 900, None),
+            ],
+        };
+        snapshot.add_cluster(ClusterSnapshot {
+            host: "B".into(),
+            endpoints: vec!["http://10.0.0.5:2379".into()],
+            prefix: "/desk/locks/".into(),
+            entries,
+            error: error.map(str::to_string),
+        });
+        (fleet, snapshot)
+    }
+
+    fn not_installed() -> AutostartStatus {
+        AutostartStatus {
+            installed: false,
+            name: "x".into(),
+            scheduler: Scheduler::SystemdUser,
+            how: "not installed".into(),
+        }
+    }
+
+    #[test]
+    fn cluster_table_layout() {
+        let (_, snapshot) = snapshot(None);
+        insta::assert_snapshot!(super::table(&snapshot, &not_installed(), false));
+    }
+
+    #[test]
+    fn cluster_json_components_and_problems() {
+        let (fleet, snapshot) = snapshot(None);
+        let autostart = not_installed();
+        let report = super::report(&snapshot, &fleet, &autostart);
+        let json = serde_json::to_value(&report).unwrap();
+        insta::assert_json_snapshot!(serde_json::json!({
+            "healthy": json["healthy"],
+            "components": json["components"],
+            "processes": json["processes"],
+            "problems": json["problems"],
+        }));
+    }
+
+    #[test]
+    fn a_host_name_from_etcd_cannot_paint_the_terminal_or_stretch_the_table() {
+        let (fleet, mut snapshot) = snapshot(None);
+        let hostile = format!("evil\x1b[2J\x07{}", "x".repeat(300));
+        let entries: Vec<ClusterEntry> = snapshot
+            .cluster
+            .as_ref()
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| ClusterEntry {
+                holder: ClusterHolder {
+                    // WATCHDOG_ATLAS runs here: its problem names the host too.
+                    host: e.name.ends_with("_ATLAS").then(|| hostile.clone()),
+                    ..e.holder.clone()
+                },
+                ..e.clone()
+            })
+            .collect();
+        let mut cluster = snapshot.cluster.take().unwrap();
+        cluster.entries = entries;
+        snapshot.add_cluster(cluster);
+        let text = super::table(&snapshot, &not_installed(), false);
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
+        let row = text.lines().find(|l| l.starts_with("BRAIN_ATLAS")).unwrap();
+        let expected = format!("evil?[2J?{}...", "x".repeat(20));
+        assert!(row.contains(&format!("  {expected}  ")), "{row}");
+        assert!(
+            row.contains(&format!("runs on host {expected}, pid 4242 there")),
+            "{row}"
+        );
+        assert!(
+            text.contains(&format!(
+                "its cluster key is held by host {expected}: two machines"
+            )),
+            "{text}"
+        );
+        // A key whose value names no host: held elsewhere all the same.
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("quantum_server"))
+            .unwrap();
+        assert!(
+            row.contains("runs on another host (its key names none)"),
+            "{row}"
+        );
+        assert!(row.contains("elsewhere"), "{row}");
+        // The JSON carries the name as etcd holds it (serde escapes it).
+        let json =
+            serde_json::to_string(&super::report(&snapshot, &fleet, &not_installed())).unwrap();
+        assert!(json.contains("evil\\u001b[2J\\u0007x"), "{json}");
+    }
+
+    #[test]
+    fn cluster_unreachable_table_layout() {
+        let (_, snapshot) = snapshot(Some(
+            "cannot reach etcd at http://10.0.0.5:2379: http://10.0.0.5:2379: Connection refused",
+        ));
+        insta::assert_snapshot!(super::table(&snapshot, &not_installed(), false));
     }
 }

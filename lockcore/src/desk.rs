@@ -10,7 +10,7 @@ mod documented;
 pub use documented::{JSON_FIELDS, JSON_OPAQUE, JsonField};
 
 use crate::cluster::{ClusterEntry, EtcdClient, read_entries};
-use crate::config::{Component, Fleet, MASTER_LOCK_NAME};
+use crate::config::{ClusterConfig, Component, Fleet, MASTER_LOCK_NAME};
 use crate::control::{DeskState, Supervised, Supervision};
 use crate::lock::{LockDir, LockError, LockState, LockStatus, StrayEntry};
 use crate::process::{ProcessInfo, ProcessProbe, ProcessTable, ProcessTree, now_secs};
@@ -45,10 +45,35 @@ pub struct DeskSnapshot {
 pub struct ClusterSnapshot {
     /// This machine's name in the cluster.
     pub host: String,
+    /// The etcd endpoints asked, as `[cluster]` lists them.
+    pub endpoints: Vec<String>,
+    /// The key prefix the lock keys live under (`/desk/locks/`).
+    pub prefix: String,
     /// Every lock key, on any host.
     pub entries: Vec<ClusterEntry>,
-    /// Why etcd could not be read (then `entries` is empty).
+    /// Why etcd could not be read (then `entries` is empty and the snapshot reports a
+    /// [`ProblemKind::ClusterUnreachable`]).
     pub error: Option<String>,
+}
+
+impl ClusterSnapshot {
+    /// Reads every lock key once. Never blocks longer than the client's request
+    /// timeout per endpoint and key; an error is kept, not returned: the local view
+    /// is shown all the same.
+    pub fn read(cluster: &ClusterConfig) -> ClusterSnapshot {
+        let client = EtcdClient::from_config(cluster);
+        let (entries, error) = match read_entries(&client, cluster) {
+            Ok(entries) => (entries, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        ClusterSnapshot {
+            host: cluster.host.clone(),
+            endpoints: cluster.endpoints.clone(),
+            prefix: cluster.lock_key(""),
+            entries,
+            error,
+        }
+    }
 }
 
 /// One component and what runs for it.
@@ -70,6 +95,9 @@ pub struct ComponentView {
     pub supervised: Option<Supervised>,
     /// With `[cluster]`: its key, held by this host or another.
     pub cluster: Option<ClusterEntry>,
+    /// With `[cluster]`: its key is held by another host (its value does not name this
+    /// machine).
+    pub held_elsewhere: bool,
     /// Copies another host's key owns (its holder's child, or under its holder): both
     /// "hosts" on one machine see each other's bots, which are not unlocked copies.
     pub elsewhere: Vec<RunningCopy>,
@@ -108,6 +136,8 @@ pub enum ComponentState {
     Blocked,
     /// The orchestrator runs but was not asked to start it (`--only`).
     NotStarted,
+    /// With `[cluster]`: another host holds its key and nothing of it runs here.
+    Elsewhere,
 }
 
 impl ComponentState {
@@ -126,6 +156,7 @@ impl ComponentState {
             ComponentState::GivenUp => "given_up",
             ComponentState::Blocked => "blocked",
             ComponentState::NotStarted => "not_started",
+            ComponentState::Elsewhere => "elsewhere",
         }
     }
 
@@ -139,13 +170,17 @@ impl ComponentState {
 }
 
 impl ComponentView {
-    /// What the component is doing: duplicates first; then, while nothing of it runs,
-    /// what the running orchestrator says (given up, restarting, stopped on request,
-    /// ...); then its lock file's state, then a copy without a lock, else stopped or
-    /// disabled.
+    /// What the component is doing: duplicates first; then, while nothing of it runs
+    /// here, another host that holds its key (unless this machine's orchestrator gave
+    /// up on it: a standby that would not take over is a problem); then what the
+    /// running orchestrator says (given up, restarting, stopped on request, ...); then
+    /// its lock file's state, then a copy without a lock, else stopped or disabled.
     pub fn state(&self) -> ComponentState {
-        if self.copies.len() > 1 {
+        if self.copies.len() > 1 || self.runs_here_and_elsewhere() {
             return ComponentState::Duplicate;
+        }
+        if self.runs_elsewhere() {
+            return ComponentState::Elsewhere;
         }
         if let Some(state) = self.supervised_state() {
             return state;
@@ -169,6 +204,22 @@ impl ComponentView {
 }
 
 impl ComponentView {
+    /// It runs here under this machine's lock while another host holds its key: two
+    /// machines may run it at once (a holder that failed to fence itself, a copy
+    /// hand-started under a local lock only, or this machine named otherwise before).
+    fn runs_here_and_elsewhere(&self) -> bool {
+        self.held_elsewhere && (self.managed.is_some() || self.copies.iter().any(|c| c.locked))
+    }
+
+    /// Another host holds its key and nothing of it runs here. A held local lock with
+    /// no child (a holder waiting for the key) does not change that.
+    fn runs_elsewhere(&self) -> bool {
+        self.held_elsewhere
+            && self.copies.is_empty()
+            && self.managed.is_none()
+            && self.supervised.as_ref().map(|s| s.state) != Some(Supervision::GivenUp)
+    }
+
     /// The orchestrator's word for a component of which nothing runs; `None` while a
     /// copy runs (the processes then speak for themselves) or no orchestrator runs.
     fn supervised_state(&self) -> Option<ComponentState> {
@@ -184,8 +235,9 @@ impl ComponentView {
             Supervision::Stopped => ComponentState::Stopped,
             Supervision::GivenUp => ComponentState::GivenUp,
             Supervision::Blocked => ComponentState::Blocked,
-            // Runs on another host: nothing runs here, and nothing is wrong.
-            Supervision::Standby => ComponentState::Stopped,
+            // Another host holds its key (or etcd is out of reach): it waits for the
+            // key, and nothing is wrong here.
+            Supervision::Standby => ComponentState::Elsewhere,
         })
     }
 
@@ -209,6 +261,9 @@ pub struct RunningCopy {
 pub enum ProblemKind {
     /// More than one copy of one component: duplicate orders.
     Duplicate,
+    /// With `[cluster]`: etcd cannot be read, so this machine cannot see which host
+    /// holds what (and no holder here can renew its lease).
+    ClusterUnreachable,
     /// The orchestrator gave up on it: that account is not trading (or not guarded).
     GivenUp,
     /// A brain held back because its watchdog is not running.
@@ -234,6 +289,7 @@ impl ProblemKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProblemKind::Duplicate => "duplicate",
+            ProblemKind::ClusterUnreachable => "cluster_unreachable",
             ProblemKind::GivenUp => "given_up",
             ProblemKind::Blocked => "blocked",
             ProblemKind::Unlocked => "unlocked",
@@ -272,20 +328,9 @@ impl DeskSnapshot {
             .and_then(|master| DeskState::read_current(&fleet.lock_dir, master));
         let mut snapshot =
             DeskSnapshot::build_supervised(fleet, scan.locks, table, now_secs(), supervision);
+        // Without `[cluster]` no connection is made.
         if let Some(cluster) = &fleet.cluster {
-            let client = EtcdClient::from_config(cluster);
-            snapshot.add_cluster(match read_entries(&client, cluster) {
-                Ok(entries) => ClusterSnapshot {
-                    host: cluster.host.clone(),
-                    entries,
-                    error: None,
-                },
-                Err(e) => ClusterSnapshot {
-                    host: cluster.host.clone(),
-                    entries: Vec::new(),
-                    error: Some(e.to_string()),
-                },
-            });
+            snapshot.add_cluster(ClusterSnapshot::read(cluster));
         }
         snapshot.add_strays(scan.strays);
         Ok(snapshot)
@@ -305,8 +350,10 @@ impl DeskSnapshot {
                 .as_ref()
                 .filter(|e| e.holder.host.as_deref() != Some(cluster.host.as_str()))
             else {
+                view.held_elsewhere = false;
                 continue;
             };
+            view.held_elsewhere = true;
             let (elsewhere, here) = std::mem::take(&mut view.copies)
                 .into_iter()
                 .partition(|copy| !copy.locked && owned_elsewhere(&self.table, &copy.tree, entry));
@@ -319,20 +366,8 @@ impl DeskSnapshot {
 
     /// Records entries that are not usable files, each as a problem with what to do.
     pub fn add_strays(&mut self, strays: Vec<StrayEntry>) {
-        self.problems.extend(strays.iter().map(|stray| Problem {
-            kind: ProblemKind::NotAFile,
-            name: stray.file_name.clone(),
-            account: None,
-            pids: Vec::new(),
-            message: format!(
-                "{} is {}, not a lock file or stop request the tools wrote; every tool ignores it. \
-                 Find out what made it and remove it by hand",
-                stray.path.display(),
-                stray.what
-            ),
-        }));
-        self.problems.sort_by_key(|p| p.kind);
         self.strays.extend(strays);
+        self.find_problems();
     }
 
     /// Builds a snapshot from given facts, with no orchestrator's view.
@@ -381,14 +416,16 @@ impl DeskSnapshot {
         snapshot
     }
 
-    /// The problems of the components, unknown locks and the orchestrator's lock, most
-    /// serious first (strays are added by [`DeskSnapshot::add_strays`]).
+    /// The problems of the components, unknown locks, the orchestrator's lock, the
+    /// cluster and stray entries, most serious first.
     fn find_problems(&mut self) {
         let mut problems: Vec<Problem> = self.components.iter().flat_map(problems_of).collect();
         problems.extend(self.unknown_locks.iter().map(unknown_lock_problem));
         if let Some(master) = &self.master {
             problems.extend(lock_file_problem(master, None));
         }
+        problems.extend(self.cluster.as_ref().and_then(cluster_problem));
+        problems.extend(self.strays.iter().map(stray_problem));
         problems.sort_by_key(|p| p.kind);
         self.problems = problems;
     }
@@ -471,6 +508,7 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
         named_not_a_copy,
         supervised: None,
         cluster: None,
+        held_elsewhere: false,
         elsewhere: Vec::new(),
     }
 }
@@ -527,6 +565,30 @@ fn problems_of(view: &ComponentView) -> Vec<Problem> {
             ),
         ));
     }
+    if view.copies.len() <= 1 && view.runs_here_and_elsewhere() {
+        let pids: Vec<u32> = match &view.managed {
+            Some(managed) => vec![managed.pid],
+            None => view.copies.iter().map(|c| c.tree.root.pid).collect(),
+        };
+        let host = view
+            .cluster
+            .as_ref()
+            .and_then(|e| e.holder.host.as_deref())
+            .map_or_else(|| "(none named)".to_string(), printable_host);
+        problems.push(problem(
+            ProblemKind::Duplicate,
+            pids.clone(),
+            format!(
+                "{} runs here (pid {}) under this machine's lock, but its cluster key is held \
+                 by host {host}: two machines may run it at once. Stop it here with \
+                 safe-shutdown{}; if host {host} is this machine, FLEET_HOST or [cluster] host \
+                 differs between the tools",
+                component.lock_name,
+                join(&pids),
+                account_flag(component)
+            ),
+        ));
+    }
     for copy in view.copies.iter().filter(|c| !c.locked) {
         let pid = copy.tree.root.pid;
         problems.push(problem(
@@ -542,10 +604,13 @@ fn problems_of(view: &ComponentView) -> Vec<Problem> {
     problems.extend(supervision_problem(view));
     let between_runs = matches!(
         view.supervised.as_ref().map(|s| s.state),
-        Some(Supervision::Starting | Supervision::Restarting)
+        Some(Supervision::Starting | Supervision::Restarting | Supervision::Standby)
     );
+    // A holder here waiting for the key another host holds runs no child, rightly.
+    let elsewhere = view.state() == ComponentState::Elsewhere;
     if let Some(lock) = &view.lock {
-        if lock.state == LockState::Running && view.managed.is_none() && !between_runs {
+        if lock.state == LockState::Running && view.managed.is_none() && !between_runs && !elsewhere
+        {
             let record = lock.record.as_ref();
             let pid = record.map_or(0, |r| r.pid);
             let holder = record.and_then(|r| r.holder_pid).unwrap_or(0);
@@ -646,6 +711,62 @@ fn lock_file_problem(lock: &LockStatus, account: Option<String>) -> Option<Probl
     })
 }
 
+/// The widest host name shown in a table or message (the config allows 255).
+pub const HOST_WIDTH: usize = 32;
+
+/// A host name from etcd as tables and messages show it: anyone who can write to etcd
+/// wrote it, so control characters (a terminal escape) become `?` and it is cut at
+/// [`HOST_WIDTH`] characters.
+pub fn printable_host(host: &str) -> String {
+    let clean = printable(host);
+    if clean.chars().count() <= HOST_WIDTH {
+        return clean;
+    }
+    let kept: String = clean.chars().take(HOST_WIDTH - 3).collect();
+    format!("{kept}...")
+}
+
+/// Text from outside (etcd's answers) with control characters as `?`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// etcd could not be read: say which endpoints, why, and what to do.
+fn cluster_problem(cluster: &ClusterSnapshot) -> Option<Problem> {
+    let error = cluster.error.as_ref()?;
+    Some(Problem {
+        kind: ProblemKind::ClusterUnreachable,
+        name: cluster.prefix.clone(),
+        account: None,
+        pids: Vec::new(),
+        message: format!(
+            "cannot read the cluster's locks: {}. This view shows this machine only, \
+             and a holder that cannot renew its lease stops its bots before the lease ends; \
+             check that etcd runs at {} and that this machine reaches it ([cluster] \
+             endpoints in fleet.toml)",
+            printable(error),
+            cluster.endpoints.join(", ")
+        ),
+    })
+}
+
+fn stray_problem(stray: &StrayEntry) -> Problem {
+    Problem {
+        kind: ProblemKind::NotAFile,
+        name: stray.file_name.clone(),
+        account: None,
+        pids: Vec::new(),
+        message: format!(
+            "{} is {}, not a lock file or stop request the tools wrote; every tool ignores it. \
+             Find out what made it and remove it by hand",
+            stray.path.display(),
+            stray.what
+        ),
+    }
+}
+
 fn unknown_lock_problem(lock: &LockStatus) -> Problem {
     let advice = if lock.state.is_held() {
         "find out what holds it before adding it to fleet.toml"
@@ -678,4 +799,279 @@ fn join(pids: &[u32]) -> String {
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    //! The cluster's view on a snapshot built from given facts: which copies another
+    //! host's key owns, the `elsewhere` state, and an etcd that cannot be read.
+
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::ClusterHolder;
+
+    const NOW: u64 = 1_790_000_000;
+
+    const FLEET: &str = r#"
+[[global]]
+name = "qs"
+command = ["python", "qs.py"]
+
+[[account]]
+name = "ATLAS"
+brain = ["python", "BRAIN_ATLAS.py"]
+watchdog = ["python", "WATCHDOG_ATLAS.py"]
+"#;
+
+    fn process(pid: u32, parent: u32, cmd: &[&str]) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            parent: Some(parent),
+            start_time: NOW - 60,
+            name: cmd[0].into(),
+            cmd: cmd.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn record(name: &str, pid: u32, holder: u32) -> LockRecord {
+        LockRecord {
+            pid,
+            name: name.into(),
+            account: None,
+            timestamp: None,
+            pid_start: Some(NOW - 60),
+            holder_pid: Some(holder),
+            holder_start: Some(NOW - 60),
+            host: None,
+            command: vec![],
+        }
+    }
+
+    /// A key held by `host` whose record names `pid` under `holder`, 7 s left.
+    fn entry(name: &str, host: &str, pid: u32, holder: u32) -> ClusterEntry {
+        let record = record(name, pid, holder);
+        ClusterEntry {
+            name: name.into(),
+            holder: ClusterHolder {
+                host: Some(host.into()),
+                value: String::new(),
+                lease: 1,
+                create_revision: 1,
+            },
+            record: Some(record),
+            ttl_left: Some(Duration::from_secs(7)),
+        }
+    }
+
+    fn cluster(host: &str, entries: Vec<ClusterEntry>, error: Option<&str>) -> ClusterSnapshot {
+        ClusterSnapshot {
+            host: host.into(),
+            endpoints: vec!["http://10.0.0.5:2379".into()],
+            prefix: "/desk/locks/".into(),
+            entries,
+            error: error.map(str::to_string),
+        }
+    }
+
+    /// This machine ("B") sees host A's master-launch (pid 900) and its bots for qs
+    /// (901) and WATCHDOG_ATLAS (902): both "hosts" on one machine.
+    fn snapshot() -> DeskSnapshot {
+        let fleet = Fleet::from_toml(Path::new("fleet.toml"), FLEET).unwrap();
+        let table = ProcessTable::from_processes([
+            process(900, 1, &["master-launch"]),
+            process(901, 900, &["python", "qs.py"]),
+            process(902, 900, &["python", "WATCHDOG_ATLAS.py"]),
+        ]);
+        DeskSnapshot::build(&fleet, Vec::new(), table, NOW)
+    }
+
+    #[test]
+    fn copies_another_hosts_key_owns_are_set_apart_and_the_component_is_elsewhere() {
+        let mut snapshot = snapshot();
+        // Without the cluster's view A's bots look like copies started by hand.
+        assert_eq!(
+            snapshot.component("qs").unwrap().state(),
+            ComponentState::Unlocked
+        );
+        assert_eq!(snapshot.problems.len(), 2, "{:?}", snapshot.problems);
+        snapshot.add_cluster(cluster(
+            "B",
+            vec![
+                // qs: the record names the child; WATCHDOG_ATLAS: it names the holder
+                // only (the child is not recorded yet), and the bot runs under it.
+                entry("qs", "A", 901, 900),
+                entry("WATCHDOG_ATLAS", "A", 900, 900),
+                // A brain running on A that this machine cannot see.
+                entry("BRAIN_ATLAS", "A", 4242, 4240),
+            ],
+            None,
+        ));
+        for name in ["qs", "WATCHDOG_ATLAS", "BRAIN_ATLAS"] {
+            let view = snapshot.component(name).unwrap();
+            assert_eq!(view.state(), ComponentState::Elsewhere, "{name}");
+            assert!(view.copies.is_empty(), "{name}: {:?}", view.copies);
+            assert!(view.held_elsewhere);
+        }
+        assert_eq!(
+            snapshot.component("qs").unwrap().elsewhere[0].tree.root.pid,
+            901
+        );
+        assert_eq!(
+            snapshot.component("WATCHDOG_ATLAS").unwrap().elsewhere[0]
+                .tree
+                .root
+                .pid,
+            902
+        );
+        assert!(snapshot.is_healthy(), "{:?}", snapshot.problems);
+        assert!(!ComponentState::Elsewhere.is_alarm());
+    }
+
+    #[test]
+    fn a_copy_no_key_owns_is_still_unlocked_even_when_another_host_holds_the_key() {
+        let mut snapshot = snapshot();
+        // qs's key names a child and a holder that are not the copy running here.
+        snapshot.add_cluster(cluster("B", vec![entry("qs", "A", 4242, 4240)], None));
+        let view = snapshot.component("qs").unwrap();
+        assert_eq!(view.state(), ComponentState::Unlocked);
+        assert!(view.elsewhere.is_empty());
+        let kinds: Vec<ProblemKind> = snapshot.problems.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, [ProblemKind::Unlocked, ProblemKind::Unlocked]);
+    }
+
+    #[test]
+    fn a_key_this_host_holds_sets_nothing_apart() {
+        let mut snapshot = snapshot();
+        snapshot.add_cluster(cluster("A", vec![entry("qs", "A", 901, 900)], None));
+        let view = snapshot.component("qs").unwrap();
+        assert!(!view.held_elsewhere);
+        assert_eq!(view.copies.len(), 1);
+        assert_eq!(
+            view.cluster.as_ref().unwrap().holder.host.as_deref(),
+            Some("A")
+        );
+        // No key and nothing running: stopped, as without a cluster.
+        assert_eq!(
+            snapshot.component("BRAIN_ATLAS").unwrap().state(),
+            ComponentState::Stopped
+        );
+    }
+
+    #[test]
+    fn a_standby_orchestrator_waiting_for_the_key_is_elsewhere_but_given_up_stays_a_problem() {
+        let mut snapshot = snapshot();
+        let supervised = |state| Supervised {
+            name: "BRAIN_ATLAS".into(),
+            state,
+            pid: None,
+            since: NOW as f64,
+            reason: "waiting".into(),
+            answers: vec![],
+        };
+        snapshot.add_cluster(cluster(
+            "B",
+            vec![entry("BRAIN_ATLAS", "A", 4242, 4240)],
+            None,
+        ));
+        let view = &mut snapshot.components[2];
+        // A holder here that took the local lock and waits for the key runs no child.
+        view.lock = Some(LockStatus {
+            name: "BRAIN_ATLAS".into(),
+            path: PathBuf::from(".locks/BRAIN_ATLAS.lock"),
+            state: LockState::Running,
+            record: Some(record("BRAIN_ATLAS", 800, 800)),
+            detail: String::new(),
+        });
+        for state in [
+            Supervision::Starting,
+            Supervision::Restarting,
+            Supervision::NotStarted,
+            Supervision::Stopped,
+        ] {
+            view.supervised = Some(supervised(state));
+            assert_eq!(view.state(), ComponentState::Elsewhere, "{state:?}");
+            assert!(problems_of(view).is_empty(), "{state:?}");
+        }
+        view.supervised = Some(supervised(Supervision::GivenUp));
+        assert_eq!(view.state(), ComponentState::GivenUp);
+    }
+
+    #[test]
+    fn running_here_under_the_local_lock_while_another_host_holds_the_key_is_a_duplicate() {
+        let fleet = Fleet::from_toml(Path::new("fleet.toml"), FLEET).unwrap();
+        let table = ProcessTable::from_processes([
+            process(100, 1, &["master-launch"]),
+            process(101, 100, &["python", "qs.py"]),
+        ]);
+        let lock = LockStatus {
+            name: "qs".into(),
+            path: PathBuf::from(".locks/qs.lock"),
+            state: LockState::Running,
+            record: Some(record("qs", 101, 100)),
+            detail: String::new(),
+        };
+        let mut snapshot = DeskSnapshot::build(&fleet, vec![lock], table, NOW);
+        assert_eq!(
+            snapshot.component("qs").unwrap().state(),
+            ComponentState::Running
+        );
+        snapshot.add_cluster(cluster("B", vec![entry("qs", "A", 4242, 4240)], None));
+        let view = snapshot.component("qs").unwrap();
+        assert_eq!(view.state(), ComponentState::Duplicate);
+        assert_eq!(view.copies.len(), 1);
+        assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
+        let problem = &snapshot.problems[0];
+        assert_eq!(problem.kind, ProblemKind::Duplicate);
+        assert_eq!(problem.pids, [101]);
+        assert!(
+            problem
+                .message
+                .contains("its cluster key is held by host A"),
+            "{}",
+            problem.message
+        );
+        // The same key held by this host: running, healthy.
+        let mut snapshot = snapshot.clone();
+        snapshot.add_cluster(cluster("A", vec![entry("qs", "A", 101, 100)], None));
+        assert_eq!(
+            snapshot.component("qs").unwrap().state(),
+            ComponentState::Running
+        );
+        assert!(snapshot.is_healthy(), "{:?}", snapshot.problems);
+    }
+
+    #[test]
+    fn an_etcd_that_cannot_be_read_is_a_problem_naming_the_endpoints_and_the_error() {
+        let mut snapshot = snapshot();
+        snapshot.add_strays(vec![StrayEntry {
+            path: PathBuf::from(".locks/X.lock"),
+            file_name: "X.lock".into(),
+            what: "a directory".into(),
+        }]);
+        snapshot.add_cluster(cluster(
+            "B",
+            Vec::new(),
+            Some("cannot reach etcd at http://10.0.0.5:2379: connection refused\x1b[2J"),
+        ));
+        let kinds: Vec<ProblemKind> = snapshot.problems.iter().map(|p| p.kind).collect();
+        // Second only to duplicates; the stray found before is kept.
+        assert_eq!(
+            kinds,
+            [
+                ProblemKind::ClusterUnreachable,
+                ProblemKind::Unlocked,
+                ProblemKind::Unlocked,
+                ProblemKind::NotAFile
+            ]
+        );
+        let message = &snapshot.problems[0].message;
+        assert!(message.contains("http://10.0.0.5:2379"), "{message}");
+        assert!(message.contains("connection refused"), "{message}");
+        assert!(message.contains("check that etcd runs"), "{message}");
+        // Text from outside cannot paint the terminal.
+        assert!(message.contains("refused?[2J"), "{message}");
+        assert_eq!(snapshot.problems[0].name, "/desk/locks/");
+    }
 }

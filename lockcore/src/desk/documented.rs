@@ -8,7 +8,7 @@ use super::ComponentState;
 
 impl ComponentState {
     /// Every state, in the order the README lists them.
-    pub const ALL: [ComponentState; 13] = [
+    pub const ALL: [ComponentState; 14] = [
         ComponentState::Running,
         ComponentState::Stale,
         ComponentState::Corrupt,
@@ -22,6 +22,7 @@ impl ComponentState {
         ComponentState::GivenUp,
         ComponentState::Blocked,
         ComponentState::NotStarted,
+        ComponentState::Elsewhere,
     ];
 
     /// What the state means, for the README's state table. A new state does not
@@ -34,7 +35,10 @@ impl ComponentState {
                 "a lock file nobody holds and nobody can read (or over 64 KiB); nothing runs for it"
             }
             ComponentState::Legacy => "an older tool's PID file names a live process",
-            ComponentState::Duplicate => "more than one copy runs",
+            ComponentState::Duplicate => {
+                "more than one copy runs (with `[cluster]`, also: one runs here under this \
+                 machine's lock while another host holds its key)"
+            }
             ComponentState::Unlocked => "a copy runs without any lock file (started by hand)",
             ComponentState::Stopped => {
                 "enabled, not running, no lock file; with master-launch running: stopped on \
@@ -49,13 +53,18 @@ impl ComponentState {
             }
             ComponentState::GivenUp => {
                 "master-launch gave up on it after repeated failures (a problem, ranked after \
-                 `duplicate`)"
+                 `duplicate` and `cluster_unreachable`)"
             }
             ComponentState::Blocked => {
                 "a brain master-launch holds back because its watchdog is not running (a problem)"
             }
             ComponentState::NotStarted => {
                 "master-launch runs but was not asked to start it (`--only`)"
+            }
+            ComponentState::Elsewhere => {
+                "with `[cluster]`: another host holds its key (`host`, `lease_ttl_left`) and \
+                 nothing of it runs here; healthy (unless this machine's master-launch gave up \
+                 on it: then `given_up`)"
             }
         }
     }
@@ -154,9 +163,25 @@ pub const JSON_FIELDS: &[JsonField] = &[
     ),
     field(
         "components[]",
+        &["host"],
+        "string or null",
+        "with `[cluster]`: the host its etcd key names as holder (this machine's own name \
+         when the key is held here); null when it has no key; always present, null without \
+         `[cluster]`",
+    ),
+    field(
+        "components[]",
+        &["lease_ttl_left"],
+        "number or null",
+        "with `[cluster]`: whole seconds left on its key's lease, as the etcd leader counts \
+         them; null when no key exists (or its lease just ended) or without `[cluster]`",
+    ),
+    field(
+        "components[]",
         &["copies"],
         "number",
-        "running copies found by command line",
+        "running copies found by command line (with `[cluster]`, not those another host's \
+         key owns: both hosts on one machine see each other's bots)",
     ),
     field(
         "components[]",
@@ -193,7 +218,7 @@ pub const JSON_FIELDS: &[JsonField] = &[
         "",
         &["processes[]"],
         "object",
-        "every running copy found by command line",
+        "every running copy found by command line (not those another host's key owns)",
     ),
     field(
         "processes[]",
@@ -231,7 +256,8 @@ pub const JSON_FIELDS: &[JsonField] = &[
         "problems[]",
         &["name", "account"],
         "string",
-        "the lock name it concerns, its account (or null)",
+        "the lock name it concerns (for `not_a_file` the entry's name, for \
+         `cluster_unreachable` the key prefix), its account (or null)",
     ),
     field(
         "problems[]",
