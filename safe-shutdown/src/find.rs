@@ -283,7 +283,7 @@ impl Stoppable<StopContext> for Target {
             return context
                 .cluster
                 .as_ref()
-                .is_some_and(|c| c.released(&self.name, self.host.as_deref()));
+                .is_some_and(|c| c.released(&self.name));
         }
         match self.who {
             Some(who) => !context.probe.is_alive(who),
@@ -339,17 +339,12 @@ impl ClusterStops {
         Ok(())
     }
 
-    /// Whether `name`'s key is no longer held by `host` (an etcd that does not answer
-    /// tells nothing: not released).
-    fn released(&self, name: &str, host: Option<&str>) -> bool {
-        match self.client.get(&self.config.lock_key(name)) {
-            Ok(None) => true,
-            Ok(Some(kv)) => {
-                let holder = lockcore::cluster::ClusterHolder::from_kv(&kv);
-                host.is_some() && holder.host.as_deref() != host
-            }
-            Err(_) => false,
-        }
+    /// Whether `name`'s key is free. While the request stands no host can take it, so
+    /// a key held by any host (one that took it just before the request) is still
+    /// running; that host got the request too. An etcd that does not answer tells
+    /// nothing: not released.
+    fn released(&self, name: &str) -> bool {
+        matches!(self.client.get(&self.config.lock_key(name)), Ok(None))
     }
 
     /// Removes the requests placed (best effort: their leases end them anyway), so that
