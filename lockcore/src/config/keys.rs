@@ -143,8 +143,8 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
     key(
         CLUSTER,
         "endpoints",
-        "etcd client URLs, `http://HOST:PORT`, tried in order (`https` is refused: TLS is not \
-         supported yet)",
+        "etcd client URLs, `http://HOST:PORT` or (all of them) `https://HOST:PORT` with \
+         `ca_file`, tried in order",
     ),
     key(
         CLUSTER,
