@@ -19,8 +19,9 @@
 //! runtime, `protoc` at build time and a large dependency tree into every binary and
 //! the Windows cross-build. etcd serves the same v3 API as JSON on its client port
 //! (`POST /v3/kv/txn`, ...; keys and values base64, 64-bit numbers as strings), and
-//! `ureq` (default features off: no TLS, no C code) is a well-kept blocking HTTP
-//! client. TLS is refused by the config until it is supported.
+//! `ureq` (default features off but `rustls`, with ring) is a well-kept blocking HTTP
+//! client. With `https://` endpoints etcd's certificate must chain to the config's
+//! `ca_file` (never the public roots), and a client certificate is shown if configured.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -33,7 +34,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, ClusterTls};
 use crate::process::ProcessIdentity;
 use crate::record::LockRecord;
 use crate::stop::StopRequest;
@@ -106,11 +107,23 @@ impl EtcdClient {
         auth: Option<(String, String)>,
         timeout: Duration,
     ) -> EtcdClient {
-        let agent = ureq::Agent::config_builder()
+        EtcdClient::with_tls(endpoints, auth, timeout, None)
+    }
+
+    /// As [`EtcdClient::new`], and over TLS with `tls` (for `https://` endpoints).
+    pub fn with_tls(
+        endpoints: Vec<String>,
+        auth: Option<(String, String)>,
+        timeout: Duration,
+        tls: Option<&ClusterTls>,
+    ) -> EtcdClient {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .build()
-            .new_agent();
+            .timeout_global(Some(timeout));
+        if let Some(tls) = tls {
+            config = config.tls_config(tls_config(tls));
+        }
+        let agent = config.build().new_agent();
         EtcdClient {
             endpoints,
             agent,
@@ -124,10 +137,11 @@ impl EtcdClient {
     /// The client a `[cluster]` table describes; requests time out after a third of
     /// the lease (a renewal that takes longer is as good as lost).
     pub fn from_config(cluster: &ClusterConfig) -> EtcdClient {
-        EtcdClient::new(
+        EtcdClient::with_tls(
             cluster.endpoints.clone(),
             cluster.auth.clone(),
             request_timeout(cluster.lease_ttl),
+            cluster.tls.as_ref(),
         )
     }
 
@@ -574,6 +588,23 @@ impl EtcdClient {
             })
         })
     }
+}
+
+/// The TLS settings of a `[cluster]`'s client: the config's CA as the only roots (etcd
+/// runs on a private CA; a public one must not vouch for it), the client certificate
+/// if any. The PEM files were parsed when the config loaded.
+fn tls_config(tls: &ClusterTls) -> ureq::tls::TlsConfig {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+    let roots: Vec<Certificate<'static>> = tls
+        .ca_certs
+        .iter()
+        .map(|der| Certificate::from_der(der).to_owned())
+        .collect();
+    TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::new_with_certs(&roots))
+        .client_cert(tls.client.as_ref().map(|client| client.cert.clone()))
+        .build()
 }
 
 /// Why one endpoint did not give an answer.

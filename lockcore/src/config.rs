@@ -171,6 +171,173 @@ pub struct ClusterConfig {
     pub line: usize,
     /// etcd user and password, both or neither.
     pub auth: Option<(String, String)>,
+    /// TLS to etcd: set exactly when the endpoints are `https://`.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The longest certificate or key file a `[cluster]` may name: a CA bundle is a few
+/// hundred kilobytes at most; anything larger is the wrong file.
+const MAX_PEM_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// `[cluster]` TLS material, read from its PEM files and parsed when the config loads,
+/// so that a wrong file is a config error at start, never a failed renewal later.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// `ca_file`, resolved against the config's folder.
+    pub ca_file: PathBuf,
+    /// The certificates (DER) in `ca_file`: the only roots etcd's server certificate
+    /// may chain to (the public roots are never trusted for etcd).
+    pub ca_certs: Vec<Vec<u8>>,
+    /// `cert_file` + `key_file`, for etcd's `--client-cert-auth`.
+    pub client: Option<ClusterClientCert>,
+}
+
+/// A client certificate chain and its private key, both from PEM files.
+#[derive(Clone)]
+pub struct ClusterClientCert {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The certificates of `cert_file` (the client's own first) and the key of
+    /// `key_file`.
+    pub cert: ureq::tls::ClientCert,
+}
+
+impl PartialEq for ClusterClientCert {
+    fn eq(&self, other: &Self) -> bool {
+        let ders = |c: &ClusterClientCert| -> Vec<Vec<u8>> {
+            c.cert.certs().iter().map(|c| c.der().to_vec()).collect()
+        };
+        self.cert_file == other.cert_file
+            && self.key_file == other.key_file
+            && ders(self) == ders(other)
+            && self.cert.private_key().der() == other.cert.private_key().der()
+    }
+}
+
+impl Eq for ClusterClientCert {}
+
+impl ClusterTls {
+    /// TLS material from PEM files, as `ca_file`, `cert_file` and `key_file` give it
+    /// (a program that builds its [`ClusterConfig`] without a fleet.toml, e.g. a test).
+    pub fn from_files(
+        ca_file: &Path,
+        client: Option<(&Path, &Path)>,
+    ) -> Result<ClusterTls, String> {
+        let ca_certs = read_pem_certs(ca_file)?;
+        let client = match client {
+            Some((cert_file, key_file)) => Some(ClusterClientCert::new(
+                cert_file.to_path_buf(),
+                key_file.to_path_buf(),
+                &read_pem_certs(cert_file)?,
+                read_pem_key(key_file)?,
+            )),
+            None => None,
+        };
+        Ok(ClusterTls {
+            ca_file: ca_file.to_path_buf(),
+            ca_certs,
+            client,
+        })
+    }
+}
+
+impl ClusterClientCert {
+    fn new(
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        chain: &[Vec<u8>],
+        key: ureq::tls::PrivateKey<'static>,
+    ) -> ClusterClientCert {
+        let chain: Vec<_> = chain
+            .iter()
+            .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+            .collect();
+        ClusterClientCert {
+            cert_file,
+            key_file,
+            cert: ureq::tls::ClientCert::new_with_certs(&chain, key),
+        }
+    }
+}
+
+/// Reads a PEM file. Only a regular file is read: a FIFO would block the start, a
+/// device never end. The error names the path and what is wrong.
+fn read_pem(path: &Path) -> Result<Vec<ureq::tls::PemItem<'static>>, String> {
+    use std::io::Read as _;
+    let unreadable =
+        |reason: &dyn std::fmt::Display| format!("{} cannot be read: {reason}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| unreadable(&e))?;
+    if !meta.is_file() {
+        return Err(unreadable(&"it is not a regular file"));
+    }
+    if meta.len() > MAX_PEM_FILE_BYTES {
+        return Err(unreadable(&format_args!(
+            "it is {} bytes, too large for a PEM file",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_PEM_FILE_BYTES).read_to_end(&mut bytes))
+        .map_err(|e| unreadable(&e))?;
+    ureq::tls::parse_pem(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not valid PEM: {e}", path.display()))
+}
+
+/// The certificates (DER) of a PEM file: at least one.
+pub fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let certs: Vec<Vec<u8>> = read_pem(path)?
+        .into_iter()
+        .filter_map(|item| match item {
+            ureq::tls::PemItem::Certificate(cert) => Some(cert.der().to_vec()),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(format!("{} has no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The one private key of a PEM file (unencrypted: PKCS#8, RSA or EC).
+pub fn read_pem_key(path: &Path) -> Result<ureq::tls::PrivateKey<'static>, String> {
+    let mut keys = read_pem(path)?.into_iter().filter_map(|item| match item {
+        ureq::tls::PemItem::PrivateKey(key) => Some(key),
+        _ => None,
+    });
+    match (keys.next(), keys.next()) {
+        (Some(key), None) => Ok(key),
+        (None, _) => Err(format!(
+            "{} has no unencrypted PEM private key in it",
+            path.display()
+        )),
+        (Some(_), Some(_)) => Err(format!(
+            "{} has more than one private key in it",
+            path.display()
+        )),
+    }
+}
+
+impl std::fmt::Debug for ClusterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterTls")
+            .field("ca_file", &self.ca_file)
+            .field("ca_certs", &self.ca_certs.len())
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+/// The key's bytes never go into a log or a panic message.
+impl std::fmt::Debug for ClusterClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterClientCert")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("certs", &self.cert.certs().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClusterConfig {
@@ -268,6 +435,9 @@ struct RawCluster {
     desk: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
     password: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
 }
 
 /// `[defaults]`: options that every process inherits unless it sets its own.
@@ -552,10 +722,23 @@ impl Checker<'_> {
                  remove [cluster] to keep every lock on this machine",
             ));
         }
-        let mut endpoints = Vec::new();
+        let mut endpoints: Vec<String> = Vec::new();
         for endpoint in raw.endpoints.get_ref() {
-            endpoints.push(self.check_endpoint(endpoint)?);
+            let url = self.check_endpoint(endpoint)?;
+            // One scheme for all: a desk that is half on TLS is not on TLS.
+            if let Some(first) = endpoints.first()
+                && first.starts_with("https://") != url.starts_with("https://")
+            {
+                return Err(self.invalid(
+                    endpoint.span().start,
+                    format!("[cluster] endpoints mix http:// and https:// (`{first}`, `{url}`)"),
+                    "use https:// for every endpoint (with ca_file), or http:// for every one",
+                ));
+            }
+            endpoints.push(url);
         }
+        let https = endpoints.iter().all(|e| e.starts_with("https://"));
+        let tls = self.cluster_tls(raw, https)?;
         let lease_ttl_secs = match &raw.lease_ttl_secs {
             Some(ttl) if !(MIN_LEASE_TTL_SECS..=MAX_LEASE_TTL_SECS).contains(ttl.get_ref()) => {
                 return Err(self.invalid(
@@ -646,29 +829,121 @@ impl Checker<'_> {
             host,
             desk,
             auth,
+            tls,
             line,
         })
     }
 
-    /// An etcd client URL: `http://HOST:PORT` with nothing after the authority but an
-    /// optional `/`. `https` is refused until TLS is supported, so that a desk never
-    /// believes its traffic is encrypted when it is not.
+    /// `ca_file`, `cert_file`, `key_file`: required (the CA) and allowed only with
+    /// `https://` endpoints; each file read and parsed now.
+    fn cluster_tls(
+        &self,
+        raw: &RawCluster,
+        https: bool,
+    ) -> Result<Option<ClusterTls>, ConfigError> {
+        if !https {
+            let stray = [
+                ("ca_file", &raw.ca_file),
+                ("cert_file", &raw.cert_file),
+                ("key_file", &raw.key_file),
+            ];
+            if let Some((key, Some(value))) = stray.into_iter().find(|(_, v)| v.is_some()) {
+                return Err(self.invalid(
+                    value.span().start,
+                    format!(
+                        "[cluster] {key} is set but the endpoints are http://, which never use it"
+                    ),
+                    &format!(
+                        "write the endpoints as https://HOST:PORT to talk TLS to etcd, or \
+                         remove {key}"
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        let Some(ca_file) = &raw.ca_file else {
+            return Err(self.invalid(
+                raw.endpoints.span().start,
+                "[cluster] endpoints are https:// but there is no ca_file".into(),
+                "add ca_file = \"etcd-ca.pem\": the PEM CA bundle that signs etcd's server \
+                 certificate (etcd's --trusted-ca-file); public roots are never trusted for etcd",
+            ));
+        };
+        let pair = match (&raw.cert_file, &raw.key_file) {
+            (None, None) => None,
+            (Some(cert_file), None) => {
+                return Err(self.invalid(
+                    cert_file.span().start,
+                    "[cluster] has a cert_file but no key_file".into(),
+                    "add key_file = \"...\" (the client certificate's private key, PEM), or \
+                     remove cert_file",
+                ));
+            }
+            (None, Some(key_file)) => {
+                return Err(self.invalid(
+                    key_file.span().start,
+                    "[cluster] has a key_file but no cert_file".into(),
+                    "add cert_file = \"...\" (the client certificate, PEM), or remove key_file",
+                ));
+            }
+            (Some(cert_file), Some(key_file)) => Some((cert_file, key_file)),
+        };
+        let certs_fix = |key: &str| {
+            format!(
+                "name a PEM file with -----BEGIN CERTIFICATE----- blocks in {key} (a relative \
+                 path is relative to the config's folder; DER converts with `openssl x509 \
+                 -inform der -in FILE -out FILE.pem`)"
+            )
+        };
+        let ca_path = self.dir().join(ca_file.get_ref());
+        let ca_certs = read_pem_certs(&ca_path).map_err(|reason| {
+            self.invalid(
+                ca_file.span().start,
+                format!("ca_file {reason}"),
+                &certs_fix("ca_file"),
+            )
+        })?;
+        let client = match pair {
+            None => None,
+            Some((cert_file, key_file)) => {
+                let cert_path = self.dir().join(cert_file.get_ref());
+                let key_path = self.dir().join(key_file.get_ref());
+                let chain = read_pem_certs(&cert_path).map_err(|reason| {
+                    self.invalid(
+                        cert_file.span().start,
+                        format!("cert_file {reason}"),
+                        &certs_fix("cert_file"),
+                    )
+                })?;
+                let key = read_pem_key(&key_path).map_err(|reason| {
+                    self.invalid(
+                        key_file.span().start,
+                        format!("key_file {reason}"),
+                        "name a PEM file with the client certificate's one unencrypted private \
+                         key (-----BEGIN PRIVATE KEY-----, or RSA/EC PRIVATE KEY); a relative \
+                         path is relative to the config's folder",
+                    )
+                })?;
+                Some(ClusterClientCert::new(cert_path, key_path, &chain, key))
+            }
+        };
+        Ok(Some(ClusterTls {
+            ca_file: ca_path,
+            ca_certs,
+            client,
+        }))
+    }
+
+    /// An etcd client URL: `http://HOST:PORT` or `https://HOST:PORT` with nothing after
+    /// the authority but an optional `/`.
     fn check_endpoint(&self, endpoint: &Spanned<String>) -> Result<String, ConfigError> {
         let text = endpoint.get_ref().trim();
         let at = endpoint.span().start;
-        if let Some(rest) = text.strip_prefix("https://") {
-            return Err(self.invalid(
-                at,
-                format!("endpoint `{text}`: TLS to etcd is not supported yet"),
-                &format!(
-                    "use http://{rest} on a private network or through a local TLS tunnel \
-                     (the README's cluster section says how)"
-                ),
-            ));
-        }
-        let authority = text
-            .strip_prefix("http://")
-            .map(|rest| rest.strip_suffix('/').unwrap_or(rest));
+        let (scheme, rest) = match text.strip_prefix("https://") {
+            Some(rest) => ("https", Some(rest)),
+            None => ("http", text.strip_prefix("http://")),
+        };
+        let authority = rest.map(|rest| rest.strip_suffix('/').unwrap_or(rest));
         let valid = authority.is_some_and(|authority| {
             let (host, port) = match authority.rsplit_once(':') {
                 Some((host, port)) => (host, Some(port)),
@@ -679,11 +954,11 @@ impl Checker<'_> {
                 && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0))
         });
         match authority {
-            Some(authority) if valid => Ok(format!("http://{authority}")),
+            Some(authority) if valid => Ok(format!("{scheme}://{authority}")),
             _ => Err(self.invalid(
                 at,
                 format!("endpoint `{text}` is not an etcd client URL"),
-                "write it as http://HOST:PORT, e.g. \"http://10.0.0.5:2379\"",
+                "write it as http://HOST:PORT or https://HOST:PORT, e.g. \"http://10.0.0.5:2379\"",
             )),
         }
     }

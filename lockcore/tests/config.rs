@@ -588,8 +588,38 @@ fn cluster_refusals_name_their_line_and_fix() {
         (
             "endpoints = [\"https://10.0.0.5:2379\"]",
             0,
-            "TLS to etcd is not supported yet",
-            "http://10.0.0.5:2379",
+            "https:// but there is no ca_file",
+            "add ca_file",
+        ),
+        (
+            "endpoints = [\"https://a:2379\", \"http://b:2379\"]",
+            0,
+            "mix http:// and https://",
+            "every endpoint",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nca_file = \"ca.pem\"",
+            1,
+            "ca_file is set but the endpoints are http://",
+            "https://HOST:PORT",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"",
+            1,
+            "cert_file is set but the endpoints are http://",
+            "https://HOST:PORT",
+        ),
+        (
+            "endpoints = [\"https://a:2379\"]\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"",
+            2,
+            "cert_file but no key_file",
+            "add key_file",
+        ),
+        (
+            "endpoints = [\"https://a:2379\"]\nca_file = \"ca.pem\"\nkey_file = \"k.pem\"",
+            2,
+            "key_file but no cert_file",
+            "add cert_file",
         ),
         (
             "endpoints = [\"10.0.0.5:2379\"]",
@@ -692,4 +722,235 @@ fn an_empty_host_is_refused_unless_fleet_host_names_the_machine() {
     assert_eq!(line, CLUSTER_LINE + 1);
     assert!(problem.contains("host is empty"), "{problem}");
     assert!(fix.contains("FLEET_HOST"), "{fix}");
+}
+
+/// PEM files for the TLS keys, made here: a CA, a client certificate it signed and its
+/// key, in `dir`.
+struct Pem {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn make_pem() -> Pem {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["desk".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap()
+        .pem();
+    Pem {
+        ca,
+        cert,
+        key: key.serialize_pem(),
+    }
+}
+
+/// A desk in `dir/fleet.toml` with a `[cluster]` of `lines` after its endpoints line.
+fn tls_desk(dir: &Path, lines: &str) -> std::path::PathBuf {
+    let path = dir.join("fleet.toml");
+    std::fs::write(
+        &path,
+        cluster_desk(&format!("endpoints = [\"https://10.0.0.5:2379\"]\n{lines}")),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn tls_files_load_relative_to_the_config_folder_and_are_parsed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = make_pem();
+    std::fs::create_dir(dir.path().join("pki")).unwrap();
+    // A bundle of two CAs: both are roots.
+    let bundle = format!("{}{}", pem.ca, make_pem().ca);
+    std::fs::write(dir.path().join("pki/ca.pem"), &bundle).unwrap();
+    std::fs::write(dir.path().join("pki/desk.pem"), &pem.cert).unwrap();
+    std::fs::write(dir.path().join("pki/desk-key.pem"), &pem.key).unwrap();
+    let path = tls_desk(
+        dir.path(),
+        "ca_file = \"pki/ca.pem\"\ncert_file = \"pki/desk.pem\"\nkey_file = \"pki/desk-key.pem\"",
+    );
+    let cluster = Fleet::load(&path).unwrap().cluster.unwrap();
+    assert_eq!(cluster.endpoints, ["https://10.0.0.5:2379"]);
+    let tls = cluster.tls.as_ref().unwrap();
+    assert_eq!(tls.ca_file, dir.path().join("pki/ca.pem"));
+    assert_eq!(tls.ca_certs.len(), 2);
+    let client = tls.client.as_ref().unwrap();
+    assert_eq!(client.cert_file, dir.path().join("pki/desk.pem"));
+    assert_eq!(client.key_file, dir.path().join("pki/desk-key.pem"));
+    assert_eq!(client.cert.certs().len(), 1);
+    // The private key never shows in a debug print (logs, panics).
+    let debug = format!("{cluster:?}");
+    let key_body: String = pem.key.lines().nth(1).unwrap().chars().take(40).collect();
+    assert!(!debug.contains(&key_body), "{debug}");
+    assert!(debug.contains("desk-key.pem"), "{debug}");
+
+    // The CA alone (etcd without --client-cert-auth).
+    let path = tls_desk(dir.path(), "ca_file = \"pki/ca.pem\"");
+    let cluster = Fleet::load(&path).unwrap().cluster.unwrap();
+    assert_eq!(cluster.tls.unwrap().client, None);
+
+    // A plain http desk has no TLS.
+    std::fs::write(
+        &path,
+        cluster_desk("endpoints = [\"http://10.0.0.5:2379\"]"),
+    )
+    .unwrap();
+    assert_eq!(Fleet::load(&path).unwrap().cluster.unwrap().tls, None);
+}
+
+#[test]
+fn tls_file_refusals_name_the_file_line_path_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = make_pem();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("ca.pem", &pem.ca);
+    write("desk.pem", &pem.cert);
+    write("desk-key.pem", &pem.key);
+    write("empty.pem", "");
+    write(
+        "notes.txt",
+        "this is the etcd CA, ask ops for the real file\n",
+    );
+    write(
+        "broken.pem",
+        "-----BEGIN CERTIFICATE-----\n!!!! not base64 !!!!\n-----END CERTIFICATE-----\n",
+    );
+    write("two-keys.pem", &format!("{}{}", pem.key, pem.key));
+    write(
+        "encrypted-key.pem",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    std::fs::create_dir(dir.path().join("folder.pem")).unwrap();
+    let ca = "ca_file = \"ca.pem\"\n";
+    let mut cases: Vec<(String, usize, String, &str)> = vec![
+        (
+            "ca_file = \"missing.pem\"".into(),
+            1,
+            "missing.pem cannot be read".into(),
+            "relative to the config's folder",
+        ),
+        (
+            "ca_file = \"folder.pem\"".into(),
+            1,
+            "folder.pem cannot be read: it is not a regular file".into(),
+            "PEM file",
+        ),
+        (
+            "ca_file = \"empty.pem\"".into(),
+            1,
+            "empty.pem has no PEM certificate".into(),
+            "BEGIN CERTIFICATE",
+        ),
+        (
+            "ca_file = \"notes.txt\"".into(),
+            1,
+            "notes.txt has no PEM certificate".into(),
+            "BEGIN CERTIFICATE",
+        ),
+        (
+            "ca_file = \"desk-key.pem\"".into(),
+            1,
+            "desk-key.pem has no PEM certificate".into(),
+            "BEGIN CERTIFICATE",
+        ),
+        (
+            "ca_file = \"broken.pem\"".into(),
+            1,
+            "broken.pem is not valid PEM".into(),
+            "BEGIN CERTIFICATE",
+        ),
+        (
+            format!("{ca}cert_file = \"desk-key.pem\"\nkey_file = \"desk-key.pem\""),
+            2,
+            "cert_file ".into(),
+            "BEGIN CERTIFICATE",
+        ),
+        (
+            format!("{ca}cert_file = \"missing.pem\"\nkey_file = \"desk-key.pem\""),
+            2,
+            "missing.pem cannot be read".into(),
+            "relative to the config's folder",
+        ),
+        (
+            format!("{ca}cert_file = \"desk.pem\"\nkey_file = \"desk.pem\""),
+            3,
+            "desk.pem has no unencrypted PEM private key".into(),
+            "one unencrypted private key",
+        ),
+        (
+            format!("{ca}cert_file = \"desk.pem\"\nkey_file = \"two-keys.pem\""),
+            3,
+            "two-keys.pem has more than one private key".into(),
+            "one unencrypted private key",
+        ),
+        (
+            format!("{ca}cert_file = \"desk.pem\"\nkey_file = \"encrypted-key.pem\""),
+            3,
+            "encrypted-key.pem has no unencrypted PEM private key".into(),
+            "one unencrypted private key",
+        ),
+        (
+            format!("{ca}cert_file = \"desk.pem\"\nkey_file = \"missing-key.pem\""),
+            3,
+            "missing-key.pem cannot be read".into(),
+            "relative to the config's folder",
+        ),
+    ];
+    // A FIFO where the CA should be: refused at once, never opened (opening it would
+    // block the start until some other program wrote to it).
+    #[cfg(unix)]
+    {
+        let fifo = dir.path().join("fifo.pem");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        cases.push((
+            "ca_file = \"fifo.pem\"".into(),
+            1,
+            "fifo.pem cannot be read: it is not a regular file".into(),
+            "PEM file",
+        ));
+        std::os::unix::fs::symlink(dir.path().join("gone.pem"), dir.path().join("dangling.pem"))
+            .unwrap();
+        cases.push((
+            "ca_file = \"dangling.pem\"".into(),
+            1,
+            "dangling.pem cannot be read".into(),
+            "relative to the config's folder",
+        ));
+    }
+    for (lines, offset, want_problem, want_fix) in &cases {
+        let path = tls_desk(dir.path(), lines);
+        let error = Fleet::load(&path).unwrap_err();
+        let message = error.to_string();
+        let ConfigError::Invalid {
+            line, problem, fix, ..
+        } = error
+        else {
+            panic!("{lines}: expected a refusal, got {message}");
+        };
+        assert_eq!(line, CLUSTER_LINE + offset, "{lines}: {message}");
+        assert!(
+            message.starts_with(&format!("{}:{line}: ", path.display())),
+            "{message}"
+        );
+        assert!(
+            problem.contains(want_problem.as_str()),
+            "{lines}: {problem}"
+        );
+        // The problem names the file by its full path, not only as written.
+        assert!(
+            problem.contains(&dir.path().display().to_string()),
+            "{problem}"
+        );
+        assert!(fix.contains(want_fix), "{lines}: {fix}");
+    }
 }

@@ -1,7 +1,8 @@
 //! A real etcd for the cluster tests: Debian's `etcd` (package `etcd-server`, which
 //! `.ci/run` installs) on free loopback ports with a temporary data folder, killed when
 //! the handle drops. A missing etcd fails the test with the install command: a cluster
-//! test never passes by not running.
+//! test never passes by not running. [`Etcd::start_tls`] serves https and asks every
+//! client for a certificate (`--client-cert-auth`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -9,15 +10,33 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockcore::cluster::EtcdClient;
+use lockcore::config::ClusterTls;
 
 /// One running etcd node.
 #[derive(Debug)]
 pub struct Etcd {
     child: Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` from [`Etcd::start_tls`]).
     pub endpoint: String,
     /// Holds the data folder and the node's log until the drop.
     dir: tempfile::TempDir,
+    /// What [`Etcd::client`] shows a TLS node: its CA and a client certificate.
+    tls: Option<ClusterTls>,
+}
+
+/// The PEM files of an etcd that serves TLS (the server's certificate must name
+/// 127.0.0.1 and allow client use too: etcd 3.4's JSON gateway dials its own gRPC
+/// port with it).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// Signs the server's certificate and every client's (`--trusted-ca-file`).
+    pub ca_file: PathBuf,
+    /// `--cert-file`, `--key-file`.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// A client certificate and key the CA signed, for [`Etcd::client`].
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
 }
 
 /// The etcd binary: `FLEET_TEST_ETCD`, else `etcd` on the PATH.
@@ -65,12 +84,30 @@ impl Etcd {
     /// Starts a one-node etcd and waits until it answers (at most 20 s; a port taken
     /// between the choice and the bind is tried again with new ports).
     pub fn start() -> Etcd {
+        Etcd::start_with(None)
+    }
+
+    /// As [`Etcd::start`], serving https with `tls`'s certificate and refusing every
+    /// client without a certificate its CA signed.
+    pub fn start_tls(tls: &EtcdTls) -> Etcd {
+        Etcd::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&EtcdTls>) -> Etcd {
+        let probe_tls = tls.map(|tls| {
+            ClusterTls::from_files(
+                &tls.ca_file,
+                Some((&tls.client_cert_file, &tls.client_key_file)),
+            )
+            .unwrap_or_else(|e| panic!("the test's TLS files: {e}"))
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let binary = etcd_binary();
         let mut last_log = String::new();
         for _ in 0..3 {
             let dir = data_dir();
             let (client, peer) = (free_port(), free_port());
-            let endpoint = format!("http://127.0.0.1:{client}");
+            let endpoint = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let log_path = dir.path().join("etcd.log");
             let log = std::fs::File::create(&log_path)
@@ -78,7 +115,15 @@ impl Etcd {
             let err = log
                 .try_clone()
                 .unwrap_or_else(|e| panic!("cannot reopen {}: {e}", log_path.display()));
-            let child = Command::new(&binary)
+            let mut command = Command::new(&binary);
+            if let Some(tls) = tls {
+                command
+                    .arg(format!("--cert-file={}", tls.cert_file.display()))
+                    .arg(format!("--key-file={}", tls.key_file.display()))
+                    .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
+                    .arg("--client-cert-auth");
+            }
+            let child = command
                 .arg("--name=test")
                 .arg(format!("--data-dir={}", dir.path().join("data").display()))
                 .arg(format!("--listen-client-urls={endpoint}"))
@@ -95,6 +140,7 @@ impl Etcd {
                 child,
                 endpoint,
                 dir,
+                tls: probe_tls.clone(),
             };
             if etcd.wait_ready(Duration::from_secs(20)) {
                 return etcd;
@@ -120,9 +166,15 @@ impl Etcd {
         false
     }
 
-    /// A client for this node with a 2 s request timeout.
+    /// A client for this node with a 2 s request timeout (with the CA and the client
+    /// certificate of a TLS node).
     pub fn client(&self) -> EtcdClient {
-        EtcdClient::new(vec![self.endpoint.clone()], None, Duration::from_secs(2))
+        EtcdClient::with_tls(
+            vec![self.endpoint.clone()],
+            None,
+            Duration::from_secs(2),
+            self.tls.as_ref(),
+        )
     }
 
     /// The node's own log (for failure messages).

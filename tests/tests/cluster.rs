@@ -21,6 +21,7 @@ fn cluster(endpoint: &str, host: &str, ttl_secs: u64) -> ClusterConfig {
         host: host.to_string(),
         desk: "desk".to_string(),
         auth: None,
+        tls: None,
         line: 0,
     }
 }

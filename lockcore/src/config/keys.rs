@@ -143,8 +143,8 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
     key(
         CLUSTER,
         "endpoints",
-        "etcd client URLs, `http://HOST:PORT`, tried in order (`https` is refused: TLS is not \
-         supported yet)",
+        "etcd client URLs, `http://HOST:PORT` or (all of them) `https://HOST:PORT` with \
+         `ca_file`, tried in order",
     ),
     key(
         CLUSTER,
@@ -164,6 +164,22 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
     ),
     key(CLUSTER, "user", "etcd user (with `password`)"),
     key(CLUSTER, "password", "etcd password (with `user`)"),
+    key(
+        CLUSTER,
+        "ca_file",
+        "PEM CA bundle that signs etcd's server certificate; required with `https://` \
+         endpoints (relative to fleet.toml's folder)",
+    ),
+    key(
+        CLUSTER,
+        "cert_file",
+        "PEM client certificate for etcd's `--client-cert-auth` (with `key_file`)",
+    ),
+    key(
+        CLUSTER,
+        "key_file",
+        "PEM private key of `cert_file`, unencrypted (with `cert_file`)",
+    ),
 ];
 
 /// The keys the parser accepts, table by table: read from the `Raw*` structs
