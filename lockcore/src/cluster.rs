@@ -390,7 +390,7 @@ impl EtcdClient {
         let body = json!({ "create_request": create });
         let unreachable = |reason: String| ClusterError::Unreachable {
             endpoints: endpoint.clone(),
-            reason,
+            reason: explain_transport(&endpoint, reason),
         };
         let mut response = request
             .send(body.to_string())
@@ -464,7 +464,9 @@ impl EtcdClient {
                     self.current.store(index, Ordering::Relaxed);
                     return Ok((endpoint.clone(), answer));
                 }
-                Err(Attempt::Transport(reason)) => reasons.push(format!("{endpoint}: {reason}")),
+                Err(Attempt::Transport(reason)) => {
+                    reasons.push(format!("{endpoint}: {}", explain_transport(endpoint, reason)));
+                }
                 Err(Attempt::Answer(error)) => return Err(error),
             }
         }
@@ -605,6 +607,21 @@ fn tls_config(tls: &ClusterTls) -> ureq::tls::TlsConfig {
         .root_certs(RootCerts::new_with_certs(&roots))
         .client_cert(tls.client.as_ref().map(|client| client.cert.clone()))
         .build()
+}
+
+/// A transport error in words a user can act on. Under TLS 1.3 etcd checks a client
+/// certificate only after the handshake and closes the connection, so a missing one
+/// shows as a broken pipe or a reset rather than as etcd's alert.
+fn explain_transport(endpoint: &str, reason: String) -> String {
+    let cut_off = ["Broken pipe", "reset", "certificate required", "CertificateRequired"];
+    if endpoint.starts_with("https://") && cut_off.iter().any(|c| reason.contains(c)) {
+        format!(
+            "{reason} (etcd closed the TLS connection: if it requires client certificates \
+             (--client-cert-auth), set cert_file and key_file in [cluster])"
+        )
+    } else {
+        reason
+    }
 }
 
 /// Why one endpoint did not give an answer.
