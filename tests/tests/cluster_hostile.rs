@@ -216,6 +216,50 @@ fn cx_etcd_killed_and_started_again_never_two_copies_and_the_desk_recovers() {
     assert_eq!(keys(&etcd, "/desk/locks/"), Vec::<String>::new());
 }
 
+/// etcd pauses (SIGSTOP) for less than the TTL, then goes on (SIGCONT): a slow etcd,
+/// not a dead one. Holders may fence or not, but never two copies, and the desk runs
+/// again, each component once.
+#[test]
+fn cx_etcd_paused_briefly_never_two_copies_and_the_desk_recovers() {
+    if skip("cx_etcd_paused_briefly_never_two_copies_and_the_desk_recovers") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let desk_a = cluster_desk(&etcd.endpoint, "A", "CXPAUSE");
+    let desk_b = cluster_desk(&etcd.endpoint, "B", "CXPAUSE");
+    let mut census = Census::new(&[("A", &desk_a), ("B", &desk_b)]);
+    let (a, mut bs) = first_runs_others_stand_by(&desk_a, &[&desk_b]);
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &etcd.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // Between TTL/2 (brains asked) and 3/4 TTL (everything forced): the brains go,
+    // the watchdogs may stay or go. A brain whose lock take waits on the paused etcd
+    // must not start once etcd answers if its watchdog was fenced meanwhile.
+    for round in 0..2 {
+        signal("-STOP");
+        census.during(
+            Duration::from_millis(1200),
+            &format!("round {round}: etcd paused"),
+        );
+        signal("-CONT");
+        census.until(
+            Duration::from_secs(20),
+            &format!("round {round}: etcd going on"),
+            all_once,
+        );
+        census.during(
+            Duration::from_secs(1),
+            &format!("round {round}: etcd going on, settled"),
+        );
+    }
+    assert_eq!(stop_desk(&desk_b, bs.remove(0)), 0);
+    assert_eq!(stop_desk(&desk_a, a), 0);
+}
+
 /// A is cut off and fences; B takes over; the partition heals: A must start nothing
 /// while B holds. Then B's master-launch is killed (-9): A takes everything over.
 #[test]
