@@ -361,6 +361,64 @@ fn cx_safe_shutdown_of_one_account_from_the_standby_stops_only_that_account() {
     assert_eq!(stop_desk(&desk_a, a), 0);
 }
 
+/// Stop request keys placed by hand in etcd, with names and values nobody should
+/// write: a path (`../x`, `a/b`), the orchestrator's own name, a name not in the desk,
+/// a huge value. The orchestrator writes nothing outside its lock dir, never stops
+/// itself, stops nothing for them; a garbage value for a real component still means
+/// "stop" (with its own timeout) and only that component stops.
+#[test]
+fn cx_hostile_stop_request_keys_stop_nothing_they_do_not_name() {
+    if skip("cx_hostile_stop_request_keys_stop_nothing_they_do_not_name") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let desk_a = cluster_desk(&etcd.endpoint, "A", "CXKEY");
+    let mut census = Census::new(&[("A", &desk_a)]);
+    let (mut a, _) = start_master_launch(&desk_a.config(), &[]);
+    desk_a.wait_until_running();
+    let client = etcd.client();
+    let lease = client.grant(Duration::from_secs(60)).unwrap();
+    let huge = vec![b'x'; 1 << 20];
+    for (key, value) in [
+        ("/desk/stop/../x", &b"{}"[..]),
+        ("/desk/stop/a/b", b"{}"),
+        ("/desk/stop/", b"{}"),
+        ("/desk/stop/MASTER_LAUNCH", b"{}"),
+        ("/desk/stop/master_launch", b"garbage"),
+        ("/desk/stop/NOT_IN_THE_DESK", b"{}"),
+        ("/desk/stop/qs_CXKEY.lock", b"{}"),
+        ("/desk/stop/BRAIN_CXKEY2", &huge),
+    ] {
+        client.put(key, value, lease).unwrap();
+    }
+    // The huge garbage one still means: stop BRAIN_CXKEY2 (its own timeout).
+    let now = census.until(Duration::from_secs(15), "hostile keys", |c| {
+        c["BRAIN_CXKEY2"].is_empty()
+    });
+    let now2 = census.during(Duration::from_secs(2), "hostile keys, later");
+    for c in [&now, &now2] {
+        for name in [
+            "BRAIN_CXKEY1",
+            "WATCHDOG_CXKEY1",
+            "WATCHDOG_CXKEY2",
+            "qs_CXKEY",
+        ] {
+            assert_eq!(c[name], ["A"], "{name}: {c:?}\n{}", census.logs());
+        }
+    }
+    assert!(a.child.try_wait().unwrap().is_none(), "master-launch ended");
+    // Nothing written outside the lock dir, nothing for names not in the desk.
+    assert!(!desk_a.lock_dir().join("../x.stop").exists());
+    assert!(!desk_a.lock_dir().join("../x").exists());
+    let entries: Vec<String> = std::fs::read_dir(desk_a.lock_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".stop"))
+        .collect();
+    assert_eq!(entries, Vec::<String>::new());
+    assert_eq!(stop_desk(&desk_a, a), 0);
+}
+
 /// A standby that gets SIGTERM (or Ctrl+C) ends promptly, and touches nothing the
 /// other host holds: A's keys and bots stay.
 #[test]
