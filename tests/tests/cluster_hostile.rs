@@ -361,6 +361,42 @@ fn cx_safe_shutdown_of_one_account_from_the_standby_stops_only_that_account() {
     assert_eq!(stop_desk(&desk_a, a), 0);
 }
 
+/// safe-shutdown with etcd unreachable (a black hole): it must end in bounded time,
+/// say what it could not do, and not report success.
+#[test]
+fn cx_safe_shutdown_with_etcd_unreachable_ends_and_says_so() {
+    if skip("cx_safe_shutdown_with_etcd_unreachable_ends_and_says_so") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(&etcd.endpoint);
+    let desk_a = cluster_desk(&etcd.endpoint, "A", "CXDOWN");
+    let desk_b = cluster_desk(&proxy.endpoint, "B", "CXDOWN");
+    let (a, _) = start_master_launch(&desk_a.config(), &[]);
+    desk_a.wait_until_running();
+    proxy.partition();
+    let started = Instant::now();
+    let stop = safe_shutdown(&desk_b, &["--yes", "--timeout", "3"]);
+    let took = started.elapsed();
+    let text = said(&stop);
+    assert!(took < Duration::from_secs(30), "took {took:?}: {text}");
+    assert_ne!(stop.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("cannot read the cluster's locks in etcd"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Nothing to stop: no process of the desk runs."),
+        "{text}"
+    );
+    // The dry run says the same.
+    let dry = safe_shutdown(&desk_b, &["--dry-run"]);
+    assert_ne!(dry.status.code(), Some(0), "{}", said(&dry));
+    // A's desk was never touched.
+    desk_a.wait_until_running();
+    assert_eq!(stop_desk(&desk_a, a), 0);
+}
+
 /// Stop request keys placed by hand in etcd, with names and values nobody should
 /// write: a path (`../x`, `a/b`), the orchestrator's own name, a name not in the desk,
 /// a huge value. The orchestrator writes nothing outside its lock dir, never stops
