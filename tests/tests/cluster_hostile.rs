@@ -627,3 +627,157 @@ fn cx_check_procs_reads_hostile_lock_keys_without_failing() {
     assert!(log.contains("qs_CXVIEW: stands by"), "{log}");
     assert_eq!(stop_desk(&desk, a), 0);
 }
+
+/// A fake etcd on loopback that answers every request with `response` (a whole HTTP
+/// response), or, with `dribble`, sends it one byte every 100 ms. Runs until the
+/// test ends.
+fn fake_etcd(response: Vec<u8>, dribble: bool) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let response = response.clone();
+            thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 64 * 1024];
+                let _ = stream.read(&mut buf);
+                if dribble {
+                    for byte in response.iter().cycle() {
+                        if stream.write_all(&[*byte]).is_err() {
+                            return;
+                        }
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                let _ = stream.write_all(&response);
+                let _ = stream.flush();
+            });
+        }
+    });
+    endpoint
+}
+
+fn http(body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A desk whose `[cluster]` endpoint is `endpoint`, TTL 2 s.
+fn desk_on(endpoint: &str, tag: &str) -> Desk {
+    cluster_desk(endpoint, "A", tag)
+}
+
+/// "etcd" answers garbage with terminal escapes, a huge error message, or dribbles
+/// its answer a byte at a time: check-procs, safe-shutdown and master-launch end in
+/// bounded time, report etcd as the problem, print no control characters and no
+/// megabyte of someone else's text, and never run anything unprotected.
+#[test]
+fn cx_an_etcd_that_answers_garbage_or_slowly_is_reported_not_obeyed() {
+    if skip("cx_an_etcd_that_answers_garbage_or_slowly_is_reported_not_obeyed") {
+        return;
+    }
+    let huge = format!(
+        "{{\"error\":\"\\u001b[31m{}\",\"code\":2}}",
+        "x".repeat(1 << 20)
+    );
+    let cases = [
+        (
+            "CXGARB",
+            http(b"\x1b]0;pwned\x07\x1b[31mNOT JSON at all"),
+            false,
+        ),
+        ("CXHUGE", http(huge.as_bytes()), false),
+        ("CXSLOW", http(b"{\"kvs\":[]}"), true),
+    ];
+    for (tag, response, dribble) in cases {
+        let endpoint = fake_etcd(response, dribble);
+        let desk = desk_on(&endpoint, tag);
+        let check = |what: &str, out: &Output, took: Duration| {
+            let text = said(out);
+            assert!(
+                took < Duration::from_secs(20),
+                "{tag} {what}: took {took:?}"
+            );
+            assert!(!text.contains('\x1b'), "{tag} {what}: {text}");
+            assert!(!text.contains('\x07'), "{tag} {what}: {text}");
+            assert!(text.len() < 64 * 1024, "{tag} {what}: {} bytes", text.len());
+            assert_ne!(out.status.code(), Some(0), "{tag} {what}: {text}");
+        };
+        for args in [&["--json"][..], &[]] {
+            let started = Instant::now();
+            let out = run(Command::new(tool("check-procs", "check-procs"))
+                .arg("--config")
+                .arg(desk.config())
+                .args(args));
+            check("check-procs", &out, started.elapsed());
+            let needle = if args.is_empty() {
+                "cannot read the cluster's locks"
+            } else {
+                "cluster_unreachable"
+            };
+            assert!(said(&out).contains(needle), "{tag}: {}", said(&out));
+        }
+        let started = Instant::now();
+        let out = safe_shutdown(&desk, &["--yes", "--timeout", "2"]);
+        check("safe-shutdown", &out, started.elapsed());
+        // master-launch runs nothing it cannot lock in etcd: it stands by, or refuses
+        // to start (exit 1) saying why, printably.
+        let stderr_path = desk.dir.path().join("master-launch.stderr");
+        let mut ml = Running::new(
+            Command::new(tool("master-launch", "master-launch"))
+                .arg("--config")
+                .arg(desk.config())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr_path).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let mut census = Census::new(&[("A", &desk)]);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let exited = loop {
+            let now = census.check(tag);
+            assert!(now.values().all(Vec::is_empty), "{tag}: {now:?}");
+            if let Some(status) = ml.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if desk.master_log().contains("desk started") {
+                break None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{tag}: master-launch neither started nor ended"
+            );
+            thread::sleep(Duration::from_millis(50));
+        };
+        let text = format!(
+            "{}{}",
+            desk.master_log(),
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
+        assert!(!text.contains('\x1b'), "{tag}: {text}");
+        assert!(
+            text.len() < 64 * 1024,
+            "{tag}: master-launch said {} bytes",
+            text.len()
+        );
+        match exited {
+            Some(status) => assert_eq!(status.code(), Some(1), "{tag}: {text}"),
+            None => {
+                assert!(
+                    text.contains("desk started: 0 processes, 5 standing by"),
+                    "{tag}: {text}"
+                );
+                census.during(Duration::from_millis(500), tag);
+                assert_eq!(stop_desk(&desk, ml), 0);
+            }
+        }
+    }
+}
