@@ -22,6 +22,27 @@ use fleet_tests::proxy::Proxy;
 use fleet_tests::{Desk, Running, start_master_launch, tool, wait_until};
 use lockcore::{Fleet, ProcessProbe};
 
+/// At most two of these tests at once: each runs an etcd, two or three master-launch
+/// "hosts" and their bots with a 2 s lease, and a machine loaded past the lease's
+/// safety margin (TTL/4) is the documented limit, not what these tests attack.
+fn slot() -> impl Drop {
+    use std::sync::{Condvar, Mutex};
+    static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+    struct Slot;
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            *SLOTS.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            SLOTS.1.notify_one();
+        }
+    }
+    let mut taken = SLOTS.0.lock().unwrap_or_else(|e| e.into_inner());
+    while *taken >= 2 {
+        taken = SLOTS.1.wait(taken).unwrap_or_else(|e| e.into_inner());
+    }
+    *taken += 1;
+    Slot
+}
+
 /// Where each component runs, across every host: lock name -> the host of each copy.
 struct Census {
     fleets: Vec<Fleet>,
@@ -192,6 +213,7 @@ fn cx_etcd_killed_and_started_again_never_two_copies_and_the_desk_recovers() {
     if skip("cx_etcd_killed_and_started_again_never_two_copies_and_the_desk_recovers") {
         return;
     }
+    let _slot = slot();
     let mut etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CXETCD");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CXETCD");
@@ -224,6 +246,7 @@ fn cx_etcd_paused_briefly_never_two_copies_and_the_desk_recovers() {
     if skip("cx_etcd_paused_briefly_never_two_copies_and_the_desk_recovers") {
         return;
     }
+    let _slot = slot();
     let etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CXPAUSE");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CXPAUSE");
@@ -267,6 +290,7 @@ fn cx_healed_host_waits_while_the_other_holds_then_takes_over_when_it_dies() {
     if skip("cx_healed_host_waits_while_the_other_holds_then_takes_over_when_it_dies") {
         return;
     }
+    let _slot = slot();
     let etcd = Etcd::start();
     let proxy = Proxy::start(&etcd.endpoint);
     let desk_a = cluster_desk(&proxy.endpoint, "A", "CXHEAL");
@@ -292,6 +316,7 @@ fn cx_three_hosts_one_dies_exactly_one_standby_takes_each_component() {
     if skip("cx_three_hosts_one_dies_exactly_one_standby_takes_each_component") {
         return;
     }
+    let _slot = slot();
     let etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CXTRI");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CXTRI");
@@ -325,6 +350,7 @@ fn cx_safe_shutdown_of_one_account_from_the_standby_stops_only_that_account() {
     if skip("cx_safe_shutdown_of_one_account_from_the_standby_stops_only_that_account") {
         return;
     }
+    let _slot = slot();
     let etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CXACC");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CXACC");
@@ -368,6 +394,7 @@ fn cx_safe_shutdown_with_etcd_unreachable_ends_and_says_so() {
     if skip("cx_safe_shutdown_with_etcd_unreachable_ends_and_says_so") {
         return;
     }
+    let _slot = slot();
     let etcd = Etcd::start();
     let proxy = Proxy::start(&etcd.endpoint);
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CXDOWN");
@@ -407,6 +434,7 @@ fn cx_hostile_stop_request_keys_stop_nothing_they_do_not_name() {
     if skip("cx_hostile_stop_request_keys_stop_nothing_they_do_not_name") {
         return;
     }
+    let _slot = slot();
     let etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CXKEY");
     let mut census = Census::new(&[("A", &desk_a)]);
@@ -462,6 +490,7 @@ fn cx_a_standby_told_to_end_ends_promptly_and_releases_nothing_of_the_holder() {
     if skip("cx_a_standby_told_to_end_ends_promptly_and_releases_nothing_of_the_holder") {
         return;
     }
+    let _slot = slot();
     let etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CXTERM");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CXTERM");
@@ -510,6 +539,7 @@ fn cx_start_and_restart_on_the_standby_host_never_make_a_second_copy() {
     if skip("cx_start_and_restart_on_the_standby_host_never_make_a_second_copy") {
         return;
     }
+    let _slot = slot();
     let etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CXREQ");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CXREQ");
@@ -545,6 +575,7 @@ fn cx_stop_request_during_a_takeover_keeps_that_component_stopped() {
     if skip("cx_stop_request_during_a_takeover_keeps_that_component_stopped") {
         return;
     }
+    let _slot = slot();
     let etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CXMID");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CXMID");
@@ -580,6 +611,7 @@ fn cx_check_procs_reads_hostile_lock_keys_without_failing() {
     if skip("cx_check_procs_reads_hostile_lock_keys_without_failing") {
         return;
     }
+    let _slot = slot();
     let etcd = Etcd::start();
     let desk = cluster_desk(&etcd.endpoint, "A", "CXVIEW");
     let client = etcd.client();
@@ -683,6 +715,7 @@ fn cx_an_etcd_that_answers_garbage_or_slowly_is_reported_not_obeyed() {
     if skip("cx_an_etcd_that_answers_garbage_or_slowly_is_reported_not_obeyed") {
         return;
     }
+    let _slot = slot();
     let huge = format!(
         "{{\"error\":\"\\u001b[31m{}\",\"code\":2}}",
         "x".repeat(1 << 20)
