@@ -465,7 +465,10 @@ impl EtcdClient {
                     return Ok((endpoint.clone(), answer));
                 }
                 Err(Attempt::Transport(reason)) => {
-                    reasons.push(format!("{endpoint}: {}", explain_transport(endpoint, reason)));
+                    reasons.push(format!(
+                        "{endpoint}: {}",
+                        explain_transport(endpoint, reason)
+                    ));
                 }
                 Err(Attempt::Answer(error)) => return Err(error),
             }
@@ -573,19 +576,19 @@ impl EtcdClient {
         let mut response = self
             .request(endpoint, path, timeout, token)
             .send(body.to_string())
-            .map_err(|e| Attempt::Transport(e.to_string()))?;
+            .map_err(|e| Attempt::Transport(from_outside(&e.to_string(), 300)))?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
             .read_to_string()
-            .map_err(|e| Attempt::Transport(e.to_string()))?;
+            .map_err(|e| Attempt::Transport(from_outside(&e.to_string(), 300)))?;
         serde_json::from_str::<Value>(text.trim()).map_err(|e| {
             Attempt::Answer(ClusterError::Malformed {
                 endpoint: endpoint.to_string(),
                 what,
                 detail: format!(
                     "HTTP {status}, not JSON ({e}): {}",
-                    text.chars().take(200).collect::<String>()
+                    from_outside(&text, 200)
                 ),
             })
         })
@@ -613,7 +616,12 @@ fn tls_config(tls: &ClusterTls) -> ureq::tls::TlsConfig {
 /// certificate only after the handshake and closes the connection, so a missing one
 /// shows as a broken pipe or a reset rather than as etcd's alert.
 fn explain_transport(endpoint: &str, reason: String) -> String {
-    let cut_off = ["Broken pipe", "reset", "certificate required", "CertificateRequired"];
+    let cut_off = [
+        "Broken pipe",
+        "reset",
+        "certificate required",
+        "CertificateRequired",
+    ];
     if endpoint.starts_with("https://") && cut_off.iter().any(|c| reason.contains(c)) {
         format!(
             "{reason} (etcd closed the TLS connection: if it requires client certificates \
@@ -694,9 +702,24 @@ fn refusal(endpoint: &str, what: &'static str, answer: &Value) -> Option<Cluster
     Some(ClusterError::Refused {
         endpoint: endpoint.to_string(),
         what,
-        message,
+        message: from_outside(&message, 300),
         code,
     })
+}
+
+/// Text an endpoint sent, fit for a terminal and a log line: whoever answers on the
+/// endpoint's port wrote it, so control characters (a terminal escape) become `?` and
+/// it is cut at `max` characters (an error message may be megabytes long).
+fn from_outside(text: &str, max: usize) -> String {
+    let mut kept: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        kept.push_str("...");
+    }
+    kept
 }
 
 /// The keys of a range answer.
@@ -1283,6 +1306,13 @@ fn keep_lease(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_from_an_endpoint_loses_control_characters_and_is_cut() {
+        assert_eq!(from_outside("\u{1b}[31mred\u{7}", 20), "?[31mred?");
+        assert_eq!(from_outside(&"x".repeat(1000), 5), "xxxxx...");
+        assert_eq!(from_outside("fine", 4), "fine");
+    }
 
     #[test]
     fn prefix_end_increments_the_last_byte_that_can_be() {

@@ -365,22 +365,29 @@ fn supervise(
     let mut probe = ProcessProbe::new().ok();
     let mut first = true;
     loop {
-        // DESIGN.md rule 13: a brain is started only after its watchdog. The first start
-        // waited for it (the orchestrator); a restart while the watchdog is down (in
-        // its own backoff, say) ends supervision instead, and the orchestrator starts
-        // the brain again once its watchdog runs.
-        if !std::mem::take(&mut first)
-            && launch
-                .guard
-                .as_ref()
-                .is_some_and(|g| !g.load(Ordering::SeqCst))
+        // DESIGN.md rule 13: a brain is started only while its watchdog runs. A start
+        // or restart while the watchdog is down ends supervision instead, and the
+        // orchestrator starts the brain again once its watchdog runs. The first start
+        // is checked too: the orchestrator saw the watchdog running before it took
+        // the brain's lock, and with `[cluster]` that take can wait on etcd for
+        // seconds, long enough for the watchdog to be fenced meanwhile.
+        if launch
+            .guard
+            .as_ref()
+            .is_some_and(|g| !g.load(Ordering::SeqCst))
         {
+            let what = if first {
+                "not started"
+            } else {
+                "not restarted"
+            };
             launch.events.line(
                 "",
-                &format!("{name}: not restarted while its watchdog is not running"),
+                &format!("{name}: {what} while its watchdog is not running"),
             );
             return Outcome::Stopped;
         }
+        first = false;
         let started = Instant::now();
         let spawned = match probe.as_mut() {
             Some(probe) => shared.child.spawn(

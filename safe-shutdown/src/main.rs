@@ -15,7 +15,8 @@
 //! processes found by command line, a stop request that cannot be written falls back
 //! to signalling the process, and an audit log that cannot be opened is reported on
 //! stderr (with its path) while the stop goes on. Exit codes: 0 all stopped, 1
-//! something survived, the user cancelled, or the audit log is incomplete, 2 bad
+//! something survived, the user cancelled, the audit log is incomplete, or (with
+//! `[cluster]`) etcd could not be read so other hosts were not reached, 2 bad
 //! arguments or config, or no terminal to confirm on (then nothing is touched, not even
 //! a stale lock file when nothing runs).
 
@@ -103,11 +104,22 @@ fn run(args: &Args) -> Result<ExitCode> {
     for line in &left_alone {
         outln!("{line}");
     }
+    // `[cluster]` and etcd unreadable: what other hosts run is unknown here, so it can
+    // be neither listed nor stopped. Said first and last, and never an exit 0: "nothing
+    // to stop" or "all stopped" would be false while another host may still trade.
+    let blind = cluster_blind(&snapshot);
+    if let Some(why) = &blind {
+        errln!("{TOOL}: {why}");
+    }
     // Without a terminal to ask on, nothing is touched unless --yes says so: not a
     // process, not a lock file (DESIGN.md: no terminal means refuse).
     let unconfirmable = !args.yes && !args.dry_run && !std::io::stdin().is_terminal();
     if targets.is_empty() {
-        outln!("Nothing to stop: no process of the desk runs.");
+        if blind.is_some() {
+            outln!("Nothing to stop on this machine: no process of the desk runs here.");
+        } else {
+            outln!("Nothing to stop: no process of the desk runs.");
+        }
         if unconfirmable {
             errln!(
                 "{TOOL}: refusing to remove stale lock files without confirmation: there is \
@@ -119,12 +131,12 @@ fn run(args: &Args) -> Result<ExitCode> {
         if !args.dry_run {
             clean_locks(&fleet, &selection, &mut probe, &Audit::none());
         }
-        return Ok(ExitCode::Ok);
+        return Ok(blind_exit(blind.as_deref(), ExitCode::Ok));
     }
     print_targets(&targets, snapshot.taken_at);
     if args.dry_run {
         outln!("\n(dry run: nothing was stopped)");
-        return Ok(ExitCode::Ok);
+        return Ok(blind_exit(blind.as_deref(), ExitCode::Ok));
     }
     let audit = Audit::open(&fleet.log_dir.join("safe-shutdown.log"));
     audit.line(&format!(
@@ -134,6 +146,9 @@ fn run(args: &Args) -> Result<ExitCode> {
     ));
     for line in &left_alone {
         audit.line(line);
+    }
+    if let Some(why) = &blind {
+        audit.warn(why);
     }
     if !args.yes {
         if unconfirmable {
@@ -207,6 +222,10 @@ fn run(args: &Args) -> Result<ExitCode> {
             );
             return Ok(ExitCode::Problems);
         }
+        if let Some(why) = &blind {
+            audit.line("all stopped on this machine; other hosts unknown (etcd unreadable)");
+            return Ok(blind_exit(Some(why), ExitCode::Ok));
+        }
         return Ok(ExitCode::Ok);
     }
     errln!("{TOOL}: THESE ARE STILL RUNNING:");
@@ -215,6 +234,30 @@ fn run(args: &Args) -> Result<ExitCode> {
     }
     audit.line(&format!("survivors: {}", outcome.survivors.join(", ")));
     Ok(ExitCode::Problems)
+}
+
+/// `[cluster]` and etcd could not be read: why, and what that leaves undone.
+fn cluster_blind(snapshot: &DeskSnapshot) -> Option<String> {
+    let cluster = snapshot.cluster.as_ref()?;
+    let error = cluster.error.as_ref()?;
+    Some(format!(
+        "cannot read the cluster's locks in etcd ({error}): what other hosts run can be \
+         neither seen nor stopped from here; only this machine's processes are handled. \
+         Run safe-shutdown on each host, or again once etcd at {} answers",
+        cluster.endpoints.join(", ")
+    ))
+}
+
+/// The exit code of a run that did all it could here: never 0 while etcd could not be
+/// read (another host may still run the desk); the reason is repeated last.
+fn blind_exit(blind: Option<&str>, done: ExitCode) -> ExitCode {
+    match blind {
+        Some(why) => {
+            errln!("{TOOL}: not done everywhere: {why}");
+            ExitCode::Problems
+        }
+        None => done,
+    }
 }
 
 /// The audit trail: `<log_dir>/safe-shutdown.log`. If it cannot be opened, the stop

@@ -22,6 +22,10 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     /// What [`Etcd::client`] shows a TLS node: its CA and a client certificate.
     tls: Option<ClusterTls>,
+    /// The server side of a TLS node, to start it again the same way.
+    server_tls: Option<EtcdTls>,
+    /// The peer URL it was started with, to start it again on the same ports.
+    peer_url: String,
 }
 
 /// The PEM files of an etcd that serves TLS (the server's certificate must name
@@ -80,6 +84,39 @@ fn data_dir() -> tempfile::TempDir {
         .unwrap_or_else(|e| panic!("temp dir: {e}"))
 }
 
+/// Starts one node named `test` with its data under `dir`.
+fn spawn_node(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    endpoint: &str,
+    peer_url: &str,
+    tls: Option<&EtcdTls>,
+    log: std::fs::File,
+    err: std::fs::File,
+) -> Child {
+    let mut command = Command::new(binary);
+    if let Some(tls) = tls {
+        command
+            .arg(format!("--cert-file={}", tls.cert_file.display()))
+            .arg(format!("--key-file={}", tls.key_file.display()))
+            .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
+            .arg("--client-cert-auth");
+    }
+    command
+        .arg("--name=test")
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={endpoint}"))
+        .arg(format!("--advertise-client-urls={endpoint}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=test={peer_url}"))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
+}
+
 impl Etcd {
     /// Starts a one-node etcd and waits until it answers (at most 20 s; a port taken
     /// between the choice and the bind is tried again with new ports).
@@ -115,32 +152,14 @@ impl Etcd {
             let err = log
                 .try_clone()
                 .unwrap_or_else(|e| panic!("cannot reopen {}: {e}", log_path.display()));
-            let mut command = Command::new(&binary);
-            if let Some(tls) = tls {
-                command
-                    .arg(format!("--cert-file={}", tls.cert_file.display()))
-                    .arg(format!("--key-file={}", tls.key_file.display()))
-                    .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
-                    .arg("--client-cert-auth");
-            }
-            let child = command
-                .arg("--name=test")
-                .arg(format!("--data-dir={}", dir.path().join("data").display()))
-                .arg(format!("--listen-client-urls={endpoint}"))
-                .arg(format!("--advertise-client-urls={endpoint}"))
-                .arg(format!("--listen-peer-urls={peer_url}"))
-                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-                .arg(format!("--initial-cluster=test={peer_url}"))
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(err)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let child = spawn_node(&binary, dir.path(), &endpoint, &peer_url, tls, log, err);
             let mut etcd = Etcd {
                 child,
                 endpoint,
                 dir,
                 tls: probe_tls.clone(),
+                server_tls: tls.cloned(),
+                peer_url,
             };
             if etcd.wait_ready(Duration::from_secs(20)) {
                 return etcd;
@@ -149,6 +168,60 @@ impl Etcd {
             etcd.stop();
         }
         panic!("etcd did not start on loopback; its log:\n{last_log}");
+    }
+
+    /// Kills the node (SIGKILL) and leaves it down, its data kept: an etcd that
+    /// crashed. [`Etcd::start_again`] brings it back.
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    /// The node's pid (to pause it with SIGSTOP, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Starts the node again on the same ports and data after [`Etcd::kill`], as an
+    /// operator restarting it would; waits until it answers (at most 20 s). Its leases
+    /// and keys are the ones it had.
+    pub fn start_again(&mut self) {
+        let log_path = self.dir.path().join("etcd.log");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", log_path.display()));
+        let err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot reopen {}: {e}", log_path.display()));
+        // The client port may linger a moment after the kill: try for a while.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (log, err) = (
+                log.try_clone().unwrap_or_else(|e| panic!("{e}")),
+                err.try_clone().unwrap_or_else(|e| panic!("{e}")),
+            );
+            self.child = spawn_node(
+                &etcd_binary(),
+                self.dir.path(),
+                &self.endpoint,
+                &self.peer_url,
+                self.server_tls.as_ref(),
+                log,
+                err,
+            );
+            if self.wait_ready(Duration::from_secs(10)) {
+                return;
+            }
+            self.stop();
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start again on {}; its log:\n{}",
+                self.endpoint,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn wait_ready(&mut self, within: Duration) -> bool {

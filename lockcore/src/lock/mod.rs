@@ -435,15 +435,17 @@ impl LockDir {
     ) -> Option<io::Result<JoinHandle<()>>> {
         let part = self.cluster.as_ref()?;
         let dir = self.dir.clone();
+        let names = part.names.clone();
         Some(crate::cluster::spawn_stop_watch(
             Arc::clone(&part.client),
             &part.config,
             keep_watching,
             move |request| {
-                // Only components: each host's orchestrator is stopped on its own host.
-                if request
-                    .name
-                    .eq_ignore_ascii_case(crate::config::MASTER_LOCK_NAME)
+                // Only this desk's components: each host's orchestrator is stopped on its
+                // own host, and a key for any other name (placed by hand, or by a desk
+                // with another fleet.toml) would leave a `<NAME>.stop` in the lock dir
+                // that nothing ever removes (master-launch clears its components' own).
+                if !names.contains(&request.name.to_ascii_lowercase())
                     || check_lock_name(&request.name).is_err()
                 {
                     return;
