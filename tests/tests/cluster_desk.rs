@@ -175,12 +175,16 @@ fn two_hosts_started_at_once_run_exactly_one_copy_of_each_component_20_rounds() 
                 (&desk_a, "B")
             };
             let from = if holder == "A" { b_from } else { a_from };
-            let log = standby.master_log();
-            assert!(
-                log[from..].contains(&format!("{name}: stands by")),
-                "round {round}: {name} runs on {holder}; the other log:\n{}",
-                &log[from..]
-            );
+            // The other host says so once it has looked (under load, a moment after).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !standby.master_log()[from..].contains(&format!("{name}: stands by")) {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: {name} runs on {holder}; the other log:\n{}",
+                    &standby.master_log()[from..]
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
         }
         assert_eq!(stop_desk(&desk_a, a), 0, "round {round}");
         assert_eq!(stop_desk(&desk_b, b), 0, "round {round}");
