@@ -9,118 +9,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fleet_tests::census::{Census, all_once, none_running};
 use fleet_tests::etcd::{Etcd, cluster_desk, skip_under_wine as skip};
 use fleet_tests::orchestrated::stop_desk;
 use fleet_tests::proxy::Proxy;
 use fleet_tests::{Desk, Running, start_master_launch, wait_until};
-use lockcore::{Fleet, ProcessProbe};
-
-/// Where each component runs, across both hosts: lock name -> the host of each copy.
-struct Census {
-    /// Both hosts' fleets: their bots say their host, so each has copy rules of its own.
-    fleets: [Fleet; 2],
-    probe: ProcessProbe,
-    /// Both hosts' master-launch logs, for failures.
-    logs: [std::path::PathBuf; 2],
-}
-
-impl Census {
-    fn new(desk_a: &Desk, desk_b: &Desk) -> Census {
-        let log = |d: &Desk| d.dir.path().join("logs/master-launch.log");
-        Census {
-            fleets: [desk_a, desk_b].map(|d| Fleet::load(&d.config()).unwrap()),
-            probe: ProcessProbe::new().unwrap(),
-            logs: [log(desk_a), log(desk_b)],
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.logs
-            .iter()
-            .zip(["A", "B"])
-            .map(|(path, host)| {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                format!("--- host {host}'s log:\n{text}")
-            })
-            .collect()
-    }
-
-    fn take(&mut self) -> BTreeMap<String, Vec<String>> {
-        let table = self.probe.table();
-        let mut census: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for component in self.fleets.iter().flat_map(Fleet::components) {
-            let hosts = census.entry(component.lock_name.clone()).or_default();
-            for tree in table.find_copies(&component.copy_rule) {
-                let say = tree.root.cmd.iter().find(|a| a.starts_with("host-"));
-                hosts.push(say.map_or("?", |s| &s["host-".len()..]).to_string());
-            }
-        }
-        census
-    }
-
-    /// Asserts that no component runs twice, and that each brain runs on the host of
-    /// its watchdog, in this census; returns it.
-    fn check(&mut self, when: &str) -> BTreeMap<String, Vec<String>> {
-        let census = self.take();
-        for (name, hosts) in &census {
-            assert!(
-                hosts.len() <= 1,
-                "{when}: {name} runs {} times: {census:?}\n{}",
-                hosts.len(),
-                self.logs()
-            );
-        }
-        for account in &self.fleets[0].accounts {
-            let brain = &census[&account.brain.lock_name];
-            let watchdog = &census[&account.watchdog.lock_name];
-            if let Some(host) = brain.first() {
-                assert_eq!(
-                    watchdog.first(),
-                    Some(host),
-                    "{when}: {} trades on {host} without its watchdog there: {census:?}\n{}",
-                    account.brain.lock_name,
-                    self.logs()
-                );
-            }
-        }
-        census
-    }
-
-    fn all_running(census: &BTreeMap<String, Vec<String>>) -> bool {
-        census.values().all(|hosts| hosts.len() == 1)
-    }
-
-    fn none_running(census: &BTreeMap<String, Vec<String>>) -> bool {
-        census.values().all(Vec::is_empty)
-    }
-}
-
-/// Samples every 20 ms until `done` says so (or `limit` passes: a failure that shows
-/// both hosts' logs).
-fn sample_until(
-    census: &mut Census,
-    limit: Duration,
-    what: &str,
-    mut done: impl FnMut(&BTreeMap<String, Vec<String>>) -> bool,
-) -> (Instant, BTreeMap<String, Vec<String>>) {
-    let start = Instant::now();
-    loop {
-        let now = census.check(what);
-        if done(&now) {
-            return (Instant::now(), now);
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{what}: not after {limit:?}: {now:?}\n{}",
-            census.logs()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn etcd_keys(etcd: &Etcd) -> Vec<String> {
     etcd.client()
@@ -142,7 +38,7 @@ fn two_hosts_started_at_once_run_exactly_one_copy_of_each_component_20_rounds() 
     let etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CDRACE");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CDRACE");
-    let mut census = Census::new(&desk_a, &desk_b);
+    let mut census = Census::new(&[("A", &desk_a), ("B", &desk_b)]);
     let mut split = 0;
     for round in 0..20 {
         let a_from = desk_a.master_log().len();
@@ -152,12 +48,7 @@ fn two_hosts_started_at_once_run_exactly_one_copy_of_each_component_20_rounds() 
             let b = s.spawn(|| start_master_launch(&desk_b.config(), &[]).0);
             (a.join().unwrap(), b.join().unwrap())
         });
-        let (_, running) = sample_until(
-            &mut census,
-            Duration::from_secs(20),
-            &format!("round {round}"),
-            Census::all_running,
-        );
+        let running = census.until(Duration::from_secs(20), &format!("round {round}"), all_once);
         // Some more samples: nothing else starts once everything runs.
         for _ in 0..10 {
             census.check(&format!("round {round}, settled"));
@@ -188,11 +79,10 @@ fn two_hosts_started_at_once_run_exactly_one_copy_of_each_component_20_rounds() 
         }
         assert_eq!(stop_desk(&desk_a, a), 0, "round {round}");
         assert_eq!(stop_desk(&desk_b, b), 0, "round {round}");
-        sample_until(
-            &mut census,
+        census.until(
             Duration::from_secs(10),
             &format!("round {round}, stopping"),
-            Census::none_running,
+            none_running,
         );
         assert_eq!(etcd_keys(&etcd), Vec::<String>::new(), "round {round}");
     }
@@ -234,7 +124,7 @@ fn a_killed_holder_loses_its_bots_at_once_and_the_standby_takes_over_within_the_
     let etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CDKILL");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CDKILL");
-    let mut census = Census::new(&desk_a, &desk_b);
+    let mut census = Census::new(&[("A", &desk_a), ("B", &desk_b)]);
     let (mut a, b) = a_runs_b_stands_by(&desk_a, &desk_b, &mut census);
     // Asked to start a component A runs, B refuses (exit 3), naming the holder.
     let start = std::process::Command::new(fleet_tests::tool("master-launch", "master-launch"))
@@ -250,13 +140,13 @@ fn a_killed_holder_loses_its_bots_at_once_and_the_standby_takes_over_within_the_
     census.check("after a refused start");
     a.kill();
     let killed = Instant::now();
-    let (a_gone, _) = sample_until(&mut census, Duration::from_secs(2), "after the kill", |c| {
+    let (a_gone, _) = census.until_at(Duration::from_secs(2), "after the kill", |c| {
         c.values().all(|h| !h.contains(&"A".to_string()))
     });
-    let (b_first, _) = sample_until(&mut census, Duration::from_secs(10), "takeover", |c| {
+    let (b_first, _) = census.until_at(Duration::from_secs(10), "takeover", |c| {
         c.values().any(|h| h == &["B"])
     });
-    let (b_runs, _) = sample_until(&mut census, Duration::from_secs(10), "takeover", |c| {
+    let (b_runs, _) = census.until_at(Duration::from_secs(10), "takeover", |c| {
         c.values().all(|h| h == &["B"])
     });
     let ttl = Duration::from_secs(2);
@@ -309,18 +199,16 @@ fn a_partitioned_holder_fences_first_and_the_standby_starts_only_after() {
     let proxy = Proxy::start(&etcd.endpoint);
     let desk_a = cluster_desk(&proxy.endpoint, "A", "CDPART");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CDPART");
-    let mut census = Census::new(&desk_a, &desk_b);
+    let mut census = Census::new(&[("A", &desk_a), ("B", &desk_b)]);
     let (a, b) = a_runs_b_stands_by(&desk_a, &desk_b, &mut census);
 
     proxy.partition();
     let cut = Instant::now();
-    let (a_gone, _) = sample_until(&mut census, Duration::from_secs(4), "after the cut", |c| {
-        Census::none_running(c)
-    });
-    let (b_first, _) = sample_until(&mut census, Duration::from_secs(10), "takeover", |c| {
+    let (a_gone, _) = census.until_at(Duration::from_secs(4), "after the cut", none_running);
+    let (b_first, _) = census.until_at(Duration::from_secs(10), "takeover", |c| {
         c.values().any(|h| h == &["B"])
     });
-    let (b_all, _) = sample_until(&mut census, Duration::from_secs(10), "takeover", |c| {
+    let (b_all, _) = census.until_at(Duration::from_secs(10), "takeover", |c| {
         c.values().all(|h| h == &["B"])
     });
     // A's bots were gone before its lease could end: 2 s after its last renewal,
@@ -372,7 +260,7 @@ fn safe_shutdown_on_the_standby_host_stops_the_desk_through_its_holder_in_order(
     let etcd = Etcd::start();
     let desk_a = cluster_desk(&etcd.endpoint, "A", "CDSAFE");
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CDSAFE");
-    let mut census = Census::new(&desk_a, &desk_b);
+    let mut census = Census::new(&[("A", &desk_a), ("B", &desk_b)]);
     let (a, mut b) = a_runs_b_stands_by(&desk_a, &desk_b, &mut census);
     let stop = thread::spawn({
         let config = desk_b.config();
@@ -388,9 +276,9 @@ fn safe_shutdown_on_the_standby_host_stops_the_desk_through_its_holder_in_order(
     });
     // Sampled all along: never two copies, never a brain without its watchdog, and
     // nothing ever runs on B.
-    sample_until(&mut census, Duration::from_secs(20), "stopping", |c| {
+    census.until(Duration::from_secs(20), "stopping", |c| {
         assert!(c.values().all(|h| !h.contains(&"B".to_string())), "{c:?}");
-        Census::none_running(c)
+        none_running(c)
     });
     let stop = stop.join().unwrap();
     let said = format!(

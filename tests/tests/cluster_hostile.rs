@@ -11,16 +11,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fleet_tests::census::{Census, all_on, all_once};
 use fleet_tests::etcd::{Etcd, cluster_desk, skip_under_wine as skip};
 use fleet_tests::orchestrated::{stop_desk, wait_exit};
 use fleet_tests::proxy::Proxy;
 use fleet_tests::{Desk, Running, start_master_launch, tool, wait_until};
-use lockcore::{Fleet, ProcessProbe};
 
 /// At most two of these tests at once: each runs an etcd, two or three master-launch
 /// "hosts" and their bots with a 2 s lease, and a machine loaded past the lease's
@@ -41,122 +40,6 @@ fn slot() -> impl Drop {
     }
     *taken += 1;
     Slot
-}
-
-/// Where each component runs, across every host: lock name -> the host of each copy.
-struct Census {
-    fleets: Vec<Fleet>,
-    probe: ProcessProbe,
-    logs: Vec<(String, PathBuf)>,
-}
-
-impl Census {
-    fn new(desks: &[(&str, &Desk)]) -> Census {
-        Census {
-            fleets: desks
-                .iter()
-                .map(|(_, d)| Fleet::load(&d.config()).unwrap())
-                .collect(),
-            probe: ProcessProbe::new().unwrap(),
-            logs: desks
-                .iter()
-                .map(|(h, d)| (h.to_string(), d.dir.path().join("logs/master-launch.log")))
-                .collect(),
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.logs
-            .iter()
-            .map(|(host, path)| {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                format!("--- host {host}'s log:\n{text}")
-            })
-            .collect()
-    }
-
-    fn take(&mut self) -> BTreeMap<String, Vec<String>> {
-        let table = self.probe.table();
-        let mut census: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        // Every host's fleet has the same lock names; the copy rules differ by `--say`.
-        for component in self.fleets.iter().flat_map(Fleet::components) {
-            let hosts = census.entry(component.lock_name.clone()).or_default();
-            for tree in table.find_copies(&component.copy_rule) {
-                let say = tree.root.cmd.iter().find(|a| a.starts_with("host-"));
-                hosts.push(say.map_or("?", |s| &s["host-".len()..]).to_string());
-            }
-        }
-        census
-    }
-
-    /// Asserts no component runs twice and each brain runs on its watchdog's host.
-    fn check(&mut self, when: &str) -> BTreeMap<String, Vec<String>> {
-        let census = self.take();
-        for (name, hosts) in &census {
-            assert!(
-                hosts.len() <= 1,
-                "{when}: {name} runs {} times: {census:?}\n{}",
-                hosts.len(),
-                self.logs()
-            );
-        }
-        for account in &self.fleets[0].accounts {
-            let brain = &census[&account.brain.lock_name];
-            let watchdog = &census[&account.watchdog.lock_name];
-            if let Some(host) = brain.first() {
-                assert_eq!(
-                    watchdog.first(),
-                    Some(host),
-                    "{when}: {} trades on {host} without its watchdog there: {census:?}\n{}",
-                    account.brain.lock_name,
-                    self.logs()
-                );
-            }
-        }
-        census
-    }
-
-    /// Samples every 20 ms until `done`, at most `limit`.
-    fn until(
-        &mut self,
-        limit: Duration,
-        what: &str,
-        mut done: impl FnMut(&BTreeMap<String, Vec<String>>) -> bool,
-    ) -> BTreeMap<String, Vec<String>> {
-        let start = Instant::now();
-        loop {
-            let now = self.check(what);
-            if done(&now) {
-                return now;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{what}: not after {limit:?}: {now:?}\n{}",
-                self.logs()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Samples every 20 ms for `span`, checking each sample.
-    fn during(&mut self, span: Duration, what: &str) -> BTreeMap<String, Vec<String>> {
-        let start = Instant::now();
-        loop {
-            let now = self.check(what);
-            if start.elapsed() >= span {
-                return now;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn all_on(host: &'static str) -> impl FnMut(&BTreeMap<String, Vec<String>>) -> bool {
-    move |c| c.values().all(|h| h == &[host])
-}
-
-fn all_once(c: &BTreeMap<String, Vec<String>>) -> bool {
-    c.values().all(|h| h.len() == 1)
 }
 
 /// Starts `first`'s desk, waits until it runs, then each standby's, and waits until
