@@ -245,13 +245,7 @@ impl EtcdClient {
 
     /// The key, if it exists.
     pub fn get(&self, key: &str) -> Result<Option<KeyValue>, ClusterError> {
-        let (endpoint, answer) = self.call(
-            "/v3/kv/range",
-            &json!({ "key": BASE64.encode(key) }),
-            "a read",
-            self.timeout,
-        )?;
-        Ok(kvs(&endpoint, &answer)?.pop())
+        self.get_at(key).map(|(kv, _)| kv)
     }
 
     /// Every key that starts with `prefix`, in key order.
