@@ -608,13 +608,15 @@ fn tls_config(tls: &ClusterTls) -> ureq::tls::TlsConfig {
 
 /// A transport error in words a user can act on. Under TLS 1.3 etcd checks a client
 /// certificate only after the handshake and closes the connection, so a missing one
-/// shows as a broken pipe or a reset rather than as etcd's alert.
+/// shows as a broken pipe, a reset, or an alert (`CertificateRequired`, or
+/// `BadCertificate` from etcd's Go TLS), depending on timing.
 fn explain_transport(endpoint: &str, reason: String) -> String {
     let cut_off = [
         "Broken pipe",
         "reset",
         "certificate required",
         "CertificateRequired",
+        "BadCertificate",
     ];
     if endpoint.starts_with("https://") && cut_off.iter().any(|c| reason.contains(c)) {
         format!(
@@ -1306,6 +1308,21 @@ mod tests {
         assert_eq!(from_outside("\u{1b}[31mred\u{7}", 20), "?[31mred?");
         assert_eq!(from_outside(&"x".repeat(1000), 5), "xxxxx...");
         assert_eq!(from_outside("fine", 4), "fine");
+    }
+
+    #[test]
+    fn a_closed_tls_connection_names_the_keys_to_set_whatever_its_symptom() {
+        for symptom in [
+            "io: Broken pipe (os error 32)",
+            "io: Connection reset by peer (os error 104)",
+            "io: received fatal alert: CertificateRequired",
+            "io: received fatal alert: BadCertificate",
+        ] {
+            let said = explain_transport("https://10.0.0.5:2379", symptom.to_string());
+            assert!(said.contains("set cert_file and key_file"), "{said}");
+        }
+        let plain = explain_transport("http://10.0.0.5:2379", "io: Broken pipe".into());
+        assert_eq!(plain, "io: Broken pipe");
     }
 
     #[test]
