@@ -14,6 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use fleet_tests::{Running, tool, wait_gone, wait_until};
+use lockcore::copies::file_name;
 use lockcore::{DeskSnapshot, Fleet, ProcessProbe};
 
 /// A bot that runs until SIGTERM, then exits 0.
@@ -101,14 +102,18 @@ fn is_alive(pid: u32) -> bool {
     ProcessProbe::new().unwrap().identity(pid).is_some()
 }
 
-/// Whether `pid` runs `program`, with `needle` in its command line. A process just
-/// spawned shows its parent's command line until it has exec'd, and `python3` may be
-/// a launcher script (pyenv's shim is a bash script) that only then execs Python.
+/// Whether `pid` runs `program`, with `needle` in its command line, judged as the
+/// tools judge it: by the program that the command line names first. A process just
+/// spawned shows its parent's command line until it has exec'd, shows none in the
+/// middle of an exec, and `python3` may be a launcher (pyenv's shim is a bash script,
+/// whose process is even *named* `python3`) that execs Python only two execs later.
 fn runs(pid: u32, program: &str, needle: &str) -> bool {
-    ProcessProbe::new()
-        .unwrap()
-        .info(pid)
-        .is_some_and(|p| p.name.starts_with(program) && p.cmd.iter().any(|a| a.contains(needle)))
+    ProcessProbe::new().unwrap().info(pid).is_some_and(|p| {
+        p.cmd
+            .first()
+            .is_some_and(|first| file_name(first).starts_with(program))
+            && p.cmd.iter().any(|a| a.contains(needle))
+    })
 }
 
 fn text(output: &Output) -> String {
