@@ -101,7 +101,9 @@ impl Launcher {
 /// it short where a test stops the desk on every platform.
 const QUICK_STOP: &str = "[defaults]\nstop_timeout_secs = 2\n";
 
-/// Waits until every component of the desk runs exactly once, under its lock.
+/// Waits until every component of the desk runs exactly once, under its lock, and
+/// has logged that it started: the stand-in logs that after installing its stop
+/// handler, so a stop asked for from here on is one it sees.
 fn wait_all_running(desk: &Desk) -> DeskSnapshot {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -120,6 +122,7 @@ fn wait_all_running(desk: &Desk) -> DeskSnapshot {
                     && v.managed
                         .as_ref()
                         .is_some_and(|m| v.copies[0].tree.pids().any(|p| p == m.pid))
+                    && desk.said_started(&v.component.lock_name, v.copies[0].tree.pids())
             });
         if all && snap.problems.is_empty() {
             return snap;
@@ -219,9 +222,12 @@ fn a_desk_starts_once_a_second_master_launch_refuses_and_a_stop_all_ends_it() {
     let mut first = launch(&desk, &[]);
     first.wait_started();
     let snap = wait_all_running(&desk);
-    // Every child knows who it is.
-    let log = std::fs::read_to_string(desk.dir.path().join("logs/BRAIN_TWICE2.log")).unwrap();
-    assert!(log.contains("lock BRAIN_TWICE2 account TWICE2"), "{log}");
+    // Every child knows who it is. The bot writes that line after it has exec'd, and
+    // the supervisor copies it into the log a moment later.
+    wait_until("the brain to say who it is in its log", || {
+        std::fs::read_to_string(desk.dir.path().join("logs/BRAIN_TWICE2.log"))
+            .is_ok_and(|log| log.contains("lock BRAIN_TWICE2 account TWICE2"))
+    });
     master_launch(&desk)
         .assert()
         .code(3)
@@ -630,7 +636,10 @@ fn a_stubborn_bot_is_forced_at_the_request_deadline() {
             .wait_for("did not stop in time", Duration::from_secs(5))
             .is_some()
     );
-    assert!(released(&desk.snapshot(), "BRAIN_STUB1"));
+    // The supervisor releases the lock once it has reaped the forced child.
+    wait_until("the lock to be released after the forced stop", || {
+        released(&desk.snapshot(), "BRAIN_STUB1")
+    });
     // Dropping the launcher kills master-launch; its stubborn children go with it.
 }
 

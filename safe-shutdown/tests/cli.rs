@@ -42,6 +42,7 @@ fn launch(desk: &Desk) -> Launcher {
             .is_some()
     );
     desk.wait_until_running();
+    desk.wait_until_each_said_started();
     Launcher {
         running,
         _lines: lines,
@@ -187,7 +188,11 @@ fn at_the_prompt_no_cancels_and_yes_proceeds() {
     assert_eq!(code, 0, "{screen}");
     assert!(screen.contains("All 1 stopped."), "{screen}");
     assert!(running_pids(&desk).is_empty());
-    assert!(desk.lock_files().is_empty());
+    // A bot is stopped once its pid is gone; its lock's holder removes the file
+    // after it has reaped the bot.
+    wait_until("the lock files to be removed", || {
+        desk.lock_files().is_empty()
+    });
 }
 
 // Unix-only: the bots' graceful exits (SIGTERM) are part of what it checks.
@@ -272,7 +277,11 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
         "a bot was forced instead of stopped: {exits:?}"
     );
     assert_safe_order(&exits, "qs_loose");
-    assert!(desk.lock_files().is_empty());
+    // A bot is stopped once its pid is gone; its lock's holder removes the file
+    // after it has reaped the bot.
+    wait_until("the lock files to be removed", || {
+        desk.lock_files().is_empty()
+    });
 }
 
 #[test]
@@ -317,15 +326,24 @@ fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
 fn stubborn_bots_are_forced_after_one_timeout_in_parallel() {
     let desk = Desk::new("qs_stubborn", &["STUB_A", "STUB_B", "STUB_C"]);
     let stand_in = fleet_tests::stand_in();
+    // Each is waited for until it says it started: it installs its stop handler
+    // first, and a SIGTERM before that would end it at once.
     let start = |name: &str, extra: &[&str]| {
-        Running::new(
-            Command::new(&stand_in)
-                .arg(name)
-                .args(extra)
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
+        let mut child = Command::new(&stand_in)
+            .arg(name)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = fleet_tests::spawn_reader(child.stdout.take().unwrap());
+        let bot = Running::new(child);
+        assert!(
+            lines
+                .wait_for("started pid", Duration::from_secs(30))
+                .is_some(),
+            "{name} did not start"
+        );
+        (bot, lines)
     };
     let _a = start("BRAIN_STUB_A", &["--ignore-stop"]);
     let _b = start("BRAIN_STUB_B", &["--ignore-stop"]);
@@ -552,10 +570,18 @@ fn a_hand_started_run_is_forced_at_the_requesters_deadline() {
         .arg(desk.config())
         .args(["run", "BRAIN_RDEAD"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // `run` hands the bot its own stdout: the bot's "started" line says that its stop
+    // handler is installed (its --ignore-stop is what this test is about).
+    let bot_says = fleet_tests::spawn_reader(runner.stdout.take().unwrap());
+    assert!(
+        bot_says
+            .wait_for("started pid", Duration::from_secs(30))
+            .is_some()
+    );
     wait_until("the run to record its bot", || {
         desk.snapshot()
             .component("BRAIN_RDEAD")

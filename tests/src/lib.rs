@@ -426,6 +426,27 @@ impl Desk {
         lockcore::DeskSnapshot::take(&fleet, &mut probe).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Whether `<log_dir>/<name>.log` has a stand-in's "started pid N" line for one of
+    /// `pids`. A stand-in logs it after installing its stop handler, so a stop asked
+    /// for after that line is one the bot sees (before it, SIGTERM kills at once).
+    pub fn said_started(&self, name: &str, mut pids: impl Iterator<Item = u32>) -> bool {
+        let log = std::fs::read_to_string(self.dir.path().join(format!("logs/{name}.log")))
+            .unwrap_or_default();
+        pids.any(|pid| log.contains(&format!("started pid {pid} ")))
+    }
+
+    /// Waits until every component that master-launch started has logged that it
+    /// started (see [`Desk::said_started`]).
+    pub fn wait_until_each_said_started(&self) {
+        wait_until("every bot to log that it started", || {
+            self.snapshot().components.iter().all(|v| {
+                v.copies
+                    .first()
+                    .is_some_and(|copy| self.said_started(&v.component.lock_name, copy.tree.pids()))
+            })
+        });
+    }
+
     /// Waits until every component runs exactly once, under its lock.
     pub fn wait_until_running(&self) {
         let expected = self.component_names().len();

@@ -34,6 +34,16 @@ fn record(pid: u32) -> serde_json::Value {
     json!({ "lock_name": "BRAIN_ATLAS", "pid": pid })
 }
 
+/// Waits until the holder's fence says keep. A keeper thread running late on a loaded
+/// machine may let it read "ask to stop" for a moment; renewals that fail never bring
+/// it back, so this still fails when they do.
+fn wait_renewed(lock: &ClusterLock) {
+    fleet_tests::wait_until(
+        &format!("the lease of {} to be renewed", lock.key()),
+        || lock.fence() == Fence::Keep,
+    );
+}
+
 fn held(claim: ClusterClaim) -> ClusterLock {
     match claim {
         ClusterClaim::Held(lock) => lock,
@@ -114,7 +124,7 @@ fn release_deletes_the_key_and_the_next_holder_takes_it_at_once() {
     assert_eq!(value["pid"], 7);
     lock.release().unwrap();
     let lock = held(ClusterLock::acquire(client(&b), &b, "WATCHDOG_GL_3", &record(8)).unwrap());
-    assert_eq!(lock.fence(), Fence::Keep);
+    wait_renewed(&lock);
     drop(lock);
     assert_eq!(
         etcd.client().get("/desk/locks/WATCHDOG_GL_3").unwrap(),
@@ -133,7 +143,7 @@ fn an_abandoned_lease_frees_the_key_after_its_ttl_and_not_before() {
     let lock = held(ClusterLock::acquire(client(&a), &a, "BRAIN_ATLAS", &record(1)).unwrap());
     // Let the keeper renew a few times: the lease must outlive the grant's TTL.
     thread::sleep(Duration::from_millis(1500));
-    assert_eq!(lock.fence(), Fence::Keep, "{}", lock.fence_reason());
+    wait_renewed(&lock);
     let last_renewal = lock.status().renewed_at;
     let created_at_revision = etcd
         .client()
@@ -195,47 +205,59 @@ fn a_partitioned_holder_fences_before_its_lease_ends_and_the_other_host_only_aft
     let b = cluster(&etcd.endpoint, "B", 2);
     let lock = held(ClusterLock::acquire(client(&a), &a, "BRAIN_ATLAS", &record(1)).unwrap());
     thread::sleep(Duration::from_millis(1000));
-    assert_eq!(lock.fence(), Fence::Keep, "{}", lock.fence_reason());
+    wait_renewed(&lock);
 
     proxy.partition();
     let cut = Instant::now();
     let b_client = client(&b);
-    let (mut asked, mut forced, mut taken) = (None, None, None);
-    while taken.is_none() {
-        let now = Instant::now();
-        match lock.fence() {
-            Fence::Keep => {}
-            Fence::AskStop => {
-                asked.get_or_insert(now);
+    // A's fence is watched on a thread of its own, so that B's requests (each up to
+    // the client's timeout on a loaded machine) do not delay noticing it.
+    let (asked, forced, taken) = thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let (mut asked, mut forced) = (None, None);
+            while forced.is_none() && cut.elapsed() < ttl * 4 {
+                let now = Instant::now();
+                match lock.fence() {
+                    Fence::Keep => {}
+                    Fence::AskStop => {
+                        asked.get_or_insert(now);
+                    }
+                    Fence::Force => {
+                        asked.get_or_insert(now);
+                        forced = Some(now);
+                    }
+                }
+                thread::sleep(Duration::from_millis(5));
             }
-            Fence::Force => {
-                asked.get_or_insert(now);
-                forced.get_or_insert(now);
+            (asked, forced)
+        });
+        let taken = loop {
+            if let ClusterClaim::Held(b_lock) =
+                ClusterLock::acquire(Arc::clone(&b_client), &b, "BRAIN_ATLAS", &record(2)).unwrap()
+            {
+                break (Instant::now(), b_lock);
             }
-        }
-        if let ClusterClaim::Held(b_lock) =
-            ClusterLock::acquire(Arc::clone(&b_client), &b, "BRAIN_ATLAS", &record(2)).unwrap()
-        {
-            taken = Some((Instant::now(), b_lock));
-        }
-        assert!(
-            cut.elapsed() < ttl * 4,
-            "B never got the key: {}",
-            etcd.log()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    let (asked, forced, taken) = (asked.unwrap(), forced.unwrap(), taken.unwrap().0);
+            assert!(
+                cut.elapsed() < ttl * 4,
+                "B never got the key: {}",
+                etcd.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        let (asked, forced) = watcher.join().unwrap();
+        (asked, forced, taken)
+    });
+    let (asked, forced, taken) = (asked.unwrap(), forced.unwrap(), taken.0);
     let last_renewal = lock.status().renewed_at;
     // A knew before TTL/2 (plus the polling's slack) after the cut...
     assert!(
-        asked - cut <= ttl / 2 + Duration::from_millis(250),
+        asked - cut <= ttl / 2 + Duration::from_millis(500),
         "A asked its child to stop {:?} after the cut",
         asked - cut
     );
     // ...forced before its lease could end, and B took the key only after that.
     assert!(forced < taken, "B took the key before A forced its child");
-    assert!(forced <= last_renewal + ttl - ttl / 4 + Duration::from_millis(250));
+    assert!(forced <= last_renewal + ttl - ttl / 4 + Duration::from_millis(500));
     assert!(taken >= last_renewal + ttl);
     let reason = lock.fence_reason();
     assert!(
@@ -388,7 +410,7 @@ fn user_and_password_authenticate_and_a_wrong_password_is_refused() {
     let lock = held(ClusterLock::acquire(client(&config), &config, "BRAIN_X", &record(1)).unwrap());
     // Renewals carry the token too: the lease outlives its TTL.
     thread::sleep(Duration::from_millis(2500));
-    assert_eq!(lock.fence(), Fence::Keep, "{}", lock.fence_reason());
+    wait_renewed(&lock);
     lock.release().unwrap();
 }
 

@@ -159,16 +159,16 @@ fn a_killed_holder_loses_its_bots_at_once_and_the_standby_takes_over_within_the_
         desk_b.master_log()
     );
     assert!(
-        b_runs - killed <= ttl + Duration::from_secs(2),
+        b_runs - killed <= ttl + Duration::from_secs(3),
         "B ran everything {:?} after the kill (TTL {ttl:?}); B's log:\n{}",
         b_runs - killed,
         desk_b.master_log()
     );
-    // Not before A's lease could end: 2 s after its last renewal, at most 2/3 s
-    // before the kill.
+    // Not before A's lease could end: 2 s after its last renewal, which its keeper
+    // makes every 2/3 s (1 s: room for a keeper running late on a loaded machine).
     assert!(b_first > a_gone);
     assert!(
-        b_first - killed >= Duration::from_millis(1300),
+        b_first - killed >= Duration::from_secs(1),
         "B started {:?} after the kill",
         b_first - killed
     );
@@ -224,7 +224,10 @@ fn a_partitioned_holder_fences_first_and_the_standby_starts_only_after() {
         log_a.contains("SELF-FENCING: cannot renew the lease of /desk/locks/"),
         "{log_a}"
     );
-    assert!(log_a.contains("stands by: cannot reach etcd"), "{log_a}");
+    // A says so once its request through the cut proxy has timed out.
+    wait_until("A to say it stands by", || {
+        desk_a.master_log().contains("stands by: cannot reach etcd")
+    });
     let log_b = desk_b.master_log();
     assert!(log_b.contains("its key is free: taking it"), "{log_b}");
     // Healed, A finds B holding everything: it goes on standing by, starting nothing.

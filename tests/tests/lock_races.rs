@@ -164,7 +164,7 @@ fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
             Acquire::Held(h) => panic!("a killed holder still blocks: {h}"),
         };
         assert!(
-            started.elapsed() < Duration::from_millis(500),
+            started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );
