@@ -706,7 +706,7 @@ fn refusal(endpoint: &str, what: &'static str, answer: &Value) -> Option<Cluster
 /// Text an endpoint sent, fit for a terminal and a log line: whoever answers on the
 /// endpoint's port wrote it, so control characters (a terminal escape) become `?` and
 /// it is cut at `max` characters (an error message may be megabytes long).
-fn from_outside(text: &str, max: usize) -> String {
+pub(crate) fn from_outside(text: &str, max: usize) -> String {
     let mut kept: String = text
         .chars()
         .take(max)

@@ -9,7 +9,7 @@ use serde::Serialize;
 mod documented;
 pub use documented::{JSON_FIELDS, JSON_OPAQUE, JsonField};
 
-use crate::cluster::{ClusterEntry, EtcdClient, read_entries};
+use crate::cluster::{ClusterEntry, EtcdClient, from_outside, read_entries};
 use crate::config::{ClusterConfig, Component, Fleet, MASTER_LOCK_NAME};
 use crate::control::{DeskState, Supervised, Supervision};
 use crate::lock::{LockDir, LockError, LockState, LockStatus, StrayEntry};
@@ -718,19 +718,11 @@ pub const HOST_WIDTH: usize = 32;
 /// wrote it, so control characters (a terminal escape) become `?` and it is cut at
 /// [`HOST_WIDTH`] characters.
 pub fn printable_host(host: &str) -> String {
-    let clean = printable(host);
-    if clean.chars().count() <= HOST_WIDTH {
-        return clean;
+    if host.chars().count() <= HOST_WIDTH {
+        return from_outside(host, HOST_WIDTH);
     }
-    let kept: String = clean.chars().take(HOST_WIDTH - 3).collect();
-    format!("{kept}...")
-}
-
-/// Text from outside (etcd's answers) with control characters as `?`.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    // Cut with room for the "..." that marks it.
+    from_outside(host, HOST_WIDTH - 3)
 }
 
 /// etcd could not be read: say which endpoints, why, and what to do.
@@ -746,7 +738,7 @@ fn cluster_problem(cluster: &ClusterSnapshot) -> Option<Problem> {
              and a holder that cannot renew its lease stops its bots before the lease ends; \
              check that etcd runs at {} and that this machine reaches it ([cluster] \
              endpoints in fleet.toml)",
-            printable(error),
+            from_outside(error, usize::MAX),
             cluster.endpoints.join(", ")
         ),
     })

@@ -131,12 +131,12 @@ fn run(args: &Args) -> Result<ExitCode> {
         if !args.dry_run {
             clean_locks(&fleet, &selection, &mut probe, &Audit::none());
         }
-        return Ok(blind_exit(blind.as_deref(), ExitCode::Ok));
+        return Ok(blind_exit(blind.as_deref()));
     }
     print_targets(&targets, snapshot.taken_at);
     if args.dry_run {
         outln!("\n(dry run: nothing was stopped)");
-        return Ok(blind_exit(blind.as_deref(), ExitCode::Ok));
+        return Ok(blind_exit(blind.as_deref()));
     }
     let audit = Audit::open(&fleet.log_dir.join("safe-shutdown.log"));
     audit.line(&format!(
@@ -222,11 +222,10 @@ fn run(args: &Args) -> Result<ExitCode> {
             );
             return Ok(ExitCode::Problems);
         }
-        if let Some(why) = &blind {
+        if blind.is_some() {
             audit.line("all stopped on this machine; other hosts unknown (etcd unreadable)");
-            return Ok(blind_exit(Some(why), ExitCode::Ok));
         }
-        return Ok(ExitCode::Ok);
+        return Ok(blind_exit(blind.as_deref()));
     }
     errln!("{TOOL}: THESE ARE STILL RUNNING:");
     for name in &outcome.survivors {
@@ -250,13 +249,13 @@ fn cluster_blind(snapshot: &DeskSnapshot) -> Option<String> {
 
 /// The exit code of a run that did all it could here: never 0 while etcd could not be
 /// read (another host may still run the desk); the reason is repeated last.
-fn blind_exit(blind: Option<&str>, done: ExitCode) -> ExitCode {
+fn blind_exit(blind: Option<&str>) -> ExitCode {
     match blind {
         Some(why) => {
             errln!("{TOOL}: not done everywhere: {why}");
             ExitCode::Problems
         }
-        None => done,
+        None => ExitCode::Ok,
     }
 }
 
