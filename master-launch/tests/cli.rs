@@ -450,17 +450,13 @@ fn a_launcher_killed_with_sigkill_takes_its_children_along() {
     assert_eq!(next.stop("-TERM"), 0);
 }
 
-/// Eight master-launch at the same instant, 50 rounds (10 under Wine): one runs the desk, the other
-/// seven refuse with exit 3, and each component runs exactly once.
+/// Eight master-launch at the same instant, 50 rounds (4 under Wine): one runs the desk,
+/// the other seven refuse with exit 3, and each component runs exactly once.
 #[test]
 fn eight_concurrent_master_launches_start_the_desk_exactly_once() {
     let desk = Desk::with_options("qs_eight", &["EIGHT1", "EIGHT2"], &[], QUICK_STOP);
-    // Under Wine a round takes seconds (slow process starts, forced stops): fewer rounds.
-    let rounds = if fleet_tests::wine::under_wine() {
-        10
-    } else {
-        50
-    };
+    // Under Wine a round takes some 30 s (slow process starts, forced stops).
+    let rounds = fleet_tests::wine::race_rounds(50, 4);
     for round in 0..rounds {
         let mut launchers: Vec<Launcher> = (0..8).map(|_| launch(&desk, &[])).collect();
         let mut refused;

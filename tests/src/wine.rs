@@ -11,6 +11,14 @@ pub fn under_wine() -> bool {
     cfg!(windows) && std::env::var_os("WINELOADER").is_some()
 }
 
+/// How many rounds a multi-process race runs: `full` everywhere but under Wine, where
+/// it runs `under_wine`. Wine starts a process some hundred times slower than Linux (the
+/// sixteen-starter race spent 15 of the lane's 34 minutes at 200 rounds), and CI has a
+/// time limit. The race is the same code on both; the Linux run keeps every round.
+pub fn race_rounds(full: usize, under_wine: usize) -> usize {
+    if self::under_wine() { under_wine } else { full }
+}
+
 /// Call first in a test that Wine cannot honour: under Wine it records `test` and
 /// `reason` (in the file `FLEET_WINE_SKIPS` names, which the lane counts and prints) and
 /// returns true, and the test returns without asserting anything. Everywhere else it

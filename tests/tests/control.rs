@@ -280,11 +280,7 @@ fn a_watchdog_given_up_while_its_brain_runs_stops_the_brain_and_the_brain_follow
 fn concurrent_starts_of_one_account_start_exactly_one_copy_of_each() {
     let desk = Desk::with_options("ctl_cc", &["CCRUN", "CC"], &[], QUICK);
     let (orchestrator, _lines) = launch(&desk, &["--only", "CCRUN"]);
-    let rounds = if fleet_tests::wine::under_wine() {
-        2
-    } else {
-        5
-    };
+    let rounds = fleet_tests::wine::race_rounds(5, 2);
     for round in 0..rounds {
         let starters: Vec<std::process::Child> = (0..6)
             .map(|_| {
@@ -393,11 +389,7 @@ fn a_start_is_refused_by_a_hand_started_run_and_by_an_unlocked_copy() {
 fn the_start_order_is_real_on_a_five_account_desk() {
     let accounts = ["SO1", "SO2", "SO3", "SO4", "SO5"];
     let desk = Desk::with_options("ctl_so", &accounts, &[], QUICK);
-    let rounds = if fleet_tests::wine::under_wine() {
-        1
-    } else {
-        3
-    };
+    let rounds = fleet_tests::wine::race_rounds(3, 1);
     for round in 0..rounds {
         let before = desk.master_log().len();
         let (orchestrator, _lines) = launch(&desk, &[]);

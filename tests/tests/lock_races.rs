@@ -38,7 +38,7 @@ fn field(line: &str, key: &str) -> Option<u32> {
 #[test]
 fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
     const STARTERS: usize = 16;
-    const ROUNDS: usize = 200;
+    let rounds = fleet_tests::wine::race_rounds(200, 25);
     let tmp = tempfile::tempdir().unwrap();
     let lock_dir = tmp.path().join("locks");
     // An inspector (what check-procs does every minute) probes the lock the whole time:
@@ -55,7 +55,7 @@ fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
             }
         })
     };
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let go = Barrier::new(tmp.path(), &format!("go{round}"));
         let release = Barrier::new(tmp.path(), &format!("release{round}"));
         let starters: Vec<(Child, Lines)> = (0..STARTERS)
@@ -101,7 +101,7 @@ fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
     }
     done.store(true, Ordering::Relaxed);
     inspector.join().unwrap();
-    assert!(inspections.load(Ordering::Relaxed) > ROUNDS);
+    assert!(inspections.load(Ordering::Relaxed) > rounds);
 }
 
 /// After a release the file is gone. On Windows a release cannot delete a file that an
