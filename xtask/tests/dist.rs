@@ -1,6 +1,7 @@
 //! `cargo xtask dist` packaging: the folder, the zip, its file list, CRLF wrappers.
 //! Uses stand-in binaries (`--prebuilt`) so the test checks the packaging, not a
-//! release build; `.ci/run` runs the real `cargo xtask dist` once.
+//! release build. CI builds no release: `wrappers_under_cmd.rs` packages the Windows
+//! lane's debug tools the same way and runs the bundle's wrappers under Wine.
 
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
