@@ -1,23 +1,33 @@
 //! Starting a managed process bound to its launcher, asking it to stop, forcing it.
 //!
-//! The child must not outlive its lock holder (DESIGN.md, "Who holds a managed
-//! process's lock"): on Linux it gets its own process group and a parent-death signal;
-//! on Windows its own process group (so CTRL_BREAK can reach it alone) and a Job Object
-//! that kills it when the launcher's handle closes, including on a crash. A child that
-//! cannot be bound is killed and reaped before the start is reported as failed: an
-//! unbound bot would outlive us and trade beside the next one.
+//! A component is its whole process tree (DESIGN.md rule 14): everything the bot
+//! starts is ended when the bot's main process exits, before the component counts as
+//! stopped or is started again, and nothing of it outlives master-launch, however
+//! master-launch ends. The binding that makes it so:
+//! - Linux: the bot runs under a reaper of its own (`reaper.rs`: a child subreaper
+//!   that a double fork or `setsid` cannot leave), in the reaper's process group. The
+//!   reaper ends the tree when the bot exits, when asked, and when master-launch is
+//!   gone (the end of a pipe only master-launch holds).
+//! - Windows: a Job Object with kill-on-close that the bot joins while suspended, so it
+//!   starts nothing outside it; nothing may break away (no `BREAKAWAY_OK` limit). When
+//!   the bot exits, what is left in the job is terminated and waited for.
 //!
-//! A forced stop goes through the binding (DESIGN.md rule 10), never a pid walk:
-//! `killpg` of the child's group on Linux, `TerminateJobObject` on Windows. Every
+//! A forced stop goes through the binding (DESIGN.md rule 10), never a pid walk. Every
 //! signal is sent under the [`Slot`]'s lock, and the waiting thread empties the slot
 //! before it reaps the child, so no signal can reach a pid that was reused.
-//! This is the only platform code of `master-launch`.
+//! This and `reaper.rs` are the only platform code of `master-launch`'s children.
 
 use std::io;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::{Mutex, MutexGuard};
 
 use lockcore::{ProcessIdentity, ProcessProbe};
+
+#[cfg(not(any(target_os = "linux", windows)))]
+compile_error!(
+    "master-launch binds a bot's whole process tree on Linux (a child subreaper) and \
+     Windows (a Job Object) only: DESIGN.md rule 14"
+);
 
 /// The one running child of a lock holder, shared by the thread that waits for it and
 /// the threads that stop it.
@@ -30,34 +40,80 @@ struct Entry {
     binding: imp::Binding,
 }
 
+/// A started bot: the process master-launch waits for (on Linux the bot's reaper,
+/// whose output is the bot's), and the bot's own pid.
+#[derive(Debug)]
+pub struct Running {
+    pub process: Child,
+    pub pid: u32,
+}
+
+/// How a bot's run ended, its tree included.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// The bot's main process's exit status.
+    pub status: ExitStatus,
+    /// Processes of its tree still running when it exited, ended then.
+    pub left_behind: usize,
+    /// Processes of its tree that could not be ended (stuck in the kernel).
+    pub survivors: usize,
+}
+
+impl Ended {
+    /// `; ended 2 process(es) it left running`, or nothing when it left none.
+    pub fn tree_note(&self) -> String {
+        let mut note = String::new();
+        if self.left_behind > 0 {
+            note.push_str(&format!(
+                "; ended {} process(es) it had started and left running",
+                self.left_behind
+            ));
+        }
+        if self.survivors > 0 {
+            note.push_str(&format!(
+                "; {} process(es) of its tree could NOT be ended",
+                self.survivors
+            ));
+        }
+        note
+    }
+}
+
+/// The command that starts `program` as a bound child: on Linux through the reaper
+/// (this binary again), elsewhere the program itself. Arguments, environment and
+/// folder are added to it as to any `Command`.
+pub fn command(program: &str) -> Command {
+    imp::command(program)
+}
+
 impl Slot {
     fn entry(&self) -> MutexGuard<'_, Option<Entry>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts `command` bound to this process, into the slot, unless `cancelled`
-    /// (checked under the slot's lock: a stop can never miss a child being started).
-    /// `Ok(None)`: cancelled, nothing started.
+    /// Starts `command` (made by [`command`]) bound to this process, into the slot,
+    /// unless `cancelled` (checked under the slot's lock: a stop can never miss a child
+    /// being started). `Ok(None)`: cancelled, nothing started.
     pub fn spawn(
         &self,
         command: &mut Command,
         cancelled: impl Fn() -> bool,
         probe: &mut ProcessProbe,
-    ) -> io::Result<Option<Child>> {
+    ) -> io::Result<Option<Running>> {
         let mut entry = self.entry();
         if cancelled() {
             return Ok(None);
         }
-        let (child, binding) = spawn_bound(command, imp::bind)?;
-        let pid = child.id();
-        // The child is ours and unreaped: its pid cannot be reused. If it has already
+        let (process, binding, pid) = imp::spawn_bound(command)?;
+        // The bot is unreaped (our child, or the reaper's, which reaps nothing while
+        // master-launch can signal): its pid cannot be reused. If it has already
         // exited there is no start time to read; `now` stands in (only logs use it).
         let identity = probe.identity(pid).unwrap_or(ProcessIdentity {
             pid,
             start_time: lockcore::process::now_secs(),
         });
         *entry = Some(Entry { identity, binding });
-        Ok(Some(child))
+        Ok(Some(Running { process, pid }))
     }
 
     /// The running child, if any.
@@ -69,7 +125,7 @@ impl Slot {
     pub fn ask_to_stop(&self) -> Option<ProcessIdentity> {
         let entry = self.entry();
         let entry = entry.as_ref()?;
-        let _ = imp::ask_to_stop(entry.identity.pid);
+        let _ = entry.binding.ask_to_stop(entry.identity.pid);
         Some(entry.identity)
     }
 
@@ -81,109 +137,164 @@ impl Slot {
         Some(entry.identity)
     }
 
-    /// Waits for the child to exit, empties the slot, then reaps it. The binding is
-    /// released on return: on Windows closing the job kills what the child left behind.
-    pub fn wait(&self, child: &mut Child) -> io::Result<ExitStatus> {
+    /// Waits for the child to exit, empties the slot, ends what is left of its tree,
+    /// then reaps it.
+    pub fn wait(&self, running: &mut Running) -> io::Result<Ended> {
         // Blocks until the child has exited, without reaping it (its pid stays taken).
-        let observed = imp::wait_exited(child);
+        let observed = imp::wait_exited(&running.process);
         // From here on no signal can be sent to the child's pid.
-        let _binding = self.entry().take();
+        let binding = self.entry().take();
         observed?;
-        child.wait()
+        let (left_behind, survivors) = match binding {
+            Some(entry) => entry.binding.end_tree(),
+            None => (0, 0),
+        };
+        Ok(Ended {
+            status: running.process.wait()?,
+            left_behind,
+            survivors,
+        })
     }
 }
 
-/// Spawns `command` and binds it; a child that cannot be bound is killed with
-/// everything it started, and reaped, before the error is returned.
-fn spawn_bound(
-    command: &mut Command,
-    bind: impl FnOnce(&Child) -> io::Result<imp::Binding>,
-) -> io::Result<(Child, imp::Binding)> {
-    imp::prepare(command);
-    let mut child = command.spawn()?;
-    match bind(&child) {
-        Ok(binding) => Ok((child, binding)),
-        Err(error) => {
-            imp::kill_unbound(&mut child);
-            let _ = child.wait();
-            Err(io::Error::new(
-                error.kind(),
-                format!("cannot bind the child to master-launch, so it was stopped: {error}"),
-            ))
-        }
-    }
-}
-
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 mod imp {
     use super::*;
-    use nix::sys::signal::{Signal, killpg};
+    use crate::reaper::{self, Said};
+    use nix::sys::signal::{Signal, kill, killpg};
     use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader, PipeReader, PipeWriter, Write};
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
 
-    /// The child's process group; its leader is the child (pgid = pid).
+    /// The bot's reaper: it leads the process group the bot runs in, and ends the
+    /// bot's tree when asked on `control` or when `control` ends.
     #[derive(Debug)]
     pub struct Binding {
-        group: Pid,
+        /// The reaper's pid, which is also the group's id.
+        reaper: Pid,
+        /// master-launch's end of the control pipe: a byte asks for the kill; when it
+        /// closes (master-launch gone, kill -9 included) the reaper kills too.
+        control: PipeWriter,
+        /// The reaper's reports; after the bot's exit it says what it ended.
+        report: BufReader<PipeReader>,
     }
 
     impl Binding {
-        /// SIGKILL to the group. Safe from reuse: it is only called while the leader is
-        /// our unreaped child (see [`Slot`]), and a group id is never reused while its
-        /// leader's pid is taken.
+        /// SIGTERM to the group: the bot and what it started in its group (the reaper
+        /// ignores it). Safe from reuse: the reaper is our unreaped child while the
+        /// slot holds this binding, so its group id is its own.
+        pub fn ask_to_stop(&self, _bot: u32) -> io::Result<()> {
+            killpg(self.reaper, Signal::SIGTERM).map_err(io::Error::from)
+        }
+
+        /// Has the reaper kill the whole tree. SIGCONT first: a reaper stopped from
+        /// outside could not act on the request.
         pub fn kill(&self) -> io::Result<()> {
-            killpg(self.group, Signal::SIGKILL).map_err(io::Error::from)
+            let _ = kill(self.reaper, Signal::SIGCONT);
+            match (&self.control).write_all(&[reaper::KILL]) {
+                Ok(()) => Ok(()),
+                // The reaper cannot hear us: kill its group the old way (a daemon that
+                // left the group then goes to init; the copy check before the next
+                // start finds it).
+                Err(_) => killpg(self.reaper, Signal::SIGKILL).map_err(io::Error::from),
+            }
+        }
+
+        /// After the reaper exited: what it ended of the bot's tree (it ended it
+        /// before exiting).
+        pub fn end_tree(mut self) -> (usize, usize) {
+            let mut line = String::new();
+            while self.report.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if let Some(Said::Ended {
+                    left_behind,
+                    survivors,
+                }) = Said::parse(&line)
+                {
+                    return (left_behind, survivors);
+                }
+                line.clear();
+            }
+            (0, 0)
         }
     }
 
-    pub(super) fn prepare(command: &mut Command) {
-        // Its own group: a stop signal reaches the bot and its children, and a
-        // terminal's Ctrl+C reaches only the launcher, which stops things in order.
-        command.process_group(0);
-        #[cfg(target_os = "linux")]
-        {
-            let launcher = nix::unistd::getpid();
-            // SAFETY: the closure runs between fork and exec and only makes two
-            // async-signal-safe system calls (prctl, getppid).
-            unsafe {
-                command.pre_exec(move || {
-                    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                    // The launcher may have died before prctl took effect.
-                    if nix::unistd::getppid() != launcher {
-                        return Err(io::Error::other("the launcher exited during start"));
+    /// `master-launch --master-launch-reaper -- PROGRAM`, in its own process group (a
+    /// terminal's Ctrl+C reaches only master-launch, which stops things in order).
+    /// `/proc/self/exe` is this very binary, even if its file was replaced meanwhile.
+    pub(super) fn command(program: &str) -> Command {
+        let mut command = Command::new("/proc/self/exe");
+        command
+            .arg0("master-launch")
+            .arg(reaper::REAPER_ARG)
+            .arg("--")
+            .arg(program)
+            .process_group(0);
+        command
+    }
+
+    /// Starts the reaper with its two pipes and reads the bot's pid from it. A reaper
+    /// that cannot start the bot says why, and that is the error; one that says
+    /// nothing usable is ended (closing its control pipe ends the tree) and reaped.
+    pub(super) fn spawn_bound(command: &mut Command) -> io::Result<(Child, Binding, u32)> {
+        let (control_read, control) = io::pipe()?;
+        let (report, report_write) = io::pipe()?;
+        let fds = [control_read.as_raw_fd(), report_write.as_raw_fd()];
+        command.env(reaper::FDS_VAR, format!("{},{}", fds[0], fds[1]));
+        // SAFETY: between fork and exec only fcntl, which is async-signal-safe. The
+        // two ends are close-on-exec in master-launch (std's pipes are), so no other
+        // child inherits them; only the reaper keeps them across its exec.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in fds {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(io::Error::last_os_error());
                     }
-                    Ok(())
-                });
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
+        // Only the reaper may hold these ends: the report then ends when it exits.
+        drop((control_read, report_write));
+        let mut report = BufReader::new(report);
+        let mut line = String::new();
+        let said = match report.read_line(&mut line) {
+            Ok(_) => Said::parse(&line),
+            Err(_) => None,
+        };
+        let reaper = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+        match said {
+            Some(Said::Started(pid)) => Ok((
+                child,
+                Binding {
+                    reaper,
+                    control,
+                    report,
+                },
+                pid,
+            )),
+            Some(Said::CannotStart(code, text)) => {
+                let _ = child.wait();
+                Err(if code > 0 {
+                    io::Error::from_raw_os_error(code)
+                } else {
+                    io::Error::other(text)
+                })
+            }
+            _ => {
+                drop(control);
+                let _ = child.wait();
+                Err(io::Error::other(
+                    "its reaper (master-launch started again to hold the bot's process tree) \
+                     exited before it said the bot runs, so whatever it started was ended",
+                ))
             }
         }
     }
 
-    /// The binding was made before exec (group, pdeathsig); here it is only named.
-    pub(super) fn bind(child: &Child) -> io::Result<Binding> {
-        let group = i32::try_from(child.id()).map_err(io::Error::other)?;
-        Ok(Binding {
-            group: Pid::from_raw(group),
-        })
-    }
-
-    /// The child leads its own group (set before exec), so the group holds all it
-    /// started; the child is unreaped, so the group id is still its own.
-    pub(super) fn kill_unbound(child: &mut Child) {
-        if let Ok(group) = i32::try_from(child.id()) {
-            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
-        }
-        let _ = child.kill();
-    }
-
-    /// SIGTERM to the child's process group.
-    pub fn ask_to_stop(pid: u32) -> io::Result<()> {
-        let group = Pid::from_raw(i32::try_from(pid).map_err(io::Error::other)?);
-        killpg(group, Signal::SIGTERM).map_err(io::Error::from)
-    }
-
     /// Blocks until the child has exited, without reaping it (`WNOWAIT`), so its pid
     /// stays taken until the slot is empty.
-    #[cfg(target_os = "linux")]
     pub(super) fn wait_exited(child: &Child) -> io::Result<()> {
         use nix::sys::wait::{Id, WaitPidFlag, waitid};
         let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
@@ -191,24 +302,6 @@ mod imp {
             match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 other => return other.map(drop).map_err(io::Error::from),
-            }
-        }
-    }
-
-    /// Other Unixes (not a platform of the desk, and not built by CI): nix has no
-    /// `waitid` there; poll `waitpid(WNOHANG | WNOWAIT)` instead. Where the platform
-    /// refuses that, give up waiting here and let `Child::wait` block and reap.
-    #[cfg(not(target_os = "linux"))]
-    pub(super) fn wait_exited(child: &Child) -> io::Result<()> {
-        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-        let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
-        loop {
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT)) {
-                Ok(WaitStatus::StillAlive) => {
-                    std::thread::sleep(std::time::Duration::from_millis(50))
-                }
-                Err(nix::errno::Errno::EINTR) => {}
-                _ => return Ok(()),
             }
         }
     }
@@ -225,8 +318,9 @@ mod imp {
     };
     use windows_sys::Win32::System::JobObjects::{
         AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
-        JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation,
-        SetInformationJobObject, TerminateJobObject,
+        JOBOBJECT_BASIC_ACCOUNTING_INFORMATION, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+        JobObjectBasicAccountingInformation, JobObjectExtendedLimitInformation,
+        QueryInformationJobObject, SetInformationJobObject, TerminateJobObject,
     };
     use windows_sys::Win32::System::Threading::{
         CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, CREATE_SUSPENDED, INFINITE, OpenThread,
@@ -249,6 +343,17 @@ mod imp {
     }
 
     impl Binding {
+        /// CTRL_BREAK to the bot's process group. The bot is on a console of its own,
+        /// and only a process attached to it can send the event: lockcore's console
+        /// helper (master-launch started again with a hidden argument) attaches and
+        /// sends it.
+        pub fn ask_to_stop(&self, bot: u32) -> io::Result<()> {
+            match lockcore::graceful::ask_to_stop(bot) {
+                lockcore::graceful::Asked::Nothing(why) => Err(io::Error::other(why)),
+                _ => Ok(()),
+            }
+        }
+
         /// Ends every process in the job: the child and all it started.
         pub fn kill(&self) -> io::Result<()> {
             // SAFETY: a job handle we own; exit code 1 for every process in it.
@@ -257,20 +362,91 @@ mod imp {
             }
             Ok(())
         }
+
+        /// After the bot's main process exited: ends what is left in its job and
+        /// waits until the job is empty (TerminateJobObject only starts the ends).
+        /// Returns how many were left and how many still ran after [`TREE_END_WAIT`].
+        pub fn end_tree(self) -> (usize, usize) {
+            let left_behind = self.active_processes();
+            if left_behind == 0 {
+                return (0, 0);
+            }
+            let _ = self.kill();
+            let deadline = std::time::Instant::now() + TREE_END_WAIT;
+            loop {
+                let active = self.active_processes();
+                if active == 0 || std::time::Instant::now() >= deadline {
+                    return (left_behind, active);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+
+        /// Processes in the job now (JOBOBJECT_BASIC_ACCOUNTING_INFORMATION's
+        /// ActiveProcesses); 0 when it cannot be read.
+        fn active_processes(&self) -> usize {
+            // SAFETY: plain data, filled by the call.
+            let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is the struct the information class names, with its size.
+            let ok = unsafe {
+                QueryInformationJobObject(
+                    self.0,
+                    JobObjectBasicAccountingInformation,
+                    (&raw mut info).cast(),
+                    size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
+                    std::ptr::null_mut(),
+                )
+            };
+            if ok == 0 {
+                0
+            } else {
+                info.ActiveProcesses as usize
+            }
+        }
     }
 
-    pub(super) fn prepare(command: &mut Command) {
+    /// How long [`Binding::end_tree`] waits for the job to empty.
+    const TREE_END_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub(super) fn command(program: &str) -> Command {
+        Command::new(program)
+    }
+
+    /// Starts the bot suspended, binds it, lets it run; a bot that cannot be bound is
+    /// killed (suspended, it started nothing) and reaped before the error is returned.
+    pub(super) fn spawn_bound(command: &mut Command) -> io::Result<(Child, Binding, u32)> {
+        prepare(command);
+        let mut child = command.spawn()?;
+        match bind(&child) {
+            Ok(binding) => {
+                let pid = child.id();
+                Ok((child, binding, pid))
+            }
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(io::Error::new(
+                    error.kind(),
+                    format!("cannot bind the child to master-launch, so it was stopped: {error}"),
+                ))
+            }
+        }
+    }
+
+    fn prepare(command: &mut Command) {
         // Its own group: CTRL_BREAK can be sent to it alone. Its own console, without
         // a window: closing master-launch's window must not reach the bots directly,
         // or they all die at once, out of order (signals.rs stops them in order).
         // Suspended: it runs no instruction, and so starts no grandchild, before it is
         // in its job (the way process-wrap's JobObject wrapper does it). std keeps the
-        // flags it adds itself.
+        // flags it adds itself. The job allows no breakaway: without
+        // JOB_OBJECT_LIMIT_BREAKAWAY_OK a CreateProcess with CREATE_BREAKAWAY_FROM_JOB
+        // in the job fails with access denied ("Job Objects", Microsoft Learn).
         command.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | CREATE_SUSPENDED);
     }
 
     /// Creates the job, puts the suspended child in it, then lets the child run.
-    pub(super) fn bind(child: &Child) -> io::Result<Binding> {
+    fn bind(child: &Child) -> io::Result<Binding> {
         // SAFETY: null attributes and name are allowed; the handle is owned by Binding.
         let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
         if job.is_null() {
@@ -338,21 +514,6 @@ mod imp {
         Ok(())
     }
 
-    /// Suspended, it has started nothing: ending it alone is enough.
-    pub(super) fn kill_unbound(child: &mut Child) {
-        let _ = child.kill();
-    }
-
-    /// CTRL_BREAK to the child's process group. The child is on a console of its own,
-    /// and only a process attached to it can send the event: lockcore's console helper
-    /// (master-launch started again with a hidden argument) attaches and sends it.
-    pub fn ask_to_stop(pid: u32) -> io::Result<()> {
-        match lockcore::graceful::ask_to_stop(pid) {
-            lockcore::graceful::Asked::Nothing(why) => Err(io::Error::other(why)),
-            _ => Ok(()),
-        }
-    }
-
     /// Blocks until the child has exited. Its pid stays reserved as long as `Child`
     /// keeps its process handle open, so nothing here reaps anything.
     pub(super) fn wait_exited(child: &Child) -> io::Result<()> {
@@ -361,50 +522,5 @@ mod imp {
             return Err(io::Error::last_os_error());
         }
         Ok(())
-    }
-}
-
-#[cfg(all(test, unix))]
-mod tests {
-    use super::*;
-
-    /// A binding that fails leaves nothing behind: the child and a grandchild it
-    /// started at once are both killed, and the child is reaped.
-    #[test]
-    fn a_child_that_cannot_be_bound_is_stopped_with_what_it_started() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let grandchild_file = dir.path().join("grandchild.pid");
-        let script = format!(
-            "sleep 300 & echo $! > {}; sleep 300",
-            grandchild_file.display()
-        );
-        let mut command = Command::new("sh");
-        command.arg("-c").arg(&script);
-        let result = spawn_bound(&mut command, |child| {
-            // Let the child start its grandchild first, then refuse.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while std::fs::read_to_string(&grandchild_file).map_or(true, |t| t.trim().is_empty()) {
-                assert!(std::time::Instant::now() < deadline, "no grandchild");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            let _ = child;
-            Err(io::Error::other("binding refused (test)"))
-        });
-        let error = result.expect_err("the binding failed");
-        assert!(error.to_string().contains("cannot bind"), "{error}");
-        let grandchild: u32 = std::fs::read_to_string(&grandchild_file)
-            .expect("pid file")
-            .trim()
-            .parse()
-            .expect("a pid");
-        let mut probe = ProcessProbe::new().expect("probe");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while probe.identity(grandchild).is_some() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "grandchild {grandchild} survived a failed binding"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
     }
 }

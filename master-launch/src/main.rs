@@ -15,6 +15,8 @@
 mod autostart;
 mod child;
 mod orchestrator;
+#[cfg(target_os = "linux")]
+mod reaper;
 mod request;
 mod signals;
 mod supervisor;
@@ -126,6 +128,9 @@ fn main() -> std::process::ExitCode {
     // On Windows this binary doubles as the helper that sends a console control event
     // to a child on its own console (child.rs).
     lockcore::graceful::serve_console_helper();
+    // On Linux it also doubles as the reaper that holds one bot's process tree.
+    #[cfg(target_os = "linux")]
+    reaper::serve();
     let args = Args::parse();
     let result = match &args.command {
         Some(Sub::Start {
@@ -517,7 +522,7 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     let Some(mut running) = slot.spawn(&mut command, || false, &mut probe)? else {
         return Ok(ExitCode::Problems);
     };
-    let pid = running.id();
+    let pid = running.pid;
     if let Some(identity) = slot.identity() {
         lock.set_managed(identity, component.command.clone())?;
     }
@@ -534,8 +539,13 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     }
     watch_for_stop_request(fleet.lock_dir.clone(), runner.clone());
     errln!("{TOOL}: {name} started under its lock, pid {pid}; Ctrl+C stops it");
-    let status = slot.wait(&mut running)?;
-    errln!("{TOOL}: {name} exited ({})", supervisor::describe(status));
+    let ended = slot.wait(&mut running)?;
+    let status = ended.status;
+    errln!(
+        "{TOOL}: {name} exited ({}){}",
+        supervisor::describe(status),
+        ended.tree_note()
+    );
     lock.release()?;
     let _ = StopRequest::remove(&fleet.lock_dir, name);
     // A bot forced at its deadline after a stop request did what was asked (the

@@ -387,6 +387,11 @@ fn supervise(
             );
             return Outcome::Stopped;
         }
+        // DESIGN.md rule 14: before a restart, no other copy of the component runs.
+        // The first start was checked under the lock by the orchestrator (or `run`).
+        if !first && let Some(outcome) = refuse_beside_a_copy(component, launch, &mut probe) {
+            return outcome;
+        }
         first = false;
         let started = Instant::now();
         let spawned = match probe.as_mut() {
@@ -423,8 +428,8 @@ fn supervise(
                 }
             }
         };
-        follow_output(&mut running, launch);
-        let pid = running.id();
+        follow_output(&mut running.process, launch);
+        let pid = running.pid;
         if let Some(identity) = shared.child.identity()
             && let Err(e) = lock.set_managed(identity, component.command.clone())
         {
@@ -437,17 +442,23 @@ fn supervise(
             .line("", &format!("{name}: started, pid {pid}"));
         launch.runs.store(true, Ordering::SeqCst);
         (launch.report)(Report::Started { pid });
-        let status = shared.child.wait(&mut running);
+        let ended = shared.child.wait(&mut running);
         launch.runs.store(false, Ordering::SeqCst);
-        let how = status.as_ref().map_or_else(
+        let how = ended.as_ref().map_or_else(
             |e| format!("could not be waited for: {e}"),
-            |s| describe(*s),
+            |ended| describe(ended.status),
         );
-        launch.events.line("", &format!("{name}: exited ({how})"));
+        let tree = ended
+            .as_ref()
+            .map(child::Ended::tree_note)
+            .unwrap_or_default();
+        launch
+            .events
+            .line("", &format!("{name}: exited ({how}){tree}"));
         if shared.stopping.load(Ordering::SeqCst) {
             return Outcome::Stopped;
         }
-        let success = status.as_ref().is_ok_and(ExitStatus::success);
+        let success = ended.as_ref().is_ok_and(|ended| ended.status.success());
         let restart = match component.restart {
             RestartPolicy::Never => false,
             RestartPolicy::OnFailure => !success,
@@ -477,6 +488,59 @@ fn supervise(
             return outcome;
         }
     }
+}
+
+/// Before a restart: a copy of the component that still runs (DESIGN.md rule 14). One
+/// in master-launch's own tree is a leftover of ours (a binding that failed): it is
+/// ended. Any other runs without the lock (started by hand, or a daemon that escaped a
+/// reaper killed from outside): the restart is refused loudly, and the component given
+/// up, rather than start a second copy beside it.
+fn refuse_beside_a_copy(
+    component: &Component,
+    launch: &Launch,
+    probe: &mut Option<ProcessProbe>,
+) -> Option<Outcome> {
+    let name = &component.lock_name;
+    let probe = probe.as_mut()?;
+    let table = probe.table();
+    let own = std::process::id();
+    let mut strangers = Vec::new();
+    for copy in table.find_copies(&component.copy_rule) {
+        if table.is_in_tree_of(copy.root.pid, own) {
+            probe.kill_tree(copy.root.identity());
+            launch.events.line(
+                "",
+                &format!(
+                    "{name}: ended pid {}, a copy left running in master-launch's own tree, \
+                     before restarting it",
+                    copy.root.pid
+                ),
+            );
+        } else {
+            strangers.push(copy.root);
+        }
+    }
+    if strangers.is_empty() {
+        return None;
+    }
+    let pids: Vec<String> = strangers.iter().map(|p| p.pid.to_string()).collect();
+    let last_exit = format!(
+        "a copy runs without its lock (pid {}: `{}`)",
+        pids.join(", "),
+        strangers[0].cmd.join(" ")
+    );
+    launch.events.line(
+        "",
+        &format!(
+            "{name}: NOT RESTARTED: {last_exit}; a second copy would trade beside it. \
+             Stop it with `safe-shutdown --account ...` or by hand (see `check-procs`), \
+             then `master-launch start {name}`"
+        ),
+    );
+    Some(Outcome::GaveUp {
+        failures: 1,
+        last_exit,
+    })
 }
 
 /// Restart timing: the first restart after a crash is immediate unless
@@ -608,7 +672,7 @@ const CHILD_ENV_DEFAULTS: [(&str, &str); 2] =
 /// was already resolved against the config's folder, at load time (`lockcore::config`).
 pub fn build_command(component: &Component) -> Command {
     // A relative program path was resolved against the config's folder at load time.
-    let mut command = Command::new(&component.command[0]);
+    let mut command = child::command(&component.command[0]);
     command
         .args(&component.command[1..])
         .current_dir(&component.cwd)

@@ -18,6 +18,12 @@
 //!   the Python encoding variables it was given.
 //! - With `STANDIN_LAUNCHER=1` it acts like a Windows venv `python.exe`: it starts the
 //!   real bot as a child with the same command line and waits for it.
+//! - `--spawn KIND` (repeatable) starts, before anything else, what real bots start
+//!   (each a stand-in itself, named after this one, that runs until killed):
+//!   `child` (`NAME.child`), `grandchild` (`NAME.mid`, which starts `NAME.mid.child`),
+//!   `daemon` (`NAME.daemon`, started through `NAME.daemonizer`, which exits at once:
+//!   on Unix a double fork with `setsid`; on Windows a detached process that first asks
+//!   to break away from its job, and is logged when refused).
 
 use std::io::Write;
 use std::process::Command;
@@ -33,6 +39,7 @@ struct Options {
     say: Option<String>,
     crash_while: Option<String>,
     exit_after: Option<Duration>,
+    spawn: Vec<String>,
 }
 
 fn main() {
@@ -40,7 +47,13 @@ fn main() {
     if std::env::var_os("STANDIN_LAUNCHER").is_some_and(|v| v == "1") {
         launch_child(&args);
     }
+    if args.get(1).is_some_and(|a| a == "--daemonize") {
+        daemonize(&args[0]);
+    }
     let options = parse(&args);
+    for kind in &options.spawn {
+        spawn_family(&options.name, kind);
+    }
     run(&options);
 }
 
@@ -54,6 +67,7 @@ fn parse(args: &[String]) -> Options {
         say: None,
         crash_while: None,
         exit_after: None,
+        spawn: Vec::new(),
     };
     let mut rest = args.iter().skip(1);
     while let Some(flag) = rest.next() {
@@ -69,6 +83,7 @@ fn parse(args: &[String]) -> Options {
             "--say" => options.say = rest.next().cloned(),
             "--exit-after-ms" => options.exit_after = Some(number()),
             "--crash-while" => options.crash_while = rest.next().cloned(),
+            "--spawn" => options.spawn.extend(rest.next().cloned()),
             _ => {}
         }
     }
@@ -86,6 +101,89 @@ fn launch_child(args: &[String]) -> ! {
         .status();
     let code = status.ok().and_then(|s| s.code()).unwrap_or(1);
     std::process::exit(code);
+}
+
+/// Starts one member of the bot's family (see the module doc); it runs on its own.
+fn spawn_family(name: &str, kind: &str) {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "stand-in".into());
+    let args: Vec<String> = match kind {
+        "child" => vec![format!("{name}.child")],
+        "grandchild" => vec![format!("{name}.mid"), "--spawn".into(), "child".into()],
+        "daemon" => vec![format!("{name}.daemonizer"), "--daemonize".into()],
+        other => {
+            log(name, &format!("unknown --spawn {other}"));
+            return;
+        }
+    };
+    match Command::new(exe).args(&args).spawn() {
+        Ok(child) => log(name, &format!("spawned {} pid {}", args[0], child.id())),
+        Err(e) => log(name, &format!("cannot spawn {}: {e}", args[0])),
+    }
+}
+
+/// `NAME.daemonizer --daemonize`: starts `NAME.daemon` cut loose from this process
+/// (its own session on Unix; detached, and out of the job if allowed, on Windows),
+/// then exits at once, so the daemon's parent is gone.
+fn daemonize(daemonizer: &str) -> ! {
+    let name = daemonizer.trim_end_matches(".daemonizer");
+    let exe = std::env::current_exe().unwrap_or_else(|_| "stand-in".into());
+    let mut command = Command::new(exe);
+    command
+        .arg(format!("{name}.daemon"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let spawned = detach::spawn(&mut command, |refused| {
+        log(
+            daemonizer,
+            &format!("breakaway from the job refused: {refused}"),
+        );
+    });
+    match spawned {
+        Ok(child) => log(daemonizer, &format!("daemon pid {}", child.id())),
+        Err(e) => log(daemonizer, &format!("cannot start the daemon: {e}")),
+    }
+    std::process::exit(0);
+}
+
+/// Starting a process cut loose from its parent, as daemons do.
+#[cfg(unix)]
+mod detach {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Child, Command};
+
+    /// A new session (`setsid`): no process group or terminal of ours reaches it.
+    pub fn spawn(command: &mut Command, _refused: impl Fn(&str)) -> std::io::Result<Child> {
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        command.spawn()
+    }
+}
+
+/// Starting a process cut loose from its parent, as daemons do.
+#[cfg(windows)]
+mod detach {
+    use std::os::windows::process::CommandExt;
+    use std::process::{Child, Command};
+
+    // Process creation flags (WinBase.h): DETACHED_PROCESS, CREATE_NEW_PROCESS_GROUP,
+    // CREATE_BREAKAWAY_FROM_JOB.
+    const DETACHED: u32 = 0x0000_0008 | 0x0000_0200;
+    const BREAKAWAY: u32 = 0x0100_0000;
+
+    /// Detached, in a new group; first with CREATE_BREAKAWAY_FROM_JOB, which a job
+    /// without JOB_OBJECT_LIMIT_BREAKAWAY_OK refuses (access denied).
+    pub fn spawn(command: &mut Command, refused: impl Fn(&str)) -> std::io::Result<Child> {
+        match command.creation_flags(DETACHED | BREAKAWAY).spawn() {
+            Ok(child) => Ok(child),
+            Err(e) => {
+                refused(&e.to_string());
+                command.creation_flags(DETACHED).spawn()
+            }
+        }
+    }
 }
 
 fn run(options: &Options) {

@@ -1,0 +1,365 @@
+//! A component is its whole process tree (DESIGN.md rule 14), tried with bots that do
+//! what real ones do: fork a worker, start a child and a grandchild, daemonize. With
+//! real processes, real locks and master-launch itself.
+//!
+//! - kill -9 of master-launch (TerminateProcess under Wine): nothing any bot started
+//!   survives, daemons included.
+//! - A brain whose order loop runs in a forked worker, its main process killed: the old
+//!   worker is gone before the restart's brain starts (never two order writers).
+//! - A brain that daemonizes under `restart = "always"`: at most one order writer at
+//!   any moment, and its daemon ends with it.
+//! - A restart beside a copy started by hand is refused, loudly.
+//!
+//! Names carry this test process's pid: copies are recognised machine-wide, and another
+//! checkout's suite may run at the same time.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use fleet_tests::orchestrated::{managed_pid, wait_logged};
+use fleet_tests::wine::race_rounds;
+use fleet_tests::{Desk, PidGuard, start_master_launch, wait_until};
+
+/// A name no other test, and no other run, uses.
+fn unique(what: &str) -> String {
+    format!("{what}{}", std::process::id())
+}
+
+/// The live processes (zombies excluded) with `tag` in an argument, as (pid, command
+/// line). On Linux each bot's reaper (master-launch again) is one of them.
+fn processes_tagged(tag: &str) -> Vec<(u32, String)> {
+    use sysinfo::{ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, UpdateKind};
+    let mut system = System::new().unwrap();
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::All,
+        true,
+        ProcessRefreshKind::nothing().with_cmd(UpdateKind::Always),
+    );
+    let mut found: Vec<(u32, String)> = system
+        .processes()
+        .values()
+        // sysinfo lists a Linux process's threads too.
+        .filter(|p| p.status() != ProcessStatus::Zombie && p.thread_kind().is_none())
+        .filter(|p| {
+            p.cmd()
+                .iter()
+                .skip(1)
+                .any(|a| a.to_string_lossy().contains(tag))
+        })
+        .map(|p| {
+            let cmd: Vec<String> = p
+                .cmd()
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            (p.pid().as_u32(), cmd.join(" "))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// kill -9 of master-launch with a five-account desk whose every bot started a child,
+/// a grandchild (through a child) and a daemon (whose parent exited at once; on Unix in
+/// a session of its own): moments later nothing of any bot runs. Under Wine the kill is
+/// TerminateProcess and the bots' Job Objects do the work, breakaway refused.
+#[test]
+fn nothing_any_bot_started_survives_kill_9_of_master_launch() {
+    let family = ["child", "grandchild", "daemon"];
+    // Each bot, its child, the grandchild's parent, the grandchild, the daemon; on
+    // Linux also the bot's reaper.
+    let per_bot = if cfg!(target_os = "linux") { 6 } else { 5 };
+    // Linux: within 2 s. Under Wine a process start and end is some hundred times
+    // slower, so it gets longer; what it must show there is that nothing survives.
+    let within = if fleet_tests::wine::under_wine() {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(2)
+    };
+    for round in 0..race_rounds(20, 2) {
+        let tag = unique(&format!("PT{round}X"));
+        let accounts: Vec<String> = (0..5).map(|i| format!("{tag}A{i}")).collect();
+        let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
+        let spawn: Vec<&str> = family.iter().flat_map(|kind| ["--spawn", kind]).collect();
+        let desk = Desk::with_options(&format!("{tag}G"), &accounts, &spawn, "");
+        let (mut launcher, lines) = start_master_launch(&desk.config(), &[]);
+        assert!(
+            lines
+                .wait_for("desk started", Duration::from_secs(60))
+                .is_some(),
+            "round {round}: the desk did not start"
+        );
+        let expected = desk.component_names().len() * per_bot;
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.len() != expected {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {} processes, not {expected}: {seen:#?}",
+                seen.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            seen = processes_tagged(&tag);
+        }
+        // Anything left at the end is killed by the guards, not by the code under test.
+        let _guards: Vec<PidGuard> = seen.iter().map(|(pid, _)| PidGuard(*pid)).collect();
+        launcher.kill();
+        let killed = Instant::now();
+        let mut left = seen;
+        while !left.is_empty() && killed.elapsed() < within {
+            std::thread::sleep(Duration::from_millis(20));
+            left = processes_tagged(&tag);
+        }
+        assert!(
+            left.is_empty(),
+            "round {round}: {} s after kill -9 of master-launch these still run:\n{}",
+            within.as_secs(),
+            left.iter()
+                .map(|(pid, cmd)| format!("  {pid} {cmd}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+/// The bots of `tag`, without their reapers.
+fn bots_tagged(tag: &str) -> Vec<u32> {
+    processes_tagged(tag)
+        .into_iter()
+        .filter(|(_, cmd)| !cmd.contains("--master-launch-reaper"))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// A restart beside a copy that runs without the lock (started by hand while the
+/// desk ran) is refused and says so, instead of starting a second copy.
+#[test]
+fn a_restart_beside_a_copy_started_by_hand_is_refused_loudly() {
+    let global = unique("PTCOPYG");
+    let desk = Desk::new(&global, &[]);
+    let (launcher, lines) = start_master_launch(&desk.config(), &[]);
+    assert!(
+        lines
+            .wait_for("desk started", Duration::from_secs(60))
+            .is_some()
+    );
+    let supervised = fleet_tests::orchestrated::wait_supervised(&desk, &global, launcher.pid());
+    let by_hand = desk.start_by_hand(&global);
+    wait_until("the hand-started copy to run", || {
+        bots_tagged(&global).len() == 2
+    });
+    fleet_tests::force_kill(supervised);
+    let at = wait_logged(&desk, &format!("{global}: NOT RESTARTED"), 0);
+    let log = desk.master_log();
+    let line = log[at..].lines().next().unwrap();
+    assert!(
+        line.contains(&format!("pid {}", by_hand.pid())) && line.contains("without its lock"),
+        "{line}"
+    );
+    // Only the hand-started copy runs: no restart came after the refusal.
+    std::thread::sleep(Duration::from_millis(500));
+    let running = bots_tagged(&global);
+    assert_eq!(running, vec![by_hand.pid()], "{}", desk.master_log());
+    assert_eq!(
+        desk.master_log()
+            .matches(&format!("{global}: started"))
+            .count(),
+        1,
+        "{}",
+        desk.master_log()
+    );
+}
+
+/// Linux: `python3` with the real `multiprocessing` and `os.fork`.
+#[cfg(target_os = "linux")]
+mod python_bots {
+    use super::*;
+
+    const ORDER_BOT: &str = include_str!("bots/order_bot.py");
+
+    /// A one-account desk whose brain is `order_bot.py MODE`, writing to `orders`.
+    fn order_desk(tag: &str, mode: &str, tail: &str) -> (Desk, PathBuf) {
+        let desk = Desk::with_options(&format!("{tag}G"), &[tag], &[], tail);
+        let bot = desk.dir.path().join("order_bot.py");
+        std::fs::write(&bot, ORDER_BOT).unwrap();
+        let orders = desk.dir.path().join("orders.txt");
+        let config = std::fs::read_to_string(desk.config()).unwrap();
+        let stand_in_brain = format!("brain = [\"{{bot}}\", \"BRAIN_{tag}\"]");
+        assert!(config.contains(&stand_in_brain), "{config}");
+        let brain = format!(
+            "brain = [\"python3\", '{}', \"BRAIN_{tag}\", \"{mode}\", '{}']",
+            bot.display(),
+            orders.display()
+        );
+        std::fs::write(desk.config(), config.replace(&stand_in_brain, &brain)).unwrap();
+        (desk, orders)
+    }
+
+    /// Each writer's pid with its first and last order time, ordered by first order.
+    fn writers(orders: &Path) -> Vec<(u32, u128, u128)> {
+        let text = std::fs::read_to_string(orders).unwrap_or_default();
+        let mut spans: BTreeMap<u32, (u128, u128)> = BTreeMap::new();
+        for line in text.lines() {
+            let mut fields = line.split(' ');
+            let (Some(pid), Some(ms)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let (Ok(pid), Ok(ms)) = (pid.parse::<u32>(), ms.parse::<u128>()) else {
+                continue;
+            };
+            let span = spans.entry(pid).or_insert((ms, ms));
+            span.0 = span.0.min(ms);
+            span.1 = span.1.max(ms);
+        }
+        let mut list: Vec<(u32, u128, u128)> =
+            spans.into_iter().map(|(pid, (a, b))| (pid, a, b)).collect();
+        list.sort_by_key(|w| w.1);
+        list
+    }
+
+    /// No two writers' order spans overlap: each writer's last order came before the
+    /// next writer's first.
+    fn assert_one_writer_at_a_time(orders: &Path, context: &str) {
+        let list = writers(orders);
+        for pair in list.windows(2) {
+            assert!(
+                pair[0].2 < pair[1].1,
+                "{context}: pid {} sent orders until {} ms, pid {} already from {} ms: two \
+                 writers on one account",
+                pair[0].0,
+                pair[0].2,
+                pair[1].0,
+                pair[1].1
+            );
+        }
+    }
+
+    /// Samples every 10 ms until stopped: how many of the processes that ever sent an
+    /// order are alive at once (from `/proc`; zombies are not alive). Returns the most.
+    fn sample_live_writers(
+        orders: PathBuf,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<usize> {
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let live = writers(&orders)
+                    .iter()
+                    .filter(|(pid, _, _)| alive(*pid))
+                    .count();
+                most = most.max(live);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            most
+        })
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rfind(')')
+                .and_then(|i| stat.get(i + 2..i + 3))
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+    }
+
+    /// kill -9 of a brain's main process whose order loop runs in a forked worker
+    /// (its group leader dead, the worker would trade on): 20 rounds, and in none do
+    /// two processes send orders at once; the old worker is gone before the new
+    /// brain's worker starts.
+    #[test]
+    fn a_crashed_brains_forked_worker_is_gone_before_the_restart() {
+        for round in 0..20 {
+            let tag = unique(&format!("PTFW{round}X"));
+            let brain = format!("BRAIN_{tag}");
+            let (desk, orders) = order_desk(&tag, "fork-worker", "");
+            let stop = Arc::new(AtomicBool::new(false));
+            let sampler = sample_live_writers(orders.clone(), stop.clone());
+            let (launcher, lines) = start_master_launch(&desk.config(), &[]);
+            assert!(
+                lines
+                    .wait_for("desk started", Duration::from_secs(60))
+                    .is_some()
+            );
+            let mut first = 0;
+            wait_until("the brain and its worker to trade", || {
+                first = managed_pid(&desk.snapshot(), &brain).unwrap_or(0);
+                first != 0 && !writers(&orders).is_empty()
+            });
+            let old_worker = writers(&orders)[0].0;
+            let _guard = PidGuard(old_worker);
+            // kill -9 of the main process alone: its worker is left to the binding.
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(first).unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            wait_until("the restarted brain's worker to trade", || {
+                writers(&orders).len() >= 2
+            });
+            let new_brain = managed_pid(&desk.snapshot(), &brain);
+            assert_ne!(new_brain, Some(first), "round {round}: not restarted");
+            assert!(
+                !alive(old_worker),
+                "round {round}: the old worker still runs"
+            );
+            fleet_tests::orchestrated::stop_desk(&desk, launcher);
+            stop.store(true, Ordering::SeqCst);
+            let most = sampler.join().unwrap();
+            assert_one_writer_at_a_time(&orders, &format!("round {round}"));
+            assert_eq!(most, 1, "round {round}: {most} order writers alive at once");
+            let log = desk.master_log();
+            assert!(
+                log.contains(&format!("{brain}: exited (signal 9); ended ")),
+                "round {round}: {log}"
+            );
+        }
+    }
+
+    /// A brain that daemonizes (double fork + setsid after connecting, then exit 0)
+    /// under `restart = "always"`, for 60 s: at most one order writer at any moment,
+    /// and each daemon ended with the brain that started it.
+    #[test]
+    fn a_daemonizing_brain_never_trades_twice_under_restart_always() {
+        let tag = unique("PTDMX");
+        let brain = format!("BRAIN_{tag}");
+        let (desk, orders) = order_desk(&tag, "daemonize", "restart = \"always\"\n");
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample_live_writers(orders.clone(), stop.clone());
+        let (launcher, lines) = start_master_launch(&desk.config(), &[]);
+        assert!(
+            lines
+                .wait_for("desk started", Duration::from_secs(60))
+                .is_some()
+        );
+        std::thread::sleep(Duration::from_secs(60));
+        fleet_tests::orchestrated::stop_desk(&desk, launcher);
+        stop.store(true, Ordering::SeqCst);
+        let most = sampler.join().unwrap();
+        let daemons = writers(&orders);
+        assert!(
+            daemons.len() >= 3,
+            "the brain daemonized only {} time(s) in 60 s: {}",
+            daemons.len(),
+            desk.master_log()
+        );
+        assert_one_writer_at_a_time(&orders, "restart = \"always\"");
+        assert_eq!(most, 1, "{most} order writers alive at once");
+        let left: Vec<u32> = daemons
+            .iter()
+            .map(|d| d.0)
+            .filter(|pid| alive(*pid))
+            .collect();
+        assert!(left.is_empty(), "daemons still running: {left:?}");
+        let log = desk.master_log();
+        assert!(
+            log.contains(&format!("{brain}: exited (code 0); ended ")),
+            "{log}"
+        );
+    }
+}
