@@ -483,8 +483,14 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
     let holder_alive = record
         .and_then(LockRecord::holder_identity)
         .is_some_and(|holder| table.is_alive(holder));
-    let copies = table
-        .find_copies(&component.copy_rule)
+    let trees = table.find_copies(&component.copy_rule);
+    let trees = one_tree_per_binding(
+        table,
+        trees,
+        managed.as_ref().map(|m| m.pid),
+        record.and_then(|r| r.holder_pid),
+    );
+    let copies = trees
         .into_iter()
         .map(|tree| {
             let locked = record.is_some_and(|r| {
@@ -511,6 +517,41 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
         held_elsewhere: false,
         elsewhere: Vec::new(),
     }
+}
+
+/// DESIGN.md rule 14: a component is its whole process tree. On Linux master-launch
+/// runs each bot under a reaper of its own (the bot's parent, under the holder), which
+/// adopts what the bot daemonizes: a copy in the reaper's tree is part of the bot's
+/// copy, not a second one. Only such a binding parent counts: copies directly under
+/// the holder stay separate, so a second child of one holder is still a duplicate.
+fn one_tree_per_binding(
+    table: &ProcessTable,
+    trees: Vec<ProcessTree>,
+    managed: Option<u32>,
+    holder: Option<u32>,
+) -> Vec<ProcessTree> {
+    let binding = managed
+        .and_then(|pid| table.parent_of(pid))
+        .filter(|parent| holder.is_some_and(|h| *parent != h && table.is_in_tree_of(*parent, h)));
+    let (Some(binding), Some(managed)) = (binding, managed) else {
+        return trees;
+    };
+    let (inside, mut outside): (Vec<ProcessTree>, Vec<ProcessTree>) = trees
+        .into_iter()
+        .partition(|t| table.is_in_tree_of(t.root.pid, binding));
+    let Some(main) = inside.iter().position(|t| t.pids().any(|p| p == managed)) else {
+        outside.extend(inside);
+        return outside;
+    };
+    let mut inside = inside;
+    let mut merged = inside.swap_remove(main);
+    for tree in inside {
+        merged.members.extend(tree.pids());
+    }
+    merged.members.sort_unstable();
+    outside.push(merged);
+    outside.sort_by_key(|t| t.root.pid);
+    outside
 }
 
 /// Whether another host's key owns a copy: the copy is the child its record names
@@ -1065,5 +1106,85 @@ watchdog = ["python", "WATCHDOG_ATLAS.py"]
         // Text from outside cannot paint the terminal.
         assert!(message.contains("refused?[2J"), "{message}");
         assert_eq!(snapshot.problems[0].name, "/desk/locks/");
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    //! A bot's reaper adopts what the bot daemonizes: copies in its tree are one copy.
+
+    use super::*;
+    use crate::copies::CopyRule;
+
+    fn process(pid: u32, parent: u32, cmd: &[&str]) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            parent: Some(parent),
+            start_time: 1_790_000_000,
+            name: cmd[0].into(),
+            cmd: cmd.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    const BOT: [&str; 2] = ["python", "BRAIN_ATLAS.py"];
+    const REAPER: [&str; 5] = [
+        "master-launch",
+        "--master-launch-reaper",
+        "--",
+        "python",
+        "BRAIN_ATLAS.py",
+    ];
+
+    fn copies_of(table: &ProcessTable, managed: u32, holder: u32) -> Vec<Vec<u32>> {
+        let rule = CopyRule::new(&BOT.map(String::from), None);
+        let trees = table.find_copies(&rule);
+        one_tree_per_binding(table, trees, Some(managed), Some(holder))
+            .iter()
+            .map(|t| t.pids().collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_daemon_the_reaper_adopted_is_part_of_the_bots_copy() {
+        // master-launch 900, reaper 901, bot 902, its worker 903, a daemon 904 (its
+        // parent gone, adopted by the reaper).
+        let table = ProcessTable::from_processes([
+            process(900, 1, &["master-launch"]),
+            process(901, 900, &REAPER),
+            process(902, 901, &BOT),
+            process(903, 902, &BOT),
+            process(904, 901, &BOT),
+        ]);
+        assert_eq!(copies_of(&table, 902, 900), vec![vec![902, 903, 904]]);
+    }
+
+    #[test]
+    fn copies_outside_the_bots_reaper_stay_copies_of_their_own() {
+        // A copy started by hand (905, under a shell) and a second child of the holder
+        // (906): each its own copy, so the desk reports the duplicate.
+        let table = ProcessTable::from_processes([
+            process(900, 1, &["master-launch"]),
+            process(901, 900, &REAPER),
+            process(902, 901, &BOT),
+            process(904, 901, &BOT),
+            process(950, 1, &["bash"]),
+            process(905, 950, &BOT),
+            process(906, 900, &BOT),
+        ]);
+        assert_eq!(
+            copies_of(&table, 902, 900),
+            vec![vec![902, 904], vec![905], vec![906]]
+        );
+    }
+
+    #[test]
+    fn a_bot_started_by_its_holder_directly_merges_nothing() {
+        // Windows, or `lock-taker run`: the bot's parent is the holder itself.
+        let table = ProcessTable::from_processes([
+            process(900, 1, &["master-launch"]),
+            process(902, 900, &BOT),
+            process(906, 900, &BOT),
+        ]);
+        assert_eq!(copies_of(&table, 902, 900), vec![vec![902], vec![906]]);
     }
 }

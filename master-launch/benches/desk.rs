@@ -4,7 +4,9 @@
 //! - `start to 11 running`: criterion, from spawning master-launch until every component
 //!   runs once under its lock (as `DeskSnapshot` sees it).
 //! - idle: then one minute of supervising: CPU time used per minute, and peak memory
-//!   (VmHWM), printed as medians of six 10-second windows.
+//!   (VmHWM), printed as medians of six 10-second windows; and what each bot's reaper
+//!   (DESIGN.md rule 14: the process that holds its tree) costs: resident memory
+//!   (VmRSS) and CPU over that minute, medians of the 11.
 //!
 //! - watchdog back after kill -9: from killing a supervised watchdog (SIGKILL) until
 //!   its lock records the new one, on a fresh desk each time (the first restart after
@@ -128,6 +130,14 @@ fn idle_minute() {
         peaks.push(peak as f64);
         last_cpu = cpu;
     }
+    let reapers = reaper_cost(pid);
+    println!(
+        "each bot's reaper over that minute: median {:.2} MiB resident (VmRSS), {:.0} ms CPU \
+         ({} reapers)",
+        median(reapers.iter().map(|r| r.1 as f64 / 1024.0).collect()),
+        median(reapers.iter().map(|r| r.0 as f64).collect()),
+        reapers.len()
+    );
     println!(
         "master-launch idle, 11 processes: median CPU {:.0} ms per minute ({:.3} % of one core), \
          peak memory (VmHWM) {:.1} MiB",
@@ -136,6 +146,33 @@ fn idle_minute() {
         median(peaks) / 1024.0
     );
     stop(child);
+}
+
+/// CPU time (ms) and resident memory (KiB) of each reaper, master-launch's children.
+fn reaper_cost(master_launch: u32) -> Vec<(u64, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .is_some_and(|p| p.trim() == master_launch.to_string())
+        })
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let rss = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            (cpu_and_peak(pid).0, rss)
+        })
+        .collect()
 }
 
 /// The pid the lock of `name` records as its running bot, if the bot runs.

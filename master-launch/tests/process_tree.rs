@@ -16,13 +16,9 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fleet_tests::orchestrated::{managed_pid, wait_logged};
+use fleet_tests::orchestrated::wait_logged;
 use fleet_tests::wine::race_rounds;
 use fleet_tests::{Desk, PidGuard, start_master_launch, wait_until};
 
@@ -180,6 +176,11 @@ fn a_restart_beside_a_copy_started_by_hand_is_refused_loudly() {
 #[cfg(target_os = "linux")]
 mod python_bots {
     use super::*;
+    use fleet_tests::orchestrated::managed_pid;
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     const ORDER_BOT: &str = include_str!("bots/order_bot.py");
 
