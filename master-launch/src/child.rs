@@ -142,13 +142,19 @@ impl Slot {
     pub fn wait(&self, running: &mut Running) -> io::Result<Ended> {
         // Blocks until the child has exited, without reaping it (its pid stays taken).
         let observed = imp::wait_exited(&running.process);
-        // From here on no signal can be sent to the child's pid.
-        let binding = self.entry().take();
-        observed?;
-        let (left_behind, survivors) = match binding {
-            Some(entry) => entry.binding.end_tree(),
-            None => (0, 0),
+        // The tree is ended while the slot still holds the child, so whoever asks
+        // sees it stopped only once all of it is gone; from the `take` on, no signal
+        // can be sent to the child's pid.
+        let (left_behind, survivors) = {
+            let mut entry = self.entry();
+            let tree = match (entry.as_mut(), &observed) {
+                (Some(e), Ok(())) => e.binding.end_tree(),
+                _ => (0, 0),
+            };
+            entry.take();
+            tree
         };
+        observed?;
         Ok(Ended {
             status: running.process.wait()?,
             left_behind,
@@ -203,7 +209,7 @@ mod imp {
 
         /// After the reaper exited: what it ended of the bot's tree (it ended it
         /// before exiting).
-        pub fn end_tree(mut self) -> (usize, usize) {
+        pub fn end_tree(&mut self) -> (usize, usize) {
             let mut line = String::new();
             while self.report.read_line(&mut line).is_ok_and(|n| n > 0) {
                 if let Some(Said::Ended {
@@ -366,7 +372,7 @@ mod imp {
         /// After the bot's main process exited: ends what is left in its job and
         /// waits until the job is empty (TerminateJobObject only starts the ends).
         /// Returns how many were left and how many still ran after [`TREE_END_WAIT`].
-        pub fn end_tree(self) -> (usize, usize) {
+        pub fn end_tree(&mut self) -> (usize, usize) {
             let left_behind = self.active_processes();
             if left_behind == 0 {
                 return (0, 0);

@@ -172,6 +172,29 @@ fn a_restart_beside_a_copy_started_by_hand_is_refused_loudly() {
     );
 }
 
+/// The reaper's hidden argument, used by hand (without the pipes master-launch hands
+/// it, or naming descriptors that are not open): it starts nothing and says it was
+/// started wrongly (exit 2).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_reaper_started_by_hand_starts_nothing() {
+    let tag = unique("PTREAPX");
+    for fds in [None, Some("77,78"), Some("1,2"), Some("garbage")] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_master-launch"));
+        command
+            .args(["--master-launch-reaper", "--"])
+            .arg(fleet_tests::stand_in())
+            .arg(&tag)
+            .env_remove("MASTER_LAUNCH_REAPER_FDS");
+        if let Some(fds) = fds {
+            command.env("MASTER_LAUNCH_REAPER_FDS", fds);
+        }
+        let status = command.status().unwrap();
+        assert_eq!(status.code(), Some(2), "{fds:?}");
+        assert!(bots_tagged(&tag).is_empty(), "{fds:?}: a bot was started");
+    }
+}
+
 /// Linux: `python3` with the real `multiprocessing` and `os.fork`.
 #[cfg(target_os = "linux")]
 mod python_bots {
