@@ -97,13 +97,17 @@ fn cpu_and_peak(pid: u32) -> (u64, u64) {
     let cpu_ms = probe
         .process(sys_pid)
         .map_or(0, |p| p.accumulated_cpu_time());
+    (cpu_ms, status_number(pid, "VmHWM:"))
+}
+
+/// A number from `/proc/PID/status` (`VmHWM:`, `VmRSS:` in KiB; `PPid:`); 0 if absent.
+fn status_number(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let peak_kib = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    (cpu_ms, peak_kib)
+        .unwrap_or(0)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -156,22 +160,8 @@ fn reaper_cost(master_launch: u32) -> Vec<(u64, u64)> {
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("PPid:"))
-                .is_some_and(|p| p.trim() == master_launch.to_string())
-        })
-        .map(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let rss = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0);
-            (cpu_and_peak(pid).0, rss)
-        })
+        .filter(|pid| status_number(*pid, "PPid:") == u64::from(master_launch))
+        .map(|pid| (cpu_and_peak(pid).0, status_number(pid, "VmRSS:")))
         .collect()
 }
 

@@ -84,13 +84,7 @@ fn nothing_any_bot_started_survives_kill_9_of_master_launch() {
         let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
         let spawn: Vec<&str> = family.iter().flat_map(|kind| ["--spawn", kind]).collect();
         let desk = Desk::with_options(&format!("{tag}G"), &accounts, &spawn, "");
-        let (mut launcher, lines) = start_master_launch(&desk.config(), &[]);
-        assert!(
-            lines
-                .wait_for("desk started", Duration::from_secs(60))
-                .is_some(),
-            "round {round}: the desk did not start"
-        );
+        let mut launcher = launch(&desk);
         let expected = desk.component_names().len() * per_bot;
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -124,6 +118,19 @@ fn nothing_any_bot_started_survives_kill_9_of_master_launch() {
     }
 }
 
+/// master-launch on `desk`, once it says the desk started.
+fn launch(desk: &Desk) -> fleet_tests::Running {
+    let (launcher, lines) = start_master_launch(&desk.config(), &[]);
+    assert!(
+        lines
+            .wait_for("desk started", Duration::from_secs(60))
+            .is_some(),
+        "the desk did not start: {}",
+        desk.master_log()
+    );
+    launcher
+}
+
 /// The bots of `tag`, without their reapers.
 fn bots_tagged(tag: &str) -> Vec<u32> {
     processes_tagged(tag)
@@ -139,12 +146,7 @@ fn bots_tagged(tag: &str) -> Vec<u32> {
 fn a_restart_beside_a_copy_started_by_hand_is_refused_loudly() {
     let global = unique("PTCOPYG");
     let desk = Desk::new(&global, &[]);
-    let (launcher, lines) = start_master_launch(&desk.config(), &[]);
-    assert!(
-        lines
-            .wait_for("desk started", Duration::from_secs(60))
-            .is_some()
-    );
+    let launcher = launch(&desk);
     let supervised = fleet_tests::orchestrated::wait_supervised(&desk, &global, launcher.pid());
     let by_hand = desk.start_by_hand(&global);
     wait_until("the hand-started copy to run", || {
@@ -264,24 +266,37 @@ mod python_bots {
         }
     }
 
-    /// Samples every 10 ms until stopped: how many of the processes that ever sent an
-    /// order are alive at once (from `/proc`; zombies are not alive). Returns the most.
-    fn sample_live_writers(
-        orders: PathBuf,
+    /// Samples every 10 ms, from `/proc`, how many of the processes that ever sent an
+    /// order are alive at once (zombies are not alive).
+    struct Sampler {
         stop: Arc<AtomicBool>,
-    ) -> std::thread::JoinHandle<usize> {
-        std::thread::spawn(move || {
-            let mut most = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let live = writers(&orders)
-                    .iter()
-                    .filter(|(pid, _, _)| alive(*pid))
-                    .count();
-                most = most.max(live);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            most
-        })
+        thread: std::thread::JoinHandle<usize>,
+    }
+
+    impl Sampler {
+        fn start(orders: &Path) -> Sampler {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (orders, stopped) = (orders.to_path_buf(), stop.clone());
+            let thread = std::thread::spawn(move || {
+                let mut most = 0;
+                while !stopped.load(Ordering::SeqCst) {
+                    let live = writers(&orders)
+                        .iter()
+                        .filter(|(pid, _, _)| alive(*pid))
+                        .count();
+                    most = most.max(live);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                most
+            });
+            Sampler { stop, thread }
+        }
+
+        /// Stops sampling; the most writers seen alive at once.
+        fn most_alive_at_once(self) -> usize {
+            self.stop.store(true, Ordering::SeqCst);
+            self.thread.join().unwrap()
+        }
     }
 
     fn alive(pid: u32) -> bool {
@@ -302,14 +317,8 @@ mod python_bots {
             let tag = unique(&format!("PTFW{round}X"));
             let brain = format!("BRAIN_{tag}");
             let (desk, orders) = order_desk(&tag, "fork-worker", "");
-            let stop = Arc::new(AtomicBool::new(false));
-            let sampler = sample_live_writers(orders.clone(), stop.clone());
-            let (launcher, lines) = start_master_launch(&desk.config(), &[]);
-            assert!(
-                lines
-                    .wait_for("desk started", Duration::from_secs(60))
-                    .is_some()
-            );
+            let sampler = Sampler::start(&orders);
+            let launcher = launch(&desk);
             let mut first = 0;
             wait_until("the brain and its worker to trade", || {
                 first = managed_pid(&desk.snapshot(), &brain).unwrap_or(0);
@@ -333,8 +342,7 @@ mod python_bots {
                 "round {round}: the old worker still runs"
             );
             fleet_tests::orchestrated::stop_desk(&desk, launcher);
-            stop.store(true, Ordering::SeqCst);
-            let most = sampler.join().unwrap();
+            let most = sampler.most_alive_at_once();
             assert_one_writer_at_a_time(&orders, &format!("round {round}"));
             assert_eq!(most, 1, "round {round}: {most} order writers alive at once");
             let log = desk.master_log();
@@ -353,18 +361,11 @@ mod python_bots {
         let tag = unique("PTDMX");
         let brain = format!("BRAIN_{tag}");
         let (desk, orders) = order_desk(&tag, "daemonize", "restart = \"always\"\n");
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = sample_live_writers(orders.clone(), stop.clone());
-        let (launcher, lines) = start_master_launch(&desk.config(), &[]);
-        assert!(
-            lines
-                .wait_for("desk started", Duration::from_secs(60))
-                .is_some()
-        );
+        let sampler = Sampler::start(&orders);
+        let launcher = launch(&desk);
         std::thread::sleep(Duration::from_secs(60));
         fleet_tests::orchestrated::stop_desk(&desk, launcher);
-        stop.store(true, Ordering::SeqCst);
-        let most = sampler.join().unwrap();
+        let most = sampler.most_alive_at_once();
         let daemons = writers(&orders);
         assert!(
             daemons.len() >= 3,
