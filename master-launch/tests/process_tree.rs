@@ -131,6 +131,44 @@ fn launch(desk: &Desk) -> fleet_tests::Running {
     launcher
 }
 
+/// A bot that started a child, a grandchild and a daemon (whose parent exited at
+/// once) and then exits on its own: everything it started is ended before master-launch
+/// reports the exit, and the log says how many. On Windows through the Job Object
+/// (under Wine: the daemon's breakaway from the job is refused).
+#[test]
+fn what_a_bot_started_is_ended_when_it_exits() {
+    let global = unique("PTEXITG");
+    let desk = Desk::with_options(
+        &global,
+        &[],
+        &[
+            "--spawn",
+            "child",
+            "--spawn",
+            "grandchild",
+            "--spawn",
+            "daemon",
+            "--exit-after-ms",
+            "3000",
+        ],
+        "",
+    );
+    let launcher = launch(&desk);
+    // The bot, its child, the grandchild's parent, the grandchild, the daemon.
+    wait_until("the bot's family to run", || {
+        bots_tagged(&global).len() == 5
+    });
+    let at = wait_logged(&desk, &format!("{global}: exited (code 0)"), 0);
+    let log = desk.master_log();
+    let line = log[at..].lines().next().unwrap();
+    assert!(
+        line.contains("ended 4 process(es) it had started"),
+        "{line}"
+    );
+    assert_eq!(bots_tagged(&global), Vec::<u32>::new(), "{log}");
+    fleet_tests::orchestrated::stop_desk(&desk, launcher);
+}
+
 /// The bots of `tag`, without their reapers.
 fn bots_tagged(tag: &str) -> Vec<u32> {
     processes_tagged(tag)
