@@ -407,6 +407,16 @@ impl Fleet {
             .iter()
             .find(|a| a.name.eq_ignore_ascii_case(name))
     }
+
+    /// The watchdog a brain may run only beside (DESIGN.md rule 13): `None` for a
+    /// watchdog or global, or when its account sets `brain_requires_watchdog = false`.
+    pub fn guard_of(&self, component: &Component) -> Option<&Component> {
+        if component.role != Role::Brain {
+            return None;
+        }
+        let account = self.account(component.account.as_deref()?)?;
+        account.brain_requires_watchdog.then_some(&account.watchdog)
+    }
 }
 
 #[derive(Deserialize)]

@@ -565,6 +565,7 @@ fn a_hand_started_run_is_forced_at_the_requesters_deadline() {
         "[defaults]\nstop_timeout_secs = 10\n",
     );
     desk.add_args(&["BRAIN_RDEAD"], &["--ignore-stop"]);
+    desk.allow_brains_alone();
     let mut runner = Command::new(tool("master-launch", "master-launch"))
         .arg("--config")
         .arg(desk.config())
