@@ -692,3 +692,56 @@ fn a_brain_running_without_its_watchdog_is_unguarded_whoever_started_it() {
     assert_eq!(code, 0, "{table}");
     assert_eq!(component(&json, "BRAIN_UNGUARD2")["state"], "running");
 }
+
+/// While master-launch is frozen (SIGSTOP) its published view still says the watchdog
+/// runs; the watchdog is killed meanwhile. check-procs never calls it `running` without
+/// a pid: it is `process_gone`, and its brain, still trading, is `unguarded` (exit 1).
+/// Unix-only: SIGSTOP.
+#[cfg(unix)]
+#[test]
+fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_unguarded() {
+    let desk = Desk::new("qs_frozen", &["FROZEN1"]);
+    let (mut launcher, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
+    assert!(
+        lines
+            .wait_for("desk started", Duration::from_secs(30))
+            .is_some()
+    );
+    desk.wait_until_running();
+    let snap = desk.snapshot();
+    let watchdog = snap
+        .component("WATCHDOG_FROZEN1")
+        .unwrap()
+        .managed
+        .clone()
+        .unwrap();
+    let signal = |sig: &str, pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP", launcher.pid());
+    signal("-KILL", watchdog.pid);
+    fleet_tests::wait_gone(&[watchdog.pid]);
+    let (code, table, json) = check(&desk);
+    signal("-CONT", launcher.pid());
+    assert_eq!(code, 1, "{table}");
+    let row = component(&json, "WATCHDOG_FROZEN1");
+    assert_eq!(row["state"], "process_gone", "{row}");
+    assert!(row["pid"].is_null(), "{row}");
+    assert_eq!(
+        component(&json, "BRAIN_FROZEN1")["state"],
+        "unguarded",
+        "{json}"
+    );
+    let kinds = problem_kinds(&json);
+    assert!(kinds.contains(&"unguarded".to_string()), "{kinds:?}");
+    for c in json["components"].as_array().unwrap() {
+        assert!(c["state"] != "running" || !c["pid"].is_null(), "{c}");
+    }
+    launcher.kill();
+}
