@@ -171,9 +171,10 @@ fn paint(text: &str, style: Style, color: bool) -> String {
 
 fn problem_style(kind: ProblemKind) -> Style {
     match kind {
-        ProblemKind::Duplicate | ProblemKind::Unlocked | ProblemKind::ClusterUnreachable => {
-            Style::new().red().bold()
-        }
+        ProblemKind::Duplicate
+        | ProblemKind::Unlocked
+        | ProblemKind::Unguarded
+        | ProblemKind::ClusterUnreachable => Style::new().red().bold(),
         ProblemKind::ProcessGone | ProblemKind::Legacy => Style::new().yellow().bold(),
         _ => Style::new().yellow(),
     }
@@ -804,6 +805,86 @@ watchdog = ["python", "WATCHDOG_SPARE.py"]
             "components": json["components"],
             "problems": json["problems"],
         }));
+    }
+
+    /// A frozen orchestrator (SIGSTOP) still publishes "running" for a watchdog that
+    /// crashed meanwhile, and still holds its lock: the state comes from what runs
+    /// (`process_gone`, no pid, no stale reason), and its brain, still trading, is
+    /// `unguarded` (DESIGN.md rule 13).
+    #[test]
+    fn a_frozen_orchestrators_running_view_of_a_crashed_watchdog_is_not_running() {
+        let fleet = Fleet::from_toml(Path::new("fleet.toml"), FLEET).unwrap();
+        let table = ProcessTable::from_processes([
+            ProcessInfo {
+                pid: 100,
+                parent: Some(1),
+                start_time: NOW - 600,
+                name: "master-launch".into(),
+                cmd: vec!["master-launch".into()],
+            },
+            python(301, "BRAIN_ATLAS.py"),
+        ]);
+        let mut master = held("MASTER_LAUNCH", 100);
+        if let Some(record) = master.record.as_mut() {
+            record.pid_start = Some(NOW - 600);
+        }
+        // Pid 300, the watchdog, is gone (a zombie of the frozen orchestrator).
+        let locks = vec![
+            master,
+            held("WATCHDOG_ATLAS", 300),
+            held("BRAIN_ATLAS", 301),
+        ];
+        let running = |name: &str, pid| Supervised {
+            pid: Some(pid),
+            ..supervised(name, Supervision::Running, &format!("running, pid {pid}"))
+        };
+        let state = DeskState {
+            orchestrator: ProcessIdentity {
+                pid: 100,
+                start_time: NOW - 600,
+            },
+            updated_at: NOW as f64,
+            components: vec![running("WATCHDOG_ATLAS", 300), running("BRAIN_ATLAS", 301)],
+        };
+        let snapshot = DeskSnapshot::build_supervised(&fleet, locks, table, NOW, Some(state));
+        let json =
+            serde_json::to_value(super::report(&snapshot, &fleet, &not_installed())).unwrap();
+        let component = |name: &str| {
+            json["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        let watchdog = component("WATCHDOG_ATLAS");
+        assert_eq!(watchdog["state"], "process_gone", "{watchdog}");
+        assert!(watchdog["pid"].is_null(), "{watchdog}");
+        assert!(watchdog["reason"].is_null(), "{watchdog}");
+        let brain = component("BRAIN_ATLAS");
+        assert_eq!(brain["state"], "unguarded", "{brain}");
+        assert_eq!(brain["pid"], 301, "{brain}");
+        let kinds: Vec<(&str, &str)> = json["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["kind"].as_str().unwrap(), p["name"].as_str().unwrap()))
+            .collect();
+        assert!(kinds.contains(&("unguarded", "BRAIN_ATLAS")), "{kinds:?}");
+        assert!(
+            kinds.contains(&("process_gone", "WATCHDOG_ATLAS")),
+            "{kinds:?}"
+        );
+        // No component anywhere is "running" without a pid.
+        for c in json["components"].as_array().unwrap() {
+            assert!(c["state"] != "running" || !c["pid"].is_null(), "{c}");
+        }
+        let table = super::table(&snapshot, &not_installed(), false);
+        assert!(
+            table.contains("UNGUARDED     BRAIN_ATLAS runs (pid 301)"),
+            "{table}"
+        );
     }
 }
 

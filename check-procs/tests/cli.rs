@@ -185,7 +185,8 @@ fn a_lock_whose_process_is_gone_while_its_holder_lives_is_reported() {
 
 #[test]
 fn stale_corrupt_legacy_and_unknown_lock_files_are_each_reported() {
-    let desk = Desk::new("qs_files", &["FILEACC"]);
+    // A brain alone, by its account's leave: this is not about DESIGN.md rule 13.
+    let desk = Desk::with_extra("qs_files", &["FILEACC"], "brain_requires_watchdog = false");
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     // stale: a crash left our own record behind
     let status = Command::new(tool("fleet-tests", "lock-taker"))
@@ -236,7 +237,8 @@ fn stale_corrupt_legacy_and_unknown_lock_files_are_each_reported() {
 
 #[test]
 fn a_venv_style_launcher_and_its_child_are_one_copy_two_trees_a_duplicate() {
-    let desk = Desk::new("qs_tree", &["TREEACC"]);
+    // A brain alone, by its account's leave: this is not about DESIGN.md rule 13.
+    let desk = Desk::with_extra("qs_tree", &["TREEACC"], "brain_requires_watchdog = false");
     let _first = desk.start_launcher_by_hand("BRAIN_TREEACC");
     let (_, _, json) = check(&desk);
     assert_eq!(problem_kinds(&json), ["unlocked"], "{json}");
@@ -250,7 +252,12 @@ fn a_venv_style_launcher_and_its_child_are_one_copy_two_trees_a_duplicate() {
 
 #[test]
 fn a_launcher_under_its_lock_is_healthy() {
-    let desk = Desk::new("qs_treelock", &["TREELOCK"]);
+    // A brain alone, by its account's leave: this is not about DESIGN.md rule 13.
+    let desk = Desk::with_extra(
+        "qs_treelock",
+        &["TREELOCK"],
+        "brain_requires_watchdog = false",
+    );
     let mut command = Command::new(tool("fleet-tests", "lock-taker"));
     command
         .arg("run")
@@ -622,4 +629,119 @@ fn the_documented_json_fields_are_exactly_the_documents_fields() {
             .any(|s| state == s.as_str()),
         "{state}"
     );
+}
+
+/// DESIGN.md rule 13, whoever started the brain: one started from a shell while its
+/// watchdog does not run is reported `unguarded` (exit 1, table and JSON, with the
+/// fix); one under its lock shows the state `unguarded`; once its watchdog runs, the
+/// problem is gone; an account with `brain_requires_watchdog = false` is healthy.
+#[test]
+fn a_brain_running_without_its_watchdog_is_unguarded_whoever_started_it() {
+    let desk = Desk::new("qs_unguard", &["UNGUARD1"]);
+    let hand = desk.start_by_hand("BRAIN_UNGUARD1");
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 1, "{table}");
+    assert_eq!(problem_kinds(&json), ["unguarded", "unlocked"], "{json}");
+    let message = format!(
+        "BRAIN_UNGUARD1 runs (pid {}) while its watchdog WATCHDOG_UNGUARD1 does not: its \
+         positions have no stop-loss guard. Start WATCHDOG_UNGUARD1 (`master-launch start \
+         WATCHDOG_UNGUARD1` while master-launch runs, else `master-launch run \
+         WATCHDOG_UNGUARD1`), or stop the brain with safe-shutdown --account UNGUARD1",
+        hand.pid()
+    );
+    assert_eq!(json["problems"][0]["message"], message.as_str());
+    assert_eq!(json["problems"][0]["name"], "BRAIN_UNGUARD1");
+    assert_eq!(json["problems"][0]["pids"][0], hand.pid());
+    assert!(
+        table.contains(&format!("  UNGUARDED     {message}")),
+        "{table}"
+    );
+    // Started from a shell it is unlocked too; that state stays.
+    assert_eq!(component(&json, "BRAIN_UNGUARD1")["state"], "unlocked");
+    drop(hand);
+
+    // Under its lock (a launcher, as `run` or a wrapper holds it): state `unguarded`.
+    let locked = desk.start_locked("BRAIN_UNGUARD1", &[]);
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 1, "{table}");
+    assert_eq!(problem_kinds(&json), ["unguarded"], "{json}");
+    assert_eq!(component(&json, "BRAIN_UNGUARD1")["state"], "unguarded");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("BRAIN_UNGUARD1") && l.contains("UNGUARDED")),
+        "{table}"
+    );
+
+    // Its watchdog runs: healthy.
+    let _watchdog = desk.start_locked("WATCHDOG_UNGUARD1", &[]);
+    let _global = desk.start_locked("qs_unguard", &[]);
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 0, "{table}");
+    assert_eq!(component(&json, "BRAIN_UNGUARD1")["state"], "running");
+    drop(locked);
+
+    // An account that allows it: a brain alone is healthy.
+    let alone = Desk::with_extra(
+        "qs_unguard2",
+        &["UNGUARD2"],
+        "brain_requires_watchdog = false",
+    );
+    let _brain = alone.start_locked("BRAIN_UNGUARD2", &[]);
+    let (code, table, json) = check(&alone);
+    assert_eq!(code, 0, "{table}");
+    assert_eq!(component(&json, "BRAIN_UNGUARD2")["state"], "running");
+}
+
+/// While master-launch is frozen (SIGSTOP) its published view still says the watchdog
+/// runs; the watchdog is killed meanwhile. check-procs never calls it `running` without
+/// a pid: it is `process_gone`, and its brain, still trading, is `unguarded` (exit 1).
+/// Unix-only: SIGSTOP.
+#[cfg(unix)]
+#[test]
+fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_unguarded() {
+    let desk = Desk::new("qs_frozen", &["FROZEN1"]);
+    let (mut launcher, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
+    assert!(
+        lines
+            .wait_for("desk started", Duration::from_secs(30))
+            .is_some()
+    );
+    desk.wait_until_running();
+    let snap = desk.snapshot();
+    let watchdog = snap
+        .component("WATCHDOG_FROZEN1")
+        .unwrap()
+        .managed
+        .clone()
+        .unwrap();
+    let signal = |sig: &str, pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP", launcher.pid());
+    signal("-KILL", watchdog.pid);
+    fleet_tests::wait_gone(&[watchdog.pid]);
+    let (code, table, json) = check(&desk);
+    signal("-CONT", launcher.pid());
+    assert_eq!(code, 1, "{table}");
+    let row = component(&json, "WATCHDOG_FROZEN1");
+    assert_eq!(row["state"], "process_gone", "{row}");
+    assert!(row["pid"].is_null(), "{row}");
+    assert_eq!(
+        component(&json, "BRAIN_FROZEN1")["state"],
+        "unguarded",
+        "{json}"
+    );
+    let kinds = problem_kinds(&json);
+    assert!(kinds.contains(&"unguarded".to_string()), "{kinds:?}");
+    for c in json["components"].as_array().unwrap() {
+        assert!(c["state"] != "running" || !c["pid"].is_null(), "{c}");
+    }
+    launcher.kill();
 }

@@ -407,6 +407,16 @@ impl Fleet {
             .iter()
             .find(|a| a.name.eq_ignore_ascii_case(name))
     }
+
+    /// The watchdog a brain may run only beside (DESIGN.md rule 13): `None` for a
+    /// watchdog or global, or when its account sets `brain_requires_watchdog = false`.
+    pub fn guard_of(&self, component: &Component) -> Option<&Component> {
+        if component.role != Role::Brain {
+            return None;
+        }
+        let account = self.account(component.account.as_deref()?)?;
+        account.brain_requires_watchdog.then_some(&account.watchdog)
+    }
 }
 
 #[derive(Deserialize)]
@@ -694,6 +704,23 @@ impl Checker<'_> {
                 brain: self.component(brain, defaults, &vars, &account_builtins)?,
             });
         }
+
+        // Where each component's command stands, in the order they were defined.
+        let mut commands: Vec<(&Component, usize, &str)> = globals
+            .iter()
+            .zip(&raw.global)
+            .map(|(c, g)| (c, g.get_ref().command.span().start, "match"))
+            .collect();
+        for (account, raw) in accounts.iter().zip(&raw.account) {
+            let raw = raw.get_ref();
+            commands.push((
+                &account.watchdog,
+                raw.watchdog.span().start,
+                "watchdog_match",
+            ));
+            commands.push((&account.brain, raw.brain.span().start, "brain_match"));
+        }
+        self.check_no_copies_of_each_other(&commands)?;
 
         let cluster = match &raw.cluster {
             Some(cluster) => Some(self.cluster(cluster)?),
@@ -1072,6 +1099,52 @@ impl Checker<'_> {
             resolved.insert(name.clone(), text);
         }
         Ok(resolved)
+    }
+
+    /// DESIGN.md rule 9, last sentence: no component's command may be a copy of
+    /// another's by the copy rule, or every tool would take one for the other (a
+    /// watchdog shown as a duplicate brain and killed in the brain stage). Each entry
+    /// is a component, where its command stands, and its `match` key's name.
+    fn check_no_copies_of_each_other(
+        &self,
+        components: &[(&Component, usize, &str)],
+    ) -> Result<(), ConfigError> {
+        for (j, &(later, later_at, later_key)) in components.iter().enumerate() {
+            for &(earlier, earlier_at, earlier_key) in &components[..j] {
+                // `rule` recognises its copies by tokens `taken`'s command starts with.
+                let (rule, rule_key, taken) = if earlier.copy_rule.is_copy(&later.command) {
+                    (earlier, earlier_key, later)
+                } else if later.copy_rule.is_copy(&earlier.command) {
+                    (later, later_key, earlier)
+                } else {
+                    continue;
+                };
+                return Err(self.invalid(
+                    later_at,
+                    format!(
+                        "`{}` (line {}) and `{}` cannot be told apart: `{}`'s command `{}` \
+                             counts as a copy of `{}`, which recognises its copies by `{}`, so \
+                             check-procs would report a duplicate and safe-shutdown would stop \
+                             one as the other",
+                        earlier.lock_name,
+                        self.line_of(earlier_at),
+                        later.lock_name,
+                        taken.lock_name,
+                        taken.command.join(" "),
+                        rule.lock_name,
+                        rule.copy_rule.tokens().join(" "),
+                    ),
+                    &format!(
+                        "give `{}` an argument the other lacks (e.g. `--{}`) in its command, \
+                             or a `{rule_key}` with tokens that `{}`'s command does not start with",
+                        rule.lock_name,
+                        rule.role.as_str(),
+                        taken.lock_name,
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Lock names must be unique ignoring case: Windows file names ignore case.

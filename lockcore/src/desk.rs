@@ -101,6 +101,11 @@ pub struct ComponentView {
     /// Copies another host's key owns (its holder's child, or under its holder): both
     /// "hosts" on one machine see each other's bots, which are not unlocked copies.
     pub elsewhere: Vec<RunningCopy>,
+    /// For a brain that needs its watchdog (DESIGN.md rule 13): the watchdog's lock name.
+    pub guard: Option<String>,
+    /// A brain that runs here while the watchdog it needs does not (rule 13), whoever
+    /// started it: set from the whole snapshot, with the problems.
+    pub unguarded: bool,
 }
 
 /// What a component is doing, as check-procs shows it (`--json` uses [`as_str`]).
@@ -138,6 +143,11 @@ pub enum ComponentState {
     NotStarted,
     /// With `[cluster]`: another host holds its key and nothing of it runs here.
     Elsewhere,
+    /// A brain that runs under its lock while its watchdog does not (DESIGN.md rule 13).
+    Unguarded,
+    /// Its lock is held but no process of it runs (the bot exited and its holder has
+    /// not noticed or is frozen): never shown as running.
+    ProcessGone,
 }
 
 impl ComponentState {
@@ -157,6 +167,8 @@ impl ComponentState {
             ComponentState::Blocked => "blocked",
             ComponentState::NotStarted => "not_started",
             ComponentState::Elsewhere => "elsewhere",
+            ComponentState::Unguarded => "unguarded",
+            ComponentState::ProcessGone => "process_gone",
         }
     }
 
@@ -164,7 +176,10 @@ impl ComponentState {
     pub fn is_alarm(self) -> bool {
         matches!(
             self,
-            ComponentState::Duplicate | ComponentState::Unlocked | ComponentState::GivenUp
+            ComponentState::Duplicate
+                | ComponentState::Unlocked
+                | ComponentState::GivenUp
+                | ComponentState::Unguarded
         )
     }
 }
@@ -187,6 +202,16 @@ impl ComponentView {
         }
         if let Some(lock) = &self.lock {
             return match lock.state {
+                // Only what runs is running: a held lock whose bot is gone (a frozen or
+                // slow holder, whatever its published view says) is not.
+                LockState::Running if !self.runs_under_lock() => {
+                    if self.copies.is_empty() {
+                        ComponentState::ProcessGone
+                    } else {
+                        ComponentState::Unlocked
+                    }
+                }
+                LockState::Running if self.unguarded => ComponentState::Unguarded,
                 LockState::Running => ComponentState::Running,
                 LockState::Stale => ComponentState::Stale,
                 LockState::Corrupt => ComponentState::Corrupt,
@@ -204,6 +229,16 @@ impl ComponentView {
 }
 
 impl ComponentView {
+    /// The process its lock records is alive, or a copy runs that its lock owns.
+    fn runs_under_lock(&self) -> bool {
+        self.managed.is_some() || self.copies.iter().any(|c| c.locked)
+    }
+
+    /// Something of it runs on this machine, under its lock or not.
+    pub fn runs_here(&self) -> bool {
+        self.managed.is_some() || !self.copies.is_empty()
+    }
+
     /// It runs here under this machine's lock while another host holds its key: two
     /// machines may run it at once (a holder that failed to fence itself, a copy
     /// hand-started under a local lock only, or this machine named otherwise before).
@@ -241,9 +276,14 @@ impl ComponentView {
         })
     }
 
-    /// Why it is in its state, in plain words, when the orchestrator says.
+    /// Why it is in its state, in plain words, when the orchestrator says. Its word
+    /// that it runs is dropped when nothing of it runs: a frozen orchestrator's view
+    /// is out of date (the state says what runs).
     pub fn reason(&self) -> Option<&str> {
-        self.supervised.as_ref().map(|s| s.reason.as_str())
+        self.supervised
+            .as_ref()
+            .filter(|s| s.state != Supervision::Running || self.runs_here())
+            .map(|s| s.reason.as_str())
     }
 }
 
@@ -264,6 +304,9 @@ pub enum ProblemKind {
     /// With `[cluster]`: etcd cannot be read, so this machine cannot see which host
     /// holds what (and no holder here can renew its lease).
     ClusterUnreachable,
+    /// A brain runs while its watchdog does not (DESIGN.md rule 13): its positions have
+    /// no stop-loss guard.
+    Unguarded,
     /// The orchestrator gave up on it: that account is not trading (or not guarded).
     GivenUp,
     /// A brain held back because its watchdog is not running.
@@ -290,6 +333,7 @@ impl ProblemKind {
         match self {
             ProblemKind::Duplicate => "duplicate",
             ProblemKind::ClusterUnreachable => "cluster_unreachable",
+            ProblemKind::Unguarded => "unguarded",
             ProblemKind::GivenUp => "given_up",
             ProblemKind::Blocked => "blocked",
             ProblemKind::Unlocked => "unlocked",
@@ -398,6 +442,7 @@ impl DeskSnapshot {
                     .as_ref()
                     .and_then(|s| s.component(&component.lock_name))
                     .cloned();
+                view.guard = fleet.guard_of(component).map(|w| w.lock_name.clone());
                 view
             })
             .collect();
@@ -419,6 +464,14 @@ impl DeskSnapshot {
     /// The problems of the components, unknown locks, the orchestrator's lock, the
     /// cluster and stray entries, most serious first.
     fn find_problems(&mut self) {
+        let unguarded: Vec<bool> = self
+            .components
+            .iter()
+            .map(|view| self.missing_guard(view).is_some())
+            .collect();
+        for (view, unguarded) in self.components.iter_mut().zip(unguarded) {
+            view.unguarded = unguarded;
+        }
         let mut problems: Vec<Problem> = self.components.iter().flat_map(problems_of).collect();
         problems.extend(self.unknown_locks.iter().map(unknown_lock_problem));
         if let Some(master) = &self.master {
@@ -438,6 +491,22 @@ impl DeskSnapshot {
         self.components
             .iter()
             .find(|v| v.component.lock_name == lock_name)
+    }
+
+    /// DESIGN.md rule 13, the one test every tool uses: for a brain that needs its
+    /// watchdog, the watchdog's view when nothing of the watchdog runs on this machine
+    /// (`None`: it runs, or the brain does not need it). Whether the brain itself runs
+    /// is the caller's question: `run` asks before starting one.
+    pub fn watchdog_not_running(&self, brain: &ComponentView) -> Option<&ComponentView> {
+        let watchdog = self.component(brain.guard.as_deref()?)?;
+        (!watchdog.runs_here()).then_some(watchdog)
+    }
+
+    /// A brain that runs while the watchdog it needs does not: its watchdog's view.
+    fn missing_guard(&self, view: &ComponentView) -> Option<&ComponentView> {
+        view.runs_here()
+            .then(|| self.watchdog_not_running(view))
+            .flatten()
     }
 }
 
@@ -516,6 +585,8 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
         cluster: None,
         held_elsewhere: false,
         elsewhere: Vec::new(),
+        guard: None,
+        unguarded: false,
     }
 }
 
@@ -638,6 +709,27 @@ fn problems_of(view: &ComponentView) -> Vec<Problem> {
             format!(
                 "pid {pid} runs {} without its lock (started by hand?); stop it with safe-shutdown{} and start through master-launch",
                 component.lock_name,
+                account_flag(component)
+            ),
+        ));
+    }
+    if view.unguarded {
+        let mut pids: Vec<u32> = view.copies.iter().map(|c| c.tree.root.pid).collect();
+        if pids.is_empty() {
+            pids.extend(view.managed.as_ref().map(|m| m.pid));
+        }
+        let watchdog = view.guard.as_deref().unwrap_or("its watchdog");
+        problems.push(problem(
+            ProblemKind::Unguarded,
+            pids.clone(),
+            format!(
+                "{} runs (pid{} {}) while its watchdog {watchdog} does not: its positions have \
+                 no stop-loss guard. Start {watchdog} (`master-launch start {watchdog}` while \
+                 master-launch runs, else `master-launch run {watchdog}`), or stop the brain \
+                 with safe-shutdown{}",
+                component.lock_name,
+                if pids.len() == 1 { "" } else { "s" },
+                join(&pids),
                 account_flag(component)
             ),
         ));

@@ -15,7 +15,8 @@ pub enum ExitCode {
     Problems = 1,
     /// Bad command-line arguments or a bad `fleet.toml`; nothing was changed.
     Usage = 2,
-    /// Refused because a lock is held (or an unlocked copy runs); nothing was started.
+    /// Refused because of what runs: a lock is held, an unlocked copy runs, or (`run`)
+    /// a brain's watchdog does not run; nothing was started.
     Refused = 3,
 }
 
@@ -48,7 +49,8 @@ impl ExitCode {
             }
             ExitCode::Refused => {
                 "refused: a lock is held, or a copy of a component already runs without any \
-                 lock; nothing was started"
+                 lock, or (`master-launch run`, a START_ wrapper) a brain's watchdog is not \
+                 running; nothing was started"
             }
         }
     }

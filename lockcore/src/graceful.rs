@@ -39,6 +39,8 @@ pub enum Asked {
     CtrlBreakConsole,
     /// Nothing could be sent gracefully; the reason says why.
     Nothing(String),
+    /// The system refused the signal: the process is not ours to stop (EPERM).
+    NotPermitted,
 }
 
 impl fmt::Display for Asked {
@@ -49,6 +51,7 @@ impl fmt::Display for Asked {
             Asked::CloseWindows(n) => write!(f, "a close request to its {n} window(s)"),
             Asked::CtrlBreakConsole => write!(f, "CTRL_BREAK to its console (its tree alone)"),
             Asked::Nothing(reason) => write!(f, "nothing sent ({reason})"),
+            Asked::NotPermitted => write!(f, "nothing sent (not permitted to signal it)"),
         }
     }
 }
@@ -83,6 +86,7 @@ mod imp {
         };
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM) {
             Ok(()) => Asked::Terminate,
+            Err(nix::errno::Errno::EPERM) => Asked::NotPermitted,
             Err(e) => Asked::Nothing(format!("SIGTERM failed: {e}")),
         }
     }

@@ -98,16 +98,30 @@ impl ProcessProbe {
     /// Windows). Checks `who`'s start time first: a reused pid is left alone
     /// (DESIGN.md rule 3). Returns whether `who` was still there to kill.
     pub fn kill_tree(&mut self, who: ProcessIdentity) -> bool {
+        self.force_tree(who) != Forced::Gone
+    }
+
+    /// As [`ProcessProbe::kill_tree`], saying what the system did with each kill: a
+    /// kill the system refuses (EPERM, access denied) is never reported as done.
+    pub fn force_tree(&mut self, who: ProcessIdentity) -> Forced {
         let table = self.table();
         if !table.is_alive(who) {
-            return false;
+            return Forced::Gone;
         }
+        let mut denied = Vec::new();
+        let mut failed = Vec::new();
         for pid in table.descendants(who.pid).into_iter().chain([who.pid]) {
-            if let Some(process) = self.system.process(Pid::from_u32(pid)) {
-                process.kill();
+            match kill::kill(pid) {
+                Ok(()) | Err(kill::Failure::Gone) => {}
+                Err(kill::Failure::Denied) => denied.push(pid),
+                Err(kill::Failure::Other(why)) => failed.push(format!("pid {pid}: {why}")),
             }
         }
-        true
+        match (denied.is_empty(), failed.is_empty()) {
+            (true, true) => Forced::Killed,
+            (false, _) => Forced::Denied(denied),
+            (true, false) => Forced::Failed(failed.join("; ")),
+        }
     }
 
     /// Asks a process to stop on its own ([`crate::graceful`]: SIGTERM on Unix; on
@@ -138,6 +152,79 @@ impl ProcessProbe {
             .map(|p| (p.pid, p))
             .collect();
         ProcessTable { processes }
+    }
+}
+
+/// What [`ProcessProbe::force_tree`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forced {
+    /// The process was gone before anything was sent.
+    Gone,
+    /// Every kill of the tree was accepted by the system.
+    Killed,
+    /// The system refused to let us kill these pids (not our user's processes).
+    Denied(Vec<u32>),
+    /// A kill failed for another reason, in words.
+    Failed(String),
+}
+
+/// Killing one process, and why the system refused. Platform code, kept small.
+mod kill {
+    pub enum Failure {
+        /// Not ours to kill: EPERM, ERROR_ACCESS_DENIED.
+        Denied,
+        /// It exited meanwhile.
+        Gone,
+        Other(String),
+    }
+
+    #[cfg(unix)]
+    pub fn kill(pid: u32) -> Result<(), Failure> {
+        use nix::errno::Errno;
+        let raw = i32::try_from(pid).map_err(|_| Failure::Gone)?;
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::SIGKILL) {
+            Ok(()) => Ok(()),
+            Err(Errno::EPERM) => Err(Failure::Denied),
+            Err(Errno::ESRCH) => Err(Failure::Gone),
+            Err(e) => Err(Failure::Other(e.to_string())),
+        }
+    }
+
+    #[cfg(windows)]
+    pub fn kill(pid: u32) -> Result<(), Failure> {
+        use windows_sys::Win32::Foundation::{
+            CloseHandle, ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER, GetLastError,
+        };
+        use windows_sys::Win32::System::Threading::{
+            OpenProcess, PROCESS_TERMINATE, TerminateProcess,
+        };
+        let failure = |code: u32| match code {
+            ERROR_ACCESS_DENIED => Failure::Denied,
+            // No such process (any more).
+            ERROR_INVALID_PARAMETER => Failure::Gone,
+            code => Failure::Other(std::io::Error::from_raw_os_error(code as i32).to_string()),
+        };
+        // SAFETY: no pointers; a null handle is checked below.
+        let handle = unsafe { OpenProcess(PROCESS_TERMINATE, 0, pid) };
+        if handle.is_null() {
+            // SAFETY: reads this thread's last error.
+            return Err(failure(unsafe { GetLastError() }));
+        }
+        // SAFETY: a handle opened above with PROCESS_TERMINATE, closed right after.
+        let done = unsafe { TerminateProcess(handle, 1) };
+        // SAFETY: as above.
+        let error = if done == 0 {
+            unsafe { GetLastError() }
+        } else {
+            0
+        };
+        // SAFETY: our own handle, closed once.
+        unsafe { CloseHandle(handle) };
+        if done == 0 {
+            Err(failure(error))
+        } else {
+            Ok(())
+        }
     }
 }
 

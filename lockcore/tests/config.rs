@@ -395,9 +395,9 @@ fn a_stop_timeout_over_a_day_is_refused() {
 fn restart_settings_can_be_set_per_process_and_default_to_an_immediate_first_restart() {
     let text = "[defaults]\nrestart_delay_ms = 2000\ngive_up_after = 7\n\n\
                 [[global]]\nname = \"qs\"\ncommand = [\"q\"]\nrestart_delay_ms = 0\ngive_up_after = 2\n\n\
-                [[account]]\nname = \"A\"\nbrain = [\"b\"]\nwatchdog = [\"w\"]\n\
+                [[account]]\nname = \"A\"\nbrain = [\"b\", \"A\"]\nwatchdog = [\"w\", \"A\"]\n\
                 give_up_after = 4\nbrain_requires_watchdog = false\n\n\
-                [[account]]\nname = \"B\"\nbrain = [\"b\"]\nwatchdog = [\"w\"]\n";
+                [[account]]\nname = \"B\"\nbrain = [\"b\", \"B\"]\nwatchdog = [\"w\", \"B\"]\n";
     let fleet = Fleet::from_toml(Path::new("fleet.toml"), text).unwrap();
     let qs = fleet.component("qs").unwrap();
     assert_eq!(qs.restart_delay, Some(Duration::ZERO));
@@ -955,4 +955,61 @@ fn tls_file_refusals_name_the_file_line_path_and_fix() {
         );
         assert!(fix.contains(want_fix), "{lines}: {fix}");
     }
+}
+
+/// DESIGN.md rule 9, last sentence: a brain whose command is a prefix of its
+/// watchdog's would make the watchdog a "copy" of the brain (a duplicate for ever,
+/// killed in the brain stage by safe-shutdown).
+#[test]
+fn a_component_whose_command_is_a_copy_of_another_is_refused() {
+    let text = "[[account]]\nname = \"PX\"\nbrain = [\"python3\", \"bot.py\"]\n\
+                watchdog = [\"python3\", \"bot.py\", \"--watchdog\"]\n";
+    let error = Fleet::from_toml(Path::new("desk/fleet.toml"), text).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "desk/fleet.toml:3: `WATCHDOG_PX` (line 4) and `BRAIN_PX` cannot be told apart: \
+         `WATCHDOG_PX`'s command `python3 bot.py --watchdog` counts as a copy of \
+         `BRAIN_PX`, which recognises its copies by `bot.py`, so check-procs would report \
+         a duplicate and safe-shutdown would stop one as the other; fix: give `BRAIN_PX` \
+         an argument the other lacks (e.g. `--brain`) in its command, or a `brain_match` \
+         with tokens that `WATCHDOG_PX`'s command does not start with"
+    );
+}
+
+#[test]
+fn two_components_with_identical_commands_are_refused() {
+    let text = "[[global]]\nname = \"qs\"\ncommand = [\"python\", \"bot.py\"]\n\n\
+                [[account]]\nname = \"ID\"\nbrain = [\"python\", \"b.py\"]\n\
+                watchdog = [\"python3\", \"-u\", \"bot.py\"]\n";
+    let error = Fleet::from_toml(Path::new("desk/fleet.toml"), text).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "desk/fleet.toml:8: `qs` (line 3) and `WATCHDOG_ID` cannot be told apart: \
+         `WATCHDOG_ID`'s command `python3 -u bot.py` counts as a copy of `qs`, which \
+         recognises its copies by `bot.py`, so check-procs would report a duplicate and \
+         safe-shutdown would stop one as the other; fix: give `qs` an argument the other \
+         lacks (e.g. `--global`) in its command, or a `match` with tokens that \
+         `WATCHDOG_ID`'s command does not start with"
+    );
+    // The same command twice in one account: `restart` and `start` were refused for
+    // ever (each saw the other as an unlocked copy).
+    let same = "[[account]]\nname = \"SAME\"\nbrain = [\"python3\", \"bot.py\"]\n\
+                watchdog = [\"python3\", \"bot.py\"]\n";
+    let message = Fleet::from_toml(Path::new("desk/fleet.toml"), same)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        message,
+        "desk/fleet.toml:3: `WATCHDOG_SAME` (line 4) and `BRAIN_SAME` cannot be told apart: \
+         `BRAIN_SAME`'s command `python3 bot.py` counts as a copy of `WATCHDOG_SAME`, which \
+         recognises its copies by `bot.py`, so check-procs would report a duplicate and \
+         safe-shutdown would stop one as the other; fix: give `WATCHDOG_SAME` an argument \
+         the other lacks (e.g. `--watchdog`) in its command, or a `watchdog_match` with \
+         tokens that `BRAIN_SAME`'s command does not start with"
+    );
+    // An explicit match that tells them apart is the fix, and loads.
+    let fixed = "[[account]]\nname = \"PX\"\nbrain = [\"python3\", \"bot.py\"]\n\
+                 watchdog = [\"python3\", \"bot.py\", \"--watchdog\"]\n\
+                 brain_match = [\"bot.py\", \"--brain\"]\n";
+    Fleet::from_toml(Path::new("desk/fleet.toml"), fixed).unwrap();
 }

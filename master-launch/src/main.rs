@@ -509,6 +509,9 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     ) {
         return Ok(code);
     }
+    if let Some(code) = refuse_unguarded(&fleet, &snapshot, &component, &mut probe, &events) {
+        return Ok(code);
+    }
     clear_stale_requests(&fleet, [name], &events);
     if let Some(orchestrator) = request::running_orchestrator(&fleet, &mut probe) {
         errln!(
@@ -558,6 +561,41 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     } else {
         ExitCode::Problems
     })
+}
+
+/// DESIGN.md rule 13 for a brain started by hand: refused (exit 3, nothing started,
+/// like every refusal because of what runs) while the watchdog it needs is not running,
+/// naming the watchdog and what to run; `brain_requires_watchdog = false` lets it run.
+fn refuse_unguarded(
+    fleet: &Fleet,
+    snapshot: &DeskSnapshot,
+    component: &Component,
+    probe: &mut ProcessProbe,
+    events: &Log,
+) -> Option<ExitCode> {
+    let brain = snapshot.component(&component.lock_name)?;
+    let watchdog = &snapshot.watchdog_not_running(brain)?.component.lock_name;
+    let name = &component.lock_name;
+    let account = component.account.as_deref().unwrap_or_default();
+    let how = if request::running_orchestrator(fleet, probe).is_some() {
+        format!(
+            "`master-launch start --account {account}` (master-launch runs: it starts both, in order)"
+        )
+    } else {
+        format!("`master-launch run {watchdog}` (or START_{watchdog}.bat), then run {name} again")
+    };
+    events.line(
+        "",
+        &format!("refused: {name}: its watchdog {watchdog} is not running"),
+    );
+    errln!(
+        "{TOOL}: refused: {name} may run only while its watchdog {watchdog} runs (a brain never \
+         trades unguarded), and {watchdog} is not running; nothing was started. Start it first: \
+         {how}. An account that trades without a watchdog says so in {}: \
+         brain_requires_watchdog = false under [[account]] {account}.",
+        fleet.path.display()
+    );
+    Some(ExitCode::Refused)
 }
 
 /// The runner's answer to `<NAME>.stop`: the same stop, with the request's deadline.

@@ -496,6 +496,8 @@ fn eight_concurrent_master_launches_start_the_desk_exactly_once() {
 #[test]
 fn run_starts_one_component_by_hand_under_its_lock() {
     let desk = Desk::new("qs_run", &["RUN1"]);
+    // This is about the runner, not DESIGN.md rule 13 (see the tests after it).
+    desk.allow_brains_alone();
     let runner = launch(&desk, &["run", "BRAIN_RUN1"]);
     // The bot itself says who it is, from FLEET_* variables.
     let line = runner
@@ -740,7 +742,7 @@ fn a_grandchild_started_at_once_is_bound_with_the_child() {
     let desk = Desk::with_extra(
         "qs_jobtree",
         &["JOBTREE"],
-        "env = { STANDIN_LAUNCHER = \"1\" }",
+        "env = { STANDIN_LAUNCHER = \"1\" }\nbrain_requires_watchdog = false",
     );
     let mut runner = launch(&desk, &["run", "BRAIN_JOBTREE"]);
     let mut pids = Vec::new();
@@ -1175,4 +1177,94 @@ fn a_relative_program_path_resolves_against_the_config_folder() {
     assert!(started.is_some(), "the program was not found");
     let view = snapshot.component("relg").unwrap();
     assert_eq!(view.copies.len(), 1, "{:?}", snapshot.problems);
+}
+
+/// DESIGN.md rule 13 for a brain started by hand (`run`, what every START_ wrapper
+/// calls without an orchestrator): refused (exit 3) while its watchdog is not
+/// running, naming the watchdog and what to run, with nothing started and no lock
+/// left; accepted once the watchdog runs. Unix-only: the runners end with SIGINT.
+#[cfg(unix)]
+#[test]
+fn run_refuses_a_brain_whose_watchdog_is_not_running_and_starts_it_beside_one() {
+    let desk = Desk::new("qs_rguard", &["RGUARD"]);
+    // Bounded: a runner that wrongly starts the brain would never exit.
+    let output = assert_cmd::Command::from_std({
+        let mut command = master_launch(&desk);
+        command.args(["run", "BRAIN_RGUARD"]).stdin(Stdio::null());
+        command
+    })
+    .timeout(Duration::from_secs(60))
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "master-launch: refused: BRAIN_RGUARD may run only while its watchdog \
+             WATCHDOG_RGUARD runs (a brain never trades unguarded), and WATCHDOG_RGUARD is not \
+             running; nothing was started. Start it first: `master-launch run WATCHDOG_RGUARD` \
+             (or START_WATCHDOG_RGUARD.bat), then run BRAIN_RGUARD again. An account that \
+             trades without a watchdog says so in {}: brain_requires_watchdog = false under \
+             [[account]] RGUARD.",
+            desk.config().display()
+        )
+    );
+    assert!(
+        running_pids(&desk.snapshot()).is_empty(),
+        "something started"
+    );
+    assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
+    assert!(
+        desk.master_log()
+            .contains("refused: BRAIN_RGUARD: its watchdog WATCHDOG_RGUARD is not running"),
+        "{}",
+        desk.master_log()
+    );
+
+    // With its watchdog running (by hand too), the brain starts.
+    let watchdog = launch(&desk, &["run", "WATCHDOG_RGUARD"]);
+    wait_until("the watchdog to run", || {
+        desk.snapshot()
+            .component("WATCHDOG_RGUARD")
+            .is_some_and(|v| v.managed.is_some())
+    });
+    let brain = launch(&desk, &["run", "BRAIN_RGUARD"]);
+    wait_until("the brain to run beside its watchdog", || {
+        desk.snapshot()
+            .component("BRAIN_RGUARD")
+            .is_some_and(|v| v.managed.is_some())
+    });
+    let snap = desk.snapshot();
+    assert!(
+        snap.problems.is_empty(),
+        "{:?}",
+        snap.problems.iter().map(|p| &p.message).collect::<Vec<_>>()
+    );
+    assert_eq!(brain.stop("-INT"), 0);
+    assert_eq!(watchdog.stop("-INT"), 0);
+    desk.assert_no_lock_left("after both runners stopped");
+}
+
+/// An account whose config lets its brain run without a watchdog
+/// (`brain_requires_watchdog = false`): `run BRAIN` starts it alone.
+#[cfg(unix)]
+#[test]
+fn run_starts_a_brain_alone_where_its_account_allows_it() {
+    let desk = Desk::with_extra("qs_ralone", &["RALONE"], "brain_requires_watchdog = false");
+    let brain = launch(&desk, &["run", "BRAIN_RALONE"]);
+    wait_until("the brain to run alone", || {
+        desk.snapshot()
+            .component("BRAIN_RALONE")
+            .is_some_and(|v| v.managed.is_some())
+    });
+    let snap = desk.snapshot();
+    assert!(snap.component("WATCHDOG_RALONE").unwrap().copies.is_empty());
+    assert!(
+        snap.problems.is_empty(),
+        "{:?}",
+        snap.problems.iter().map(|p| &p.message).collect::<Vec<_>>()
+    );
+    assert_eq!(brain.stop("-INT"), 0);
+    desk.assert_no_lock_left("after the runner stopped");
 }

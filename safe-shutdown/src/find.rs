@@ -2,11 +2,14 @@
 //! from the process table, with how it was found and who stops it; and, for the stop
 //! engine, how each is asked, checked and forced.
 
+use lockcore::errln;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use lockcore::cluster::{ClusterEntry, EtcdClient, place_stop_request};
 use lockcore::config::ClusterConfig;
+use lockcore::graceful::Asked;
+use lockcore::process::Forced;
 use lockcore::select::AccountSelection;
 use lockcore::{
     ComponentView, DeskSnapshot, LockDir, LockRecord, LockState, ProcessIdentity, ProcessProbe,
@@ -46,6 +49,11 @@ pub struct Target {
     pub left_alone: bool,
     /// `[cluster]`: the host whose holder runs it, for [`Via::Cluster`].
     pub host: Option<String>,
+    /// The rest of its process tree when it was found (a venv launcher's interpreter):
+    /// it counts as stopped only when all of them are gone too.
+    pub tree: Vec<ProcessIdentity>,
+    /// The system refused us a signal to it: not this user's process.
+    pub denied: bool,
 }
 
 /// Processes that an older tool's lock record names but that are not copies of their
@@ -100,6 +108,8 @@ pub fn targets(snapshot: &DeskSnapshot, selection: &AccountSelection) -> Vec<Tar
             found,
             left_alone: false,
             host: None,
+            tree: Vec::new(),
+            denied: false,
         };
         if let Some((host, entry)) = held_elsewhere(snapshot, view) {
             let pid = entry
@@ -131,7 +141,15 @@ pub fn targets(snapshot: &DeskSnapshot, selection: &AccountSelection) -> Vec<Tar
                 (true, false, None) => (Via::Direct, "lock whose holder is gone".to_string()),
                 (false, _, _) => (Via::Direct, "process table (no lock)".to_string()),
             };
-            targets.push(target(Some(copy.tree.root.identity()), via, found));
+            targets.push(Target {
+                tree: copy
+                    .tree
+                    .members
+                    .iter()
+                    .filter_map(|&pid| snapshot.table.get(pid).map(|p| p.identity()))
+                    .collect(),
+                ..target(Some(copy.tree.root.identity()), via, found)
+            });
         }
         let managed_is_a_copy = view.managed.as_ref().is_some_and(|m| {
             view.copies
@@ -173,6 +191,8 @@ pub fn targets(snapshot: &DeskSnapshot, selection: &AccountSelection) -> Vec<Tar
             found: "its own lock".into(),
             left_alone: false,
             host: None,
+            tree: Vec::new(),
+            denied: false,
         });
     }
     targets.sort_by_key(|t| t.stage);
@@ -201,6 +221,11 @@ pub struct StopContext {
     pub timeout: Duration,
     /// `[cluster]`: the stop requests placed in etcd, removed once the stop is over.
     pub cluster: Option<ClusterStops>,
+    /// How the running master-launch was told to stop the desk (for its targets).
+    pub orchestrator_told: String,
+    /// A supervised bot was signalled directly (its stop request could not be
+    /// written): its holder may start it again, so the end is checked with a fresh look.
+    pub signalled_past_a_holder: bool,
 }
 
 impl Stoppable<StopContext> for Target {
@@ -238,26 +263,46 @@ impl Stoppable<StopContext> for Target {
                 lockcore::record::format_local(now.start_time)
             );
         }
-        let directly =
+        let name = self.name();
+        let mut directly =
             |context: &mut StopContext| match self.who.and_then(|who| context.probe.terminate(who))
             {
+                Some(Asked::NotPermitted) => {
+                    self.denied = true;
+                    not_permitted()
+                }
                 Some(asked) => format!("asked to stop: {asked}"),
                 None => "already gone".into(),
             };
         match self.via {
-            Via::Orchestrator(_) => "master-launch stops it (stop-all request)".into(),
+            Via::Orchestrator(_) => context.orchestrator_told.clone(),
             Via::Holder(holder) => {
                 match StopRequest::new(&self.name, context.timeout).write(&context.lock_dir) {
                     Ok(_) => format!("stop request to its holder pid {}", holder.pid),
-                    // The emergency stop works whatever else is broken: ask the bot.
-                    Err(e) => format!(
-                        "cannot write a stop request for its holder pid {} ({e}); {}",
-                        holder.pid,
-                        directly(context)
-                    ),
+                    // The emergency stop works whatever else is broken: ask the bot. Its
+                    // holder was not told, and a supervising one (master-launch) may
+                    // start it again as after a crash: said here, checked at the end.
+                    Err(e) => {
+                        context.signalled_past_a_holder = true;
+                        let asked = directly(context);
+                        let line = format!(
+                            "cannot write a stop request for its holder pid {} ({e}); {asked}; \
+                             its holder was not told and may start it again (checked at the end)",
+                            holder.pid,
+                        );
+                        errln!("safe-shutdown: {name}: {line}");
+                        line
+                    }
                 }
             }
-            Via::Direct => directly(context),
+            Via::Direct => {
+                let asked = directly(context);
+                if self.denied {
+                    // At once, not after the timeout: nothing this run does can stop it.
+                    errln!("safe-shutdown: {name}: {asked}");
+                }
+                asked
+            }
             Via::Cluster => {
                 let host = self.host.as_deref().unwrap_or("another host");
                 let request = StopRequest::new(&self.name, context.timeout);
@@ -286,7 +331,12 @@ impl Stoppable<StopContext> for Target {
                 .is_some_and(|c| c.released(&self.name));
         }
         match self.who {
-            Some(who) => !context.probe.is_alive(who),
+            // Its whole tree, as found: a launcher gone with its interpreter left is not
+            // stopped.
+            Some(who) => {
+                !context.probe.is_alive(who)
+                    && !self.tree.iter().any(|&p| context.probe.is_alive(p))
+            }
             // Between restarts: stopped once its holder let go of the lock.
             None => {
                 let holder = match self.via {
@@ -306,14 +356,67 @@ impl Stoppable<StopContext> for Target {
                 self.host.as_deref().unwrap_or("another host")
             );
         }
-        match self.who {
-            Some(who) if context.probe.kill_tree(who) => {
-                format!("killed pid {} and its children", who.pid)
-            }
-            Some(_) => "it was gone already".into(),
-            None => "its holder does not let go of the lock; nothing to kill".into(),
+        let Some(who) = self.who else {
+            return "its holder does not let go of the lock; nothing to kill".into();
+        };
+        // The root with what runs under it now, then what is left of the tree as found
+        // (an interpreter whose launcher is gone is under nobody).
+        let mut outcomes = vec![context.probe.force_tree(who)];
+        for &member in &self.tree {
+            outcomes.push(context.probe.force_tree(member));
         }
+        let denied: Vec<u32> = outcomes
+            .iter()
+            .flat_map(|o| match o {
+                Forced::Denied(pids) => pids.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if !denied.is_empty() {
+            self.denied = true;
+            let line = format!(
+                "NOT killed: the system refused (pids {}): {}",
+                denied
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                not_permitted()
+            );
+            errln!("safe-shutdown: {}: {line}", self.name());
+            return line;
+        }
+        let failed: Vec<&str> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Forced::Failed(why) => Some(why.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            return format!("NOT killed: {}", failed.join("; "));
+        }
+        if outcomes.iter().all(|o| *o == Forced::Gone) {
+            return "it was gone already".into();
+        }
+        // Sent and accepted; whether it is gone is what the engine checks next.
+        let how = if cfg!(windows) {
+            "TerminateProcess"
+        } else {
+            "SIGKILL"
+        };
+        format!("{how} accepted for pid {} and its children", who.pid)
     }
+}
+
+/// What to tell a person whose signal the system refused: who may stop it.
+pub fn not_permitted() -> String {
+    let who = if cfg!(windows) {
+        "as the user who started the desk, or as administrator"
+    } else {
+        "as the desk's user (the user its processes run as), or as root"
+    };
+    format!("permission denied: this user may not signal it; run safe-shutdown {who}")
 }
 
 /// `[cluster]`: the stop requests this run places in etcd, and how it sees their end.

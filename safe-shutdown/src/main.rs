@@ -40,6 +40,7 @@ use lockcore::{
 };
 
 use crate::find::{ClusterStops, StopContext, Target, Via};
+use lockcore::graceful::Asked;
 
 const TOOL: &str = "safe-shutdown";
 /// The longest `--timeout`: a day.
@@ -171,26 +172,54 @@ fn run(args: &Args) -> Result<ExitCode> {
         "confirmed by the user (YES)"
     });
     let timeout = Duration::from_secs(args.timeout.min(MAX_TIMEOUT_SECS));
+    let mut probe = probe;
+    let mut orchestrator_told = String::new();
     if let Some(orchestrator) = targets.iter().find_map(|t| match t.via {
         Via::Orchestrator(who) => Some(who),
         _ => None,
     }) {
         // Tell master-launch first: it restarts nothing and stops in order itself.
-        match StopRequest::new(MASTER_LOCK_NAME, timeout).write(&fleet.lock_dir) {
-            Ok(_) => audit.line("asked master-launch to stop the whole desk (stop-all request)"),
-            Err(e) => {
-                audit.warn(&format!(
-                    "cannot ask master-launch to stop the desk ({e}); asking it for each \
-                     component instead"
-                ));
-                for target in targets
-                    .iter_mut()
-                    .filter(|t| t.via == Via::Orchestrator(orchestrator))
-                {
-                    target.via = Via::Holder(orchestrator);
-                }
+        orchestrator_told = match StopRequest::new(MASTER_LOCK_NAME, timeout).write(&fleet.lock_dir)
+        {
+            Ok(_) => {
+                audit.line("asked master-launch to stop the whole desk (stop-all request)");
+                "master-launch stops it (stop-all request)".into()
             }
-        }
+            // A full or read-only lock dir: its own stop signal means the same ordered
+            // stop (brains, watchdogs, globals, then it exits), with nothing restarted.
+            // Signalling its bots instead would have them restarted as crashes.
+            Err(e) => match probe.terminate(orchestrator) {
+                Some(asked @ Asked::Terminate | asked @ Asked::CtrlBreak) => {
+                    audit.warn(&format!(
+                        "cannot write the stop-all request ({e}); asked master-launch (pid {}) \
+                         by {asked} instead: it stops the desk in order itself",
+                        orchestrator.pid
+                    ));
+                    format!(
+                        "master-launch stops it (asked by {asked}: the stop-all request could not be written)"
+                    )
+                }
+                asked => {
+                    let why = match &asked {
+                        Some(Asked::NotPermitted) => find::not_permitted(),
+                        Some(other) => other.to_string(),
+                        None => "it is gone".into(),
+                    };
+                    audit.warn(&format!(
+                        "cannot write the stop-all request ({e}) nor signal master-launch (pid \
+                         {}: {why}); asking it for each component instead",
+                        orchestrator.pid
+                    ));
+                    for target in targets
+                        .iter_mut()
+                        .filter(|t| t.via == Via::Orchestrator(orchestrator))
+                    {
+                        target.via = Via::Holder(orchestrator);
+                    }
+                    String::new()
+                }
+            },
+        };
     }
     let total = targets.len();
     let mut context = StopContext {
@@ -199,6 +228,8 @@ fn run(args: &Args) -> Result<ExitCode> {
         lock_dir: fleet.lock_dir.clone(),
         timeout,
         cluster: fleet.cluster.as_ref().map(ClusterStops::new),
+        orchestrator_told,
+        signalled_past_a_holder: false,
     };
     let outcome = stop_in_order(
         targets,
@@ -212,7 +243,14 @@ fn run(args: &Args) -> Result<ExitCode> {
     let mut probe = context.probe;
     let _ = StopRequest::remove(&fleet.lock_dir, MASTER_LOCK_NAME);
     clean_locks(&fleet, &selection, &mut probe, &audit);
-    if outcome.all_stopped() {
+    let mut survivors = outcome.survivors.clone();
+    // "All stopped" is said only after a fresh look finds nothing of what was asked
+    // for still running: a holder that was not told may have started a bot again.
+    if context.signalled_past_a_holder {
+        std::thread::sleep(RESTART_LOOK_AFTER);
+    }
+    survivors.extend(running_again(&fleet, &selection, &mut probe, &survivors));
+    if survivors.is_empty() {
         audit.line("all stopped");
         outln!("All {total} stopped.");
         if let Some(path) = audit.broken() {
@@ -228,11 +266,51 @@ fn run(args: &Args) -> Result<ExitCode> {
         return Ok(blind_exit(blind.as_deref()));
     }
     errln!("{TOOL}: THESE ARE STILL RUNNING:");
-    for name in &outcome.survivors {
+    for name in &survivors {
         errln!("  {name}");
     }
-    audit.line(&format!("survivors: {}", outcome.survivors.join(", ")));
+    audit.line(&format!("survivors: {}", survivors.join(", ")));
     Ok(ExitCode::Problems)
+}
+
+/// How long after the stop a holder that was not told (its stop request could not be
+/// written) is given to start a bot again before the final look: its first restart
+/// after a crash is immediate.
+const RESTART_LOOK_AFTER: Duration = Duration::from_secs(1);
+
+/// What of the selected components runs after the stop, by a fresh look: each as
+/// "NAME (pid N): running again", except those already named among `survivors`.
+fn running_again(
+    fleet: &Fleet,
+    selection: &AccountSelection,
+    probe: &mut ProcessProbe,
+    survivors: &[String],
+) -> Vec<String> {
+    let snapshot = DeskSnapshot::take(fleet, probe).unwrap_or_else(|_| {
+        DeskSnapshot::build(
+            fleet,
+            Vec::new(),
+            probe.table(),
+            lockcore::process::now_secs(),
+        )
+    });
+    let mut found = Vec::new();
+    for view in snapshot
+        .components
+        .iter()
+        .filter(|v| selection.includes(v.component.account.as_deref()))
+    {
+        for copy in &view.copies {
+            let pid = copy.tree.root.pid;
+            let name = format!("{} (pid {pid})", view.component.lock_name);
+            if !survivors.contains(&name) {
+                found.push(format!(
+                    "{name}: running again after its stop (started by its holder or someone else)"
+                ));
+            }
+        }
+    }
+    found
 }
 
 /// `[cluster]` and etcd could not be read: why, and what that leaves undone.

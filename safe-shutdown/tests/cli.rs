@@ -565,6 +565,7 @@ fn a_hand_started_run_is_forced_at_the_requesters_deadline() {
         "[defaults]\nstop_timeout_secs = 10\n",
     );
     desk.add_args(&["BRAIN_RDEAD"], &["--ignore-stop"]);
+    desk.allow_brains_alone();
     let mut runner = Command::new(tool("master-launch", "master-launch"))
         .arg("--config")
         .arg(desk.config())
@@ -720,4 +721,187 @@ fn an_out_of_range_timeout_is_a_usage_error_not_a_panic() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("0..=86400"));
+}
+
+/// A small tmpfs mounted over a desk's lock dir (root only), unmounted when dropped.
+#[cfg(target_os = "linux")]
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+#[cfg(target_os = "linux")]
+impl SmallDisk {
+    /// `None` where this user cannot mount (not root): the test then says so and ends.
+    fn mount(path: &std::path::Path) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Fills what is left, so that no new file can get a byte (ENOSPC).
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.path.join("filler.dat")).unwrap();
+        let block = [0u8; 4096];
+        while filler.write_all(&block).is_ok() {}
+        assert!(
+            std::fs::write(self.path.join("probe.txt"), b"x").is_err(),
+            "the small disk is not full"
+        );
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// A full lock dir (a small disk): no stop request can be written. For one account,
+/// safe-shutdown signals the bots itself, says their holder (master-launch) was not
+/// told and may start them again, and, since master-launch does (restart = "always"),
+/// ends with them named as running again and exit 1, never "All 2 stopped." For the
+/// whole desk it asks master-launch by its own stop signal instead of the stop-all
+/// request, and master-launch stops everything in the safe order: exit 0.
+/// Linux, as root (a tmpfs mount); elsewhere it says so and ends.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
+    let log = fleet_tests::ExitLog::new();
+    let desk = Desk::with_options(
+        "qs_sdfull",
+        &["SDFULLA", "SDFULLB"],
+        &["--exit-log", &log.arg],
+        "[defaults]\nrestart = \"always\"\nstop_timeout_secs = 5\n",
+    );
+    let Some(disk) = SmallDisk::mount(&desk.lock_dir()) else {
+        eprintln!("cannot mount a tmpfs here (not root): test not run");
+        return;
+    };
+    let launcher = launch(&desk);
+    disk.fill();
+    let before = running_pids(&desk);
+
+    let output = safe_shutdown(&desk, &["--yes", "--account", "SDFULLA", "--timeout", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("All 2 stopped."), "{stdout}");
+    assert!(
+        stderr.contains("cannot write a stop request for its holder pid")
+            && stderr.contains("may start it again"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("THESE ARE STILL RUNNING"), "{stderr}");
+    for name in ["BRAIN_SDFULLA", "WATCHDOG_SDFULLA"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(name) && l.contains("running again")),
+            "{name}: {stderr}"
+        );
+    }
+    assert!(
+        desk.snapshot()
+            .component("BRAIN_SDFULLA")
+            .is_some_and(|v| !v.copies.is_empty()),
+        "master-launch did not start the brain again: the test shows nothing"
+    );
+
+    let exits_before = log.times().len();
+    let output = safe_shutdown(&desk, &["--yes", "--timeout", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot write the stop-all request (No space left on device (os error 28)); asked \
+             master-launch (pid {}) by SIGTERM instead",
+            launcher.running.pid()
+        )),
+        "{stderr}"
+    );
+    // Five components and master-launch.
+    assert!(stdout.contains("All 6 stopped."), "{stdout}");
+    assert!(running_pids(&desk).is_empty());
+    fleet_tests::wait_gone(&before);
+    assert_safe_order(&log.times()[exits_before..], "qs_sdfull");
+    drop(launcher);
+}
+
+/// Run by a user who may not signal the desk's processes (here `nobody`, through
+/// `setpriv`), safe-shutdown says at once that the system refused, names the fix,
+/// never says "killed", and exits 1 with the bots still running. Linux, as root;
+/// elsewhere it says so and ends.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_user_without_permission_is_told_so_and_nothing_is_called_killed() {
+    use std::os::unix::fs::PermissionsExt;
+    let desk = Desk::new("qs_sdperm", &["SDPERM"]);
+    let _watchdog = desk.start_locked("WATCHDOG_SDPERM", &[]);
+    let _brain = desk.start_locked("BRAIN_SDPERM", &[]);
+    let before = running_pids(&desk);
+    // `nobody` must be able to read the desk's config (a temp dir is 0700).
+    std::fs::set_permissions(desk.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tool("safe-shutdown", "safe-shutdown"))
+        .arg("--config")
+        .arg(desk.config())
+        .args(["--yes", "--timeout", "1"])
+        .stdin(Stdio::null())
+        .output();
+    let output = match as_nobody {
+        Ok(output) if !String::from_utf8_lossy(&output.stderr).starts_with("setpriv:") => output,
+        _ => {
+            eprintln!("cannot run as nobody here (no setpriv, or not root): test not run");
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    for name in ["BRAIN_SDPERM", "WATCHDOG_SDPERM"] {
+        assert!(
+            stderr.lines().any(|l| l.contains(name)
+                && l.contains(
+                    "permission denied: this user may not signal it; run safe-shutdown as the \
+                     desk's user"
+                )),
+            "{name}: {stderr}"
+        );
+    }
+    for line in stdout.lines().chain(stderr.lines()) {
+        assert!(
+            !line.contains("killed") || line.contains("NOT killed"),
+            "{line}"
+        );
+    }
+    assert!(
+        stderr.contains("NOT killed: the system refused"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("stopped."), "{stdout}");
+    // The refusals are told before the list of survivors at the end.
+    let told = stderr.find("permission denied").unwrap();
+    assert!(
+        told < stderr.find("THESE ARE STILL RUNNING").unwrap(),
+        "{stderr}"
+    );
+    let mut probe = ProcessProbe::new().unwrap();
+    for pid in before {
+        assert!(probe.identity(pid).is_some(), "pid {pid} was stopped");
+    }
 }

@@ -264,6 +264,26 @@ impl Desk {
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("write fleet.toml: {e}"));
     }
 
+    /// Lets every account's brain run without its watchdog (`brain_requires_watchdog =
+    /// false`, DESIGN.md rule 13): for tests of a brain alone (`run BRAIN_X`), not of
+    /// that rule. Not for a desk whose accounts already set the key.
+    pub fn allow_brains_alone(&self) {
+        let path = self.config();
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read fleet.toml: {e}"));
+        let text: String = text
+            .lines()
+            .map(|line| {
+                if line.starts_with("watchdog = [") {
+                    format!("{line}\nbrain_requires_watchdog = false\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write fleet.toml: {e}"));
+    }
+
     /// The orchestrator's log, `<log_dir>/master-launch.log`.
     pub fn master_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("logs/master-launch.log")).unwrap_or_default()

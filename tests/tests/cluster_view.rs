@@ -230,7 +230,9 @@ fn another_hosts_components_are_elsewhere_with_its_name_and_lease_and_not_unlock
     let hand = desk_b.start_locked(twice, &[]);
     let (code, on_b) = json(&desk_b.config());
     assert_eq!(code, 1, "{on_b:#}");
-    assert_eq!(problem_kinds(&on_b), ["duplicate"], "{on_b:#}");
+    // It is a brain, and its watchdog does not run on B: unguarded here too (a brain
+    // never runs on another host than its watchdog, DESIGN.md rule 13).
+    assert_eq!(problem_kinds(&on_b), ["duplicate", "unguarded"], "{on_b:#}");
     let problem = &on_b["problems"][0];
     assert_eq!(problem["name"], twice.as_str());
     let message = problem["message"].as_str().unwrap();
@@ -259,8 +261,9 @@ fn a_stopped_etcd_is_a_cluster_problem_naming_the_endpoint_and_the_local_view_is
     }
     let etcd = Etcd::start();
     let desk = cluster_desk(&etcd.endpoint, "B", "CVDOWN");
-    // A bot under its local lock only (the test's lock-taker takes no key).
-    let name = format!("BRAIN_{}", desk.accounts[0]);
+    // A bot under its local lock only (the test's lock-taker takes no key): a watchdog,
+    // which may run alone (a brain alone is `unguarded`, DESIGN.md rule 13).
+    let name = format!("WATCHDOG_{}", desk.accounts[0]);
     let _bot = desk.start_locked(&name, &[]);
     let (code, before) = json(&desk.config());
     assert_eq!(code, 0, "{before:#}");

@@ -176,7 +176,9 @@ fn viewers_and_linters_are_never_copies_and_a_hand_started_copy_still_is() {
     let check = desk.tool("check-procs", &["--json"]);
     assert_eq!(check.status.code(), Some(1), "{}", text(&check));
     let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
-    let problem = &report["problems"][0];
+    // A brain alone is also unguarded (DESIGN.md rule 13), ranked first.
+    assert_eq!(report["problems"][0]["kind"], "unguarded", "{report}");
+    let problem = &report["problems"][1];
     assert_eq!(problem["kind"], "unlocked", "{report}");
     assert_eq!(problem["pids"][0], copy.pid(), "{report}");
     let stop = desk.tool("safe-shutdown", &["--yes", "--timeout", "5"]);

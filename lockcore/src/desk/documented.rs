@@ -8,8 +8,10 @@ use super::ComponentState;
 
 impl ComponentState {
     /// Every state, in the order the README lists them.
-    pub const ALL: [ComponentState; 14] = [
+    pub const ALL: [ComponentState; 16] = [
         ComponentState::Running,
+        ComponentState::Unguarded,
+        ComponentState::ProcessGone,
         ComponentState::Stale,
         ComponentState::Corrupt,
         ComponentState::Legacy,
@@ -30,6 +32,15 @@ impl ComponentState {
     pub fn meaning(self) -> &'static str {
         match self {
             ComponentState::Running => "its lock is held: one copy runs under it",
+            ComponentState::Unguarded => {
+                "a brain that runs under its lock while its account's watchdog does not run on \
+                 this machine (DESIGN.md rule 13; a problem, whoever started it: a brain running \
+                 without its lock stays `unlocked`, with the `unguarded` problem too)"
+            }
+            ComponentState::ProcessGone => {
+                "its lock is held but nothing of it runs (the bot exited and its holder has not \
+                 released the lock: a holder that is frozen, or about to restart it; a problem)"
+            }
             ComponentState::Stale => "a lock file nobody holds; nothing runs for it",
             ComponentState::Corrupt => {
                 "a lock file nobody holds and nobody can read (or over 64 KiB); nothing runs for it"
@@ -53,7 +64,7 @@ impl ComponentState {
             }
             ComponentState::GivenUp => {
                 "master-launch gave up on it after repeated failures (a problem, ranked after \
-                 `duplicate` and `cluster_unreachable`)"
+                 `duplicate`, `cluster_unreachable` and `unguarded`)"
             }
             ComponentState::Blocked => {
                 "a brain master-launch holds back because its watchdog is not running (a problem)"
