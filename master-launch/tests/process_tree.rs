@@ -161,10 +161,16 @@ fn what_a_bot_started_is_ended_when_it_exits() {
     let at = wait_logged(&desk, &format!("{global}: exited (code 0)"), 0);
     let log = desk.master_log();
     let line = log[at..].lines().next().unwrap();
-    assert!(
-        line.contains("ended 4 process(es) it had started"),
-        "{line}"
-    );
+    // Linux counts what its reaper killed (4); Windows the processes still in the job
+    // when the bot exited, which under Wine can include one more (the exiting bot or a
+    // console host).
+    let ended: usize = line
+        .split("; ended ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(ended >= 4, "{line}");
     assert_eq!(bots_tagged(&global), Vec::<u32>::new(), "{log}");
     fleet_tests::orchestrated::stop_desk(&desk, launcher);
 }
@@ -191,7 +197,17 @@ fn a_restart_beside_a_copy_started_by_hand_is_refused_loudly() {
         bots_tagged(&global).len() == 2
     });
     fleet_tests::force_kill(supervised);
-    let at = wait_logged(&desk, &format!("{global}: NOT RESTARTED"), 0);
+    let refused = format!("{global}: NOT RESTARTED");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !desk.master_log().contains(&refused) {
+        assert!(
+            Instant::now() < deadline,
+            "no `{refused}` after 30 s: {}",
+            desk.master_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let at = wait_logged(&desk, &refused, 0);
     let log = desk.master_log();
     let line = log[at..].lines().next().unwrap();
     assert!(
