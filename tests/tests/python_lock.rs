@@ -659,7 +659,7 @@ mod unix {
         let script = format!(
             "import datetime, json, os, sys, time\n\
              data = {{'pid': os.getpid(), 'name': {name:?}, 'account': '212000584',\n\
-                     'timestamp': (datetime.datetime.now() - datetime.timedelta(hours=1)).isoformat()}}\n\
+                     'timestamp': (datetime.datetime.now() - datetime.timedelta(days=2)).isoformat()}}\n\
              open(sys.argv[1], 'w').write(json.dumps(data, indent=2))\n\
              print('written', flush=True)\n\
              time.sleep(120)\n"

@@ -103,9 +103,13 @@ fn hold(dir: &LockDir, name: &str, watch_ms: u64, probe: &mut ProcessProbe) {
     let watcher = held.watcher().unwrap_or_else(|e| fail(&e.to_string()));
     loop {
         std::thread::sleep(Duration::from_millis(watch_ms));
-        if let Err(lost) = watcher.check() {
-            eprintln!("LOCK LOST: {lost}");
-            std::thread::sleep(Duration::from_secs(3600));
+        match watcher.check() {
+            Ok(None) => {}
+            Ok(Some(retaken)) => eprintln!("LOCK TAKEN AGAIN: {retaken}"),
+            Err(lost) => {
+                eprintln!("LOCK LOST: {lost}");
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
     }
 }
