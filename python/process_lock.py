@@ -264,10 +264,14 @@ class ProcessLock:
                 ) from e
             if machine is not None:
                 return machine
+            waited = time.monotonic() - started
             if _is_held(self.lock_file):
-                self._holder = self.get_lock_info() or {"name": self.name}
-                return None
-            if time.monotonic() - started >= _UNDECIDED_WAIT:
+                # Its record, once the new holder has written it (as for the file).
+                record = _parse_record(_read_path(self.lock_file))
+                if _names_live_holder(record) or waited >= _UNDECIDED_WAIT:
+                    self._holder = record or {"name": self.name}
+                    return None
+            elif waited >= _UNDECIDED_WAIT:
                 pid = _machine_holder_pid(machine_name)
                 self._holder = {
                     "name": self.name,
@@ -524,6 +528,20 @@ def _warn_lost(name, path):
         f"another process could take {name} now; check for a duplicate with `check-procs`\n"
     )
     sys.stderr.flush()
+
+
+def _read_path(path) -> bytes:
+    """The file's bytes, read as lockcore reads them (no link followed); b"" if none."""
+    try:
+        fd = _open_for_reading(path)
+    except (OSError, RuntimeError):
+        return b""
+    try:
+        return _read_fd(fd)
+    except OSError:
+        return b""
+    finally:
+        _os_close(fd)
 
 
 def _read_fd(fd) -> bytes:

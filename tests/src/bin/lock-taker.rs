@@ -79,10 +79,12 @@ fn race(dir: &LockDir, name: &str, go: &Path, release: &Path, probe: &mut Proces
             }
         }
         Ok(Acquire::Held(holder)) => {
+            // A holder in another lock folder is known by its machine-wide name only.
             let holder_pid = holder
                 .record
                 .as_ref()
                 .and_then(|r| r.holder_pid)
+                .or(holder.machine.as_ref().and_then(|m| m.pid))
                 .unwrap_or(0);
             println!("{{\"outcome\": \"held\", \"holder_pid\": {holder_pid}}}");
         }
