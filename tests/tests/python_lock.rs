@@ -1060,6 +1060,43 @@ mod unix {
         finish(child)
     }
 
+    /// DESIGN.md rule 17: a bot started by hand takes the very machine-wide name the
+    /// desk tools take, for short and long lock names alike.
+    #[test]
+    fn the_module_takes_the_machine_wide_names_lockcore_takes() {
+        if python3().is_none() {
+            return;
+        }
+        let names = [
+            "BRAIN_ATLAS".to_string(),
+            "quantum_server".to_string(),
+            format!("WATCHDOG_{}", "X".repeat(75)),
+            format!("WATCHDOG_{}", "Y".repeat(91)),
+        ];
+        let output = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sys; sys.path.insert(0, sys.argv[1]); import process_lock; \
+                 print('\\n'.join(process_lock._machine_name(n) for n in sys.argv[2:]))",
+            )
+            .arg(repo_file("python"))
+            .args(&names)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let python: Vec<String> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        let rust: Vec<String> = names
+            .iter()
+            .map(|n| lockcore::lock::machine_name(n))
+            .collect();
+        assert_eq!(python, rust);
+        assert!(rust.iter().all(|n| n.len() <= 100), "{rust:?}");
+    }
+
     /// A copy of the desk's folder (`cp -r`) shares its lock names but not its lock
     /// folder. DESIGN.md rule 17: while the first desk runs, the copy cannot start a
     /// second brain of the account: not by hand through process_lock.py (which once

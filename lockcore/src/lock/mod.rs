@@ -111,6 +111,12 @@ pub fn check_lock_name(name: &str) -> Result<(), BadName> {
     Ok(())
 }
 
+/// The machine-wide name lock `name` takes on a desk without `[cluster]` (DESIGN.md
+/// rule 17; `MASTER_LAUNCH` takes none): what `python/process_lock.py` computes too.
+pub fn machine_name(name: &str) -> String {
+    machine::name_for(name, None)
+}
+
 /// A folder of lock files, and what the desk's components look like when running:
 /// an older tool's record is judged against them (DESIGN.md rule 11).
 #[derive(Debug, Clone)]
