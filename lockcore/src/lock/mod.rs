@@ -4,12 +4,18 @@
 //! process holds an OS lock on it (DESIGN.md rule 1); the JSON [`LockRecord`] inside only
 //! says who. The protocol, shared by every tool:
 //!
+//! - **Machine-wide** (DESIGN.md rule 17): every lock but `MASTER_LAUNCH` first takes
+//!   its machine-wide name ([`machine_name`]; `machine.rs`), which no copy of the desk
+//!   folder and no deleted lock folder can get around; the file lock comes second.
 //! - **Acquire**: open (create, never truncate), try the exclusive lock, then check the
 //!   path still names the file we locked (a release may have removed it in between:
 //!   rule 2), then read what is there (a live legacy record still counts as held:
 //!   rule 5), and only then write our record.
 //! - **Release**: remove the file while still holding the lock, after checking that
-//!   the path still names our file.
+//!   the path still names our file; free the machine-wide name last.
+//! - **Verify** ([`HeldLock::verify`], [`LockWatcher::check`]): a holder whose file has
+//!   gone (deleted by hand, or the whole lock folder) creates, locks and records it
+//!   again, and the caller reports that loudly ([`Retaken`]).
 //! - **Inspect**: a *shared* try-lock. It cannot succeed while a holder holds the
 //!   exclusive lock, so it tells "held" from "not held"; and a starter that finds only
 //!   shared lockers in its way retries instead of giving up, so inspection never makes
