@@ -27,6 +27,14 @@ source): open without truncating; try the exclusive lock (Linux `flock`; Windows
 check the path still names the locked file; treat an older tool's record that names a
 live process started no later than its timestamp as held; only then write the record
 (write, then cut to length). Release removes the file while still holding the lock.
+
+One copy per machine, not per folder (DESIGN.md rule 17): before the file, a bot started
+by hand takes the lock's machine-wide name, as the desk tools do (lockcore's
+lock/machine.rs): on Linux an abstract unix socket name, `\0desk-tools/lock/<name in
+lower case>`; on Windows a named mutex, `Global\desk-tools/lock/<name>`. The kernel
+frees it when the holder dies and nobody can delete it, so a copy of the desk folder, or
+a lock folder deleted under a running bot, does not let a second copy start. A holder
+whose lock file is deleted creates it again (it still holds the name) and says so.
 """
 
 import datetime
@@ -66,6 +74,11 @@ _MANAGED_WAIT = 3.0
 _GIVE_UP_AFTER = 10.0
 # How often a holder checks that its file is still there (rule 7; Linux can unlink it).
 _WATCH_EVERY = 5.0
+# The machine-wide name (lockcore's lock/machine.rs: PREFIX, MAX_NAME); a test compares.
+_MACHINE_PREFIX = "desk-tools/lock/"
+_MACHINE_MAX_NAME = 100
+# A naive timestamp is read at its latest instant: as written in UTC-12 (rule 5).
+_WESTERNMOST_OFFSET_SECS = 12 * 3600
 
 _WINDOWS = os.name == "nt"
 
@@ -89,6 +102,8 @@ class ProcessLock:
         self._managed = False
         self._holder = None  # the record that made acquire() return False
         self._stop_watch = None
+        self._machine = None  # hand-started: the held machine-wide name
+        self._guard = threading.Lock()  # the watch thread's re-take against release()
 
     def acquire(self) -> bool:
         """Takes the lock. True if this process may run, False if another copy holds it.
@@ -124,14 +139,20 @@ class ProcessLock:
             return
         if self._stop_watch is not None:
             self._stop_watch.set()
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        if not _names_file(self.lock_file, self._key):
-            _os_close(fd)
-            _warn_lost(self.name, self.lock_file)
-            return
-        _remove_locked(fd, self.lock_file)
+        with self._guard:
+            fd, self._fd = self._fd, None
+            machine, self._machine = self._machine, None
+            try:
+                if fd is None:
+                    return
+                if not _names_file(self.lock_file, self._key):
+                    _os_close(fd)
+                    _warn_lost(self.name, self.lock_file)
+                    return
+                _remove_locked(fd, self.lock_file)
+            finally:
+                # The machine-wide name last: a taker that gets it finds the file gone.
+                _free_machine(machine)
 
     def get_lock_info(self) -> Optional[dict]:
         """The record in the lock file, or None if there is none or it is unreadable."""
@@ -150,6 +171,13 @@ class ProcessLock:
     def __enter__(self):
         if not self.acquire():
             info = self._holder or self.get_lock_info() or {}
+            if info.get("machine_wide"):
+                raise RuntimeError(
+                    f"Process lock '{self.name}' is held by PID {info.get('pid', 'unknown')} "
+                    f"on this machine, outside {LOCK_DIR} (another copy of the desk "
+                    f"folder?). Cannot start duplicate process. Find it with check-procs "
+                    f"in that desk's folder and stop it with safe-shutdown there."
+                )
             raise RuntimeError(
                 f"Process lock '{self.name}' is held by PID {info.get('pid', 'unknown')}. "
                 f"Started at {info.get('timestamp', 'an unknown time')}. "
@@ -203,6 +231,57 @@ class ProcessLock:
     # --- by hand ------------------------------------------------------------------
 
     def _take(self) -> bool:
+        # The machine-wide name first, the file second, as the desk tools do: every
+        # taker goes the same way, so two never block each other half-way.
+        machine = self._take_machine()
+        if machine is None:
+            return False
+        taken = False
+        try:
+            taken = self._take_file()
+            return taken
+        finally:
+            if taken:
+                self._machine = machine
+            else:
+                _free_machine(machine)
+
+    def _take_machine(self):
+        """The machine-wide name, or None (with self._holder set) if another process
+        holds it. Held by the holder of our own file: that holder, from its record.
+        Held by nobody here: a holder releasing (file first, name next) or just dead
+        frees it in a moment, so wait as the desk tools do before naming it."""
+        machine_name = _machine_name(self.name)
+        started = time.monotonic()
+        while True:
+            try:
+                machine = _try_take_machine(machine_name)
+            except OSError as e:
+                raise LockError(
+                    f"cannot take the machine-wide lock for {self.name} ({machine_name!r}): "
+                    f"{e}; without it a copy of the desk folder could run {self.name} "
+                    f"twice, so this bot does not start"
+                ) from e
+            if machine is not None:
+                return machine
+            waited = time.monotonic() - started
+            if _is_held(self.lock_file):
+                # Its record, once the new holder has written it (as for the file).
+                record = _parse_record(_read_path(self.lock_file))
+                if _names_live_holder(record) or waited >= _UNDECIDED_WAIT:
+                    self._holder = record or {"name": self.name}
+                    return None
+            elif waited >= _UNDECIDED_WAIT:
+                pid = _machine_holder_pid(machine_name)
+                self._holder = {
+                    "name": self.name,
+                    "pid": "unknown" if pid is None else pid,
+                    "machine_wide": True,
+                }
+                return None
+            time.sleep(0.01)
+
+    def _take_file(self) -> bool:
         path = self.lock_file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,18 +357,66 @@ class ProcessLock:
         os.fsync(fd)
 
     def _watch(self):
-        """On Linux anyone can unlink a held lock's file: say so loudly if it happens."""
+        """On Linux anyone can unlink a held lock's file, or its whole folder. This
+        process still holds the machine-wide name, so nobody else can have taken the
+        lock: create, lock and record the file again, and say so loudly."""
         stop = threading.Event()
         self._stop_watch = stop
-        name, path, key = self.name, self.lock_file, self._key
+        name, path = self.name, self.lock_file
 
         def watch():
             while not stop.wait(_WATCH_EVERY):
-                if not _names_file(path, key):
+                with self._guard:
+                    if self._fd is None:
+                        return
+                    if _names_file(path, self._key):
+                        continue
+                    retaken = self._take_again()
+                if not retaken:
                     _warn_lost(name, path)
                     return
+                sys.stderr.write(
+                    f"WARNING: lock file {path} was deleted or replaced while {name} held "
+                    f"it; its machine-wide lock stayed held, so nobody could take {name} "
+                    f"meanwhile; the lock file was taken again and its record written "
+                    f"again. Find out who deletes lock files: only the desk tools may\n"
+                )
+                sys.stderr.flush()
 
         threading.Thread(target=watch, name=f"watch {name}", daemon=True).start()
+
+    def _take_again(self) -> bool:
+        """Creates, locks and records our lock file again after it went (under
+        self._guard). Anything already at the path is someone else's: not taken."""
+        path = self.lock_file
+        try:
+            os.lstat(path)
+            return False
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = _open_lock_file(path)
+        except (OSError, RuntimeError):
+            return False
+        try:
+            key = _file_key(fd)
+            if (
+                not _try_lock(fd, exclusive=True)
+                or not _names_file(path, key)
+                or os.fstat(fd).st_size != 0
+            ):
+                _os_close(fd)
+                return False
+            self._write_record(fd)
+        except OSError:
+            _os_close(fd)
+            return False
+        old, self._fd, self._key = self._fd, fd, key
+        _os_close(old)  # its file is gone from the folder
+        return True
 
 
 # --- records and processes ----------------------------------------------------------
@@ -346,22 +473,53 @@ def _live_legacy_record(data: bytes) -> Optional[dict]:
     started = _start_time(record["pid"])
     if started is None:
         return None
-    written = _timestamp_secs(record.get("timestamp"))
+    written = _written_no_later_than(record.get("timestamp"))
     if written is not None and started > written:
         return None
     return record  # no readable timestamp: cannot tell reuse, so err towards held
 
 
-def _timestamp_secs(text) -> Optional[int]:
-    """The older tool's local time without a zone (or ISO 8601 with one), in seconds."""
+def _written_no_later_than(text) -> Optional[int]:
+    """The latest instant, in Unix seconds, a record's timestamp can name (lockcore's
+    LockRecord::written_no_later_than). With a zone: exact. The older tool wrote local
+    time with no zone, in a zone nobody recorded (a bot in New York, read here under
+    UTC), so it is read at its latest: as if written in UTC-12, the westernmost zone."""
     if not isinstance(text, str):
         return None
     try:
-        # Naive means local time; an ambiguous one (DST fall-back) takes the earlier
-        # reading (fold=0), which makes a live process look older: errs towards held.
-        return math.floor(datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            naive_as_utc = when.replace(tzinfo=datetime.timezone.utc).timestamp()
+            return math.floor(naive_as_utc) + _WESTERNMOST_OFFSET_SECS
+        return math.floor(when.timestamp())
     except (ValueError, OverflowError, OSError):
         return None
+
+
+def _machine_name(name: str) -> str:
+    """The lock's machine-wide name, as lockcore's machine::name_for (no cluster host:
+    a hand-started bot takes no etcd key either)."""
+    key = name.lower()
+    full = _MACHINE_PREFIX + key
+    if len(full) <= _MACHINE_MAX_NAME:
+        return full
+    return f"{full[:_MACHINE_MAX_NAME - 17]}~{_fnv1a(key.encode('ascii')):016x}"
+
+
+def _fnv1a(data: bytes) -> int:
+    """FNV-1a, 64 bits, as lockcore's."""
+    value = 0xCBF29CE484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return value
+
+
+def _free_machine(machine):
+    if machine is not None:
+        try:
+            machine.close()
+        except OSError:
+            pass
 
 
 def _warn_lost(name, path):
@@ -370,6 +528,20 @@ def _warn_lost(name, path):
         f"another process could take {name} now; check for a duplicate with `check-procs`\n"
     )
     sys.stderr.flush()
+
+
+def _read_path(path) -> bytes:
+    """The file's bytes, read as lockcore reads them (no link followed); b"" if none."""
+    try:
+        fd = _open_for_reading(path)
+    except (OSError, RuntimeError):
+        return b""
+    try:
+        return _read_fd(fd)
+    except OSError:
+        return b""
+    finally:
+        _os_close(fd)
 
 
 def _read_fd(fd) -> bytes:
@@ -399,6 +571,58 @@ def _check_regular(fd, path):
 
 if not _WINDOWS:
     import fcntl
+
+    _ABSTRACT_NAMES = sys.platform.startswith("linux")
+
+    class _NoMachineName:
+        """Unix without abstract socket names (macOS): only the file lock."""
+
+        def close(self):
+            pass
+
+    def _try_take_machine(machine_name):
+        """Binds the abstract name (a stream socket, as lockcore: the kernel keeps
+        abstract names per socket type); None if another process has it. Python's
+        sockets are not inherited by children (PEP 446)."""
+        if not _ABSTRACT_NAMES:
+            return _NoMachineName()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(b"\0" + machine_name.encode("ascii"))
+        except OSError as e:
+            sock.close()
+            if e.errno == errno.EADDRINUSE:
+                return None
+            raise
+        return sock
+
+    def _machine_holder_pid(machine_name) -> Optional[int]:
+        """Best effort: the socket's inode from /proc/net/unix, then the process with
+        a descriptor on it (only our own user's processes can be looked into)."""
+        try:
+            with open("/proc/net/unix") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            return None
+        inode = None
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == "@" + machine_name:
+                inode = fields[6]
+                break
+        if inode is None:
+            return None
+        target = f"socket:[{inode}]"
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                for fd in os.listdir(f"/proc/{entry}/fd"):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") == target:
+                        return int(entry)
+            except OSError:
+                continue
+        return None
 
     _CLK_TCK = os.sysconf("SC_CLK_TCK")
     _boot_time_cache = []
@@ -542,6 +766,8 @@ else:
     _k32.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
     _k32.GetProcessTimes.argtypes = [wintypes.HANDLE] + [ctypes.POINTER(wintypes.FILETIME)] * 4
     _k32.CloseHandle.argtypes = [wintypes.HANDLE]
+    _k32.CreateMutexW.restype = wintypes.HANDLE
+    _k32.CreateMutexW.argtypes = [ctypes.c_void_p, wintypes.BOOL, wintypes.LPCWSTR]
 
     class _FILE_INFORMATION(ctypes.Structure):  # BY_HANDLE_FILE_INFORMATION
         _fields_ = [
@@ -571,6 +797,37 @@ else:
     _INVALID_HANDLE = wintypes.HANDLE(-1).value
     _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
     _STILL_ACTIVE = 259
+    _ERROR_ACCESS_DENIED, _ERROR_ALREADY_EXISTS = 5, 183
+
+    class _MachineMutex:
+        """An open handle to the named mutex; the name lives while a handle is open."""
+
+        def __init__(self, handle):
+            self._handle = handle
+
+        def close(self):
+            handle, self._handle = self._handle, None
+            if handle:
+                _k32.CloseHandle(handle)
+
+    def _try_take_machine(machine_name):
+        """Creates the named mutex under Global\\ (one per machine, every session), as
+        lockcore's lock/machine.rs: existence is the lock. None if it exists already
+        (ERROR_ALREADY_EXISTS, or ERROR_ACCESS_DENIED for another user's). No security
+        attributes: the handle is not inherited."""
+        handle = _k32.CreateMutexW(None, False, "Global\\" + machine_name)
+        error = ctypes.get_last_error()
+        if not handle:
+            if error == _ERROR_ACCESS_DENIED:
+                return None
+            raise ctypes.WinError(error)
+        if error == _ERROR_ALREADY_EXISTS:
+            _k32.CloseHandle(handle)
+            return None
+        return _MachineMutex(handle)
+
+    def _machine_holder_pid(machine_name) -> Optional[int]:
+        return None  # Windows cannot name who has a mutex open
 
     def _create(path, access, disposition):
         handle = _k32.CreateFileW(

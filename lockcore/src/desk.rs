@@ -544,7 +544,7 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
         .filter(|(r, info)| {
             r.is_legacy()
                 && !is_copy(info)
-                && r.timestamp_secs().is_none_or(|written| {
+                && r.written_no_later_than().is_none_or(|written| {
                     i64::try_from(info.start_time).is_ok_and(|start| start <= written)
                 })
         })

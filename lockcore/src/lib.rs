@@ -49,7 +49,7 @@ pub use desk::{ComponentState, ComponentView, DeskSnapshot, Problem, ProblemKind
 pub use exit::ExitCode;
 pub use lock::{
     Acquire, HeldLock, Holder, LockClaim, LockDir, LockError, LockLost, LockScan, LockState,
-    LockStatus, LockWatcher, Removal, StrayEntry,
+    LockStatus, LockWatcher, MachineHolder, Removal, Retaken, StrayEntry,
 };
 pub use process::{ProcessIdentity, ProcessInfo, ProcessProbe, ProcessTable, ProcessTree};
 pub use record::LockRecord;

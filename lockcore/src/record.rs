@@ -59,6 +59,23 @@ impl LockRecord {
         parse_timestamp(self.timestamp.as_deref()?)
     }
 
+    /// The latest instant at which the record can have been written, in seconds since
+    /// the Unix epoch: what a live process's start time is judged against (DESIGN.md
+    /// rule 5). A timestamp with a zone is exact. The older tool wrote local time with
+    /// no zone, and the writer's zone is unknown (a record from a bot in New York read
+    /// by a tool under UTC), so its latest reading is taken: as if written in the
+    /// westernmost zone, UTC-12. A genuine holder is then never judged younger than
+    /// its record; a reused pid is still seen once its process started more than
+    /// 12 h after the naive time (or after a zoned one).
+    pub fn written_no_later_than(&self) -> Option<i64> {
+        let text = self.timestamp.as_deref()?;
+        if let Ok(with_zone) = DateTime::parse_from_rfc3339(text) {
+            return Some(with_zone.timestamp());
+        }
+        let naive = parse_naive(text)?;
+        Some(naive.and_utc().timestamp() + WESTERNMOST_OFFSET_SECS)
+    }
+
     /// Parses a record; an error for anything that is not a JSON object with `pid` and `name`.
     pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
@@ -94,13 +111,21 @@ pub fn format_local(secs: u64) -> String {
         .unwrap_or_else(|| format!("{secs}s after the epoch"))
 }
 
+/// UTC-12 (Baker Island) is the last zone to reach any given local time: a naive local
+/// time read there is the latest instant it can name.
+const WESTERNMOST_OFFSET_SECS: i64 = 12 * 3600;
+
+fn parse_naive(text: &str) -> Option<NaiveDateTime> {
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f"))
+        .ok()
+}
+
 fn parse_timestamp(text: &str) -> Option<i64> {
     if let Ok(with_zone) = DateTime::parse_from_rfc3339(text) {
         return Some(with_zone.timestamp());
     }
-    let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
-        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f"))
-        .ok()?;
+    let naive = parse_naive(text)?;
     // An ambiguous local time (DST fall-back) takes the earlier reading: it makes a
     // live process look older than the record, which errs towards "held".
     Local
@@ -125,6 +150,32 @@ mod tests {
             .unwrap()
             .timestamp();
         assert_eq!(record.timestamp_secs(), Some(expected));
+    }
+
+    #[test]
+    fn a_naive_timestamp_is_judged_at_its_latest_reading_and_a_zoned_one_exactly() {
+        let at = |timestamp: &str| LockRecord {
+            timestamp: Some(timestamp.into()),
+            ..LockRecord::parse(br#"{"pid": 1, "name": "X"}"#).unwrap()
+        };
+        // 09:30 in New York is 14:30 UTC; the latest reading (UTC-12) is 21:30 UTC, so a
+        // bot started at 14:30 UTC is never judged younger than its record, whatever
+        // the reader's zone.
+        let naive = at("2026-02-11T09:30:00.123456").written_no_later_than();
+        let utc_2130 = DateTime::parse_from_rfc3339("2026-02-11T21:30:00Z")
+            .unwrap()
+            .timestamp();
+        assert_eq!(naive, Some(utc_2130));
+        let zoned = at("2026-02-11T09:30:00-05:00").written_no_later_than();
+        let utc_1430 = DateTime::parse_from_rfc3339("2026-02-11T14:30:00Z")
+            .unwrap()
+            .timestamp();
+        assert_eq!(zoned, Some(utc_1430));
+        assert_eq!(
+            at("2026-02-11T14:30:00Z").written_no_later_than(),
+            Some(utc_1430)
+        );
+        assert_eq!(at("not a time").written_no_later_than(), None);
     }
 
     #[test]

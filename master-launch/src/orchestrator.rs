@@ -38,7 +38,8 @@ use lockcore::stop::now_unix;
 use lockcore::stop_engine::{StopObserver, stop_in_order};
 use lockcore::{
     Acquire, Component, DeskSnapshot, Fleet, Grace, HeldLock, Holder, LockClaim, LockDir,
-    LockError, LockWatcher, ProcessIdentity, ProcessProbe, Role, Stage, StopRequest,
+    LockError, LockLost, LockWatcher, ProcessIdentity, ProcessProbe, Retaken, Role, Stage,
+    StopRequest,
 };
 
 use crate::supervisor::{FAILURE_WINDOW, Launch, Outcome, Report, Supervisor};
@@ -1039,24 +1040,28 @@ impl<'f> Orchestrator<'f> {
         self.published = Some(state.components);
     }
 
-    /// DESIGN.md rule 7: on Linux anyone can unlink a lock file. A component's loss is
-    /// logged; the orchestrator's own lock is taken again at once, so that tools can
-    /// find it (and a second master-launch cannot start beside it).
+    /// DESIGN.md rules 7 and 17: on Linux anyone can unlink a lock file, or the whole
+    /// lock folder. Every held lock whose file has gone is taken and recorded again by
+    /// its own check (a component's machine-wide lock kept anyone else out meanwhile),
+    /// and that is logged loudly. If the orchestrator's own file cannot be taken back
+    /// that way, it is acquired afresh, so that tools can find it (and a second
+    /// master-launch cannot start beside it).
     fn verify_locks(&mut self) {
         for unit in &self.units {
-            if let Some(supervisor) = &unit.supervisor
-                && let Err(lost) = supervisor.verify_lock()
-            {
-                self.events.line("", &format!("LOCK LOST: {lost}"));
+            if let Some(supervisor) = &unit.supervisor {
+                // A loss is logged; the supervisor keeps its child and its machine lock.
+                let _ = self.report_lock_check(unit.name(), supervisor.verify_lock());
             }
         }
         let Some(watcher) = &self.master_watcher else {
             return;
         };
-        let Err(lost) = watcher.check() else {
+        if self
+            .report_lock_check(MASTER_LOCK_NAME, watcher.check())
+            .is_ok()
+        {
             return;
-        };
-        self.events.line("", &format!("LOCK LOST: {lost}"));
+        }
         let claim = LockClaim {
             account: None,
             command: std::env::args().collect(),
@@ -1080,6 +1085,36 @@ impl<'f> Orchestrator<'f> {
                 "",
                 &format!("{MASTER_LOCK_NAME}: cannot take it again: {e}"),
             ),
+        }
+    }
+}
+
+impl Orchestrator<'_> {
+    /// Logs a lock check's finding loudly: a lock file taken again after it was deleted
+    /// (DESIGN.md rules 7 and 17), or lost. Hands the outcome back.
+    fn report_lock_check(
+        &self,
+        name: &str,
+        checked: Result<Option<Retaken>, LockLost>,
+    ) -> Result<(), LockLost> {
+        match checked {
+            Ok(None) => Ok(()),
+            Ok(Some(retaken)) => {
+                self.events.line(
+                    "",
+                    &format!(
+                        "LOCK LOST: lock file {} was deleted or replaced while {name} held it",
+                        retaken.path.display()
+                    ),
+                );
+                self.events
+                    .line("", &format!("{name}: lock taken again: {retaken}"));
+                Ok(())
+            }
+            Err(lost) => {
+                self.events.line("", &format!("LOCK LOST: {lost}"));
+                Err(lost)
+            }
         }
     }
 }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use lockcore::cluster::{Fence, FenceStage, FenceWatch};
 use lockcore::config::RestartPolicy;
 use lockcore::{
-    Component, HeldLock, LockLost, LockWatcher, ProcessIdentity, ProcessProbe, Stage, Stoppable,
+    Component, HeldLock, LockLost, LockWatcher, ProcessIdentity, ProcessProbe, Retaken, Stage,
+    Stoppable,
 };
 
 use crate::child;
@@ -168,15 +169,17 @@ impl Supervisor {
     }
 
     /// Whether the lock file is still the one held (DESIGN.md rule 7: on Linux anyone
-    /// can unlink it). Only meaningful while the component runs; our own release is
-    /// not a loss (the flag is set before the file goes, and read after the check).
-    pub fn verify_lock(&self) -> Result<(), LockLost> {
+    /// can unlink it, or the whole lock folder); a file that has gone is taken and
+    /// recorded again ([`Retaken`], to be reported). Only meaningful while the component
+    /// runs; our own release is not a loss (the flag is set before the file goes, and
+    /// read after the check).
+    pub fn verify_lock(&self) -> Result<Option<Retaken>, LockLost> {
         let Some(watcher) = &self.watcher else {
-            return Ok(());
+            return Ok(None);
         };
         match watcher.check() {
-            Err(lost) if !self.shared.releasing.load(Ordering::SeqCst) => Err(lost),
-            _ => Ok(()),
+            Err(_) if self.shared.releasing.load(Ordering::SeqCst) => Ok(None),
+            checked => checked,
         }
     }
 

@@ -104,6 +104,66 @@ fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
     assert!(inspections.load(Ordering::Relaxed) > rounds);
 }
 
+/// DESIGN.md rule 17: starters of one lock name in *different* lock folders (copies
+/// of a desk folder) race through the machine-wide name alone: exactly one wins each
+/// round, and every loser names it.
+#[test]
+fn starters_in_separate_lock_folders_make_exactly_one_holder_on_the_machine_every_round() {
+    const STARTERS: usize = 8;
+    let rounds = fleet_tests::wine::race_rounds(40, 8);
+    let tmp = tempfile::tempdir().unwrap();
+    // Unique to this run: the name is machine-wide, and other suites run concurrently.
+    let name = format!("BRAIN_MRACE_{}", std::process::id());
+    for round in 0..rounds {
+        let go = Barrier::new(tmp.path(), &format!("go{round}"));
+        let release = Barrier::new(tmp.path(), &format!("release{round}"));
+        let starters: Vec<(Child, Lines)> = (0..STARTERS)
+            .map(|i| {
+                let folder = tmp.path().join(format!("desk{i}")).join("locks");
+                spawn_with_lines(taker(&[
+                    "race",
+                    folder.to_str().unwrap(),
+                    &name,
+                    go.path.to_str().unwrap(),
+                    release.path.to_str().unwrap(),
+                ]))
+            })
+            .collect();
+        for (_, lines) in &starters {
+            assert!(lines.wait_for("ready", Duration::from_secs(30)).is_some());
+        }
+        go.release();
+        let mut winners = Vec::new();
+        let mut refused_by = Vec::new();
+        for (_, lines) in &starters {
+            let line = lines
+                .wait_for("outcome", Duration::from_secs(30))
+                .expect("every starter reports");
+            if line.contains("acquired") {
+                winners.push(field(&line, "pid").unwrap());
+            } else {
+                refused_by.push(field(&line, "holder_pid").unwrap());
+            }
+        }
+        release.release();
+        for (mut child, _) in starters {
+            assert!(child.wait().unwrap().success());
+        }
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        // Linux names the holder (found through /proc); Windows cannot (0).
+        let named = if cfg!(target_os = "linux") {
+            winners[0]
+        } else {
+            0
+        };
+        assert!(
+            refused_by.iter().all(|&pid| pid == named),
+            "round {round}: losers named {refused_by:?}, the holder is {}",
+            winners[0]
+        );
+    }
+}
+
 /// After a release the file is gone. On Windows a release cannot delete a file that an
 /// inspector has open at that moment; it may then stay behind, but never held.
 fn assert_released(lock_dir: &Path, name: &str, round: usize) {
@@ -177,7 +237,7 @@ fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
 // Unix-only: on Windows the delete itself is refused (the next test).
 #[cfg(unix)]
 #[test]
-fn deleting_a_held_lock_file_by_hand_is_reported_by_the_holder_within_seconds() {
+fn deleting_a_held_lock_file_by_hand_is_reported_and_repaired_by_the_holder_within_seconds() {
     let tmp = tempfile::tempdir().unwrap();
     let mut command = taker(&["hold", tmp.path().to_str().unwrap(), "BRAIN_GL_3", "200"]);
     command.stderr(Stdio::piped());
@@ -187,13 +247,24 @@ fn deleting_a_held_lock_file_by_hand_is_reported_by_the_holder_within_seconds() 
     assert!(out.wait_for("acquired", Duration::from_secs(30)).is_some());
     // The old runbook: `del .locks\*.lock`. Linux cannot refuse the unlink...
     std::fs::remove_file(tmp.path().join("BRAIN_GL_3.lock")).unwrap();
-    // ...so the holder must notice, loudly.
-    let report = err.wait_for("LOCK LOST", Duration::from_secs(5));
+    // ...so the holder must notice, loudly, and (holding the machine-wide name, so
+    // nobody could take the lock meanwhile) put its file back (DESIGN.md rule 17).
+    let report = err.wait_for("LOCK TAKEN AGAIN", Duration::from_secs(5));
+    let mut probe = ProcessProbe::new().unwrap();
+    let status = LockDir::new(tmp.path()).inspect("BRAIN_GL_3", &mut probe);
     holder.kill().unwrap();
     holder.wait().unwrap();
     let report = report.expect("the holder did not report the deleted file within 5 s");
     assert!(report.contains("BRAIN_GL_3"), "{report}");
     assert!(report.contains("deleted or replaced"), "{report}");
+    let status = status.unwrap().expect("the lock file is not back");
+    assert_eq!(
+        status.state,
+        lockcore::LockState::Running,
+        "{}",
+        status.detail
+    );
+    assert_eq!(status.record.unwrap().holder_pid, Some(holder.id()));
 }
 
 #[cfg(windows)]

@@ -202,12 +202,13 @@ fn a_legacy_record_whose_pid_was_reused_by_a_younger_process_is_stale() {
     let mut probe = ProcessProbe::new().unwrap();
     let unrelated = Idle::start();
     let started = probe.identity(unrelated.pid()).unwrap().start_time as i64;
-    // The record is an hour older than the process now using that pid.
+    // The record is two days older than the process now using that pid: more than
+    // any zone can explain (a naive time is read at its latest, UTC-12: rule 5).
     write_legacy(
         tmp.path(),
         "BRAIN_ATLAS",
         unrelated.pid(),
-        &local(started - 3600),
+        &local(started - 2 * 86_400),
     );
 
     let status = dir.inspect("BRAIN_ATLAS", &mut probe).unwrap().unwrap();

@@ -663,7 +663,7 @@ mod unix {
         let script = format!(
             "import datetime, json, os, sys, time\n\
              data = {{'pid': os.getpid(), 'name': {name:?}, 'account': '212000584',\n\
-                     'timestamp': (datetime.datetime.now() - datetime.timedelta(hours=1)).isoformat()}}\n\
+                     'timestamp': (datetime.datetime.now() - datetime.timedelta(days=2)).isoformat()}}\n\
              open(sys.argv[1], 'w').write(json.dumps(data, indent=2))\n\
              print('written', flush=True)\n\
              time.sleep(120)\n"
@@ -998,5 +998,316 @@ mod unix {
             .unwrap();
         assert_eq!(status.state, LockState::Running);
         assert_eq!(status.record.unwrap().pid, bot.running.pid());
+    }
+
+    /// master-launch on `desk`, once every component runs; killed (with its bots) when
+    /// dropped.
+    fn start_desk(desk: &Desk) -> (Running, Lines) {
+        let mut child = master_launch(desk)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = spawn_reader(child.stdout.take().unwrap());
+        let launcher = Running::new(child);
+        assert!(
+            lines
+                .wait_for("desk started", Duration::from_secs(30))
+                .is_some()
+        );
+        desk.wait_until_running();
+        (launcher, lines)
+    }
+
+    /// `master-launch ARGS` on a desk where it must refuse: its exit code and stderr,
+    /// or a failed test (never a hang) should it start something.
+    fn refused_with(desk: &Desk, args: &[&str]) -> (Option<i32>, String) {
+        let errors = tempfile::NamedTempFile::new().unwrap();
+        let mut child = master_launch(desk)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(errors.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _running = Running::new(child); // killed with what it started
+                panic!("master-launch {args:?} did not refuse");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (
+            status.code(),
+            std::fs::read_to_string(errors.path()).unwrap(),
+        )
+    }
+
+    /// A bot expected to refuse at once: its exit code, stdout and stderr. One that
+    /// runs instead (took the lock) is killed after 30 s and the test fails, not hangs.
+    fn finish_refused(mut command: Command) -> (i32, String, String) {
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                let running = Running::new(child);
+                drop(running); // killed
+                panic!("the bot did not refuse: it took the lock and runs");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        finish(child)
+    }
+
+    /// DESIGN.md rule 17: a bot started by hand takes the very machine-wide name the
+    /// desk tools take, for short and long lock names alike.
+    #[test]
+    fn the_module_takes_the_machine_wide_names_lockcore_takes() {
+        if python3().is_none() {
+            return;
+        }
+        let names = [
+            "BRAIN_ATLAS".to_string(),
+            "quantum_server".to_string(),
+            format!("WATCHDOG_{}", "X".repeat(75)),
+            format!("WATCHDOG_{}", "Y".repeat(91)),
+        ];
+        let output = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sys; sys.path.insert(0, sys.argv[1]); import process_lock; \
+                 print('\\n'.join(process_lock._machine_name(n) for n in sys.argv[2:]))",
+            )
+            .arg(repo_file("python"))
+            .args(&names)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let python: Vec<String> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        let rust: Vec<String> = names
+            .iter()
+            .map(|n| lockcore::lock::machine_name(n))
+            .collect();
+        assert_eq!(python, rust);
+        assert!(rust.iter().all(|n| n.len() <= 100), "{rust:?}");
+    }
+
+    /// A copy of the desk's folder (`cp -r`) shares its lock names but not its lock
+    /// folder. DESIGN.md rule 17: while the first desk runs, the copy cannot start a
+    /// second brain of the account: not by hand through process_lock.py (which once
+    /// took the copy's unheld lock file and traded beside the managed brain), not with
+    /// `master-launch run`, not with master-launch.
+    #[test]
+    fn a_copied_desk_folder_cannot_start_a_second_brain_of_the_account() {
+        if python3().is_none() {
+            return;
+        }
+        // Unique to this run: a copy is recognised machine-wide.
+        let desk = python_desk(&format!("CP{}", std::process::id()));
+        let name = brain(&desk);
+        let (launcher, _lines) = start_desk(&desk);
+        let copy = Desk {
+            dir: tempfile::tempdir().unwrap(),
+            accounts: desk.accounts.clone(),
+            global: desk.global.clone(),
+        };
+        let copied = Command::new("cp")
+            .arg("-r")
+            .arg(desk.dir.path().join("."))
+            .arg(copy.dir.path())
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        assert!(
+            copy.lock_path(&name).exists(),
+            "cp -r copied the lock files too"
+        );
+
+        let (code, out, err) = finish_refused(bot_command(&copy, &name));
+        assert_eq!(code, 1, "a second brain ran from the copy: {out}{err}");
+        assert!(
+            out.contains(&format!(
+                "LOCK FAILURE: Process lock '{name}' is held by PID {} on this machine",
+                launcher.pid()
+            )) && out.contains("copy of the desk folder"),
+            "{out}{err}"
+        );
+
+        let (code, text) = refused_with(&copy, &["run", &name]);
+        assert_eq!(code, Some(3), "{text}");
+        assert!(
+            text.contains(&format!(
+                "{name} is held on this machine by pid {}",
+                launcher.pid()
+            )) && text.contains("copied desk folder"),
+            "{text}"
+        );
+        let (code, text) = refused_with(&copy, &[]);
+        assert_eq!(code, Some(3), "{text}");
+        assert!(
+            text.contains(&name) || text.contains(&desk.global),
+            "{text}"
+        );
+
+        // One brain on the machine, the first desk's, still under its lock.
+        let snap = desk.snapshot();
+        let view = snap.component(&name).unwrap();
+        assert_eq!(view.copies.len(), 1, "{:?}", view.copies);
+        assert!(view.managed.is_some());
+        drop(launcher);
+    }
+
+    /// The lock folder deleted while master-launch runs (`rm -r .locks`): a bot started
+    /// by hand is still refused (the machine-wide names are held), and master-launch
+    /// puts the folder and every held lock file back, recorded as before, saying so
+    /// loudly; check-procs shows the desk `running` again.
+    #[test]
+    fn a_deleted_lock_folder_is_put_back_and_a_hand_started_brain_stays_refused() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk(&format!("RM{}", std::process::id()));
+        let name = brain(&desk);
+        let (launcher, _lines) = start_desk(&desk);
+        let names = desk.component_names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let pids = managed_pids(&desk.snapshot(), &names);
+
+        std::fs::remove_dir_all(desk.lock_dir()).unwrap();
+        let (code, out, err) = finish_refused(bot_command(&desk, &name));
+        assert_eq!(code, 1, "a second brain ran: {out}{err}");
+        assert!(
+            out.contains(&format!(
+                "LOCK FAILURE: Process lock '{name}' is held by PID"
+            )),
+            "{out}{err}"
+        );
+
+        wait_until("every lock to be taken again", || {
+            let log = desk.master_log();
+            names
+                .iter()
+                .chain(&["MASTER_LAUNCH"])
+                .all(|n| log.contains(&format!("{n}: lock taken again")))
+        });
+        // (Whether the folder was still missing then depends on who came first: the
+        // hand-started bot's module creates it at import, as the former one did.)
+        let log = desk.master_log();
+        assert!(
+            log.contains("LOCK LOST") && log.contains("machine-wide lock stayed held"),
+            "{log}"
+        );
+        let (code, document) = check_procs_json(&desk);
+        assert_eq!(code, 0, "{document}");
+        for name in &names {
+            assert_eq!(component_state(&document, name), "running", "{name}");
+        }
+        // Recorded as before: the same bots, nothing restarted.
+        assert_eq!(managed_pids(&desk.snapshot(), &names), pids);
+        let master = desk.snapshot().master.unwrap();
+        assert_eq!(master.state, LockState::Running);
+        assert_eq!(master.record.unwrap().pid, launcher.pid());
+
+        // And by hand, after the repair: refused, naming the managed brain.
+        let (code, out, err) = finish_refused(bot_command(&desk, &name));
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            out.contains(&format!(
+                "LOCK FAILURE: Process lock '{name}' is held by PID {}.",
+                pids[2]
+            )),
+            "{out}{err}"
+        );
+        drop(launcher);
+    }
+
+    /// DESIGN.md rule 5: the former module wrote local time with no zone. A record
+    /// written by a bot in New York, read by tools running under UTC (where its naive
+    /// time looks five hours older than the bot), is held while its bot runs, as it is
+    /// under New York time: process_lock.py refuses, check-procs says `legacy`, lock-gc
+    /// keeps it. Each tool runs with the zone in its environment.
+    #[test]
+    fn a_legacy_record_written_in_new_york_is_held_under_any_zone() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk(&format!("NY{}", std::process::id()));
+        let name = brain(&desk);
+        std::fs::create_dir_all(desk.lock_dir()).unwrap();
+        let path = desk.lock_path(&name);
+        let script = format!(
+            "import datetime, json, os, sys, time\n\
+             time.sleep(1.1)\n\
+             data = {{'pid': os.getpid(), 'name': {name:?}, 'account': '212000584',\n\
+                     'timestamp': datetime.datetime.now().isoformat()}}\n\
+             open(sys.argv[1], 'w').write(json.dumps(data, indent=2))\n\
+             print('written', data['timestamp'], flush=True)\n\
+             time.sleep(120)\n"
+        );
+        let mut old = Command::new("python3");
+        old.arg("-c")
+            .arg(script)
+            .arg(&path)
+            .env("TZ", "America/New_York")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let old = start_bot(old);
+        let written = old
+            .lines
+            .wait_for("written", Duration::from_secs(30))
+            .expect("the old bot wrote its record");
+        let before = std::fs::read(&path).unwrap();
+        for zone in ["UTC", "America/New_York"] {
+            let mut bot = bot_command(&desk, &name);
+            bot.env("TZ", zone);
+            let (code, out, err) = finish_refused(bot);
+            assert_eq!(code, 1, "TZ={zone}, {written}: {out}{err}");
+            assert!(
+                out.contains(&format!(
+                    "LOCK FAILURE: Process lock '{name}' is held by PID {}.",
+                    old.running.pid()
+                )),
+                "TZ={zone}: {out}{err}"
+            );
+
+            let output = Command::new(tool("check-procs", "check-procs"))
+                .arg("--config")
+                .arg(desk.config())
+                .arg("--json")
+                .env("TZ", zone)
+                .output()
+                .unwrap();
+            let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            let lock = document["locks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["name"] == name.as_str())
+                .unwrap_or_else(|| panic!("{name} missing: {document}"));
+            assert_eq!(lock["state"], "legacy", "TZ={zone}, {written}: {lock}");
+
+            let output = Command::new(tool("lock-gc", "lock-gc"))
+                .arg("--config")
+                .arg(desk.config())
+                .env("TZ", zone)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            assert_eq!(
+                std::fs::read(&path).ok().as_deref(),
+                Some(&before[..]),
+                "TZ={zone}: lock-gc removed or changed a live legacy lock: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
     }
 }

@@ -4,12 +4,18 @@
 //! process holds an OS lock on it (DESIGN.md rule 1); the JSON [`LockRecord`] inside only
 //! says who. The protocol, shared by every tool:
 //!
+//! - **Machine-wide** (DESIGN.md rule 17): every lock but `MASTER_LAUNCH` first takes
+//!   its machine-wide name ([`machine_name`]; `machine.rs`), which no copy of the desk
+//!   folder and no deleted lock folder can get around; the file lock comes second.
 //! - **Acquire**: open (create, never truncate), try the exclusive lock, then check the
 //!   path still names the file we locked (a release may have removed it in between:
 //!   rule 2), then read what is there (a live legacy record still counts as held:
 //!   rule 5), and only then write our record.
 //! - **Release**: remove the file while still holding the lock, after checking that
-//!   the path still names our file.
+//!   the path still names our file; free the machine-wide name last.
+//! - **Verify** ([`HeldLock::verify`], [`LockWatcher::check`]): a holder whose file has
+//!   gone (deleted by hand, or the whole lock folder) creates, locks and records it
+//!   again, and the caller reports that loudly ([`Retaken`]).
 //! - **Inspect**: a *shared* try-lock. It cannot succeed while a holder holds the
 //!   exclusive lock, so it tells "held" from "not held"; and a starter that finds only
 //!   shared lockers in its way retries instead of giving up, so inspection never makes
@@ -24,7 +30,10 @@
 //! read only up to [`MAX_RECORD_BYTES`]; a bigger file is `corrupt`.
 
 pub(crate) mod entry;
+mod machine;
 mod os;
+
+use machine::{MachineClaim, MachineLock};
 
 pub(crate) use os::retry_transient;
 
@@ -37,10 +46,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::cluster::{ClusterClaim, ClusterError, ClusterLock, EtcdClient, FenceWatch};
-use crate::config::{ClusterConfig, Fleet};
+use crate::config::{ClusterConfig, Fleet, MASTER_LOCK_NAME};
 use crate::copies::{CopyRule, runs_python};
 use crate::process::{ProcessIdentity, ProcessProbe, ProcessTableError};
 use crate::record::{LockRecord, format_local, local_timestamp_now};
@@ -56,6 +65,9 @@ const UNDECIDED_WAIT: Duration = Duration::from_secs(1);
 /// instead of waiting for ever.
 const READERS_WAIT: Duration = Duration::from_secs(5);
 const RETRY_PAUSE: Duration = Duration::from_millis(2);
+/// Between looks at a machine-wide name held by nobody in this folder: each look
+/// inspects the lock file too.
+const MACHINE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// How long remove-if-stale waits on a lock whose record names no live holder.
 const BUSY_WAIT: Duration = Duration::from_millis(200);
 /// A record is a few hundred bytes; a file bigger than this is not one of ours, is
@@ -103,6 +115,12 @@ pub fn check_lock_name(name: &str) -> Result<(), BadName> {
         return Err(BadName::Device);
     }
     Ok(())
+}
+
+/// The machine-wide name lock `name` takes on a desk without `[cluster]` (DESIGN.md
+/// rule 17; `MASTER_LAUNCH` takes none): what `python/process_lock.py` computes too.
+pub fn machine_name(name: &str) -> String {
+    machine::name_for(name, None)
 }
 
 /// A folder of lock files, and what the desk's components look like when running:
@@ -154,10 +172,26 @@ pub struct Holder {
     /// Held on another host, through this etcd key (`[cluster]`): a standby waits for
     /// it rather than refusing.
     pub cluster_key: Option<String>,
+    /// Held on this machine through the machine-wide lock (DESIGN.md rule 17) by a
+    /// process that holds no lock file here: a copy of the desk folder, or a desk
+    /// whose lock folder is another.
+    pub machine: Option<MachineHolder>,
+}
+
+/// Who holds a lock's machine-wide name, as far as this process can tell.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineHolder {
+    /// Linux: found through the socket's inode, for processes of our own user.
+    pub pid: Option<u32>,
+    /// Its command line, when the pid is known.
+    pub command: Option<String>,
 }
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let (Some(machine), None) = (&self.machine, &self.record) {
+            return write_machine_holder(f, &self.name, machine);
+        }
         write!(f, "{} is held", self.name)?;
         match &self.record {
             Some(record) if self.legacy => write!(
@@ -187,15 +221,54 @@ impl std::fmt::Display for Holder {
     }
 }
 
+fn write_machine_holder(
+    f: &mut std::fmt::Formatter<'_>,
+    name: &str,
+    machine: &MachineHolder,
+) -> std::fmt::Result {
+    write!(f, "{name} is held on this machine")?;
+    match (machine.pid, &machine.command) {
+        (Some(pid), Some(command)) => write!(f, " by pid {pid} (`{command}`)")?,
+        (Some(pid), None) => write!(f, " by pid {pid}")?,
+        _ => write!(f, " by another process")?,
+    }
+    write!(
+        f,
+        ", outside this lock folder: another desk on this machine (a copied desk folder?) \
+         runs {name}, and only one copy may run per machine; find it with `check-procs` \
+         in that desk's folder and stop it with `safe-shutdown` there, or use that desk"
+    )
+}
+
 /// A lock this process holds. Dropping it releases the lock and removes the file.
 #[derive(Debug)]
 pub struct HeldLock {
     name: String,
     path: PathBuf,
-    file: Option<File>,
-    record: LockRecord,
+    /// The open, locked file and its record, shared with [`LockWatcher`]s (one handle:
+    /// on Windows a second one would keep the release from deleting the file).
+    file: Arc<Mutex<LockFile>>,
     /// The etcd key, with `[cluster]`: released before the local lock.
     cluster: Option<ClusterLock>,
+    /// The machine-wide name (DESIGN.md rule 17): taken before the file, freed after it.
+    machine: Option<MachineLock>,
+}
+
+/// The file half of a held lock.
+#[derive(Debug)]
+struct LockFile {
+    /// `None` once released.
+    file: Option<File>,
+    record: LockRecord,
+    /// Whether the machine-wide name backs this lock, so that a lost file can be
+    /// created again knowing nobody else could take the lock meanwhile.
+    machine_wide: bool,
+}
+
+fn lock_state(state: &Mutex<LockFile>) -> MutexGuard<'_, LockFile> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The state of a lock file, as `check-procs` and `lock-gc` show it.
@@ -284,6 +357,46 @@ pub struct LockLost {
     pub path: PathBuf,
 }
 
+/// A held lock whose file had gone (deleted by hand, or its whole folder) and that its
+/// holder created and recorded again: reported loudly by whoever checked.
+#[derive(Debug, Clone)]
+pub struct Retaken {
+    pub name: String,
+    pub path: PathBuf,
+    /// The lock folder had gone too and was created again.
+    pub folder_recreated: bool,
+    /// The machine-wide name was held throughout, so nobody else had the lock meanwhile.
+    pub machine_wide: bool,
+}
+
+impl std::fmt::Display for Retaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "lock file {} was deleted or replaced while {} held it{}; ",
+            self.path.display(),
+            self.name,
+            if self.folder_recreated {
+                " (its whole lock folder was deleted, and was created again)"
+            } else {
+                ""
+            }
+        )?;
+        if self.machine_wide {
+            write!(
+                f,
+                "its machine-wide lock stayed held, so nobody could take {} meanwhile; ",
+                self.name
+            )?;
+        }
+        write!(
+            f,
+            "the lock file was taken again and its record written again. Find out who \
+             deletes lock files: only the desk tools may"
+        )
+    }
+}
+
 /// Errors from lock operations.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -324,6 +437,16 @@ pub enum LockError {
     StopRequested { request: StopRequest },
     #[error(transparent)]
     ProcessTable(#[from] ProcessTableError),
+    #[error(
+        "cannot take the machine-wide lock for {name} (`{machine_name}`): {source}; \
+         without it a copy of the desk folder could run {name} twice, so nothing is started"
+    )]
+    Machine {
+        name: String,
+        machine_name: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_error<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> LockError + 'p {
@@ -374,14 +497,8 @@ impl LockDir {
         if !part.names.contains(&held.name.to_ascii_lowercase()) {
             return Ok(Acquire::Acquired(held));
         }
-        held.record.host = Some(part.config.host.clone());
-        held.write_record()?;
-        match ClusterLock::acquire(
-            Arc::clone(&part.client),
-            &part.config,
-            &held.name,
-            &held.record,
-        )? {
+        let record = held.update_record(|r| r.host = Some(part.config.host.clone()))?;
+        match ClusterLock::acquire(Arc::clone(&part.client), &part.config, &held.name, &record)? {
             ClusterClaim::Held(key) => {
                 held.cluster = Some(key);
                 Ok(Acquire::Acquired(held))
@@ -398,6 +515,7 @@ impl LockDir {
                     record: serde_json::from_str(&other.value).ok(),
                     legacy: false,
                     cluster_key: Some(key),
+                    machine: None,
                 };
                 held.release()?;
                 Ok(Acquire::Held(holder))
@@ -503,6 +621,12 @@ impl LockDir {
     ) -> Result<Acquire, LockError> {
         let path = self.lock_path(name)?;
         std::fs::create_dir_all(&self.dir).map_err(io_error("create lock folder", &self.dir))?;
+        // The machine-wide name first, the file second (and freed in the reverse order):
+        // every taker goes the same way, so two can never block each other half-way.
+        let machine = match self.take_machine_lock(name, &path, probe)? {
+            Ok(machine) => machine,
+            Err(holder) => return Ok(Acquire::Held(*holder)),
+        };
         let started = Instant::now();
         loop {
             let file = match os::open(&path, true) {
@@ -523,7 +647,7 @@ impl LockDir {
                 {
                     return Ok(Acquire::Held(holder));
                 }
-                let held = HeldLock::start(name, path, file, claim, probe)?;
+                let held = HeldLock::start(name, path, file, claim, machine, probe)?;
                 return self.take_cluster_key(held);
             }
             if os::try_lock_shared(&file).map_err(io_error("lock", &path))? {
@@ -543,9 +667,72 @@ impl LockDir {
                     record,
                     legacy: false,
                     cluster_key: None,
+                    machine: None,
                 }));
             }
             std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+
+    /// The machine-wide name of lock `name` (DESIGN.md rule 17); `None` for
+    /// `MASTER_LAUNCH`, which stays per desk folder: two different desks may run on one
+    /// machine, each with its orchestrator, while their components are unique machine-wide.
+    /// With `[cluster]` the name includes the configured host, so that tests can run two
+    /// "hosts" on one machine.
+    fn machine_name(&self, name: &str) -> Option<String> {
+        if name.eq_ignore_ascii_case(MASTER_LOCK_NAME) {
+            return None;
+        }
+        let host = self.cluster.as_ref().map(|part| part.config.host.as_str());
+        Some(machine::name_for(name, host))
+    }
+
+    /// Takes the machine-wide name of lock `name`, or says who holds it. Held by a
+    /// process that holds the file here too: that holder, from its record. Held by
+    /// nobody here: a holder releasing (file first, name next) or just dead frees it in
+    /// a moment, so this waits [`UNDECIDED_WAIT`] before naming a holder elsewhere.
+    fn take_machine_lock(
+        &self,
+        name: &str,
+        path: &Path,
+        probe: &mut ProcessProbe,
+    ) -> Result<Result<Option<MachineLock>, Box<Holder>>, LockError> {
+        let Some(machine_name) = self.machine_name(name) else {
+            return Ok(Ok(None));
+        };
+        let started = Instant::now();
+        loop {
+            let claim =
+                MachineLock::try_take(&machine_name).map_err(|source| LockError::Machine {
+                    name: name.into(),
+                    machine_name: machine_name.clone(),
+                    source,
+                })?;
+            let pid = match claim {
+                MachineClaim::Taken(lock) => return Ok(Ok(Some(lock))),
+                MachineClaim::Held(pid) => pid,
+            };
+            let here = match self.inspect(name, probe)? {
+                Some(status) if status.state.is_held() => Some(status),
+                _ => None,
+            };
+            if here.is_some() || started.elapsed() >= UNDECIDED_WAIT {
+                let machine = MachineHolder {
+                    pid,
+                    command: pid
+                        .and_then(|pid| probe.info(pid))
+                        .map(|info| info.cmd.join(" ")),
+                };
+                return Ok(Err(Box::new(Holder {
+                    name: name.into(),
+                    path: path.to_path_buf(),
+                    legacy: here.as_ref().is_some_and(|s| s.state == LockState::Legacy),
+                    record: here.and_then(|s| s.record),
+                    cluster_key: None,
+                    machine: Some(machine),
+                })));
+            }
+            std::thread::sleep(MACHINE_RETRY_PAUSE);
         }
     }
 
@@ -804,6 +991,7 @@ impl HeldLock {
         path: PathBuf,
         file: File,
         claim: &LockClaim,
+        machine: Option<MachineLock>,
         probe: &mut ProcessProbe,
     ) -> Result<Self, LockError> {
         let me = probe.own_identity();
@@ -818,14 +1006,18 @@ impl HeldLock {
             host: Some(gethostname::gethostname().to_string_lossy().into_owned()),
             command: claim.command.clone(),
         };
-        let mut held = HeldLock {
+        let held = HeldLock {
             name: name.into(),
+            file: Arc::new(Mutex::new(LockFile {
+                file: Some(file),
+                record,
+                machine_wide: machine.is_some(),
+            })),
             path,
-            file: Some(file),
-            record,
             cluster: None,
+            machine,
         };
-        held.write_record()?;
+        held.update_record(|_| ())?;
         Ok(held)
     }
 
@@ -837,8 +1029,9 @@ impl HeldLock {
         &self.path
     }
 
-    pub fn record(&self) -> &LockRecord {
-        &self.record
+    /// The record as last written.
+    pub fn record(&self) -> LockRecord {
+        lock_state(&self.file).record.clone()
     }
 
     /// Records the process this lock now guards (a spawned child) and its command line.
@@ -847,39 +1040,39 @@ impl HeldLock {
         managed: ProcessIdentity,
         command: Vec<String>,
     ) -> Result<(), LockError> {
-        self.record.pid = managed.pid;
-        self.record.pid_start = Some(managed.start_time);
-        self.record.command = command;
-        self.record.timestamp = Some(local_timestamp_now());
-        self.write_record()?;
+        let record = self.update_record(|record| {
+            record.pid = managed.pid;
+            record.pid_start = Some(managed.start_time);
+            record.command = command;
+            record.timestamp = Some(local_timestamp_now());
+        })?;
         // The key names the child too: another host's tools on one machine (tests)
         // must not take it for an unlocked copy. A key that is no longer ours is the
         // fencing thread's business.
-        if let (Some(cluster), Some(host)) = (&self.cluster, &self.record.host) {
-            cluster.update_record(&self.record, host)?;
+        if let (Some(cluster), Some(host)) = (&self.cluster, &record.host) {
+            cluster.update_record(&record, host)?;
         }
         Ok(())
     }
 
     /// Checks that the path still names the file we hold (DESIGN.md rule 7: on Linux
-    /// anyone may unlink it; on Windows the open handle refuses deletion).
-    pub fn verify(&self) -> Result<(), LockLost> {
-        match &self.file {
-            Some(file) if names_file(&self.path, file) => Ok(()),
-            _ => Err(self.lost()),
-        }
+    /// anyone may unlink it, or the whole lock folder; on Windows the open handle
+    /// refuses deletion). A file that has gone is created, locked and recorded again
+    /// ([`Retaken`], for the caller to report loudly); [`LockLost`] if that cannot be
+    /// done (someone else has the new file).
+    pub fn verify(&self) -> Result<Option<Retaken>, LockLost> {
+        check_or_take_again(&self.name, &self.path, &self.file)
     }
 
     /// A handle another thread can use to [`LockWatcher::check`] this lock periodically.
     pub fn watcher(&self) -> Result<LockWatcher, LockError> {
-        let key = match &self.file {
-            Some(file) => os::file_key(file).map_err(io_error("watch", &self.path))?,
-            None => return Err(self.lost().into()),
-        };
+        if lock_state(&self.file).file.is_none() {
+            return Err(self.lost().into());
+        }
         Ok(LockWatcher {
             name: self.name.clone(),
             path: self.path.clone(),
-            key,
+            file: Arc::clone(&self.file),
         })
     }
 
@@ -899,28 +1092,30 @@ impl HeldLock {
     fn release_inner(&mut self) -> Result<(), LockError> {
         // The key first: another machine may take over only once nothing runs here.
         let cluster = self.cluster.take().map(ClusterLock::release);
-        let Some(file) = self.file.take() else {
-            return cluster.transpose().map(|_| ()).map_err(LockError::from);
+        let file = lock_state(&self.file).file.take();
+        let removed = match file {
+            None => Ok(()),
+            Some(file) if !names_file(&self.path, &file) => Err(self.lost().into()),
+            Some(file) => os::remove_locked(file, &self.path)
+                .map(|_| ())
+                .map_err(io_error("remove", &self.path)),
         };
-        if !names_file(&self.path, &file) {
-            return Err(self.lost().into());
-        }
-        os::remove_locked(file, &self.path).map_err(io_error("remove", &self.path))?;
+        // The machine-wide name last: a taker that gets it finds the file gone.
+        self.machine.take();
+        removed?;
         cluster.transpose().map(|_| ()).map_err(LockError::from)
     }
 
-    fn write_record(&mut self) -> Result<(), LockError> {
-        let bytes = self.record.to_bytes();
-        let Some(file) = self.file.as_mut() else {
+    /// Changes the record and writes it; returns what was written.
+    fn update_record(&self, change: impl FnOnce(&mut LockRecord)) -> Result<LockRecord, LockError> {
+        let mut state = lock_state(&self.file);
+        change(&mut state.record);
+        let record = state.record.clone();
+        let Some(file) = state.file.as_mut() else {
             return Err(self.lost().into());
         };
-        // Write first, then cut to length: a reader never sees an empty file.
-        let result = file
-            .seek(SeekFrom::Start(0))
-            .and_then(|_| file.write_all(&bytes))
-            .and_then(|()| file.set_len(bytes.len() as u64))
-            .and_then(|()| file.sync_data());
-        result.map_err(io_error("write the record to", &self.path))
+        write_record(file, &record).map_err(io_error("write the record to", &self.path))?;
+        Ok(record)
     }
 
     fn lost(&self) -> LockLost {
@@ -931,6 +1126,66 @@ impl HeldLock {
     }
 }
 
+/// Writes `record` at the start of `file`: write first, then cut to length, so a
+/// reader never sees an empty file.
+fn write_record(mut file: &File, record: &LockRecord) -> io::Result<()> {
+    let bytes = record.to_bytes();
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&bytes)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_data()
+}
+
+/// [`HeldLock::verify`] and [`LockWatcher::check`]: under the state's mutex, so a
+/// release and a re-take never interleave (a released lock is never created again).
+fn check_or_take_again(
+    name: &str,
+    path: &Path,
+    state: &Mutex<LockFile>,
+) -> Result<Option<Retaken>, LockLost> {
+    let lost = || LockLost {
+        name: name.into(),
+        path: path.to_path_buf(),
+    };
+    let mut state = lock_state(state);
+    let Some(file) = &state.file else {
+        return Err(lost());
+    };
+    let ours = os::file_key(file).map_err(|_| lost())?;
+    match os::path_key(path) {
+        Ok(key) if key == ours => return Ok(None),
+        // Cannot tell this time (a sharing violation for a moment); the next check will.
+        Err(e) if e.kind() != io::ErrorKind::NotFound && os::not_a_file(&e).is_none() => {
+            return Ok(None);
+        }
+        // Something else is at the path (a link, a folder, another file): not ours to
+        // overwrite; say so.
+        Ok(_) | Err(_) if path.symlink_metadata().is_ok() => return Err(lost()),
+        _ => {}
+    }
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let folder_recreated = !folder.exists();
+    std::fs::create_dir_all(folder).map_err(|_| lost())?;
+    let file = os::open(path, true).map_err(|_| lost())?;
+    // Someone else's new file (a holder without the machine-wide name, an older tool
+    // that wrote a record): it is theirs, and the loss stands.
+    let free = os::try_lock_exclusive(&file).unwrap_or(false)
+        && names_file(path, &file)
+        && file.metadata().is_ok_and(|m| m.len() == 0);
+    if !free {
+        return Err(lost());
+    }
+    write_record(&file, &state.record).map_err(|_| lost())?;
+    // The old handle closes here: its file is gone from the folder.
+    state.file = Some(file);
+    Ok(Some(Retaken {
+        name: name.into(),
+        path: path.to_path_buf(),
+        folder_recreated,
+        machine_wide: state.machine_wide,
+    }))
+}
+
 impl Drop for HeldLock {
     fn drop(&mut self) {
         // Errors here have nowhere to go; the OS lock is dropped with the handle anyway.
@@ -938,28 +1193,20 @@ impl Drop for HeldLock {
     }
 }
 
-/// Checks from another thread that a held lock's path still names its file. It keeps
-/// the file's identity, not a handle: a second open handle would outlive the release
-/// and, on Windows, keep the holder from deleting the file.
+/// Checks from another thread that a held lock's path still names its file, and takes
+/// a file that has gone again ([`HeldLock::verify`]). It shares the holder's one
+/// handle: a second one would outlive the release and, on Windows, keep the holder
+/// from deleting the file.
 #[derive(Debug)]
 pub struct LockWatcher {
     name: String,
     path: PathBuf,
-    key: os::FileKey,
+    file: Arc<Mutex<LockFile>>,
 }
 
 impl LockWatcher {
-    pub fn check(&self) -> Result<(), LockLost> {
-        match os::path_key(&self.path) {
-            Ok(key) if key == self.key => Ok(()),
-            // Cannot tell this time (a sharing violation for a moment); the next check will.
-            // A link or folder in its place is a replacement: lost.
-            Err(e) if e.kind() != io::ErrorKind::NotFound && os::not_a_file(&e).is_none() => Ok(()),
-            _ => Err(LockLost {
-                name: self.name.clone(),
-                path: self.path.clone(),
-            }),
-        }
+    pub fn check(&self) -> Result<Option<Retaken>, LockLost> {
+        check_or_take_again(&self.name, &self.path, &self.file)
     }
 }
 
@@ -1055,6 +1302,7 @@ fn live_legacy_holder(
         record: Some(record),
         legacy: true,
         cluster_key: None,
+        machine: None,
     })
 }
 
@@ -1135,7 +1383,8 @@ fn classify_legacy(
             format!("older tool's record; pid {pid} is not running"),
         ));
     };
-    let written = record.timestamp_secs();
+    // The latest instant the record can name: a naive time, in any zone (rule 5).
+    let written = record.written_no_later_than();
     if let Some(written) = written
         && i64::try_from(process.start_time).unwrap_or(i64::MAX) > written
     {

@@ -79,10 +79,12 @@ fn race(dir: &LockDir, name: &str, go: &Path, release: &Path, probe: &mut Proces
             }
         }
         Ok(Acquire::Held(holder)) => {
+            // A holder in another lock folder is known by its machine-wide name only.
             let holder_pid = holder
                 .record
                 .as_ref()
                 .and_then(|r| r.holder_pid)
+                .or(holder.machine.as_ref().and_then(|m| m.pid))
                 .unwrap_or(0);
             println!("{{\"outcome\": \"held\", \"holder_pid\": {holder_pid}}}");
         }
@@ -103,9 +105,13 @@ fn hold(dir: &LockDir, name: &str, watch_ms: u64, probe: &mut ProcessProbe) {
     let watcher = held.watcher().unwrap_or_else(|e| fail(&e.to_string()));
     loop {
         std::thread::sleep(Duration::from_millis(watch_ms));
-        if let Err(lost) = watcher.check() {
-            eprintln!("LOCK LOST: {lost}");
-            std::thread::sleep(Duration::from_secs(3600));
+        match watcher.check() {
+            Ok(None) => {}
+            Ok(Some(retaken)) => eprintln!("LOCK TAKEN AGAIN: {retaken}"),
+            Err(lost) => {
+                eprintln!("LOCK LOST: {lost}");
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
     }
 }

@@ -1,0 +1,230 @@
+//! The machine-wide half of a lock (DESIGN.md rule 17): a name in a kernel namespace
+//! that exists only while its holder lives, whatever folder the desk runs from and
+//! whether its lock dir still exists.
+//!
+//! Linux: an abstract unix socket name (`\0desk-tools/lock/<key>`), bound by the holder.
+//! It cannot be deleted, is freed by the kernel when the holder's last descriptor closes
+//! (on any death), and is unique per network namespace: the whole machine for a desk.
+//! Both sides bind a stream socket: the kernel keeps abstract names per socket type.
+//! Std's sockets are close-on-exec, so a child never inherits it.
+//!
+//! Windows: a named mutex under `Global\` (one per machine, across sessions). Existence
+//! is the lock: the name lives while any handle is open, and a create that finds it
+//! (`ERROR_ALREADY_EXISTS`, or `ERROR_ACCESS_DENIED` for another user's) means held. The
+//! handle is not inheritable (no security attributes).
+//!
+//! Other Unix systems have no abstract names: the lock is only the file lock there.
+//!
+//! `python/process_lock.py` computes the same name ([`name_for`]) and takes the same
+//! object; a test compares the two.
+
+use std::io;
+
+/// Prefix of every machine-wide name.
+pub(crate) const PREFIX: &str = "desk-tools/lock/";
+
+/// Longest name: an abstract socket name has 107 bytes; a Windows object name more.
+const MAX_NAME: usize = 100;
+
+/// The machine-wide name for lock `name`: the prefix and the lock name in lower case
+/// (Windows file names ignore case), and with `[cluster]` the configured host (hashed),
+/// so that two simulated hosts can share one machine. A name too long for a socket
+/// address keeps its start and ends with a hash of the whole.
+pub(crate) fn name_for(lock_name: &str, host: Option<&str>) -> String {
+    let mut key = lock_name.to_ascii_lowercase();
+    if let Some(host) = host {
+        key = format!("{key}@{:016x}", fnv1a(host.as_bytes()));
+    }
+    let full = format!("{PREFIX}{key}");
+    if full.len() <= MAX_NAME {
+        return full;
+    }
+    // Lock names are ASCII, so any byte index is a char boundary.
+    format!("{}~{:016x}", &full[..MAX_NAME - 17], fnv1a(key.as_bytes()))
+}
+
+/// FNV-1a, 64 bits: tiny, and the same in Python.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A held machine-wide name; dropping it frees the name.
+#[derive(Debug)]
+pub(crate) struct MachineLock {
+    _held: imp::Held,
+}
+
+/// The outcome of [`MachineLock::try_take`].
+#[derive(Debug)]
+pub(crate) enum MachineClaim {
+    Taken(MachineLock),
+    /// Someone else holds it; their pid where the platform can tell (best effort).
+    Held(Option<u32>),
+}
+
+impl MachineLock {
+    pub(crate) fn try_take(name: &str) -> io::Result<MachineClaim> {
+        Ok(match imp::try_take(name)? {
+            Some(held) => MachineClaim::Taken(MachineLock { _held: held }),
+            None => MachineClaim::Held(imp::holder_pid(name)),
+        })
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod imp {
+    use std::io;
+    #[cfg(target_os = "android")]
+    use std::os::android::net::SocketAddrExt;
+    #[cfg(target_os = "linux")]
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+
+    pub(crate) type Held = UnixListener;
+
+    pub(crate) fn try_take(name: &str) -> io::Result<Option<Held>> {
+        let address = SocketAddr::from_abstract_name(name.as_bytes())?;
+        match UnixListener::bind_addr(&address) {
+            Ok(listener) => Ok(Some(listener)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The holder's pid: the socket's inode from `/proc/net/unix`, then the process
+    /// with a descriptor on it. Only processes we may inspect (our own user's) are seen.
+    pub(crate) fn holder_pid(name: &str) -> Option<u32> {
+        let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+        let wanted = format!("@{name}");
+        let inode = table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Num RefCount Protocol Flags Type St Inode Path
+            (fields.get(7) == Some(&wanted.as_str())).then(|| fields.get(6).copied())?
+        })?;
+        let target = format!("socket:[{inode}]");
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                    fds.filter_map(Result::ok).any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|link| link.as_os_str() == target.as_str())
+                    })
+                })
+            })
+    }
+}
+
+#[cfg(windows)]
+mod imp {
+    use std::io;
+    use windows_sys::Win32::Foundation::{
+        CloseHandle, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS, GetLastError, HANDLE,
+    };
+    use windows_sys::Win32::System::Threading::CreateMutexW;
+
+    /// An open handle to the named mutex; closed on drop.
+    #[derive(Debug)]
+    pub(crate) struct Held(HANDLE);
+
+    // SAFETY: a kernel handle may be used and closed from any thread.
+    unsafe impl Send for Held {}
+    // SAFETY: nothing is done through a shared reference.
+    unsafe impl Sync for Held {}
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            // SAFETY: a handle we opened and close once.
+            unsafe { CloseHandle(self.0) };
+        }
+    }
+
+    pub(crate) fn try_take(name: &str) -> io::Result<Option<Held>> {
+        let wide: Vec<u16> = format!("Global\\{name}")
+            .encode_utf16()
+            .chain(std::iter::once(0))
+            .collect();
+        // SAFETY: a NUL-terminated name that outlives the call; no security attributes
+        // (the handle is not inheritable), not owned: existence alone is the lock.
+        let handle = unsafe { CreateMutexW(std::ptr::null(), 0, wide.as_ptr()) };
+        // SAFETY: reads this thread's last error, set by the call just made.
+        let error = unsafe { GetLastError() };
+        if handle.is_null() {
+            if error == ERROR_ACCESS_DENIED {
+                return Ok(None); // another user's process holds it
+            }
+            return Err(io::Error::from_raw_os_error(error as i32));
+        }
+        let held = Held(handle);
+        if error == ERROR_ALREADY_EXISTS {
+            return Ok(None); // `held` drops: our extra handle closes
+        }
+        Ok(Some(held))
+    }
+
+    /// Windows cannot name who has a mutex open (without a handle table walk).
+    pub(crate) fn holder_pid(_name: &str) -> Option<u32> {
+        None
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", windows)))]
+mod imp {
+    use std::io;
+
+    /// No machine-wide namespace here: always taken, never held.
+    pub(crate) type Held = ();
+
+    pub(crate) fn try_take(_name: &str) -> io::Result<Option<Held>> {
+        Ok(Some(()))
+    }
+
+    pub(crate) fn holder_pid(_name: &str) -> Option<u32> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fold_case_and_fit_a_socket_address() {
+        assert_eq!(name_for("BRAIN_ATLAS", None), "desk-tools/lock/brain_atlas");
+        assert_eq!(name_for("brain_atlas", None), name_for("Brain_Atlas", None));
+        assert_ne!(
+            name_for("BRAIN_A", Some("A")),
+            name_for("BRAIN_A", Some("B"))
+        );
+        let long = "W".repeat(100);
+        let name = name_for(&long, None);
+        assert_eq!(name.len(), MAX_NAME);
+        assert_ne!(name, name_for(&"W".repeat(99), None));
+        // Known FNV-1a values, which process_lock.py must match.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn a_name_is_held_once_and_free_after_drop() {
+        let name = format!("{PREFIX}unit-test-{}", std::process::id());
+        let MachineClaim::Taken(first) = MachineLock::try_take(&name).unwrap() else {
+            panic!("a fresh name is held");
+        };
+        if cfg!(any(target_os = "linux", windows)) {
+            assert!(matches!(
+                MachineLock::try_take(&name).unwrap(),
+                MachineClaim::Held(_)
+            ));
+        }
+        drop(first);
+        assert!(matches!(
+            MachineLock::try_take(&name).unwrap(),
+            MachineClaim::Taken(_)
+        ));
+    }
+}
