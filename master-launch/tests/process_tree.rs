@@ -190,6 +190,20 @@ fn bots_tagged(tag: &str) -> Vec<u32> {
 fn a_restart_beside_a_copy_started_by_hand_is_refused_loudly() {
     let global = unique("PTCOPYG");
     let desk = Desk::new(&global, &[]);
+    // `always`: a forced end reads as exit code 0 under Wine, which `on-failure` would
+    // not restart.
+    let config = std::fs::read_to_string(desk.config()).unwrap();
+    let command_line = format!("\"{global}\"]\n");
+    assert!(config.contains(&command_line), "{config}");
+    std::fs::write(
+        desk.config(),
+        config.replacen(
+            &command_line,
+            &format!("{command_line}restart = \"always\"\n"),
+            1,
+        ),
+    )
+    .unwrap();
     let launcher = launch(&desk);
     let supervised = fleet_tests::orchestrated::wait_supervised(&desk, &global, launcher.pid());
     let by_hand = desk.start_by_hand(&global);
