@@ -811,20 +811,9 @@ else:
                 _k32.CloseHandle(handle)
 
     def _try_take_machine(machine_name):
-        """Creates the named mutex under Global\\ (one per machine, every session), as
-        lockcore's lock/machine.rs: existence is the lock. None if it exists already
-        (ERROR_ALREADY_EXISTS, or ERROR_ACCESS_DENIED for another user's). No security
-        attributes: the handle is not inherited."""
-        handle = _k32.CreateMutexW(None, False, "Global\\" + machine_name)
-        error = ctypes.get_last_error()
-        if not handle:
-            if error == _ERROR_ACCESS_DENIED:
-                return None
-            raise ctypes.WinError(error)
-        if error == _ERROR_ALREADY_EXISTS:
-            _k32.CloseHandle(handle)
-            return None
-        return _MachineMutex(handle)
+        """Windows: no machine-wide name yet, as lockcore's lock/machine.rs (a named
+        mutex lost a race under Wine); the file lock alone applies."""
+        return _NoMachineName()
 
     def _machine_holder_pid(machine_name) -> Optional[int]:
         return None  # Windows cannot name who has a mutex open

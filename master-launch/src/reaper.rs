@@ -120,6 +120,10 @@ fn run(command: &[std::ffi::OsString], control: OwnedFd, report: OwnedFd) -> i32
         // SAFETY: setting a disposition to "ignore" installs no handler code.
         let _ = unsafe { signal(stop, SigHandler::SigIgn) };
     }
+    // An inherited "ignore" for SIGCHLD would have the kernel reap our children at
+    // once, and a reaped child's pid could be reused under our kills.
+    // SAFETY: restoring the default disposition installs no handler code.
+    let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
     let reaper = getpid();
     let mut bot = Command::new(&command[0]);
     bot.args(&command[1..]).env_remove(FDS_VAR);
@@ -213,10 +217,12 @@ fn wait_for_bot(bot: Pid, reaping: &Mutex<()>) -> WaitStatus {
 /// Kills every process left in the tree, layer by layer, and reaps them. Returns how
 /// many it ended and how many it could not (still there after [`KILL_ROUNDS_FOR`]).
 fn end_tree() -> (usize, usize) {
-    let mut ended = 0;
+    // Distinct pids: a killed process may still be dying (not yet a zombie) at the
+    // next round, and is signalled again but counted once.
+    let mut ended = std::collections::HashSet::new();
     let deadline = Instant::now() + KILL_ROUNDS_FOR;
     loop {
-        ended += kill_children();
+        ended.extend(kill_children());
         // Reap what died; ECHILD means no child is left, and nothing can be re-parented
         // to us any more (an exiting process hands its children over before it is
         // reapable).
@@ -224,25 +230,22 @@ fn end_tree() -> (usize, usize) {
             match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(_) | Err(Errno::EINTR) => {}
-                Err(_) => return (ended, 0),
+                Err(_) => return (ended.len(), 0),
             }
         }
         if Instant::now() >= deadline {
-            return (ended, children().len());
+            return (ended.len(), children().len());
         }
         std::thread::sleep(Duration::from_millis(1));
     }
 }
 
-/// SIGKILL to every direct child that has not exited; how many were signalled.
-fn kill_children() -> usize {
-    let mut killed = 0;
-    for child in children() {
-        if kill(child, Signal::SIGKILL).is_ok() {
-            killed += 1;
-        }
-    }
-    killed
+/// SIGKILL to every direct child that has not exited; the ones signalled.
+fn kill_children() -> Vec<Pid> {
+    children()
+        .into_iter()
+        .filter(|child| kill(*child, Signal::SIGKILL).is_ok())
+        .collect()
 }
 
 /// This process's live (not yet exited) children, from `/proc`.

@@ -107,6 +107,8 @@ fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
 /// DESIGN.md rule 17: starters of one lock name in *different* lock folders (copies
 /// of a desk folder) race through the machine-wide name alone: exactly one wins each
 /// round, and every loser names it.
+// Linux only: Windows has no machine-wide name yet (lockcore/src/lock/machine.rs).
+#[cfg(target_os = "linux")]
 #[test]
 fn starters_in_separate_lock_folders_make_exactly_one_holder_on_the_machine_every_round() {
     const STARTERS: usize = 8;

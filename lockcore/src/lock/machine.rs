@@ -119,60 +119,12 @@ mod imp {
     }
 }
 
-#[cfg(windows)]
-mod imp {
-    use std::io;
-    use windows_sys::Win32::Foundation::{
-        CloseHandle, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS, GetLastError, HANDLE,
-    };
-    use windows_sys::Win32::System::Threading::CreateMutexW;
-
-    /// An open handle to the named mutex; closed on drop.
-    #[derive(Debug)]
-    pub(crate) struct Held(HANDLE);
-
-    // SAFETY: a kernel handle may be used and closed from any thread.
-    unsafe impl Send for Held {}
-    // SAFETY: nothing is done through a shared reference.
-    unsafe impl Sync for Held {}
-
-    impl Drop for Held {
-        fn drop(&mut self) {
-            // SAFETY: a handle we opened and close once.
-            unsafe { CloseHandle(self.0) };
-        }
-    }
-
-    pub(crate) fn try_take(name: &str) -> io::Result<Option<Held>> {
-        let wide: Vec<u16> = format!("Global\\{name}")
-            .encode_utf16()
-            .chain(std::iter::once(0))
-            .collect();
-        // SAFETY: a NUL-terminated name that outlives the call; no security attributes
-        // (the handle is not inheritable), not owned: existence alone is the lock.
-        let handle = unsafe { CreateMutexW(std::ptr::null(), 0, wide.as_ptr()) };
-        // SAFETY: reads this thread's last error, set by the call just made.
-        let error = unsafe { GetLastError() };
-        if handle.is_null() {
-            if error == ERROR_ACCESS_DENIED {
-                return Ok(None); // another user's process holds it
-            }
-            return Err(io::Error::from_raw_os_error(error as i32));
-        }
-        let held = Held(handle);
-        if error == ERROR_ALREADY_EXISTS {
-            return Ok(None); // `held` drops: our extra handle closes
-        }
-        Ok(Some(held))
-    }
-
-    /// Windows cannot name who has a mutex open (without a handle table walk).
-    pub(crate) fn holder_pid(_name: &str) -> Option<u32> {
-        None
-    }
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android", windows)))]
+/// Windows: not yet. A named mutex whose existence is the lock (`CreateMutexW` under
+/// `Global\`, `ERROR_ALREADY_EXISTS` = held) lost the sixteen-starter race under Wine
+/// (rounds with no winner, and refusals that could not name the winner), and there was
+/// no time left to find out why; the file lock alone applies there, as before. The
+/// attempt is on the `machine-wide` branch (commit cf00e75).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
 mod imp {
     use std::io;
 
@@ -215,7 +167,7 @@ mod tests {
         let MachineClaim::Taken(first) = MachineLock::try_take(&name).unwrap() else {
             panic!("a fresh name is held");
         };
-        if cfg!(any(target_os = "linux", windows)) {
+        if cfg!(target_os = "linux") {
             assert!(matches!(
                 MachineLock::try_take(&name).unwrap(),
                 MachineClaim::Held(_)

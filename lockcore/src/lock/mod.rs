@@ -712,11 +712,16 @@ impl LockDir {
                 MachineClaim::Taken(lock) => return Ok(Ok(Some(lock))),
                 MachineClaim::Held(pid) => pid,
             };
-            let here = match self.inspect(name, probe)? {
-                Some(status) if status.state.is_held() => Some(status),
-                _ => None,
-            };
-            if here.is_some() || started.elapsed() >= UNDECIDED_WAIT {
+            // Only the name is polled while waiting: a holder that is releasing, or dead,
+            // frees it in a moment. Reading the file in this loop would keep a race's
+            // winner (which holds the name before its file) from its exclusive lock:
+            // fifteen losers' shared probes did, under Wine. The file is read once, at
+            // the end, to name a holder in this folder (`inspect` waits for its record).
+            if started.elapsed() >= UNDECIDED_WAIT {
+                let here = match self.inspect(name, probe)? {
+                    Some(status) if status.state.is_held() => Some(status),
+                    _ => None,
+                };
                 let machine = MachineHolder {
                     pid,
                     command: pid
