@@ -14,6 +14,7 @@
 
 mod autostart;
 mod child;
+mod core;
 mod orchestrator;
 #[cfg(target_os = "linux")]
 mod reaper;

@@ -1,25 +1,18 @@
-//! The running orchestrator: what the desk should run, what it runs, and the requests
-//! that change it.
+//! The running orchestrator: the executor of the desk's core ([`crate::core`]).
 //!
-//! One thread (the caller's) owns every [`Unit`]: it applies what supervision threads
-//! report, acts on stop, start and restart requests found in the lock dir, and
-//! reconciles what should run with what runs, in start order. That is where the rules
-//! of a running desk live once:
-//!
-//! - A component starts under its lock, after the pre-flight (an unlocked copy refuses
-//!   it), and only one supervisor per component ever exists: concurrent start requests
-//!   start it once.
-//! - DESIGN.md rule 13: a brain starts only once its watchdog has run for
-//!   [`SETTLE`]; when the watchdog is given up or stopped, the brain is stopped first
-//!   (gracefully, by the stop engine) and held back; when the watchdog runs again, the
-//!   brain follows.
-//! - Every change is published, whole, in `MASTER_LAUNCH.state` ([`lockcore::control`]),
-//!   with the answers to requests; the orchestrator stays up while every component is
-//!   down, so that a start can bring them back.
-//!
-//! Stops and restarts run on threads of their own (the stop engine waits for deadlines),
-//! so the desk goes on being supervised meanwhile.
+//! The core decides (what should run, what a request or a report changes, DESIGN.md
+//! rule 13); this module does what it says and tells it what happened. One thread (the
+//! caller's) owns the core and every component's resources ([`Held`]: its first
+//! start's lock, its supervisor, its standby watch): it feeds the core what supervision
+//! threads report, the stop, start and restart requests found in the lock dir, and a
+//! tick; it starts components under their locks (after the pre-flight: an unlocked copy
+//! refuses it), stops them with the stop engine on threads of their own (the engine
+//! waits for deadlines, so the desk goes on being supervised meanwhile), and publishes
+//! the core's view, whole, in `MASTER_LAUNCH.state` ([`lockcore::control`]), with the
+//! answers to requests. It stays up while every component is down, so that a start can
+//! bring them back.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,11 +20,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lockcore::config::{MASTER_LOCK_NAME, RestartPolicy};
-use lockcore::control::{
-    ANSWERS_KEPT, Action, Answer, ControlRequest, DeskState, Outcome as AnswerOutcome, Supervised,
-    Supervision,
-};
+use lockcore::config::MASTER_LOCK_NAME;
+use lockcore::control::{Action, ControlRequest, DeskState, Outcome as AnswerOutcome, Supervised};
 use lockcore::exit::ToolError;
 use lockcore::logs::Log;
 use lockcore::stop::now_unix;
@@ -42,15 +32,13 @@ use lockcore::{
     StopRequest,
 };
 
-use crate::supervisor::{FAILURE_WINDOW, Launch, Outcome, Report, Supervisor};
+use crate::core::{Begun, Command, Desk, Input, Now, Spec};
+use crate::supervisor::{Launch, Outcome, Report, Supervisor};
 
 /// How often the lock dir is looked at for requests: a directory read, cheap.
 const TICK: Duration = Duration::from_millis(250);
 /// Every this many ticks, each held lock file is checked to still be ours.
 const VERIFY_EVERY_TICKS: u32 = 8;
-/// How long a component must have run to count as started: a watchdog before its
-/// brain starts, anything before a start request is answered "running".
-pub const SETTLE: Duration = Duration::from_millis(500);
 
 /// What wakes the orchestrator.
 pub enum Event {
@@ -64,80 +52,31 @@ pub enum Event {
     KeyFree(usize),
 }
 
-/// One component of the desk, as the orchestrator keeps it.
-struct Unit {
+/// What the executor holds for one component (its state is the core's).
+struct Held {
     component: Component,
-    /// For a brain that needs its watchdog (DESIGN.md rule 13): the watchdog's unit.
+    /// For a brain that needs its watchdog (DESIGN.md rule 13): the watchdog's index.
     watchdog: Option<usize>,
-    /// Whether the desk should run it.
-    wanted: bool,
     /// Its lock, taken by the first start's pre-flight and not yet handed to a supervisor.
     lock: Option<HeldLock>,
     supervisor: Option<Arc<Supervisor>>,
-    /// A stop of it runs on a thread: nothing is started for it meanwhile.
-    stopping: bool,
-    /// What to publish once that stop has ended.
-    after_stop: Option<(Supervision, String)>,
-    /// Start it again once that stop has ended (a restart).
-    start_after_stop: bool,
-    /// Since when its current child runs.
-    running_since: Option<Instant>,
     /// True while its child runs, as its supervision thread sees it: a brain's
     /// supervisor restarts it only while its watchdog's is true (DESIGN.md rule 13).
     runs: Arc<AtomicBool>,
-    /// Requests waiting for an answer: the id, and for a restart the moment after
-    /// which the new run must have started.
-    waiting: Vec<(String, Option<Instant>)>,
     /// `[cluster]`: while another host holds its key, the flag its key's watch keeps
     /// waiting on (cleared when it is no longer wanted here).
     standby: Option<Arc<AtomicBool>>,
-    view: Supervised,
 }
 
-impl Unit {
+impl Held {
     fn name(&self) -> &str {
         &self.component.lock_name
-    }
-
-    /// Running, and for long enough to count.
-    fn settled(&self) -> bool {
-        self.supervisor.is_some()
-            && self.view.state == Supervision::Running
-            && self.running_since.is_some_and(|t| t.elapsed() >= SETTLE)
-    }
-
-    fn set(&mut self, state: Supervision, reason: String) {
-        if self.view.state != state {
-            self.view.since = now_unix();
-        }
-        if state != Supervision::Running {
-            self.view.pid = None;
-        }
-        self.view.state = state;
-        self.view.reason = reason;
-    }
-
-    fn answer(&mut self, id: String, outcome: AnswerOutcome, detail: String) {
-        self.view.answers.push(Answer {
-            id,
-            outcome,
-            detail,
-        });
-        let extra = self.view.answers.len().saturating_sub(ANSWERS_KEPT);
-        self.view.answers.drain(..extra);
     }
 
     /// Ends a standby: its key's watch stops at its next look.
     fn end_standby(&mut self) {
         if let Some(waiting) = self.standby.take() {
             waiting.store(false, Ordering::SeqCst);
-        }
-    }
-
-    /// Answers every waiting request the same way.
-    fn answer_all(&mut self, outcome: AnswerOutcome, detail: &str) {
-        for (id, _) in std::mem::take(&mut self.waiting) {
-            self.answer(id, outcome, detail.to_string());
         }
     }
 }
@@ -151,12 +90,13 @@ pub struct Orchestrator<'f> {
     identity: ProcessIdentity,
     master: HeldLock,
     master_watcher: Option<LockWatcher>,
-    units: Vec<Unit>,
+    /// The rules and every component's state.
+    desk: Desk,
+    /// Every component's resources, in the core's order.
+    held: Vec<Held>,
     tx: Sender<Event>,
     /// Stops running on threads of their own.
     stops: Vec<JoinHandle<()>>,
-    /// Whether the first start has printed "desk started".
-    announced: bool,
     published: Option<Vec<Supervised>>,
     /// Why the view could not be published last time, once logged.
     publish_error: Option<String>,
@@ -182,7 +122,8 @@ impl<'f> Orchestrator<'f> {
     ) -> Orchestrator<'f> {
         let identity = probe.own_identity();
         let master_watcher = master.watcher().ok();
-        let mut units: Vec<Unit> = Vec::new();
+        let mut held: Vec<Held> = Vec::new();
+        let mut specs = Vec::new();
         for component in fleet.components().filter(|c| c.enabled) {
             let lock = plan_locks
                 .iter()
@@ -192,45 +133,23 @@ impl<'f> Orchestrator<'f> {
                 (Role::Brain, Some(account)) => fleet
                     .account(account)
                     .filter(|a| a.brain_requires_watchdog)
-                    .and_then(|a| {
-                        units
-                            .iter()
-                            .position(|u| u.component.lock_name == a.watchdog.lock_name)
-                    }),
+                    .and_then(|a| held.iter().position(|u| u.name() == a.watchdog.lock_name)),
                 _ => None,
             };
-            let elsewhere = held_elsewhere.contains(&component.lock_name);
-            let (state, reason) = if lock.is_some() || elsewhere {
-                (Supervision::Starting, "starting".to_string())
-            } else {
-                (
-                    Supervision::NotStarted,
-                    format!(
-                        "not part of this start (--only); `master-launch start {}` starts it",
-                        component.lock_name
-                    ),
-                )
-            };
-            units.push(Unit {
-                view: Supervised {
-                    name: component.lock_name.clone(),
-                    state,
-                    pid: None,
-                    since: now_unix(),
-                    reason,
-                    answers: Vec::new(),
-                },
-                wanted: lock.is_some() || elsewhere,
-                lock,
+            specs.push(Spec {
+                name: component.lock_name.clone(),
+                account: component.account.clone(),
+                watchdog,
+                restart: component.restart,
+                planned: lock.is_some(),
+                elsewhere: held_elsewhere.contains(&component.lock_name),
+            });
+            held.push(Held {
                 component: component.clone(),
                 watchdog,
+                lock,
                 supervisor: None,
-                stopping: false,
-                after_stop: None,
-                start_after_stop: false,
-                running_since: None,
                 runs: Arc::new(AtomicBool::new(false)),
-                waiting: Vec::new(),
                 standby: None,
             });
         }
@@ -242,10 +161,10 @@ impl<'f> Orchestrator<'f> {
             identity,
             master,
             master_watcher,
-            units,
+            desk: Desk::new(specs, &Now::current()),
+            held,
             tx,
             stops: Vec::new(),
-            announced: false,
             published: None,
             publish_error: None,
             ticks: 0,
@@ -258,7 +177,7 @@ impl<'f> Orchestrator<'f> {
     /// stop gets. An error while starting the first plan (a log that cannot be opened)
     /// is returned for the caller to back out.
     pub fn run(&mut self, rx: &Receiver<Event>) -> Result<Grace, ToolError> {
-        if self.units.is_empty() {
+        if self.held.is_empty() {
             // Every component is disabled: nothing could ever be started here.
             self.events.line(
                 "",
@@ -267,14 +186,31 @@ impl<'f> Orchestrator<'f> {
             return Ok(Grace::Own);
         }
         self.relay_cluster_stop_requests();
-        self.reconcile()?;
+        self.step(Input::Tick)?;
         self.publish();
         loop {
-            match rx.recv_timeout(self.next_wake()) {
+            // Sooner than a tick when a brain waits for its watchdog to settle, or an
+            // answer waits for a component to settle.
+            let settling = self.desk.next_settle(&Now::current()).unwrap_or(TICK);
+            match rx.recv_timeout(settling.min(TICK) + Duration::from_millis(5)) {
                 Ok(Event::Signal(grace)) => return Ok(grace),
-                Ok(Event::Supervision(index, report)) => self.on_report(index, report),
-                Ok(Event::Stopped(indexes)) => self.on_stopped(&indexes),
-                Ok(Event::KeyFree(index)) => self.on_key_free(index),
+                Ok(Event::Supervision(index, report)) => {
+                    if matches!(report, Report::Ended(_))
+                        && let Some(supervisor) = self.held[index].supervisor.take()
+                    {
+                        supervisor.join();
+                    }
+                    self.step(Input::Report(index, report))?;
+                }
+                Ok(Event::Stopped(indexes)) => {
+                    // Look at the lock dir before reconciling: a stop request that
+                    // arrived while a restart's stop ran (and was left for now) must win
+                    // over the restart, before the component is started again even for
+                    // a moment.
+                    self.last_scan = None;
+                    self.step(Input::StopEnded(indexes))?;
+                }
+                Ok(Event::KeyFree(index)) => self.step(Input::KeyFree(index))?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(Grace::Own),
             }
@@ -283,15 +219,14 @@ impl<'f> Orchestrator<'f> {
                 if let Some(grace) = self.stop_all_requested() {
                     return Ok(grace);
                 }
-                self.take_stop_requests();
-                self.take_control_requests();
+                self.take_stop_requests()?;
+                self.take_control_requests()?;
                 self.ticks = self.ticks.wrapping_add(1);
                 if self.ticks.is_multiple_of(VERIFY_EVERY_TICKS) {
                     self.verify_locks();
                 }
             }
-            self.reconcile()?;
-            self.answer_requests();
+            self.step(Input::Tick)?;
             self.publish();
         }
     }
@@ -302,7 +237,7 @@ impl<'f> Orchestrator<'f> {
     pub fn stop_everything(&mut self, grace: Grace) -> bool {
         self.relaying.store(false, Ordering::SeqCst);
         let supervisors: Vec<Arc<Supervisor>> = self
-            .units
+            .held
             .iter()
             .filter_map(|u| u.supervisor.clone())
             .collect();
@@ -310,24 +245,54 @@ impl<'f> Orchestrator<'f> {
         for stop in self.stops.drain(..) {
             let _ = stop.join();
         }
-        for unit in &mut self.units {
-            unit.lock = None;
-            unit.end_standby();
-            unit.answer_all(
-                AnswerOutcome::Failed,
-                "the desk is stopping (master-launch is ending)",
-            );
+        for held in &mut self.held {
+            held.lock = None;
+            held.end_standby();
         }
+        self.desk.handle(&Now::current(), Input::Ending);
         let _ = DeskState::remove_own(&self.fleet.lock_dir, self.identity);
-        self.units
-            .iter()
-            .any(|u| matches!(u.view.state, Supervision::GivenUp | Supervision::Blocked))
+        self.desk.any_given_up()
     }
 
     /// Ends: releases the orchestrator's own lock.
     pub fn release(self) -> Result<(), ToolError> {
         let _ = StopRequest::remove(&self.fleet.lock_dir, MASTER_LOCK_NAME);
         self.master.release()?;
+        Ok(())
+    }
+
+    /// Feeds the core one input and carries out the commands it returns, feeding back
+    /// how each start went. After starts it reconciles again, so that a component later
+    /// in start order sees how the earlier ones started. Only a failure of the first
+    /// start is returned (the caller backs the desk out).
+    fn step(&mut self, input: Input) -> Result<(), ToolError> {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let mut started = false;
+            for command in self.desk.handle(&Now::current(), input) {
+                match command {
+                    Command::Start(index) => {
+                        started = true;
+                        let begun = self.start_unit(index)?;
+                        inputs.push_back(Input::Begun(index, begun));
+                    }
+                    Command::Stop {
+                        units,
+                        grace,
+                        request,
+                    } => self.stop_units(units, grace, request),
+                    Command::RemoveStopRequest(index) => {
+                        let _ = StopRequest::remove(&self.fleet.lock_dir, self.held[index].name());
+                    }
+                    Command::DropLock(index) => self.held[index].lock = None,
+                    Command::EndStandby(index) => self.held[index].end_standby(),
+                    Command::Say(note) => self.events.line("", &note.to_string()),
+                }
+            }
+            if started {
+                inputs.push_back(Input::Tick);
+            }
+        }
         Ok(())
     }
 
@@ -359,128 +324,6 @@ impl<'f> Orchestrator<'f> {
         }
     }
 
-    /// Sooner than a tick when a brain waits for its watchdog to settle, or an answer
-    /// waits for a component to settle.
-    fn next_wake(&self) -> Duration {
-        let settling = self
-            .units
-            .iter()
-            .filter_map(|u| u.running_since)
-            .map(|since| SETTLE.saturating_sub(since.elapsed()))
-            .filter(|left| !left.is_zero())
-            .min()
-            .unwrap_or(TICK);
-        settling.min(TICK) + Duration::from_millis(5)
-    }
-
-    fn on_report(&mut self, index: usize, report: Report) {
-        let unit = &mut self.units[index];
-        match report {
-            Report::Started { pid } => {
-                unit.running_since = Some(Instant::now());
-                unit.set(Supervision::Running, format!("running, pid {pid}"));
-                unit.view.pid = Some(pid);
-            }
-            Report::Restarting {
-                attempt,
-                delay,
-                last_exit,
-            } => {
-                unit.running_since = None;
-                unit.set(
-                    Supervision::Restarting,
-                    format!(
-                        "exited ({last_exit}); restart {attempt} in {:.1} s, at {}",
-                        delay.as_secs_f64(),
-                        clock_in(delay)
-                    ),
-                );
-                if !delay.is_zero() {
-                    self.hold_back_brains_of(index);
-                }
-            }
-            Report::Ended(outcome) => {
-                unit.running_since = None;
-                if outcome != Outcome::Stopped {
-                    // Given up or finished: it runs again only when someone starts it.
-                    // (Who asked for a stop decided whether it should run again.)
-                    unit.wanted = false;
-                }
-                if let Some(supervisor) = unit.supervisor.take() {
-                    supervisor.join();
-                }
-                let (state, reason) = match outcome {
-                    Outcome::Stopped => unit
-                        .after_stop
-                        .take()
-                        .unwrap_or((Supervision::Stopped, "stopped".into())),
-                    Outcome::Finished {
-                        last_exit,
-                        success: true,
-                    } => (
-                        Supervision::Stopped,
-                        format!(
-                            "exited cleanly ({last_exit}) at {}; restart = {} leaves it stopped",
-                            clock_now(),
-                            policy(unit.component.restart)
-                        ),
-                    ),
-                    Outcome::Finished {
-                        last_exit,
-                        success: false,
-                    } => (
-                        Supervision::GivenUp,
-                        format!(
-                            "exited ({last_exit}) at {}; restart = {} does not restart it",
-                            clock_now(),
-                            policy(unit.component.restart)
-                        ),
-                    ),
-                    Outcome::GaveUp {
-                        failures,
-                        last_exit,
-                    } => (
-                        Supervision::GivenUp,
-                        format!(
-                            "given up after {failures} failure(s) within {} s; last: {last_exit}, at {}",
-                            FAILURE_WINDOW.as_secs(),
-                            clock_now()
-                        ),
-                    ),
-                };
-                unit.set(state, reason);
-            }
-        }
-    }
-
-    fn on_stopped(&mut self, indexes: &[usize]) {
-        // Look at the lock dir before reconciling: a stop request that arrived while a
-        // restart's stop ran (and was left for now) must win over the restart, before
-        // the component is started again even for a moment.
-        self.last_scan = None;
-        for &index in indexes {
-            let unit = &mut self.units[index];
-            unit.stopping = false;
-            if let Some((state, reason)) = unit.after_stop.take() {
-                unit.set(state, reason);
-            }
-            if std::mem::take(&mut unit.start_after_stop) {
-                unit.wanted = true;
-            }
-        }
-    }
-
-    /// The key a standby waited for is free: the next reconcile takes it (or, if
-    /// another standby was quicker, stands by again).
-    fn on_key_free(&mut self, index: usize) {
-        let unit = &mut self.units[index];
-        if unit.standby.is_some() {
-            unit.end_standby();
-            self.events
-                .line("", &format!("{}: its key is free: taking it", unit.name()));
-        }
-    }
-
     fn stop_all_requested(&mut self) -> Option<Grace> {
         let request = StopRequest::read(&self.fleet.lock_dir, MASTER_LOCK_NAME)?;
         if let Some(why) = &request.unreadable {
@@ -494,17 +337,15 @@ impl<'f> Orchestrator<'f> {
         Some(Grace::Given(request.time_left(Duration::from_secs(1))))
     }
 
-    /// A stop request for one component: it is stopped (gracefully, forced at the
-    /// request's deadline) and not restarted; a watchdog's brain is stopped first and
-    /// held back (DESIGN.md rule 13). A component between restarts is stopped the same
-    /// way: the pending restart is cancelled.
-    fn take_stop_requests(&mut self) {
-        for index in 0..self.units.len() {
-            let unit = &self.units[index];
-            if unit.stopping {
+    /// Stop requests for one component, for the core (which waits while a stop of it,
+    /// or of a watchdog's brain, runs: the request stays in the lock dir meanwhile).
+    fn take_stop_requests(&mut self) -> Result<(), ToolError> {
+        for index in 0..self.held.len() {
+            if !self.desk.takes_requests(index) {
                 continue;
             }
-            let name = unit.name().to_string();
+            let component = &self.held[index].component;
+            let name = component.lock_name.clone();
             let Some(request) = StopRequest::read(&self.fleet.lock_dir, &name) else {
                 continue;
             };
@@ -514,90 +355,26 @@ impl<'f> Orchestrator<'f> {
                     &format!("{name}: {why}; stopping with its own stop timeout"),
                 );
             }
-            let by = format!("{} at {}", request.requester(), clock_now());
-            self.events.line(
-                "",
-                &format!(
-                    "{name}: stop requested by {}; it will not be restarted",
-                    request.requester()
-                ),
-            );
-            let stopped = (Supervision::Stopped, format!("stopped on request by {by}"));
-            let unit = &mut self.units[index];
-            unit.wanted = false;
-            unit.start_after_stop = false;
-            unit.answer_all(
-                AnswerOutcome::Failed,
-                &format!("stopped on request by {by}"),
-            );
-            if unit.supervisor.is_none() {
-                // Not started yet (a brain waiting for its watchdog, a standby): its
-                // lock goes, its key's watch ends.
-                unit.lock = None;
-                unit.end_standby();
-                unit.set(stopped.0, stopped.1);
-                let _ = StopRequest::remove(&self.fleet.lock_dir, &name);
-                continue;
-            }
-            unit.after_stop = Some(stopped);
-            let grace = Grace::Given(request.time_left(unit.component.stop_timeout));
-            let mut targets = vec![index];
-            for brain in self.brains_of(index) {
-                self.units[brain].after_stop = Some((
-                    Supervision::Stopped,
-                    format!("held back: its watchdog {name} was stopped on request by {by}"),
-                ));
-                targets.push(brain);
-            }
-            self.stop_units(targets, grace, Some(name));
+            let grace = Grace::Given(request.time_left(component.stop_timeout));
+            let requester = request.requester();
+            self.step(Input::StopRequest {
+                unit: index,
+                requester,
+                grace,
+            })?;
         }
+        Ok(())
     }
 
-    /// DESIGN.md rule 13: a watchdog that backs off before its restart (it failed
-    /// again within a minute) leaves its positions unguarded for that long, so its
-    /// running brains are stopped, gracefully, and held back; they stay wanted and
-    /// follow the watchdog back once it has run for [`SETTLE`]. (The immediate first
-    /// restart after a crash keeps the brain: the watchdog is back in milliseconds.)
-    fn hold_back_brains_of(&mut self, index: usize) {
-        let brains = self.brains_of(index);
-        if brains.is_empty() {
-            return;
-        }
-        let name = self.units[index].name().to_string();
-        for &brain in &brains {
-            self.events.line(
-                "",
-                &format!(
-                    "{}: stopping it: its watchdog {name} is backing off before a restart \
-                     (a brain never trades unguarded); it starts again once {name} runs",
-                    self.units[brain].name()
-                ),
-            );
-            self.units[brain].after_stop = Some((
-                Supervision::Starting,
-                format!("held back: its watchdog {name} is restarting"),
-            ));
-        }
-        self.stop_units(brains, Grace::Own, None);
-    }
-
-    /// The running brains that need the watchdog at `index`.
-    fn brains_of(&self, index: usize) -> Vec<usize> {
-        (0..self.units.len())
-            .filter(|&i| self.units[i].watchdog == Some(index))
-            .filter(|&i| self.units[i].supervisor.is_some() && !self.units[i].stopping)
-            .collect()
-    }
-
-    /// Start and restart requests: acted on once each (a requester that has died is
-    /// cleared, not served), answered in the published view.
-    fn take_control_requests(&mut self) {
-        for index in 0..self.units.len() {
+    /// Start and restart requests: each read once and removed, then handed to the core
+    /// with whether its requester still runs (one that has died is not served).
+    fn take_control_requests(&mut self) -> Result<(), ToolError> {
+        for index in 0..self.held.len() {
             for action in Action::ALL {
-                if self.units[index].stopping {
+                if !self.desk.takes_requests(index) {
                     break;
                 }
-                let name = self.units[index].name().to_string();
+                let name = self.held[index].name().to_string();
                 let Some(read) = ControlRequest::read(&self.fleet.lock_dir, &name, action) else {
                     continue;
                 };
@@ -613,89 +390,57 @@ impl<'f> Orchestrator<'f> {
                 let requester = request
                     .requested_by
                     .map_or_else(|| "someone".to_string(), |r| format!("pid {}", r.pid));
-                if let Some(who) = request.requested_by
-                    && !self.probe.is_alive(who)
-                {
-                    self.events.line(
-                        "",
-                        &format!(
-                            "{name}: cleared a {} request of {requester}, which has ended",
-                            action.as_str()
-                        ),
-                    );
-                    // Another requester may have joined it and waits for this id.
-                    self.units[index].answer(
-                        request.id,
-                        AnswerOutcome::Failed,
-                        format!(
-                            "not acted on: {requester}, which placed the request, has ended; \
-                             ask again"
-                        ),
-                    );
-                    continue;
-                }
-                self.events.line(
-                    "",
-                    &format!("{name}: {} requested by {requester}", action.as_str()),
-                );
-                self.accept(index, action, request.id, &requester);
+                let alive = request
+                    .requested_by
+                    .is_none_or(|who| self.probe.is_alive(who));
+                self.step(Input::Request {
+                    unit: index,
+                    action,
+                    id: request.id,
+                    requester,
+                    alive,
+                })?;
             }
         }
+        Ok(())
     }
 
-    fn accept(&mut self, index: usize, action: Action, id: String, requester: &str) {
-        let running = self.units[index].supervisor.is_some();
-        if action == Action::Start || !running {
-            let unit = &mut self.units[index];
-            if unit.standby.is_some() {
-                // Another host runs it: starting it here too is what the cluster forbids.
-                let why = unit.view.reason.clone();
-                unit.answer(id, AnswerOutcome::Refused, why);
-                return;
-            }
-            unit.waiting.push((id, None));
-            if !unit.wanted {
-                unit.wanted = true;
-                unit.set(
-                    Supervision::Starting,
-                    format!("start requested by {requester}"),
-                );
+    /// Writes `MASTER_LAUNCH.state` when anything in it changed.
+    fn publish(&mut self) {
+        let components = self.desk.view();
+        if self.published.as_ref() == Some(&components) {
+            return;
+        }
+        let state = DeskState {
+            orchestrator: self.identity,
+            updated_at: now_unix(),
+            components,
+        };
+        if let Err(e) = state.write(&self.fleet.lock_dir) {
+            // Retried on every change; said once per reason, not on every tick.
+            let why = e.to_string();
+            if self.publish_error.as_ref() != Some(&why) {
+                self.events
+                    .line("", &format!("cannot publish the desk's state: {why}"));
+                self.publish_error = Some(why);
             }
             return;
         }
-        // A restart: stop it (its brains first, for a watchdog), then start it again.
-        let now = Instant::now();
-        let name = self.units[index].name().to_string();
-        let mut targets = vec![index];
-        for brain in self.brains_of(index) {
-            let unit = &mut self.units[brain];
-            unit.after_stop = Some((
-                Supervision::Starting,
-                format!("restarting with its watchdog {name}"),
-            ));
-            unit.start_after_stop = unit.wanted;
-            targets.push(brain);
-        }
-        let unit = &mut self.units[index];
-        unit.waiting.push((id, Some(now)));
-        unit.start_after_stop = true;
-        unit.after_stop = Some((
-            Supervision::Starting,
-            format!("restart requested by {requester}"),
-        ));
-        self.stop_units(targets, Grace::Own, None);
+        self.publish_error = None;
+        self.published = Some(state.components);
     }
+}
 
+/// Carrying out the core's commands: starts, standbys, stops, lock checks.
+impl Orchestrator<'_> {
     /// Stops these units with the stop engine on a thread of its own; removes the
-    /// stop request `request` (a lock name) once they are stopped.
-    fn stop_units(&mut self, targets: Vec<usize>, grace: Grace, request: Option<String>) {
+    /// stop request of unit `request` once they are stopped.
+    fn stop_units(&mut self, targets: Vec<usize>, grace: Grace, request: Option<usize>) {
         let supervisors: Vec<Arc<Supervisor>> = targets
             .iter()
-            .filter_map(|&i| self.units[i].supervisor.clone())
+            .filter_map(|&i| self.held[i].supervisor.clone())
             .collect();
-        for &i in &targets {
-            self.units[i].stopping = true;
-        }
+        let request = request.map(|i| self.held[i].name().to_string());
         let (events, tx, lock_dir) = (
             self.events.clone(),
             self.tx.clone(),
@@ -711,146 +456,59 @@ impl<'f> Orchestrator<'f> {
         }));
     }
 
-    /// Brings what runs in line with what should, in start order.
-    fn reconcile(&mut self) -> Result<(), ToolError> {
-        for index in 0..self.units.len() {
-            if self.units[index].stopping || self.units[index].standby.is_some() {
-                continue;
-            }
-            let unit = &self.units[index];
-            let watchdog = unit.watchdog.map(|w| &self.units[w]);
-            match (unit.wanted, unit.supervisor.is_some(), watchdog) {
-                (true, false, Some(watchdog)) if !watchdog.settled() => {
-                    let (state, reason) = held_back(watchdog);
-                    let unit = &mut self.units[index];
-                    if state != Supervision::Starting {
-                        unit.answer_all(AnswerOutcome::Failed, &reason);
-                        // Not while its watchdog is down: the first start's lock goes.
-                        unit.lock = None;
-                    }
-                    if state == Supervision::Standby && unit.view.state != state {
-                        self.events.line("", &format!("{}: {reason}", unit.name()));
-                    }
-                    if unit.view.state != state || unit.view.reason != reason {
-                        unit.set(state, reason);
-                    }
-                }
-                (true, false, _) => self.start_unit(index)?,
-                (_, true, Some(watchdog))
-                    if !watchdog.wanted && watchdog.supervisor.is_none() && !watchdog.stopping =>
-                {
-                    // Its watchdog was given up (a stop request stops the brain first).
-                    let (state, reason) = held_back(watchdog);
-                    self.events.line(
-                        "",
-                        &format!(
-                            "{}: stopping it: {reason} (a brain never trades unguarded)",
-                            self.units[index].name()
-                        ),
-                    );
-                    self.units[index].after_stop = Some((state, reason));
-                    self.stop_units(vec![index], Grace::Own, None);
-                }
-                _ => {}
-            }
-        }
-        if !self.announced && self.units.iter().all(|u| u.lock.is_none()) {
-            self.announced = true;
-            let started = self.units.iter().filter(|u| u.supervisor.is_some()).count();
-            let standing_by = self
-                .units
-                .iter()
-                .filter(|u| u.view.state == Supervision::Standby)
-                .count();
-            let standby = match standing_by {
-                0 => String::new(),
-                n => format!(", {n} standing by for another host"),
-            };
-            self.events.line(
-                "",
-                &format!("desk started: {started} processes{standby}; Ctrl+C stops it"),
-            );
-        }
-        Ok(())
-    }
-
     /// Takes its lock (the first start's, or now, with the pre-flight), and starts
-    /// supervising it. A refusal or failure is answered; only a failure of the first
-    /// start is returned (the caller backs the desk out).
-    fn start_unit(&mut self, index: usize) -> Result<(), ToolError> {
-        let first_start = self.units[index].lock.is_some();
-        let lock = match self.units[index].lock.take() {
+    /// supervising it. Says how that went; only a failure of the first start is an
+    /// error.
+    fn start_unit(&mut self, index: usize) -> Result<Begun, ToolError> {
+        let first_start = self.held[index].lock.is_some();
+        let lock = match self.held[index].lock.take() {
             Some(lock) => lock,
             None => match self.take_lock(index) {
                 Ok(lock) => lock,
-                Err(NotTaken::Elsewhere(holder)) => {
-                    let key = holder.cluster_key.clone().unwrap_or_default();
-                    let host = holder
-                        .record
-                        .as_ref()
-                        .and_then(|r| r.host.as_deref())
-                        .unwrap_or("another host");
-                    let pid = holder
-                        .record
-                        .as_ref()
-                        .map_or_else(String::new, |r| format!(", pid {}", r.pid));
-                    let reason = format!(
-                        "stands by: {host} holds it{pid}; starts here as soon as its key {key} \
-                         is free"
-                    );
-                    self.stand_by(index, &key, reason);
-                    return Ok(());
-                }
-                Err(NotTaken::Unreachable { key, why }) => {
-                    let reason = format!(
-                        "stands by: {why}; starts here once etcd answers and its key {key} is \
-                         free"
-                    );
-                    self.stand_by(index, &key, reason);
-                    return Ok(());
-                }
-                Err(NotTaken::StopRequested(request)) => {
-                    let by = format!("{} at {}", request.requester(), clock_now());
-                    let unit = &mut self.units[index];
-                    self.events.line(
-                        "",
-                        &format!("{}: not started: a stop was requested by {by}", unit.name()),
-                    );
-                    unit.wanted = false;
-                    unit.answer_all(
-                        AnswerOutcome::Failed,
-                        &format!("stopped on request by {by}"),
-                    );
-                    unit.set(Supervision::Stopped, format!("stopped on request by {by}"));
-                    return Ok(());
-                }
-                Err(NotTaken::No(outcome, why)) => {
-                    let unit = &mut self.units[index];
-                    self.events
-                        .line("", &format!("{}: not started: {why}", unit.name()));
-                    unit.wanted = false;
-                    unit.answer_all(outcome, &why);
-                    unit.set(Supervision::NotStarted, format!("not started: {why}"));
-                    return Ok(());
-                }
+                Err(not_taken) => return Ok(self.not_taken(index, not_taken)),
             },
         };
         match self.supervise(index, lock) {
             Ok(supervisor) => {
-                self.units[index].supervisor = Some(Arc::new(supervisor));
-                Ok(())
+                self.held[index].supervisor = Some(Arc::new(supervisor));
+                Ok(Begun::Supervising)
             }
             Err(error) if first_start => Err(error),
-            Err(error) => {
-                let why = error.to_string();
-                let unit = &mut self.units[index];
-                self.events
-                    .line("", &format!("{}: cannot start: {why}", unit.name()));
-                unit.wanted = false;
-                unit.answer_all(AnswerOutcome::Failed, &why);
-                unit.set(Supervision::GivenUp, format!("cannot start: {why}"));
-                Ok(())
+            Err(error) => Ok(Begun::CannotStart {
+                why: error.to_string(),
+            }),
+        }
+    }
+
+    fn not_taken(&mut self, index: usize, not_taken: NotTaken) -> Begun {
+        match not_taken {
+            NotTaken::Elsewhere(holder) => {
+                let key = holder.cluster_key.clone().unwrap_or_default();
+                let host = holder
+                    .record
+                    .as_ref()
+                    .and_then(|r| r.host.as_deref())
+                    .unwrap_or("another host");
+                let pid = holder
+                    .record
+                    .as_ref()
+                    .map_or_else(String::new, |r| format!(", pid {}", r.pid));
+                let reason = format!(
+                    "stands by: {host} holds it{pid}; starts here as soon as its key {key} is \
+                     free"
+                );
+                self.stand_by(index, &key, reason)
             }
+            NotTaken::Unreachable { key, why } => {
+                let reason = format!(
+                    "stands by: {why}; starts here once etcd answers and its key {key} is free"
+                );
+                self.stand_by(index, &key, reason)
+            }
+            NotTaken::StopRequested(request) => Begun::StopRequested {
+                requester: request.requester(),
+            },
+            NotTaken::No(outcome, why) => Begun::NotTaken { outcome, why },
         }
     }
 
@@ -858,7 +516,7 @@ impl<'f> Orchestrator<'f> {
     /// for the key to be free (etcd pushes the deletion); requests meanwhile are refused.
     /// Also when etcd cannot be reached (a partitioned host after fencing): it waits
     /// until etcd answers and the key is free.
-    fn stand_by(&mut self, index: usize, key: &str, reason: String) {
+    fn stand_by(&mut self, index: usize, key: &str, reason: String) -> Begun {
         let waiting = Arc::new(AtomicBool::new(true));
         let tx = self.tx.clone();
         let watch = self.locks.wait_until_free(
@@ -871,33 +529,24 @@ impl<'f> Orchestrator<'f> {
                 let _ = tx.send(Event::KeyFree(index));
             },
         );
-        let unit = &mut self.units[index];
-        unit.answer_all(AnswerOutcome::Refused, &reason);
         match watch {
             Some(Ok(_)) => {
-                self.events.line("", &format!("{}: {reason}", unit.name()));
-                unit.standby = Some(waiting);
-                unit.set(Supervision::Standby, reason);
+                self.held[index].standby = Some(waiting);
+                Begun::StandingBy { reason }
             }
-            Some(Err(e)) => {
-                let why = format!("cannot watch its key {key}: {e}");
-                self.events
-                    .line("", &format!("{}: not started: {why}", unit.name()));
-                unit.wanted = false;
-                unit.set(Supervision::GivenUp, format!("not started: {why}"));
-            }
-            None => {
-                // A holder on another host without a cluster: cannot happen.
-                unit.wanted = false;
-                unit.set(Supervision::NotStarted, format!("not started: {reason}"));
-            }
+            Some(Err(e)) => Begun::WatchFailed {
+                reason,
+                why: format!("cannot watch its key {key}: {e}"),
+            },
+            // A holder on another host without a cluster: cannot happen.
+            None => Begun::NoCluster { reason },
         }
     }
 
     /// A later start's lock and pre-flight: refused when someone else holds the lock
     /// or a copy runs without it; with `[cluster]`, another host may hold the key.
     fn take_lock(&mut self, index: usize) -> Result<HeldLock, NotTaken> {
-        let component = &self.units[index].component;
+        let component = &self.held[index].component;
         let claim = LockClaim {
             account: component.account.clone(),
             command: component.command.clone(),
@@ -956,7 +605,7 @@ impl<'f> Orchestrator<'f> {
     }
 
     fn supervise(&mut self, index: usize, lock: HeldLock) -> Result<Supervisor, ToolError> {
-        let component = self.units[index].component.clone();
+        let component = self.held[index].component.clone();
         let log = Log::open(
             &self
                 .fleet
@@ -972,72 +621,16 @@ impl<'f> Orchestrator<'f> {
             report: Box::new(move |report| {
                 let _ = tx.send(Event::Supervision(index, report));
             }),
-            runs: self.units[index].runs.clone(),
-            guard: self.units[index]
-                .watchdog
-                .map(|w| self.units[w].runs.clone()),
+            runs: self.held[index].runs.clone(),
+            guard: self.held[index].watchdog.map(|w| self.held[w].runs.clone()),
             guarded: self
-                .units
+                .held
                 .iter()
                 .filter(|u| u.watchdog == Some(index))
                 .map(|u| u.runs.clone())
                 .collect(),
         };
-        let unit = &mut self.units[index];
-        unit.set(Supervision::Starting, "starting".into());
         Ok(Supervisor::start(component, lock, launch))
-    }
-
-    /// Answers the requests of components that run (past [`SETTLE`], and for a restart
-    /// a run that began after the request), or that will not run.
-    fn answer_requests(&mut self) {
-        for unit in &mut self.units {
-            if unit.waiting.is_empty() || unit.stopping {
-                continue;
-            }
-            let settled = unit.settled();
-            let since = unit.running_since;
-            let pid = unit.view.pid.unwrap_or(0);
-            let gave_up = !unit.wanted && unit.supervisor.is_none();
-            let reason = unit.view.reason.clone();
-            let mut still = Vec::new();
-            for (id, after) in std::mem::take(&mut unit.waiting) {
-                let new_run = after.is_none_or(|t| since.is_some_and(|s| s > t));
-                if settled && new_run {
-                    unit.answer(id, AnswerOutcome::Done, format!("running, pid {pid}"));
-                } else if gave_up {
-                    unit.answer(id, AnswerOutcome::Failed, reason.clone());
-                } else {
-                    still.push((id, after));
-                }
-            }
-            unit.waiting = still;
-        }
-    }
-
-    /// Writes `MASTER_LAUNCH.state` when anything in it changed.
-    fn publish(&mut self) {
-        let components: Vec<Supervised> = self.units.iter().map(|u| u.view.clone()).collect();
-        if self.published.as_ref() == Some(&components) {
-            return;
-        }
-        let state = DeskState {
-            orchestrator: self.identity,
-            updated_at: now_unix(),
-            components,
-        };
-        if let Err(e) = state.write(&self.fleet.lock_dir) {
-            // Retried on every change; said once per reason, not on every tick.
-            let why = e.to_string();
-            if self.publish_error.as_ref() != Some(&why) {
-                self.events
-                    .line("", &format!("cannot publish the desk's state: {why}"));
-                self.publish_error = Some(why);
-            }
-            return;
-        }
-        self.publish_error = None;
-        self.published = Some(state.components);
     }
 
     /// DESIGN.md rules 7 and 17: on Linux anyone can unlink a lock file, or the whole
@@ -1047,7 +640,7 @@ impl<'f> Orchestrator<'f> {
     /// that way, it is acquired afresh, so that tools can find it (and a second
     /// master-launch cannot start beside it).
     fn verify_locks(&mut self) {
-        for unit in &self.units {
+        for unit in &self.held {
             if let Some(supervisor) = &unit.supervisor {
                 // A loss is logged; the supervisor keeps its child and its machine lock.
                 let _ = self.report_lock_check(unit.name(), supervisor.verify_lock());
@@ -1087,9 +680,7 @@ impl<'f> Orchestrator<'f> {
             ),
         }
     }
-}
 
-impl Orchestrator<'_> {
     /// Logs a lock check's finding loudly: a lock file taken again after it was deleted
     /// (DESIGN.md rules 7 and 17), or lost. Hands the outcome back.
     fn report_lock_check(
@@ -1129,44 +720,6 @@ enum NotTaken {
     Unreachable { key: String, why: String },
     /// `[cluster]`: a stop request for it stands in etcd: it is not started.
     StopRequested(StopRequest),
-}
-
-/// What a brain that needs `watchdog` is while the watchdog does not run (yet).
-fn held_back(watchdog: &Unit) -> (Supervision, String) {
-    let name = watchdog.name();
-    let account = watchdog.component.account.as_deref().unwrap_or("?");
-    match watchdog.view.state {
-        // Its watchdog runs on another host: so does the brain (its key is not taken
-        // here, so the host that runs the watchdog can take it).
-        Supervision::Standby if watchdog.standby.is_some() => (
-            Supervision::Standby,
-            format!(
-                "stands by with its watchdog {name}: {}",
-                watchdog.view.reason
-            ),
-        ),
-        _ if watchdog.wanted || watchdog.stopping => (
-            Supervision::Starting,
-            format!("waiting for its watchdog {name} to run"),
-        ),
-        Supervision::Stopped => (
-            Supervision::Stopped,
-            format!(
-                "held back: its watchdog {name} is stopped ({}); `master-launch start --account \
-                 {account}` starts both",
-                watchdog.view.reason
-            ),
-        ),
-        _ => (
-            Supervision::Blocked,
-            format!(
-                "held back: its watchdog {name} is {} ({}); `master-launch start --account {account}` \
-                 starts both",
-                watchdog.view.state.as_str(),
-                watchdog.view.reason
-            ),
-        ),
-    }
 }
 
 /// Stops supervised components with the stop engine: brains, then watchdogs, then
@@ -1226,24 +779,4 @@ fn lock_file_path(path: &Path) -> String {
         .unwrap_or_else(|_| path.to_path_buf())
         .display()
         .to_string()
-}
-
-fn policy(restart: RestartPolicy) -> &'static str {
-    match restart {
-        RestartPolicy::Never => "\"never\"",
-        RestartPolicy::OnFailure => "\"on-failure\"",
-        RestartPolicy::Always => "\"always\"",
-    }
-}
-
-/// The local time now, `HH:MM:SS`, for reasons a person reads.
-fn clock_now() -> String {
-    chrono::Local::now().format("%H:%M:%S").to_string()
-}
-
-/// The local time `delay` from now.
-fn clock_in(delay: Duration) -> String {
-    let later = chrono::Local::now()
-        + chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::zero());
-    later.format("%H:%M:%S").to_string()
 }
