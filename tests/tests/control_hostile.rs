@@ -802,3 +802,71 @@ fn hx_a_requester_killed_while_waiting_leaves_a_completed_restart() {
     assert!(!desk.lock_dir().join("BRAIN_HXRK.restart").exists());
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
+
+/// Issue #24: `master-launch restart WATCHDOG_X` racing `safe-shutdown --account X`.
+/// The restart used to be taken while the brain was in the graceful stop
+/// safe-shutdown asked for, and stopped the watchdog beside it: the brain ran alone
+/// for the rest of its stop. Now a watchdog's requests wait until its brain's stop has
+/// ended. Rule 13 is sampled every 10 ms over 20 rounds.
+#[test]
+fn hx_a_watchdog_restart_racing_an_account_stop_never_leaves_its_brain_alone() {
+    let desk = Desk::with_options("hx_ra", &["HXRA"], &[], QUICK);
+    // A graceful stop longer than the orchestrator's 250 ms look at the lock dir, so
+    // that the restart request lands inside it.
+    desk.add_args(&["BRAIN_HXRA"], &["--stop-delay-ms", "600"]);
+    let (orchestrator, _lines) = launch(&desk, &[]);
+    for round in 0..fleet_tests::wine::race_rounds(20, 2) {
+        desk.wait_until_running();
+        let mark = desk.master_log().len();
+        let mut command = Command::new(tool("safe-shutdown", "safe-shutdown"));
+        command
+            .arg("--config")
+            .arg(desk.config())
+            .args(["--yes", "--account", "HXRA", "--timeout", "10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut shutdown = fleet_tests::wine::spawn(&mut command).unwrap();
+        wait_until("the brain's stop request to be taken", || {
+            log_position(&desk.master_log(), "BRAIN_HXRA: stop requested", mark).is_some()
+        });
+        let (mut restart, _restart_lines) =
+            master_launch_spawn(&desk, &["restart", "WATCHDOG_HXRA"]);
+        let mut restarted = false;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the race did not end"
+            );
+            let snapshot = desk.snapshot();
+            let (watchdogs, brains) = (
+                copies(&snapshot, "WATCHDOG_HXRA"),
+                copies(&snapshot, "BRAIN_HXRA"),
+            );
+            assert!(
+                brains == 0 || watchdogs == 1,
+                "round {round}: a brain without its watchdog: {}",
+                &desk.master_log()[mark..]
+            );
+            restarted = restarted || restart.try_wait().unwrap().is_some();
+            if restarted && shutdown.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let shutdown_code = shutdown.wait().unwrap().code();
+        assert_eq!(shutdown_code, Some(0), "round {round}");
+        let log = desk.master_log();
+        let brain_exit = log_position(&log, "BRAIN_HXRA: exited", mark).unwrap();
+        let watchdog_exit = log_position(&log, "WATCHDOG_HXRA: exited", mark).unwrap();
+        assert!(
+            brain_exit < watchdog_exit,
+            "round {round}: {}",
+            &log[mark..]
+        );
+        // Whatever the restart left running, the account comes back whole.
+        let output = master_launch(&desk, &["start", "--account", "HXRA"]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    assert_eq!(stop_desk(&desk, orchestrator), 0);
+}
