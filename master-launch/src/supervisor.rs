@@ -549,21 +549,77 @@ fn refuse_beside_a_copy(
 /// Restart timing: the first restart after a crash is immediate unless
 /// `restart_delay_ms` says otherwise; later ones double, capped at
 /// [`MAX_RESTART_DELAY`]; failures within [`FAILURE_WINDOW`] count toward giving up.
+/// Pure ([`Backoff::next`]); [`restart_after`] logs, reports and waits.
 struct Backoff {
     delay: Duration,
     attempt: u32,
     failures: VecDeque<Instant>,
+    give_up_after: usize,
+}
+
+/// How a child exited, as far as restarting goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Failed,
+    /// `restart = "always"`: a clean exit is no failure; it still backs off, so a
+    /// program that exits at once cannot spin.
+    Clean,
+}
+
+/// What follows an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Start it again after `delay`; `attempt` counts restarts in a row.
+    After { delay: Duration, attempt: u32 },
+    /// It failed this many times within [`FAILURE_WINDOW`].
+    GiveUp { failures: usize },
 }
 
 impl Backoff {
     fn new(component: &Component) -> Backoff {
+        Backoff::with(component.restart_delay, component.give_up_after)
+    }
+
+    fn with(restart_delay: Option<Duration>, give_up_after: u32) -> Backoff {
         Backoff {
-            delay: component
-                .restart_delay
+            delay: restart_delay
                 .unwrap_or(Duration::ZERO)
                 .min(MAX_RESTART_DELAY),
             attempt: 0,
             failures: VecDeque::new(),
+            give_up_after: give_up_after as usize,
+        }
+    }
+
+    /// After an exit at `now`: give up (a failure too many within the window), or
+    /// start again after the current delay, doubling the next one.
+    fn next(&mut self, now: Instant, exit: Exit) -> Next {
+        if exit == Exit::Failed {
+            self.failures.push_back(now);
+            while self
+                .failures
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
+            {
+                self.failures.pop_front();
+            }
+            if self.failures.len() >= self.give_up_after {
+                return Next::GiveUp {
+                    failures: self.failures.len(),
+                };
+            }
+        }
+        self.attempt = self.attempt.saturating_add(1);
+        let delay = self.delay;
+        self.delay = if delay.is_zero() {
+            FIRST_BACKOFF
+        } else {
+            delay.saturating_mul(2)
+        }
+        .min(MAX_RESTART_DELAY);
+        Next::After {
+            delay,
+            attempt: self.attempt,
         }
     }
 
@@ -575,33 +631,8 @@ impl Backoff {
         shared: &Shared,
         last_exit: String,
     ) -> Option<Outcome> {
-        let now = Instant::now();
-        self.failures.push_back(now);
-        while self
-            .failures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
-        {
-            self.failures.pop_front();
-        }
-        if self.failures.len() >= component.give_up_after as usize {
-            launch.events.line(
-                "",
-                &format!(
-                    "{}: GIVING UP after {} failures within {} s (last: {last_exit}); the rest of \
-                     the desk keeps running. Fix it, then start it again with `master-launch start {}`",
-                    component.lock_name,
-                    self.failures.len(),
-                    FAILURE_WINDOW.as_secs(),
-                    component.lock_name
-                ),
-            );
-            return Some(Outcome::GaveUp {
-                failures: self.failures.len(),
-                last_exit,
-            });
-        }
-        self.wait(component, launch, shared, last_exit)
+        let next = self.next(Instant::now(), Exit::Failed);
+        restart_after(next, component, launch, shared, last_exit)
     }
 
     /// Waits out the current delay (a stop cuts it short) and doubles the next one.
@@ -612,35 +643,61 @@ impl Backoff {
         shared: &Shared,
         last_exit: String,
     ) -> Option<Outcome> {
-        self.attempt = self.attempt.saturating_add(1);
-        launch.events.line(
-            "",
-            &format!(
-                "{}: restarting in {} ms",
-                component.lock_name,
-                self.delay.as_millis()
-            ),
-        );
-        (launch.report)(Report::Restarting {
-            attempt: self.attempt,
-            delay: self.delay,
-            last_exit,
-        });
-        let guard = shared.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = shared.wake.wait_timeout_while(guard, self.delay, |_| {
-            !shared.stopping.load(Ordering::SeqCst)
-        });
-        self.delay = if self.delay.is_zero() {
-            FIRST_BACKOFF
-        } else {
-            self.delay.saturating_mul(2)
-        }
-        .min(MAX_RESTART_DELAY);
-        if shared.stopping.load(Ordering::SeqCst) {
-            return Some(Outcome::Stopped);
-        }
-        None
+        let next = self.next(Instant::now(), Exit::Clean);
+        restart_after(next, component, launch, shared, last_exit)
     }
+}
+
+/// Carries out what [`Backoff::next`] said: gives up, loudly; or says so, reports it,
+/// and waits out the delay (a stop cuts it short). `None`: start it again now.
+fn restart_after(
+    next: Next,
+    component: &Component,
+    launch: &Launch,
+    shared: &Shared,
+    last_exit: String,
+) -> Option<Outcome> {
+    let (delay, attempt) = match next {
+        Next::GiveUp { failures } => {
+            launch.events.line(
+                "",
+                &format!(
+                    "{}: GIVING UP after {failures} failures within {} s (last: {last_exit}); the \
+                     rest of the desk keeps running. Fix it, then start it again with \
+                     `master-launch start {}`",
+                    component.lock_name,
+                    FAILURE_WINDOW.as_secs(),
+                    component.lock_name
+                ),
+            );
+            return Some(Outcome::GaveUp {
+                failures,
+                last_exit,
+            });
+        }
+        Next::After { delay, attempt } => (delay, attempt),
+    };
+    launch.events.line(
+        "",
+        &format!(
+            "{}: restarting in {} ms",
+            component.lock_name,
+            delay.as_millis()
+        ),
+    );
+    (launch.report)(Report::Restarting {
+        attempt,
+        delay,
+        last_exit,
+    });
+    let guard = shared.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = shared
+        .wake
+        .wait_timeout_while(guard, delay, |_| !shared.stopping.load(Ordering::SeqCst));
+    if shared.stopping.load(Ordering::SeqCst) {
+        return Some(Outcome::Stopped);
+    }
+    None
 }
 
 /// The component's command with the supervisor's environment and piped output.
@@ -697,4 +754,78 @@ pub fn describe(status: ExitStatus) -> String {
         }
     }
     "no exit code".into()
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Each row: the backoff's settings, then the exits (at milliseconds after the
+    /// first) and what each is followed by.
+    #[test]
+    fn backoff_restarts_at_once_then_doubles_capped_and_gives_up_within_the_window() {
+        use Exit::{Clean, Failed};
+        let after = |delay: u64, attempt: u32| Next::After {
+            delay: ms(delay),
+            attempt,
+        };
+        #[allow(clippy::type_complexity)]
+        let rows: [(&str, Option<Duration>, u32, Vec<(u64, Exit, Next)>); 5] = [
+            (
+                "immediate first restart, then 250 ms doubling, given up at the fifth",
+                None,
+                5,
+                vec![
+                    (0, Failed, after(0, 1)),
+                    (10, Failed, after(250, 2)),
+                    (300, Failed, after(500, 3)),
+                    (900, Failed, after(1000, 4)),
+                    (2000, Failed, Next::GiveUp { failures: 5 }),
+                ],
+            ),
+            (
+                "restart_delay_ms is the first delay, and doubles from there",
+                Some(ms(1000)),
+                5,
+                vec![(0, Failed, after(1000, 1)), (1100, Failed, after(2000, 2))],
+            ),
+            (
+                "failures older than the window are forgotten",
+                None,
+                2,
+                vec![(0, Failed, after(0, 1)), (61_000, Failed, after(250, 2))],
+            ),
+            (
+                "clean exits (restart = always) back off but never count",
+                None,
+                1,
+                vec![
+                    (0, Clean, after(0, 1)),
+                    (10, Clean, after(250, 2)),
+                    (20, Failed, Next::GiveUp { failures: 1 }),
+                ],
+            ),
+            (
+                "capped at 30 s",
+                Some(ms(20_000)),
+                99,
+                vec![(0, Failed, after(20_000, 1)), (1, Failed, after(30_000, 2))],
+            ),
+        ];
+        let t0 = Instant::now();
+        for (what, restart_delay, give_up_after, exits) in rows {
+            let mut backoff = Backoff::with(restart_delay, give_up_after);
+            for (at, exit, expected) in exits {
+                assert_eq!(
+                    backoff.next(t0 + ms(at), exit),
+                    expected,
+                    "{what}, at {at} ms"
+                );
+            }
+        }
+    }
 }
