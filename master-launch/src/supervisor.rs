@@ -425,7 +425,8 @@ fn supervise(
                         last_exit: why,
                     };
                 }
-                match backoff.after_failure(component, launch, shared, why) {
+                let next = backoff.next(Instant::now(), Exit::Failed);
+                match restart_after(next, component, launch, shared, why) {
                     Some(outcome) => return outcome,
                     None => continue,
                 }
@@ -480,14 +481,11 @@ fn supervise(
         if started.elapsed() >= FAILURE_WINDOW {
             backoff = Backoff::new(component);
         }
-        let next = if success {
-            // `restart = "always"`: a clean exit is no failure; it still backs off, so
-            // a program that exits at once cannot spin.
-            backoff.wait(component, launch, shared, how)
-        } else {
-            backoff.after_failure(component, launch, shared, how)
-        };
-        if let Some(outcome) = next {
+        // `restart = "always"`: a clean exit is no failure; it still backs off, so a
+        // program that exits at once cannot spin.
+        let exit = if success { Exit::Clean } else { Exit::Failed };
+        let next = backoff.next(Instant::now(), exit);
+        if let Some(outcome) = restart_after(next, component, launch, shared, how) {
             return outcome;
         }
     }
@@ -549,7 +547,7 @@ fn refuse_beside_a_copy(
 /// Restart timing: the first restart after a crash is immediate unless
 /// `restart_delay_ms` says otherwise; later ones double, capped at
 /// [`MAX_RESTART_DELAY`]; failures within [`FAILURE_WINDOW`] count toward giving up.
-/// Pure ([`Backoff::next`]); [`restart_after`] logs, reports and waits.
+/// Pure ([`Backoff::next`]); [`restart_after`] carries it out.
 struct Backoff {
     delay: Duration,
     attempt: u32,
@@ -621,30 +619,6 @@ impl Backoff {
             delay,
             attempt: self.attempt,
         }
-    }
-
-    /// Counts a failure; gives up, or waits out the backoff.
-    fn after_failure(
-        &mut self,
-        component: &Component,
-        launch: &Launch,
-        shared: &Shared,
-        last_exit: String,
-    ) -> Option<Outcome> {
-        let next = self.next(Instant::now(), Exit::Failed);
-        restart_after(next, component, launch, shared, last_exit)
-    }
-
-    /// Waits out the current delay (a stop cuts it short) and doubles the next one.
-    fn wait(
-        &mut self,
-        component: &Component,
-        launch: &Launch,
-        shared: &Shared,
-        last_exit: String,
-    ) -> Option<Outcome> {
-        let next = self.next(Instant::now(), Exit::Clean);
-        restart_after(next, component, launch, shared, last_exit)
     }
 }
 
