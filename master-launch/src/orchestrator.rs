@@ -32,7 +32,7 @@ use lockcore::{
     StopRequest,
 };
 
-use crate::core::{Begun, Command, Desk, Input, Now, Spec};
+use crate::core::{Begun, Command, Desk, Input, Note, Now, Sink, Spec};
 use crate::supervisor::{Launch, Outcome, Report, Supervisor};
 
 /// How often the lock dir is looked at for requests: a directory read, cheap.
@@ -179,10 +179,7 @@ impl<'f> Orchestrator<'f> {
     pub fn run(&mut self, rx: &Receiver<Event>) -> Result<Grace, ToolError> {
         if self.held.is_empty() {
             // Every component is disabled: nothing could ever be started here.
-            self.events.line(
-                "",
-                "nothing to supervise: every component is disabled in fleet.toml",
-            );
+            self.events.note(&Note::NothingToSupervise);
             return Ok(Grace::Own);
         }
         self.relay_cluster_stop_requests();
@@ -286,7 +283,7 @@ impl<'f> Orchestrator<'f> {
                     }
                     Command::DropLock(index) => self.held[index].lock = None,
                     Command::EndStandby(index) => self.held[index].end_standby(),
-                    Command::Say(note) => self.events.line("", &note.to_string()),
+                    Command::Say(note) => self.events.note(&note),
                 }
             }
             if started {
@@ -305,35 +302,31 @@ impl<'f> Orchestrator<'f> {
         let relay = self.locks.relay_cluster_stop_requests(
             move || relaying.load(Ordering::SeqCst),
             move |relayed| match relayed {
-                Ok(request) => events.line(
-                    "",
-                    &format!(
-                        "{}: stop request from {} relayed into the lock dir",
-                        request.name,
-                        request.requester()
-                    ),
-                ),
-                Err(why) => events.line("", &why),
+                Ok(request) => events.note(&Note::StopRelayed {
+                    requester: request.requester(),
+                    name: request.name.clone(),
+                }),
+                Err(what) => events.note(&Note::Relay { what }),
             },
         );
         if let Some(Err(e)) = relay {
-            self.events.line(
-                "",
-                &format!("cannot watch etcd for stop requests from other hosts: {e}"),
-            );
+            self.events.note(&Note::Relay {
+                what: format!("cannot watch etcd for stop requests from other hosts: {e}"),
+            });
         }
     }
 
     fn stop_all_requested(&mut self) -> Option<Grace> {
         let request = StopRequest::read(&self.fleet.lock_dir, MASTER_LOCK_NAME)?;
         if let Some(why) = &request.unreadable {
-            self.events
-                .line("", &format!("{why}; it still means: stop all"));
+            self.events.note(&Note::UnreadableStop {
+                name: None,
+                why: why.clone(),
+            });
         }
-        self.events.line(
-            "",
-            &format!("stop-all requested by {}", request.requester()),
-        );
+        self.events.note(&Note::StopAllRequested {
+            requester: request.requester(),
+        });
         Some(Grace::Given(request.time_left(Duration::from_secs(1))))
     }
 
@@ -350,10 +343,10 @@ impl<'f> Orchestrator<'f> {
                 continue;
             };
             if let Some(why) = &request.unreadable {
-                self.events.line(
-                    "",
-                    &format!("{name}: {why}; stopping with its own stop timeout"),
-                );
+                self.events.note(&Note::UnreadableStop {
+                    name: Some(name),
+                    why: why.clone(),
+                });
             }
             let grace = Grace::Given(request.time_left(component.stop_timeout));
             let requester = request.requester();
@@ -382,8 +375,7 @@ impl<'f> Orchestrator<'f> {
                 let request = match read {
                     Ok(request) => request,
                     Err(why) => {
-                        self.events
-                            .line("", &format!("cleared an unusable request: {why}"));
+                        self.events.note(&Note::UnusableRequest { why });
                         continue;
                     }
                 };
@@ -420,8 +412,7 @@ impl<'f> Orchestrator<'f> {
             // Retried on every change; said once per reason, not on every tick.
             let why = e.to_string();
             if self.publish_error.as_ref() != Some(&why) {
-                self.events
-                    .line("", &format!("cannot publish the desk's state: {why}"));
+                self.events.note(&Note::CannotPublish { why: why.clone() });
                 self.publish_error = Some(why);
             }
             return;
@@ -667,17 +658,12 @@ impl Orchestrator<'_> {
                 self.master_watcher = lock.watcher().ok();
                 // The old file is gone; its handle unlocks as it drops.
                 drop(std::mem::replace(&mut self.master, lock));
-                self.events
-                    .line("", &format!("{MASTER_LOCK_NAME}: lock taken again"));
+                self.events.note(&Note::MasterLockAgain(Ok(())));
             }
-            Ok(Acquire::Held(holder)) => self.events.line(
-                "",
-                &format!("{MASTER_LOCK_NAME}: cannot take it again: {holder}"),
-            ),
-            Err(e) => self.events.line(
-                "",
-                &format!("{MASTER_LOCK_NAME}: cannot take it again: {e}"),
-            ),
+            Ok(Acquire::Held(holder)) => self
+                .events
+                .note(&Note::MasterLockAgain(Err(holder.to_string()))),
+            Err(e) => self.events.note(&Note::MasterLockAgain(Err(e.to_string()))),
         }
     }
 
@@ -691,19 +677,17 @@ impl Orchestrator<'_> {
         match checked {
             Ok(None) => Ok(()),
             Ok(Some(retaken)) => {
-                self.events.line(
-                    "",
-                    &format!(
-                        "LOCK LOST: lock file {} was deleted or replaced while {name} held it",
-                        retaken.path.display()
-                    ),
-                );
-                self.events
-                    .line("", &format!("{name}: lock taken again: {retaken}"));
+                self.events.note(&Note::LockRetaken {
+                    name: name.to_string(),
+                    path: retaken.path.display().to_string(),
+                    retaken: retaken.to_string(),
+                });
                 Ok(())
             }
             Err(lost) => {
-                self.events.line("", &format!("LOCK LOST: {lost}"));
+                self.events.note(&Note::LockLost {
+                    lost: lost.to_string(),
+                });
                 Err(lost)
             }
         }
@@ -738,7 +722,10 @@ pub fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, events: &Log) {
                 Outcome::Finished { .. } => "Finished",
                 Outcome::GaveUp { .. } => "GaveUp",
             };
-            events.line("", &format!("{name}: stopped ({outcome})"));
+            events.note(&Note::StoppedAs {
+                name: name.clone(),
+                outcome,
+            });
         }
     }
 }
@@ -748,8 +735,10 @@ struct EventObserver<'l>(&'l Log);
 
 impl StopObserver for EventObserver<'_> {
     fn forced(&mut self, name: &str, how: &str) {
-        self.0
-            .line("", &format!("{name}: did not stop in time; {how}"));
+        self.0.note(&Note::Forced {
+            name: name.to_string(),
+            how: how.to_string(),
+        });
     }
 }
 

@@ -38,7 +38,7 @@ use lockcore::control::{
 
 use crate::supervisor::{FAILURE_WINDOW, Outcome, Report};
 
-pub use note::Note;
+pub use note::{Note, Sink};
 
 /// How long a component must have run to count as started: a watchdog before its
 /// brain starts, anything before a start request is answered "running".

@@ -1,9 +1,26 @@
-//! What happens on the desk, typed: the core says [`Note`]s, and the executor hands
-//! each to its sinks (today the orchestrator's log, whose lines they print as before).
+//! What happens on the desk, typed: the core and its executor say [`Note`]s, and each
+//! goes to a [`Sink`] (today the orchestrator's log and its stdout, in the words it
+//! always printed; an alerting sink would be one more implementation).
 
 use std::fmt;
 
+use lockcore::config::MASTER_LOCK_NAME;
 use lockcore::control::Action;
+use lockcore::logs::Log;
+
+/// Where notes go.
+pub trait Sink {
+    fn note(&self, note: &Note);
+}
+
+/// The orchestrator's log (and stdout): each line of a note, stamped.
+impl Sink for Log {
+    fn note(&self, note: &Note) {
+        for line in note.to_string().lines() {
+            self.line("", line);
+        }
+    }
+}
 
 /// One thing that happened on the desk, as the orchestrator's log tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +55,35 @@ pub enum Note {
     CannotStart { name: String, why: String },
     /// The first start is complete.
     DeskStarted { started: usize, standing_by: usize },
+    /// Every component is disabled in the config.
+    NothingToSupervise,
+    /// `[cluster]`: a stop request from another host became a `<NAME>.stop` here.
+    StopRelayed { name: String, requester: String },
+    /// `[cluster]`: something about relaying stop requests, in words.
+    Relay { what: String },
+    /// A stop request that cannot be read still means stop (`name`: with its own timeout;
+    /// `None`: stop all).
+    UnreadableStop { name: Option<String>, why: String },
+    /// `MASTER_LAUNCH.stop`: the whole desk stops.
+    StopAllRequested { requester: String },
+    /// A start or restart request that could not be used was removed.
+    UnusableRequest { why: String },
+    /// The view could not be written (said once per reason).
+    CannotPublish { why: String },
+    /// A held lock's file was deleted or replaced and has been taken again.
+    LockRetaken {
+        name: String,
+        path: String,
+        retaken: String,
+    },
+    /// A held lock is no longer ours.
+    LockLost { lost: String },
+    /// `MASTER_LAUNCH.lock` was acquired afresh (`Ok`), or could not be (`Err`).
+    MasterLockAgain(Result<(), String>),
+    /// Supervision of a component ended in a desk stop.
+    StoppedAs { name: String, outcome: &'static str },
+    /// A component did not stop within its grace and was forced.
+    Forced { name: String, how: String },
 }
 
 impl fmt::Display for Note {
@@ -87,6 +133,43 @@ impl fmt::Display for Note {
                 }
                 write!(f, "; Ctrl+C stops it")
             }
+            Note::NothingToSupervise => write!(
+                f,
+                "nothing to supervise: every component is disabled in fleet.toml"
+            ),
+            Note::StopRelayed { name, requester } => write!(
+                f,
+                "{name}: stop request from {requester} relayed into the lock dir"
+            ),
+            Note::Relay { what } => write!(f, "{what}"),
+            Note::UnreadableStop {
+                name: Some(name),
+                why,
+            } => write!(f, "{name}: {why}; stopping with its own stop timeout"),
+            Note::UnreadableStop { name: None, why } => {
+                write!(f, "{why}; it still means: stop all")
+            }
+            Note::StopAllRequested { requester } => {
+                write!(f, "stop-all requested by {requester}")
+            }
+            Note::UnusableRequest { why } => write!(f, "cleared an unusable request: {why}"),
+            Note::CannotPublish { why } => write!(f, "cannot publish the desk's state: {why}"),
+            Note::LockRetaken {
+                name,
+                path,
+                retaken,
+            } => write!(
+                f,
+                "LOCK LOST: lock file {path} was deleted or replaced while {name} held it\n\
+                 {name}: lock taken again: {retaken}"
+            ),
+            Note::LockLost { lost } => write!(f, "LOCK LOST: {lost}"),
+            Note::MasterLockAgain(Ok(())) => write!(f, "{MASTER_LOCK_NAME}: lock taken again"),
+            Note::MasterLockAgain(Err(why)) => {
+                write!(f, "{MASTER_LOCK_NAME}: cannot take it again: {why}")
+            }
+            Note::StoppedAs { name, outcome } => write!(f, "{name}: stopped ({outcome})"),
+            Note::Forced { name, how } => write!(f, "{name}: did not stop in time; {how}"),
         }
     }
 }

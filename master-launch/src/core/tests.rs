@@ -894,3 +894,54 @@ fn ending_fails_every_waiting_request_and_announces_nothing() {
         vec![("s".to_string(), AnswerOutcome::Failed)]
     );
 }
+
+/// The notes print the words the log always had (tests and people grep for them).
+#[test]
+fn notes_print_the_logs_words() {
+    let rows = [
+        (
+            Note::StopRequested {
+                name: "BRAIN_A".into(),
+                requester: "pid 7".into(),
+            },
+            "BRAIN_A: stop requested by pid 7; it will not be restarted",
+        ),
+        (
+            Note::DeskStarted {
+                started: 3,
+                standing_by: 0,
+            },
+            "desk started: 3 processes; Ctrl+C stops it",
+        ),
+        (
+            Note::DeskStarted {
+                started: 3,
+                standing_by: 2,
+            },
+            "desk started: 3 processes, 2 standing by for another host; Ctrl+C stops it",
+        ),
+        (
+            Note::LockRetaken {
+                name: "BRAIN_A".into(),
+                path: "/l/BRAIN_A.lock".into(),
+                retaken: "anew".into(),
+            },
+            "LOCK LOST: lock file /l/BRAIN_A.lock was deleted or replaced while BRAIN_A held \
+             it\nBRAIN_A: lock taken again: anew",
+        ),
+        (
+            Note::MasterLockAgain(Err("held by pid 3".into())),
+            "MASTER_LAUNCH: cannot take it again: held by pid 3",
+        ),
+        (
+            Note::UnreadableStop {
+                name: None,
+                why: "bad".into(),
+            },
+            "bad; it still means: stop all",
+        ),
+    ];
+    for (note, words) in rows {
+        assert_eq!(note.to_string(), words);
+    }
+}
