@@ -732,6 +732,46 @@ fn run_refuses_beside_an_unlocked_copy_and_names_it() {
     assert!(log.contains("refused: BRAIN_RUNCOPY"), "{log}");
 }
 
+/// DESIGN.md rule 17: a second folder with the same desk (a copied desk folder) shares
+/// its lock names but not its lock folder; while the first desk runs, neither `run`
+/// nor master-launch from the second starts a component the first runs, and `run`'s
+/// refusal names the first desk's master-launch. On Windows (under Wine) this is the
+/// locked file under `%ProgramData%\desk-tools\locks`.
+#[test]
+fn a_second_folder_of_the_desk_cannot_run_what_the_first_runs() {
+    // Unique to this run: the names are machine-wide.
+    let tag = format!("CPY{}", std::process::id());
+    let first = Desk::with_options(&format!("qs_{tag}"), &[&tag], &[], QUICK_STOP);
+    let second = Desk::with_options(&format!("qs_{tag}"), &[&tag], &[], QUICK_STOP);
+    let mut launcher = launch(&first, &[]);
+    launcher.wait_started();
+    let snap = wait_all_running(&first);
+    let brain = format!("BRAIN_{tag}");
+    master_launch(&second)
+        .args(["run", &brain])
+        .assert()
+        .code(3)
+        .stderr(
+            predicate::str::contains(format!(
+                "{brain} is held on this machine by pid {}",
+                launcher.pid()
+            ))
+            .and(predicate::str::contains("copied desk folder")),
+        );
+    // master-launch's pre-flight looks at the process table first and finds them.
+    master_launch(&second).assert().code(3).stderr(
+        predicate::str::contains(brain.as_str())
+            .and(predicate::str::contains("nothing was started")),
+    );
+    assert_eq!(
+        running_pids(&first.snapshot()),
+        running_pids(&snap),
+        "the refusals changed the first desk"
+    );
+    assert!(second.lock_files().is_empty(), "{:?}", second.lock_files());
+    assert_eq!(launcher.stop_all(), 0);
+}
+
 /// The Job Object binds a child from its first instruction: a launcher that starts
 /// the real bot at once (a venv `python.exe`) is bound with it, so when master-launch
 /// is killed outright (TerminateProcess, no stop handler) both die. Windows only:
