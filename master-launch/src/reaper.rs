@@ -114,6 +114,8 @@ const STOP_SIGNALS: [Signal; 4] = [
 
 fn run(command: &[std::ffi::OsString], control: OwnedFd, report: OwnedFd) -> i32 {
     let mut report = std::fs::File::from(report);
+    // `ps -e` and `top` show the kernel's name, else `exe` (from /proc/self/exe).
+    let _ = nix::sys::prctl::set_name(c"desk-reaper");
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         say(
             &mut report,

@@ -475,7 +475,11 @@ mod python_bots {
         let brain = format!("BRAIN_{tag}");
         let (desk, orders, launcher, pid, worker) = trading_desk(&tag, "fork-worker");
         let _guards = (PidGuard(pid), PidGuard(worker));
-        kill(parent_of(pid), nix::sys::signal::Signal::SIGKILL);
+        let reaper = parent_of(pid);
+        // What `top` and `ps -e` call it.
+        let comm = std::fs::read_to_string(format!("/proc/{reaper}/comm")).unwrap();
+        assert_eq!(comm.trim_end(), "desk-reaper");
+        kill(reaper, nix::sys::signal::Signal::SIGKILL);
         wait_logged(&desk, &format!("{brain}: NOT RESTARTED"), 0);
         wait_until("the brain and its worker to end", || {
             !alive(pid) && !alive(worker)
