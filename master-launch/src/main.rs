@@ -223,6 +223,9 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     let (tx, rx) = channel::<Event>();
     let stopped = Arc::new((Mutex::new(false), Condvar::new()));
     install_stop_handler(tx.clone(), stopped.clone())?;
+    if let Some(note) = signals::session_end_note() {
+        events.line("", &note);
+    }
     // Every planned lock before anything starts: a start that cannot take them all
     // starts nothing. With [cluster], a key another host holds is not in the way: that
     // component stands by (and a brain with it when its watchdog does, so that the
