@@ -568,6 +568,11 @@ def _check_regular(fd, path):
     if not stat.S_ISREG(st.st_mode) or reparse:
         _os_close(fd)
         raise LockError(f"{path} is not a regular file: remove or rename it, then start again")
+    if st.st_nlink > 1:  # a record written into it would land in the other file too
+        _os_close(fd)
+        raise LockError(
+            f"{path} is a file with other names (a hard link): remove it, then start again"
+        )
 
 
 if not _WINDOWS:
