@@ -188,7 +188,7 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let events = Log::open(&fleet.log_dir.join("master-launch.log"), true)?;
-    let _console = signals::prepare_console();
+    let _quick_edit_off = lockcore::console::quick_edit_off();
     if let Some(warning) = LockDir::new(&fleet.lock_dir).foreign_warning() {
         events.line("", &warning);
     }

@@ -9,9 +9,7 @@
 //! Windows ends the process as soon as the routine returns. For a close the routine
 //! itself carries the stop (about 5 s are granted; the caller compresses its budget to
 //! fit). The children do not see the close themselves: each runs on a console of its
-//! own without a window (`child.rs`). Also QuickEdit is switched off for our console
-//! while we run (a click into the window would otherwise freeze console writes until
-//! Esc, microsoft/terminal #34), and restored at exit.
+//! own without a window (`child.rs`). QuickEdit is `lockcore::console`'s.
 //!
 //! Windows logoff, restart and shutdown: a console program that loads user32
 //! (lockcore's graceful stop does) is not sent `CTRL_LOGOFF_EVENT` or
@@ -52,24 +50,9 @@ pub fn session_end_note() -> Option<String> {
     imp::session_end_note()
 }
 
-/// Keeps console settings changed for the run; restores them when dropped.
-pub use imp::ConsoleGuard;
-
-/// Prepares our console for a long run (Windows: QuickEdit off).
-pub fn prepare_console() -> ConsoleGuard {
-    imp::prepare_console()
-}
-
 #[cfg(unix)]
 mod imp {
     use super::*;
-
-    #[derive(Debug)]
-    pub struct ConsoleGuard;
-
-    pub(super) fn prepare_console() -> ConsoleGuard {
-        ConsoleGuard
-    }
 
     pub(super) fn on_stop(handler: Box<dyn Fn(Ending) + Send + Sync>) -> io::Result<()> {
         ctrlc::set_handler(move || handler(Ending::Interrupt)).map_err(io::Error::other)
@@ -84,11 +67,9 @@ mod imp {
 mod imp {
     use super::*;
     use std::sync::OnceLock;
-    use windows_sys::Win32::Foundation::HANDLE;
     use windows_sys::Win32::System::Console::{
-        CONSOLE_MODE, CTRL_BREAK_EVENT, CTRL_C_EVENT, CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT,
-        CTRL_SHUTDOWN_EVENT, ENABLE_EXTENDED_FLAGS, ENABLE_INSERT_MODE, ENABLE_QUICK_EDIT_MODE,
-        GetConsoleMode, GetStdHandle, STD_INPUT_HANDLE, SetConsoleCtrlHandler, SetConsoleMode,
+        CTRL_BREAK_EVENT, CTRL_C_EVENT, CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT,
+        SetConsoleCtrlHandler,
     };
     use windows_sys::core::BOOL;
 
@@ -144,48 +125,6 @@ mod imp {
                  SAFE_SHUTDOWN.bat before one"
             ),
         })
-    }
-
-    /// The console input mode as it was before we changed it.
-    #[derive(Debug)]
-    pub struct ConsoleGuard(Option<(HANDLE, CONSOLE_MODE)>);
-
-    // SAFETY: a console handle may be used from any thread.
-    unsafe impl Send for ConsoleGuard {}
-
-    pub(super) fn prepare_console() -> ConsoleGuard {
-        // SAFETY: GetStdHandle has no preconditions; the mode calls fail harmlessly on
-        // a handle that is not a console (a pipe, none).
-        unsafe {
-            let input = GetStdHandle(STD_INPUT_HANDLE);
-            let mut mode: CONSOLE_MODE = 0;
-            if GetConsoleMode(input, &mut mode) == 0 {
-                return ConsoleGuard(None);
-            }
-            // QuickEdit and Insert change only with ENABLE_EXTENDED_FLAGS, and setting
-            // that flag without ENABLE_INSERT_MODE turns Insert off (SetConsoleMode).
-            // A mode read without the flag says nothing of either: assume the
-            // console's defaults (both on), and restore those.
-            let (quiet, restore) = if mode & ENABLE_EXTENDED_FLAGS == 0 {
-                let defaults = mode | ENABLE_EXTENDED_FLAGS | ENABLE_INSERT_MODE;
-                (defaults, defaults | ENABLE_QUICK_EDIT_MODE)
-            } else {
-                (mode & !ENABLE_QUICK_EDIT_MODE, mode)
-            };
-            if SetConsoleMode(input, quiet) == 0 {
-                return ConsoleGuard(None);
-            }
-            ConsoleGuard(Some((input, restore)))
-        }
-    }
-
-    impl Drop for ConsoleGuard {
-        fn drop(&mut self) {
-            if let Some((input, mode)) = self.0 {
-                // SAFETY: restoring the mode read from the same handle.
-                unsafe { SetConsoleMode(input, mode) };
-            }
-        }
     }
 }
 
