@@ -31,8 +31,9 @@ live process started no later than its timestamp as held; only then write the re
 One copy per machine, not per folder (DESIGN.md rule 17): before the file, a bot started
 by hand takes the lock's machine-wide name, as the desk tools do (lockcore's
 lock/machine.rs): on Linux an abstract unix socket name, `\0desk-tools/lock/<name in
-lower case>`; on Windows a named mutex, `Global\desk-tools/lock/<name>`. The kernel
-frees it when the holder dies and nobody can delete it, so a copy of the desk folder, or
+lower case>`; on Windows an exclusive lock on the file
+`%ProgramData%\desk-tools\locks\<name>.lock`. The kernel frees it when the holder dies
+and nobody can delete it meanwhile, so a copy of the desk folder, or
 a lock folder deleted under a running bot, does not let a second copy start. A holder
 whose lock file is deleted creates it again (it still holds the name) and says so.
 """
@@ -567,6 +568,11 @@ def _check_regular(fd, path):
     if not stat.S_ISREG(st.st_mode) or reparse:
         _os_close(fd)
         raise LockError(f"{path} is not a regular file: remove or rename it, then start again")
+    if st.st_nlink > 1:  # a record written into it would land in the other file too
+        _os_close(fd)
+        raise LockError(
+            f"{path} is a file with other names (a hard link): remove it, then start again"
+        )
 
 
 if not _WINDOWS:
@@ -766,8 +772,6 @@ else:
     _k32.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
     _k32.GetProcessTimes.argtypes = [wintypes.HANDLE] + [ctypes.POINTER(wintypes.FILETIME)] * 4
     _k32.CloseHandle.argtypes = [wintypes.HANDLE]
-    _k32.CreateMutexW.restype = wintypes.HANDLE
-    _k32.CreateMutexW.argtypes = [ctypes.c_void_p, wintypes.BOOL, wintypes.LPCWSTR]
 
     class _FILE_INFORMATION(ctypes.Structure):  # BY_HANDLE_FILE_INFORMATION
         _fields_ = [
@@ -797,26 +801,56 @@ else:
     _INVALID_HANDLE = wintypes.HANDLE(-1).value
     _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
     _STILL_ACTIVE = 259
-    _ERROR_ACCESS_DENIED, _ERROR_ALREADY_EXISTS = 5, 183
 
-    class _MachineMutex:
-        """An open handle to the named mutex; the name lives while a handle is open."""
+    def _machine_path(machine_name) -> Path:
+        """The machine-wide name's file, as lockcore's lock/machine.rs on Windows:
+        %ProgramData%\\desk-tools\\locks\\<name without its prefix>.lock."""
+        base = os.environ.get("ProgramData") or os.environ.get("ALLUSERSPROFILE") or r"C:\ProgramData"
+        key = machine_name[len(_MACHINE_PREFIX):] if machine_name.startswith(_MACHINE_PREFIX) else machine_name
+        return Path(base) / "desk-tools" / "locks" / f"{key}.lock"
 
-        def __init__(self, handle):
-            self._handle = handle
+    class _MachineFile:
+        """The open, locked machine-wide file; the lock goes with the handle."""
+
+        def __init__(self, fd):
+            self._fd = fd
 
         def close(self):
-            handle, self._handle = self._handle, None
-            if handle:
-                _k32.CloseHandle(handle)
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                _os_close(fd)
 
     def _try_take_machine(machine_name):
-        """Windows: no machine-wide name yet, as lockcore's lock/machine.rs (a named
-        mutex lost a race under Wine); the file lock alone applies."""
-        return _NoMachineName()
+        """Locks the machine-wide file as lock files are locked (the same byte, no
+        delete sharing), then writes our pid in it; None if another process holds it."""
+        path = _machine_path(machine_name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = _open_lock_file(path)
+        except OSError as e:
+            raise OSError(e.errno, f"{path}: {e}") from e
+        try:
+            if not _try_lock(fd, exclusive=True):
+                _os_close(fd)
+                return None
+        except OSError:
+            _os_close(fd)
+            raise
+        try:  # best effort: the pid only names the holder in a refusal
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, str(os.getpid()).encode("ascii"))
+        except OSError:
+            pass
+        return _MachineFile(fd)
 
     def _machine_holder_pid(machine_name) -> Optional[int]:
-        return None  # Windows cannot name who has a mutex open
+        """The pid the holder wrote in the machine-wide file."""
+        try:
+            text = _read_path(_machine_path(machine_name))[:32].decode("ascii").strip()
+            return int(text)
+        except (ValueError, UnicodeDecodeError):
+            return None
 
     def _create(path, access, disposition):
         handle = _k32.CreateFileW(

@@ -27,6 +27,7 @@
 pub mod autostart;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod copies;
 pub mod desk;

@@ -53,29 +53,55 @@ pub struct Running {
 pub struct Ended {
     /// The bot's main process's exit status.
     pub status: ExitStatus,
-    /// Processes of its tree still running when it exited, ended then.
-    pub left_behind: usize,
-    /// Processes of its tree that could not be ended (stuck in the kernel).
-    pub survivors: usize,
+    /// What became of the rest of its process tree.
+    pub tree: Tree,
+}
+
+/// What became of the processes a bot had started when its main process exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tree {
+    /// All were ended: this many were still running then.
+    Ended { left_behind: usize },
+    /// Some could not be ended (stuck in the kernel).
+    NotEnded {
+        left_behind: usize,
+        survivors: usize,
+    },
+    /// The binding itself was ended from outside (a reaper killed by hand), so nobody
+    /// could end the tree for certain: its process group was killed, but a process
+    /// that had left the group (a daemon) may run on. Never on Windows: nobody else
+    /// can end master-launch's handle on a Job Object.
+    #[cfg_attr(windows, allow(dead_code))]
+    Unaccounted,
+}
+
+impl Tree {
+    /// Whether nothing the bot started can still run: only then may it start again.
+    pub fn is_gone(self) -> bool {
+        matches!(self, Tree::Ended { .. })
+    }
 }
 
 impl Ended {
     /// `; ended 2 process(es) it left running`, or nothing when it left none.
     pub fn tree_note(&self) -> String {
-        let mut note = String::new();
-        if self.left_behind > 0 {
-            note.push_str(&format!(
-                "; ended {} process(es) it had started and left running",
-                self.left_behind
-            ));
+        let ended = |left_behind: usize| match left_behind {
+            0 => String::new(),
+            n => format!("; ended {n} process(es) it had started and left running"),
+        };
+        match self.tree {
+            Tree::Ended { left_behind } => ended(left_behind),
+            Tree::NotEnded {
+                left_behind,
+                survivors,
+            } => format!(
+                "{}; {survivors} process(es) of its tree could NOT be ended",
+                ended(left_behind)
+            ),
+            Tree::Unaccounted => "; its reaper was killed from outside, so processes it had \
+                                  started may still run"
+                .into(),
         }
-        if self.survivors > 0 {
-            note.push_str(&format!(
-                "; {} process(es) of its tree could NOT be ended",
-                self.survivors
-            ));
-        }
-        note
     }
 }
 
@@ -103,6 +129,12 @@ impl Slot {
         let mut entry = self.entry();
         if cancelled() {
             return Ok(None);
+        }
+        if let Some(old) = entry.as_ref() {
+            return Err(io::Error::other(format!(
+                "pid {} of its last start is still bound to master-launch",
+                old.identity.pid
+            )));
         }
         let (process, binding, pid) = imp::spawn_bound(command)?;
         // The bot is unreaped (our child, or the reaper's, which reaps nothing while
@@ -137,6 +169,16 @@ impl Slot {
         Some(entry.identity)
     }
 
+    /// For a supervisor that lost track of its child (a panic while it ran): kills it
+    /// and its tree, and empties the slot so that a new start is possible. The child
+    /// is not reaped, so its pid is never reused under a late signal.
+    pub fn abandon(&self) {
+        let mut entry = self.entry();
+        if let Some(entry) = entry.take() {
+            let _ = entry.binding.kill();
+        }
+    }
+
     /// Waits for the child to exit, empties the slot, ends what is left of its tree,
     /// then reaps it.
     pub fn wait(&self, running: &mut Running) -> io::Result<Ended> {
@@ -145,11 +187,11 @@ impl Slot {
         // The tree is ended while the slot still holds the child, so whoever asks
         // sees it stopped only once all of it is gone; from the `take` on, no signal
         // can be sent to the child's pid.
-        let (left_behind, survivors) = {
+        let tree = {
             let mut entry = self.entry();
             let tree = match (entry.as_mut(), &observed) {
                 (Some(e), Ok(())) => e.binding.end_tree(),
-                _ => (0, 0),
+                _ => Tree::Ended { left_behind: 0 },
             };
             entry.take();
             tree
@@ -157,8 +199,7 @@ impl Slot {
         observed?;
         Ok(Ended {
             status: running.process.wait()?,
-            left_behind,
-            survivors,
+            tree,
         })
     }
 }
@@ -208,20 +249,31 @@ mod imp {
         }
 
         /// After the reaper exited: what it ended of the bot's tree (it ended it
-        /// before exiting).
-        pub fn end_tree(&mut self) -> (usize, usize) {
+        /// before exiting). A reaper that exited without saying so was killed from
+        /// outside: its group is killed here (the reaper is still our unreaped child,
+        /// so the group id cannot be reused), and what left the group is unaccounted.
+        pub fn end_tree(&mut self) -> Tree {
             let mut line = String::new();
             while self.report.read_line(&mut line).is_ok_and(|n| n > 0) {
-                if let Some(Said::Ended {
-                    left_behind,
-                    survivors,
-                }) = Said::parse(&line)
-                {
-                    return (left_behind, survivors);
+                match Said::parse(&line) {
+                    Some(Said::Ended {
+                        left_behind,
+                        survivors: 0,
+                    }) => return Tree::Ended { left_behind },
+                    Some(Said::Ended {
+                        left_behind,
+                        survivors,
+                    }) => {
+                        return Tree::NotEnded {
+                            left_behind,
+                            survivors,
+                        };
+                    }
+                    _ => line.clear(),
                 }
-                line.clear();
             }
-            (0, 0)
+            let _ = killpg(self.reaper, Signal::SIGKILL);
+            Tree::Unaccounted
         }
     }
 
@@ -263,13 +315,20 @@ mod imp {
         let mut child = command.spawn()?;
         // Only the reaper may hold these ends: the report then ends when it exits.
         drop((control_read, report_write));
-        let mut report = BufReader::new(report);
-        let mut line = String::new();
-        let said = match report.read_line(&mut line) {
-            Ok(_) => Said::parse(&line),
-            Err(_) => None,
-        };
         let reaper = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+        let mut report = BufReader::new(report);
+        let Ok(said) = first_report(&mut report, FIRST_REPORT_WAIT) else {
+            // Stopped or stuck: the caller holds the slot's lock, so stops wait on us.
+            // Its group goes (the reaper is our unreaped child: the id is its own).
+            let _ = killpg(reaper, Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(io::Error::other(format!(
+                "its reaper (master-launch started again to hold the bot's process tree) \
+                 did not say within {} s that the bot runs, so it and its process group \
+                 were killed",
+                FIRST_REPORT_WAIT.as_secs()
+            )));
+        };
         match said {
             Some(Said::Started(pid)) => Ok((
                 child,
@@ -297,6 +356,42 @@ mod imp {
                 ))
             }
         }
+    }
+
+    /// How long a reaper may take to say the bot runs: it starts the bot (fork and
+    /// exec) and writes one line, milliseconds even on a loaded machine.
+    const FIRST_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// The reaper said nothing in time.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) struct Silent;
+
+    /// The reaper's first report line, parsed: `None` if it ended or said nothing
+    /// usable; [`Silent`] if it said nothing `within`.
+    pub(super) fn first_report(
+        report: &mut BufReader<PipeReader>,
+        within: std::time::Duration,
+    ) -> Result<Option<Said>, Silent> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(report.get_ref().as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => return Err(Silent),
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return Ok(None),
+            }
+        }
+        // The reaper writes each line whole, in one write.
+        let mut line = String::new();
+        Ok(report
+            .read_line(&mut line)
+            .ok()
+            .and_then(|_| Said::parse(&line)))
     }
 
     /// Blocks until the child has exited, without reaping it (`WNOWAIT`), so its pid
@@ -371,18 +466,24 @@ mod imp {
 
         /// After the bot's main process exited: ends what is left in its job and
         /// waits until the job is empty (TerminateJobObject only starts the ends).
-        /// Returns how many were left and how many still ran after [`TREE_END_WAIT`].
-        pub fn end_tree(&mut self) -> (usize, usize) {
+        /// Says how many were left and whether any still ran after [`TREE_END_WAIT`].
+        pub fn end_tree(&mut self) -> Tree {
             let left_behind = self.active_processes();
             if left_behind == 0 {
-                return (0, 0);
+                return Tree::Ended { left_behind };
             }
             let _ = self.kill();
             let deadline = std::time::Instant::now() + TREE_END_WAIT;
             loop {
-                let active = self.active_processes();
-                if active == 0 || std::time::Instant::now() >= deadline {
-                    return (left_behind, active);
+                let survivors = self.active_processes();
+                if survivors == 0 {
+                    return Tree::Ended { left_behind };
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Tree::NotEnded {
+                        left_behind,
+                        survivors,
+                    };
                 }
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
@@ -528,5 +629,28 @@ mod imp {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::imp::{Silent, first_report};
+    use crate::reaper::Said;
+    use std::io::{BufReader, Write};
+    use std::time::Duration;
+
+    #[test]
+    fn a_reapers_first_report_is_read_waited_for_and_not_waited_for_forever() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let mut reader = BufReader::new(reader);
+        let short = Duration::from_millis(100);
+        assert_eq!(first_report(&mut reader, short), Err(Silent));
+        writer.write_all(b"pid 42\n").unwrap();
+        assert_eq!(
+            first_report(&mut reader, short),
+            Ok(Some(Said::Started(42)))
+        );
+        drop(writer);
+        assert_eq!(first_report(&mut reader, short), Ok(None));
     }
 }

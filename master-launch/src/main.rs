@@ -189,7 +189,7 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let events = Log::open(&fleet.log_dir.join("master-launch.log"), true)?;
-    let _console = signals::prepare_console();
+    let _quick_edit_off = lockcore::console::quick_edit_off();
     if let Some(warning) = LockDir::new(&fleet.lock_dir).foreign_warning() {
         events.line("", &warning);
     }
@@ -224,6 +224,9 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     let (tx, rx) = channel::<Event>();
     let stopped = Arc::new((Mutex::new(false), Condvar::new()));
     install_stop_handler(tx.clone(), stopped.clone())?;
+    if let Some(note) = signals::session_end_note() {
+        events.line("", &note);
+    }
     // Every planned lock before anything starts: a start that cannot take them all
     // starts nothing. With [cluster], a key another host holds is not in the way: that
     // component stands by (and a brain with it when its watchdog does, so that the

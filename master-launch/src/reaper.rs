@@ -11,7 +11,9 @@
 //!   the component stopped or starts it again;
 //! - when master-launch asks (a byte on the control pipe: a forced stop);
 //! - when master-launch is gone, however it ended, kill -9 included: the control pipe's
-//!   write end was master-launch's alone, so the reaper reads its end.
+//!   write end was master-launch's alone, so the reaper reads its end. A reaper stopped
+//!   from outside (SIGSTOP) is woken then by the kernel: its process group, orphaned
+//!   with a stopped member, gets SIGHUP and SIGCONT (POSIX).
 //!
 //! Then it exits as the bot did (same code, or the same signal).
 //!
@@ -112,8 +114,13 @@ const STOP_SIGNALS: [Signal; 4] = [
 
 fn run(command: &[std::ffi::OsString], control: OwnedFd, report: OwnedFd) -> i32 {
     let mut report = std::fs::File::from(report);
+    // `ps -e` and `top` show the kernel's name, else `exe` (from /proc/self/exe).
+    let _ = nix::sys::prctl::set_name(c"desk-reaper");
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        let _ = writeln!(report, "error {} cannot become a subreaper: {e}", e as i32);
+        say(
+            &mut report,
+            format!("error {} cannot become a subreaper: {e}", e as i32),
+        );
         return CANNOT_START;
     }
     for stop in STOP_SIGNALS {
@@ -146,12 +153,12 @@ fn run(command: &[std::ffi::OsString], control: OwnedFd, report: OwnedFd) -> i32
         Ok(bot) => bot,
         Err(e) => {
             let code = e.raw_os_error().unwrap_or(-1);
-            let _ = writeln!(report, "error {code} {e}");
+            say(&mut report, format!("error {code} {e}"));
             return CANNOT_START;
         }
     };
     let bot = Pid::from_raw(bot.id() as i32);
-    let _ = writeln!(report, "pid {bot}");
+    say(&mut report, format!("pid {bot}"));
 
     // Signals to children and reaping never happen at once (see the module doc).
     let reaping = Mutex::new(());
@@ -164,9 +171,15 @@ fn run(command: &[std::ffi::OsString], control: OwnedFd, report: OwnedFd) -> i32
             let _reaping = lock(&reaping);
             end_tree()
         };
-        let _ = writeln!(report, "ended {left_behind} {survivors}");
+        say(&mut report, format!("ended {left_behind} {survivors}"));
         exit_as(status)
     })
+}
+
+/// Writes one report line in one write, so that master-launch never waits on half of
+/// it (and a closed pipe is no error here: master-launch is gone).
+fn say(report: &mut std::fs::File, line: String) {
+    let _ = report.write_all(format!("{line}\n").as_bytes());
 }
 
 /// Reads the control pipe: a kill byte, or its end (master-launch gone), kills the
@@ -240,7 +253,7 @@ fn end_tree() -> (usize, usize) {
     }
 }
 
-/// SIGKILL to every direct child that has not exited; the ones signalled.
+/// SIGKILL to every direct child still running; the ones signalled.
 fn kill_children() -> Vec<Pid> {
     children()
         .into_iter()
@@ -248,7 +261,10 @@ fn kill_children() -> Vec<Pid> {
         .collect()
 }
 
-/// This process's live (not yet exited) children, from `/proc`.
+/// This process's children that still run, from `/proc`. A child whose main thread
+/// has exited shows as a zombie (`Z`) while its other threads run on: it counts as
+/// running until none of its threads does. A true zombie (exited, not yet reaped) is
+/// left to the reap.
 fn children() -> Vec<Pid> {
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -257,18 +273,49 @@ fn children() -> Vec<Pid> {
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| matches!(parent_and_state(*pid), Some((parent, state)) if parent == me && state != 'Z'))
+        .filter(|pid| {
+            matches!(parent_and_state(*pid), Some((parent, state))
+                if parent == me && (state != 'Z' || has_running_thread(*pid)))
+        })
         .map(|pid| Pid::from_raw(pid as i32))
         .collect()
 }
 
-/// The parent pid and state letter from `/proc/PID/stat` (after the command name,
-/// which may itself hold spaces and parentheses).
+/// Whether any thread of `pid` has not exited (`/proc/PID/task/TID/stat`).
+fn has_running_thread(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        stat_state(&stat).is_some_and(|state| state != 'Z' && state != 'X')
+    })
+}
+
+/// The parent pid and state letter from `/proc/PID/stat`.
 fn parent_and_state(pid: u32) -> Option<(u32, char)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    Some((fields.next()?.parse().ok()?, state))
+    let state = stat_state(&stat)?;
+    let parent = after_command(&stat)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((parent, state))
+}
+
+/// The state letter of a `stat` line.
+fn stat_state(stat: &str) -> Option<char> {
+    after_command(stat)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// A `stat` line after the command name, which may itself hold spaces and parentheses.
+fn after_command(stat: &str) -> Option<&str> {
+    stat.get(stat.rfind(')')? + 1..)
 }
 
 fn lock(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {

@@ -9,13 +9,23 @@
 //! Windows ends the process as soon as the routine returns. For a close the routine
 //! itself carries the stop (about 5 s are granted; the caller compresses its budget to
 //! fit). The children do not see the close themselves: each runs on a console of its
-//! own without a window (`child.rs`). Logoff and shutdown are not covered: a console
-//! program that loads user32 (lockcore's graceful stop does) is not sent those events
-//! (SetConsoleCtrlHandler, Remarks); Windows then ends master-launch, and the job ends
-//! the bots with it, out of order. The README says to run safe-shutdown before. Also QuickEdit is
-//! switched off for our console while we run (a click into the window would otherwise
-//! freeze console writes until Esc, microsoft/terminal #34), and restored at exit.
-//! Nothing here has run on real Windows; Wine delivers no console events.
+//! own without a window (`child.rs`). QuickEdit is `lockcore::console`'s.
+//!
+//! Windows logoff, restart and shutdown: a console program that loads user32
+//! (lockcore's graceful stop does) is not sent `CTRL_LOGOFF_EVENT` or
+//! `CTRL_SHUTDOWN_EVENT` (SetConsoleCtrlHandler, Remarks): it gets the session-end
+//! messages at its top-level windows, and a process without a window is just ended.
+//! So [`session_end`] keeps a hidden top-level window (not a message-only window: those
+//! get no broadcasts) with a message loop on a thread of its own, and asks to hear
+//! before the bots (`SetProcessShutdownParameters` 0x3FF, the top of the application
+//! range; children stay at the default 0x280, and higher levels are shut down first).
+//! On `WM_QUERYENDSESSION` it says why the session must wait
+//! (`ShutdownBlockReasonCreate`: a program without it is ended after about 5 s,
+//! "Shutdown Changes for Windows Vista") and starts the ordered stop; on
+//! `WM_ENDSESSION` it returns only once that stop has finished ("WM_ENDSESSION":
+//! the session may end any time after the return). Nothing here has run on real
+//! Windows; Wine delivers no console events, and `wineboot --end-session` sends the
+//! two messages to top-level windows.
 
 use std::io;
 
@@ -34,27 +44,22 @@ pub fn on_stop(handler: impl Fn(Ending) + Send + Sync + 'static) -> io::Result<(
     imp::on_stop(Box::new(handler))
 }
 
-/// Keeps console settings changed for the run; restores them when dropped.
-pub use imp::ConsoleGuard;
-
-/// Prepares our console for a long run (Windows: QuickEdit off).
-pub fn prepare_console() -> ConsoleGuard {
-    imp::prepare_console()
+/// What the platform tells of how a session end reaches master-launch, for its log
+/// (Windows: the shutdown level read back); `None` where there is nothing to tell.
+pub fn session_end_note() -> Option<String> {
+    imp::session_end_note()
 }
 
 #[cfg(unix)]
 mod imp {
     use super::*;
 
-    #[derive(Debug)]
-    pub struct ConsoleGuard;
-
-    pub(super) fn prepare_console() -> ConsoleGuard {
-        ConsoleGuard
-    }
-
     pub(super) fn on_stop(handler: Box<dyn Fn(Ending) + Send + Sync>) -> io::Result<()> {
         ctrlc::set_handler(move || handler(Ending::Interrupt)).map_err(io::Error::other)
+    }
+
+    pub(super) fn session_end_note() -> Option<String> {
+        None
     }
 }
 
@@ -62,11 +67,9 @@ mod imp {
 mod imp {
     use super::*;
     use std::sync::OnceLock;
-    use windows_sys::Win32::Foundation::HANDLE;
     use windows_sys::Win32::System::Console::{
-        CONSOLE_MODE, CTRL_BREAK_EVENT, CTRL_C_EVENT, CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT,
-        CTRL_SHUTDOWN_EVENT, ENABLE_EXTENDED_FLAGS, ENABLE_INSERT_MODE, ENABLE_QUICK_EDIT_MODE,
-        GetConsoleMode, GetStdHandle, STD_INPUT_HANDLE, SetConsoleCtrlHandler, SetConsoleMode,
+        CTRL_BREAK_EVENT, CTRL_C_EVENT, CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT,
+        SetConsoleCtrlHandler,
     };
     use windows_sys::core::BOOL;
 
@@ -95,48 +98,197 @@ mod imp {
         if unsafe { SetConsoleCtrlHandler(Some(routine), 1) } == 0 {
             return Err(io::Error::last_os_error());
         }
+        // Not fatal: a desk that runs is better than none, and the log says what is
+        // missing (under Wine without a display no window can be created).
+        let listening = session_end::listen(|| {
+            if let Some(handler) = HANDLER.get() {
+                handler(Ending::ConsoleClosing);
+            }
+        });
+        let _ = SESSION_END.set(listening.map_err(|e| e.to_string()));
         Ok(())
     }
 
-    /// The console input mode as it was before we changed it.
-    #[derive(Debug)]
-    pub struct ConsoleGuard(Option<(HANDLE, CONSOLE_MODE)>);
+    /// Whether the session-end window runs, or why not.
+    static SESSION_END: OnceLock<Result<(), String>> = OnceLock::new();
 
-    // SAFETY: a console handle may be used from any thread.
-    unsafe impl Send for ConsoleGuard {}
+    pub(super) fn session_end_note() -> Option<String> {
+        Some(match (SESSION_END.get()?, session_end::level()) {
+            (Ok(()), Some(level)) => format!(
+                "a logoff, restart or shutdown stops the desk in order: master-launch is told \
+                 before its bots (shutdown level {level:#x})"
+            ),
+            (Ok(()), None) => "a logoff, restart or shutdown stops the desk in order".into(),
+            (Err(why), _) => format!(
+                "WARNING: master-launch cannot hear a logoff, restart or shutdown ({why}): \
+                 Windows would end the bots out of order. Stop the desk with \
+                 SAFE_SHUTDOWN.bat before one"
+            ),
+        })
+    }
+}
 
-    pub(super) fn prepare_console() -> ConsoleGuard {
-        // SAFETY: GetStdHandle has no preconditions; the mode calls fail harmlessly on
-        // a handle that is not a console (a pipe, none).
-        unsafe {
-            let input = GetStdHandle(STD_INPUT_HANDLE);
-            let mut mode: CONSOLE_MODE = 0;
-            if GetConsoleMode(input, &mut mode) == 0 {
-                return ConsoleGuard(None);
-            }
-            // QuickEdit and Insert change only with ENABLE_EXTENDED_FLAGS, and setting
-            // that flag without ENABLE_INSERT_MODE turns Insert off (SetConsoleMode).
-            // A mode read without the flag says nothing of either: assume the
-            // console's defaults (both on), and restore those.
-            let (quiet, restore) = if mode & ENABLE_EXTENDED_FLAGS == 0 {
-                let defaults = mode | ENABLE_EXTENDED_FLAGS | ENABLE_INSERT_MODE;
-                (defaults, defaults | ENABLE_QUICK_EDIT_MODE)
-            } else {
-                (mode & !ENABLE_QUICK_EDIT_MODE, mode)
-            };
-            if SetConsoleMode(input, quiet) == 0 {
-                return ConsoleGuard(None);
-            }
-            ConsoleGuard(Some((input, restore)))
+/// Windows: hears a session end (logoff, restart, shutdown) at a hidden top-level
+/// window, and holds the session until the ordered stop has finished. See the module
+/// documentation for the sources.
+#[cfg(windows)]
+mod session_end {
+    use std::io;
+    use std::sync::Mutex;
+    use std::sync::OnceLock;
+    use std::thread::JoinHandle;
+    use windows_sys::Win32::Foundation::{HWND, LPARAM, LRESULT, WPARAM};
+    use windows_sys::Win32::System::LibraryLoader::GetModuleHandleW;
+    use windows_sys::Win32::System::Shutdown::{
+        ShutdownBlockReasonCreate, ShutdownBlockReasonDestroy,
+    };
+    use windows_sys::Win32::System::Threading::{
+        GetProcessShutdownParameters, SetProcessShutdownParameters,
+    };
+    use windows_sys::Win32::UI::WindowsAndMessaging::{
+        CreateWindowExW, DefWindowProcW, DispatchMessageW, GetMessageW, MSG, RegisterClassW,
+        WM_ENDSESSION, WM_QUERYENDSESSION, WNDCLASSW, WS_OVERLAPPED,
+    };
+
+    /// The top of the range for applications (SetProcessShutdownParameters): above the
+    /// bots' default 0x280, so master-launch is asked first.
+    const LEVEL: u32 = 0x3FF;
+    /// The window class, also how a test finds the window.
+    pub const CLASS: &str = "DeskToolsSessionEnd";
+    /// What Windows shows while it waits for us.
+    const REASON: &str =
+        "Stopping the trading desk in order: brains, then watchdogs, then the rest";
+
+    /// Starts the ordered stop (and waits for it, within the closing budget).
+    static STOP: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+    /// The thread that runs it, joined by `WM_ENDSESSION`.
+    static RUNNING: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
+
+    /// Sets the shutdown level and starts the window's thread.
+    pub(super) fn listen(stop: impl Fn() + Send + Sync + 'static) -> io::Result<()> {
+        if STOP.set(Box::new(stop)).is_err() {
+            return Err(io::Error::other("the session-end window was started twice"));
+        }
+        // SAFETY: no pointers; a level in the documented application range.
+        if unsafe { SetProcessShutdownParameters(LEVEL, 0) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (ready, created) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("session end".into())
+            .spawn(move || run_window(&ready))?;
+        created
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the session-end window's thread ended")))
+    }
+
+    /// The shutdown level in force, read back.
+    pub(super) fn level() -> Option<u32> {
+        let (mut level, mut flags) = (0, 0);
+        // SAFETY: two out-pointers to locals.
+        (unsafe { GetProcessShutdownParameters(&mut level, &mut flags) } != 0).then_some(level)
+    }
+
+    fn wide(text: &str) -> Vec<u16> {
+        text.encode_utf16().chain([0]).collect()
+    }
+
+    /// Creates the window and runs its message loop for the life of the process.
+    fn run_window(ready: &std::sync::mpsc::SyncSender<io::Result<()>>) {
+        let class = wide(CLASS);
+        // SAFETY: null asks for this executable's module.
+        let instance = unsafe { GetModuleHandleW(std::ptr::null()) };
+        // SAFETY: plain data; every field not set is a valid zero.
+        let mut description: WNDCLASSW = unsafe { std::mem::zeroed() };
+        description.lpfnWndProc = Some(window_proc);
+        description.hInstance = instance;
+        description.lpszClassName = class.as_ptr();
+        // SAFETY: the description and the class name outlive the call.
+        if unsafe { RegisterClassW(&description) } == 0 {
+            let _ = ready.send(Err(io::Error::last_os_error()));
+            return;
+        }
+        let title = wide("master-launch");
+        // SAFETY: a registered class; a top-level window (no parent), never shown.
+        let window = unsafe {
+            CreateWindowExW(
+                0,
+                class.as_ptr(),
+                title.as_ptr(),
+                WS_OVERLAPPED,
+                0,
+                0,
+                0,
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                instance,
+                std::ptr::null(),
+            )
+        };
+        if window.is_null() {
+            let _ = ready.send(Err(io::Error::last_os_error()));
+            return;
+        }
+        let _ = ready.send(Ok(()));
+        // SAFETY: plain data, filled by GetMessageW.
+        let mut message: MSG = unsafe { std::mem::zeroed() };
+        // SAFETY: a message struct we own; 0 is WM_QUIT, -1 an error: both end the loop.
+        while unsafe { GetMessageW(&mut message, std::ptr::null_mut(), 0, 0) } > 0 {
+            // SAFETY: a message GetMessageW returned.
+            unsafe { DispatchMessageW(&message) };
         }
     }
 
-    impl Drop for ConsoleGuard {
-        fn drop(&mut self) {
-            if let Some((input, mode)) = self.0 {
-                // SAFETY: restoring the mode read from the same handle.
-                unsafe { SetConsoleMode(input, mode) };
+    unsafe extern "system" fn window_proc(
+        window: HWND,
+        message: u32,
+        wparam: WPARAM,
+        lparam: LPARAM,
+    ) -> LRESULT {
+        match message {
+            WM_QUERYENDSESSION => {
+                begin_stop(window);
+                1
             }
+            // TRUE: the session ends (maybe without a query before, when forced).
+            WM_ENDSESSION if wparam != 0 => {
+                begin_stop(window);
+                let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(stop) = running {
+                    let _ = stop.join();
+                }
+                0
+            }
+            // FALSE: the end was cancelled; the stop already begun goes on.
+            WM_ENDSESSION => {
+                // SAFETY: our window.
+                unsafe { ShutdownBlockReasonDestroy(window) };
+                0
+            }
+            // SAFETY: the arguments this procedure was called with.
+            _ => unsafe { DefWindowProcW(window, message, wparam, lparam) },
         }
+    }
+
+    /// Once per process: says why the session waits, and starts the ordered stop on a
+    /// thread (the window must go on answering messages meanwhile).
+    fn begin_stop(window: HWND) {
+        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        static BEGUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if BEGUN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let reason = wide(REASON);
+        // SAFETY: our window and a terminated string that outlives the call.
+        unsafe { ShutdownBlockReasonCreate(window, reason.as_ptr()) };
+        *running = std::thread::Builder::new()
+            .name("session end stop".into())
+            .spawn(|| {
+                if let Some(stop) = STOP.get() {
+                    stop();
+                }
+            })
+            .ok();
     }
 }

@@ -268,8 +268,14 @@ fn supervise_through_panics(
     let name = &component.lock_name;
     let mut panics = 0;
     loop {
+        // After a panic the first start is a restart: nobody checked for copies.
+        let first_start = if panics == 0 {
+            FirstStart::CheckedByCaller
+        } else {
+            FirstStart::CheckHere
+        };
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            supervise(component, lock, launch, shared, attempted)
+            supervise(component, lock, launch, shared, attempted, first_start)
         }));
         let panic = match run {
             Ok(outcome) => return outcome,
@@ -281,7 +287,7 @@ fn supervise_through_panics(
             .map(|s| (*s).to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".into());
-        shared.child.force();
+        shared.child.abandon();
         launch.runs.store(false, Ordering::SeqCst);
         if shared.stopping.load(Ordering::SeqCst) {
             return Outcome::Stopped;
@@ -356,12 +362,22 @@ fn fence_child(
 /// (TTL/4, at least 500 ms).
 const FENCE_POLL: Duration = Duration::from_millis(20);
 
+/// Whether the copy check of rule 14 was made for the first start of a supervision.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstStart {
+    /// Under the lock, by the orchestrator (or `run`), just before.
+    CheckedByCaller,
+    /// Not made: a supervision started again after a panic.
+    CheckHere,
+}
+
 fn supervise(
     component: &Component,
     lock: &mut HeldLock,
     launch: &Launch,
     shared: &Shared,
     attempted: &std::sync::mpsc::SyncSender<()>,
+    first_start: FirstStart,
 ) -> Outcome {
     let name = &component.lock_name;
     let mut backoff = Backoff::new(component);
@@ -392,7 +408,8 @@ fn supervise(
         }
         // DESIGN.md rule 14: before a restart, no other copy of the component runs.
         // The first start was checked under the lock by the orchestrator (or `run`).
-        if !first && let Some(outcome) = refuse_beside_a_copy(component, launch, &mut probe) {
+        let checked = first && first_start == FirstStart::CheckedByCaller;
+        if !checked && let Some(outcome) = refuse_beside_a_copy(component, launch, &mut probe) {
             return outcome;
         }
         first = false;
@@ -476,6 +493,24 @@ fn supervise(
             return Outcome::Finished {
                 last_exit: how,
                 success,
+            };
+        }
+        // DESIGN.md rule 14: a tree not known to be gone may still trade.
+        if let Ok(ended) = &ended
+            && !ended.tree.is_gone()
+        {
+            let last_exit = format!("exited ({how}){}", ended.tree_note());
+            launch.events.line(
+                "",
+                &format!(
+                    "{name}: NOT RESTARTED: processes it started may still run, and a second \
+                     copy would trade beside them. Find them with `check-procs`, stop them, \
+                     then `master-launch start {name}`"
+                ),
+            );
+            return Outcome::GaveUp {
+                failures: 1,
+                last_exit,
             };
         }
         if started.elapsed() >= FAILURE_WINDOW {

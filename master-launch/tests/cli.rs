@@ -732,6 +732,105 @@ fn run_refuses_beside_an_unlocked_copy_and_names_it() {
     assert!(log.contains("refused: BRAIN_RUNCOPY"), "{log}");
 }
 
+/// DESIGN.md rule 17: a second folder with the same desk (a copied desk folder) shares
+/// its lock names but not its lock folder; while the first desk runs, neither `run`
+/// nor master-launch from the second starts a component the first runs, and `run`'s
+/// refusal names the first desk's master-launch. On Windows (under Wine) this is the
+/// locked file under `%ProgramData%\desk-tools\locks`.
+#[test]
+fn a_second_folder_of_the_desk_cannot_run_what_the_first_runs() {
+    // Unique to this run: the names are machine-wide.
+    let tag = format!("CPY{}", std::process::id());
+    let first = Desk::with_options(&format!("qs_{tag}"), &[&tag], &[], QUICK_STOP);
+    let second = Desk::with_options(&format!("qs_{tag}"), &[&tag], &[], QUICK_STOP);
+    let mut launcher = launch(&first, &[]);
+    launcher.wait_started();
+    let snap = wait_all_running(&first);
+    let brain = format!("BRAIN_{tag}");
+    master_launch(&second)
+        .args(["run", &brain])
+        .assert()
+        .code(3)
+        .stderr(
+            predicate::str::contains(format!(
+                "{brain} is held on this machine by pid {}",
+                launcher.pid()
+            ))
+            .and(predicate::str::contains("copied desk folder")),
+        );
+    // master-launch's pre-flight looks at the process table first and finds them.
+    master_launch(&second).assert().code(3).stderr(
+        predicate::str::contains(brain.as_str())
+            .and(predicate::str::contains("nothing was started")),
+    );
+    assert_eq!(
+        running_pids(&first.snapshot()),
+        running_pids(&snap),
+        "the refusals changed the first desk"
+    );
+    assert!(second.lock_files().is_empty(), "{:?}", second.lock_files());
+    assert_eq!(launcher.stop_all(), 0);
+}
+
+/// Windows: a logoff, restart or shutdown. master-launch says at start that it is told
+/// before its bots (its shutdown level read back); the session's end messages to its
+/// hidden window (sent as Windows and `wineboot --end-session` send them, to this
+/// process alone) stop the desk in order, and `WM_ENDSESSION` returns only once
+/// nothing of the desk runs.
+#[cfg(windows)]
+#[test]
+fn a_session_end_stops_the_desk_in_order_before_it_returns() {
+    let tag = format!("SES{}", std::process::id());
+    let accounts = [format!("{tag}A"), format!("{tag}B")];
+    let global = format!("qs_{tag}");
+    let desk = Desk::with_options(&global, &[&accounts[0], &accounts[1]], &[], QUICK_STOP);
+    let mut launcher = launch(&desk, &[]);
+    launcher.wait_started();
+    let pids = running_pids(&wait_all_running(&desk));
+    let log = desk.master_log();
+    assert!(
+        log.contains("master-launch is told before its bots (shutdown level 0x3ff)"),
+        "{log}"
+    );
+    let ended = Command::new(fleet_tests::tool("fleet-tests", "end-session"))
+        .arg(launcher.pid().to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&ended.stdout).into_owned();
+    assert!(ended.status.success(), "{said}{:?}", ended.stderr);
+    assert!(
+        said.contains("answer 1") && said.contains("ended"),
+        "{said}"
+    );
+    // Nothing of the desk runs once WM_ENDSESSION has returned.
+    let left: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|pid| running_pids(&desk.snapshot()).contains(pid))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "still running after WM_ENDSESSION: {left:?}"
+    );
+    launcher.wait_exit();
+    let log = desk.master_log();
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("the log has no `{what}`: {log}"))
+    };
+    for account in &accounts {
+        assert!(
+            at(&format!("BRAIN_{account}: exited")) < at(&format!("WATCHDOG_{account}: exited")),
+            "{log}"
+        );
+        assert!(
+            at(&format!("WATCHDOG_{account}: exited")) < at(&format!("{global}: exited")),
+            "{log}"
+        );
+    }
+    desk.assert_no_lock_left("after the session end");
+}
+
 /// The Job Object binds a child from its first instruction: a launcher that starts
 /// the real bot at once (a venv `python.exe`) is bound with it, so when master-launch
 /// is killed outright (TerminateProcess, no stop handler) both die. Windows only:

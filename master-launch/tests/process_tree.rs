@@ -9,6 +9,9 @@
 //! - A brain that daemonizes under `restart = "always"`: at most one order writer at
 //!   any moment, and its daemon ends with it.
 //! - A restart beside a copy started by hand is refused, loudly.
+//! - Linux: a worker whose main thread exited (shown as a zombie) is ended too; a
+//!   reaper killed by hand gets its group killed and its brain given up, not restarted;
+//!   a reaper stopped by SIGSTOP still ends its tree when master-launch is killed.
 //!
 //! Names carry this test process's pid: copies are recognised machine-wide, and another
 //! checkout's suite may run at the same time.
@@ -367,12 +370,46 @@ mod python_bots {
         }
     }
 
+    /// Whether any thread of `pid` runs: a process whose main thread has exited shows
+    /// as a zombie while its other threads run on.
     fn alive(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rfind(')')
-                .and_then(|i| stat.get(i + 2..i + 3))
-                .is_some_and(|state| state != "Z" && state != "X")
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().any(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                stat.rfind(')')
+                    .and_then(|i| stat.get(i + 2..i + 3))
+                    .is_some_and(|state| state != "Z" && state != "X")
+            })
         })
+    }
+
+    /// The parent of `pid` (for a bot: its reaper).
+    fn parent_of(pid: u32) -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 1..];
+        after.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn kill(pid: u32, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// A one-account desk with an order bot in `mode` as its brain, started; with the
+    /// brain's pid and the pid of the first process that sent an order.
+    fn trading_desk(tag: &str, mode: &str) -> (Desk, PathBuf, fleet_tests::Running, u32, u32) {
+        let brain = format!("BRAIN_{tag}");
+        let (desk, orders) = order_desk(tag, mode, "");
+        let launcher = launch(&desk);
+        let mut pid = 0;
+        wait_until("the brain and its worker to trade", || {
+            pid = managed_pid(&desk.snapshot(), &brain).unwrap_or(0);
+            pid != 0 && !writers(&orders).is_empty()
+        });
+        let trader = writers(&orders)[0].0;
+        (desk, orders, launcher, pid, trader)
     }
 
     /// kill -9 of a brain's main process whose order loop runs in a forked worker
@@ -381,10 +418,21 @@ mod python_bots {
     /// brain's worker starts.
     #[test]
     fn a_crashed_brains_forked_worker_is_gone_before_the_restart() {
-        for round in 0..20 {
-            let tag = unique(&format!("PTFW{round}X"));
+        crash_the_brain_and_restart("fork-worker", 20);
+    }
+
+    /// The same with a worker whose main thread has exited while its order thread
+    /// trades on: the kernel shows it as a zombie, and it must be ended all the same.
+    #[test]
+    fn a_crashed_brains_worker_without_its_main_thread_is_gone_before_the_restart() {
+        crash_the_brain_and_restart("lone-thread", 5);
+    }
+
+    fn crash_the_brain_and_restart(mode: &str, rounds: usize) {
+        for round in 0..rounds {
+            let tag = unique(&format!("PT{}{round}X", &mode[..2].to_uppercase()));
             let brain = format!("BRAIN_{tag}");
-            let (desk, orders) = order_desk(&tag, "fork-worker", "");
+            let (desk, orders) = order_desk(&tag, mode, "");
             let sampler = Sampler::start(&orders);
             let launcher = launch(&desk);
             let mut first = 0;
@@ -395,11 +443,7 @@ mod python_bots {
             let old_worker = writers(&orders)[0].0;
             let _guard = PidGuard(old_worker);
             // kill -9 of the main process alone: its worker is left to the binding.
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(first).unwrap()),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .unwrap();
+            kill(first, nix::sys::signal::Signal::SIGKILL);
             wait_until("the restarted brain's worker to trade", || {
                 writers(&orders).len() >= 2
             });
@@ -411,7 +455,7 @@ mod python_bots {
             );
             fleet_tests::orchestrated::stop_desk(&desk, launcher);
             let most = sampler.most_alive_at_once();
-            assert_one_writer_at_a_time(&orders, &format!("round {round}"));
+            assert_one_writer_at_a_time(&orders, &format!("{mode} round {round}"));
             assert_eq!(most, 1, "round {round}: {most} order writers alive at once");
             let log = desk.master_log();
             assert!(
@@ -419,6 +463,52 @@ mod python_bots {
                 "round {round}: {log}"
             );
         }
+    }
+
+    /// kill -9 of a brain's reaper alone (by hand, or the OOM killer): nobody can vouch
+    /// for what the brain started any more. master-launch kills the reaper's process
+    /// group (the brain and its worker) and does not restart the brain: a daemon that
+    /// had left the group could trade beside a new copy.
+    #[test]
+    fn a_brain_whose_reaper_is_killed_is_ended_and_not_restarted() {
+        let tag = unique("PTRKX");
+        let brain = format!("BRAIN_{tag}");
+        let (desk, orders, launcher, pid, worker) = trading_desk(&tag, "fork-worker");
+        let _guards = (PidGuard(pid), PidGuard(worker));
+        let reaper = parent_of(pid);
+        // What `top` and `ps -e` call it.
+        let comm = std::fs::read_to_string(format!("/proc/{reaper}/comm")).unwrap();
+        assert_eq!(comm.trim_end(), "desk-reaper");
+        kill(reaper, nix::sys::signal::Signal::SIGKILL);
+        wait_logged(&desk, &format!("{brain}: NOT RESTARTED"), 0);
+        wait_until("the brain and its worker to end", || {
+            !alive(pid) && !alive(worker)
+        });
+        let log = desk.master_log();
+        assert!(log.contains("its reaper was killed from outside"), "{log}");
+        // Given up: no second brain, whatever the wait.
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(managed_pid(&desk.snapshot(), &brain), None);
+        assert_eq!(writers(&orders).len(), 1, "{log}");
+        fleet_tests::orchestrated::stop_desk(&desk, launcher);
+    }
+
+    /// A reaper stopped from outside (SIGSTOP) cannot read the end of its control pipe.
+    /// When master-launch is then killed (kill -9), the reaper's process group is
+    /// orphaned with a stopped member, so the kernel sends it SIGHUP and SIGCONT
+    /// (POSIX): the reaper wakes, reads the pipe's end and ends the bot's tree. This
+    /// pins that rule, which child.rs relies on instead of code of its own.
+    #[test]
+    fn a_stopped_reaper_still_ends_the_tree_when_master_launch_is_killed() {
+        let tag = unique("PTSRX");
+        let (_desk, _orders, mut launcher, pid, worker) = trading_desk(&tag, "fork-worker");
+        let reaper = parent_of(pid);
+        let _guards = (PidGuard(pid), PidGuard(worker), PidGuard(reaper));
+        kill(reaper, nix::sys::signal::Signal::SIGSTOP);
+        launcher.kill();
+        wait_until("the brain, its worker and its reaper to end", || {
+            !alive(pid) && !alive(worker) && !alive(reaper)
+        });
     }
 
     /// A brain that daemonizes (double fork + setsid after connecting, then exit 0)

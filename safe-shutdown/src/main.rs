@@ -86,6 +86,8 @@ fn main() -> std::process::ExitCode {
 type Result<T> = std::result::Result<T, ToolError>;
 
 fn run(args: &Args) -> Result<ExitCode> {
+    // A click into the window must not freeze the emergency stop's output.
+    let _quick_edit_off = lockcore::console::quick_edit_off();
     let fleet = Fleet::load(&args.config)?;
     let selection = AccountSelection::of(&fleet, &args.accounts, "--account")?;
     let mut probe = ProcessProbe::new()?;

@@ -189,6 +189,59 @@ fn a_directory_at_a_lock_name_is_refused_on_every_platform() {
     assert!(tmp.path().join("stray.lock").is_dir());
 }
 
+/// Everywhere: a hard link at a lock name (`ln victim NAME.lock`, `mklink /H`) is a
+/// regular file with another name; a record written into it would land in the other
+/// file. It is refused and left alone, and the other file keeps its bytes.
+#[test]
+fn a_hard_link_at_a_lock_name_is_refused_and_never_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let locks = tmp.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::hard_link(&victim, locks.join("BRAIN_X.lock")).unwrap();
+    let dir = LockDir::new(&locks);
+    let mut probe = ProcessProbe::new().unwrap();
+    let what = "a file with other names (a hard link)";
+    is_not_a_file(
+        dir.acquire("BRAIN_X", &LockClaim::default(), &mut probe),
+        what,
+    );
+    is_not_a_file(dir.inspect("BRAIN_X", &mut probe), what);
+    is_not_a_file(dir.remove_if_stale("BRAIN_X", &mut probe), what);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(locks.join("BRAIN_X.lock").exists());
+}
+
+/// Windows: a read-only lock file denies the write (ERROR_ACCESS_DENIED), as a file
+/// whose delete is pending does for a moment. Only the second may be waited out: the
+/// first is refused with what to fix, not retried and then called busy.
+#[cfg(windows)]
+#[test]
+fn a_read_only_lock_file_is_refused_with_the_fix_not_waited_on() {
+    if fleet_tests::wine::skip_under_wine(
+        "a_read_only_lock_file_is_refused_with_the_fix_not_waited_on",
+        "Wine, run as root, opens a read-only file for writing (root ignores the Unix mode \
+         it maps the attribute to), so the access denial cannot be set up; reviewed only",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("BRAIN_RO.lock");
+    std::fs::write(&path, b"").unwrap();
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    let dir = LockDir::new(tmp.path());
+    let mut probe = ProcessProbe::new().unwrap();
+    let error = dir
+        .acquire("BRAIN_RO", &LockClaim::default(), &mut probe)
+        .expect_err("a read-only lock file was taken");
+    let chain = format!("{error}: {}", std::error::Error::source(&error).unwrap());
+    assert!(chain.contains("read-only"), "{chain}");
+    assert!(!matches!(error, LockError::KeptBusy { .. }), "{chain}");
+}
+
 /// Windows: a symlink (a reparse point) at a lock name is opened as itself and refused;
 /// the file it points at is never written. Creating a symlink needs the
 /// SeCreateSymbolicLink privilege (or developer mode): a machine without it cannot set

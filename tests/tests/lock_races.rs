@@ -107,8 +107,8 @@ fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
 /// DESIGN.md rule 17: starters of one lock name in *different* lock folders (copies
 /// of a desk folder) race through the machine-wide name alone: exactly one wins each
 /// round, and every loser names it.
-// Linux only: Windows has no machine-wide name yet (lockcore/src/lock/machine.rs).
-#[cfg(target_os = "linux")]
+// Linux and Windows; macOS has no machine-wide name (lockcore/src/lock/machine.rs).
+#[cfg(any(target_os = "linux", windows))]
 #[test]
 fn starters_in_separate_lock_folders_make_exactly_one_holder_on_the_machine_every_round() {
     const STARTERS: usize = 8;
@@ -152,14 +152,9 @@ fn starters_in_separate_lock_folders_make_exactly_one_holder_on_the_machine_ever
             assert!(child.wait().unwrap().success());
         }
         assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
-        // Linux names the holder (found through /proc); Windows cannot (0).
-        let named = if cfg!(target_os = "linux") {
-            winners[0]
-        } else {
-            0
-        };
+        // Linux finds the holder through /proc, Windows reads the pid it wrote.
         assert!(
-            refused_by.iter().all(|&pid| pid == named),
+            refused_by.iter().all(|&pid| pid == winners[0]),
             "round {round}: losers named {refused_by:?}, the holder is {}",
             winners[0]
         );
@@ -297,7 +292,10 @@ fn deleting_a_held_lock_file_by_hand_is_refused() {
 #[test]
 fn remove_if_stale_racing_eight_acquirers_never_removes_a_held_lock() {
     const ACQUIRERS: usize = 8;
-    const ROUNDS: &str = "200";
+    // Under Wine every lock call goes through wineserver, machine-wide name included.
+    let rounds = fleet_tests::wine::race_rounds(200, 50).to_string();
+    // Unique to this run: the name is machine-wide, and other suites run concurrently.
+    let name = format!("BRAIN_BG_{}", std::process::id());
     let tmp = tempfile::tempdir().unwrap();
     let lock_dir = tmp.path().join("locks");
     std::fs::create_dir_all(&lock_dir).unwrap();
@@ -308,9 +306,9 @@ fn remove_if_stale_racing_eight_acquirers_never_removes_a_held_lock() {
             spawn_with_lines(taker(&[
                 "cycle",
                 &dir_arg,
-                "BRAIN_BG_INSTANT",
+                &name,
                 go.path.to_str().unwrap(),
-                ROUNDS,
+                &rounds,
             ]))
         })
         .collect();
@@ -318,11 +316,12 @@ fn remove_if_stale_racing_eight_acquirers_never_removes_a_held_lock() {
     let done = Arc::new(AtomicBool::new(false));
     let crashes = Arc::new(AtomicUsize::new(0));
     let crasher = {
-        let (done, crashes, dir_arg) = (done.clone(), crashes.clone(), dir_arg.clone());
+        let (done, crashes, dir_arg, name) =
+            (done.clone(), crashes.clone(), dir_arg.clone(), name.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 let status = Command::new(TAKER)
-                    .args(["abandon", &dir_arg, "BRAIN_BG_INSTANT"])
+                    .args(["abandon", &dir_arg, &name])
                     .status()
                     .unwrap();
                 assert!(status.success());
@@ -340,7 +339,7 @@ fn remove_if_stale_racing_eight_acquirers_never_removes_a_held_lock() {
     let deadline = Instant::now() + Duration::from_secs(240);
     while finished < ACQUIRERS {
         assert!(Instant::now() < deadline, "acquirers did not finish");
-        match dir.remove_if_stale("BRAIN_BG_INSTANT", &mut probe).unwrap() {
+        match dir.remove_if_stale(&name, &mut probe).unwrap() {
             Removal::Removed(status) => {
                 assert!(!status.state.is_held());
                 removed += 1;
@@ -378,14 +377,14 @@ fn remove_if_stale_racing_eight_acquirers_never_removes_a_held_lock() {
     // How often the remover won a stale file in the race depends on timing (printed
     // above); that it removes one when the cyclers are quiet does not.
     let status = Command::new(TAKER)
-        .args(["abandon", &dir_arg, "BRAIN_BG_INSTANT"])
+        .args(["abandon", &dir_arg, &name])
         .status()
         .unwrap();
     assert!(status.success());
     assert!(matches!(
-        dir.remove_if_stale("BRAIN_BG_INSTANT", &mut probe).unwrap(),
+        dir.remove_if_stale(&name, &mut probe).unwrap(),
         Removal::Removed(_)
     ));
     assert!(crashes.load(Ordering::Relaxed) > 0);
-    assert!(!Path::new(&lock_dir.join("BRAIN_BG_INSTANT.occupied")).exists());
+    assert!(!lock_dir.join(format!("{name}.occupied")).exists());
 }

@@ -948,8 +948,8 @@ mod unix {
         }
     }
 
-    /// Hostile lock paths: a symlink is not followed, a FIFO does not hang the bot,
-    /// garbage is overwritten.
+    /// Hostile lock paths: a symlink is not followed, a hard link is refused, a FIFO
+    /// does not hang the bot, garbage is overwritten.
     #[test]
     fn a_symlink_fifo_or_garbage_at_the_lock_path_does_no_harm() {
         if python3().is_none() {
@@ -964,6 +964,14 @@ mod unix {
         let (code, out, err) = finish(bot_command(&desk, &name).spawn().unwrap());
         assert_eq!(code, 1, "{out}{err}");
         assert!(out.contains("is a symbolic link"), "{out}{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+
+        // A hard link: a regular file with another name, which a record would overwrite.
+        std::fs::remove_file(desk.lock_path(&name)).unwrap();
+        std::fs::hard_link(&target, desk.lock_path(&name)).unwrap();
+        let (code, out, err) = finish(bot_command(&desk, &name).spawn().unwrap());
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains("a hard link"), "{out}{err}");
         assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
 
         std::fs::remove_file(desk.lock_path(&name)).unwrap();

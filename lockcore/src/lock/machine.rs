@@ -8,10 +8,10 @@
 //! Both sides bind a stream socket: the kernel keeps abstract names per socket type.
 //! Std's sockets are close-on-exec, so a child never inherits it.
 //!
-//! Windows: a named mutex under `Global\` (one per machine, across sessions). Existence
-//! is the lock: the name lives while any handle is open, and a create that finds it
-//! (`ERROR_ALREADY_EXISTS`, or `ERROR_ACCESS_DENIED` for another user's) means held. The
-//! handle is not inheritable (no security attributes).
+//! Windows: a locked file in one folder for the whole machine,
+//! `%ProgramData%\desk-tools\locks\<key>.lock`, locked as lock files are (`os.rs`). The
+//! lock goes with the holder's handle, on any death; while it is held neither the file
+//! nor its folder can be deleted. The handle is not inheritable (std's default).
 //!
 //! Other Unix systems have no abstract names: the lock is only the file lock there.
 //!
@@ -23,11 +23,11 @@ use std::io;
 /// Prefix of every machine-wide name.
 pub(crate) const PREFIX: &str = "desk-tools/lock/";
 
-/// Longest name: an abstract socket name has 107 bytes; a Windows object name more.
+/// Longest name: an abstract socket name has 107 bytes; a Windows file name more.
 const MAX_NAME: usize = 100;
 
 /// The machine-wide name for lock `name`: the prefix and the lock name in lower case
-/// (Windows file names ignore case), and with `[cluster]` the configured host (hashed),
+/// (Windows file names ignore case), and, when given, a `[cluster]` host that is not this machine's own name (hashed),
 /// so that two simulated hosts can share one machine. A name too long for a socket
 /// address keeps its start and ends with a hash of the whole.
 pub(crate) fn name_for(lock_name: &str, host: Option<&str>) -> String {
@@ -119,12 +119,72 @@ mod imp {
     }
 }
 
-/// Windows: not yet. A named mutex whose existence is the lock (`CreateMutexW` under
-/// `Global\`, `ERROR_ALREADY_EXISTS` = held) lost the sixteen-starter race under Wine
-/// (rounds with no winner, and refusals that could not name the winner), and there was
-/// no time left to find out why; the file lock alone applies there, as before. The
-/// attempt is on the `machine-wide` branch (commit cf00e75).
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+/// Windows: an exclusive lock on a file in one folder for the whole machine,
+/// `%ProgramData%\desk-tools\locks\<key>.lock`, taken the way lock files are taken
+/// (`os.rs`: `LockFileEx` on byte 2^62 of a handle that does not share delete). The
+/// kernel drops the lock when the holder's handle closes, on any death; while it is
+/// open nobody can delete the file or its folder, so deleting folders cannot free the
+/// name. The holder writes its pid at the start of the file, for the refusal message.
+///
+/// Not a named mutex: a mutex whose existence is the lock lost the sixteen-starter race
+/// under Wine (rounds with no winner: a loser's transient handle keeps the name alive
+/// after the holder is gone). A byte-range lock belongs to one handle only.
+#[cfg(windows)]
+mod imp {
+    use std::fs::File;
+    use std::io::{self, Read, Write};
+    use std::path::PathBuf;
+
+    use super::PREFIX;
+    use crate::lock::os;
+
+    pub(crate) type Held = File;
+
+    /// The machine's folder of machine-wide lock files.
+    fn folder() -> PathBuf {
+        let base = std::env::var_os("ProgramData")
+            .or_else(|| std::env::var_os("ALLUSERSPROFILE"))
+            .map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from);
+        base.join("desk-tools").join("locks")
+    }
+
+    /// `<folder>\<key>.lock`: the name without its prefix is a lock name in lower case
+    /// (file-name safe), perhaps with `@<hash>` or `~<hash>`.
+    fn path_of(name: &str) -> PathBuf {
+        let key = name.strip_prefix(PREFIX).unwrap_or(name);
+        folder().join(format!("{key}.lock"))
+    }
+
+    pub(crate) fn try_take(name: &str) -> io::Result<Option<Held>> {
+        let path = path_of(name);
+        let in_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(in_path)?;
+        }
+        let mut file = os::retry_transient(|| os::open(&path, true)).map_err(in_path)?;
+        if !os::try_lock_exclusive(&file).map_err(in_path)? {
+            return Ok(None);
+        }
+        // Best effort: the pid only names the holder in a refusal.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()));
+        Ok(Some(file))
+    }
+
+    pub(crate) fn holder_pid(name: &str) -> Option<u32> {
+        let mut text = String::new();
+        os::open(&path_of(name), false)
+            .ok()?
+            .take(32)
+            .read_to_string(&mut text)
+            .ok()?;
+        text.trim().parse().ok()
+    }
+}
+
+/// Other Unix systems have no abstract names: only the file lock applies there.
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
 mod imp {
     use std::io;
 
@@ -167,7 +227,7 @@ mod tests {
         let MachineClaim::Taken(first) = MachineLock::try_take(&name).unwrap() else {
             panic!("a fresh name is held");
         };
-        if cfg!(target_os = "linux") {
+        if cfg!(any(target_os = "linux", windows)) {
             assert!(matches!(
                 MachineLock::try_take(&name).unwrap(),
                 MachineClaim::Held(_)

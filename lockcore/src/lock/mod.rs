@@ -677,13 +677,22 @@ impl LockDir {
     /// The machine-wide name of lock `name` (DESIGN.md rule 17); `None` for
     /// `MASTER_LAUNCH`, which stays per desk folder: two different desks may run on one
     /// machine, each with its orchestrator, while their components are unique machine-wide.
-    /// With `[cluster]` the name includes the configured host, so that tests can run two
-    /// "hosts" on one machine.
+    /// With `[cluster]` and a host other than this machine's own name, the name includes
+    /// that host, so that tests can run two "hosts" on one machine. A desk under its own
+    /// host name takes the plain name, the one `process_lock.py` takes (it reads no config).
     fn machine_name(&self, name: &str) -> Option<String> {
         if name.eq_ignore_ascii_case(MASTER_LOCK_NAME) {
             return None;
         }
-        let host = self.cluster.as_ref().map(|part| part.config.host.as_str());
+        let own = gethostname::gethostname();
+        let host = self
+            .cluster
+            .as_ref()
+            .map(|part| part.config.host.as_str())
+            .filter(|host| {
+                !own.to_str()
+                    .is_some_and(|own| own.eq_ignore_ascii_case(host))
+            });
         Some(machine::name_for(name, host))
     }
 

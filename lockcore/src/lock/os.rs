@@ -11,7 +11,8 @@
 //! a sharing violation then means another process has the file open and it is theirs.
 //! Wine does not enforce mandatory read locks: keep this code small and reviewed.
 //!
-//! Both: a lock-dir entry is opened only if it is a regular file (DESIGN.md rule 12).
+//! Both: a lock-dir entry is opened only if it is a regular file with one name
+//! (DESIGN.md rule 12).
 //! A symlink (Windows: any reparse point) is never followed, so a record is never
 //! written through a link into another file; a FIFO, socket, device or directory is
 //! never opened in a way that can block. Such an entry fails with [`NotAFile`].
@@ -38,6 +39,10 @@ pub(crate) fn not_a_file(error: &io::Error) -> Option<&'static str> {
         .and_then(|inner| inner.downcast_ref::<NotAFile>())
         .map(|n| n.what)
 }
+
+/// A regular file with more than one name: writing a record into it would write into
+/// the other name's file too (`ln victim NAME.lock`).
+const HARD_LINKED: &str = "a file with other names (a hard link)";
 
 fn not_a_file_error(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, NotAFile { what })
@@ -153,8 +158,10 @@ mod imp {
                 Some(libc::ENXIO) => not_a_file_error("a socket or device"),
                 _ => e,
             })?;
-        match describe_non_regular(&file.metadata()?) {
+        let metadata = file.metadata()?;
+        match describe_non_regular(&metadata) {
             Some(what) => Err(not_a_file_error(what)),
+            None if metadata.nlink() > 1 => Err(not_a_file_error(HARD_LINKED)),
             None => Ok(file),
         }
     }
@@ -241,7 +248,8 @@ mod imp {
             // No FILE_SHARE_DELETE: `del .locks\*.lock` fails while the file is open.
             .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
             .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-            .open(path)?;
+            .open(path)
+            .map_err(|e| denied_for_good(e, path))?;
         // SAFETY: an open handle, for the duration of the call.
         if unsafe { GetFileType(file.as_raw_handle()) } != FILE_TYPE_DISK {
             return Err(not_a_file_error("a device"));
@@ -253,7 +261,39 @@ mod imp {
         if info.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY != 0 {
             return Err(not_a_file_error("a directory"));
         }
+        if info.nNumberOfLinks > 1 {
+            return Err(not_a_file_error(HARD_LINKED));
+        }
         Ok(file)
+    }
+
+    /// ERROR_ACCESS_DENIED is also what a file whose delete is pending answers until
+    /// its last handle closes, which passes ([`is_transient`]). A file that answers
+    /// `GetFileAttributesW` is there, though: the denial is its read-only attribute or
+    /// its ACL, and waiting will not clear it. Such an error has no OS code any more,
+    /// so nobody retries it, and it says what to fix.
+    fn denied_for_good(error: io::Error, path: &Path) -> io::Error {
+        use std::os::windows::ffi::OsStrExt;
+        use windows_sys::Win32::Foundation::ERROR_ACCESS_DENIED;
+        use windows_sys::Win32::Storage::FileSystem::{
+            FILE_ATTRIBUTE_READONLY, GetFileAttributesW, INVALID_FILE_ATTRIBUTES,
+        };
+        if error.raw_os_error() != Some(ERROR_ACCESS_DENIED as i32) {
+            return error;
+        }
+        let wide: Vec<u16> = path.as_os_str().encode_wide().chain([0]).collect();
+        // SAFETY: a terminated wide string that outlives the call.
+        let attributes = unsafe { GetFileAttributesW(wide.as_ptr()) };
+        if attributes == INVALID_FILE_ATTRIBUTES {
+            return error;
+        }
+        let why = if attributes & FILE_ATTRIBUTE_READONLY != 0 {
+            "access is denied: the file is read-only; clear that (attrib -r) or remove it"
+        } else {
+            "access is denied: this user may not write the file; run as the desk's user, \
+             or fix its permissions"
+        };
+        io::Error::new(io::ErrorKind::PermissionDenied, why)
     }
 
     pub(crate) fn is_reparse_point(metadata: &std::fs::Metadata) -> bool {
