@@ -539,7 +539,10 @@ fn refuse(refusals: &[Refusal], events: &Log) -> Option<ExitCode> {
         errln!("  {name:<20} {why:<28} {pid}");
         events.line("", &format!("refused: {name}: {why} (pid {pid})"));
     }
-    errln!("Stop them first with `safe-shutdown` (see them with `check-procs`), then start again.");
+    errln!(
+        "Stop them first with `safe-shutdown` (see them with `check-procs`), then start again; \
+         or run `master-launch --replace` (SAFE_START.bat), which does both after you type YES."
+    );
     Some(ExitCode::Refused)
 }
 
