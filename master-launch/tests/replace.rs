@@ -463,3 +463,57 @@ fn ctrl_c_during_the_stop_ends_it_with_nothing_started() {
     assert!(census.values().all(|hosts| hosts.len() <= 1), "{census:?}");
     drop(old);
 }
+
+/// `[cluster]`: what another host runs is not stopped from here. Host B's `--replace`
+/// names each component host A holds as not stopped, asks nothing (nothing of the desk
+/// runs on B), starts, and stands by for all of them; A's desk runs on untouched, every
+/// component once (sampled every 20 ms). A real etcd on loopback; not under Wine.
+#[test]
+fn with_a_cluster_what_another_host_holds_is_not_stopped_and_stands_by() {
+    use fleet_tests::etcd::{Etcd, cluster_desk, skip_under_wine};
+    if skip_under_wine("with_a_cluster_what_another_host_holds_is_not_stopped_and_stands_by") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let desk_a = cluster_desk(&etcd.endpoint, "A", "RPLCLU");
+    let desk_b = cluster_desk(&etcd.endpoint, "B", "RPLCLU");
+    let mut a = spawn(&desk_a, &[]);
+    a.wait_started();
+    desk_a.wait_until_running();
+    let a_pids = running_pids(&desk_a.snapshot());
+    let mut census = Census::new(&[("A", &desk_a), ("B", &desk_b)]);
+
+    let mut b = spawn(&desk_b, &["--replace", "--yes"]);
+    // Everything B says before it starts, in order.
+    let mut said = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = b
+            .lines
+            .wait_for("", deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|| panic!("B never started; it said: {said:#?}"));
+        if line.contains("Nothing of the desk runs here: starting it.") {
+            break;
+        }
+        said.push(line);
+    }
+    for name in desk_b.component_names() {
+        assert!(
+            said.iter()
+                .any(|l| l.starts_with(&format!("{name}: runs on host A"))
+                    && l.contains("not stopped from here")),
+            "{name}: {said:#?}"
+        );
+    }
+    wait_until("B to stand by for every component", || {
+        desk_b
+            .master_log()
+            .contains("desk started: 0 processes, 5 standing by")
+    });
+    let now = census.during(Duration::from_millis(500), "B stands by");
+    assert!(now.values().all(|h| h == &["A"]), "{now:?}");
+    assert_eq!(running_pids(&desk_a.snapshot()), a_pids);
+    assert!(a.running.child.try_wait().unwrap().is_none());
+    assert_eq!(b.stop(), 0);
+    assert_eq!(a.stop(), 0);
+}
