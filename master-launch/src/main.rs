@@ -7,6 +7,9 @@
 //! [`orchestrator::Orchestrator`] starts and supervises them in order, acts on stop,
 //! start and restart requests, and publishes its view → on Ctrl+C / SIGTERM / a
 //! stop-all request: stop brains, then watchdogs, then globals.
+//! `master-launch --replace` first shows the desk, and when anything of it runs, asks
+//! YES, stops it in order and checks that nothing is left (`lockcore::shutdown::replace`,
+//! the code safe-shutdown stops with); only then does the start above begin.
 //! `master-launch start|restart` ask the running orchestrator (see `request`).
 //! `master-launch run NAME` starts one component by hand, under its lock, without
 //! supervision. `master-launch install|uninstall` sets the desk up to start by itself

@@ -32,6 +32,7 @@ fn master_launch(desk: &Desk, args: &[&str]) -> Command {
 struct Launched {
     running: Running,
     lines: Lines,
+    lock_dir: std::path::PathBuf,
 }
 
 fn spawn(desk: &Desk, args: &[&str]) -> Launched {
@@ -44,6 +45,7 @@ fn spawn(desk: &Desk, args: &[&str]) -> Launched {
     Launched {
         running: Running::new(child),
         lines,
+        lock_dir: desk.lock_dir(),
     }
 }
 
@@ -57,13 +59,20 @@ impl Launched {
         );
     }
 
-    /// SIGTERM, then its exit code.
+    /// SIGTERM on Unix (what a service manager sends), a stop-all request on Windows
+    /// (what safe-shutdown writes); then its exit code.
     fn stop(&mut self) -> i32 {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.running.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        if cfg!(unix) {
+            let status = Command::new("kill")
+                .args(["-TERM", &self.running.pid().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        } else {
+            lockcore::StopRequest::new("MASTER_LAUNCH", Duration::from_secs(10))
+                .write(&self.lock_dir)
+                .unwrap();
+        }
         self.wait_exit()
     }
 
