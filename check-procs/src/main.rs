@@ -5,8 +5,6 @@
 //! (`master-launch install`). It never changes anything. Exit codes: 0 healthy, 1 problems,
 //! 2 bad arguments or config (see `lockcore::ExitCode`).
 
-mod render;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +16,7 @@ use lockcore::autostart::{self, AutostartStatus, Scheduler};
 use lockcore::errln;
 use lockcore::exit::ToolError;
 use lockcore::output::{finish, use_color};
+use lockcore::render;
 use lockcore::{DeskSnapshot, ExitCode, Fleet, ProcessProbe};
 
 const TOOL: &str = "check-procs";

@@ -44,7 +44,8 @@ impl ExitCode {
             }
             ExitCode::Usage => {
                 "bad arguments, a bad fleet.toml (the message names file, line and fix), a \
-                 path from it that cannot be used, or safe-shutdown with no terminal and no \
+                 path from it that cannot be used, or safe-shutdown (or master-launch \
+                 --replace, SAFE_START.bat, with something to stop) with no terminal and no \
                  --yes; nothing is left changed"
             }
             ExitCode::Refused => {

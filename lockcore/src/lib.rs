@@ -13,6 +13,9 @@
 //! - [`cluster`]: locks shared between machines through etcd (`[cluster]`; optional).
 //! - [`select`]: which accounts a command acts on (`--only`, `--account`).
 //! - [`desk`]: one snapshot of locks and processes, and the problems in it.
+//! - [`render`]: the desk table (check-procs, `master-launch --replace`) and check-procs' JSON.
+//! - [`shutdown`]: what to stop of the desk, and the confirmed, audited, ordered stop
+//!   (safe-shutdown, `master-launch --replace`).
 //! - [`stop`]: stop requests, the way anyone asks a lock holder to stop.
 //! - [`control`]: start and restart requests to the orchestrator, and the view it publishes.
 //! - [`stop_engine`]: stages in the safe order, deadlines, graceful-then-forced: every stop.
@@ -40,7 +43,9 @@ pub mod output;
 pub mod printer;
 pub mod process;
 pub mod record;
+pub mod render;
 pub mod select;
+pub mod shutdown;
 pub mod stop;
 pub mod stop_engine;
 

@@ -7,6 +7,9 @@
 //! [`orchestrator::Orchestrator`] starts and supervises them in order, acts on stop,
 //! start and restart requests, and publishes its view → on Ctrl+C / SIGTERM / a
 //! stop-all request: stop brains, then watchdogs, then globals.
+//! `master-launch --replace` first shows the desk, and when anything of it runs, asks
+//! YES, stops it in order and checks that nothing is left (`lockcore::shutdown::replace`,
+//! the code safe-shutdown stops with); only then does the start above begin.
 //! `master-launch start|restart` ask the running orchestrator (see `request`).
 //! `master-launch run NAME` starts one component by hand, under its lock, without
 //! supervision. `master-launch install|uninstall` sets the desk up to start by itself
@@ -23,6 +26,7 @@ mod signals;
 mod supervisor;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -33,6 +37,7 @@ use lockcore::control::{Action, ControlRequest};
 use lockcore::exit::{ToolError, UsageError};
 use lockcore::output::finish;
 use lockcore::select::AccountSelection;
+use lockcore::shutdown::{self, Replace};
 use lockcore::stop_engine::stop_in_order;
 use lockcore::{
     Acquire, Component, DeskSnapshot, ExitCode, Fleet, Grace, LockClaim, LockDir, LockState,
@@ -71,6 +76,26 @@ struct Args {
     /// Print what would be started, in order, and exit.
     #[arg(long)]
     dry_run: bool,
+    /// Replace what of the desk runs: show it (as check-procs does), ask you to type
+    /// YES, stop it in the safe order (as safe-shutdown does), check that nothing of the
+    /// desk is left, then start the desk. With nothing running it starts at once. If
+    /// anything survives the stop, nothing is started (exit 1).
+    #[arg(long, conflicts_with_all = ["only", "dry_run"])]
+    replace: bool,
+    /// With --replace: do not ask; stop at once. Without it and without a terminal to
+    /// ask on, nothing is touched (exit 2).
+    #[arg(long, requires = "replace")]
+    yes: bool,
+    /// With --replace: seconds each process gets to stop gracefully before it is
+    /// forced (at most a day).
+    #[arg(
+        long,
+        value_name = "SECS",
+        requires = "replace",
+        default_value_t = lockcore::shutdown::DEFAULT_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(0..=lockcore::shutdown::MAX_TIMEOUT_SECS)
+    )]
+    timeout: u64,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -133,6 +158,17 @@ fn main() -> std::process::ExitCode {
     #[cfg(target_os = "linux")]
     reaper::serve();
     let args = Args::parse();
+    if args.replace && args.command.is_some() {
+        return finish(
+            TOOL,
+            Err(UsageError(
+                "--replace starts the desk; it goes with no subcommand: run \
+                 `master-launch --replace` on its own"
+                    .into(),
+            )
+            .into()),
+        );
+    }
     let result = match &args.command {
         Some(Sub::Start {
             targets,
@@ -193,6 +229,17 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     if let Some(warning) = LockDir::new(&fleet.lock_dir).foreign_warning() {
         events.line("", &warning);
     }
+    let (tx, rx) = channel::<Event>();
+    let stopped = Arc::new((Mutex::new(false), Condvar::new()));
+    // While --replace stops what runs, Ctrl+C ends the run with nothing started.
+    let replacing = Arc::new(AtomicBool::new(args.replace));
+    if args.replace {
+        install_stop_handler(tx.clone(), stopped.clone(), replacing.clone())?;
+        if let Some(code) = replace(&fleet, args, &events)? {
+            return Ok(code);
+        }
+        replacing.store(false, Ordering::SeqCst);
+    }
     let mut probe = ProcessProbe::new()?;
     // With [cluster], each component's lock also takes its etcd key (never
     // MASTER_LAUNCH: each machine's orchestrator holds its own).
@@ -221,9 +268,9 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         .filter(|c| c.enabled)
         .map(|c| c.lock_name.as_str());
     clear_stale_requests(&fleet, names.chain([MASTER_LOCK_NAME]), &events);
-    let (tx, rx) = channel::<Event>();
-    let stopped = Arc::new((Mutex::new(false), Condvar::new()));
-    install_stop_handler(tx.clone(), stopped.clone())?;
+    if !args.replace {
+        install_stop_handler(tx.clone(), stopped.clone(), replacing)?;
+    }
     if let Some(note) = signals::session_end_note() {
         events.line("", &note);
     }
@@ -299,6 +346,48 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
+/// `--replace` before the start: shows the desk, and when anything of it runs here,
+/// asks, stops it in order and checks (lockcore's `shutdown::replace`). `Some(exit
+/// code)` means: start nothing.
+fn replace(fleet: &Fleet, args: &Args, events: &Log) -> Result<Option<ExitCode>> {
+    let probe = ProcessProbe::new()?;
+    let color = lockcore::output::use_color(&std::io::stdout());
+    let timeout = Duration::from_secs(args.timeout);
+    let outcome = shutdown::replace(fleet, probe, args.yes, timeout, color, TOOL)
+        .map_err(ToolError::failed)?;
+    match &outcome {
+        Replace::Clear => {}
+        Replace::Stopped { total } => {
+            events.line(
+                "",
+                &format!("--replace: stopped {total} process(es) of the desk first"),
+            );
+        }
+        Replace::NoTerminal => {
+            events.line("", "--replace: no terminal and no --yes; nothing touched")
+        }
+        Replace::Cancelled => events.line("", "--replace: not confirmed; nothing touched"),
+        Replace::Survivors(survivors) => {
+            events.line(
+                "",
+                &format!(
+                    "--replace: nothing started; still running: {}",
+                    survivors.join(", ")
+                ),
+            );
+            errln!("{TOOL}: THESE ARE STILL RUNNING, so nothing was started:");
+            for name in survivors {
+                errln!("  {name}");
+            }
+            errln!(
+                "Stop them (see them with `check-procs`; `safe-shutdown` as the user who \
+                 started them), then run `master-launch --replace` again."
+            );
+        }
+    }
+    Ok(outcome.exit_code())
+}
+
 /// Whether `component` is a brain whose watchdog (which it needs, DESIGN.md rule 13)
 /// another host holds: the brain then stands by too.
 fn watchdog_held_elsewhere(
@@ -322,8 +411,20 @@ fn watchdog_held_elsewhere(
 fn install_stop_handler(
     events: Sender<Event>,
     stopped: Arc<(Mutex<bool>, Condvar)>,
+    replacing: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     signals::on_stop(move |ending| {
+        if replacing.load(Ordering::SeqCst) {
+            // --replace, before anything of ours started: we hold no lock and run no
+            // child, so ending here starts nothing. What was asked to stop goes on
+            // stopping (a running master-launch keeps the order itself).
+            errln!(
+                "{TOOL}: interrupted during --replace: nothing was started. What was asked to \
+                 stop goes on stopping; see what runs with `check-procs`."
+            );
+            lockcore::printer::flush_all();
+            std::process::exit(i32::from(ExitCode::Problems.code()));
+        }
         let _ = events.send(Event::Signal(grace_for(ending)));
         if ending == Ending::ConsoleClosing {
             let (flag, signal) = &*stopped;
@@ -445,7 +546,10 @@ fn refuse(refusals: &[Refusal], events: &Log) -> Option<ExitCode> {
         errln!("  {name:<20} {why:<28} {pid}");
         events.line("", &format!("refused: {name}: {why} (pid {pid})"));
     }
-    errln!("Stop them first with `safe-shutdown` (see them with `check-procs`), then start again.");
+    errln!(
+        "Stop them first with `safe-shutdown` (see them with `check-procs`), then start again; \
+         or run `master-launch --replace` (SAFE_START.bat), which does both after you type YES."
+    );
     Some(ExitCode::Refused)
 }
 
@@ -538,7 +642,7 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
         role: component.role,
         timeout: component.stop_timeout,
         slot: slot.clone(),
-        stopped_on_request: std::sync::atomic::AtomicBool::new(false),
+        stopped_on_request: AtomicBool::new(false),
     });
     {
         let runner = runner.clone();
@@ -557,9 +661,7 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     let _ = StopRequest::remove(&fleet.lock_dir, name);
     // A bot forced at its deadline after a stop request did what was asked (the
     // forced stop ends it with a code of its own).
-    let asked = runner
-        .stopped_on_request
-        .load(std::sync::atomic::Ordering::SeqCst);
+    let asked = runner.stopped_on_request.load(Ordering::SeqCst);
     Ok(if status.success() || asked {
         ExitCode::Ok
     } else {
@@ -624,13 +726,12 @@ struct Runner {
     slot: Arc<child::Slot>,
     /// Asked to stop (Ctrl+C, a stop request): then however the bot ended, the run
     /// did what was asked.
-    stopped_on_request: std::sync::atomic::AtomicBool,
+    stopped_on_request: AtomicBool,
 }
 
 impl Runner {
     fn stop(&self, grace: Grace) {
-        self.stopped_on_request
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stopped_on_request.store(true, Ordering::SeqCst);
         stop_in_order(
             vec![self],
             grace,

@@ -6,7 +6,7 @@
 // helpers they share go unused.
 #![cfg_attr(not(unix), allow(dead_code, unused_imports))]
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::prelude::*;
@@ -126,47 +126,18 @@ fn without_a_terminal_and_without_yes_it_leaves_stale_locks_when_nothing_runs() 
     assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
 }
 
-/// The prompt through a real pseudo-terminal (Python's pty module drives it).
+/// The prompt through a real pseudo-terminal (fleet-tests' pty helper).
 #[cfg(unix)]
 fn answer_prompt(desk: &Desk, answer: &str) -> (i32, String) {
-    let script = r#"
-import os, pty, sys
-exe, config, answer = sys.argv[1], sys.argv[2], sys.argv[3]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(exe, [exe, "--config", config, "--timeout", "5"])
-seen = b""
-while b"Type YES" not in seen:
-    chunk = os.read(fd, 1024)
-    if not chunk:
-        break
-    seen += chunk
-os.write(fd, answer.encode() + b"\r")
-while True:
-    try:
-        chunk = os.read(fd, 1024)
-    except OSError:
-        break
-    if not chunk:
-        break
-    seen += chunk
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(seen.decode(errors="replace"))
-sys.exit(os.waitstatus_to_exitcode(status))
-"#;
     let exe = assert_cmd::cargo::cargo_bin("safe-shutdown");
-    let output: Output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(exe)
-        .arg(desk.config())
-        .arg(answer)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
+    let config = desk.config();
+    let args = [
+        std::ffi::OsStr::new("--config"),
+        config.as_os_str(),
+        std::ffi::OsStr::new("--timeout"),
+        std::ffi::OsStr::new("5"),
+    ];
+    fleet_tests::pty::answer_prompt(&exe, &args, answer)
 }
 
 // Unix-only: the pseudo-terminal comes from Python's pty module.

@@ -5,6 +5,7 @@
 //!   its own package; the tools live in other packages.
 //! - [`Barrier`] releases many processes at the same instant: each waits for a file.
 //! - [`spawn_reader`] turns a child's stdout into lines a test can wait for.
+//! - `pty::answer_prompt` (Unix) types an answer at a YES prompt on a pseudo-terminal.
 //! - [`etcd::Etcd`] runs a real etcd on loopback; [`proxy::Proxy`] cuts a host off it.
 //!
 //! The helper binaries in `src/bin/` are stand-ins the scenarios drive.
@@ -20,6 +21,8 @@ pub mod census;
 pub mod etcd;
 pub mod orchestrated;
 pub mod proxy;
+#[cfg(unix)]
+pub mod pty;
 pub mod wine;
 
 /// The path of workspace binary `name` from package `package`, built if needed.

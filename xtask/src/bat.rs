@@ -38,13 +38,23 @@ pub fn wrapper(title: &str, tool: &str, args: &[&str]) -> String {
     text
 }
 
-/// Every wrapper of the bundle: the four tools, installing and removing the logon
-/// task, and `START_<NAME>.bat` per component.
+/// Every wrapper of the bundle: the four tools, the replacing start (`SAFE_START.bat`),
+/// installing and removing the logon task, and `START_<NAME>.bat` per component.
 pub fn all_wrappers(fleet: &Fleet) -> Vec<(String, String)> {
     let mut wrappers = vec![
         (
             "MASTER_LAUNCH.bat".to_string(),
             wrapper("Start the whole desk once.", "master-launch", &[]),
+        ),
+        // What runs is shown and stopped in order (after YES, asked by master-launch
+        // itself, never by the wrapper), then the desk starts once.
+        (
+            "SAFE_START.bat".to_string(),
+            wrapper(
+                "See what runs, stop it in order after you type YES, then start the desk once.",
+                "master-launch",
+                &["--replace"],
+            ),
         ),
         // No prompt of its own: safe-shutdown asks for YES itself.
         (
@@ -109,6 +119,40 @@ mod tests {
         let tool_line = text.find("check-procs.exe").unwrap();
         let delayed = text.find("EnableDelayedExpansion").unwrap();
         assert!(delayed > tool_line, "{text}");
+    }
+
+    #[test]
+    fn safe_start_replaces_and_master_launch_keeps_its_refusal() {
+        let fleet = Fleet::from_toml(
+            std::path::Path::new("fleet.toml"),
+            "[[account]]\nname = \"ATLAS\"\nbrain = [\"b\"]\nwatchdog = [\"w\"]\n",
+        )
+        .unwrap();
+        let wrappers = all_wrappers(&fleet);
+        let text = |file: &str| {
+            wrappers
+                .iter()
+                .find(|(name, _)| name == file)
+                .map(|(_, text)| text.clone())
+                .unwrap_or_else(|| panic!("no {file}"))
+        };
+        let safe_start = text("SAFE_START.bat");
+        assert!(
+            safe_start
+                .contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" --replace %*"),
+            "{safe_start}"
+        );
+        // master-launch asks for YES itself: no prompt of the wrapper's own.
+        assert!(
+            !safe_start.to_lowercase().contains("set /p"),
+            "{safe_start}"
+        );
+        let master = text("MASTER_LAUNCH.bat");
+        assert!(
+            master.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" %*"),
+            "{master}"
+        );
+        assert!(!master.contains("--replace"), "{master}");
     }
 
     #[test]

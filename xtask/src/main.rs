@@ -2,7 +2,7 @@
 //!
 //! Builds every tool in release mode, then lays out
 //! `dist/desk-tools-<version>-<target>/` with the binaries, the `.bat` wrappers a
-//! trader double-clicks (`MASTER_LAUNCH.bat`, `SAFE_SHUTDOWN.bat`, `CHECK_PROCS.bat`,
+//! trader double-clicks (`MASTER_LAUNCH.bat`, `SAFE_START.bat`, `SAFE_SHUTDOWN.bat`, `CHECK_PROCS.bat`,
 //! `LOCK_GC.bat`, and one hand-start wrapper per component of the given `fleet.toml`),
 //! an example `fleet.toml`, `process_lock.py` (the drop-in lock module for the desk's
 //! existing bots, from `python/`), and a README for the desk; and zips it all. Every `.bat`
@@ -189,6 +189,10 @@ fn desk_readme() -> String {
      =====================================================\n\n\
      Double-click:\n\
      \x20 MASTER_LAUNCH.bat   start the whole desk once (refuses if anything already runs)\n\
+     \x20 SAFE_START.bat      see what runs, stop it in a safe order (asks you to type\n\
+     \x20                     YES), then start the whole desk once; with nothing running\n\
+     \x20                     it starts at once; if anything will not stop, it starts\n\
+     \x20                     nothing and names it\n\
      \x20 SAFE_SHUTDOWN.bat   stop the desk in a safe order (asks you to type YES)\n\
      \x20 CHECK_PROCS.bat     see what runs and what is wrong\n\
      \x20 LOCK_GC.bat         remove stale lock files (never a held one)\n\

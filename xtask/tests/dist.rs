@@ -50,6 +50,7 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
         "MASTER_LAUNCH.bat",
         "README.txt",
         "SAFE_SHUTDOWN.bat",
+        "SAFE_START.bat",
         "check-procs.exe",
         "fleet.toml",
         "lock-gc.exe",
@@ -118,6 +119,16 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
     }
     assert!(words.contains("runs without any lock"), "{readme}");
 
+    // SAFE_START.bat: master-launch --replace, and its line in README.txt.
+    let safe_start = std::fs::read_to_string(out.join(&name).join("SAFE_START.bat")).unwrap();
+    assert!(
+        safe_start.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" --replace %*"),
+        "{safe_start}"
+    );
+    assert!(
+        readme.contains("SAFE_START.bat      see what runs, stop it in a safe order"),
+        "{readme}"
+    );
     let shutdown = std::fs::read_to_string(out.join(&name).join("SAFE_SHUTDOWN.bat")).unwrap();
     assert!(
         !shutdown.to_lowercase().contains("set /p"),

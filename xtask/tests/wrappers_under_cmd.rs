@@ -1,7 +1,8 @@
 //! The generated `.bat` wrappers run by `cmd.exe`, the way Explorer runs them, from a
 //! folder whose path has spaces and parentheses: exit codes come back, the pause shows
 //! only when not switched off, and a two-account desk started by `MASTER_LAUNCH.bat`
-//! is stopped by `SAFE_SHUTDOWN.bat --yes`; `INSTALL_AT_LOGON.bat` and
+//! is stopped by `SAFE_SHUTDOWN.bat --yes`; `SAFE_START.bat` starts an empty desk;
+//! `INSTALL_AT_LOGON.bat` and
 //! `UNINSTALL_AT_LOGON.bat` add and remove the Task Scheduler task. Windows only: the Windows lane runs it
 //! under Wine's `cmd.exe`.
 #![cfg(windows)]
@@ -179,6 +180,61 @@ fn master_launch_bat_starts_a_two_account_desk_and_safe_shutdown_bat_stops_it() 
     // MASTER_LAUNCH.bat hands master-launch's exit code (0: stopped on request) back.
     let mut status = None;
     wait_until("MASTER_LAUNCH.bat to exit", || {
+        status = launcher.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(0));
+}
+
+/// `SAFE_START.bat` on an empty desk starts it at once (nothing to stop, nothing asked),
+/// through `cmd /c` with `DESK_NO_PAUSE=1`; `SAFE_SHUTDOWN.bat --yes` stops it.
+#[test]
+fn safe_start_bat_on_an_empty_desk_starts_the_desk() {
+    // Wine does not deliver CTRL_BREAK: a short stop timeout forces the bots soon.
+    let desk = Desk::with_options(
+        "qs_batsafestart",
+        &["BATSAFE1"],
+        &[],
+        "[defaults]\nstop_timeout_secs = 2\n",
+    );
+    let folder = bundle(&desk);
+    let mut child = cmd(&folder.join("SAFE_START.bat"), "")
+        .env("DESK_NO_PAUSE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = spawn_reader(child.stdout.take().unwrap());
+    let mut launcher = Running::new(child);
+    assert!(
+        lines
+            .wait_for(
+                "Nothing of the desk runs here: starting it.",
+                Duration::from_secs(60)
+            )
+            .is_some()
+    );
+    assert!(
+        lines
+            .wait_for("desk started", Duration::from_secs(60))
+            .is_some()
+    );
+    desk.wait_until_running();
+    let pids = fleet_tests::managed_pids(
+        &desk.snapshot(),
+        &desk
+            .component_names()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let (code, out) =
+        run(cmd(&folder.join("SAFE_SHUTDOWN.bat"), "--yes --timeout 2").env("DESK_NO_PAUSE", "1"));
+    assert_eq!(code, 0, "{out}");
+    wait_gone(&pids);
+    desk.assert_no_lock_left("after SAFE_SHUTDOWN.bat");
+    let mut status = None;
+    wait_until("SAFE_START.bat to exit", || {
         status = launcher.child.try_wait().unwrap();
         status.is_some()
     });

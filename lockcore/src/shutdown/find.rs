@@ -2,16 +2,16 @@
 //! from the process table, with how it was found and who stops it; and, for the stop
 //! engine, how each is asked, checked and forced.
 
-use lockcore::errln;
+use crate::errln;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lockcore::cluster::{ClusterEntry, EtcdClient, place_stop_request};
-use lockcore::config::ClusterConfig;
-use lockcore::graceful::Asked;
-use lockcore::process::Forced;
-use lockcore::select::AccountSelection;
-use lockcore::{
+use crate::cluster::{ClusterEntry, EtcdClient, place_stop_request};
+use crate::config::ClusterConfig;
+use crate::graceful::Asked;
+use crate::process::Forced;
+use crate::select::AccountSelection;
+use crate::{
     ComponentView, DeskSnapshot, LockDir, LockRecord, LockState, ProcessIdentity, ProcessProbe,
     Stage, StopRequest, Stoppable,
 };
@@ -214,6 +214,8 @@ fn held_elsewhere<'s>(
 /// What the stop engine needs to ask, check and force a [`Target`].
 #[derive(Debug)]
 pub struct StopContext {
+    /// The tool that stops, for the lines it prints (`safe-shutdown`, `master-launch`).
+    pub tool: &'static str,
     pub probe: ProcessProbe,
     pub locks: LockDir,
     pub lock_dir: PathBuf,
@@ -254,13 +256,13 @@ impl Stoppable<StopContext> for Target {
     fn ask(&mut self, context: &mut StopContext) -> String {
         if let Some(who) = self.who
             && let Some(now) = context.probe.identity(who.pid)
-            && !lockcore::process::same_start(now.start_time, who.start_time)
+            && !crate::process::same_start(now.start_time, who.start_time)
         {
             self.left_alone = true;
             return format!(
                 "pid {} now belongs to another process (started {}); left alone",
                 who.pid,
-                lockcore::record::format_local(now.start_time)
+                crate::record::format_local(now.start_time)
             );
         }
         let name = self.name();
@@ -269,7 +271,7 @@ impl Stoppable<StopContext> for Target {
             {
                 Some(Asked::NotPermitted) => {
                     self.denied = true;
-                    not_permitted()
+                    not_permitted(context.tool)
                 }
                 Some(asked) => format!("asked to stop: {asked}"),
                 None => "already gone".into(),
@@ -290,7 +292,7 @@ impl Stoppable<StopContext> for Target {
                              its holder was not told and may start it again (checked at the end)",
                             holder.pid,
                         );
-                        errln!("safe-shutdown: {name}: {line}");
+                        errln!("{}: {name}: {line}", context.tool);
                         line
                     }
                 }
@@ -299,7 +301,7 @@ impl Stoppable<StopContext> for Target {
                 let asked = directly(context);
                 if self.denied {
                     // At once, not after the timeout: nothing this run does can stop it.
-                    errln!("safe-shutdown: {name}: {asked}");
+                    errln!("{}: {name}: {asked}", context.tool);
                 }
                 asked
             }
@@ -381,9 +383,9 @@ impl Stoppable<StopContext> for Target {
                     .map(u32::to_string)
                     .collect::<Vec<_>>()
                     .join(", "),
-                not_permitted()
+                not_permitted(context.tool)
             );
-            errln!("safe-shutdown: {}: {line}", self.name());
+            errln!("{}: {}: {line}", context.tool, self.name());
             return line;
         }
         let failed: Vec<&str> = outcomes
@@ -410,13 +412,13 @@ impl Stoppable<StopContext> for Target {
 }
 
 /// What to tell a person whose signal the system refused: who may stop it.
-pub fn not_permitted() -> String {
+pub fn not_permitted(tool: &str) -> String {
     let who = if cfg!(windows) {
         "as the user who started the desk, or as administrator"
     } else {
         "as the desk's user (the user its processes run as), or as root"
     };
-    format!("permission denied: this user may not signal it; run safe-shutdown {who}")
+    format!("permission denied: this user may not signal it; run {tool} {who}")
 }
 
 /// `[cluster]`: the stop requests this run places in etcd, and how it sees their end.
@@ -436,7 +438,7 @@ impl ClusterStops {
         }
     }
 
-    fn place(&mut self, request: &StopRequest) -> Result<(), lockcore::cluster::ClusterError> {
+    fn place(&mut self, request: &StopRequest) -> Result<(), crate::cluster::ClusterError> {
         place_stop_request(&self.client, &self.config, request)?;
         self.placed.push(request.name.clone());
         Ok(())

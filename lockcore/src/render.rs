@@ -1,15 +1,16 @@
-//! Turning a [`DeskSnapshot`] into the table a trader reads and the JSON a script reads.
+//! Turning a [`DeskSnapshot`] into the table a trader reads and the JSON a script reads
+//! (check-procs; `master-launch --replace` shows the same table before it asks).
 //!
 //! Both are pure functions of the snapshot (and the clock reading inside it), so the
 //! layout is pinned by snapshot tests.
 
 use std::fmt::Write as _;
 
-use lockcore::autostart::AutostartStatus;
-use lockcore::desk::{ClusterSnapshot, printable_host};
-use lockcore::output::human_duration;
-use lockcore::process::ProcessInfo;
-use lockcore::{ComponentState, ComponentView, DeskSnapshot, Fleet, LockStatus, ProblemKind};
+use crate::autostart::AutostartStatus;
+use crate::desk::{ClusterSnapshot, printable_host};
+use crate::output::human_duration;
+use crate::process::ProcessInfo;
+use crate::{ComponentState, ComponentView, DeskSnapshot, Fleet, LockStatus, ProblemKind};
 use owo_colors::{OwoColorize, Style};
 use serde::Serialize;
 
@@ -42,7 +43,18 @@ impl Row {
     }
 }
 
+/// check-procs' table: every component, the autostart line, the problems.
 pub fn table(snapshot: &DeskSnapshot, autostart: &AutostartStatus, color: bool) -> String {
+    desk_table(snapshot, Some(autostart), color)
+}
+
+/// The same table for any tool: without `autostart` (not asked: on Windows asking runs
+/// `schtasks`), no autostart line. `master-launch --replace` shows it before it asks.
+pub fn desk_table(
+    snapshot: &DeskSnapshot,
+    autostart: Option<&AutostartStatus>,
+    color: bool,
+) -> String {
     let mut rows = Vec::new();
     if let Some(master) = &snapshot.master {
         rows.push(lock_row(master, snapshot, "(orchestrator)"));
@@ -79,7 +91,9 @@ pub fn table(snapshot: &DeskSnapshot, autostart: &AutostartStatus, color: bool) 
         );
     }
     out.push('\n');
-    let _ = writeln!(out, "{}\n", autostart_line(autostart));
+    if let Some(autostart) = autostart {
+        let _ = writeln!(out, "{}\n", autostart_line(autostart));
+    }
     if let Some(cluster) = &snapshot.cluster {
         let _ = writeln!(out, "{}\n", cluster_line(cluster));
     }
@@ -317,7 +331,7 @@ fn shorten(text: &str) -> String {
 }
 
 /// The `--json` document. Field names are a contract: see the README.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Report<'a> {
     pub version: u32,
     pub config: String,
@@ -327,15 +341,15 @@ pub struct Report<'a> {
     pub components: Vec<ComponentJson<'a>>,
     pub locks: Vec<&'a LockStatus>,
     pub processes: Vec<ProcessJson<'a>>,
-    pub problems: &'a [lockcore::Problem],
+    pub problems: &'a [crate::Problem],
     pub autostart: &'a AutostartStatus,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct ComponentJson<'a> {
     pub name: &'a str,
     pub account: Option<&'a str>,
-    pub role: lockcore::Role,
+    pub role: crate::Role,
     pub enabled: bool,
     pub state: ComponentState,
     /// What the running orchestrator says of it, in plain words.
@@ -353,7 +367,7 @@ pub struct ComponentJson<'a> {
     pub command: &'a [String],
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct ProcessJson<'a> {
     pub name: &'a str,
     pub account: Option<&'a str>,
@@ -436,9 +450,9 @@ mod tests {
 
     use std::path::{Path, PathBuf};
 
-    use lockcore::autostart::{AutostartStatus, Scheduler};
-    use lockcore::process::{ProcessInfo, ProcessTable};
-    use lockcore::{DeskSnapshot, Fleet, LockRecord, LockState, LockStatus};
+    use crate::autostart::{AutostartStatus, Scheduler};
+    use crate::process::{ProcessInfo, ProcessTable};
+    use crate::{DeskSnapshot, Fleet, LockRecord, LockState, LockStatus};
 
     const NOW: u64 = 1_790_000_000;
 
@@ -627,10 +641,10 @@ mod supervised_tests {
 
     use std::path::{Path, PathBuf};
 
-    use lockcore::autostart::{AutostartStatus, Scheduler};
-    use lockcore::control::{DeskState, Supervised, Supervision};
-    use lockcore::process::{ProcessIdentity, ProcessInfo, ProcessTable};
-    use lockcore::{DeskSnapshot, Fleet, LockRecord, LockState, LockStatus};
+    use crate::autostart::{AutostartStatus, Scheduler};
+    use crate::control::{DeskState, Supervised, Supervision};
+    use crate::process::{ProcessIdentity, ProcessInfo, ProcessTable};
+    use crate::{DeskSnapshot, Fleet, LockRecord, LockState, LockStatus};
 
     const NOW: u64 = 1_790_000_000;
 
@@ -898,11 +912,11 @@ mod cluster_tests {
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
-    use lockcore::autostart::{AutostartStatus, Scheduler};
-    use lockcore::cluster::{ClusterEntry, ClusterHolder};
-    use lockcore::desk::ClusterSnapshot;
-    use lockcore::process::{ProcessInfo, ProcessTable};
-    use lockcore::{DeskSnapshot, Fleet, LockRecord, LockState, LockStatus};
+    use crate::autostart::{AutostartStatus, Scheduler};
+    use crate::cluster::{ClusterEntry, ClusterHolder};
+    use crate::desk::ClusterSnapshot;
+    use crate::process::{ProcessInfo, ProcessTable};
+    use crate::{DeskSnapshot, Fleet, LockRecord, LockState, LockStatus};
 
     const NOW: u64 = 1_790_000_000;
 
