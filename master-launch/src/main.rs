@@ -630,13 +630,6 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     let mut command = supervisor::build_command(&component);
     command.envs(orchestrator::fleet_env(&fleet, &component, &lock));
     let slot = Arc::new(child::Slot::default());
-    let Some(mut running) = slot.spawn(&mut command, || false, &mut probe)? else {
-        return Ok(ExitCode::Problems);
-    };
-    let pid = running.pid;
-    if let Some(identity) = slot.identity() {
-        lock.set_managed(identity, component.command.clone())?;
-    }
     let runner = Arc::new(Runner {
         name: name.to_string(),
         role: component.role,
@@ -644,9 +637,21 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
         slot: slot.clone(),
         stopped_on_request: AtomicBool::new(false),
     });
+    // The handler before the child: a Ctrl+C at any moment stops it in order (one
+    // before the start cancels the start), never ends this process beside it.
     {
         let runner = runner.clone();
         signals::on_stop(move |ending| runner.stop(grace_for(ending)))?;
+    }
+    let asked = || runner.stopped_on_request.load(Ordering::SeqCst);
+    let Some(mut running) = slot.spawn(&mut command, asked, &mut probe)? else {
+        lock.release()?;
+        errln!("{TOOL}: {name} was not started: a stop was asked for first");
+        return Ok(ExitCode::Ok);
+    };
+    let pid = running.pid;
+    if let Some(identity) = slot.identity() {
+        lock.set_managed(identity, component.command.clone())?;
     }
     watch_for_stop_request(fleet.lock_dir.clone(), runner.clone());
     errln!("{TOOL}: {name} started under its lock, pid {pid}; Ctrl+C stops it");
