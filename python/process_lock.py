@@ -827,6 +827,13 @@ else:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = _open_lock_file(path)
+        except PermissionError:
+            # Made by another Windows user: ours to lock (a read handle may hold the
+            # lock), not to write; the pid in it is only a hint.
+            try:
+                fd = _open_for_reading(path)
+            except OSError as e:
+                raise OSError(e.errno, f"{path}: {e}") from e
         except OSError as e:
             raise OSError(e.errno, f"{path}: {e}") from e
         try:

@@ -161,7 +161,15 @@ mod imp {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(in_path)?;
         }
-        let mut file = os::retry_transient(|| os::open(&path, true)).map_err(in_path)?;
+        let mut file = match os::retry_transient(|| os::open(&path, true)) {
+            Ok(file) => file,
+            // Made by another Windows user: ours to lock (a read handle may hold the
+            // lock), not to write; the pid in it is only a hint.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                os::open(&path, false).map_err(in_path)?
+            }
+            Err(e) => return Err(in_path(e)),
+        };
         if !os::try_lock_exclusive(&file).map_err(in_path)? {
             return Ok(None);
         }
