@@ -105,11 +105,11 @@ impl Ended {
     }
 }
 
-/// The command that starts `program` as a bound child: on Linux through the reaper
-/// (this binary again), elsewhere the program itself. Arguments, environment and
-/// folder are added to it as to any `Command`.
-pub fn command(program: &str) -> Command {
-    imp::command(program)
+/// The command that starts `program`, a component of `stage`, as a bound child: on
+/// Linux through the reaper (this binary again), elsewhere the program itself.
+/// Arguments, environment and folder are added to it as to any `Command`.
+pub fn command(program: &str, stage: lockcore::Stage) -> Command {
+    imp::command(program, stage)
 }
 
 impl Slot {
@@ -280,15 +280,33 @@ mod imp {
     /// `master-launch --master-launch-reaper -- PROGRAM`, in its own process group (a
     /// terminal's Ctrl+C reaches only master-launch, which stops things in order).
     /// `/proc/self/exe` is this very binary, even if its file was replaced meanwhile.
-    pub(super) fn command(program: &str) -> Command {
+    pub(super) fn command(program: &str, stage: lockcore::Stage) -> Command {
         let mut command = Command::new("/proc/self/exe");
         command
             .arg0("master-launch")
             .arg(reaper::REAPER_ARG)
             .arg("--")
             .arg(program)
+            .env(
+                reaper::ORPHAN_WAIT_VAR,
+                orphan_wait(stage).as_millis().to_string(),
+            )
             .process_group(0);
         command
+    }
+
+    /// How long a reaper whose master-launch is gone waits before it ends its tree, so
+    /// that a desk killed outright still ends in the safe order: brains at once, then
+    /// watchdogs, then globals. master-launch holds every reaper's control pipe, and the
+    /// kernel closes a dying process's descriptors in ascending order, which is start
+    /// order: without the wait, globals and watchdogs would go first.
+    fn orphan_wait(stage: lockcore::Stage) -> std::time::Duration {
+        use lockcore::Stage;
+        std::time::Duration::from_millis(match stage {
+            Stage::Brains | Stage::Orchestrator => 0,
+            Stage::Watchdogs => 100,
+            Stage::Globals => 200,
+        })
     }
 
     /// Starts the reaper with its two pipes and reads the bot's pid from it. A reaper
@@ -515,7 +533,8 @@ mod imp {
     /// How long [`Binding::end_tree`] waits for the job to empty.
     const TREE_END_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-    pub(super) fn command(program: &str) -> Command {
+    /// The Job Object does the binding; a killed master-launch's jobs close at once.
+    pub(super) fn command(program: &str, _stage: lockcore::Stage) -> Command {
         Command::new(program)
     }
 

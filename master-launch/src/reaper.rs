@@ -49,6 +49,12 @@ pub const REAPER_ARG: &str = "--master-launch-reaper";
 pub const FDS_VAR: &str = "MASTER_LAUNCH_REAPER_FDS";
 /// The byte master-launch writes on the control pipe to have the tree killed.
 pub const KILL: u8 = b'k';
+/// The environment variable that tells the reaper how long to wait, once master-launch
+/// is gone, before it ends the tree (milliseconds; child.rs: the safe order). The bot
+/// never sees it.
+pub const ORPHAN_WAIT_VAR: &str = "MASTER_LAUNCH_REAPER_ORPHAN_WAIT_MS";
+/// The longest wait it takes from that variable.
+const ORPHAN_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// The reaper's exit code when it could not start the bot (as a shell's 127).
 const CANNOT_START: i32 = 127;
@@ -132,8 +138,15 @@ fn run(command: &[std::ffi::OsString], control: OwnedFd, report: OwnedFd) -> i32
     // SAFETY: restoring the default disposition installs no handler code.
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
     let reaper = getpid();
+    let orphan_wait = std::env::var(ORPHAN_WAIT_VAR)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
+        .min(ORPHAN_WAIT_MAX);
     let mut bot = Command::new(&command[0]);
-    bot.args(&command[1..]).env_remove(FDS_VAR);
+    bot.args(&command[1..])
+        .env_remove(FDS_VAR)
+        .env_remove(ORPHAN_WAIT_VAR);
     // SAFETY: between fork and exec only async-signal-safe calls: signal dispositions,
     // prctl and getppid.
     unsafe {
@@ -164,7 +177,7 @@ fn run(command: &[std::ffi::OsString], control: OwnedFd, report: OwnedFd) -> i32
     let reaping = Mutex::new(());
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            listen_to_master_launch(control, &reaping);
+            listen_to_master_launch(control, orphan_wait, &reaping);
         });
         let status = wait_for_bot(bot, &reaping);
         let (left_behind, survivors) = {
@@ -182,10 +195,10 @@ fn say(report: &mut std::fs::File, line: String) {
     let _ = report.write_all(format!("{line}\n").as_bytes());
 }
 
-/// Reads the control pipe: a kill byte, or its end (master-launch gone), kills the
-/// bot and every other direct child at once; [`run`] kills the rest once the bot is
-/// reaped.
-fn listen_to_master_launch(control: OwnedFd, reaping: &Mutex<()>) {
+/// Reads the control pipe: a kill byte kills the bot and every other direct child at
+/// once; the pipe's end (master-launch gone) does so after `orphan_wait` (the safe
+/// order, see child.rs); [`run`] kills the rest once the bot is reaped.
+fn listen_to_master_launch(control: OwnedFd, orphan_wait: Duration, reaping: &Mutex<()>) {
     let mut control = std::fs::File::from(control);
     let mut byte = [0u8; 1];
     loop {
@@ -196,6 +209,9 @@ fn listen_to_master_launch(control: OwnedFd, reaping: &Mutex<()>) {
             Err(_) => true,
         };
         if end {
+            if byte[0] != KILL {
+                std::thread::sleep(orphan_wait);
+            }
             let _reaping = lock(reaping);
             kill_children();
             if byte[0] != KILL {

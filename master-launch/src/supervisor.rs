@@ -741,7 +741,7 @@ const CHILD_ENV_DEFAULTS: [(&str, &str); 2] =
 /// was already resolved against the config's folder, at load time (`lockcore::config`).
 pub fn build_command(component: &Component) -> Command {
     // A relative program path was resolved against the config's folder at load time.
-    let mut command = child::command(&component.command[0]);
+    let mut command = child::command(&component.command[0], Stage::of(component.role));
     command
         .args(&component.command[1..])
         .current_dir(&component.cwd)
