@@ -317,9 +317,14 @@ mod imp {
         let (report, report_write) = io::pipe()?;
         let fds = [control_read.as_raw_fd(), report_write.as_raw_fd()];
         command.env(reaper::FDS_VAR, format!("{},{}", fds[0], fds[1]));
-        // SAFETY: between fork and exec only fcntl, which is async-signal-safe. The
-        // two ends are close-on-exec in master-launch (std's pipes are), so no other
-        // child inherits them; only the reaper keeps them across its exec.
+        // SAFETY: between fork and exec only fcntl and prctl, which are
+        // async-signal-safe. The two ends are close-on-exec in master-launch (std's
+        // pipes are), so no other child inherits them; only the reaper keeps them
+        // across its exec. SIGCONT when the thread that started it ends (with
+        // master-launch, kill -9 included): a reaper stopped from outside (SIGSTOP)
+        // then wakes and ends the tree. The kernel's orphaned-group rule wakes it too,
+        // but not for a stop still pending at that moment (a test saw that under load),
+        // nor below a subreaper in master-launch's session.
         unsafe {
             command.pre_exec(move || {
                 for fd in fds {
@@ -327,6 +332,7 @@ mod imp {
                         return Err(io::Error::last_os_error());
                     }
                 }
+                nix::sys::prctl::set_pdeathsig(Signal::SIGCONT)?;
                 Ok(())
             });
         }

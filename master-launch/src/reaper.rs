@@ -12,8 +12,8 @@
 //! - when master-launch asks (a byte on the control pipe: a forced stop);
 //! - when master-launch is gone, however it ended, kill -9 included: the control pipe's
 //!   write end was master-launch's alone, so the reaper reads its end. A reaper stopped
-//!   from outside (SIGSTOP) is woken then by the kernel: its process group, orphaned
-//!   with a stopped member, gets SIGHUP and SIGCONT (POSIX).
+//!   from outside (SIGSTOP) is woken then by its parent-death signal, SIGCONT
+//!   (child.rs).
 //!
 //! Then it exits as the bot did (same code, or the same signal).
 //!

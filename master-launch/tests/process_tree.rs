@@ -572,10 +572,11 @@ mod python_bots {
     }
 
     /// A reaper stopped from outside (SIGSTOP) cannot read the end of its control pipe.
-    /// When master-launch is then killed (kill -9), the reaper's process group is
-    /// orphaned with a stopped member, so the kernel sends it SIGHUP and SIGCONT
-    /// (POSIX): the reaper wakes, reads the pipe's end and ends the bot's tree. This
-    /// pins that rule, which child.rs relies on instead of code of its own.
+    /// When master-launch is then killed (kill -9), the reaper is woken (its parent-death
+    /// signal is SIGCONT; and a group orphaned with a stopped member gets SIGHUP and
+    /// SIGCONT from the kernel), reads the pipe's end and ends the bot's tree. The kill
+    /// follows the SIGSTOP at once, so the stop may still be pending when master-launch
+    /// dies: the case the kernel's rule misses.
     #[test]
     fn a_stopped_reaper_still_ends_the_tree_when_master_launch_is_killed() {
         let tag = unique("PTSRX");
