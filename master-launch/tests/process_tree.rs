@@ -158,7 +158,7 @@ fn kill_9_of_master_launch_still_ends_brains_then_watchdogs_then_globals() {
                 "round {round}: still running 5 s after kill -9: {names:?} {gone:?}"
             );
             for (i, &pid) in pids.iter().enumerate() {
-                if gone[i].is_none() && !running(pid) {
+                if gone[i].is_none() && !alive(pid) {
                     gone[i] = Some(killed.elapsed());
                 }
             }
@@ -189,13 +189,19 @@ fn kill_9_of_master_launch_still_ends_brains_then_watchdogs_then_globals() {
     }
 }
 
-/// Whether `pid` runs (a zombie does not).
+/// Whether any thread of `pid` runs: a process whose main thread has exited shows
+/// as a zombie while its other threads run on.
 #[cfg(target_os = "linux")]
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rfind(')')
-            .and_then(|i| stat.get(i + 2..i + 3))
-            .is_some_and(|state| state != "Z" && state != "X")
+fn alive(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rfind(')')
+                .and_then(|i| stat.get(i + 2..i + 3))
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
     })
 }
 
@@ -446,21 +452,6 @@ mod python_bots {
             self.stop.store(true, Ordering::SeqCst);
             self.thread.join().unwrap()
         }
-    }
-
-    /// Whether any thread of `pid` runs: a process whose main thread has exited shows
-    /// as a zombie while its other threads run on.
-    fn alive(pid: u32) -> bool {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return false;
-        };
-        tasks.flatten().any(|task| {
-            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                stat.rfind(')')
-                    .and_then(|i| stat.get(i + 2..i + 3))
-                    .is_some_and(|state| state != "Z" && state != "X")
-            })
-        })
     }
 
     /// The parent of `pid` (for a bot: its reaper).
