@@ -29,6 +29,10 @@ pub const MASTER_LOCK_NAME: &str = "MASTER_LAUNCH";
 const DEFAULT_STOP_TIMEOUT_SECS: u64 = 10;
 /// Failures within a minute before supervision gives a process up.
 const DEFAULT_GIVE_UP_AFTER: u32 = 5;
+/// How long a `ready = "notify"` process has to say it is ready, by default.
+const DEFAULT_READY_TIMEOUT_SECS: u64 = 60;
+/// The most `ready_timeout_secs` and `heartbeat_secs` may be.
+const MAX_READY_SECS: u64 = 3600;
 /// The longest stop timeout a config may set: a day. Larger numbers are typos, and
 /// would overflow the clock arithmetic that waits for them.
 pub const MAX_STOP_TIMEOUT_SECS: u64 = 24 * 60 * 60;
@@ -91,6 +95,25 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// When a started process counts as started (`ready`): a watchdog guards its brain
+/// only from then on (DESIGN.md rule 13), and a start request is answered then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Once it has run for a fixed moment (the default; the process says nothing).
+    Settle,
+    /// Once it says `ready` on its notify channel (`process_lock.ready()`); one that
+    /// has not within `timeout` is a failed start.
+    Notify { timeout: Duration },
+}
+
+/// The `ready` key's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum ReadyKey {
+    Settle,
+    Notify,
+}
+
 /// One managed process: a global, or an account's brain or watchdog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Component {
@@ -116,6 +139,10 @@ pub struct Component {
     pub restart_delay: Option<Duration>,
     /// Failures within a minute after which supervision gives up on it.
     pub give_up_after: u32,
+    pub ready: Readiness,
+    /// `heartbeat_secs`: once ready, it must say `alive` at least this often, else it
+    /// counts as hung (stopped and restarted like a crash).
+    pub heartbeat: Option<Duration>,
     /// The config line that defines it, for messages.
     pub line: usize,
 }
@@ -464,6 +491,9 @@ struct RawOptions {
     restart_delay_ms: Option<Spanned<u64>>,
     /// Give up on a component after this many failures within a minute.
     give_up_after: Option<Spanned<u32>>,
+    ready: Option<ReadyKey>,
+    ready_timeout_secs: Option<Spanned<u64>>,
+    heartbeat_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -481,6 +511,9 @@ struct RawGlobal {
     restart: Option<RestartPolicy>,
     restart_delay_ms: Option<Spanned<u64>>,
     give_up_after: Option<Spanned<u32>>,
+    ready: Option<ReadyKey>,
+    ready_timeout_secs: Option<Spanned<u64>>,
+    heartbeat_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -501,6 +534,9 @@ struct RawAccount {
     restart: Option<RestartPolicy>,
     restart_delay_ms: Option<Spanned<u64>>,
     give_up_after: Option<Spanned<u32>>,
+    ready: Option<ReadyKey>,
+    ready_timeout_secs: Option<Spanned<u64>>,
+    heartbeat_secs: Option<Spanned<u64>>,
     /// DESIGN.md rule 13: `false` lets this account's brain run without its watchdog.
     brain_requires_watchdog: Option<bool>,
 }
@@ -525,6 +561,9 @@ struct ComponentSource<'r> {
     restart: Option<RestartPolicy>,
     restart_delay_ms: Option<&'r Spanned<u64>>,
     give_up_after: Option<&'r Spanned<u32>>,
+    ready: Option<ReadyKey>,
+    ready_timeout_secs: Option<&'r Spanned<u64>>,
+    heartbeat_secs: Option<&'r Spanned<u64>>,
     line: usize,
 }
 
@@ -624,6 +663,9 @@ impl Checker<'_> {
                     restart: g.restart,
                     restart_delay_ms: g.restart_delay_ms.as_ref(),
                     give_up_after: g.give_up_after.as_ref(),
+                    ready: g.ready,
+                    ready_timeout_secs: g.ready_timeout_secs.as_ref(),
+                    heartbeat_secs: g.heartbeat_secs.as_ref(),
                     line,
                 },
                 defaults,
@@ -684,6 +726,9 @@ impl Checker<'_> {
                 restart: a.restart,
                 restart_delay_ms: a.restart_delay_ms.as_ref(),
                 give_up_after: a.give_up_after.as_ref(),
+                ready: a.ready,
+                ready_timeout_secs: a.ready_timeout_secs.as_ref(),
+                heartbeat_secs: a.heartbeat_secs.as_ref(),
                 line,
             };
             let watchdog = part(
@@ -1057,6 +1102,19 @@ impl Checker<'_> {
         }
     }
 
+    /// `ready_timeout_secs` and `heartbeat_secs`: whole seconds, 1 to an hour.
+    fn check_seconds(&self, value: &Spanned<u64>, key: &str) -> Result<u64, ConfigError> {
+        let secs = *value.get_ref();
+        if !(1..=MAX_READY_SECS).contains(&secs) {
+            return Err(self.invalid(
+                value.span().start,
+                format!("{key} = {secs} is outside 1 to {MAX_READY_SECS} seconds"),
+                &format!("use a number of seconds from 1 to {MAX_READY_SECS}"),
+            ));
+        }
+        Ok(secs)
+    }
+
     fn check_stop_timeout(&self, value: &Spanned<u64>) -> Result<u64, ConfigError> {
         if *value.get_ref() > MAX_STOP_TIMEOUT_SECS {
             return Err(self.invalid(
@@ -1293,6 +1351,25 @@ impl Checker<'_> {
             Some(value) => self.check_stop_timeout(value)?,
             None => DEFAULT_STOP_TIMEOUT_SECS,
         };
+        let ready_timeout = match source
+            .ready_timeout_secs
+            .or(defaults.ready_timeout_secs.as_ref())
+        {
+            Some(value) => self.check_seconds(value, "ready_timeout_secs")?,
+            None => DEFAULT_READY_TIMEOUT_SECS,
+        };
+        let heartbeat = match source.heartbeat_secs.or(defaults.heartbeat_secs.as_ref()) {
+            Some(value) => Some(Duration::from_secs(
+                self.check_seconds(value, "heartbeat_secs")?,
+            )),
+            None => None,
+        };
+        let ready = match source.ready.or(defaults.ready) {
+            Some(ReadyKey::Notify) => Readiness::Notify {
+                timeout: Duration::from_secs(ready_timeout),
+            },
+            Some(ReadyKey::Settle) | None => Readiness::Settle,
+        };
         Ok(Component {
             lock_name: source.lock_name,
             role: source.role,
@@ -1309,6 +1386,8 @@ impl Checker<'_> {
                 .unwrap_or(RestartPolicy::OnFailure),
             restart_delay: restart_delay_ms.map(|d| Duration::from_millis(*d.get_ref())),
             give_up_after: give_up_after.map_or(DEFAULT_GIVE_UP_AFTER, |g| *g.get_ref()),
+            ready,
+            heartbeat,
             line: source.line,
         })
     }

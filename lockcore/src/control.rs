@@ -195,6 +195,13 @@ pub enum Supervision {
     /// `[cluster]`: another host holds its key; it starts here as soon as the key is
     /// free (a brain stands by with its watchdog).
     Standby,
+    /// It runs, and said it is not ready (`not-ready <reason>` on its notify channel):
+    /// a watchdog holds its brain back meanwhile.
+    NotReady,
+    /// It missed its heartbeat, or was not ready within `ready_timeout_secs`: it is
+    /// stopped and restarted like a crash (a watchdog's brain first), and shown so
+    /// until it is ready again.
+    Hung,
 }
 
 impl Supervision {
@@ -208,6 +215,8 @@ impl Supervision {
             Supervision::GivenUp => "given_up",
             Supervision::Blocked => "blocked",
             Supervision::Standby => "standby",
+            Supervision::NotReady => "not_ready",
+            Supervision::Hung => "hung",
         }
     }
 }
@@ -245,6 +254,13 @@ pub struct Supervised {
     /// The state in plain words: who stopped it and when, why it was given up, when
     /// the next attempt is.
     pub reason: String,
+    /// Unix seconds of its last word on its notify channel (`ready`, `alive`,
+    /// `not-ready`) in this run; refreshed in the view at most about once a second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alive_at: Option<f64>,
+    /// `heartbeat_secs`: how often it must say `alive` once ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answers: Vec<Answer>,
 }
@@ -404,6 +420,8 @@ mod tests {
             },
             updated_at: 1.5,
             components: vec![Supervised {
+                alive_at: None,
+                heartbeat_secs: None,
                 name: "BRAIN_X".into(),
                 state: Supervision::GivenUp,
                 pid: None,

@@ -273,6 +273,7 @@ impl ComponentView {
             // Another host holds its key (or etcd is out of reach): it waits for the
             // key, and nothing is wrong here.
             Supervision::Standby => ComponentState::Elsewhere,
+            Supervision::NotReady | Supervision::Hung => ComponentState::Starting,
         })
     }
 
@@ -1088,6 +1089,8 @@ watchdog = ["python", "WATCHDOG_ATLAS.py"]
     fn a_standby_orchestrator_waiting_for_the_key_is_elsewhere_but_given_up_stays_a_problem() {
         let mut snapshot = snapshot();
         let supervised = |state| Supervised {
+            alive_at: None,
+            heartbeat_secs: None,
             name: "BRAIN_ATLAS".into(),
             state,
             pid: None,

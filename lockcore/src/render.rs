@@ -706,6 +706,8 @@ watchdog = ["python", "WATCHDOG_SPARE.py"]
 
     fn supervised(name: &str, state: Supervision, reason: &str) -> Supervised {
         Supervised {
+            alive_at: None,
+            heartbeat_secs: None,
             name: name.into(),
             state,
             pid: None,

@@ -143,6 +143,8 @@ impl<'f> Orchestrator<'f> {
                 restart: component.restart,
                 planned: lock.is_some(),
                 elsewhere: held_elsewhere.contains(&component.lock_name),
+                ready: component.ready,
+                heartbeat: component.heartbeat,
             });
             held.push(Held {
                 component: component.clone(),

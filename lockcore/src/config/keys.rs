@@ -91,6 +91,25 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         "give_up_after",
         "failures within a minute before giving up (default 5, at least 1)",
     ),
+    key(
+        DEFAULTS,
+        "ready",
+        "`settle` (default: started once it has run 0.5 s) or `notify`: started once it \
+         says `ready` (process_lock.ready()); a watchdog guards its brain only from then",
+    ),
+    key(
+        DEFAULTS,
+        "ready_timeout_secs",
+        "with `ready = \"notify\"`: not ready this long after its start is a failed \
+         start, stopped and restarted (default 60, 1 to 3600)",
+    ),
+    key(
+        DEFAULTS,
+        "heartbeat_secs",
+        "once started, it must say `alive` (process_lock.heartbeat()) at least this \
+         often, else it is hung: stopped and restarted, a watchdog's brain first \
+         (default: none; 1 to 3600)",
+    ),
     key(GLOBAL, "name", "its lock name"),
     key(GLOBAL, "command", "program and arguments"),
     key(
@@ -109,6 +128,9 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
     key(GLOBAL, "restart", "as in `[defaults]`"),
     key(GLOBAL, "restart_delay_ms", "as in `[defaults]`"),
     key(GLOBAL, "give_up_after", "as in `[defaults]`"),
+    key(GLOBAL, "ready", "as in `[defaults]`"),
+    key(GLOBAL, "ready_timeout_secs", "as in `[defaults]`"),
+    key(GLOBAL, "heartbeat_secs", "as in `[defaults]`"),
     key(
         ACCOUNT,
         "name",
@@ -135,6 +157,13 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
     key(ACCOUNT, "restart", "as in `[defaults]`, for both"),
     key(ACCOUNT, "restart_delay_ms", "as in `[defaults]`, for both"),
     key(ACCOUNT, "give_up_after", "as in `[defaults]`, for both"),
+    key(ACCOUNT, "ready", "as in `[defaults]`, for both"),
+    key(
+        ACCOUNT,
+        "ready_timeout_secs",
+        "as in `[defaults]`, for both",
+    ),
+    key(ACCOUNT, "heartbeat_secs", "as in `[defaults]`, for both"),
     key(
         ACCOUNT,
         "brain_requires_watchdog",

@@ -31,7 +31,7 @@ mod tests;
 use std::time::{Duration, Instant};
 
 use lockcore::Grace;
-use lockcore::config::RestartPolicy;
+use lockcore::config::{Readiness, RestartPolicy};
 use lockcore::control::{
     ANSWERS_KEPT, Action, Answer, Outcome as AnswerOutcome, Supervised, Supervision,
 };
@@ -181,6 +181,10 @@ pub struct Spec {
     pub planned: bool,
     /// `[cluster]`: the first start found its key held by another host.
     pub elsewhere: bool,
+    /// When a run counts as started: after [`SETTLE`], or when it says `ready`.
+    pub ready: Readiness,
+    /// How often it must say `alive` once ready, if it must.
+    pub heartbeat: Option<Duration>,
 }
 
 /// A start or restart request waiting for its answer.
@@ -352,6 +356,8 @@ impl Desk {
                         pid: None,
                         since: now.unix,
                         reason: shown.reason.clone(),
+                        alive_at: None,
+                        heartbeat_secs: spec.heartbeat.map(|h| h.as_secs()),
                         answers: Vec::new(),
                     },
                     first_lock: spec.planned,

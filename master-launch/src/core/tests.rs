@@ -21,6 +21,8 @@ fn spec(name: &str, watchdog: Option<usize>) -> Spec {
         restart: RestartPolicy::OnFailure,
         planned: true,
         elsewhere: false,
+        ready: Readiness::Settle,
+        heartbeat: None,
     }
 }
 
