@@ -161,6 +161,23 @@ impl Slot {
         Some(entry.identity)
     }
 
+    /// Asks the child `pid` to stop, if it is still the one running.
+    pub fn ask_to_stop_if(&self, pid: u32) {
+        let entry = self.entry();
+        if let Some(entry) = entry.as_ref().filter(|e| e.identity.pid == pid) {
+            let _ = entry.binding.ask_to_stop(pid);
+        }
+    }
+
+    /// Kills the child `pid` and everything bound with it, if it is still the one
+    /// running (not a later run).
+    pub fn force_if(&self, pid: u32) {
+        let entry = self.entry();
+        if let Some(entry) = entry.as_ref().filter(|e| e.identity.pid == pid) {
+            let _ = entry.binding.kill();
+        }
+    }
+
     /// Kills the running child and everything bound with it.
     pub fn force(&self) -> Option<ProcessIdentity> {
         let entry = self.entry();

@@ -18,6 +18,7 @@
 mod autostart;
 mod child;
 mod core;
+mod notify;
 mod orchestrator;
 #[cfg(target_os = "linux")]
 mod reaper;

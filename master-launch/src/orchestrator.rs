@@ -193,6 +193,13 @@ impl<'f> Orchestrator<'f> {
             let settling = self.desk.next_settle(&Now::current()).unwrap_or(TICK);
             match rx.recv_timeout(settling.min(TICK) + Duration::from_millis(5)) {
                 Ok(Event::Signal(grace)) => return Ok(grace),
+                Ok(Event::Supervision(index, Report::Said { pid, word })) => {
+                    self.step(Input::Said {
+                        unit: index,
+                        pid,
+                        word,
+                    })?;
+                }
                 Ok(Event::Supervision(index, report)) => {
                     if matches!(report, Report::Ended(_))
                         && let Some(supervisor) = self.held[index].supervisor.take()
@@ -285,6 +292,11 @@ impl<'f> Orchestrator<'f> {
                     }
                     Command::DropLock(index) => self.held[index].lock = None,
                     Command::EndStandby(index) => self.held[index].end_standby(),
+                    Command::EndRun { unit, pid, why } => {
+                        if let Some(supervisor) = &self.held[unit].supervisor {
+                            supervisor.end_run(pid, why);
+                        }
+                    }
                     Command::Say(note) => self.events.note(&note),
                 }
             }
@@ -611,7 +623,7 @@ impl Orchestrator<'_> {
             env: fleet_env(self.fleet, &component, &lock),
             log,
             events: self.events.clone(),
-            report: Box::new(move |report| {
+            report: Arc::new(move |report| {
                 let _ = tx.send(Event::Supervision(index, report));
             }),
             runs: self.held[index].runs.clone(),

@@ -23,6 +23,9 @@ use lockcore::{
 };
 
 use crate::child;
+use crate::core::Word;
+use crate::notify;
+use lockcore::config::Readiness;
 use lockcore::logs::Log;
 
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
@@ -58,6 +61,8 @@ pub enum Report {
     },
     /// Supervision has ended and the lock is released.
     Ended(Outcome),
+    /// The child `pid` said this on its notify channel ([`crate::notify`]).
+    Said { pid: u32, word: Word },
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +73,9 @@ struct Shared {
     /// Set just before the thread releases the lock: a lock file that vanishes after
     /// this is our own release, not a loss.
     releasing: AtomicBool,
+    /// The run (pid) to count as failed whatever its exit, and why: it was ended as
+    /// hung ([`Supervisor::end_run`]).
+    failed_run: Mutex<Option<(u32, String)>>,
     /// Wakes a backoff sleep early when a stop is requested.
     wake: Condvar,
     wake_lock: Mutex<()>,
@@ -90,6 +98,8 @@ pub struct Supervisor {
     thread: Mutex<Option<JoinHandle<Outcome>>>,
     /// Checks from the orchestrator's thread that the lock file is still ours.
     watcher: Option<LockWatcher>,
+    /// The launch's `runs` flag, for [`Supervisor::end_run`].
+    runs: Mutex<Option<Arc<AtomicBool>>>,
 }
 
 /// What the child is started with, besides the component's own settings.
@@ -100,8 +110,10 @@ pub struct Launch {
     /// The orchestrator's log.
     pub events: Log,
     /// Told what happens: started, restarting, ended (once, last, for whatever reason).
-    pub report: Box<dyn Fn(Report) + Send>,
-    /// True while this component's child runs (a brain's guard reads its watchdog's).
+    pub report: Arc<dyn Fn(Report) + Send + Sync>,
+    /// True while this component's child runs (a brain's guard reads its watchdog's);
+    /// for a watchdog with `ready = "notify"`, only while it says it is ready
+    /// (DESIGN.md rule 15: it guards only then).
     pub runs: Arc<AtomicBool>,
     /// For a brain that needs its watchdog (DESIGN.md rule 13): the watchdog's `runs`.
     pub guard: Option<Arc<AtomicBool>>,
@@ -141,6 +153,7 @@ impl Supervisor {
                 })
                 .unwrap_or_else(|e| panic!("cannot start a thread: {e}"));
         }
+        let runs = Mutex::new(Some(launch.runs.clone()));
         let (attempted, first_attempt) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = {
             let (component, shared) = (component.clone(), shared.clone());
@@ -165,6 +178,7 @@ impl Supervisor {
             shared,
             thread: Mutex::new(Some(thread)),
             watcher,
+            runs,
         }
     }
 
@@ -187,6 +201,40 @@ impl Supervisor {
     pub fn request_stop(&self) {
         self.shared.mark_stopping();
         self.shared.child.ask_to_stop();
+    }
+
+    /// Ends the run `pid` as failed (it is hung): asks it to stop, forces it after its
+    /// own stop timeout if it is still that run; supervision goes on and restarts it
+    /// as after a crash. A run that has ended meanwhile is left alone.
+    pub fn end_run(&self, pid: u32, why: String) {
+        if self.shared.child.identity().map(|c| c.pid) != Some(pid) {
+            return;
+        }
+        *locked(&self.shared.failed_run) = Some((pid, why));
+        if self.component.role == lockcore::Role::Watchdog {
+            // It no longer guards: a brain restarting now must not start.
+            self.shared_runs_off();
+        }
+        self.shared.child.ask_to_stop_if(pid);
+        let (shared, grace) = (self.shared.clone(), self.component.stop_timeout);
+        let _ = std::thread::Builder::new()
+            .name(format!("end {}", self.component.lock_name))
+            .spawn(move || {
+                let deadline = Instant::now() + grace;
+                while Instant::now() < deadline {
+                    if shared.child.identity().map(|c| c.pid) != Some(pid) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                shared.child.force_if(pid);
+            });
+    }
+
+    fn shared_runs_off(&self) {
+        if let Some(runs) = locked(&self.runs).as_ref() {
+            runs.store(false, Ordering::SeqCst);
+        }
     }
 
     /// Kills the running child and what it started, through its binding; returns the
@@ -414,13 +462,31 @@ fn supervise(
         }
         first = false;
         let started = Instant::now();
-        let spawned = match probe.as_mut() {
-            Some(probe) => shared.child.spawn(
-                &mut command_for(component, launch),
-                || shared.stopping.load(Ordering::SeqCst),
-                probe,
-            ),
+        let mut command = command_for(component, launch);
+        let channel = match notify::Channel::new() {
+            Ok(channel) => Some(channel),
+            Err(e) => {
+                launch.events.line(
+                    "",
+                    &format!("{name}: cannot make its notify channel ({e}); it cannot say ready"),
+                );
+                None
+            }
+        };
+        let mut spawn = |command: &mut Command| match probe.as_mut() {
+            Some(probe) => {
+                shared
+                    .child
+                    .spawn(command, || shared.stopping.load(Ordering::SeqCst), probe)
+            }
             None => Err(std::io::Error::other("cannot read the process table")),
+        };
+        let (spawned, listener) = match channel {
+            Some(channel) => {
+                let (spawned, listener) = channel.spawn(&mut command, spawn);
+                (spawned, Some(listener))
+            }
+            None => (spawn(&mut command), None),
         };
         let _ = attempted.try_send(());
         let mut running = match spawned {
@@ -461,8 +527,24 @@ fn supervise(
         launch
             .events
             .line("", &format!("{name}: started, pid {pid}"));
-        launch.runs.store(true, Ordering::SeqCst);
+        // A watchdog that says when it is ready guards only from then (rule 15).
+        let gated = component.role == lockcore::Role::Watchdog
+            && matches!(component.ready, Readiness::Notify { .. });
+        launch.runs.store(!gated, Ordering::SeqCst);
         (launch.report)(Report::Started { pid });
+        if let Some(listener) = listener {
+            let (report, runs) = (launch.report.clone(), launch.runs.clone());
+            listener.follow(name, move |word| {
+                if gated {
+                    match &word {
+                        Word::Ready => runs.store(true, Ordering::SeqCst),
+                        Word::NotReady(_) => runs.store(false, Ordering::SeqCst),
+                        Word::Alive => {}
+                    }
+                }
+                report(Report::Said { pid, word });
+            });
+        }
         let ended = shared.child.wait(&mut running);
         launch.runs.store(false, Ordering::SeqCst);
         let how = ended.as_ref().map_or_else(
@@ -479,7 +561,16 @@ fn supervise(
         if shared.stopping.load(Ordering::SeqCst) {
             return Outcome::Stopped;
         }
-        let success = ended.as_ref().is_ok_and(|ended| ended.status.success());
+        // Ended as hung: a failure, whatever it exited with.
+        let hung = locked(&shared.failed_run)
+            .take()
+            .filter(|(hung, _)| *hung == pid)
+            .map(|(_, why)| why);
+        let how = match &hung {
+            Some(why) => format!("hung: {why}; {how}"),
+            None => how,
+        };
+        let success = hung.is_none() && ended.as_ref().is_ok_and(|ended| ended.status.success());
         let restart = match component.restart {
             RestartPolicy::Never => false,
             RestartPolicy::OnFailure => !success,
@@ -763,6 +854,10 @@ pub fn describe(status: ExitStatus) -> String {
         }
     }
     "no exit code".into()
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

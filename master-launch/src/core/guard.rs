@@ -56,6 +56,13 @@ impl Desk {
                     }));
                     self.stop(vec![(index, held, false)], Grace::Own, None, out);
                 }
+                // DESIGN.md rule 15: its watchdog runs but does not guard (hung, not
+                // ready): the brain is stopped and follows it once it is ready.
+                (_, true, Some((w, _)))
+                    if !self.units[index].state.stopping() && self.not_guarding(w).is_some() =>
+                {
+                    self.hold_back_brains(w, out);
+                }
                 _ => {}
             }
         }
@@ -68,6 +75,31 @@ impl Desk {
         let name = watchdog.name();
         let account = watchdog.spec.account.as_deref().unwrap_or("?");
         let shown = watchdog.state.shown();
+        // A run that ended hung stays the reason until a new run says it is ready.
+        let hung_before = watchdog
+            .trouble
+            .clone()
+            .map(health::NotGuarding::Hung)
+            .filter(|_| watchdog.wanted);
+        let trouble = match self.not_guarding(index) {
+            Some(health::NotGuarding::NotReadyYet) | None if hung_before.is_some() => hung_before,
+            not_guarding => not_guarding,
+        };
+        match trouble {
+            Some(health::NotGuarding::NotReadyYet) => {
+                return Shown::new(
+                    Supervision::Starting,
+                    format!("waiting for its watchdog {name} to be ready"),
+                );
+            }
+            Some(why) => {
+                return Shown::new(
+                    Supervision::Blocked,
+                    format!("held back: its watchdog {name} {why}; it starts once {name} is ready"),
+                );
+            }
+            None => {}
+        }
         match &watchdog.state {
             // Its watchdog runs on another host: so does the brain (its key is not taken
             // here, so the host that runs the watchdog can take it).

@@ -13,6 +13,10 @@
 //!   and the brain arms of [`Desk::reconcile`] (start only after [`SETTLE`], stop when
 //!   the watchdog is down), [`Desk::hold_back_brains_of`] (a watchdog backing off), and
 //!   [`Desk::stop`], which takes a watchdog's running brains along, before it.
+//! - DESIGN.md rule 15 (a guard counts only while it guards): [`Unit::settled`] (ready,
+//!   or run for [`SETTLE`]), health.rs: what a child says (`ready`, `alive`,
+//!   `not-ready`), hangs (no heartbeat, not ready in time: [`Command::EndRun`], a
+//!   watchdog's brains stopped first), and the guard's arms in [`Desk::reconcile`].
 //! - Requests in order: [`Desk::takes_requests`]: nothing is asked of a component while
 //!   it, or for a watchdog one of its brains, is being stopped; a request waits (in the
 //!   lock dir) until that stop has ended, so a watchdog is never stopped while its brain
@@ -22,6 +26,7 @@
 //! - Standby (`[cluster]`): [`State::StandingBy`], refused requests, [`Input::KeyFree`].
 
 mod guard;
+mod health;
 mod note;
 mod requests;
 mod supervision;
@@ -102,7 +107,7 @@ impl Shown {
 }
 
 /// Where one component is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum State {
     /// Not supervised and nothing under way: not started, stopped, given up, or (when
     /// wanted) about to be started at the next reconcile. Shown as it says.
@@ -118,6 +123,7 @@ pub enum State {
     Running {
         since: Instant,
         pid: u32,
+        health: Health,
     },
     /// Supervised, waiting out a restart delay (zero for the first restart).
     BackingOff {
@@ -127,6 +133,48 @@ pub enum State {
     },
     /// A stop of it runs: nothing is started or asked of it meanwhile.
     Stopping(Stopping),
+}
+
+/// What a running child has said on its notify channel (DESIGN.md rule 15), and
+/// whether it was found hung.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// `ready = "notify"`: it counts as started only once it says `ready`.
+    pub notify: bool,
+    /// It said `ready` in this run.
+    pub ready: bool,
+    /// It said `not-ready <reason>` last.
+    pub not_ready: Option<String>,
+    /// Its last word (or its start): heartbeats are counted from here.
+    pub alive_at: Instant,
+    /// The same, in Unix seconds, once it has said anything.
+    pub alive_unix: Option<f64>,
+    /// Found hung, and why: its run is to be ended.
+    pub hung: Option<String>,
+    /// [`Command::EndRun`] has been given for this run.
+    pub ending: bool,
+}
+
+impl Health {
+    fn new(now: &Now, ready: Readiness) -> Health {
+        Health {
+            notify: matches!(ready, Readiness::Notify { .. }),
+            ready: false,
+            not_ready: None,
+            alive_at: now.at,
+            alive_unix: None,
+            hung: None,
+            ending: false,
+        }
+    }
+}
+
+/// A word a child said on its notify channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Word {
+    Ready,
+    Alive,
+    NotReady(String),
 }
 
 /// A stop under way.
@@ -142,6 +190,30 @@ pub struct Stopping {
     pub supervised: bool,
 }
 
+impl Health {
+    fn shown(&self, pid: u32) -> Shown {
+        let (state, reason) = if let Some(why) = &self.hung {
+            (
+                Supervision::Hung,
+                format!("hung: {why}; being stopped to restart it"),
+            )
+        } else if let Some(reason) = &self.not_ready {
+            (Supervision::NotReady, format!("not ready: {reason}"))
+        } else if self.notify && !self.ready {
+            (
+                Supervision::Starting,
+                format!("running, pid {pid}; not ready yet"),
+            )
+        } else {
+            return Shown::running(pid);
+        };
+        Shown {
+            pid: Some(pid),
+            ..Shown::new(state, reason)
+        }
+    }
+}
+
 impl State {
     /// The view of it, derived.
     pub fn shown(&self) -> Shown {
@@ -149,7 +221,7 @@ impl State {
             State::Idle(shown) | State::WaitingForWatchdog(shown) => shown.clone(),
             State::StandingBy(reason) => Shown::new(Supervision::Standby, reason.clone()),
             State::Starting => Shown::new(Supervision::Starting, "starting"),
-            State::Running { pid, .. } => Shown::running(*pid),
+            State::Running { pid, health, .. } => health.shown(*pid),
             State::BackingOff { reason, .. } => Shown::new(Supervision::Restarting, reason.clone()),
             State::Stopping(stopping) => stopping.shown.clone(),
         }
@@ -204,6 +276,8 @@ pub struct Unit {
     pub state: State,
     /// The first start's lock is still with the executor, not handed to a supervisor.
     first_lock: bool,
+    /// Why its last run was ended as hung; cleared when a run says it is ready.
+    trouble: Option<String>,
     waiting: Vec<Waiting>,
     /// The published view, refreshed from `state` after every input.
     view: Supervised,
@@ -214,9 +288,44 @@ impl Unit {
         &self.spec.name
     }
 
-    /// Running, and for long enough to count.
+    /// Started, as its `ready` setting counts it (DESIGN.md rule 15: for a watchdog,
+    /// it guards): running for [`SETTLE`], or it said `ready`; and neither hung nor
+    /// not ready since.
     fn settled(&self, now: &Now) -> bool {
-        matches!(self.state, State::Running { since, .. } if now.at.duration_since(since) >= SETTLE)
+        let State::Running { since, health, .. } = &self.state else {
+            return false;
+        };
+        health.hung.is_none()
+            && health.not_ready.is_none()
+            && if health.notify {
+                health.ready
+            } else {
+                now.at.duration_since(*since) >= SETTLE
+            }
+    }
+
+    /// What the view shows: its state, except that a run that ended hung stays
+    /// `hung` (with why) until a new run says it is ready.
+    fn shown(&self) -> Shown {
+        let shown = self.state.shown();
+        match (&self.trouble, &self.state) {
+            (Some(why), State::BackingOff { reason, .. }) => {
+                Shown::new(Supervision::Hung, format!("{why}; {reason}"))
+            }
+            (Some(why), State::Starting) => {
+                Shown::new(Supervision::Hung, format!("{why}; starting it again"))
+            }
+            (Some(why), State::Running { health, .. })
+                if shown.state == Supervision::Starting && !health.ready =>
+            {
+                Shown {
+                    state: Supervision::Hung,
+                    reason: format!("{why}; {}", shown.reason),
+                    ..shown
+                }
+            }
+            _ => shown,
+        }
     }
 
     fn answer(&mut self, id: String, outcome: AnswerOutcome, detail: String) {
@@ -255,6 +364,8 @@ pub enum Input {
     Tick,
     /// A supervisor's report for this unit.
     Report(usize, Report),
+    /// What the child with this pid said on its notify channel.
+    Said { unit: usize, pid: u32, word: Word },
     /// A stop ([`Command::Stop`]) of these units has ended.
     StopEnded(Vec<usize>),
     /// `[cluster]`: the key this standby waited for is free.
@@ -318,6 +429,9 @@ pub enum Command {
     DropLock(usize),
     /// End this unit's standby: its key's watch stops.
     EndStandby(usize),
+    /// End this run (pid) of the unit as failed: stop it (its own grace, then forced);
+    /// its supervisor restarts it as after a crash.
+    EndRun { unit: usize, pid: u32, why: String },
     /// Tell it.
     Say(Note),
 }
@@ -361,6 +475,7 @@ impl Desk {
                         answers: Vec::new(),
                     },
                     first_lock: spec.planned,
+                    trouble: None,
                     spec,
                     wanted,
                     state: State::Idle(shown),
@@ -380,11 +495,13 @@ impl Desk {
         let mut out = Vec::new();
         match input {
             Input::Tick => {
+                self.check_health(now, &mut out);
                 self.reconcile(now, &mut out);
                 self.announce(&mut out);
                 self.answer_requests(now);
             }
             Input::Report(index, report) => self.on_report(now, index, report, &mut out),
+            Input::Said { unit, pid, word } => self.on_said(now, unit, pid, word, &mut out),
             Input::StopEnded(indexes) => self.on_stop_ended(&indexes),
             Input::KeyFree(index) => self.on_key_free(index, &mut out),
             Input::StopRequest {
@@ -425,9 +542,9 @@ impl Desk {
     pub fn next_settle(&self, now: &Now) -> Option<Duration> {
         self.units
             .iter()
-            .filter_map(|u| match u.state {
-                State::Running { since, .. } => {
-                    Some(SETTLE.saturating_sub(now.at.duration_since(since)))
+            .filter_map(|u| match &u.state {
+                State::Running { since, health, .. } if !health.notify => {
+                    Some(SETTLE.saturating_sub(now.at.duration_since(*since)))
                 }
                 _ => None,
             })
@@ -445,13 +562,26 @@ impl Desk {
 
     fn refresh(&mut self, now: &Now) {
         for unit in &mut self.units {
-            let shown = unit.state.shown();
+            let shown = unit.shown();
             if unit.view.state != shown.state {
                 unit.view.since = now.unix;
             }
             unit.view.state = shown.state;
             unit.view.reason = shown.reason;
             unit.view.pid = shown.pid;
+            let alive_at = match &unit.state {
+                State::Running { health, .. } => health.alive_unix,
+                _ => None,
+            };
+            // Heartbeats move it every second or so: the view (a file rewritten on
+            // every change) follows at most once a second.
+            let moved = match (unit.view.alive_at, alive_at) {
+                (Some(shown), Some(said)) => said - shown >= 1.0,
+                (shown, said) => shown.is_some() != said.is_some(),
+            };
+            if moved {
+                unit.view.alive_at = alive_at;
+            }
         }
     }
 

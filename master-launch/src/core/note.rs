@@ -3,6 +3,7 @@
 //! always printed; an alerting sink would be one more implementation).
 
 use std::fmt;
+use std::time::Duration;
 
 use lockcore::config::MASTER_LOCK_NAME;
 use lockcore::control::Action;
@@ -31,6 +32,21 @@ pub enum Note {
     BrainHeldBack { brain: String, watchdog: String },
     /// A brain is stopped because its watchdog is down (rule 13).
     BrainStopped { brain: String, reason: String },
+    /// It said `ready` (rule 15: a watchdog guards from now on).
+    Ready {
+        name: String,
+        pid: u32,
+        after: Duration,
+    },
+    /// It said `not-ready <reason>`.
+    NotReady {
+        name: String,
+        pid: u32,
+        reason: String,
+    },
+    /// It missed its heartbeat or was not ready in time: its run is ended and
+    /// restarted like a crash (a watchdog's brains first).
+    Hung { name: String, pid: u32, why: String },
     /// `[cluster]`: the key a standby waited for is free.
     KeyFree { name: String },
     /// A start or restart request whose requester has ended was cleared.
@@ -97,6 +113,19 @@ impl fmt::Display for Note {
                 f,
                 "{brain}: stopping it: its watchdog {watchdog} is backing off before a restart \
                  (a brain never trades unguarded); it starts again once {watchdog} runs"
+            ),
+            Note::Ready { name, pid, after } => write!(
+                f,
+                "{name}: ready (pid {pid}, {} ms after its start)",
+                after.as_millis()
+            ),
+            Note::NotReady { name, pid, reason } => {
+                write!(f, "{name}: NOT READY (pid {pid}): {reason}")
+            }
+            Note::Hung { name, pid, why } => write!(
+                f,
+                "{name}: HUNG (pid {pid}): {why}; stopping it (gracefully, then forced) to \
+                 restart it like a crash"
             ),
             Note::BrainStopped { brain, reason } => write!(
                 f,

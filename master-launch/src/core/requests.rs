@@ -165,7 +165,7 @@ impl Desk {
             }
             let settled = unit.settled(now);
             let (since, pid) = match unit.state {
-                State::Running { since, pid } => (Some(since), pid),
+                State::Running { since, pid, .. } => (Some(since), pid),
                 _ => (None, 0),
             };
             let gave_up = !unit.wanted && !unit.state.supervised();

@@ -14,8 +14,15 @@ impl Desk {
         match report {
             Report::Started { pid } => match &mut unit.state {
                 State::Stopping(stopping) => stopping.shown = Shown::running(pid),
-                state => *state = State::Running { since: now.at, pid },
+                state => {
+                    *state = State::Running {
+                        since: now.at,
+                        pid,
+                        health: Health::new(now, unit.spec.ready),
+                    }
+                }
             },
+            Report::Said { pid, word } => self.on_said(now, index, pid, word, out),
             Report::Restarting {
                 attempt,
                 delay,

@@ -209,7 +209,24 @@ impl Sim {
     }
 
     fn shown(&self, unit: usize) -> Shown {
-        self.desk.units[unit].state.shown()
+        self.desk.units[unit].shown()
+    }
+
+    /// The pid of the unit's running child.
+    fn pid_of(&self, unit: usize) -> u32 {
+        match &self.desk.units[unit].state {
+            State::Running { pid, .. } => *pid,
+            state => panic!("unit {unit} does not run: {state:?}"),
+        }
+    }
+
+    /// The unit's running child says `word`, then the orchestrator ticks (as it does
+    /// after every event).
+    fn says(&mut self, unit: usize, word: Word) -> Vec<Command> {
+        let pid = self.pid_of(unit);
+        let mut given = self.step(Input::Said { unit, pid, word });
+        given.extend(self.step(Input::Tick));
+        given
     }
 
     fn answers(&self, unit: usize) -> Vec<(String, AnswerOutcome)> {
@@ -946,4 +963,272 @@ fn notes_print_the_logs_words() {
     for (note, words) in rows {
         assert_eq!(note.to_string(), words);
     }
+}
+
+/// The five-unit desk with WATCHDOG_A under `ready = "notify"` (5 s) and, if given,
+/// `heartbeat_secs` for it.
+fn notify_specs(heartbeat: Option<Duration>) -> Vec<Spec> {
+    let mut specs = desk_specs();
+    specs[WATCHDOG_A].ready = Readiness::Notify {
+        timeout: Duration::from_secs(5),
+    };
+    specs[WATCHDOG_A].heartbeat = heartbeat;
+    specs
+}
+
+fn end_runs(commands: &[Command]) -> Vec<(usize, u32)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::EndRun { unit, pid, .. } => Some((*unit, *pid)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A desk whose WATCHDOG_A said ready and whose BRAIN_A runs.
+fn notify_running(heartbeat: Option<Duration>) -> Sim {
+    let mut sim = Sim::new(notify_specs(heartbeat));
+    for unit in [WATCHDOG_A, WATCHDOG_B, BRAIN_B, GLOBAL] {
+        sim.started(unit);
+    }
+    let given = sim.says(WATCHDOG_A, Word::Ready);
+    assert_eq!(starts(&given), vec![BRAIN_A]);
+    sim.started(BRAIN_A);
+    sim.log.clear();
+    sim
+}
+
+#[test]
+fn rule_15_a_brain_starts_when_its_watchdog_says_ready_not_after_a_settle_time() {
+    let mut sim = Sim::new(notify_specs(None));
+    sim.started(WATCHDOG_A);
+    sim.advance(SETTLE * 4);
+    assert_eq!(starts(&sim.step(Input::Tick)), Vec::<usize>::new());
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::Starting);
+    assert_eq!(
+        sim.shown(BRAIN_A).reason,
+        "waiting for its watchdog WATCHDOG_A to be ready"
+    );
+    // Ready the moment it says so: no settle wait after it.
+    let given = sim.says(WATCHDOG_A, Word::Ready);
+    assert_eq!(starts(&given), vec![BRAIN_A]);
+    assert!(given.iter().any(|c| matches!(
+        c,
+        Command::Say(Note::Ready { name, after, .. }) if name == "WATCHDOG_A" && *after == SETTLE * 4
+    )));
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::Running);
+    // Without the setting, the settle time still counts.
+    let mut plain = Sim::new(desk_specs());
+    plain.started(WATCHDOG_A);
+    assert_eq!(
+        starts(&plain.says(WATCHDOG_A, Word::Ready)),
+        Vec::<usize>::new()
+    );
+}
+
+#[test]
+fn rule_15_a_watchdog_never_ready_is_ended_as_hung_and_its_brain_never_starts() {
+    let mut sim = Sim::new(notify_specs(None));
+    sim.started(WATCHDOG_A);
+    let pid = sim.pid_of(WATCHDOG_A);
+    sim.advance(Duration::from_secs(5));
+    assert_eq!(end_runs(&sim.step(Input::Tick)), vec![]);
+    sim.advance(Duration::from_millis(1));
+    let given = sim.step(Input::Tick);
+    assert_eq!(end_runs(&given), vec![(WATCHDOG_A, pid)]);
+    assert_eq!(starts(&given), Vec::<usize>::new());
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::Hung);
+    assert!(
+        sim.shown(WATCHDOG_A)
+            .reason
+            .contains("not ready within 5 s of its start"),
+        "{:?}",
+        sim.shown(WATCHDOG_A)
+    );
+    assert_eq!(sim.shown(BRAIN_A).state, Supervision::Blocked);
+    // Ended once, however many ticks follow; a late `ready` of the hung run is dropped.
+    assert_eq!(end_runs(&sim.step(Input::Tick)), vec![]);
+    assert_eq!(
+        starts(&sim.says(WATCHDOG_A, Word::Ready)),
+        Vec::<usize>::new()
+    );
+    // Its supervisor restarts it as after a crash: still hung (with why) until the
+    // new run says ready, and the brain still held back.
+    sim.step(Input::Report(
+        WATCHDOG_A,
+        Report::Restarting {
+            attempt: 1,
+            delay: Duration::ZERO,
+            last_exit: "hung: ...; code 0".into(),
+        },
+    ));
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::Hung);
+    sim.started(WATCHDOG_A);
+    assert_eq!(starts(&sim.step(Input::Tick)), Vec::<usize>::new());
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::Hung);
+    assert_eq!(sim.shown(BRAIN_A).state, Supervision::Blocked);
+    let given = sim.says(WATCHDOG_A, Word::Ready);
+    assert_eq!(starts(&given), vec![BRAIN_A]);
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::Running);
+}
+
+#[test]
+fn rule_15_a_missed_heartbeat_stops_the_brain_first_then_ends_the_watchdogs_run() {
+    let mut sim = notify_running(Some(Duration::from_secs(2)));
+    let watchdog = sim.pid_of(WATCHDOG_A);
+    // Heartbeats keep it guarding, however long it runs.
+    for _ in 0..10 {
+        sim.advance(Duration::from_millis(1500));
+        let given = sim.says(WATCHDOG_A, Word::Alive);
+        assert_eq!(stops(&given), vec![], "{given:?}");
+    }
+    sim.advance(Duration::from_millis(2000));
+    assert_eq!(stops(&sim.step(Input::Tick)), vec![]);
+    sim.advance(Duration::from_millis(1));
+    let given = sim.step(Input::Tick);
+    assert_eq!(stops(&given), vec![(vec![BRAIN_A], Grace::Own)]);
+    assert_eq!(end_runs(&given), vec![], "the brain goes first");
+    assert!(given.iter().any(|c| matches!(
+        c,
+        Command::Say(Note::Hung { name, why, .. })
+            if name == "WATCHDOG_A" && why.contains("no heartbeat for 2.0 s (heartbeat_secs = 2)")
+    )));
+    // A heartbeat of the hung run cannot make it guard again.
+    assert_eq!(end_runs(&sim.says(WATCHDOG_A, Word::Alive)), vec![]);
+    assert_eq!(
+        end_runs(&sim.step(Input::Tick)),
+        vec![],
+        "the brain still stops"
+    );
+    sim.finish_stop();
+    assert_eq!(
+        end_runs(&sim.step(Input::Tick)),
+        vec![(WATCHDOG_A, watchdog)]
+    );
+    assert_eq!(sim.shown(BRAIN_A).state, Supervision::Blocked);
+    assert!(
+        sim.desk.units[BRAIN_A].wanted,
+        "it follows its watchdog back"
+    );
+    sim.step(Input::Report(
+        WATCHDOG_A,
+        Report::Restarting {
+            attempt: 1,
+            delay: Duration::ZERO,
+            last_exit: "hung".into(),
+        },
+    ));
+    sim.started(WATCHDOG_A);
+    assert_eq!(starts(&sim.step(Input::Tick)), Vec::<usize>::new());
+    assert_eq!(starts(&sim.says(WATCHDOG_A, Word::Ready)), vec![BRAIN_A]);
+}
+
+#[test]
+fn rule_15_not_ready_holds_the_brain_back_with_the_reason_and_ready_lets_it_follow() {
+    let mut sim = notify_running(None);
+    let given = sim.says(WATCHDOG_A, Word::NotReady("terminal lost".into()));
+    assert_eq!(stops(&given), vec![(vec![BRAIN_A], Grace::Own)]);
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::NotReady);
+    assert_eq!(sim.shown(WATCHDOG_A).reason, "not ready: terminal lost");
+    sim.finish_stop();
+    assert_eq!(sim.shown(BRAIN_A).state, Supervision::Blocked);
+    assert!(
+        sim.shown(BRAIN_A).reason.contains("terminal lost"),
+        "{:?}",
+        sim.shown(BRAIN_A)
+    );
+    assert_eq!(starts(&sim.step(Input::Tick)), Vec::<usize>::new());
+    assert_eq!(starts(&sim.says(WATCHDOG_A, Word::Ready)), vec![BRAIN_A]);
+    // The same word again changes nothing; a word of an earlier run is dropped.
+    sim.started(BRAIN_A);
+    let old = sim.pid_of(WATCHDOG_A) - 1;
+    let given = sim.step(Input::Said {
+        unit: WATCHDOG_A,
+        pid: old,
+        word: Word::NotReady("stale".into()),
+    });
+    assert_eq!(given, vec![]);
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::Running);
+}
+
+#[test]
+fn rule_15_a_crashed_notify_watchdog_takes_its_brain_down_until_the_new_run_is_ready() {
+    let mut sim = notify_running(None);
+    sim.step(Input::Report(
+        WATCHDOG_A,
+        Report::Restarting {
+            attempt: 1,
+            delay: Duration::ZERO,
+            last_exit: "code 1".into(),
+        },
+    ));
+    sim.started(WATCHDOG_A);
+    let given = sim.step(Input::Tick);
+    assert_eq!(stops(&given), vec![(vec![BRAIN_A], Grace::Own)]);
+    sim.finish_stop();
+    assert_eq!(
+        sim.shown(BRAIN_A).reason,
+        "waiting for its watchdog WATCHDOG_A to be ready"
+    );
+    assert_eq!(starts(&sim.says(WATCHDOG_A, Word::Ready)), vec![BRAIN_A]);
+}
+
+#[test]
+fn rule_15_the_view_shows_the_last_word_at_most_once_a_second() {
+    let mut sim = notify_running(Some(Duration::from_secs(5)));
+    let first = sim.desk.view()[WATCHDOG_A].alive_at.expect("said ready");
+    assert_eq!(sim.desk.view()[WATCHDOG_A].heartbeat_secs, Some(5));
+    sim.advance(Duration::from_millis(600));
+    sim.says(WATCHDOG_A, Word::Alive);
+    assert_eq!(sim.desk.view()[WATCHDOG_A].alive_at, Some(first));
+    sim.advance(Duration::from_millis(600));
+    sim.says(WATCHDOG_A, Word::Alive);
+    let later = sim.desk.view()[WATCHDOG_A].alive_at.expect("alive");
+    assert!((later - first - 1.2).abs() < 1e-6, "{later} {first}");
+    assert_eq!(sim.desk.view()[BRAIN_A].alive_at, None);
+}
+
+#[test]
+fn rule_15_heartbeats_without_notify_count_from_the_settle_and_a_new_run_settles_as_before() {
+    let mut specs = desk_specs();
+    specs[WATCHDOG_A].heartbeat = Some(Duration::from_secs(1));
+    let mut sim = Sim::new(specs);
+    for unit in [GLOBAL, WATCHDOG_A, WATCHDOG_B, BRAIN_B] {
+        sim.started(unit);
+    }
+    sim.advance(SETTLE);
+    assert_eq!(starts(&sim.step(Input::Tick)), vec![BRAIN_A]);
+    sim.started(BRAIN_A);
+    let watchdog = sim.pid_of(WATCHDOG_A);
+    // Never said a word: hung a heartbeat after its start.
+    sim.advance(Duration::from_millis(501));
+    let given = sim.step(Input::Tick);
+    assert_eq!(stops(&given), vec![(vec![BRAIN_A], Grace::Own)]);
+    sim.finish_stop();
+    assert_eq!(end_runs(&sim.step(Input::Tick)), vec![(WATCHDOG_A, watchdog)]);
+    sim.step(Input::Report(
+        WATCHDOG_A,
+        Report::Restarting {
+            attempt: 1,
+            delay: Duration::ZERO,
+            last_exit: "hung".into(),
+        },
+    ));
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::Hung);
+    sim.started(WATCHDOG_A);
+    sim.advance(SETTLE);
+    let given = sim.says(WATCHDOG_A, Word::Alive);
+    assert_eq!(starts(&given), vec![BRAIN_A]);
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::Running);
+    // A later plain crash is a crash, not a hang.
+    sim.step(Input::Report(
+        WATCHDOG_A,
+        Report::Restarting {
+            attempt: 1,
+            delay: Duration::ZERO,
+            last_exit: "code 1".into(),
+        },
+    ));
+    assert_eq!(sim.shown(WATCHDOG_A).state, Supervision::Restarting);
 }
