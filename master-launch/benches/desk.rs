@@ -8,6 +8,12 @@
 //!   (DESIGN.md rule 14: the process that holds its tree) costs: resident memory
 //!   (VmRSS) and CPU over that minute, medians of the 11.
 //!
+//! - `start to 11 running, ready = "notify"`: the same, every bot saying `ready` at once
+//!   (DESIGN.md rule 15: a brain starts when its watchdog is ready, not after 0.5 s).
+//! - heartbeats: a 50-account desk (101 processes), each saying `alive` every second
+//!   (`heartbeat_secs = 5`), against the same desk without: master-launch's CPU per
+//!   minute, medians of three 10-second windows.
+//!
 //! - watchdog back after kill -9: from killing a supervised watchdog (SIGKILL) until
 //!   its lock records the new one, on a fresh desk each time (the first restart after
 //!   a crash is immediate; later ones back off), printed as the median of 15.
@@ -60,12 +66,32 @@ fn stop(mut child: Child) {
 }
 
 fn start_to_running(c: &mut Criterion) {
-    let desk = Desk::new("qs_mbench", &ACCOUNTS);
-    let fleet = Fleet::load(&desk.config()).expect("config");
-    let mut probe = ProcessProbe::new().expect("process table");
+    let settle = Desk::new("qs_mbench", &ACCOUNTS);
+    let notify = Desk::with_options(
+        "qs_mbench",
+        &ACCOUNTS,
+        &["--say", "0:ready"],
+        "[defaults]\nready = \"notify\"\n",
+    );
     let mut group = c.benchmark_group("master-launch, 5 accounts");
     group.sample_size(10);
-    group.bench_function("start to 11 running", |b| {
+    for (name, desk) in [
+        ("start to 11 running", settle),
+        ("start to 11 running, ready = notify", notify),
+    ] {
+        bench_start(&mut group, name, &desk);
+    }
+    group.finish();
+}
+
+fn bench_start(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    desk: &Desk,
+) {
+    let fleet = Fleet::load(&desk.config()).expect("config");
+    let mut probe = ProcessProbe::new().expect("process table");
+    group.bench_function(name, |b| {
         b.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
             for _ in 0..iterations {
@@ -80,7 +106,6 @@ fn start_to_running(c: &mut Criterion) {
             total
         })
     });
-    group.finish();
 }
 
 /// CPU time (ms) and peak resident memory (KiB) of a process, from /proc.
@@ -113,6 +138,48 @@ fn status_number(pid: u32, field: &str) -> u64 {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// master-launch's CPU (ms per minute) while a running desk idles for 30 s: the median
+/// of three 10-second windows.
+fn idle_cpu(desk: &Desk) -> f64 {
+    let fleet = Fleet::load(&desk.config()).expect("config");
+    let mut probe = ProcessProbe::new().expect("process table");
+    let child = launch(desk);
+    while !all_running(&fleet, &mut probe) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id();
+    let mut cpu_per_minute = Vec::new();
+    let (mut last_cpu, _) = cpu_and_peak(pid);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(10));
+        let (cpu, _) = cpu_and_peak(pid);
+        cpu_per_minute.push((cpu - last_cpu) as f64 * 6.0);
+        last_cpu = cpu;
+    }
+    stop(child);
+    median(cpu_per_minute)
+}
+
+fn heartbeats() {
+    let accounts: Vec<String> = (0..50).map(|i| format!("HB{i}_M")).collect();
+    let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    let plain = Desk::new("qs_mbeat", &accounts);
+    let beating = Desk::with_options(
+        "qs_mbeat",
+        &accounts,
+        &["--heartbeat-ms", "1000"],
+        "[defaults]\nheartbeat_secs = 5\n",
+    );
+    let without = idle_cpu(&plain);
+    drop(plain);
+    let with = idle_cpu(&beating);
+    println!(
+        "master-launch idle, 101 processes: median CPU {without:.0} ms per minute without \
+         heartbeats, {with:.0} ms with one per process per second ({:.3} % of one core more)",
+        (with - without) / 600.0
+    );
 }
 
 fn idle_minute() {
@@ -218,4 +285,5 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
     watchdog_back_after_kill();
     idle_minute();
+    heartbeats();
 }
