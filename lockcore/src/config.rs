@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::copies::CopyRule;
-use crate::lock::{BadName, check_lock_name};
+use crate::name::{BadName, check_lock_name};
 
 mod keys;
 pub use keys::{CONFIG_KEYS, ConfigKey, accepted_keys};

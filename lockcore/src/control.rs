@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lock::entry::{self, EntryRead, Existing, Written};
+use crate::entry::{self, EntryRead, Existing, Written};
 use crate::lock::{LockState, LockStatus};
 use crate::process::{ProcessIdentity, same_start};
 

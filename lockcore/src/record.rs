@@ -7,6 +7,11 @@
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone};
 use serde::{Deserialize, Serialize};
 
+/// A record is a few hundred bytes; a file bigger than this is not one of ours, is
+/// `corrupt`, and is never read whole into memory or printed. Lock-dir entries (stop
+/// and start requests) are bounded by it too.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
 /// What a lock file says about its holder and the process it manages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRecord {

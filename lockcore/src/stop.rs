@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lock::entry::{self, EntryRead, Existing, Written};
+use crate::entry::{self, EntryRead, Existing, Written};
 /// Now, in Unix seconds with a fraction: deadlines keep theirs, so a 3 s request
 /// gives 3 s, not whatever is left of the current second plus 2.
 pub fn now_unix() -> f64 {

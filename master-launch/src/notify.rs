@@ -15,7 +15,13 @@ use std::io::{self, Read};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::core::Word;
+/// A word a child said on its notify channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Word {
+    Ready,
+    Alive,
+    NotReady(String),
+}
 
 /// The variable that names the child's end.
 pub const VAR: &str = "DESK_NOTIFY";

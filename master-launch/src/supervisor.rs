@@ -23,8 +23,7 @@ use lockcore::{
 };
 
 use crate::child;
-use crate::core::Word;
-use crate::notify;
+use crate::notify::{self, Word};
 use lockcore::config::Readiness;
 use lockcore::logs::Log;
 

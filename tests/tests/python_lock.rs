@@ -47,7 +47,7 @@ fn windows_branch_locks_the_same_byte_range_as_lockcore() {
     ) {
         return;
     }
-    let rust_file = "lockcore/src/lock/os.rs";
+    let rust_file = "lockcore/src/os_file.rs";
     let python_file = "python/process_lock.py";
     let rust = std::fs::read_to_string(repo_file(rust_file)).unwrap();
     let python = std::fs::read_to_string(repo_file(python_file)).unwrap();

@@ -136,7 +136,7 @@ mod imp {
     use std::path::PathBuf;
 
     use super::PREFIX;
-    use crate::lock::os;
+    use crate::os_file as os;
 
     pub(crate) type Held = File;
 

@@ -29,13 +29,12 @@
 //! or writing; scans report it as a [`StrayEntry`] and otherwise skip it. A record is
 //! read only up to [`MAX_RECORD_BYTES`]; a bigger file is `corrupt`.
 
-pub(crate) mod entry;
 mod machine;
-mod os;
 
 use machine::{MachineClaim, MachineLock};
 
-pub(crate) use os::retry_transient;
+use crate::os_file as os;
+pub(crate) use crate::os_file::retry_transient;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -51,6 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::cluster::{ClusterClaim, ClusterError, ClusterLock, EtcdClient, FenceWatch};
 use crate::config::{ClusterConfig, Fleet, MASTER_LOCK_NAME};
 use crate::copies::{CopyRule, runs_python};
+pub use crate::name::{BadName, MAX_LOCK_NAME_LEN, check_lock_name};
 use crate::process::{ProcessIdentity, ProcessProbe, ProcessTableError};
 use crate::record::{LockRecord, format_local, local_timestamp_now};
 use crate::stop::StopRequest;
@@ -70,52 +70,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(2);
 const MACHINE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// How long remove-if-stale waits on a lock whose record names no live holder.
 const BUSY_WAIT: Duration = Duration::from_millis(200);
-/// A record is a few hundred bytes; a file bigger than this is not one of ours, is
-/// `corrupt`, and is never read whole into memory or printed.
-pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
-
-/// The longest lock name: `WATCHDOG_` and a 64-character account fit, far within what
-/// any file system takes.
-pub const MAX_LOCK_NAME_LEN: usize = 100;
-
-/// Windows reserves these for devices, in any case and with any extension: `CON.lock`
-/// is the console, not a file.
-const DEVICE_NAMES: [&str; 22] = [
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
-    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
-];
-
-/// Why a string cannot be a lock name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BadName {
-    Empty,
-    /// Something other than ASCII letters, digits, `_` and `-`.
-    Characters,
-    TooLong,
-    /// A Windows device name.
-    Device,
-}
-
-/// The one rule for lock names (they are file names on every platform): `fleet.toml`
-/// validation and every lock operation use it.
-pub fn check_lock_name(name: &str) -> Result<(), BadName> {
-    if name.is_empty() {
-        return Err(BadName::Empty);
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-    {
-        return Err(BadName::Characters);
-    }
-    if name.len() > MAX_LOCK_NAME_LEN {
-        return Err(BadName::TooLong);
-    }
-    if DEVICE_NAMES.iter().any(|d| d.eq_ignore_ascii_case(name)) {
-        return Err(BadName::Device);
-    }
-    Ok(())
-}
+pub use crate::record::MAX_RECORD_BYTES;
 
 /// The machine-wide name lock `name` takes on a desk without `[cluster]` (DESIGN.md
 /// rule 17; `MASTER_LAUNCH` takes none): what `python/process_lock.py` computes too.
@@ -1222,17 +1177,6 @@ impl LockWatcher {
     pub fn check(&self) -> Result<Option<Retaken>, LockLost> {
         check_or_take_again(&self.name, &self.path, &self.file)
     }
-}
-
-/// Opens an existing lock-dir entry for reading, only if it is a regular file: never
-/// through a link, never blocking on a FIFO (DESIGN.md rule 12). For stop requests.
-pub(crate) fn open_entry(path: &Path) -> io::Result<File> {
-    os::open(path, false)
-}
-
-/// What a lock-dir entry is, if [`open_entry`] refused it for not being a regular file.
-pub(crate) fn not_a_file(error: &io::Error) -> Option<&'static str> {
-    os::not_a_file(error)
 }
 
 /// Suffixes of the entries the tools write in the lock dir: locks, stop, start and

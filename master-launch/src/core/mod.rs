@@ -45,6 +45,8 @@ use crate::supervisor::{FAILURE_WINDOW, Outcome, Report};
 
 pub use note::{Note, Sink};
 
+use crate::notify::Word;
+
 /// How long a component must have run to count as started: a watchdog before its
 /// brain starts, anything before a start request is answered "running".
 pub const SETTLE: Duration = Duration::from_millis(500);
@@ -167,14 +169,6 @@ impl Health {
             ending: false,
         }
     }
-}
-
-/// A word a child said on its notify channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Word {
-    Ready,
-    Alive,
-    NotReady(String),
 }
 
 /// A stop under way.

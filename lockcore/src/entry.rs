@@ -9,7 +9,8 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::MAX_RECORD_BYTES;
+use crate::os_file;
+use crate::record::MAX_RECORD_BYTES;
 
 /// What to do when the final name is already taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +38,7 @@ pub(crate) fn write_whole(
     bytes: &[u8],
     existing: Existing,
 ) -> io::Result<Written> {
-    super::retry_transient(|| write_once(dir, file_name, bytes, existing))
+    os_file::retry_transient(|| write_once(dir, file_name, bytes, existing))
 }
 
 fn write_once(
@@ -106,10 +107,10 @@ pub(crate) fn read_object_within(dir: &Path, file_name: &str, max_bytes: u64) ->
         |why: String| EntryRead::Unreadable(format!("{} is unreadable: {why}", path.display()));
     // On Windows a reader meets a sharing violation while the writer renames a new
     // version into place: a moment, retried like every transient error.
-    let mut file = match super::retry_transient(|| super::open_entry(&path)) {
+    let mut file = match os_file::retry_transient(|| os_file::open(&path, false)) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return EntryRead::Nothing,
-        Err(e) if super::not_a_file(&e).is_some() => return EntryRead::Nothing,
+        Err(e) if os_file::not_a_file(&e).is_some() => return EntryRead::Nothing,
         Err(e) => return unreadable(e.to_string()),
     };
     let mut bytes = Vec::new();
