@@ -63,4 +63,4 @@ pub use lock::{
 pub use process::{ProcessIdentity, ProcessInfo, ProcessProbe, ProcessTable, ProcessTree};
 pub use record::LockRecord;
 pub use stop::StopRequest;
-pub use stop_engine::{Grace, Stage, StopOutcome, Stoppable};
+pub use stop_engine::{Cutoff, Grace, Stage, StopOutcome, Stoppable};

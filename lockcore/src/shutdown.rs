@@ -17,7 +17,7 @@ use crate::graceful::Asked;
 use crate::logs::Log;
 use crate::output::human_duration;
 use crate::select::AccountSelection;
-use crate::stop_engine::{self as engine, StopObserver, stop_in_order};
+use crate::stop_engine::{self as engine, Cutoff, StopObserver, stop_in_order};
 use crate::{
     DeskSnapshot, ExitCode, Fleet, Grace, LockDir, ProcessProbe, Removal, Stage, StopRequest,
     Stoppable,
@@ -154,6 +154,7 @@ pub fn stop_targets(
     let outcome = stop_in_order(
         targets,
         Grace::Given(timeout),
+        &Cutoff::default(),
         &mut context,
         &mut Progress::new(audit),
     );

@@ -15,6 +15,7 @@
 //! itself, and the requester forces only a holder that failed to.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -157,10 +158,52 @@ const VERIFY: Duration = Duration::from_secs(5);
 /// `Instant`): a day.
 const LONGEST_GRACE: Duration = Duration::from_secs(24 * 3600);
 
-/// Stops `targets` stage by stage in the safe order, in parallel within a stage.
+/// A limit that a stop already running can be given later (DESIGN.md rule 16): a
+/// second Ctrl+C forces what is left at once, a closed window or terminal gives each
+/// stage at most its share of the closing budget. Stages keep their order either way.
+/// It only ever shortens a stop: a later, longer limit is ignored.
+#[derive(Debug, Clone, Default)]
+pub struct Cutoff(Arc<Mutex<Option<Hurry>>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Hurry {
+    from: Instant,
+    per_stage: Duration,
+}
+
+impl Cutoff {
+    /// From now on, every stage (the one running and each later one) forces what it
+    /// still waits for `per_stage` after the later of now and its own start.
+    pub fn hurry(&self, per_stage: Duration) {
+        let mut hurry = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if hurry.is_none_or(|h| per_stage < h.per_stage) {
+            *hurry = Some(Hurry {
+                from: Instant::now(),
+                per_stage: per_stage.min(LONGEST_GRACE),
+            });
+        }
+    }
+
+    /// Forces what is left now, stage by stage.
+    pub fn force_now(&self) {
+        self.hurry(Duration::ZERO);
+    }
+
+    /// When a stage that began at `stage_start` forces what it still waits for, if a
+    /// hurry was asked for.
+    fn deadline(&self, stage_start: Instant) -> Option<Instant> {
+        let hurry = (*self.0.lock().unwrap_or_else(|e| e.into_inner()))?;
+        Some(later(hurry.from.max(stage_start), hurry.per_stage))
+    }
+}
+
+/// Stops `targets` stage by stage in the safe order, in parallel within a stage: each
+/// is asked, and forced once its grace (counted from its own ask) has passed, or
+/// sooner when `cutoff` is hurried meanwhile.
 pub fn stop_in_order<C, T: Stoppable<C>>(
     targets: Vec<T>,
     grace: Grace,
+    cutoff: &Cutoff,
     context: &mut C,
     observer: &mut dyn StopObserver,
 ) -> StopOutcome {
@@ -171,7 +214,9 @@ pub fn stop_in_order<C, T: Stoppable<C>>(
             remaining.into_iter().partition(|t| t.stage() == stage);
         remaining = rest;
         if !in_stage.is_empty() {
-            outcome.add(stop_stage(stage, in_stage, grace, context, observer));
+            outcome.add(stop_stage(
+                stage, in_stage, grace, cutoff, context, observer,
+            ));
         }
     }
     outcome
@@ -188,6 +233,7 @@ fn stop_stage<C, T: Stoppable<C>>(
     stage: Stage,
     targets: Vec<T>,
     grace: Grace,
+    cutoff: &Cutoff,
     context: &mut C,
     observer: &mut dyn StopObserver,
 ) -> StopOutcome {
@@ -207,7 +253,9 @@ fn stop_stage<C, T: Stoppable<C>>(
             };
             let wait = grace.min(LONGEST_GRACE).saturating_add(target.margin());
             Pending {
-                force_at: later(started, wait),
+                // Its grace counts from its own ask: a slow ask before it (a console
+                // helper on Windows) does not eat into it.
+                force_at: later(Instant::now(), wait),
                 target,
                 forced_at: None,
                 done: false,
@@ -217,7 +265,11 @@ fn stop_stage<C, T: Stoppable<C>>(
     let mut outcome = StopOutcome::default();
     loop {
         let now = Instant::now();
+        let cut = cutoff.deadline(started);
         for p in pending.iter_mut().filter(|p| !p.done) {
+            if let Some(cut) = cut {
+                p.force_at = p.force_at.min(cut);
+            }
             if p.target.is_stopped(context) {
                 p.done = true;
                 let name = p.target.name();
@@ -348,9 +400,70 @@ mod tests {
     }
 
     fn run(targets: Vec<Fake>, grace: Grace) -> (StopOutcome, Events) {
+        run_with(targets, grace, &Cutoff::default())
+    }
+
+    fn run_with(targets: Vec<Fake>, grace: Grace, cutoff: &Cutoff) -> (StopOutcome, Events) {
         let mut context = (Instant::now(), Events::new());
-        let outcome = stop_in_order(targets, grace, &mut context, &mut Quiet);
+        let outcome = stop_in_order(targets, grace, cutoff, &mut context, &mut Quiet);
         (outcome, context.1)
+    }
+
+    /// Stubborn brains and watchdogs with a 30 s grace; `hurry` is called on the cutoff
+    /// 100 ms into the stop.
+    fn hurried(hurry: impl FnOnce(&Cutoff) + Send + 'static) -> (StopOutcome, Events) {
+        let cutoff = Cutoff::default();
+        let later = cutoff.clone();
+        let hurrying = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            hurry(&later);
+        });
+        let targets = vec![
+            fake("WATCHDOG_A", Stage::Watchdogs, None),
+            fake("BRAIN_A", Stage::Brains, None),
+            fake("BRAIN_B", Stage::Brains, None),
+            fake("qs", Stage::Globals, None),
+        ];
+        let ran = run_with(targets, Grace::Given(Duration::from_secs(30)), &cutoff);
+        hurrying
+            .join()
+            .unwrap_or_else(|_| panic!("the hurrying thread panicked"));
+        ran
+    }
+
+    #[test]
+    fn a_hurry_during_a_long_grace_gives_each_stage_its_share_in_order() {
+        let (outcome, events) = hurried(|cutoff| cutoff.hurry(Duration::from_millis(300)));
+        assert_eq!(outcome.forced.len(), 4, "{outcome:?}");
+        let brains = at(&events, "forced", "BRAIN_A").max(at(&events, "forced", "BRAIN_B"));
+        let watchdog_asked = at(&events, "asked", "WATCHDOG_A");
+        let watchdog = at(&events, "forced", "WATCHDOG_A");
+        let global = at(&events, "forced", "qs");
+        // Brains: 100 ms + their share; each later stage its share from its start.
+        assert!((400..1500).contains(&brains), "{events:?}");
+        assert!(brains <= watchdog_asked, "{events:?}");
+        assert!(watchdog - watchdog_asked >= 300, "{events:?}");
+        assert!(global < 3000, "the whole stop took {global} ms: {events:?}");
+    }
+
+    #[test]
+    fn force_now_forces_what_is_left_at_once_still_in_stage_order() {
+        let (outcome, events) = hurried(Cutoff::force_now);
+        assert_eq!(outcome.forced.len(), 4, "{outcome:?}");
+        let brains = at(&events, "forced", "BRAIN_A").max(at(&events, "forced", "BRAIN_B"));
+        assert!((100..1000).contains(&brains), "{events:?}");
+        assert!(brains <= at(&events, "asked", "WATCHDOG_A"), "{events:?}");
+        assert!(at(&events, "forced", "WATCHDOG_A") <= at(&events, "asked", "qs"));
+        assert!(at(&events, "forced", "qs") < 1500, "{events:?}");
+    }
+
+    #[test]
+    fn a_later_longer_hurry_never_lengthens_a_stop() {
+        let (_, events) = hurried(|cutoff| {
+            cutoff.force_now();
+            cutoff.hurry(Duration::from_secs(20));
+        });
+        assert!(at(&events, "forced", "qs") < 1500, "{events:?}");
     }
 
     fn at(events: &Events, event: &str, name: &str) -> u128 {

@@ -27,7 +27,7 @@ mod signals;
 mod supervisor;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -41,22 +41,18 @@ use lockcore::select::AccountSelection;
 use lockcore::shutdown::{self, Replace};
 use lockcore::stop_engine::stop_in_order;
 use lockcore::{
-    Acquire, Component, DeskSnapshot, ExitCode, Fleet, Grace, LockClaim, LockDir, LockState,
-    ProcessProbe, Removal, Role, Stage, StopRequest, Stoppable,
+    Acquire, Component, Cutoff, DeskSnapshot, ExitCode, Fleet, Grace, LockClaim, LockDir,
+    LockState, ProcessProbe, Removal, Role, Stage, StopRequest, Stoppable,
 };
 use lockcore::{errln, outln};
 
 use crate::orchestrator::{Event, Orchestrator};
-use crate::signals::Ending;
+use crate::signals::{Asked, CLOSING_BUDGET, Ending};
 use lockcore::logs::Log;
 
 const TOOL: &str = "master-launch";
 /// How often `run` looks for a stop request: a file read, cheap.
 const TICK: Duration = Duration::from_millis(250);
-/// Windows grants about 5 s after a console close, logoff or shutdown: the handler
-/// waits this long for the ordered stop, in which each stage gets [`CLOSING_GRACE`].
-const CLOSING_BUDGET: Duration = Duration::from_millis(4500);
-const CLOSING_GRACE: Duration = Duration::from_millis(1200);
 
 /// Start the trading desk once, keep it running, stop it in a safe order.
 ///
@@ -232,10 +228,17 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     }
     let (tx, rx) = channel::<Event>();
     let stopped = Arc::new((Mutex::new(false), Condvar::new()));
+    // A second stop signal shortens the stop the first began.
+    let cutoff = Cutoff::default();
     // While --replace stops what runs, Ctrl+C ends the run with nothing started.
     let replacing = Arc::new(AtomicBool::new(args.replace));
     if args.replace {
-        install_stop_handler(tx.clone(), stopped.clone(), replacing.clone())?;
+        install_stop_handler(
+            tx.clone(),
+            cutoff.clone(),
+            stopped.clone(),
+            replacing.clone(),
+        )?;
         if let Some(code) = replace(&fleet, args, &events)? {
             return Ok(code);
         }
@@ -270,7 +273,7 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         .map(|c| c.lock_name.as_str());
     clear_stale_requests(&fleet, names.chain([MASTER_LOCK_NAME]), &events);
     if !args.replace {
-        install_stop_handler(tx.clone(), stopped.clone(), replacing)?;
+        install_stop_handler(tx.clone(), cutoff.clone(), stopped.clone(), replacing)?;
     }
     if let Some(note) = signals::session_end_note() {
         events.line("", &note);
@@ -330,7 +333,7 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
             Grace::Own
         }
     };
-    let given_up = desk.stop_everything(grace);
+    let given_up = desk.stop_everything(grace, &cutoff);
     desk.release()?;
     events.line("", "desk stopped; all locks released");
     let (flag, signal) = &*stopped;
@@ -406,14 +409,17 @@ fn watchdog_held_elsewhere(
             })
 }
 
-/// Ctrl+C, SIGTERM, SIGHUP, console close: ask the main thread to stop the desk. For a
-/// console close (Windows) wait, within what Windows grants, until it has: Windows
-/// ends the process when the handler returns.
+/// Ctrl+C, SIGTERM, SIGHUP, console close: the first asks the main thread to stop the
+/// desk; a later one shortens that stop through `cutoff` (signals::Asked). For a
+/// console close (Windows) wait, within what Windows grants, until the desk has
+/// stopped: Windows ends the process when the handler returns.
 fn install_stop_handler(
     events: Sender<Event>,
+    cutoff: Cutoff,
     stopped: Arc<(Mutex<bool>, Condvar)>,
     replacing: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
+    let signals_before = AtomicU32::new(0);
     signals::on_stop(move |ending| {
         if replacing.load(Ordering::SeqCst) {
             // --replace, before anything of ours started: we hold no lock and run no
@@ -426,22 +432,22 @@ fn install_stop_handler(
             lockcore::printer::flush_all();
             std::process::exit(i32::from(ExitCode::Problems.code()));
         }
-        let _ = events.send(Event::Signal(grace_for(ending)));
+        match Asked::after(signals_before.fetch_add(1, Ordering::SeqCst), ending) {
+            Asked::Stop(grace) => {
+                let _ = events.send(Event::Signal(grace));
+            }
+            Asked::Hurry(per_stage) => cutoff.hurry(per_stage),
+            Asked::ForceNow => {
+                errln!("{TOOL}: asked again: forcing what is left, brains first");
+                cutoff.force_now();
+            }
+        }
         if ending == Ending::ConsoleClosing {
             let (flag, signal) = &*stopped;
             let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
             let _ = signal.wait_timeout_while(guard, CLOSING_BUDGET, |done| !*done);
         }
     })
-}
-
-/// The grace a stop gets: each component's own, or, when the console is closing, a
-/// compressed one that fits the whole ordered stop into Windows' few seconds.
-fn grace_for(ending: Ending) -> Grace {
-    match ending {
-        Ending::Interrupt => Grace::Own,
-        Ending::ConsoleClosing => Grace::Given(CLOSING_GRACE),
-    }
 }
 
 /// Refuses if anything the plan would start is held or already running; cleans stale
@@ -637,12 +643,31 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
         timeout: component.stop_timeout,
         slot: slot.clone(),
         stopped_on_request: AtomicBool::new(false),
+        cutoff: Cutoff::default(),
     });
     // The handler before the child: a Ctrl+C at any moment stops it in order (one
     // before the start cancels the start), never ends this process beside it.
     {
         let runner = runner.clone();
-        signals::on_stop(move |ending| runner.stop(grace_for(ending)))?;
+        let signals_before = AtomicU32::new(0);
+        signals::on_stop(move |ending| {
+            match Asked::after(signals_before.fetch_add(1, Ordering::SeqCst), ending) {
+                Asked::Stop(grace) => {
+                    // On a thread of its own: a later signal can then shorten it.
+                    let runner = runner.clone();
+                    std::thread::spawn(move || runner.stop(grace));
+                }
+                Asked::Hurry(per_stage) => runner.cutoff.hurry(per_stage),
+                Asked::ForceNow => runner.cutoff.force_now(),
+            }
+            if ending == Ending::ConsoleClosing {
+                // Windows ends this process when the handler returns.
+                let until = std::time::Instant::now() + CLOSING_BUDGET;
+                while runner.slot.identity().is_some() && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })?;
     }
     let asked = || runner.stopped_on_request.load(Ordering::SeqCst);
     let Some(mut running) = slot.spawn(&mut command, asked, &mut probe)? else {
@@ -733,6 +758,8 @@ struct Runner {
     /// Asked to stop (Ctrl+C, a stop request): then however the bot ended, the run
     /// did what was asked.
     stopped_on_request: AtomicBool,
+    /// A later stop signal shortens a stop under way.
+    cutoff: Cutoff,
 }
 
 impl Runner {
@@ -741,6 +768,7 @@ impl Runner {
         stop_in_order(
             vec![self],
             grace,
+            &self.cutoff,
             &mut (),
             &mut lockcore::stop_engine::Quiet,
         );

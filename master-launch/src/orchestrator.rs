@@ -25,7 +25,7 @@ use lockcore::control::{Action, ControlRequest, DeskState, Outcome as AnswerOutc
 use lockcore::exit::ToolError;
 use lockcore::logs::Log;
 use lockcore::stop::now_unix;
-use lockcore::stop_engine::{StopObserver, stop_in_order};
+use lockcore::stop_engine::{Cutoff, StopObserver, stop_in_order};
 use lockcore::{
     Acquire, Component, DeskSnapshot, Fleet, Grace, HeldLock, Holder, LockClaim, LockDir,
     LockError, LockLost, LockWatcher, ProcessIdentity, ProcessProbe, Retaken, Role, Stage,
@@ -240,14 +240,14 @@ impl<'f> Orchestrator<'f> {
     /// Stops everything in the safe order (also what a failed first start backs out),
     /// waits for stops in flight, and publishes the end. Returns whether any component
     /// had been given up (the orchestrator's exit code says so).
-    pub fn stop_everything(&mut self, grace: Grace) -> bool {
+    pub fn stop_everything(&mut self, grace: Grace, cutoff: &Cutoff) -> bool {
         self.relaying.store(false, Ordering::SeqCst);
         let supervisors: Vec<Arc<Supervisor>> = self
             .held
             .iter()
             .filter_map(|u| u.supervisor.clone())
             .collect();
-        stop_all(&supervisors, grace, &self.events);
+        stop_all(&supervisors, grace, cutoff, &self.events);
         for stop in self.stops.drain(..) {
             let _ = stop.join();
         }
@@ -453,7 +453,7 @@ impl Orchestrator<'_> {
         );
         self.stops.retain(|t| !t.is_finished());
         self.stops.push(std::thread::spawn(move || {
-            stop_all(&supervisors, grace, &events);
+            stop_all(&supervisors, grace, &Cutoff::default(), &events);
             if let Some(name) = request {
                 let _ = StopRequest::remove(&lock_dir, &name);
             }
@@ -723,9 +723,9 @@ enum NotTaken {
 /// Stops supervised components with the stop engine: brains, then watchdogs, then
 /// globals; in parallel within a stage; graceful, then forced through each child's
 /// binding. Every supervision thread has ended when it returns.
-pub fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, events: &Log) {
+pub fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, cutoff: &Cutoff, events: &Log) {
     let targets: Vec<&Supervisor> = supervisors.iter().map(|s| &**s).collect();
-    stop_in_order(targets, grace, &mut (), &mut EventObserver(events));
+    stop_in_order(targets, grace, cutoff, &mut (), &mut EventObserver(events));
     let mut in_stop_order: Vec<&Arc<Supervisor>> = supervisors.iter().collect();
     in_stop_order.sort_by_key(|s| Stage::of(s.component.role));
     for supervisor in in_stop_order {

@@ -1,8 +1,9 @@
 //! How master-launch hears that it should stop, per platform. The only platform code
 //! of master-launch besides `child.rs`.
 //!
-//! Unix: SIGINT, SIGTERM and SIGHUP (a terminal that closes means "stop in order",
-//! like Ctrl+C), through `ctrlc`.
+//! Unix: SIGINT and SIGTERM (stop in order), SIGHUP (a terminal that closed: stop in
+//! order within the closing budget), read on a thread of its own through
+//! `signal-hook`'s iterator (a real handler that only writes to a pipe).
 //!
 //! Windows: a raw `SetConsoleCtrlHandler` routine, not `ctrlc`: `ctrlc` answers a
 //! console close at once and runs its closure on another thread (rust-ctrlc #122), and
@@ -28,15 +29,53 @@
 //! two messages to top-level windows.
 
 use std::io;
+use std::time::Duration;
+
+use lockcore::Grace;
 
 /// What ended the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
-    /// Ctrl+C, Ctrl+Break, SIGTERM, SIGHUP: stop in order, with the usual deadlines.
+    /// Ctrl+C, Ctrl+Break, SIGINT, SIGTERM: stop in order, with the usual deadlines.
     Interrupt,
+    /// Unix: the terminal closed (SIGHUP): stop in order within the closing budget.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Hangup,
     /// Windows: the console is closing, the user logging off or the system shutting
     /// down. The handler must finish the stop before it returns, within about 5 s.
     ConsoleClosing,
+}
+
+/// How much a whole stop may take when a window or terminal closes: Windows grants
+/// about 5 s after a console close, logoff or shutdown (and a user can lower it). The
+/// one place each stage's share is written down: brains, watchdogs and globals get
+/// [`CLOSING_GRACE`] each, and what is forced gets the rest to go.
+pub const CLOSING_BUDGET: Duration = Duration::from_millis(4500);
+/// Each stage's share of [`CLOSING_BUDGET`].
+pub const CLOSING_GRACE: Duration = Duration::from_millis(1200);
+
+/// What a stop signal asks for, given how many came before it (DESIGN.md rule 16; as
+/// cargo-nextest's `SignalCount`): the first starts the ordered stop; a later one can
+/// only shorten it: a second Ctrl+C forces what is left (still brains first), a
+/// closed window or terminal gives each stage at most its closing share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    Stop(Grace),
+    Hurry(Duration),
+    ForceNow,
+}
+
+impl Asked {
+    pub fn after(signals_before: u32, ending: Ending) -> Asked {
+        match (signals_before, ending) {
+            (0, Ending::Interrupt) => Asked::Stop(Grace::Own),
+            (0, Ending::Hangup | Ending::ConsoleClosing) => {
+                Asked::Stop(Grace::Given(CLOSING_GRACE))
+            }
+            (_, Ending::Interrupt) => Asked::ForceNow,
+            (_, Ending::Hangup | Ending::ConsoleClosing) => Asked::Hurry(CLOSING_GRACE),
+        }
+    }
 }
 
 /// Installs `handler`, called on a thread of its own for each ending.
@@ -54,8 +93,23 @@ pub fn session_end_note() -> Option<String> {
 mod imp {
     use super::*;
 
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::iterator::Signals;
+
     pub(super) fn on_stop(handler: Box<dyn Fn(Ending) + Send + Sync>) -> io::Result<()> {
-        ctrlc::set_handler(move || handler(Ending::Interrupt)).map_err(io::Error::other)
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    handler(if signal == SIGHUP {
+                        Ending::Hangup
+                    } else {
+                        Ending::Interrupt
+                    });
+                }
+            })?;
+        Ok(())
     }
 
     pub(super) fn session_end_note() -> Option<String> {
@@ -134,6 +188,9 @@ mod imp {
 #[cfg(windows)]
 mod session_end {
     use std::io;
+    use std::time::Duration;
+
+    use lockcore::Grace;
     use std::sync::Mutex;
     use std::sync::OnceLock;
     use std::thread::JoinHandle;
@@ -290,5 +347,29 @@ mod session_end {
                 }
             })
             .ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_signal_only_shortens_the_stop_the_first_began() {
+        let closing = Grace::Given(CLOSING_GRACE);
+        let table = [
+            (0, Ending::Interrupt, Asked::Stop(Grace::Own)),
+            (0, Ending::Hangup, Asked::Stop(closing)),
+            (0, Ending::ConsoleClosing, Asked::Stop(closing)),
+            (1, Ending::Interrupt, Asked::ForceNow),
+            (5, Ending::Interrupt, Asked::ForceNow),
+            (1, Ending::Hangup, Asked::Hurry(CLOSING_GRACE)),
+            (1, Ending::ConsoleClosing, Asked::Hurry(CLOSING_GRACE)),
+        ];
+        for (before, ending, asked) in table {
+            assert_eq!(Asked::after(before, ending), asked, "{before} {ending:?}");
+        }
+        // Three stages' shares, and what is forced, fit the budget.
+        assert!(CLOSING_GRACE * 3 < CLOSING_BUDGET);
     }
 }
