@@ -847,6 +847,7 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
     let row = component(&json, "WATCHDOG_READY1");
     assert_eq!(row["state"], "running", "{row}");
     assert!(row["heartbeat_age_secs"].is_null(), "{row}");
+    assert!(row["reason"].is_null(), "{row}");
 
     signal("-CONT", launcher.pid());
     launcher.kill();

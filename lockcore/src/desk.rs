@@ -365,12 +365,14 @@ impl ComponentView {
     }
 
     /// Why it is in its state, in plain words, when the orchestrator says. Its word
-    /// that it runs is dropped when nothing of it runs: a frozen orchestrator's view
-    /// is out of date (the state says what runs).
+    /// that it runs is dropped when nothing of it runs, and any word on a process
+    /// other than the one running under its lock: a frozen orchestrator's view is out
+    /// of date (the state says what runs).
     pub fn reason(&self) -> Option<&str> {
         self.supervised
             .as_ref()
             .filter(|s| s.state != Supervision::Running || self.runs_here())
+            .filter(|s| self.view_is_current(s))
             .map(|s| s.reason.as_str())
     }
 }
@@ -1697,6 +1699,7 @@ heartbeat_secs = 5
             );
             let watchdog = snapshot.component("WATCHDOG_ATLAS").unwrap();
             assert_eq!(watchdog.state(), ComponentState::Running, "{state:?}");
+            assert_eq!(watchdog.reason(), None, "{state:?}");
             assert!(snapshot.is_healthy(), "{state:?}: {:?}", snapshot.problems);
         }
         // Starting without a pid (not started yet, by the view) while one runs: as today.
