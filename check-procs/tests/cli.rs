@@ -745,3 +745,110 @@ fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_ungu
     }
     launcher.kill();
 }
+
+/// Readiness as check-procs reads it from the running master-launch's published view
+/// (frozen with SIGSTOP so the view stays as written here): a watchdog whose view names
+/// its running pid as `not_ready` is `not_ready` with its reason and its heartbeat age,
+/// a problem naming its brain and the fix (exit 1); `hung` likewise; a view naming
+/// another pid is out of date and the watchdog is `running` again (exit 0).
+/// Unix-only: SIGSTOP.
+#[cfg(unix)]
+#[test]
+fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_not_trusted() {
+    use lockcore::control::{DeskState, Supervision};
+
+    let desk = Desk::new("qs_ready", &["READY1"]);
+    let (mut launcher, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
+    assert!(
+        lines
+            .wait_for("desk started", Duration::from_secs(30))
+            .is_some()
+    );
+    desk.wait_until_running();
+    let watchdog = desk
+        .snapshot()
+        .component("WATCHDOG_READY1")
+        .unwrap()
+        .managed
+        .clone()
+        .unwrap();
+    let signal = |sig: &str, pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP", launcher.pid());
+    let published = DeskState::read(&desk.lock_dir()).unwrap().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let say = |state: Supervision, pid: u32, reason: &str| {
+        let mut view = published.clone();
+        let entry = view
+            .components
+            .iter_mut()
+            .find(|c| c.name == "WATCHDOG_READY1")
+            .unwrap();
+        entry.state = state;
+        entry.pid = Some(pid);
+        entry.reason = reason.into();
+        entry.alive_at = Some(now - 2.0);
+        entry.heartbeat_secs = Some(5);
+        view.write(&desk.lock_dir()).unwrap();
+    };
+
+    say(
+        Supervision::NotReady,
+        watchdog.pid,
+        "not ready: terminal lost",
+    );
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 1, "{table}");
+    let row = component(&json, "WATCHDOG_READY1");
+    assert_eq!(row["state"], "not_ready", "{row}");
+    assert_eq!(row["reason"], "not ready: terminal lost", "{row}");
+    assert_eq!(row["pid"], watchdog.pid, "{row}");
+    assert_eq!(row["heartbeat_secs"], 5, "{row}");
+    let age = row["heartbeat_age_secs"].as_f64().unwrap();
+    assert!((2.0..30.0).contains(&age), "{row}");
+    assert_eq!(problem_kinds(&json), ["not_ready"], "{json}");
+    let message = json["problems"][0]["message"].as_str().unwrap();
+    for words in [
+        "WATCHDOG_READY1 runs (pid",
+        "not ready: terminal lost",
+        "its brain BRAIN_READY1 is held back",
+        "`master-launch restart WATCHDOG_READY1`",
+    ] {
+        assert!(message.contains(words), "{words}: {message}");
+    }
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("WATCHDOG_READY1") && l.contains("NOT_READY")),
+        "{table}"
+    );
+    assert!(table.contains("ALIVE"), "{table}");
+
+    say(Supervision::Hung, watchdog.pid, "missed its heartbeat");
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 1, "{table}");
+    assert_eq!(component(&json, "WATCHDOG_READY1")["state"], "hung");
+    assert_eq!(problem_kinds(&json), ["hung"], "{json}");
+
+    // The view names a process that is not the one running: out of date.
+    say(Supervision::Hung, watchdog.pid + 100_000, "an older run");
+    let (code, table, json) = check(&desk);
+    assert_eq!(code, 0, "{table}");
+    let row = component(&json, "WATCHDOG_READY1");
+    assert_eq!(row["state"], "running", "{row}");
+    assert!(row["heartbeat_age_secs"].is_null(), "{row}");
+    assert!(row["reason"].is_null(), "{row}");
+
+    signal("-CONT", launcher.pid());
+    launcher.kill();
+}

@@ -10,10 +10,10 @@ mod documented;
 pub use documented::{JSON_FIELDS, JSON_OPAQUE, JsonField};
 
 use crate::cluster::{ClusterEntry, EtcdClient, from_outside, read_entries};
-use crate::config::{ClusterConfig, Component, Fleet, MASTER_LOCK_NAME};
+use crate::config::{ClusterConfig, Component, Fleet, MASTER_LOCK_NAME, Role};
 use crate::control::{DeskState, Supervised, Supervision};
 use crate::lock::{LockDir, LockError, LockState, LockStatus, StrayEntry};
-use crate::process::{ProcessInfo, ProcessProbe, ProcessTable, ProcessTree, now_secs};
+use crate::process::{ProcessInfo, ProcessProbe, ProcessTable, ProcessTree};
 use crate::record::LockRecord;
 
 /// One look at the desk.
@@ -21,6 +21,9 @@ use crate::record::LockRecord;
 pub struct DeskSnapshot {
     /// When it was taken, seconds since the Unix epoch.
     pub taken_at: u64,
+    /// The same moment to the fraction of a second (heartbeat ages are measured from it;
+    /// a snapshot built from given facts uses `taken_at`).
+    pub taken_at_exact: f64,
     /// In start order: globals, then each account's watchdog and brain.
     pub components: Vec<ComponentView>,
     /// The orchestrator's own lock, if its file exists.
@@ -106,6 +109,9 @@ pub struct ComponentView {
     /// A brain that runs here while the watchdog it needs does not (rule 13), whoever
     /// started it: set from the whole snapshot, with the problems.
     pub unguarded: bool,
+    /// For a watchdog that a brain needs (rule 13): that brain's lock name (a watchdog
+    /// that is not ready or hung holds it back).
+    pub guards: Option<String>,
 }
 
 /// What a component is doing, as check-procs shows it (`--json` uses [`as_str`]).
@@ -131,8 +137,15 @@ pub enum ComponentState {
     Stopped,
     /// Its account is disabled in fleet.toml, and nothing runs.
     Disabled,
-    /// The orchestrator is starting it (a brain: waiting for its watchdog to run).
+    /// The orchestrator is starting it (a brain: waiting for its watchdog to run), or
+    /// it runs and has not said it is ready yet (`ready = "notify"`).
     Starting,
+    /// It runs under its lock and said it is not ready (`not-ready <reason>`): a
+    /// watchdog holds its brain back meanwhile.
+    NotReady,
+    /// It missed its heartbeat, or was not ready within its `ready_timeout_secs`: the
+    /// orchestrator stops and restarts it like a crash; shown so until it is ready again.
+    Hung,
     /// It exited and the orchestrator restarts it after a backoff.
     Restarting,
     /// The orchestrator gave up on it after repeated failures.
@@ -162,6 +175,8 @@ impl ComponentState {
             ComponentState::Stopped => "stopped",
             ComponentState::Disabled => "disabled",
             ComponentState::Starting => "starting",
+            ComponentState::NotReady => "not_ready",
+            ComponentState::Hung => "hung",
             ComponentState::Restarting => "restarting",
             ComponentState::GivenUp => "given_up",
             ComponentState::Blocked => "blocked",
@@ -172,7 +187,8 @@ impl ComponentState {
         }
     }
 
-    /// Whether this state means trouble that needs a person: shown loudly.
+    /// Whether this state means trouble that needs a person: shown loudly. `not_ready`
+    /// is one only for a watchdog ([`ComponentView::is_alarm`]).
     pub fn is_alarm(self) -> bool {
         matches!(
             self,
@@ -180,6 +196,7 @@ impl ComponentState {
                 | ComponentState::Unlocked
                 | ComponentState::GivenUp
                 | ComponentState::Unguarded
+                | ComponentState::Hung
         )
     }
 }
@@ -256,11 +273,12 @@ impl ComponentView {
     }
 
     /// The orchestrator's word for a component of which nothing runs; `None` while a
-    /// copy runs (the processes then speak for themselves) or no orchestrator runs.
+    /// copy runs (the processes then speak for themselves) or no orchestrator runs,
+    /// except for readiness: see [`ComponentView::readiness_state`].
     fn supervised_state(&self) -> Option<ComponentState> {
         let supervised = self.supervised.as_ref()?;
         if !self.copies.is_empty() || self.managed.is_some() {
-            return None;
+            return self.readiness_state(supervised);
         }
         Some(match supervised.state {
             Supervision::Running => return None,
@@ -273,17 +291,88 @@ impl ComponentView {
             // Another host holds its key (or etcd is out of reach): it waits for the
             // key, and nothing is wrong here.
             Supervision::Standby => ComponentState::Elsewhere,
-            Supervision::NotReady | Supervision::Hung => ComponentState::Starting,
+            // Between a hung run's stop and its restart (or a view about to change).
+            Supervision::NotReady => ComponentState::NotReady,
+            Supervision::Hung => ComponentState::Hung,
         })
     }
 
+    /// While it runs: the orchestrator's word on its readiness (`starting`: runs, not
+    /// ready yet; `not_ready`; `hung`), trusted only for the process that runs under its
+    /// lock alone (no other copy, not unguarded) and that the view names (its pid is the
+    /// lock's managed process; a `not_ready` or `hung` view without a pid is taken too:
+    /// no newer child was recorded). A view naming another pid is out of date: the
+    /// processes speak for themselves, as for every other state.
+    fn readiness_state(&self, supervised: &Supervised) -> Option<ComponentState> {
+        let state = match supervised.state {
+            Supervision::Starting => ComponentState::Starting,
+            Supervision::NotReady => ComponentState::NotReady,
+            Supervision::Hung => ComponentState::Hung,
+            _ => return None,
+        };
+        let managed = self.managed.as_ref()?;
+        let alone_under_its_lock = self
+            .lock
+            .as_ref()
+            .is_some_and(|l| l.state == LockState::Running)
+            && self.copies.len() <= 1
+            && self.copies.iter().all(|c| c.locked)
+            && !self.unguarded;
+        let names_it = match supervised.pid {
+            Some(pid) => pid == managed.pid,
+            None => state != ComponentState::Starting,
+        };
+        (alone_under_its_lock && names_it).then_some(state)
+    }
+
+    /// The orchestrator's view speaks of the process that runs, or nothing runs: not a
+    /// view naming a pid other than the running one's.
+    fn view_is_current(&self, supervised: &Supervised) -> bool {
+        match (supervised.pid, &self.managed) {
+            (Some(pid), Some(managed)) => pid == managed.pid,
+            (Some(_), None) => self.copies.is_empty(),
+            (None, _) => true,
+        }
+    }
+
+    /// Seconds since its last word on its notify channel (`ready`, `alive`,
+    /// `not-ready`), as of `now` (Unix seconds); never negative. `None` when the
+    /// orchestrator has heard nothing of it, or its view speaks of another process.
+    pub fn heartbeat_age(&self, now: f64) -> Option<f64> {
+        let supervised = self.supervised.as_ref()?;
+        let alive_at = supervised.alive_at?;
+        if !self.view_is_current(supervised) || !alive_at.is_finite() {
+            return None;
+        }
+        Some((now - alive_at).max(0.0))
+    }
+
+    /// How often it must say `alive` once ready: the running orchestrator's setting,
+    /// else fleet.toml's `heartbeat_secs`.
+    pub fn heartbeat_secs(&self) -> Option<u64> {
+        self.supervised
+            .as_ref()
+            .and_then(|s| s.heartbeat_secs)
+            .or_else(|| self.component.heartbeat.map(|d| d.as_secs()))
+    }
+
+    /// Whether its state is trouble that needs a person: the state's own rule, and a
+    /// watchdog that is not ready (its brain is held back, its positions unguarded).
+    pub fn is_alarm(&self) -> bool {
+        let state = self.state();
+        state.is_alarm()
+            || (state == ComponentState::NotReady && self.component.role == Role::Watchdog)
+    }
+
     /// Why it is in its state, in plain words, when the orchestrator says. Its word
-    /// that it runs is dropped when nothing of it runs: a frozen orchestrator's view
-    /// is out of date (the state says what runs).
+    /// that it runs is dropped when nothing of it runs, and any word on a process
+    /// other than the one running under its lock: a frozen orchestrator's view is out
+    /// of date (the state says what runs).
     pub fn reason(&self) -> Option<&str> {
         self.supervised
             .as_ref()
             .filter(|s| s.state != Supervision::Running || self.runs_here())
+            .filter(|s| self.view_is_current(s))
             .map(|s| s.reason.as_str())
     }
 }
@@ -308,8 +397,14 @@ pub enum ProblemKind {
     /// A brain runs while its watchdog does not (DESIGN.md rule 13): its positions have
     /// no stop-loss guard.
     Unguarded,
+    /// It missed its heartbeat (or was not ready in time): the orchestrator stops and
+    /// restarts it; a hung watchdog guards nothing and holds its brain back.
+    Hung,
     /// The orchestrator gave up on it: that account is not trading (or not guarded).
     GivenUp,
+    /// A watchdog that runs but said it is not ready (a lost terminal connection): it
+    /// guards nothing, and its brain is held back.
+    NotReady,
     /// A brain held back because its watchdog is not running.
     Blocked,
     /// A copy that no lock owns: started by hand, around the tools.
@@ -335,7 +430,9 @@ impl ProblemKind {
             ProblemKind::Duplicate => "duplicate",
             ProblemKind::ClusterUnreachable => "cluster_unreachable",
             ProblemKind::Unguarded => "unguarded",
+            ProblemKind::Hung => "hung",
             ProblemKind::GivenUp => "given_up",
+            ProblemKind::NotReady => "not_ready",
             ProblemKind::Blocked => "blocked",
             ProblemKind::Unlocked => "unlocked",
             ProblemKind::Restarting => "restarting",
@@ -371,8 +468,12 @@ impl DeskSnapshot {
             .iter()
             .find(|l| l.name == MASTER_LOCK_NAME)
             .and_then(|master| DeskState::read_current(&fleet.lock_dir, master));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         let mut snapshot =
-            DeskSnapshot::build_supervised(fleet, scan.locks, table, now_secs(), supervision);
+            DeskSnapshot::build_supervised(fleet, scan.locks, table, now as u64, supervision);
+        snapshot.taken_at_exact = now;
         // Without `[cluster]` no connection is made.
         if let Some(cluster) = &fleet.cluster {
             snapshot.add_cluster(ClusterSnapshot::read(cluster));
@@ -447,8 +548,10 @@ impl DeskSnapshot {
                 view
             })
             .collect();
+        let components = with_guards(components);
         let mut snapshot = DeskSnapshot {
             taken_at,
+            taken_at_exact: taken_at as f64,
             components,
             master,
             supervision,
@@ -509,6 +612,23 @@ impl DeskSnapshot {
             .then(|| self.watchdog_not_running(view))
             .flatten()
     }
+}
+
+/// Names on each watchdog the brain that needs it (the inverse of `guard`).
+fn with_guards(mut components: Vec<ComponentView>) -> Vec<ComponentView> {
+    let pairs: Vec<(String, String)> = components
+        .iter()
+        .filter_map(|brain| Some((brain.guard.clone()?, brain.component.lock_name.clone())))
+        .collect();
+    for (watchdog, brain) in pairs {
+        if let Some(view) = components
+            .iter_mut()
+            .find(|v| v.component.lock_name == watchdog)
+        {
+            view.guards = Some(brain);
+        }
+    }
+    components
 }
 
 fn take_lock(locks: &mut Vec<LockStatus>, name: &str) -> Option<LockStatus> {
@@ -588,6 +708,7 @@ fn view(component: Component, lock: Option<LockStatus>, table: &ProcessTable) ->
         elsewhere: Vec::new(),
         guard: None,
         unguarded: false,
+        guards: None,
     }
 }
 
@@ -738,7 +859,12 @@ fn problems_of(view: &ComponentView) -> Vec<Problem> {
     problems.extend(supervision_problem(view));
     let between_runs = matches!(
         view.supervised.as_ref().map(|s| s.state),
-        Some(Supervision::Starting | Supervision::Restarting | Supervision::Standby)
+        Some(
+            Supervision::Starting
+                | Supervision::Restarting
+                | Supervision::Standby
+                | Supervision::Hung
+        )
     );
     // A holder here waiting for the key another host holds runs no child, rightly.
     let elsewhere = view.state() == ComponentState::Elsewhere;
@@ -782,28 +908,57 @@ fn problems_of(view: &ComponentView) -> Vec<Problem> {
 }
 
 /// A component the orchestrator should run but does not: given up, held back, or
-/// backing off before a restart (DESIGN.md: check-procs tells the truth).
+/// backing off before a restart; or one that runs but does not do its work: hung, or a
+/// watchdog that is not ready (DESIGN.md: check-procs tells the truth). A watchdog
+/// merely `starting` (not ready yet, within its timeout) is not a problem.
 fn supervision_problem(view: &ComponentView) -> Option<Problem> {
     let component = &view.component;
-    let kind = match view.state() {
+    let name = &component.lock_name;
+    let state = view.state();
+    let kind = match state {
         ComponentState::GivenUp => ProblemKind::GivenUp,
         ComponentState::Blocked => ProblemKind::Blocked,
         ComponentState::Restarting => ProblemKind::Restarting,
+        ComponentState::Hung => ProblemKind::Hung,
+        ComponentState::NotReady if component.role == Role::Watchdog => ProblemKind::NotReady,
         _ => return None,
     };
     let reason = view.reason().unwrap_or_default();
+    let pid = view.managed.as_ref().map(|m| m.pid);
+    let runs = pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+    // A watchdog that does not guard holds its brain back (DESIGN.md rule 13).
+    let brain = match (component.role, view.guards.as_deref()) {
+        (Role::Watchdog, Some(brain)) => format!(
+            "; its brain {brain} is held back (stopped first if it ran) until {name} says ready"
+        ),
+        (Role::Watchdog, None) => "; it guards no positions meanwhile".to_string(),
+        _ => String::new(),
+    };
+    let terminal = if component.role == Role::Watchdog {
+        " and that its MetaTrader terminal runs and is logged in"
+    } else {
+        ""
+    };
     let message = match kind {
         ProblemKind::GivenUp => format!(
-            "{} is not running: {reason}. Fix it (its log is {}.log), then `master-launch start {}`",
-            component.lock_name, component.lock_name, component.lock_name
+            "{name} is not running: {reason}. Fix it (its log is {name}.log), then `master-launch start {name}`"
         ),
-        _ => format!("{} is not running: {reason}", component.lock_name),
+        ProblemKind::Hung => format!(
+            "{name} is hung{runs}: {reason}{brain}. master-launch stops it and starts it \
+             again; if it hangs again, check its log ({name}.log){terminal}, then \
+             `master-launch restart {name}`"
+        ),
+        ProblemKind::NotReady => format!(
+            "{name} runs{runs} but guards nothing: {reason}{brain}. Check its log \
+             ({name}.log){terminal}; `master-launch restart {name}` starts it again"
+        ),
+        _ => format!("{name} is not running: {reason}"),
     };
     Some(Problem {
         kind,
-        name: component.lock_name.clone(),
+        name: name.clone(),
         account: component.account.clone(),
-        pids: Vec::new(),
+        pids: pid.into_iter().collect(),
         message,
     })
 }
@@ -1281,5 +1436,440 @@ mod binding_tests {
             process(906, 900, &BOT),
         ]);
         assert_eq!(copies_of(&table, 902, 900), vec![vec![902], vec![906]]);
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    //! Readiness and heartbeats as check-procs shows them: the orchestrator's `starting`
+    //! (with a pid), `not_ready` and `hung` for the process that runs under the lock
+    //! it names, never over a duplicate, an unguarded brain or a view out of date.
+
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::process::ProcessIdentity;
+
+    const NOW: u64 = 1_790_000_000;
+
+    const FLEET: &str = r#"
+[[account]]
+name = "ATLAS"
+brain = ["python", "BRAIN_ATLAS.py"]
+watchdog = ["python", "WATCHDOG_ATLAS.py"]
+heartbeat_secs = 5
+"#;
+
+    fn process(pid: u32, parent: u32, cmd: &[&str]) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            parent: Some(parent),
+            start_time: NOW - 60,
+            name: cmd[0].into(),
+            cmd: cmd.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn held(name: &str, pid: u32) -> LockStatus {
+        LockStatus {
+            name: name.into(),
+            path: PathBuf::from(format!(".locks/{name}.lock")),
+            state: LockState::Running,
+            record: Some(LockRecord {
+                pid,
+                name: name.into(),
+                account: Some("ATLAS".into()),
+                timestamp: None,
+                pid_start: Some(NOW - 60),
+                holder_pid: Some(100),
+                holder_start: Some(NOW - 60),
+                host: None,
+                command: vec![],
+            }),
+            detail: String::new(),
+        }
+    }
+
+    fn supervised(name: &str, state: Supervision, pid: Option<u32>, reason: &str) -> Supervised {
+        Supervised {
+            alive_at: None,
+            heartbeat_secs: None,
+            name: name.into(),
+            state,
+            pid,
+            since: NOW as f64,
+            reason: reason.into(),
+            answers: vec![],
+        }
+    }
+
+    /// master-launch (100) runs WATCHDOG_ATLAS (300) and, if `brain`, BRAIN_ATLAS (301)
+    /// under their locks, plus `extra` processes; its view says `watchdog` and `brain_view`.
+    fn desk(
+        watchdog: Supervised,
+        brain_view: Supervised,
+        watchdog_runs: bool,
+        brain: bool,
+        extra: &[ProcessInfo],
+    ) -> DeskSnapshot {
+        let fleet = Fleet::from_toml(Path::new("fleet.toml"), FLEET).unwrap();
+        let mut processes = vec![process(100, 1, &["master-launch"])];
+        if watchdog_runs {
+            processes.push(process(300, 100, &["python", "WATCHDOG_ATLAS.py"]));
+        }
+        if brain {
+            processes.push(process(301, 100, &["python", "BRAIN_ATLAS.py"]));
+        }
+        processes.extend(extra.iter().cloned());
+        let mut locks = vec![held("WATCHDOG_ATLAS", 300)];
+        if brain {
+            locks.push(held("BRAIN_ATLAS", 301));
+        }
+        let state = DeskState {
+            orchestrator: ProcessIdentity {
+                pid: 100,
+                start_time: NOW - 60,
+            },
+            updated_at: NOW as f64,
+            components: vec![watchdog, brain_view],
+        };
+        let table = ProcessTable::from_processes(processes);
+        DeskSnapshot::build_supervised(&fleet, locks, table, NOW, Some(state))
+    }
+
+    fn held_back(reason: &str) -> Supervised {
+        supervised("BRAIN_ATLAS", Supervision::Blocked, None, reason)
+    }
+
+    fn kinds(snapshot: &DeskSnapshot) -> Vec<(ProblemKind, &str)> {
+        snapshot
+            .problems
+            .iter()
+            .map(|p| (p.kind, p.name.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_watchdog_that_runs_but_is_not_ready_yet_is_starting_and_no_problem() {
+        let snapshot = desk(
+            supervised(
+                "WATCHDOG_ATLAS",
+                Supervision::Starting,
+                Some(300),
+                "started, pid 300; waiting for it to say ready (timeout 60 s)",
+            ),
+            supervised(
+                "BRAIN_ATLAS",
+                Supervision::Starting,
+                None,
+                "waiting for its watchdog WATCHDOG_ATLAS to run",
+            ),
+            true,
+            false,
+            &[],
+        );
+        let watchdog = snapshot.component("WATCHDOG_ATLAS").unwrap();
+        assert_eq!(watchdog.state(), ComponentState::Starting);
+        assert!(!watchdog.is_alarm());
+        assert_eq!(
+            snapshot.component("BRAIN_ATLAS").unwrap().state(),
+            ComponentState::Starting
+        );
+        assert!(snapshot.is_healthy(), "{:?}", snapshot.problems);
+    }
+
+    #[test]
+    fn a_watchdog_not_ready_is_a_problem_naming_its_held_back_brain_and_the_fix() {
+        let snapshot = desk(
+            supervised(
+                "WATCHDOG_ATLAS",
+                Supervision::NotReady,
+                Some(300),
+                "not ready: terminal lost",
+            ),
+            held_back("held back: its watchdog WATCHDOG_ATLAS is not ready (terminal lost)"),
+            true,
+            false,
+            &[],
+        );
+        let watchdog = snapshot.component("WATCHDOG_ATLAS").unwrap();
+        assert_eq!(watchdog.state(), ComponentState::NotReady);
+        assert!(watchdog.is_alarm(), "a watchdog not ready guards nothing");
+        assert!(!ComponentState::NotReady.is_alarm());
+        assert_eq!(watchdog.reason(), Some("not ready: terminal lost"));
+        assert_eq!(
+            kinds(&snapshot),
+            [
+                (ProblemKind::NotReady, "WATCHDOG_ATLAS"),
+                (ProblemKind::Blocked, "BRAIN_ATLAS")
+            ]
+        );
+        let problem = &snapshot.problems[0];
+        assert_eq!(problem.pids, [300]);
+        assert_eq!(
+            problem.message,
+            "WATCHDOG_ATLAS runs (pid 300) but guards nothing: not ready: terminal lost; its \
+             brain BRAIN_ATLAS is held back (stopped first if it ran) until WATCHDOG_ATLAS \
+             says ready. Check its log (WATCHDOG_ATLAS.log) and that its MetaTrader \
+             terminal runs and is logged in; `master-launch restart WATCHDOG_ATLAS` starts \
+             it again"
+        );
+        assert!(
+            snapshot.problems[1]
+                .message
+                .contains("held back: its watchdog WATCHDOG_ATLAS is not ready"),
+            "{}",
+            snapshot.problems[1].message
+        );
+    }
+
+    #[test]
+    fn a_hung_watchdog_is_a_problem_and_an_alarm_while_it_runs_and_after_it_is_stopped() {
+        let reason = "missed its heartbeat (every 5 s): last alive 7.1 s ago";
+        let snapshot = desk(
+            supervised("WATCHDOG_ATLAS", Supervision::Hung, Some(300), reason),
+            held_back("held back: its watchdog WATCHDOG_ATLAS is hung (missed its heartbeat)"),
+            true,
+            false,
+            &[],
+        );
+        let watchdog = snapshot.component("WATCHDOG_ATLAS").unwrap();
+        assert_eq!(watchdog.state(), ComponentState::Hung);
+        assert!(watchdog.is_alarm() && ComponentState::Hung.is_alarm());
+        assert_eq!(
+            kinds(&snapshot),
+            [
+                (ProblemKind::Hung, "WATCHDOG_ATLAS"),
+                (ProblemKind::Blocked, "BRAIN_ATLAS")
+            ]
+        );
+        let message = &snapshot.problems[0].message;
+        for words in [
+            "WATCHDOG_ATLAS is hung (pid 300): missed its heartbeat",
+            "its brain BRAIN_ATLAS is held back",
+            "master-launch stops it and starts it again",
+            "check its log (WATCHDOG_ATLAS.log)",
+            "MetaTrader terminal",
+            "`master-launch restart WATCHDOG_ATLAS`",
+        ] {
+            assert!(message.contains(words), "{words}: {message}");
+        }
+
+        // Stopped, backing off before its restart: the lock is held, no child runs,
+        // the view names no pid. Still hung, and not also `process_gone`.
+        let snapshot = desk(
+            supervised("WATCHDOG_ATLAS", Supervision::Hung, None, reason),
+            held_back("held back: its watchdog WATCHDOG_ATLAS is hung"),
+            false,
+            false,
+            &[],
+        );
+        let watchdog = snapshot.component("WATCHDOG_ATLAS").unwrap();
+        assert_eq!(watchdog.state(), ComponentState::Hung);
+        assert_eq!(
+            kinds(&snapshot),
+            [
+                (ProblemKind::Hung, "WATCHDOG_ATLAS"),
+                (ProblemKind::Blocked, "BRAIN_ATLAS")
+            ]
+        );
+        assert!(snapshot.problems[0].pids.is_empty());
+        assert!(
+            snapshot.problems[0]
+                .message
+                .starts_with("WATCHDOG_ATLAS is hung: missed"),
+            "{}",
+            snapshot.problems[0].message
+        );
+    }
+
+    #[test]
+    fn a_view_naming_another_pid_is_out_of_date_and_what_runs_speaks() {
+        for state in [
+            Supervision::Starting,
+            Supervision::NotReady,
+            Supervision::Hung,
+        ] {
+            let snapshot = desk(
+                supervised("WATCHDOG_ATLAS", state, Some(299), "the last run"),
+                supervised("BRAIN_ATLAS", Supervision::Running, Some(301), "running"),
+                true,
+                true,
+                &[],
+            );
+            let watchdog = snapshot.component("WATCHDOG_ATLAS").unwrap();
+            assert_eq!(watchdog.state(), ComponentState::Running, "{state:?}");
+            assert_eq!(watchdog.reason(), None, "{state:?}");
+            assert!(snapshot.is_healthy(), "{state:?}: {:?}", snapshot.problems);
+        }
+        // Starting without a pid (not started yet, by the view) while one runs: as today.
+        let snapshot = desk(
+            supervised("WATCHDOG_ATLAS", Supervision::Starting, None, "starting"),
+            supervised("BRAIN_ATLAS", Supervision::Running, Some(301), "running"),
+            true,
+            true,
+            &[],
+        );
+        assert_eq!(
+            snapshot.component("WATCHDOG_ATLAS").unwrap().state(),
+            ComponentState::Running
+        );
+    }
+
+    #[test]
+    fn a_duplicate_stays_a_duplicate_whatever_the_view_says() {
+        let hand = process(500, 1, &["python", "WATCHDOG_ATLAS.py"]);
+        for state in [
+            Supervision::Starting,
+            Supervision::NotReady,
+            Supervision::Hung,
+        ] {
+            let snapshot = desk(
+                supervised("WATCHDOG_ATLAS", state, Some(300), "whatever"),
+                held_back("held back"),
+                true,
+                false,
+                std::slice::from_ref(&hand),
+            );
+            let watchdog = snapshot.component("WATCHDOG_ATLAS").unwrap();
+            assert_eq!(watchdog.state(), ComponentState::Duplicate, "{state:?}");
+            assert_eq!(snapshot.problems[0].kind, ProblemKind::Duplicate);
+            assert!(
+                !kinds(&snapshot)
+                    .iter()
+                    .any(|(k, _)| matches!(k, ProblemKind::Hung | ProblemKind::NotReady)),
+                "{state:?}: {:?}",
+                snapshot.problems
+            );
+        }
+    }
+
+    #[test]
+    fn an_unguarded_brain_stays_unguarded_whatever_the_view_says_of_it() {
+        // The watchdog is gone; the brain runs under its lock and the view calls it hung.
+        let snapshot = desk(
+            supervised("WATCHDOG_ATLAS", Supervision::Restarting, None, "exited"),
+            supervised("BRAIN_ATLAS", Supervision::Hung, Some(301), "missed"),
+            false,
+            true,
+            &[],
+        );
+        let brain = snapshot.component("BRAIN_ATLAS").unwrap();
+        assert_eq!(brain.state(), ComponentState::Unguarded);
+        assert_eq!(snapshot.problems[0].kind, ProblemKind::Unguarded);
+    }
+
+    #[test]
+    fn a_brain_not_ready_is_shown_but_no_problem_and_a_hung_brain_is_one() {
+        let watchdog = || supervised("WATCHDOG_ATLAS", Supervision::Running, Some(300), "running");
+        let snapshot = desk(
+            watchdog(),
+            supervised(
+                "BRAIN_ATLAS",
+                Supervision::NotReady,
+                Some(301),
+                "not ready: no quotes",
+            ),
+            true,
+            true,
+            &[],
+        );
+        let brain = snapshot.component("BRAIN_ATLAS").unwrap();
+        assert_eq!(brain.state(), ComponentState::NotReady);
+        assert!(!brain.is_alarm());
+        assert!(snapshot.is_healthy(), "{:?}", snapshot.problems);
+
+        let snapshot = desk(
+            watchdog(),
+            supervised("BRAIN_ATLAS", Supervision::Hung, Some(301), "missed"),
+            true,
+            true,
+            &[],
+        );
+        assert_eq!(
+            kinds(&snapshot),
+            [(ProblemKind::Hung, "BRAIN_ATLAS")],
+            "{:?}",
+            snapshot.problems
+        );
+        let message = &snapshot.problems[0].message;
+        assert!(!message.contains("held back"), "{message}");
+        assert!(!message.contains("MetaTrader"), "{message}");
+        assert!(message.contains("(BRAIN_ATLAS.log)"), "{message}");
+    }
+
+    #[test]
+    fn without_anything_running_not_ready_and_hung_are_shown_as_such() {
+        let snapshot = desk(
+            supervised("WATCHDOG_ATLAS", Supervision::NotReady, None, "not ready"),
+            held_back("held back"),
+            false,
+            false,
+            &[],
+        );
+        assert_eq!(
+            snapshot.component("WATCHDOG_ATLAS").unwrap().state(),
+            ComponentState::NotReady
+        );
+        assert_eq!(snapshot.problems[0].kind, ProblemKind::NotReady);
+    }
+
+    #[test]
+    fn problems_rank_hung_after_unguarded_and_not_ready_before_blocked() {
+        let mut ranked = [
+            ProblemKind::Blocked,
+            ProblemKind::NotReady,
+            ProblemKind::GivenUp,
+            ProblemKind::Hung,
+            ProblemKind::Unguarded,
+        ];
+        ranked.sort();
+        assert_eq!(
+            ranked,
+            [
+                ProblemKind::Unguarded,
+                ProblemKind::Hung,
+                ProblemKind::GivenUp,
+                ProblemKind::NotReady,
+                ProblemKind::Blocked
+            ]
+        );
+    }
+
+    #[test]
+    fn the_heartbeat_age_is_from_the_snapshots_time_never_negative_and_only_for_this_run() {
+        let alive = |alive_at: f64, pid| Supervised {
+            alive_at: Some(alive_at),
+            heartbeat_secs: Some(5),
+            ..supervised("WATCHDOG_ATLAS", Supervision::Running, Some(pid), "running")
+        };
+        let mut snapshot = desk(
+            alive(NOW as f64 - 0.4, 300),
+            supervised("BRAIN_ATLAS", Supervision::Running, Some(301), "running"),
+            true,
+            true,
+            &[],
+        );
+        snapshot.taken_at_exact = NOW as f64;
+        let watchdog = snapshot.component("WATCHDOG_ATLAS").unwrap();
+        let age = watchdog.heartbeat_age(snapshot.taken_at_exact).unwrap();
+        assert!((age - 0.4).abs() < 1e-6, "{age}");
+        assert_eq!(watchdog.heartbeat_secs(), Some(5));
+        // Its clock ahead of ours: zero, not negative.
+        assert_eq!(watchdog.heartbeat_age(NOW as f64 - 3.0), Some(0.0));
+        // fleet.toml's heartbeat_secs without the orchestrator's.
+        let brain = snapshot.component("BRAIN_ATLAS").unwrap();
+        assert_eq!(brain.heartbeat_secs(), Some(5));
+        assert_eq!(brain.heartbeat_age(NOW as f64), None);
+        // A view naming another process: its age is not this one's.
+        let snapshot = desk(
+            alive(NOW as f64 - 0.4, 299),
+            supervised("BRAIN_ATLAS", Supervision::Running, Some(301), "running"),
+            true,
+            true,
+            &[],
+        );
+        let watchdog = snapshot.component("WATCHDOG_ATLAS").unwrap();
+        assert_eq!(watchdog.heartbeat_age(NOW as f64), None);
     }
 }

@@ -26,19 +26,34 @@ struct Row {
     lease: String,
     pid: String,
     uptime: String,
+    /// How long ago it last said `ready`/`alive`/`not-ready` to master-launch.
+    alive: String,
     command: String,
     style: Style,
 }
 
+/// Which optional columns the table has.
+#[derive(Clone, Copy)]
+struct Columns {
+    /// HOST and LEASE: a desk with `[cluster]`.
+    cluster: bool,
+    /// ALIVE: some component's last word to master-launch is known.
+    alive: bool,
+}
+
 impl Row {
-    /// The row's cells; HOST and LEASE only for a desk with `[cluster]` (without it the
-    /// table is what it always was).
-    fn cells(&self, cluster: bool) -> Vec<&str> {
+    /// The row's cells; HOST and LEASE only for a desk with `[cluster]`, ALIVE only
+    /// when a heartbeat age is known (without them the table is what it always was).
+    fn cells(&self, columns: Columns) -> Vec<&str> {
         let mut cells = vec![&*self.name, &*self.account, &*self.state];
-        if cluster {
+        if columns.cluster {
             cells.extend([&*self.host, &*self.lease]);
         }
-        cells.extend([&*self.pid, &*self.uptime, &*self.command]);
+        cells.extend([&*self.pid, &*self.uptime]);
+        if columns.alive {
+            cells.push(&*self.alive);
+        }
+        cells.push(&*self.command);
         cells
     }
 }
@@ -65,7 +80,7 @@ pub fn desk_table(
         snapshot
             .components
             .iter()
-            .map(|v| component_row(v, snapshot.taken_at, unknown)),
+            .map(|v| component_row(v, snapshot, unknown)),
     );
     rows.extend(
         snapshot
@@ -73,21 +88,31 @@ pub fn desk_table(
             .iter()
             .map(|l| lock_row(l, snapshot, "(not in fleet.toml)")),
     );
-    let cluster = snapshot.cluster.is_some();
+    let columns = Columns {
+        cluster: snapshot.cluster.is_some(),
+        alive: snapshot
+            .components
+            .iter()
+            .any(|v| v.heartbeat_age(snapshot.taken_at_exact).is_some()),
+    };
     let mut headers = vec!["COMPONENT", "ACCOUNT", "STATE"];
-    if cluster {
+    if columns.cluster {
         headers.extend(["HOST", "LEASE"]);
     }
-    headers.extend(["PID", "UPTIME", "COMMAND"]);
+    headers.extend(["PID", "UPTIME"]);
+    if columns.alive {
+        headers.push("ALIVE");
+    }
+    headers.push("COMMAND");
     let mut out = String::new();
-    let widths = column_widths(&headers, rows.iter().map(|r| r.cells(cluster)));
+    let widths = column_widths(&headers, rows.iter().map(|r| r.cells(columns)));
     let header_line = pad_line(&headers, &widths);
     let _ = writeln!(out, "{}", paint(&header_line, Style::new().bold(), color));
     for row in &rows {
         let _ = writeln!(
             out,
             "{}",
-            paint(&pad_line(&row.cells(cluster), &widths), row.style, color)
+            paint(&pad_line(&row.cells(columns), &widths), row.style, color)
         );
     }
     out.push('\n');
@@ -188,6 +213,8 @@ fn problem_style(kind: ProblemKind) -> Style {
         ProblemKind::Duplicate
         | ProblemKind::Unlocked
         | ProblemKind::Unguarded
+        | ProblemKind::Hung
+        | ProblemKind::NotReady
         | ProblemKind::ClusterUnreachable => Style::new().red().bold(),
         ProblemKind::ProcessGone | ProblemKind::Legacy => Style::new().yellow().bold(),
         _ => Style::new().yellow(),
@@ -195,12 +222,28 @@ fn problem_style(kind: ProblemKind) -> Style {
 }
 
 /// What the STATE column says for a component: alarms in capitals.
-fn state_cell(state: ComponentState) -> String {
-    if state.is_alarm() {
+fn state_cell(state: ComponentState, alarm: bool) -> String {
+    if alarm {
         state.as_str().to_uppercase()
     } else {
         state.as_str().to_string()
     }
+}
+
+/// How long ago a component last spoke to master-launch: "0.4s ago", "12s ago",
+/// "3m 05s ago".
+fn age_cell(age: f64) -> String {
+    let age = age_json(age);
+    if age < 10.0 {
+        format!("{age:.1}s ago")
+    } else {
+        format!("{} ago", human_duration(age as u64))
+    }
+}
+
+/// A heartbeat age as the JSON gives it: seconds, to 0.1 s.
+fn age_json(age: f64) -> f64 {
+    (age * 10.0).round() / 10.0
 }
 
 /// The process to show for a component: the locked one, else the first copy.
@@ -210,8 +253,15 @@ fn shown_process(view: &ComponentView) -> Option<&ProcessInfo> {
         .or_else(|| view.copies.first().map(|c| &c.tree.root))
 }
 
-fn component_row(view: &ComponentView, now: u64, cluster_unknown: bool) -> Row {
+fn component_row(view: &ComponentView, snapshot: &DeskSnapshot, cluster_unknown: bool) -> Row {
+    let now = snapshot.taken_at;
     let state = view.state();
+    let alarm = view.is_alarm();
+    // It runs but does not do its work yet (or any more): its reason says why.
+    let readiness = matches!(
+        state,
+        ComponentState::Starting | ComponentState::NotReady | ComponentState::Hung
+    );
     let process = shown_process(view);
     let pid = if view.copies.len() > 1 {
         view.copies
@@ -225,13 +275,14 @@ fn component_row(view: &ComponentView, now: u64, cluster_unknown: bool) -> Row {
     // Nothing runs here: where it runs, or the orchestrator's reason, says more than
     // the configured command.
     let command = match (process, view.reason()) {
+        (Some(_), Some(reason)) if readiness => reason.to_string(),
         (Some(p), _) => p.cmd.join(" "),
         (None, _) if state == ComponentState::Elsewhere => elsewhere_sentence(view),
         (None, Some(reason)) => reason.to_string(),
         (None, None) => view.component.command.join(" "),
     };
     let style = match state {
-        _ if state.is_alarm() => Style::new().red().bold(),
+        _ if alarm => Style::new().red().bold(),
         ComponentState::Running => Style::new().green(),
         ComponentState::Elsewhere => Style::new().cyan(),
         ComponentState::Stopped | ComponentState::Disabled | ComponentState::NotStarted => {
@@ -242,7 +293,7 @@ fn component_row(view: &ComponentView, now: u64, cluster_unknown: bool) -> Row {
     Row {
         name: view.component.lock_name.clone(),
         account: view.component.account.clone().unwrap_or_else(|| "-".into()),
-        state: state_cell(state),
+        state: state_cell(state, alarm),
         host: match key_host(view) {
             Some(host) => printable_host(host),
             None if cluster_unknown => "?".into(),
@@ -255,6 +306,9 @@ fn component_row(view: &ComponentView, now: u64, cluster_unknown: bool) -> Row {
         },
         pid,
         uptime: process.map_or("-".into(), |p| uptime(now, p.start_time)),
+        alive: view
+            .heartbeat_age(snapshot.taken_at_exact)
+            .map_or("-".into(), age_cell),
         command: shorten(&command),
         style,
     }
@@ -309,6 +363,7 @@ fn lock_row(lock: &LockStatus, snapshot: &DeskSnapshot, note: &str) -> Row {
         lease: "-".into(),
         pid: record.map_or("-".into(), |r| r.pid.to_string()),
         uptime: process.map_or("-".into(), |p| uptime(snapshot.taken_at, p.start_time)),
+        alive: "-".into(),
         command: shorten(format!("{note} {command}").trim_end()),
         style: if lock.state.is_held() {
             Style::new()
@@ -363,6 +418,10 @@ pub struct ComponentJson<'a> {
     pub host: Option<&'a str>,
     /// With `[cluster]`: whole seconds left on its key's lease.
     pub lease_ttl_left: Option<u64>,
+    /// How often it must say `alive` once ready.
+    pub heartbeat_secs: Option<u64>,
+    /// Seconds (to 0.1 s) since its last word to master-launch; never negative.
+    pub heartbeat_age_secs: Option<f64>,
     pub copies: usize,
     pub command: &'a [String],
 }
@@ -403,6 +462,8 @@ pub fn report<'a>(
                 holder_alive: view.holder_alive,
                 host: key_host(view),
                 lease_ttl_left: lease_left(view),
+                heartbeat_secs: view.heartbeat_secs(),
+                heartbeat_age_secs: view.heartbeat_age(snapshot.taken_at_exact).map(age_json),
                 copies: view.copies.len(),
                 command: process.map_or(&view.component.command, |p| &p.cmd),
             }
@@ -808,6 +869,142 @@ watchdog = ["python", "WATCHDOG_SPARE.py"]
     fn supervised_table_layout() {
         let (_, snapshot) = snapshot();
         insta::assert_snapshot!(super::table(&snapshot, &not_installed(), false));
+    }
+
+    /// Readiness and heartbeats: quantum_server heard from 0.4 s ago; ATLAS's watchdog
+    /// runs but is not ready yet (its brain waits); GL_3's said `not-ready` (its brain
+    /// held back); BG's missed its heartbeat (hung, being stopped; its brain held
+    /// back); SPARE's clock is ahead of ours (age 0, never negative) and its brain
+    /// spoke last 75 s ago.
+    fn readiness_snapshot() -> (Fleet, DeskSnapshot) {
+        let fleet = Fleet::from_toml(Path::new("fleet.toml"), FLEET).unwrap();
+        let table = ProcessTable::from_processes([
+            ProcessInfo {
+                pid: 100,
+                parent: Some(1),
+                start_time: NOW - 600,
+                name: "master-launch".into(),
+                cmd: vec!["master-launch".into()],
+            },
+            python(200, "quantum_server.py"),
+            python(300, "WATCHDOG_ATLAS.py"),
+            python(302, "WATCHDOG_GL_3.py"),
+            python(304, "WATCHDOG_BG.py"),
+            python(306, "WATCHDOG_SPARE.py"),
+            python(307, "BRAIN_SPARE.py"),
+        ]);
+        let mut master = held("MASTER_LAUNCH", 100);
+        if let Some(record) = master.record.as_mut() {
+            record.pid_start = Some(NOW - 600);
+        }
+        let locks = vec![
+            master,
+            held("quantum_server", 200),
+            held("WATCHDOG_ATLAS", 300),
+            held("WATCHDOG_GL_3", 302),
+            held("WATCHDOG_BG", 304),
+            held("WATCHDOG_SPARE", 306),
+            held("BRAIN_SPARE", 307),
+        ];
+        let speaking = |name: &str, state, pid, reason: &str, ago: Option<f64>, every| Supervised {
+            pid: Some(pid),
+            alive_at: ago.map(|ago| NOW as f64 - ago),
+            heartbeat_secs: every,
+            ..supervised(name, state, reason)
+        };
+        let state = DeskState {
+            orchestrator: ProcessIdentity {
+                pid: 100,
+                start_time: NOW - 600,
+            },
+            updated_at: NOW as f64,
+            components: vec![
+                speaking(
+                    "quantum_server",
+                    Supervision::Running,
+                    200,
+                    "running, pid 200",
+                    Some(0.4),
+                    Some(1),
+                ),
+                speaking(
+                    "WATCHDOG_ATLAS",
+                    Supervision::Starting,
+                    300,
+                    "started, pid 300; not ready yet (it has 60 s to say ready)",
+                    None,
+                    Some(5),
+                ),
+                supervised(
+                    "BRAIN_ATLAS",
+                    Supervision::Starting,
+                    "waiting for its watchdog WATCHDOG_ATLAS to be ready",
+                ),
+                speaking(
+                    "WATCHDOG_GL_3",
+                    Supervision::NotReady,
+                    302,
+                    "not ready: terminal lost",
+                    Some(2.25),
+                    Some(5),
+                ),
+                supervised(
+                    "BRAIN_GL_3",
+                    Supervision::Blocked,
+                    "held back: its watchdog WATCHDOG_GL_3 is not ready (terminal lost)",
+                ),
+                speaking(
+                    "WATCHDOG_BG",
+                    Supervision::Hung,
+                    304,
+                    "missed its heartbeat (every 5 s); stopping it, then a restart",
+                    Some(7.3),
+                    Some(5),
+                ),
+                supervised(
+                    "BRAIN_BG",
+                    Supervision::Blocked,
+                    "held back: its watchdog WATCHDOG_BG is hung (missed its heartbeat)",
+                ),
+                speaking(
+                    "WATCHDOG_SPARE",
+                    Supervision::Running,
+                    306,
+                    "running, pid 306",
+                    Some(-0.5),
+                    Some(5),
+                ),
+                speaking(
+                    "BRAIN_SPARE",
+                    Supervision::Running,
+                    307,
+                    "running, pid 307",
+                    Some(75.0),
+                    None,
+                ),
+            ],
+        };
+        let snapshot = DeskSnapshot::build_supervised(&fleet, locks, table, NOW, Some(state));
+        (fleet, snapshot)
+    }
+
+    #[test]
+    fn readiness_table_layout() {
+        let (_, snapshot) = readiness_snapshot();
+        insta::assert_snapshot!(super::table(&snapshot, &not_installed(), false));
+    }
+
+    #[test]
+    fn readiness_json_components_and_problems() {
+        let (fleet, snapshot) = readiness_snapshot();
+        let autostart = not_installed();
+        let report = super::report(&snapshot, &fleet, &autostart);
+        let json = serde_json::to_value(&report).unwrap();
+        insta::assert_json_snapshot!(serde_json::json!({
+            "healthy": json["healthy"],
+            "components": json["components"],
+            "problems": json["problems"],
+        }));
     }
 
     #[test]

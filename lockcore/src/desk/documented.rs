@@ -8,7 +8,7 @@ use super::ComponentState;
 
 impl ComponentState {
     /// Every state, in the order the README lists them.
-    pub const ALL: [ComponentState; 16] = [
+    pub const ALL: [ComponentState; 18] = [
         ComponentState::Running,
         ComponentState::Unguarded,
         ComponentState::ProcessGone,
@@ -20,6 +20,8 @@ impl ComponentState {
         ComponentState::Stopped,
         ComponentState::Disabled,
         ComponentState::Starting,
+        ComponentState::NotReady,
+        ComponentState::Hung,
         ComponentState::Restarting,
         ComponentState::GivenUp,
         ComponentState::Blocked,
@@ -57,7 +59,19 @@ impl ComponentState {
             }
             ComponentState::Disabled => "its account is disabled in fleet.toml, and nothing runs",
             ComponentState::Starting => {
-                "master-launch is starting it (a brain: waiting for its watchdog to run)"
+                "master-launch is starting it (a brain: waiting for its watchdog to run), or it \
+                 runs under its lock and has not said it is ready yet (`ready = \"notify\"`, \
+                 within its `ready_timeout_secs`; not a problem)"
+            }
+            ComponentState::NotReady => {
+                "it runs under its lock and said it is not ready (`reason` says why, e.g. a lost \
+                 terminal connection); a watchdog then guards nothing and its brain is held back \
+                 (a problem for a watchdog)"
+            }
+            ComponentState::Hung => {
+                "it missed its heartbeat (`heartbeat_secs`) or was not ready within its \
+                 `ready_timeout_secs`: master-launch stops it and starts it again like a crash \
+                 (a watchdog's brain first), shown so until it is ready again (a problem)"
             }
             ComponentState::Restarting => {
                 "it exited; master-launch starts it again after a backoff (a problem)"
@@ -186,6 +200,21 @@ pub const JSON_FIELDS: &[JsonField] = &[
         "number or null",
         "with `[cluster]`: whole seconds left on its key's lease, as the etcd leader counts \
          them; null when no key exists (or its lease just ended) or without `[cluster]`",
+    ),
+    field(
+        "components[]",
+        &["heartbeat_secs"],
+        "number or null",
+        "how often it must say `alive` once ready (the running master-launch's setting, else \
+         fleet.toml's `heartbeat_secs`); null without heartbeats",
+    ),
+    field(
+        "components[]",
+        &["heartbeat_age_secs"],
+        "number or null",
+        "seconds (to 0.1 s) since its last word to master-launch (`ready`, `alive`, \
+         `not-ready`), when the snapshot was taken; null when unknown (no master-launch, nothing heard \
+         from this run)",
     ),
     field(
         "components[]",
