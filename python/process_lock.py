@@ -488,7 +488,9 @@ class _Notify:
 def _notify(line):
     try:
         data = _notify_line(line)
-        if not _Notify.lock.acquire(timeout=0.05):  # another thread mid-write: drop it
+        # Writes never block, so the lock is held for microseconds; a signal handler that
+        # calls in while its own thread holds it gives up after 50 ms instead of deadlocking.
+        if not _Notify.lock.acquire(timeout=0.05):
             return
         try:
             if _Notify.channel is None:
@@ -504,7 +506,8 @@ def _notify(line):
                 return  # nothing taken: this line is lost, a pending tail stays
             rest = out[written:]
             # Keep only the rest of a line cut in the middle; whole lines not taken are lost.
-            _Notify.pending = b"" if out[written - 1:written] == b"\n" else rest[: rest.find(b"\n") + 1]
+            cut = out[written - 1:written] != b"\n"
+            _Notify.pending = rest[: rest.find(b"\n") + 1] if cut else b""
         finally:
             _Notify.lock.release()
     except Exception:  # never let the channel reach the bot's trading loop
