@@ -741,6 +741,8 @@ if not _WINDOWS:
             if stat.S_ISSOCK(mode):
                 sock = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.setblocking(False)  # whatever socket.setdefaulttimeout() says
+                if hasattr(socket, "SO_NOSIGPIPE"):  # macOS: no MSG_NOSIGNAL
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_NOSIGPIPE, 1)
                 return _SocketChannel(sock)
             if stat.S_ISFIFO(mode):
                 dup = os.dup(fd)
