@@ -6,6 +6,10 @@ It works under master-launch (the launcher holds the lock; FLEET_LOCK_NAME tells
 module so) and started by hand (the module takes the lock itself). Copy it beside
 process_lock.py as, say, BRAIN_ATLAS.py: it takes its lock name from its file name
 (the desk's bots write it out: `ProcessLock("BRAIN_ATLAS", account="212000584")`).
+
+It says `ready()` once it runs and `heartbeat()` in every turn of its loop, so a desk
+configured with `ready = "notify"` and `heartbeat_secs` can tell it started and that it
+does not hang (both do nothing outside master-launch).
 """
 
 import os
@@ -14,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from process_lock import ProcessLock
+from process_lock import ProcessLock, heartbeat, ready
 
 NAME = Path(__file__).stem
 ACCOUNT = NAME.split("_", 1)[1] if "_" in NAME else None
@@ -36,7 +40,9 @@ def main():
     try:
         with ProcessLock(NAME, account=ACCOUNT):
             print(f"{NAME}: running, pid {os.getpid()}", flush=True)
+            ready()  # connected and initialised: a real bot says so only then
             while not stopping:
+                heartbeat()  # the loop still turns
                 time.sleep(0.1)  # the bot's real work goes here
             print(f"{NAME}: stopped cleanly", flush=True)
             exit_log = os.environ.get("EXAMPLE_BOT_EXIT_LOG")  # for the desk's tests

@@ -30,12 +30,25 @@ live process started no later than its timestamp as held; only then write the re
 
 One copy per machine, not per folder (DESIGN.md rule 17): before the file, a bot started
 by hand takes the lock's machine-wide name, as the desk tools do (lockcore's
-lock/machine.rs): on Linux an abstract unix socket name, `\0desk-tools/lock/<name in
+lock/machine.rs): on Linux an abstract unix socket name, `\\0desk-tools/lock/<name in
 lower case>`; on Windows an exclusive lock on the file
-`%ProgramData%\desk-tools\locks\<name>.lock`. The kernel frees it when the holder dies
+`%ProgramData%\\desk-tools\\locks\\<name>.lock`. The kernel frees it when the holder dies
 and nobody can delete it meanwhile, so a copy of the desk folder, or
 a lock folder deleted under a running bot, does not let a second copy start. A holder
 whose lock file is deleted creates it again (it still holds the name) and says so.
+
+Readiness and heartbeats: `ready()` once the bot can do its job, `heartbeat()` in its
+main loop (cheap: call it every iteration), `not_ready(reason)` when it cannot (a lost
+terminal). Outside master-launch they do nothing, and they never raise or block. The
+protocol, for a bot in any language:
+
+- master-launch sets `DESK_NOTIFY=fd:<n>` (Unix: file descriptor n, a non-blocking
+  stream socket) or `DESK_NOTIFY=handle:<decimal>` (Windows: an inherited,
+  non-blocking anonymous-pipe write HANDLE); absent or malformed: say nothing.
+- Say `ready`, `alive` or `not-ready <reason>` as one UTF-8 line ending in `\\n`, at most
+  512 bytes with the newline (the reason on one line, cut to fit), in one write(2) /
+  WriteFile each.
+- Ignore every write error (EPIPE, EAGAIN, a closed fd or handle): never retry or block.
 """
 
 import datetime
@@ -420,6 +433,116 @@ class ProcessLock:
         return True
 
 
+# --- readiness and heartbeats: master-launch's notify channel ----------------------
+
+# DESK_NOTIFY's longest line, the newline included (the protocol's limit).
+_NOTIFY_MAX_LINE = 512
+
+
+def ready():
+    """Tells master-launch this bot is ready: initialised, connected, doing its job.
+
+    A watchdog configured with `ready = "notify"` guards its account only from this
+    call on (its brain starts then). Call it once initialised, and again after
+    `not_ready()` once the bot is back. Does nothing outside master-launch; never
+    raises, never blocks.
+    """
+    _notify("ready")
+
+
+def heartbeat():
+    """Tells master-launch this bot's main loop still runs ("alive").
+
+    With `heartbeat_secs = N` a bot that says nothing for N seconds once ready is taken
+    for hung: stopped and restarted. Cheap (one non-blocking write): call it in every
+    iteration of the main loop. Does nothing outside master-launch; never raises,
+    never blocks.
+    """
+    _notify("alive")
+
+
+def not_ready(reason):
+    """Tells master-launch this bot cannot do its job now, and why (shown by check-procs).
+
+    A watchdog that is not ready holds its brain back until it says `ready()` again.
+    `reason` is made one line (newlines become spaces) and cut to fit the protocol's
+    512-byte line. Does nothing outside master-launch; never raises, never blocks.
+    """
+    try:
+        text = str(reason).replace("\r", " ").replace("\n", " ")
+    except Exception:  # a reason whose str() fails must not break the bot's loop
+        text = "(no reason given)"
+    _notify(f"not-ready {text}")
+
+
+class _Notify:
+    """The channel, opened on first use: `channel` is None until then, False when this
+    process has none. `pending` is the tail of a line a full channel took only part of,
+    written before the next line so that master-launch never reads a broken line."""
+
+    lock = threading.Lock()
+    channel = None
+    pending = b""
+
+
+def _notify(line):
+    try:
+        data = _notify_line(line)
+        # Writes never block, so the lock is held for microseconds; a signal handler that
+        # calls in while its own thread holds it gives up after 50 ms instead of deadlocking.
+        if not _Notify.lock.acquire(timeout=0.05):
+            return
+        try:
+            if _Notify.channel is None:
+                _Notify.channel = _open_notify(os.environ.get("DESK_NOTIFY", "")) or False
+            if _Notify.channel is False:
+                return
+            out = _Notify.pending + data
+            try:
+                written = _Notify.channel.write(out)
+            except OSError:  # EAGAIN, EPIPE, a closed fd: this line is lost, not the bot
+                return
+            if not isinstance(written, int) or written <= 0:
+                return  # nothing taken: this line is lost, a pending tail stays
+            rest = out[written:]
+            # Keep only the rest of a line cut in the middle; whole lines not taken are lost.
+            cut = out[written - 1:written] != b"\n"
+            _Notify.pending = rest[: rest.find(b"\n") + 1] if cut else b""
+        finally:
+            _Notify.lock.release()
+    except Exception:  # never let the channel reach the bot's trading loop
+        pass
+
+
+def _reset_notify_lock():
+    # A child forked while another thread held the lock must not wait for it.
+    _Notify.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_notify_lock)
+
+
+def _notify_line(line) -> bytes:
+    """`line` as the protocol's UTF-8 line: cut on a character boundary to 511 bytes,
+    then the newline."""
+    data = line.encode("utf-8", "replace")
+    if len(data) >= _NOTIFY_MAX_LINE:
+        data = data[: _NOTIFY_MAX_LINE - 1].decode("utf-8", "ignore").encode("utf-8")
+    return data + b"\n"
+
+
+def _notify_spec(text, kind) -> Optional[int]:
+    """The number in `kind:<decimal>`, or None if `text` is not that."""
+    prefix = kind + ":"
+    if not text.startswith(prefix):
+        return None
+    digits = text[len(prefix):]
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 20:
+        return None
+    return int(digits)
+
+
 # --- records and processes ----------------------------------------------------------
 
 
@@ -585,6 +708,49 @@ if not _WINDOWS:
 
         def close(self):
             pass
+
+    class _SocketChannel:
+        """DESK_NOTIFY's socket, through our own duplicate of the descriptor (not
+        inherited by programs the bot starts; unaffected if the bot closes fd n)."""
+
+        def __init__(self, sock):
+            self._sock = sock
+
+        def write(self, data) -> int:
+            # MSG_NOSIGNAL: a closed reader is EPIPE, never SIGPIPE (a bot may have put
+            # SIGPIPE back to its default, which kills).
+            return self._sock.send(data, getattr(socket, "MSG_NOSIGNAL", 0))
+
+    class _FdChannel:
+        """A pipe or FIFO given as the channel: plain write(2) on our duplicate."""
+
+        def __init__(self, fd):
+            self._fd = fd
+
+        def write(self, data) -> int:
+            return os.write(self._fd, data)
+
+    def _open_notify(spec):
+        """The channel DESK_NOTIFY=fd:<n> names, or None: n must be an open socket or
+        pipe (never a file or terminal the variable was left pointing at)."""
+        fd = _notify_spec(spec, "fd")
+        if fd is None or fd > 2**31 - 1:
+            return None
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISSOCK(mode):
+                sock = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.setblocking(False)  # whatever socket.setdefaulttimeout() says
+                if hasattr(socket, "SO_NOSIGPIPE"):  # macOS: no MSG_NOSIGNAL
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_NOSIGPIPE, 1)
+                return _SocketChannel(sock)
+            if stat.S_ISFIFO(mode):
+                dup = os.dup(fd)
+                os.set_blocking(dup, False)
+                return _FdChannel(dup)
+        except OSError:
+            pass
+        return None
 
     def _try_take_machine(machine_name):
         """Binds the abstract name (a stream socket, as lockcore: the kernel keeps
@@ -801,6 +967,32 @@ else:
     _INVALID_HANDLE = wintypes.HANDLE(-1).value
     _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
     _STILL_ACTIVE = 259
+
+    _k32.GetFileType.restype = wintypes.DWORD
+    _k32.GetFileType.argtypes = [wintypes.HANDLE]
+    _FILE_TYPE_PIPE = 3
+
+    class _HandleChannel:
+        """DESK_NOTIFY's pipe handle as a C runtime descriptor (binary: no _O_TEXT)."""
+
+        def __init__(self, fd):
+            self._fd = fd
+
+        def write(self, data) -> int:
+            return os.write(self._fd, data)  # WriteFile; the pipe is PIPE_NOWAIT
+
+    def _open_notify(spec):
+        """The channel DESK_NOTIFY=handle:<decimal> names, or None: it must be a pipe
+        handle (never a file or console the variable was left pointing at)."""
+        handle = _notify_spec(spec, "handle")
+        if handle is None or handle == 0 or handle > 2**64 - 1:
+            return None
+        try:
+            if _k32.GetFileType(handle) != _FILE_TYPE_PIPE:
+                return None
+            return _HandleChannel(msvcrt.open_osfhandle(handle, os.O_WRONLY))
+        except (OSError, ValueError, OverflowError, ctypes.ArgumentError):
+            return None
 
     def _machine_path(machine_name) -> Path:
         """The machine-wide name's file, as lockcore's lock/machine.rs on Windows:

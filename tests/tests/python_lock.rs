@@ -1318,4 +1318,338 @@ mod unix {
             );
         }
     }
+
+    // --- readiness and heartbeats: the notify channel (DESK_NOTIFY=fd:<n>) ----------
+
+    /// Plays master-launch's side in Python: a socketpair, the bot's end non-blocking
+    /// and handed to the child as `DESK_NOTIFY=fd:<n>`. `argv`: MODE COMMAND...; MODE
+    /// `read` reads after the child ends, `closed` closes the reader first (EPIPE),
+    /// `bot` reads `ready` and three `alive`, then stops the child with SIGTERM. Writes
+    /// what came to `received`; prints the child's exit code, output and time as JSON.
+    const NOTIFY_DRIVER: &str = r#"
+import json, os, signal, socket, subprocess, sys, time
+mode, command = sys.argv[1], sys.argv[2:]
+mine, theirs = socket.socketpair()
+theirs.setblocking(False)
+fd = theirs.fileno()
+if mode == "closed":
+    mine.close()
+started = time.monotonic()
+child = subprocess.Popen(command, env=dict(os.environ, DESK_NOTIFY=f"fd:{fd}"),
+                         pass_fds=[fd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+theirs.close()
+received = b""
+if mode == "bot":
+    mine.settimeout(30)
+    while received.count(b"alive\n") < 3:
+        chunk = mine.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    child.send_signal(signal.SIGTERM)
+out, err = child.communicate(timeout=60)
+secs = time.monotonic() - started
+if mode != "closed":
+    mine.settimeout(30)
+    while True:
+        chunk = mine.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+open("received", "wb").write(received)
+print(json.dumps({"code": child.returncode, "out": out.decode(), "err": err.decode(),
+                  "secs": secs}))
+"#;
+
+    /// A folder with a copy of `process_lock.py`, for Python run in it.
+    fn notify_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            repo_file("python/process_lock.py"),
+            dir.path().join("process_lock.py"),
+        )
+        .unwrap();
+        dir
+    }
+
+    struct Notified {
+        code: i64,
+        out: String,
+        err: String,
+        secs: f64,
+        /// What came through the channel.
+        received: Vec<u8>,
+    }
+
+    /// NOTIFY_DRIVER in `dir` with MODE and the child's command line.
+    fn drive(dir: &std::path::Path, mode: &str, child: &[&str]) -> Notified {
+        let output = Command::new("python3")
+            .arg("-c")
+            .arg(NOTIFY_DRIVER)
+            .arg(mode)
+            .args(child)
+            .current_dir(dir)
+            .env_remove("DESK_NOTIFY")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "the driver failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        Notified {
+            code: report["code"].as_i64().unwrap(),
+            out: report["out"].as_str().unwrap().to_string(),
+            err: report["err"].as_str().unwrap().to_string(),
+            secs: report["secs"].as_f64().unwrap(),
+            received: std::fs::read(dir.join("received")).unwrap(),
+        }
+    }
+
+    /// The received bytes as lines, each checked against the protocol: UTF-8, ending
+    /// in a newline, at most 512 bytes with it.
+    fn protocol_lines(received: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(received).unwrap();
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "a line cut short: {text:?}"
+        );
+        text.split_inclusive('\n')
+            .map(|line| {
+                assert!(line.len() <= 512, "{} bytes: {line:?}", line.len());
+                line.trim_end_matches('\n').to_string()
+            })
+            .collect()
+    }
+
+    /// ready(), heartbeat() (also from a forked child) and not_ready() reach
+    /// master-launch as the protocol's lines: a reason made one line, cut on a character
+    /// boundary to 512 bytes with the newline.
+    #[test]
+    fn notify_calls_write_the_protocols_lines_to_the_channel() {
+        if python3().is_none() {
+            return;
+        }
+        let dir = notify_dir();
+        let child = "import os\n\
+                     from process_lock import heartbeat, not_ready, ready\n\
+                     ready()\n\
+                     heartbeat()\n\
+                     pid = os.fork()\n\
+                     if pid == 0:\n\
+                     \x20   heartbeat()\n\
+                     \x20   os._exit(0)\n\
+                     os.waitpid(pid, 0)\n\
+                     not_ready('a\\nb' + 'x' * 2000)\n\
+                     not_ready('\\u00e9' * 600)\n\
+                     not_ready('terminal\\r\\nlost')\n\
+                     not_ready(42)\n\
+                     ready()\n\
+                     print('done', flush=True)\n";
+        let run = drive(dir.path(), "read", &["python3", "-c", child]);
+        assert_eq!(
+            (run.code, run.out.trim(), run.err.as_str()),
+            (0, "done", "")
+        );
+        let lines = protocol_lines(&run.received);
+        let long = format!("not-ready a b{}", "x".repeat(511 - "not-ready a b".len()));
+        let accents = format!("not-ready {}", "é".repeat(250)); // 510 bytes: 511 would split one
+        let want = [
+            "ready",
+            "alive",
+            "alive",
+            &long,
+            &accents,
+            "not-ready terminal  lost",
+            "not-ready 42",
+            "ready",
+        ];
+        assert_eq!(lines, want);
+        assert_eq!(long.len(), 511);
+    }
+
+    /// Without DESK_NOTIFY, or with one that names nothing usable here (a closed fd, a
+    /// malformed value, a Windows handle on Linux, a terminal or file), the calls do
+    /// nothing and raise nothing, even with SIGPIPE at its default and a default
+    /// socket timeout set.
+    #[test]
+    fn notify_calls_without_a_channel_do_nothing_and_never_raise() {
+        if python3().is_none() {
+            return;
+        }
+        let dir = notify_dir();
+        std::fs::write(dir.path().join("a file"), "").unwrap();
+        let child = "import os, signal, socket, sys\n\
+                     signal.signal(signal.SIGPIPE, signal.SIG_DFL)\n\
+                     socket.setdefaulttimeout(5)\n\
+                     fd = os.open('a file', os.O_WRONLY)\n\
+                     os.dup2(fd, 7)\n\
+                     from process_lock import heartbeat, not_ready, ready\n\
+                     ready()\n\
+                     for _ in range(1000):\n\
+                     \x20   heartbeat()\n\
+                     not_ready('x\\ny')\n\
+                     ready()\n\
+                     print('done', flush=True)\n";
+        let cases: [Option<&str>; 9] = [
+            None,
+            Some(""),
+            Some("fd:999"),
+            Some("fd:abc"),
+            Some("fd:"),
+            Some("fd:-1"),
+            Some("fd:99999999999999999999999"),
+            Some("handle:1"),
+            Some("fd:7"), // a regular file: not a channel, never written
+        ];
+        for spec in cases {
+            let mut command = Command::new("python3");
+            command
+                .args(["-c", child])
+                .current_dir(dir.path())
+                .env_remove("DESK_NOTIFY")
+                .stdin(Stdio::null());
+            if let Some(spec) = spec {
+                command.env("DESK_NOTIFY", spec);
+            }
+            let output = command.output().unwrap();
+            let out = String::from_utf8_lossy(&output.stdout);
+            let err = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                (output.status.code(), out.trim(), err.as_ref()),
+                (Some(0), "done", ""),
+                "DESK_NOTIFY={spec:?}"
+            );
+            assert_eq!(
+                std::fs::read(dir.path().join("a file")).unwrap(),
+                b"",
+                "DESK_NOTIFY={spec:?} wrote into a file"
+            );
+        }
+    }
+
+    /// A channel whose reader is gone (EPIPE, SIGPIPE at its default) or that nobody
+    /// reads (full: EAGAIN) costs the bot nothing: no exception, no wait (not even with
+    /// a default socket timeout set), and what does arrive is whole lines.
+    #[test]
+    fn notify_calls_never_raise_or_block_on_a_closed_or_full_channel() {
+        if python3().is_none() {
+            return;
+        }
+        let dir = notify_dir();
+        let child = "import signal, socket, time\n\
+                     signal.signal(signal.SIGPIPE, signal.SIG_DFL)\n\
+                     socket.setdefaulttimeout(5)\n\
+                     from process_lock import heartbeat, not_ready, ready\n\
+                     started = time.monotonic()\n\
+                     ready()\n\
+                     for i in range(30000):\n\
+                     \x20   heartbeat()\n\
+                     \x20   if i % 3 == 0:\n\
+                     \x20       not_ready('z' * (i % 700))\n\
+                     ready()\n\
+                     print('done', round(time.monotonic() - started, 3), flush=True)\n";
+        for mode in ["closed", "read"] {
+            let run = drive(dir.path(), mode, &["python3", "-c", child]);
+            assert_eq!(run.code, 0, "{mode}: {}{}", run.out, run.err);
+            assert!(
+                run.out.starts_with("done"),
+                "{mode}: {}{}",
+                run.out,
+                run.err
+            );
+            assert_eq!(run.err, "", "{mode}");
+            assert!(run.secs < 30.0, "{mode}: {} s", run.secs);
+            let lines = protocol_lines(&run.received);
+            if mode == "closed" {
+                assert!(lines.is_empty());
+                continue;
+            }
+            // The socket filled up: far fewer lines came than were said, all whole.
+            assert!(!lines.is_empty() && lines.len() < 40_000, "{}", lines.len());
+            assert_eq!(lines[0], "ready");
+            for line in &lines {
+                assert!(
+                    line == "ready"
+                        || line == "alive"
+                        || line
+                            .strip_prefix("not-ready")
+                            .is_some_and(|z| z.trim_start().chars().all(|c| c == 'z')),
+                    "not a whole line: {line:?}"
+                );
+            }
+        }
+    }
+
+    /// A channel that takes only part of a line (a full Windows pipe may) gets the rest
+    /// of it before the next line, so master-launch never reads a broken line; a line
+    /// it refuses whole (EAGAIN) is lost alone. Through a stand-in channel object: the
+    /// kernel's sockets and pipes never cut lines this short.
+    #[test]
+    fn a_channel_that_takes_part_of_a_line_gets_the_rest_first() {
+        if python3().is_none() {
+            return;
+        }
+        let dir = notify_dir();
+        let script = "import sys\n\
+                      import process_lock as p\n\
+                      class Channel:\n\
+                      \x20   def __init__(self):\n\
+                      \x20       self.data, self.room = b'', [3, 0, 5, 2, 1000, 1000]\n\
+                      \x20   def write(self, data):\n\
+                      \x20       room = self.room.pop(0) if self.room else 1000\n\
+                      \x20       if room == 0:\n\
+                      \x20           raise BlockingIOError\n\
+                      \x20       self.data += data[:room]\n\
+                      \x20       return min(room, len(data))\n\
+                      channel = p._Notify.channel = Channel()\n\
+                      p.ready()\n\
+                      p.heartbeat()\n\
+                      p.not_ready('r')\n\
+                      p.heartbeat()\n\
+                      p.heartbeat()\n\
+                      p.ready()\n\
+                      sys.stdout.write(channel.data.decode())\n";
+        let output = Command::new("python3")
+            .args(["-c", script])
+            .current_dir(dir.path())
+            .env_remove("DESK_NOTIFY")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            // ready: "rea" | alive: refused, lost | not-ready: "dy\nno" | alive: "t-",
+            // lost with the cut | alive: "ready r\n" then "alive\n" | ready: whole
+            "ready\nnot-ready r\nalive\nready\n",
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The example bot, shaped like the desk's bots, says `ready` once it runs and
+    /// `alive` in its loop, and still stops cleanly on SIGTERM.
+    #[test]
+    fn the_example_bot_says_ready_then_beats_in_its_loop() {
+        if python3().is_none() {
+            return;
+        }
+        let dir = notify_dir();
+        let name = format!("WATCHDOG_NTFYPY{}", std::process::id());
+        std::fs::copy(
+            repo_file("python/example_bot.py"),
+            dir.path().join(format!("{name}.py")),
+        )
+        .unwrap();
+        let script = format!("{name}.py");
+        let run = drive(dir.path(), "bot", &["python3", &script]);
+        assert_eq!(run.code, 0, "{}{}", run.out, run.err);
+        assert!(run.out.contains(": stopped cleanly"), "{}", run.out);
+        let lines = protocol_lines(&run.received);
+        assert!(lines.len() >= 4, "{lines:?}");
+        assert_eq!(lines[0], "ready", "{lines:?}");
+        assert!(lines[1..].iter().all(|l| l == "alive"), "{lines:?}");
+    }
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! stand-in NAME [--ignore-stop] [--stop-delay-ms N] [--crash-after-ms N] [--exit-log FILE]
 //!              [--say TEXT] [--crash-while FILE] [--exit-after-ms N]
+//!              [--say MS:LINE]... [--heartbeat-ms N] [--heartbeat-until-ms N]
 //! ```
 //!
 //! - On SIGTERM/SIGINT (Ctrl+C, Ctrl+Break, console close on Windows) it logs, waits
@@ -16,6 +17,12 @@
 //!   test "fixes" by removing the file).
 //! - `--say TEXT`: prints TEXT once at start (non-ASCII output, say). It also reports
 //!   the Python encoding variables it was given.
+//! - `--say MS:LINE` (repeatable; a TEXT that starts with digits and a colon): at MS ms
+//!   after start, says LINE on master-launch's notify channel (`DESK_NOTIFY`, see
+//!   `python/process_lock.py`), e.g. `--say 200:ready --say "3000:not-ready terminal lost"`.
+//! - `--heartbeat-ms N`: says `alive` every N ms from start;
+//!   `--heartbeat-until-ms N`: stops those N ms after start but runs on (a hung loop).
+//!   Every line said is logged as `said: LINE`, channel or not; write errors are ignored.
 //! - With `STANDIN_LAUNCHER=1` it acts like a Windows venv `python.exe`: it starts the
 //!   real bot as a child with the same command line and waits for it.
 //! - `--spawn KIND` (repeatable) starts, before anything else, what real bots start
@@ -40,6 +47,10 @@ struct Options {
     crash_while: Option<String>,
     exit_after: Option<Duration>,
     spawn: Vec<String>,
+    /// `--say MS:LINE`: what to say on the notify channel, and when (after start).
+    notify: Vec<(Duration, String)>,
+    heartbeat: Option<Duration>,
+    heartbeat_until: Option<Duration>,
 }
 
 fn main() {
@@ -68,6 +79,9 @@ fn parse(args: &[String]) -> Options {
         crash_while: None,
         exit_after: None,
         spawn: Vec::new(),
+        notify: Vec::new(),
+        heartbeat: None,
+        heartbeat_until: None,
     };
     let mut rest = args.iter().skip(1);
     while let Some(flag) = rest.next() {
@@ -80,7 +94,15 @@ fn parse(args: &[String]) -> Options {
             "--stop-delay-ms" => options.stop_delay = number(),
             "--crash-after-ms" => options.crash_after = Some(number()),
             "--exit-log" => options.exit_log = rest.next().cloned(),
-            "--say" => options.say = rest.next().cloned(),
+            "--say" => {
+                let text = rest.next().cloned().unwrap_or_default();
+                match timed_line(&text) {
+                    Some(timed) => options.notify.push(timed),
+                    None => options.say = Some(text),
+                }
+            }
+            "--heartbeat-ms" => options.heartbeat = Some(number()).filter(|d| !d.is_zero()),
+            "--heartbeat-until-ms" => options.heartbeat_until = Some(number()),
             "--exit-after-ms" => options.exit_after = Some(number()),
             "--crash-while" => options.crash_while = rest.next().cloned(),
             "--spawn" => options.spawn.extend(rest.next().cloned()),
@@ -88,6 +110,108 @@ fn parse(args: &[String]) -> Options {
         }
     }
     options
+}
+
+/// `MS:LINE` as (MS ms, LINE); None for a plain `--say TEXT`.
+fn timed_line(text: &str) -> Option<(Duration, String)> {
+    let (ms, line) = text.split_once(':')?;
+    if ms.is_empty() || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((Duration::from_millis(ms.parse().ok()?), line.to_string()))
+}
+
+/// Says `--say MS:LINE` lines and heartbeats on their schedule, on a thread of its own
+/// (the main loop waits for stop requests).
+fn start_notifier(options: &Options, started: Instant) {
+    let mut plan = options.notify.clone();
+    plan.sort_by_key(|(at, _)| *at);
+    let heartbeat = options.heartbeat;
+    let until = options.heartbeat_until;
+    if plan.is_empty() && heartbeat.is_none() {
+        return;
+    }
+    let name = options.name.clone();
+    std::thread::spawn(move || {
+        let channel = notify::Channel::from_env();
+        let mut said = plan.into_iter().peekable();
+        let mut beats = 1u32;
+        loop {
+            let next_beat = heartbeat
+                .map(|every| every * beats)
+                .filter(|at| until.is_none_or(|until| *at <= until));
+            let next_say = said.peek().map(|(at, _)| *at);
+            let beat_first = match (next_say, next_beat) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(say), Some(beat)) => beat < say,
+            };
+            let (at, line) = if let (true, Some(beat)) = (beat_first, next_beat) {
+                beats += 1;
+                (beat, "alive".to_string())
+            } else if let Some(entry) = said.next() {
+                entry
+            } else {
+                return;
+            };
+            std::thread::sleep(at.saturating_sub(started.elapsed()));
+            channel.say(&line);
+            log(&name, &format!("said: {line}"));
+        }
+    });
+}
+
+/// master-launch's notify channel, as `DESK_NOTIFY` names it: `fd:<n>` (Unix) or
+/// `handle:<decimal>` (Windows). Absent, malformed or broken: lines go nowhere.
+mod notify {
+    use std::fs::File;
+    use std::io::Write;
+    use std::mem::ManuallyDrop;
+
+    /// The inherited descriptor or handle, never closed (it is not ours to close).
+    pub struct Channel(Option<ManuallyDrop<File>>);
+
+    impl Channel {
+        pub fn from_env() -> Channel {
+            let spec = std::env::var("DESK_NOTIFY").unwrap_or_default();
+            Channel(open(&spec).map(ManuallyDrop::new))
+        }
+
+        /// `LINE\n` in one write (it fits any pipe buffer); errors (EPIPE, EAGAIN, a
+        /// closed channel) are ignored.
+        pub fn say(&self, line: &str) {
+            if let Some(file) = &self.0 {
+                let _ = (&**file).write_all(format!("{line}\n").as_bytes());
+            }
+        }
+    }
+
+    fn number(spec: &str, prefix: &str) -> Option<u64> {
+        let digits = spec.strip_prefix(prefix)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    #[cfg(unix)]
+    fn open(spec: &str) -> Option<File> {
+        use std::os::fd::FromRawFd;
+        let fd = i32::try_from(number(spec, "fd:")?).ok()?;
+        // SAFETY: master-launch left this descriptor open for us; the File is never
+        // dropped (ManuallyDrop), so nothing else's descriptor is closed. A descriptor
+        // that is not open only makes the writes fail, which is ignored.
+        Some(unsafe { File::from_raw_fd(fd) })
+    }
+
+    #[cfg(windows)]
+    fn open(spec: &str) -> Option<File> {
+        use std::os::windows::io::{FromRawHandle, RawHandle};
+        let handle = usize::try_from(number(spec, "handle:")?).ok()?;
+        // SAFETY: master-launch let us inherit this pipe handle; the File is never
+        // dropped (ManuallyDrop). An invalid handle only makes the writes fail.
+        Some(unsafe { File::from_raw_handle(handle as RawHandle) })
+    }
 }
 
 fn launch_child(args: &[String]) -> ! {
@@ -224,6 +348,7 @@ fn run(options: &Options) {
         log(&options.name, text);
     }
     let started = Instant::now();
+    start_notifier(options, started);
     loop {
         let wait = match options.crash_after.or(options.exit_after) {
             Some(after) => after
