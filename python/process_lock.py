@@ -71,7 +71,7 @@ except OSError:
     pass
 
 # The lock's byte range and share mode on Windows: they must equal lockcore's
-# (lockcore/src/lock/os.rs: LOCK_OFFSET_HIGH, share_mode); a test compares them.
+# (lockcore/src/os_file.rs: LOCK_OFFSET_HIGH, share_mode); a test compares them.
 _LOCK_OFFSET_HIGH = 0x4000_0000  # OVERLAPPED.OffsetHigh: byte 2^62, past any record
 _LOCK_LENGTH = 1
 _FILE_SHARE_READ = 0x1
@@ -900,7 +900,7 @@ if not _WINDOWS:
             return None
 
 else:
-    # Windows: kernel32 through ctypes. Sources: lockcore/src/lock/os.rs (the same calls
+    # Windows: kernel32 through ctypes. Sources: lockcore/src/os_file.rs (the same calls
     # through windows-sys) and the Win32 documentation of CreateFileW, LockFileEx,
     # UnlockFileEx, OpenProcess, GetProcessTimes.
     import ctypes

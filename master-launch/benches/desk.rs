@@ -70,7 +70,7 @@ fn start_to_running(c: &mut Criterion) {
     let notify = Desk::with_options(
         "qs_mbench",
         &ACCOUNTS,
-        &["--say", "0:ready"],
+        &["--notify", "0:ready"],
         "[defaults]\nready = \"notify\"\n",
     );
     let mut group = c.benchmark_group("master-launch, 5 accounts");

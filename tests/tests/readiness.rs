@@ -1,6 +1,6 @@
 //! DESIGN.md rule 15, a guard counts only while it guards: readiness and heartbeats on
 //! the notify channel, with real master-launch, check-procs and stand-in bots that say
-//! `ready`, `alive` and `not-ready` (stand-in `--say MS:LINE`, `--heartbeat-ms`,
+//! `ready`, `alive` and `not-ready` (stand-in `--notify MS:LINE`, `--heartbeat-ms`,
 //! `--heartbeat-until-ms`). Names carry the test run's pid: desks of two checkouts
 //! tested at once never see each other.
 // Test helpers may unwrap: a panic is the failure report.
@@ -14,6 +14,9 @@ use fleet_tests::{Desk, start_master_launch, wait_until};
 /// A one-account desk named for this test and run, with `defaults` in `[defaults]`;
 /// the account's name.
 fn desk(tag: &str, defaults: &str) -> (Desk, String) {
+    // Built before the clock starts: a build during a test's timed window would
+    // outlast it.
+    fleet_tests::tool("check-procs", "check-procs");
     let account = format!("{tag}{}", std::process::id());
     let desk = Desk::with_options(
         &format!("{}_q{}", tag.to_lowercase(), std::process::id()),
@@ -43,7 +46,7 @@ fn a_watchdog_that_never_says_ready_keeps_its_brain_from_ever_starting() {
         "ready = \"notify\"\nready_timeout_secs = 1\ngive_up_after = 3\n",
     );
     let (brain, watchdog) = (format!("BRAIN_{account}"), format!("WATCHDOG_{account}"));
-    desk.add_args(&[&brain], &["--say", "0:ready"]);
+    desk.add_args(&[&brain], &["--notify", "0:ready"]);
     let (orchestrator, _lines) = start_master_launch(&desk.config(), &[]);
     let hung = format!("{watchdog}: HUNG");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -95,13 +98,13 @@ fn a_watchdog_whose_heartbeats_stop_has_its_brain_stopped_first_then_is_restarte
         "ready = \"notify\"\nready_timeout_secs = 10\nheartbeat_secs = 1\nrestart = \"always\"\n",
     );
     let (brain, watchdog) = (format!("BRAIN_{account}"), format!("WATCHDOG_{account}"));
-    desk.add_args(&[&brain], &["--say", "0:ready", "--heartbeat-ms", "200"]);
+    desk.add_args(&[&brain], &["--notify", "0:ready", "--heartbeat-ms", "200"]);
     // The first run stops its heartbeats after 1.5 s; the tests tells later runs apart
     // by their pid and reads what each said from the log.
     desk.add_args(
         &[&watchdog],
         &[
-            "--say",
+            "--notify",
             "0:ready",
             "--heartbeat-ms",
             "200",
@@ -165,16 +168,16 @@ fn a_watchdog_whose_heartbeats_stop_has_its_brain_stopped_first_then_is_restarte
 fn a_watchdog_that_says_not_ready_holds_its_brain_back_and_shows_why() {
     let (desk, account) = desk("RDR", "ready = \"notify\"\nready_timeout_secs = 10\n");
     let (brain, watchdog) = (format!("BRAIN_{account}"), format!("WATCHDOG_{account}"));
-    desk.add_args(&[&brain], &["--say", "0:ready"]);
+    desk.add_args(&[&brain], &["--notify", "0:ready"]);
     desk.add_args(
         &[&watchdog],
         &[
-            "--say",
+            "--notify",
             "0:ready",
-            "--say",
+            "--notify",
             "1500:not-ready terminal lost",
-            "--say",
-            "5000:ready",
+            "--notify",
+            "8000:ready",
         ],
     );
     let (orchestrator, _lines) = start_master_launch(&desk.config(), &[]);
@@ -210,7 +213,7 @@ fn a_watchdog_that_says_not_ready_holds_its_brain_back_and_shows_why() {
 fn a_stray_process_cannot_make_a_watchdog_count_as_ready() {
     let (desk, account) = desk("RDS", "ready = \"notify\"\nready_timeout_secs = 30\n");
     let (brain, watchdog) = (format!("BRAIN_{account}"), format!("WATCHDOG_{account}"));
-    desk.add_args(&[&brain], &["--say", "0:ready"]);
+    desk.add_args(&[&brain], &["--notify", "0:ready"]);
     let (orchestrator, _lines) = start_master_launch(&desk.config(), &[]);
     let pid = wait_supervised(&desk, &watchdog, orchestrator.pid());
     for name in [
@@ -258,8 +261,8 @@ fn a_stray_process_cannot_make_a_watchdog_count_as_ready() {
 fn a_restart_is_answered_when_the_watchdog_is_ready() {
     let (desk, account) = desk("RDA", "ready = \"notify\"\nready_timeout_secs = 10\n");
     let (brain, watchdog) = (format!("BRAIN_{account}"), format!("WATCHDOG_{account}"));
-    desk.add_args(&[&brain], &["--say", "0:ready"]);
-    desk.add_args(&[&watchdog], &["--say", "1500:ready"]);
+    desk.add_args(&[&brain], &["--notify", "0:ready"]);
+    desk.add_args(&[&watchdog], &["--notify", "1500:ready"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
     let mark = desk.master_log().len();

@@ -1,5 +1,5 @@
 //! The stand-in bot's side of master-launch's notify channel (`DESK_NOTIFY=fd:<n>`):
-//! `--say MS:LINE`, `--heartbeat-ms` and `--heartbeat-until-ms` write the right lines,
+//! `--notify MS:LINE`, `--heartbeat-ms` and `--heartbeat-until-ms` write the right lines,
 //! in order, to a real socket, and a missing or broken channel changes nothing else.
 //!
 //! Unix only (a socketpair end handed down as a descriptor); the Windows handle is
@@ -99,7 +99,7 @@ mod unix {
         text.lines().map(str::to_string).collect()
     }
 
-    /// `--say MS:LINE` lines and heartbeats arrive on the descriptor in time order, one
+    /// `--notify MS:LINE` lines and heartbeats arrive on the descriptor in time order, one
     /// line each; heartbeats stop at `--heartbeat-until-ms` while the bot runs on; each
     /// line is logged as `said: LINE`; a plain `--say TEXT` is still only printed.
     #[test]
@@ -109,9 +109,9 @@ mod unix {
         let (mut bot, lines) = start(
             name,
             &[
-                "--say",
+                "--notify",
                 "300:not-ready terminal lost",
-                "--say",
+                "--notify",
                 "100:ready",
                 "--heartbeat-ms",
                 "50",
@@ -165,7 +165,7 @@ mod unix {
         for (name, channel, notify) in cases {
             let (mut bot, lines) = start(
                 name,
-                &["--say", "0:ready", "--heartbeat-ms", "20"],
+                &["--notify", "0:ready", "--heartbeat-ms", "20"],
                 channel,
                 notify,
             );

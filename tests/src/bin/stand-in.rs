@@ -5,7 +5,7 @@
 //! ```text
 //! stand-in NAME [--ignore-stop] [--stop-delay-ms N] [--crash-after-ms N] [--exit-log FILE]
 //!              [--say TEXT] [--crash-while FILE] [--exit-after-ms N]
-//!              [--say MS:LINE]... [--heartbeat-ms N] [--heartbeat-until-ms N]
+//!              [--notify MS:LINE]... [--heartbeat-ms N] [--heartbeat-until-ms N]
 //! ```
 //!
 //! - On SIGTERM/SIGINT (Ctrl+C, Ctrl+Break, console close on Windows) it logs, waits
@@ -17,9 +17,9 @@
 //!   test "fixes" by removing the file).
 //! - `--say TEXT`: prints TEXT once at start (non-ASCII output, say). It also reports
 //!   the Python encoding variables it was given.
-//! - `--say MS:LINE` (repeatable; a TEXT that starts with digits and a colon): at MS ms
+//! - `--notify MS:LINE` (repeatable): at MS ms
 //!   after start, says LINE on master-launch's notify channel (`DESK_NOTIFY`, see
-//!   `python/process_lock.py`), e.g. `--say 200:ready --say "3000:not-ready terminal lost"`.
+//!   `python/process_lock.py`), e.g. `--notify 200:ready --notify "3000:not-ready terminal lost"`.
 //! - `--heartbeat-ms N`: says `alive` every N ms from start;
 //!   `--heartbeat-until-ms N`: stops those N ms after start but runs on (a hung loop).
 //!   Every line said is logged as `said: LINE`, channel or not; write errors are ignored.
@@ -47,7 +47,7 @@ struct Options {
     crash_while: Option<String>,
     exit_after: Option<Duration>,
     spawn: Vec<String>,
-    /// `--say MS:LINE`: what to say on the notify channel, and when (after start).
+    /// `--notify MS:LINE`: what to say on the notify channel, and when (after start).
     notify: Vec<(Duration, String)>,
     heartbeat: Option<Duration>,
     heartbeat_until: Option<Duration>,
@@ -94,11 +94,12 @@ fn parse(args: &[String]) -> Options {
             "--stop-delay-ms" => options.stop_delay = number(),
             "--crash-after-ms" => options.crash_after = Some(number()),
             "--exit-log" => options.exit_log = rest.next().cloned(),
-            "--say" => {
+            "--say" => options.say = rest.next().cloned(),
+            "--notify" => {
                 let text = rest.next().cloned().unwrap_or_default();
                 match timed_line(&text) {
                     Some(timed) => options.notify.push(timed),
-                    None => options.say = Some(text),
+                    None => panic!("--notify takes MS:LINE, not {text:?}"),
                 }
             }
             "--heartbeat-ms" => options.heartbeat = Some(number()).filter(|d| !d.is_zero()),
@@ -112,7 +113,7 @@ fn parse(args: &[String]) -> Options {
     options
 }
 
-/// `MS:LINE` as (MS ms, LINE); None for a plain `--say TEXT`.
+/// `MS:LINE` as (MS ms, LINE); None if it is not that.
 fn timed_line(text: &str) -> Option<(Duration, String)> {
     let (ms, line) = text.split_once(':')?;
     if ms.is_empty() || !ms.bytes().all(|b| b.is_ascii_digit()) {
@@ -121,7 +122,7 @@ fn timed_line(text: &str) -> Option<(Duration, String)> {
     Some((Duration::from_millis(ms.parse().ok()?), line.to_string()))
 }
 
-/// Says `--say MS:LINE` lines and heartbeats on their schedule, on a thread of its own
+/// Says `--notify MS:LINE` lines and heartbeats on their schedule, on a thread of its own
 /// (the main loop waits for stop requests).
 fn start_notifier(options: &Options, started: Instant) {
     let mut plan = options.notify.clone();
