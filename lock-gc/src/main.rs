@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use lockcore::config::MASTER_LOCK_NAME;
+use lockcore::control::{DeskState, STATE_FILE};
 use lockcore::exit::{ToolError, UsageError};
 use lockcore::output::{finish, human_duration};
 use lockcore::process::now_secs;
@@ -136,6 +137,25 @@ fn run(args: &Args) -> Result<ExitCode, ToolError> {
             }
             Removal::Kept(_) | Removal::Missing => {}
         }
+    }
+    // The published view of a master-launch that was killed outright (it removes its
+    // own when it ends): it says nothing true any more.
+    let stale_view = if args.dry_run {
+        DeskState::stale(dir.path(), &mut probe)
+    } else {
+        match DeskState::remove_stale(dir.path(), &mut probe) {
+            Ok(view) => view,
+            Err(e) => {
+                outln!("skipped {STATE_FILE}: {e}");
+                None
+            }
+        }
+    };
+    if let Some(view) = stale_view {
+        outln!(
+            "{verb} {STATE_FILE}: the view of master-launch pid {}, which is gone",
+            view.orchestrator.pid
+        );
     }
     let plural = if count == 1 { "" } else { "s" };
     outln!(

@@ -376,3 +376,55 @@ fn lock_gc_in_a_loop_never_removes_a_held_lock() {
     );
     assert!(won > 0 && gc_runs > 5);
 }
+
+/// The view `MASTER_LAUNCH.state` of a master-launch killed outright is removed (a dry
+/// run only names it); the view of one that runs is never touched.
+#[test]
+fn the_view_of_a_killed_master_launch_is_removed_and_a_live_ones_kept() {
+    let desk = Desk::new(
+        &format!("gc_view{}", std::process::id()),
+        &[&format!("GCVIEW{}", std::process::id())],
+    );
+    let view = desk.lock_dir().join("MASTER_LAUNCH.state");
+    let (mut orchestrator, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
+    assert!(
+        lines
+            .wait_for("desk started", Duration::from_secs(30))
+            .is_some()
+    );
+    fleet_tests::wait_until("the view to be published", || view.exists());
+    let run = |extra: &[&str]| {
+        let output = lock_gc()
+            .arg("--config")
+            .arg(desk.config())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let live = run(&[]);
+    assert!(
+        view.exists(),
+        "a live master-launch's view was removed: {live}"
+    );
+    assert!(!live.contains("MASTER_LAUNCH.state"), "{live}");
+    let pid = orchestrator.pid();
+    orchestrator.kill();
+    let dry = run(&["--dry-run"]);
+    assert!(
+        dry.contains(&format!(
+            "would remove MASTER_LAUNCH.state: the view of master-launch pid {pid}, which is gone"
+        )),
+        "{dry}"
+    );
+    assert!(view.exists(), "a dry run removed the view");
+    let removed = run(&[]);
+    assert!(
+        removed.contains(&format!(
+            "removed MASTER_LAUNCH.state: the view of master-launch pid {pid}"
+        )),
+        "{removed}"
+    );
+    assert!(!view.exists(), "the stale view is still there");
+}

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::{self, EntryRead, Existing, Written};
 use crate::lock::{LockState, LockStatus};
-use crate::process::{ProcessIdentity, same_start};
+use crate::process::{ProcessIdentity, ProcessProbe, same_start};
 
 /// The file the orchestrator publishes its view in.
 pub const STATE_FILE: &str = "MASTER_LAUNCH.state";
@@ -340,6 +340,28 @@ impl DeskState {
 
     pub fn component(&self, name: &str) -> Option<&Supervised> {
         self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The view left behind by an orchestrator that is gone (killed outright, so it
+    /// could not remove it), if there is one: what `lock-gc` removes. A view whose
+    /// writer still runs, or a file that is not a view, is never one.
+    pub fn stale(lock_dir: &Path, probe: &mut ProcessProbe) -> Option<DeskState> {
+        let state = DeskState::read(lock_dir)?.ok()?;
+        (!probe.is_alive(state.orchestrator)).then_some(state)
+    }
+
+    /// Removes the view if it is [`DeskState::stale`], checked again just before.
+    pub fn remove_stale(
+        lock_dir: &Path,
+        probe: &mut ProcessProbe,
+    ) -> io::Result<Option<DeskState>> {
+        match DeskState::stale(lock_dir, probe) {
+            Some(state) => {
+                entry::remove_file_entry(lock_dir, STATE_FILE)?;
+                Ok(Some(state))
+            }
+            None => Ok(None),
+        }
     }
 }
 

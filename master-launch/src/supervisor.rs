@@ -74,7 +74,7 @@ struct Shared {
     releasing: AtomicBool,
     /// The run (pid) to count as failed whatever its exit, and why: it was ended as
     /// hung ([`Supervisor::end_run`]).
-    failed_run: Mutex<Option<(u32, String)>>,
+    failed_run: Arc<Mutex<Option<(u32, String)>>>,
     /// Wakes a backoff sleep early when a stop is requested.
     wake: Condvar,
     wake_lock: Mutex<()>,
@@ -98,7 +98,7 @@ pub struct Supervisor {
     /// Checks from the orchestrator's thread that the lock file is still ours.
     watcher: Option<LockWatcher>,
     /// The launch's `runs` flag, for [`Supervisor::end_run`].
-    runs: Mutex<Option<Arc<AtomicBool>>>,
+    runs: Arc<AtomicBool>,
 }
 
 /// What the child is started with, besides the component's own settings.
@@ -152,7 +152,7 @@ impl Supervisor {
                 })
                 .unwrap_or_else(|e| panic!("cannot start a thread: {e}"));
         }
-        let runs = Mutex::new(Some(launch.runs.clone()));
+        let runs = launch.runs.clone();
         let (attempted, first_attempt) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = {
             let (component, shared) = (component.clone(), shared.clone());
@@ -212,7 +212,7 @@ impl Supervisor {
         *locked(&self.shared.failed_run) = Some((pid, why));
         if self.component.role == lockcore::Role::Watchdog {
             // It no longer guards: a brain restarting now must not start.
-            self.shared_runs_off();
+            self.runs.store(false, Ordering::SeqCst);
         }
         self.shared.child.ask_to_stop_if(pid);
         let (shared, grace) = (self.shared.clone(), self.component.stop_timeout);
@@ -228,12 +228,6 @@ impl Supervisor {
                 }
                 shared.child.force_if(pid);
             });
-    }
-
-    fn shared_runs_off(&self) {
-        if let Some(runs) = locked(&self.runs).as_ref() {
-            runs.store(false, Ordering::SeqCst);
-        }
     }
 
     /// Kills the running child and what it started, through its binding; returns the
@@ -533,12 +527,15 @@ fn supervise(
         (launch.report)(Report::Started { pid });
         if let Some(listener) = listener {
             let (report, runs) = (launch.report.clone(), launch.runs.clone());
+            let failed_run = shared.failed_run.clone();
             listener.follow(name, move |word| {
+                // A run ended as hung guards no more, whatever it says meanwhile.
+                let hung = || locked(&failed_run).as_ref().is_some_and(|(p, _)| *p == pid);
                 if gated {
                     match &word {
-                        Word::Ready => runs.store(true, Ordering::SeqCst),
+                        Word::Ready if !hung() => runs.store(true, Ordering::SeqCst),
                         Word::NotReady(_) => runs.store(false, Ordering::SeqCst),
-                        Word::Alive => {}
+                        Word::Ready | Word::Alive => {}
                     }
                 }
                 report(Report::Said { pid, word });
