@@ -46,10 +46,18 @@ enum Stream {
 
 impl Printer {
     fn start(stream: Stream) -> Printer {
+        Printer::writing_to(format!("{stream:?} printer"), move || match stream {
+            Stream::Out => Box::new(std::io::stdout()),
+            Stream::Err => Box::new(std::io::stderr()),
+        })
+    }
+
+    /// A printer whose thread (named `name`) writes to what `open` returns.
+    fn writing_to(name: String, open: impl FnOnce() -> Box<dyn Write> + Send + 'static) -> Printer {
         let (sender, receiver) = sync_channel(BACKLOG);
         let spawned = std::thread::Builder::new()
-            .name(format!("{stream:?} printer"))
-            .spawn(move || write_all(stream, &receiver));
+            .name(name)
+            .spawn(move || write_all(open(), &receiver));
         // Without a thread (the OS refused one) the receiver is gone: sends fail,
         // and output is dropped, which is what a closed stream means too.
         drop(spawned);
@@ -70,6 +78,13 @@ impl Printer {
         }
     }
 
+    /// indicatif's draw target through this printer (as uv's `Printer::target()`): a
+    /// progress bar's redraws queue behind the writer thread like every line, so a
+    /// console frozen by QuickEdit stalls no caller (a stop, say).
+    pub fn target(&self) -> indicatif::ProgressDrawTarget {
+        indicatif::ProgressDrawTarget::term_like(Box::new(Target(self.clone())))
+    }
+
     /// Waits until everything written so far is out, or the stream is gone, or a
     /// stuck console has had [`FLUSH_PATIENCE`].
     pub fn flush(&self) {
@@ -80,11 +95,7 @@ impl Printer {
     }
 }
 
-fn write_all(stream: Stream, receiver: &Receiver<Message>) {
-    let mut out: Box<dyn Write> = match stream {
-        Stream::Out => Box::new(std::io::stdout()),
-        Stream::Err => Box::new(std::io::stderr()),
-    };
+fn write_all(mut out: Box<dyn Write>, receiver: &Receiver<Message>) {
     for message in receiver {
         match message {
             Message::Text(text) => {
@@ -101,6 +112,63 @@ fn write_all(stream: Stream, receiver: &Receiver<Message>) {
                 let _ = done.try_send(());
             }
         }
+    }
+}
+
+/// A terminal for indicatif that writes through a [`Printer`]: cursor moves and line
+/// clears as ANSI sequences (enabled on Windows consoles by `output`).
+#[derive(Debug)]
+struct Target(Printer);
+
+impl Target {
+    fn escape(&self, n: usize, code: char) -> std::io::Result<()> {
+        if n > 0 {
+            self.0.write(format!("\x1b[{n}{code}"));
+        }
+        Ok(())
+    }
+}
+
+impl indicatif::TermLike for Target {
+    fn width(&self) -> u16 {
+        console::Term::stderr().size().1
+    }
+
+    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+        self.escape(n, 'A')
+    }
+
+    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+        self.escape(n, 'B')
+    }
+
+    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+        self.escape(n, 'C')
+    }
+
+    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+        self.escape(n, 'D')
+    }
+
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.0.line(s);
+        Ok(())
+    }
+
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.0.write(s.to_string());
+        Ok(())
+    }
+
+    fn clear_line(&self) -> std::io::Result<()> {
+        self.0.write("\r\x1b[2K".to_string());
+        Ok(())
+    }
+
+    /// The writer thread flushes after every write; waiting here could block on a
+    /// frozen console.
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -138,6 +206,45 @@ macro_rules! errln {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a printer wrote, shared with the test.
+    #[derive(Debug, Clone, Default)]
+    struct Written(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_progress_bar_draws_through_its_printer() {
+        let written = Written::default();
+        let sink = written.clone();
+        let printer = Printer::writing_to("test printer".into(), move || Box::new(sink));
+        let bar = indicatif::ProgressBar::with_draw_target(None, printer.target());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message("brains      1/2 stopped");
+        bar.tick();
+        bar.println("forcing BRAIN_A");
+        bar.finish_with_message("brains      2/2 stopped");
+        printer.flush();
+        let text = String::from_utf8_lossy(&written.0.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_owned();
+        for expected in ["brains      1/2 stopped", "forcing BRAIN_A", "2/2 stopped"] {
+            assert!(text.contains(expected), "{expected:?} not in {text:?}");
+        }
+    }
 
     #[test]
     fn a_full_backlog_drops_lines_instead_of_blocking() {

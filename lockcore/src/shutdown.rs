@@ -530,7 +530,9 @@ impl<'a> Progress<'a> {
 impl StopObserver for Progress<'_> {
     fn stage_started(&mut self, stage: Stage, total: usize) {
         if self.on_terminal {
-            let bar = indicatif::ProgressBar::new_spinner();
+            // Drawn through the printer: a frozen console must not stall the stop.
+            let bar =
+                indicatif::ProgressBar::with_draw_target(None, crate::printer::stderr().target());
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{spinner} {msg}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
