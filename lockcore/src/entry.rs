@@ -140,8 +140,52 @@ pub(crate) fn remove_file_entry(dir: &Path, file_name: &str) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    match std::fs::remove_file(&path) {
+    // Windows refuses the delete while another process has the file open without
+    // delete sharing (a reader, for a moment): retried, so that a stale stop request
+    // does not outlive its removal and stop the desk that just started.
+    match os_file::retry_transient(|| std::fs::remove_file(&path)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Windows: a delete that meets a reader holding the file without delete sharing
+    /// succeeds once the reader lets go (within the retry), instead of failing.
+    #[cfg(windows)]
+    #[test]
+    fn a_removal_waits_out_a_short_sharing_violation() {
+        use std::os::windows::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("X.stop"), b"{}").unwrap_or_else(|e| panic!("{e}"));
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .share_mode(0)
+            .open(dir.path().join("X.stop"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(reader);
+        });
+        remove_file_entry(dir.path(), "X.stop").unwrap_or_else(|e| panic!("{e}"));
+        letting_go
+            .join()
+            .unwrap_or_else(|_| panic!("the reader thread panicked"));
+        assert!(!dir.path().join("X.stop").exists());
+    }
+
+    #[test]
+    fn a_removal_leaves_what_is_not_a_regular_file_and_a_missing_one_is_no_error() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(dir.path().join("D.stop")).unwrap_or_else(|e| panic!("{e}"));
+        remove_file_entry(dir.path(), "D.stop").unwrap_or_else(|e| panic!("{e}"));
+        assert!(dir.path().join("D.stop").is_dir());
+        remove_file_entry(dir.path(), "missing.stop").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("F.stop"), b"{}").unwrap_or_else(|e| panic!("{e}"));
+        remove_file_entry(dir.path(), "F.stop").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!dir.path().join("F.stop").exists());
     }
 }

@@ -28,29 +28,43 @@ pub mod wine;
 /// The path of workspace binary `name` from package `package`, built if needed.
 ///
 /// Builds with the same cargo and profile that runs the tests, into the same target
-/// folder, at most once per package per test process.
+/// folder, once per test process. In the debug profile it builds what
+/// `cargo test --workspace` builds (every package's binaries and tests): the same
+/// features, so during that run it finds everything built and costs a second, where a
+/// `-p package` build would resolve other features, rebuild lockcore and relink the
+/// binary (30 s and more, inside a test's timed window).
 pub fn tool(package: &str, name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
     // Under Wine cargo cannot run; the lane's `cargo test --workspace` built every
     // binary before it ran any test.
-    if !built.iter().any(|p| p == package) && !wine::under_wine() {
+    let profile = bin_dir()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string);
+    let key = match profile.as_deref() {
+        Some("debug") | None => "workspace".to_string(),
+        Some(_) => package.to_string(),
+    };
+    if !built.contains(&key) && !wine::under_wine() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
-        command.args(["build", "--quiet", "--bins", "-p", package]);
-        // Build into the profile folder this test or bench itself runs from.
-        match bin_dir().file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
+        command.args(["build", "--quiet"]);
+        match profile.as_deref() {
+            Some("debug") | None => {
+                command.args(["--workspace", "--bins", "--tests"]);
+            }
+            // A bench: its own profile, this package's binaries only.
             Some(profile) => {
-                command.args(["--profile", profile]);
+                command.args(["--bins", "-p", package, "--profile", profile]);
             }
         }
         let status = command
             .status()
             .unwrap_or_else(|e| panic!("cannot run cargo to build {package}: {e}"));
         assert!(status.success(), "building {package} failed");
-        built.push(package.to_string());
+        built.push(key);
     }
     let path = bin_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(path.exists(), "{} was not built", path.display());

@@ -321,6 +321,72 @@ mod unix {
         assert!(status.success());
     }
 
+    /// The example bot under `ready = "notify"` and `heartbeat_secs = 2`, through the
+    /// real channel (on Linux a socket through each bot's reaper): each says ready (the
+    /// brain starts only after its watchdog did) and keeps beating: nothing is hung or
+    /// restarted, and check-procs sees recent heartbeats.
+    #[test]
+    fn under_master_launch_the_example_bots_say_ready_and_keep_beating() {
+        if python3().is_none() {
+            return;
+        }
+        let desk = python_desk(&format!("R{}", std::process::id()));
+        let config = std::fs::read_to_string(desk.config()).unwrap();
+        let config = config.replace(
+            "[defaults]\nstop_timeout_secs = 5\n",
+            "[defaults]\nstop_timeout_secs = 5\nready = \"notify\"\nready_timeout_secs = 20\n\
+             heartbeat_secs = 2\n",
+        );
+        assert!(config.contains("heartbeat_secs"), "{config}");
+        std::fs::write(desk.config(), config).unwrap();
+        let mut launcher = master_launch(&desk);
+        launcher
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = launcher.spawn().unwrap();
+        let lines = spawn_reader(child.stdout.take().unwrap());
+        let launcher = Running::new(child);
+        assert!(
+            lines
+                .wait_for("desk started", Duration::from_secs(60))
+                .is_some()
+        );
+        desk.wait_until_running();
+        let names = desk.component_names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let first = managed_pids(&desk.snapshot(), &names);
+        // Twice the heartbeat: a bot that did not beat would be hung by now.
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(
+            managed_pids(&desk.snapshot(), &names),
+            first,
+            "a bot was restarted"
+        );
+        let log = std::fs::read_to_string(desk.dir.path().join("logs/master-launch.log")).unwrap();
+        let watchdog = format!("WATCHDOG_{}", desk.accounts[0]);
+        let ready = log
+            .find(&format!("{watchdog}: ready (pid "))
+            .unwrap_or_else(|| panic!("the watchdog never said ready: {log}"));
+        let brain_started = log.find(&format!("{}: started", brain(&desk))).unwrap();
+        assert!(ready < brain_started, "{log}");
+        assert!(!log.contains("HUNG") && !log.contains("exited"), "{log}");
+        let (code, document) = check_procs_json(&desk);
+        assert_eq!(code, 0, "{document}");
+        for name in &names {
+            assert_eq!(component_state(&document, name), "running", "{name}");
+            let entry = document["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == *name)
+                .unwrap();
+            let age = entry["heartbeat_age_secs"].as_f64();
+            assert!(age.is_some_and(|a| a < 2.5), "{name}: {entry}");
+        }
+        drop(launcher);
+    }
+
     /// The seed's Step 2 bot under master-launch: every component runs and stays up
     /// (no restart: the same pids, nothing in the log about exits), check-procs is
     /// healthy, and safe-shutdown stops brain, watchdog, global in that order.

@@ -128,6 +128,24 @@ fn wrappers_run_from_a_folder_with_a_bang_in_its_name() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// Started through a quoted relative path from the folder above (`cmd /c
+/// ""bundle\CHECK_PROCS.bat" --json"`): `%~dp0` read after the wrapper's `cd` would
+/// name `bundle\bundle\`; the wrapper keeps its folder before it moves.
+#[test]
+fn a_wrapper_started_through_a_relative_path_finds_its_tools() {
+    let desk = Desk::new("qs_batrel", &["BATREL"]);
+    let folder = bundle(&desk);
+    let parent = folder.parent().unwrap();
+    let relative = Path::new(folder.file_name().unwrap()).join("CHECK_PROCS.bat");
+    let (code, out) = run(cmd(&relative, "--json")
+        .current_dir(parent)
+        .env("DESK_NO_PAUSE", "1"));
+    assert_eq!(code, 0, "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["healthy"], true, "{json}");
+}
+
 #[test]
 fn master_launch_bat_starts_a_two_account_desk_and_safe_shutdown_bat_stops_it() {
     // Wine does not deliver CTRL_BREAK: a short stop timeout forces the bots soon.
