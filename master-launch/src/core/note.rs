@@ -100,6 +100,44 @@ pub enum Note {
     StoppedAs { name: String, outcome: &'static str },
     /// A component did not stop within its grace and was forced.
     Forced { name: String, how: String },
+    // Said by supervision threads (`crate::supervisor`), in the words they always logged.
+    /// Its process was started.
+    Started { name: String, pid: u32 },
+    /// Its process exited (`how`: `code 3`, `signal 9`; `tree`: what it left).
+    Exited {
+        name: String,
+        pid: u32,
+        how: String,
+        tree: String,
+    },
+    /// It starts again after `delay` (it last exited so).
+    Restarting {
+        name: String,
+        delay: Duration,
+        last_exit: String,
+    },
+    /// It exited and its restart policy leaves it stopped.
+    NotRestarted { name: String, policy: String },
+    /// Supervision gave it up: `line` is the log's words, `fix` what a person does;
+    /// `duplicate`: because a copy runs without its lock.
+    GivenUp {
+        name: String,
+        failures: usize,
+        last_exit: String,
+        line: String,
+        fix: String,
+        duplicate: bool,
+    },
+    /// `[cluster]`: its lease cannot be renewed; `what` is done to it.
+    Fencing {
+        name: String,
+        reason: String,
+        what: String,
+    },
+    /// The desk stops, in order.
+    DeskStopping,
+    /// The desk has stopped.
+    DeskStopped,
 }
 
 impl fmt::Display for Note {
@@ -199,6 +237,26 @@ impl fmt::Display for Note {
             }
             Note::StoppedAs { name, outcome } => write!(f, "{name}: stopped ({outcome})"),
             Note::Forced { name, how } => write!(f, "{name}: did not stop in time; {how}"),
+            Note::Started { name, pid } => write!(f, "{name}: started, pid {pid}"),
+            Note::Exited {
+                name, how, tree, ..
+            } => write!(f, "{name}: exited ({how}){tree}"),
+            Note::Restarting { name, delay, .. } => {
+                write!(f, "{name}: restarting in {} ms", delay.as_millis())
+            }
+            Note::NotRestarted { name, policy } => {
+                write!(f, "{name}: not restarted (restart = {policy})")
+            }
+            Note::GivenUp { line, .. } => write!(f, "{line}"),
+            Note::Fencing { name, reason, what } => write!(
+                f,
+                "{name}: SELF-FENCING: {reason}; {what} before its lease can end"
+            ),
+            Note::DeskStopping => write!(
+                f,
+                "stopping the desk: brains, then watchdogs, then globals"
+            ),
+            Note::DeskStopped => write!(f, "desk stopped; all locks released"),
         }
     }
 }
