@@ -1206,7 +1206,10 @@ fn rule_15_heartbeats_without_notify_count_from_the_settle_and_a_new_run_settles
     let given = sim.step(Input::Tick);
     assert_eq!(stops(&given), vec![(vec![BRAIN_A], Grace::Own)]);
     sim.finish_stop();
-    assert_eq!(end_runs(&sim.step(Input::Tick)), vec![(WATCHDOG_A, watchdog)]);
+    assert_eq!(
+        end_runs(&sim.step(Input::Tick)),
+        vec![(WATCHDOG_A, watchdog)]
+    );
     sim.step(Input::Report(
         WATCHDOG_A,
         Report::Restarting {
