@@ -846,7 +846,10 @@ impl Checker<'_> {
         let line = self.line_of(raw.span().start);
         let raw = raw.get_ref();
         let command = raw.command.get_ref();
-        if command.first().is_none_or(|program| program.trim().is_empty()) {
+        if command
+            .first()
+            .is_none_or(|program| program.trim().is_empty())
+        {
             return Err(self.invalid(
                 raw.command.span().start,
                 "[[alert]] command is empty".into(),

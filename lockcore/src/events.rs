@@ -283,8 +283,16 @@ pub const EVENT_FIELDS: &[EventField] = &[
         "string or null",
         "the lock name (`BRAIN_ATLAS`); null for the desk as a whole",
     ),
-    field("account", "string or null", "its account; null for a global"),
-    field("pid", "number or null", "its process, when one is concerned"),
+    field(
+        "account",
+        "string or null",
+        "its account; null for a global",
+    ),
+    field(
+        "pid",
+        "number or null",
+        "its process, when one is concerned",
+    ),
     field(
         "exit",
         "string or null",

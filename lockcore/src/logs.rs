@@ -56,8 +56,7 @@ impl Log {
     /// Keeps this many rotated files (at least 1, at most [`MAX_FILES_KEPT`]).
     #[must_use]
     pub fn keeping(self, kept: usize) -> Log {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).kept =
-            kept.clamp(1, MAX_FILES_KEPT);
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).kept = kept.clamp(1, MAX_FILES_KEPT);
         self
     }
 

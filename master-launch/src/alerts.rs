@@ -533,10 +533,20 @@ mod tests {
         let summary = c.due(last + STORM_QUIET);
         assert_eq!(summary.len(), 1);
         assert_eq!(summary[0].covers, Some(45));
-        assert!(summary[0].message.starts_with("45 more `exited`"), "{}", summary[0].message);
+        assert!(
+            summary[0].message.starts_with("45 more `exited`"),
+            "{}",
+            summary[0].message
+        );
         assert!(summary[0].message.ends_with("the last: event 49"));
         // Held again within the same window; flushed at the end.
-        assert!(c.offer(last + Duration::from_secs(6), event(EventKind::Exited, "B", 50)).is_empty());
+        assert!(
+            c.offer(
+                last + Duration::from_secs(6),
+                event(EventKind::Exited, "B", 50)
+            )
+            .is_empty()
+        );
         let flushed = c.flush();
         assert_eq!(flushed.len(), 1);
         assert_eq!(flushed[0].covers, Some(1));

@@ -235,8 +235,8 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         print_plan(&plan, &fleet);
         return Ok(ExitCode::Ok);
     }
-    let events = Log::open(&fleet.log_dir.join("master-launch.log"), true)?
-        .keeping(fleet.log_files_kept);
+    let events =
+        Log::open(&fleet.log_dir.join("master-launch.log"), true)?.keeping(fleet.log_files_kept);
     let _quick_edit_off = lockcore::console::quick_edit_off();
     if let Some(warning) = LockDir::new(&fleet.lock_dir).foreign_warning() {
         events.line("", &warning);
@@ -626,7 +626,9 @@ fn alert_test(config: &std::path::Path) -> Result<ExitCode> {
     Ok(if all {
         ExitCode::Ok
     } else {
-        errln!("{TOOL}: some alerts were not delivered; fix the command or its kinds in fleet.toml");
+        errln!(
+            "{TOOL}: some alerts were not delivered; fix the command or its kinds in fleet.toml"
+        );
         ExitCode::Problems
     })
 }

@@ -351,9 +351,7 @@ fn supervise_through_panics(
                     "{name}: BUG: supervision failed {panics} time(s) ({what}); GIVING UP on it. \
                      Please report this. Start it again with `master-launch start {name}`"
                 ),
-                fix: format!(
-                    "report the bug; start it again with `master-launch start {name}`"
-                ),
+                fix: format!("report the bug; start it again with `master-launch start {name}`"),
                 duplicate: false,
             });
             return Outcome::GaveUp {

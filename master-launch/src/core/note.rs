@@ -252,10 +252,9 @@ impl fmt::Display for Note {
                 f,
                 "{name}: SELF-FENCING: {reason}; {what} before its lease can end"
             ),
-            Note::DeskStopping => write!(
-                f,
-                "stopping the desk: brains, then watchdogs, then globals"
-            ),
+            Note::DeskStopping => {
+                write!(f, "stopping the desk: brains, then watchdogs, then globals")
+            }
             Note::DeskStopped => write!(f, "desk stopped; all locks released"),
         }
     }
