@@ -96,7 +96,7 @@ fn bench_start(
             let mut total = Duration::ZERO;
             for _ in 0..iterations {
                 let started = Instant::now();
-                let child = launch(&desk);
+                let child = launch(desk);
                 while !all_running(&fleet, &mut probe) {
                     std::thread::sleep(Duration::from_millis(2));
                 }
