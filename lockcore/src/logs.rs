@@ -199,8 +199,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let log = Log::open_records(&path).unwrap().keeping(3);
-        log.inner.lock().unwrap().rotate_at = 10;
         for i in 0..6 {
+            // A rotation sets the normal threshold again: each record fills a file.
+            log.inner.lock().unwrap().rotate_at = 10;
             log.record(&format!("{{\"n\":{i:03}}}"));
         }
         let files = files_oldest_first(&path);

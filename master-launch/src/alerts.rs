@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -52,10 +52,16 @@ struct Worker {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The command running now, unreaped (killed if it outlives [`Alerts::finish`]).
+    running: Slot,
 }
 
+/// An alert command while it runs: taken out (and reaped) under the lock, so a kill
+/// through it never reaches another process.
+pub type Slot = Arc<Mutex<Option<Child>>>;
+
 enum Msg {
-    Event(DeskEvent),
+    Event(Box<DeskEvent>),
     /// Deliver what is held, then end.
     Finish,
 }
@@ -112,6 +118,7 @@ impl Alerts {
         for (index, (alert, tx, rx)) in channels.into_iter().enumerate() {
             let target = Target::of(fleet, alert);
             let dropped = Arc::new(AtomicU64::new(0));
+            let running: Slot = Arc::default();
             let others: Vec<(Vec<EventKind>, SyncSender<Msg>)> = peers
                 .iter()
                 .enumerate()
@@ -119,10 +126,10 @@ impl Alerts {
                 .map(|(_, p)| p.clone())
                 .collect();
             let thread = {
-                let (events, dropped) = (events.clone(), dropped.clone());
+                let (events, dropped, running) = (events.clone(), dropped.clone(), running.clone());
                 std::thread::Builder::new()
                     .name(format!("alert {}", index + 1))
-                    .spawn(move || work(&target, &rx, &events, &others, &dropped))
+                    .spawn(move || work(&target, &rx, &events, &others, &dropped, &running))
                     .ok()
             };
             workers.push(Worker {
@@ -130,6 +137,7 @@ impl Alerts {
                 tx,
                 dropped,
                 thread: Mutex::new(thread),
+                running,
             });
         }
         Alerts { workers }
@@ -145,7 +153,7 @@ impl Alerts {
     }
 
     /// Asks each thread to deliver what it holds and end; waits for them at most `limit`
-    /// in all (a command still running then is left to its own timeout).
+    /// in all; a command still running then is killed (it would outlive the desk).
     pub fn finish(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         for worker in &self.workers {
@@ -163,13 +171,15 @@ impl Alerts {
             }
             if thread.is_finished() {
                 let _ = thread.join();
+            } else if let Some(child) = locked(&worker.running).as_mut() {
+                os::kill(child);
             }
         }
     }
 }
 
 fn offer(tx: &SyncSender<Msg>, dropped: &AtomicU64, event: DeskEvent) {
-    if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Event(event)) {
+    if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Event(Box::new(event))) {
         dropped.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -181,10 +191,11 @@ fn work(
     events: &Events,
     others: &[(Vec<EventKind>, SyncSender<Msg>)],
     dropped: &AtomicU64,
+    running: &Slot,
 ) {
     let mut coalescer = Coalescer::default();
     let deliver = |event: &DeskEvent| {
-        let outcome = deliver(target, event);
+        let outcome = deliver(target, event, running);
         if let Delivery::Failed { why, .. } = &outcome {
             let message = format!(
                 "{}: not delivered ({}): {why}",
@@ -205,7 +216,7 @@ fn work(
                 events.record(&failed);
                 for (kinds, tx) in others {
                     if kinds.contains(&EventKind::AlertFailed) {
-                        let _ = tx.try_send(Msg::Event(failed.clone()));
+                        let _ = tx.try_send(Msg::Event(Box::new(failed.clone())));
                     }
                 }
             }
@@ -217,7 +228,7 @@ fn work(
         let now = Instant::now();
         match msg {
             Ok(Msg::Event(event)) => {
-                for event in coalescer.offer(now, event) {
+                for event in coalescer.offer(now, *event) {
                     deliver(&event);
                 }
             }
@@ -354,12 +365,12 @@ pub enum Delivery {
 
 /// Runs the command for `event`: up to [`ATTEMPTS`] times while it fails; one killed at
 /// its timeout is not tried again (it would hold the queue for as long again).
-pub fn deliver(target: &Target, event: &DeskEvent) -> Delivery {
+pub fn deliver(target: &Target, event: &DeskEvent, running: &Slot) -> Delivery {
     let json = serde_json::to_string(event).unwrap_or_default() + "\n";
     let summary = event.summary();
     let mut why = String::new();
     for attempt in 1..=ATTEMPTS {
-        match run_once(target, &json, &summary) {
+        match run_once(target, &json, &summary, running) {
             Ok(()) => return Delivery::Delivered { attempts: attempt },
             Err(Failure::TimedOut(text)) => {
                 return Delivery::Failed {
@@ -384,7 +395,7 @@ enum Failure {
     Failed(String),
 }
 
-fn run_once(target: &Target, json: &str, summary: &str) -> Result<(), Failure> {
+fn run_once(target: &Target, json: &str, summary: &str, running: &Slot) -> Result<(), Failure> {
     let Some((program, args)) = target.command.split_first() else {
         return Err(Failure::Failed("empty command".into()));
     };
@@ -416,21 +427,34 @@ fn run_once(target: &Target, json: &str, summary: &str) -> Result<(), Failure> {
         });
     }
     let deadline = Instant::now() + target.timeout;
+    *locked(running) = Some(child);
     let status = loop {
+        let mut slot = locked(running);
+        let Some(child) = slot.as_mut() else {
+            return Err(Failure::Failed("ended from outside".into()));
+        };
         match child.try_wait() {
-            Ok(Some(status)) => break status,
+            Ok(Some(status)) => {
+                *slot = None;
+                break status;
+            }
             Ok(None) if Instant::now() >= deadline => {
-                os::kill(&mut child);
+                os::kill(child);
                 let _ = child.wait();
+                *slot = None;
                 return Err(Failure::TimedOut(format!(
                     "still running after its timeout of {} s: killed",
                     target.timeout.as_secs()
                 )));
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                drop(slot);
+                std::thread::sleep(Duration::from_millis(20));
+            }
             Err(e) => {
-                os::kill(&mut child);
+                os::kill(child);
                 let _ = child.wait();
+                *slot = None;
                 return Err(Failure::Failed(format!("cannot wait for it: {e}")));
             }
         }
@@ -447,6 +471,10 @@ fn run_once(target: &Target, json: &str, summary: &str) -> Result<(), Failure> {
     } else {
         format!("exited ({how}): {}", one_line(&stderr))
     }))
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn one_line(text: &str) -> String {

@@ -608,7 +608,7 @@ fn alert_test(config: &std::path::Path) -> Result<ExitCode> {
     for alert in &fleet.alerts {
         let target = alerts::Target::of(&fleet, alert);
         outln!("{}: sending a sample ...", target.name());
-        match alerts::deliver(&target, &sample) {
+        match alerts::deliver(&target, &sample, &alerts::Slot::default()) {
             alerts::Delivery::Delivered { attempts } => {
                 let tries = if attempts > 1 {
                     format!(" (at attempt {attempts})")

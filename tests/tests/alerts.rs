@@ -8,12 +8,13 @@
 //! Unix only: the alert commands are `/bin/sh` scripts and the hang is ended with
 //! `kill -9` (the alert code itself builds and runs on Windows).
 #![cfg(unix)]
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use fleet_tests::orchestrated::{launch, master_launch, stop_desk, wait_supervised};
 use fleet_tests::{Desk, force_kill, tool, wait_until};

@@ -1,6 +1,6 @@
 //! What happens on the desk, typed: the core and its executor say [`Note`]s, and each
-//! goes to a [`Sink`] (today the orchestrator's log and its stdout, in the words it
-//! always printed; an alerting sink would be one more implementation).
+//! goes to a [`Sink`]: the orchestrator's log and its stdout, in the words it always
+//! printed, and (`crate::events::Events`) the event log and the alert commands.
 
 use std::fmt;
 use std::time::Duration;
