@@ -81,8 +81,14 @@ pub fn parse_kind(text: &str) -> Result<EventKind, String> {
     })
 }
 
-/// Prints the history; exit 0 (1 when the event log cannot be read).
-pub fn print(fleet: &Fleet, filter: &Filter, json: bool) -> Result<ExitCode, ToolError> {
+/// Prints the history; exit 0 (an event log that cannot be read is an error naming it).
+/// With `follow`, then prints each new event as it is written, until Ctrl+C.
+pub fn print(
+    fleet: &Fleet,
+    filter: &Filter,
+    json: bool,
+    follow: bool,
+) -> Result<ExitCode, ToolError> {
     let history = read_history(&fleet.log_dir)?;
     if history.files.is_empty() {
         errln!(
@@ -105,9 +111,7 @@ pub fn print(fleet: &Fleet, filter: &Filter, json: bool) -> Result<ExitCode, Too
     } else {
         text = table(&events);
     }
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()?;
+    write_out(&text)?;
     if history.skipped > 0 {
         errln!(
             "check-procs: note: {} line(s) of the event log are not events (cut short or \
@@ -115,7 +119,75 @@ pub fn print(fleet: &Fleet, filter: &Filter, json: bool) -> Result<ExitCode, Too
             history.skipped
         );
     }
+    if follow {
+        follow_events(&events_path(&fleet.log_dir), filter, json)?;
+    }
     Ok(ExitCode::Ok)
+}
+
+fn write_out(text: &str) -> Result<(), ToolError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// How often `--follow` looks at the event log.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// `--follow`: from the current end of the event log, each new complete line as it is
+/// written (across a rotation: the rest of `events.jsonl.1`, then the new file).
+fn follow_events(path: &std::path::Path, filter: &Filter, json: bool) -> Result<(), ToolError> {
+    let mut offset = std::fs::metadata(path).map_or(0, |m| m.len());
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        std::thread::sleep(FOLLOW_EVERY);
+        let len = std::fs::metadata(path).map_or(0, |m| m.len());
+        let mut fresh = Vec::new();
+        if len < offset {
+            // Rotated: what was written after our offset is at the end of `.1`.
+            fresh.extend(read_from(&lockcore::logs::rotated(path, 1), offset));
+            offset = 0;
+        }
+        let tail = read_from(path, offset);
+        offset += tail.len() as u64;
+        fresh.extend(tail);
+        partial.extend(fresh);
+        let Some(end) = partial.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        let complete: Vec<u8> = partial.drain(..=end).collect();
+        let now = chrono::Local::now();
+        let mut text = String::new();
+        for line in complete.split(|&b| b == b'\n') {
+            let Ok(event) = serde_json::from_slice::<DeskEvent>(line) else {
+                continue;
+            };
+            if !filter.keeps(&event, now) {
+                continue;
+            }
+            if json {
+                text.push_str(&serde_json::to_string(&event)?);
+                text.push('\n');
+            } else {
+                text.push_str(table(&[&event]).lines().nth(1).unwrap_or_default());
+                text.push('\n');
+            }
+        }
+        write_out(&text)?;
+    }
+}
+
+/// The bytes of `path` from `offset` on (nothing if it cannot be read).
+fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path)
+        && file.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = file.take(16 * 1024 * 1024).read_to_end(&mut bytes);
+    }
+    bytes
 }
 
 fn table(events: &[&DeskEvent]) -> String {

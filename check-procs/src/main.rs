@@ -81,6 +81,9 @@ struct Args {
     /// With --events: only events of the last DURATION (90s, 30m, 2h, 7d).
     #[arg(long, value_name = "DURATION", requires = "events", value_parser = history::parse_since)]
     since: Option<Duration>,
+    /// With --events: then keep printing new events as they are written, until Ctrl+C.
+    #[arg(long, requires = "events")]
+    follow: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,7 +99,7 @@ fn run(args: &Args) -> Result<ExitCode, ToolError> {
             kinds: args.kinds.clone(),
             since: args.since,
         };
-        return history::print(&fleet, &filter, args.json);
+        return history::print(&fleet, &filter, args.json, args.follow);
     }
     let mut probe = ProcessProbe::new()?;
     if let Some(warning) = lockcore::LockDir::new(&fleet.lock_dir).foreign_warning() {

@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use fleet_tests::orchestrated::{launch, master_launch, stop_desk, wait_supervised};
 use fleet_tests::{Desk, force_kill, tool, wait_until};
@@ -410,4 +411,54 @@ fn the_webhook_example_posts_the_event_to_a_loopback_receiver() {
     let output = webhook("", event);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("DESK_ALERT_WEBHOOK_URL is not set"));
+}
+
+#[test]
+fn check_procs_events_follow_prints_new_events_across_a_rotation() {
+    let desk = Desk::new(&unique("qs_fo_"), &[&unique("AFO")]);
+    let path = events_file(&desk);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let line = |n: u32| {
+        let mut event =
+            lockcore::events::DeskEvent::new(lockcore::events::EventKind::Started, format!("n{n}"));
+        event.pid = Some(n);
+        serde_json::to_string(&event).unwrap() + "\n"
+    };
+    std::fs::write(&path, line(1) + &line(2)).unwrap();
+    let mut child = Command::new(tool("check-procs", "check-procs"))
+        .arg("--config")
+        .arg(desk.config())
+        .args(["--events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = fleet_tests::PidGuard(child.id());
+    let lines = fleet_tests::spawn_reader(child.stdout.take().unwrap());
+    let pid_of = |text: Option<String>| -> Option<u64> {
+        serde_json::from_str::<Value>(&text?).ok()?["pid"].as_u64()
+    };
+    let wait = Duration::from_secs(30);
+    assert_eq!(pid_of(lines.wait_for("\"pid\"", wait)), Some(1));
+    assert_eq!(pid_of(lines.wait_for("\"pid\"", wait)), Some(2));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(line(3).as_bytes()).unwrap();
+    drop(file);
+    assert_eq!(pid_of(lines.wait_for("\"pid\"", wait)), Some(3));
+    // A rotation as the log does it: the file becomes `.1`, a new one starts.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(line(4).as_bytes()).unwrap();
+    drop(file);
+    std::fs::rename(&path, lockcore::logs::rotated(&path, 1)).unwrap();
+    std::fs::write(&path, line(5)).unwrap();
+    assert_eq!(pid_of(lines.wait_for("\"pid\"", wait)), Some(4));
+    assert_eq!(pid_of(lines.wait_for("\"pid\"", wait)), Some(5));
+    let _ = child.kill();
+    let _ = child.wait();
 }
