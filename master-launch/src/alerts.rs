@@ -524,7 +524,13 @@ mod os {
 /// Ending an alert command: the process itself (what it started is left to it).
 #[cfg(windows)]
 mod os {
-    pub fn own_group(_: &mut std::process::Command) {}
+    use std::os::windows::process::CommandExt;
+
+    /// No console window of its own (a desk started at logon has none to share).
+    pub fn own_group(command: &mut std::process::Command) {
+        const CREATE_NO_WINDOW: u32 = 0x0800_0000;
+        command.creation_flags(CREATE_NO_WINDOW);
+    }
 
     pub fn kill(child: &mut std::process::Child) {
         let _ = child.kill();
