@@ -19,6 +19,8 @@ use lockcore::output::{finish, use_color};
 use lockcore::render;
 use lockcore::{DeskSnapshot, ExitCode, Fleet, ProcessProbe};
 
+mod history;
+
 const TOOL: &str = "check-procs";
 /// The longest `--watch` interval: a day.
 const MAX_WATCH_SECS: u64 = 24 * 60 * 60;
@@ -62,6 +64,26 @@ struct Args {
         value_parser = clap::value_parser!(u64).range(1..=MAX_WATCH_SECS)
     )]
     watch: Option<u64>,
+    /// Print the desk's history instead: the events master-launch recorded in
+    /// <log_dir>/events.jsonl (and its rotated files), oldest first, as a table (time,
+    /// kind, component, summary); with --json as JSON Lines.
+    #[arg(long, conflicts_with = "watch")]
+    events: bool,
+    /// With --events: only this component (its lock name, e.g. BRAIN_ATLAS).
+    #[arg(long, value_name = "NAME", requires = "events")]
+    component: Option<String>,
+    /// With --events: only this account's events.
+    #[arg(long, value_name = "ACCOUNT", requires = "events")]
+    account: Option<String>,
+    /// With --events: only events of this kind (repeatable), e.g. given_up.
+    #[arg(long = "kind", value_name = "KIND", requires = "events", value_parser = history::parse_kind)]
+    kinds: Vec<lockcore::events::EventKind>,
+    /// With --events: only events of the last DURATION (90s, 30m, 2h, 7d).
+    #[arg(long, value_name = "DURATION", requires = "events", value_parser = history::parse_since)]
+    since: Option<Duration>,
+    /// With --events: then keep printing new events as they are written, until Ctrl+C.
+    #[arg(long, requires = "events")]
+    follow: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +92,15 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: &Args) -> Result<ExitCode, ToolError> {
     let fleet = Fleet::load(&args.config)?;
+    if args.events {
+        let filter = history::Filter {
+            component: args.component.clone(),
+            account: args.account.clone(),
+            kinds: args.kinds.clone(),
+            since: args.since,
+        };
+        return history::print(&fleet, &filter, args.json, args.follow);
+    }
     let mut probe = ProcessProbe::new()?;
     if let Some(warning) = lockcore::LockDir::new(&fleet.lock_dir).foreign_warning() {
         errln!("{TOOL}: {warning}");

@@ -172,6 +172,28 @@ pub struct Fleet {
     /// `[cluster]`: locks shared with other machines through etcd. `None` (no table)
     /// keeps every lock on this machine and touches no network.
     pub cluster: Option<ClusterConfig>,
+    /// `[[alert]]`: commands told about events that need a person.
+    pub alerts: Vec<AlertConfig>,
+    /// `log_files_kept`: rotated files each log keeps beside the current one.
+    pub log_files_kept: usize,
+}
+
+/// The longest an alert command may run before it is killed, and its default.
+pub const MAX_ALERT_TIMEOUT_SECS: u64 = 600;
+const DEFAULT_ALERT_TIMEOUT_SECS: u64 = 10;
+
+/// A validated `[[alert]]` table: a command master-launch runs for each event of these
+/// kinds, the event as JSON on its stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertConfig {
+    /// The command line (program first), run in the config's folder.
+    pub command: Vec<String>,
+    /// The kinds it is told about (default [`crate::events::EventKind::NEEDS_A_PERSON`]).
+    pub kinds: Vec<crate::events::EventKind>,
+    /// Killed after this long.
+    pub timeout: Duration,
+    /// The line of its table, for messages.
+    pub line: usize,
 }
 
 /// The shortest and longest lease a `[cluster]` may ask for. Below 2 s a renewal every
@@ -460,6 +482,18 @@ struct RawFleet {
     #[serde(default)]
     account: Vec<Spanned<RawAccount>>,
     cluster: Option<Spanned<RawCluster>>,
+    #[serde(default)]
+    alert: Vec<Spanned<RawAlert>>,
+    log_files_kept: Option<Spanned<u64>>,
+}
+
+/// `[[alert]]`: a command told about events.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlert {
+    command: Spanned<Vec<String>>,
+    kinds: Option<Spanned<Vec<Spanned<String>>>>,
+    timeout_secs: Option<Spanned<u64>>,
 }
 
 /// `[cluster]`: etcd endpoints and this machine's part in the shared locks.
@@ -771,6 +805,30 @@ impl Checker<'_> {
             Some(cluster) => Some(self.cluster(cluster)?),
             None => None,
         };
+        let alerts = raw
+            .alert
+            .iter()
+            .map(|alert| self.alert(alert))
+            .collect::<Result<Vec<_>, _>>()?;
+        let log_files_kept = match &raw.log_files_kept {
+            None => crate::logs::DEFAULT_FILES_KEPT,
+            Some(kept) => {
+                let max = crate::logs::MAX_FILES_KEPT;
+                match usize::try_from(*kept.get_ref()) {
+                    Ok(n) if (1..=max).contains(&n) => n,
+                    _ => {
+                        return Err(self.invalid(
+                            kept.span().start,
+                            format!("log_files_kept = {} is outside 1 to {max}", kept.get_ref()),
+                            &format!(
+                                "use the number of rotated files each log keeps, 1 (the \
+                                 default) to {max}"
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
         Ok(Fleet {
             path: self.path.to_path_buf(),
             lock_dir,
@@ -778,6 +836,80 @@ impl Checker<'_> {
             globals,
             accounts,
             cluster,
+            alerts,
+            log_files_kept,
+        })
+    }
+
+    /// `[[alert]]`: a command that can run, kinds that exist, a timeout that ends.
+    fn alert(&self, raw: &Spanned<RawAlert>) -> Result<AlertConfig, ConfigError> {
+        let line = self.line_of(raw.span().start);
+        let raw = raw.get_ref();
+        let command = raw.command.get_ref();
+        if command
+            .first()
+            .is_none_or(|program| program.trim().is_empty())
+        {
+            return Err(self.invalid(
+                raw.command.span().start,
+                "[[alert]] command is empty".into(),
+                "name the program and its arguments, e.g. command = [\"python\", \
+                 \"alerts/webhook.py\"], or remove the [[alert]] table",
+            ));
+        }
+        let mut kinds = Vec::new();
+        match &raw.kinds {
+            None => kinds.extend(crate::events::EventKind::NEEDS_A_PERSON),
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    return Err(self.invalid(
+                        list.span().start,
+                        "[[alert]] kinds is empty: the command would never run".into(),
+                        "name the event kinds it wants, or remove `kinds` for the ones that \
+                         need a person",
+                    ));
+                }
+                for name in list.get_ref() {
+                    let Some(kind) = crate::events::EventKind::parse(name.get_ref()) else {
+                        let known: Vec<&str> = crate::events::EventKind::ALL
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect();
+                        return Err(self.invalid(
+                            name.span().start,
+                            format!("[[alert]] kinds: unknown event kind `{}`", name.get_ref()),
+                            &format!("use one of: {}", known.join(", ")),
+                        ));
+                    };
+                    if !kinds.contains(&kind) {
+                        kinds.push(kind);
+                    }
+                }
+            }
+        }
+        let timeout = match &raw.timeout_secs {
+            None => DEFAULT_ALERT_TIMEOUT_SECS,
+            Some(secs) if (1..=MAX_ALERT_TIMEOUT_SECS).contains(secs.get_ref()) => *secs.get_ref(),
+            Some(secs) => {
+                return Err(self.invalid(
+                    secs.span().start,
+                    format!(
+                        "[[alert]] timeout_secs = {} is outside 1 to {MAX_ALERT_TIMEOUT_SECS} \
+                         seconds",
+                        secs.get_ref()
+                    ),
+                    &format!(
+                        "use the seconds the command may run before it is killed, 1 to \
+                         {MAX_ALERT_TIMEOUT_SECS} (default {DEFAULT_ALERT_TIMEOUT_SECS})"
+                    ),
+                ));
+            }
+        };
+        Ok(AlertConfig {
+            command: command.clone(),
+            kinds,
+            timeout: Duration::from_secs(timeout),
+            line,
         })
     }
 

@@ -6,6 +6,7 @@
 //! - [`autostart`]: starting the desk at logon or boot (Task Scheduler, systemd user unit).
 //! - [`lock`]: kernel-held lock files: acquire, release, inspect, scan, remove-if-stale.
 //! - [`logs`]: time-stamped, size-rotated log files.
+//! - [`events`]: the desk's history as JSON lines (`events.jsonl`), its schema and reader.
 //! - [`record`]: the JSON record inside a lock file, compatible with the older tool's.
 //! - [`process`]: process identity (pid + start time) and the process table.
 //! - [`copies`]: what counts as a running copy of a component (DESIGN.md rule 9).
@@ -35,6 +36,7 @@ pub mod control;
 pub mod copies;
 pub mod desk;
 pub(crate) mod entry;
+pub mod events;
 pub mod exit;
 pub mod graceful;
 pub mod introspect;

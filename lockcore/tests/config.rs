@@ -1013,3 +1013,98 @@ fn two_components_with_identical_commands_are_refused() {
                  brain_match = [\"bot.py\", \"--brain\"]\n";
     Fleet::from_toml(Path::new("desk/fleet.toml"), fixed).unwrap();
 }
+
+/// A desk of one account followed by `alert`, one `[[alert]]` table or more.
+fn desk_with_alert(alert: &str) -> String {
+    format!("[[account]]\nname = \"A\"\nbrain = [\"b\"]\nwatchdog = [\"w\"]\n\n{alert}")
+}
+
+#[test]
+fn an_alert_loads_with_its_defaults_and_its_kinds() {
+    let fleet = Fleet::from_toml(
+        Path::new("desk/fleet.toml"),
+        &desk_with_alert(
+            "[[alert]]\ncommand = [\"notify\"]\n\n[[alert]]\ncommand = [\"page\", \"--loud\"]\n\
+             kinds = [\"given_up\", \"exited\", \"given_up\"]\ntimeout_secs = 3\n",
+        ),
+    )
+    .unwrap();
+    assert_eq!(fleet.alerts.len(), 2);
+    assert_eq!(fleet.alerts[0].line, 6);
+    assert_eq!(fleet.alerts[0].timeout, Duration::from_secs(10));
+    assert_eq!(
+        fleet.alerts[0].kinds,
+        lockcore::events::EventKind::NEEDS_A_PERSON.to_vec()
+    );
+    use lockcore::events::EventKind::{Exited, GivenUp};
+    assert_eq!(fleet.alerts[1].kinds, [GivenUp, Exited]);
+    assert_eq!(fleet.alerts[1].command, ["page", "--loud"]);
+    assert_eq!(fleet.alerts[1].timeout, Duration::from_secs(3));
+    assert_eq!(fleet.log_files_kept, 1);
+}
+
+#[test]
+fn an_alert_with_an_unknown_kind_is_refused_naming_the_kinds() {
+    let (line, problem, fix) = refusal_and_fix(&desk_with_alert(
+        "[[alert]]\ncommand = [\"notify\"]\nkinds = [\"given_up\",\n  \"gave_up\"]\n",
+    ));
+    assert_eq!(line, 9);
+    assert_eq!(problem, "[[alert]] kinds: unknown event kind `gave_up`");
+    assert!(fix.starts_with("use one of: desk_started, "), "{fix}");
+    assert!(fix.contains("given_up"), "{fix}");
+}
+
+#[test]
+fn an_alert_with_an_empty_command_or_no_kinds_is_refused() {
+    for command in ["[]", "[\"\"]", "[\" \", \"x\"]"] {
+        let (line, problem, fix) = refusal_and_fix(&desk_with_alert(&format!(
+            "[[alert]]\ncommand = {command}\n"
+        )));
+        assert_eq!(line, 7, "{command}");
+        assert_eq!(problem, "[[alert]] command is empty");
+        assert!(fix.contains("name the program and its arguments"), "{fix}");
+    }
+    let (line, problem, fix) = refusal_and_fix(&desk_with_alert(
+        "[[alert]]\ncommand = [\"x\"]\nkinds = []\n",
+    ));
+    assert_eq!(line, 8);
+    assert!(problem.contains("kinds is empty"), "{problem}");
+    assert!(fix.contains("remove `kinds`"), "{fix}");
+}
+
+#[test]
+fn an_alert_timeout_of_zero_or_over_ten_minutes_is_refused() {
+    for secs in ["0", "601"] {
+        let (line, problem, fix) = refusal_and_fix(&desk_with_alert(&format!(
+            "[[alert]]\ncommand = [\"x\"]\ntimeout_secs = {secs}\n"
+        )));
+        assert_eq!(line, 8);
+        assert_eq!(
+            problem,
+            format!("[[alert]] timeout_secs = {secs} is outside 1 to 600 seconds")
+        );
+        assert!(fix.contains("1 to 600 (default 10)"), "{fix}");
+    }
+}
+
+#[test]
+fn an_unknown_alert_key_and_log_files_kept_out_of_bounds_are_refused() {
+    let (line, problem, fix) = refusal_and_fix(&desk_with_alert(
+        "[[alert]]\ncommand = [\"x\"]\nkind = [\"hung\"]\n",
+    ));
+    assert_eq!(line, 8);
+    assert!(problem.starts_with("unknown field `kind`"), "{problem}");
+    assert!(fix.contains("correct its spelling"), "{fix}");
+    for kept in ["0", "101"] {
+        let (line, problem, _) =
+            refusal_and_fix(&format!("log_files_kept = {kept}\n{}", desk_with_alert("")));
+        assert_eq!(line, 1);
+        assert!(problem.contains("log_files_kept"), "{problem}");
+    }
+    let kept = Fleet::from_toml(
+        Path::new("desk/fleet.toml"),
+        &format!("log_files_kept = 7\n{}", desk_with_alert("")),
+    )
+    .unwrap();
+    assert_eq!(kept.log_files_kept, 7);
+}

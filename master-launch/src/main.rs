@@ -15,9 +15,11 @@
 //! supervision. `master-launch install|uninstall` sets the desk up to start by itself
 //! at logon (see `autostart`).
 
+mod alerts;
 mod autostart;
 mod child;
 mod core;
+mod events;
 mod notify;
 mod orchestrator;
 #[cfg(target_os = "linux")]
@@ -46,6 +48,8 @@ use lockcore::{
 };
 use lockcore::{errln, outln};
 
+use crate::core::{Note, Sink};
+use crate::events::Events;
 use crate::orchestrator::{Event, Orchestrator};
 use crate::signals::{Asked, CLOSING_BUDGET, Ending};
 use lockcore::logs::Log;
@@ -53,6 +57,8 @@ use lockcore::logs::Log;
 const TOOL: &str = "master-launch";
 /// How often `run` looks for a stop request: a file read, cheap.
 const TICK: Duration = Duration::from_millis(250);
+/// How long a stopped desk waits for its alert commands to deliver what they hold.
+const ALERTS_AT_THE_END: Duration = Duration::from_secs(5);
 
 /// Start the trading desk once, keep it running, stop it in a safe order.
 ///
@@ -145,6 +151,9 @@ enum Sub {
     },
     /// Remove this desk's task (or unit); a running desk keeps running.
     Uninstall,
+    /// Send a sample event to every [[alert]] command of fleet.toml and say how each
+    /// went: exit 0 when all delivered, 1 when any did not (or there is none).
+    AlertTest,
 }
 
 fn main() -> std::process::ExitCode {
@@ -178,6 +187,7 @@ fn main() -> std::process::ExitCode {
         Some(Sub::Run { name }) => run_one(&args.config, name),
         Some(Sub::Install { at, print }) => autostart::install(&args.config, *at, *print),
         Some(Sub::Uninstall) => autostart::uninstall(&args.config),
+        Some(Sub::AlertTest) => alert_test(&args.config),
         None => orchestrate(&args),
     };
     finish(TOOL, result)
@@ -221,7 +231,8 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         print_plan(&plan, &fleet);
         return Ok(ExitCode::Ok);
     }
-    let events = Log::open(&fleet.log_dir.join("master-launch.log"), true)?;
+    let events =
+        Log::open(&fleet.log_dir.join("master-launch.log"), true)?.keeping(fleet.log_files_kept);
     let _quick_edit_off = lockcore::console::quick_edit_off();
     if let Some(warning) = LockDir::new(&fleet.lock_dir).foreign_warning() {
         events.line("", &warning);
@@ -309,9 +320,10 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
             }
         }
     }
+    let desk_events = Events::new(events.clone(), &fleet);
     let mut desk = Orchestrator::new(
         &fleet,
-        events.clone(),
+        desk_events.clone(),
         probe,
         master,
         plan_locks,
@@ -321,10 +333,7 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     let ran = desk.run(&rx);
     let grace = match &ran {
         Ok(grace) => {
-            events.line(
-                "",
-                "stopping the desk: brains, then watchdogs, then globals",
-            );
+            desk_events.note(&Note::DeskStopping);
             *grace
         }
         Err(error) => {
@@ -335,7 +344,8 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     };
     let given_up = desk.stop_everything(grace, &cutoff);
     desk.release()?;
-    events.line("", "desk stopped; all locks released");
+    desk_events.note(&Note::DeskStopped);
+    desk_events.finish(ALERTS_AT_THE_END);
     let (flag, signal) = &*stopped;
     *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
     signal.notify_all();
@@ -585,6 +595,48 @@ fn clear_stale_requests<'n>(fleet: &Fleet, names: impl IntoIterator<Item = &'n s
             }
         }
     }
+}
+
+/// `master-launch alert-test`: the sample event to each `[[alert]]` command, one after
+/// the other, with its timeout and retries; one line each.
+fn alert_test(config: &std::path::Path) -> Result<ExitCode> {
+    let fleet = Fleet::load(config)?;
+    if fleet.alerts.is_empty() {
+        errln!(
+            "{TOOL}: {} has no [[alert]] table: nothing to test. Add one, e.g.\n  \
+             [[alert]]\n  command = [\"python\", \"alerts/webhook.py\"]",
+            fleet.path.display()
+        );
+        return Ok(ExitCode::Problems);
+    }
+    let sample = alerts::sample(&fleet.path);
+    let mut all = true;
+    for alert in &fleet.alerts {
+        let target = alerts::Target::of(&fleet, alert);
+        outln!("{}: sending a sample ...", target.name());
+        match alerts::deliver(&target, &sample, &alerts::Slot::default()) {
+            alerts::Delivery::Delivered { attempts } => {
+                let tries = if attempts > 1 {
+                    format!(" (at attempt {attempts})")
+                } else {
+                    String::new()
+                };
+                outln!("{}: delivered{tries}", target.name());
+            }
+            alerts::Delivery::Failed { why, .. } => {
+                all = false;
+                outln!("{}: NOT delivered: {why}", target.name());
+            }
+        }
+    }
+    Ok(if all {
+        ExitCode::Ok
+    } else {
+        errln!(
+            "{TOOL}: some alerts were not delivered; fix the command or its kinds in fleet.toml"
+        );
+        ExitCode::Problems
+    })
 }
 
 /// `master-launch run NAME`: one component, by hand, under its lock, after the same

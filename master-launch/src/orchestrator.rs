@@ -33,6 +33,7 @@ use lockcore::{
 };
 
 use crate::core::{Begun, Command, Desk, Input, Note, Now, Sink, Spec};
+use crate::events::Events;
 use crate::supervisor::{Launch, Outcome, Report, Supervisor};
 
 /// How often the lock dir is looked at for requests: a directory read, cheap.
@@ -85,7 +86,7 @@ impl Held {
 pub struct Orchestrator<'f> {
     fleet: &'f Fleet,
     locks: LockDir,
-    events: Log,
+    events: Events,
     probe: ProcessProbe,
     identity: ProcessIdentity,
     master: HeldLock,
@@ -113,7 +114,7 @@ impl<'f> Orchestrator<'f> {
     /// start request can bring it in.
     pub fn new(
         fleet: &'f Fleet,
-        events: Log,
+        events: Events,
         mut probe: ProcessProbe,
         master: HeldLock,
         mut plan_locks: Vec<(Component, HeldLock)>,
@@ -617,7 +618,8 @@ impl Orchestrator<'_> {
                 .log_dir
                 .join(format!("{}.log", component.lock_name)),
             false,
-        )?;
+        )?
+        .keeping(self.fleet.log_files_kept);
         let tx = self.tx.clone();
         let launch = Launch {
             env: fleet_env(self.fleet, &component, &lock),
@@ -723,7 +725,7 @@ enum NotTaken {
 /// Stops supervised components with the stop engine: brains, then watchdogs, then
 /// globals; in parallel within a stage; graceful, then forced through each child's
 /// binding. Every supervision thread has ended when it returns.
-pub fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, cutoff: &Cutoff, events: &Log) {
+pub fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, cutoff: &Cutoff, events: &Events) {
     let targets: Vec<&Supervisor> = supervisors.iter().map(|s| &**s).collect();
     stop_in_order(targets, grace, cutoff, &mut (), &mut EventObserver(events));
     let mut in_stop_order: Vec<&Arc<Supervisor>> = supervisors.iter().collect();
@@ -745,7 +747,7 @@ pub fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, cutoff: &Cutoff, 
 }
 
 /// What the orchestrator's log records of a stop.
-struct EventObserver<'l>(&'l Log);
+struct EventObserver<'l>(&'l Events);
 
 impl StopObserver for EventObserver<'_> {
     fn forced(&mut self, name: &str, how: &str) {

@@ -23,6 +23,8 @@ use lockcore::{
 };
 
 use crate::child;
+use crate::core::{Note, Sink};
+use crate::events::Events;
 use crate::notify::{self, Word};
 use lockcore::config::Readiness;
 use lockcore::logs::Log;
@@ -106,8 +108,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// The child's own log.
     pub log: Log,
-    /// The orchestrator's log.
-    pub events: Log,
+    /// The orchestrator's log (and the event log, and alerts).
+    pub events: Events,
     /// Told what happens: started, restarting, ended (once, last, for whatever reason).
     pub report: Arc<dyn Fn(Report) + Send + Sync>,
     /// True while this component's child runs (a brain's guard reads its watchdog's);
@@ -334,16 +336,21 @@ fn supervise_through_panics(
             return Outcome::Stopped;
         }
         if panics >= PANICS_BEFORE_GIVING_UP {
-            launch.events.line(
-                "",
-                &format!(
+            let last_exit = format!("a bug in supervision: {what}");
+            launch.events.note(&Note::GivenUp {
+                name: name.clone(),
+                failures: panics as usize,
+                last_exit: last_exit.clone(),
+                line: format!(
                     "{name}: BUG: supervision failed {panics} time(s) ({what}); GIVING UP on it. \
                      Please report this. Start it again with `master-launch start {name}`"
                 ),
-            );
+                fix: format!("report the bug; start it again with `master-launch start {name}`"),
+                duplicate: false,
+            });
             return Outcome::GaveUp {
                 failures: panics as usize,
-                last_exit: format!("a bug in supervision: {what}"),
+                last_exit,
             };
         }
         launch.events.line(
@@ -366,17 +373,15 @@ fn fence_child(
     watch: &FenceWatch,
     stage: impl Fn() -> FenceStage,
     shared: &Shared,
-    events: &Log,
+    events: &Events,
 ) {
     let (mut asked, mut forced) = (false, false);
     let say = |what: &str| {
-        events.line(
-            "",
-            &format!(
-                "{name}: SELF-FENCING: {}; {what} before its lease can end",
-                watch.reason()
-            ),
-        );
+        events.note(&Note::Fencing {
+            name: name.to_string(),
+            reason: watch.reason(),
+            what: what.to_string(),
+        });
     };
     while !shared.releasing.load(Ordering::SeqCst) && !forced {
         match watch.fence(stage()) {
@@ -489,13 +494,17 @@ fn supervise(
                 let why = format!("cannot start {}: {e}", component.command[0]);
                 launch.events.line("", &format!("{name}: {why}"));
                 if component.restart == RestartPolicy::Never {
-                    launch.events.line(
-                        "",
-                        &format!(
+                    launch.events.note(&Note::GivenUp {
+                        name: name.clone(),
+                        failures: 1,
+                        last_exit: why.clone(),
+                        line: format!(
                             "{name}: GIVING UP: restart = \"never\". Fix it, then start it \
                              again with `master-launch start {name}`"
                         ),
-                    );
+                        fix: format!("fix it, then `master-launch start {name}`"),
+                        duplicate: false,
+                    });
                     return Outcome::GaveUp {
                         failures: 1,
                         last_exit: why,
@@ -517,9 +526,10 @@ fn supervise(
                 .events
                 .line("", &format!("{name}: cannot update its lock record: {e}"));
         }
-        launch
-            .events
-            .line("", &format!("{name}: started, pid {pid}"));
+        launch.events.note(&Note::Started {
+            name: name.clone(),
+            pid,
+        });
         // A watchdog that says when it is ready guards only from then (rule 15).
         let gated = component.role == lockcore::Role::Watchdog
             && matches!(component.ready, Readiness::Notify { .. });
@@ -551,9 +561,12 @@ fn supervise(
             .as_ref()
             .map(child::Ended::tree_note)
             .unwrap_or_default();
-        launch
-            .events
-            .line("", &format!("{name}: exited ({how}){tree}"));
+        launch.events.note(&Note::Exited {
+            name: name.clone(),
+            pid,
+            how: how.clone(),
+            tree,
+        });
         if shared.stopping.load(Ordering::SeqCst) {
             return Outcome::Stopped;
         }
@@ -573,10 +586,10 @@ fn supervise(
             RestartPolicy::Always => true,
         };
         if !restart {
-            launch.events.line(
-                "",
-                &format!("{name}: not restarted (restart = {:?})", component.restart),
-            );
+            launch.events.note(&Note::NotRestarted {
+                name: name.clone(),
+                policy: format!("{:?}", component.restart),
+            });
             return Outcome::Finished {
                 last_exit: how,
                 success,
@@ -587,14 +600,21 @@ fn supervise(
             && !ended.tree.is_gone()
         {
             let last_exit = format!("exited ({how}){}", ended.tree_note());
-            launch.events.line(
-                "",
-                &format!(
+            launch.events.note(&Note::GivenUp {
+                name: name.clone(),
+                failures: 1,
+                last_exit: last_exit.clone(),
+                line: format!(
                     "{name}: NOT RESTARTED: processes it started may still run, and a second \
                      copy would trade beside them. Find them with `check-procs`, stop them, \
                      then `master-launch start {name}`"
                 ),
-            );
+                fix: format!(
+                    "find what it started with `check-procs`, stop it, then `master-launch \
+                     start {name}`"
+                ),
+                duplicate: false,
+            });
             return Outcome::GaveUp {
                 failures: 1,
                 last_exit,
@@ -652,14 +672,21 @@ fn refuse_beside_a_copy(
         pids.join(", "),
         strangers[0].cmd.join(" ")
     );
-    launch.events.line(
-        "",
-        &format!(
+    launch.events.note(&Note::GivenUp {
+        name: name.clone(),
+        failures: 1,
+        last_exit: last_exit.clone(),
+        line: format!(
             "{name}: NOT RESTARTED: {last_exit}; a second copy would trade beside it. \
              Stop it with `safe-shutdown --account ...` or by hand (see `check-procs`), \
              then `master-launch start {name}`"
         ),
-    );
+        fix: format!(
+            "stop the copy with `safe-shutdown --account ...` or by hand (see `check-procs`), \
+             then `master-launch start {name}`"
+        ),
+        duplicate: true,
+    });
     Some(Outcome::GaveUp {
         failures: 1,
         last_exit,
@@ -755,9 +782,11 @@ fn restart_after(
 ) -> Option<Outcome> {
     let (delay, attempt) = match next {
         Next::GiveUp { failures } => {
-            launch.events.line(
-                "",
-                &format!(
+            launch.events.note(&Note::GivenUp {
+                name: component.lock_name.clone(),
+                failures,
+                last_exit: last_exit.clone(),
+                line: format!(
                     "{}: GIVING UP after {failures} failures within {} s (last: {last_exit}); the \
                      rest of the desk keeps running. Fix it, then start it again with \
                      `master-launch start {}`",
@@ -765,7 +794,12 @@ fn restart_after(
                     FAILURE_WINDOW.as_secs(),
                     component.lock_name
                 ),
-            );
+                fix: format!(
+                    "fix it (see its log), then `master-launch start {}`",
+                    component.lock_name
+                ),
+                duplicate: false,
+            });
             return Some(Outcome::GaveUp {
                 failures,
                 last_exit,
@@ -773,14 +807,11 @@ fn restart_after(
         }
         Next::After { delay, attempt } => (delay, attempt),
     };
-    launch.events.line(
-        "",
-        &format!(
-            "{}: restarting in {} ms",
-            component.lock_name,
-            delay.as_millis()
-        ),
-    );
+    launch.events.note(&Note::Restarting {
+        name: component.lock_name.clone(),
+        delay,
+        last_exit: last_exit.clone(),
+    });
     (launch.report)(Report::Restarting {
         attempt,
         delay,

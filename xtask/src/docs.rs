@@ -2,7 +2,8 @@
 //!
 //! Between marker comments in README.md it writes the exit-code table (from
 //! `lockcore::ExitCode`), check-procs' `--json` field table and component states (from
-//! `lockcore::desk`), and the `fleet.toml` key list (from `lockcore::config`, whose
+//! `lockcore::desk`), the event log's fields and kinds (`lockcore::events`), and the
+//! `fleet.toml` key list (from `lockcore::config`, whose
 //! tests hold it to the keys the parser accepts). `--check` changes nothing and fails
 //! when the README differs; CI runs it, and `tests/docs.rs` does under `cargo test`.
 
@@ -10,6 +11,7 @@ use std::path::Path;
 
 use lockcore::config::CONFIG_KEYS;
 use lockcore::desk::JSON_FIELDS;
+use lockcore::events::{EVENT_FIELDS, EventKind};
 use lockcore::{ComponentState, ExitCode};
 
 /// A generated part of the README: its marker name and its text.
@@ -31,6 +33,10 @@ pub fn sections() -> Vec<Section> {
         Section {
             name: "config-keys",
             text: config_keys(),
+        },
+        Section {
+            name: "event-fields",
+            text: event_fields(),
         },
     ]
 }
@@ -74,6 +80,21 @@ fn json_fields() -> String {
     text.push_str("\n| `state` | meaning |\n|---|---|\n");
     for state in ComponentState::ALL {
         text.push_str(&format!("| `{}` | {} |\n", state.as_str(), state.meaning()));
+    }
+    text
+}
+
+fn event_fields() -> String {
+    let mut text = String::from("| field | type | meaning |\n|---|---|---|\n");
+    for field in EVENT_FIELDS {
+        text.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            field.name, field.kind, field.meaning
+        ));
+    }
+    text.push_str("\n| `kind` | meaning |\n|---|---|\n");
+    for kind in EventKind::ALL {
+        text.push_str(&format!("| `{}` | {} |\n", kind.as_str(), kind.meaning()));
     }
     text
 }

@@ -81,7 +81,10 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
             !text.replace("\r\n", "").contains('\n'),
             "{name} has a bare LF"
         );
-        assert!(text.contains("cd /d \"%~dp0\""), "{name}");
+        assert!(
+            text.contains("set \"HERE=%~dp0\"\r\ncd /d \"%HERE%\""),
+            "{name}"
+        );
         assert!(text.contains("exit /b %code%"), "{name}");
     }
     // The drop-in lock module for the desk's bots, byte for byte, and the README says
@@ -100,14 +103,14 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
     );
     let start = std::fs::read_to_string(out.join(&name).join("START_BRAIN_GL_3.bat")).unwrap();
     assert!(start.contains(
-        "\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" start --or-run BRAIN_GL_3 %*"
+        "\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" start --or-run BRAIN_GL_3 %*"
     ));
     let install = std::fs::read_to_string(out.join(&name).join("INSTALL_AT_LOGON.bat")).unwrap();
-    assert!(install.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" install %*"));
+    assert!(install.contains("\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" install %*"));
     let uninstall =
         std::fs::read_to_string(out.join(&name).join("UNINSTALL_AT_LOGON.bat")).unwrap();
     assert!(
-        uninstall.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" uninstall %*")
+        uninstall.contains("\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" uninstall %*")
     );
     let readme = std::fs::read_to_string(out.join(&name).join("README.txt")).unwrap();
     assert!(readme.contains("INSTALL_AT_LOGON.bat") && readme.contains("taskschd.msc"));
@@ -122,7 +125,7 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
     // SAFE_START.bat: master-launch --replace, and its line in README.txt.
     let safe_start = std::fs::read_to_string(out.join(&name).join("SAFE_START.bat")).unwrap();
     assert!(
-        safe_start.contains("\"%~dp0master-launch.exe\" --config \"%~dp0fleet.toml\" --replace %*"),
+        safe_start.contains("\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" --replace %*"),
         "{safe_start}"
     );
     assert!(

@@ -3,7 +3,7 @@
 //! accepts (the `Raw*` structs, which refuse any other key), so a key cannot be added
 //! without its row, nor a row outlive its key.
 
-use super::{RawAccount, RawCluster, RawFleet, RawGlobal, RawOptions};
+use super::{RawAccount, RawAlert, RawCluster, RawFleet, RawGlobal, RawOptions};
 use crate::introspect::struct_fields;
 
 /// One key of one table.
@@ -29,6 +29,7 @@ const DEFAULTS: &str = "[defaults]";
 const GLOBAL: &str = "[[global]]";
 const ACCOUNT: &str = "[[account]]";
 const CLUSTER: &str = "[cluster]";
+const ALERT: &str = "[[alert]]";
 
 /// Every key, table by table, in the order the README lists them.
 pub const CONFIG_KEYS: &[ConfigKey] = &[
@@ -59,6 +60,17 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         "cluster",
         "`[cluster]`: locks shared with other machines through etcd (optional; without it \
          no network is touched)",
+    ),
+    key(
+        TOP,
+        "alert",
+        "`[[alert]]`: a command told about events that need a person (optional; any number)",
+    ),
+    key(
+        TOP,
+        "log_files_kept",
+        "rotated files each log keeps beside the current one (`X.log.1` ...; default 1, at \
+         most 100); the event log `events.jsonl` too",
     ),
     key(
         DEFAULTS,
@@ -209,17 +221,36 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         "key_file",
         "PEM private key of `cert_file`, unencrypted (with `cert_file`)",
     ),
+    key(
+        ALERT,
+        "command",
+        "program and arguments, run in the config's folder by master-launch off the \
+         supervision path: the event's JSON on stdin, a one-line summary in \
+         `DESK_ALERT_SUMMARY`; exit 0 means delivered (a failure is retried twice)",
+    ),
+    key(
+        ALERT,
+        "kinds",
+        "the event kinds it is told about (default: the ones marked *alert* in the event \
+         table)",
+    ),
+    key(
+        ALERT,
+        "timeout_secs",
+        "killed after this long, and that is logged (default 10, 1 to 600)",
+    ),
 ];
 
 /// The keys the parser accepts, table by table: read from the `Raw*` structs
 /// themselves.
-pub fn accepted_keys() -> [(&'static str, &'static [&'static str]); 5] {
+pub fn accepted_keys() -> [(&'static str, &'static [&'static str]); 6] {
     [
         (TOP, struct_fields::<RawFleet>()),
         (DEFAULTS, struct_fields::<RawOptions>()),
         (GLOBAL, struct_fields::<RawGlobal>()),
         (ACCOUNT, struct_fields::<RawAccount>()),
         (CLUSTER, struct_fields::<RawCluster>()),
+        (ALERT, struct_fields::<RawAlert>()),
     ]
 }
 
@@ -248,7 +279,7 @@ mod tests {
         assert!(
             CONFIG_KEYS
                 .iter()
-                .all(|k| [TOP, DEFAULTS, GLOBAL, ACCOUNT, CLUSTER].contains(&k.table))
+                .all(|k| [TOP, DEFAULTS, GLOBAL, ACCOUNT, CLUSTER, ALERT].contains(&k.table))
         );
     }
 }

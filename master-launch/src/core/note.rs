@@ -1,6 +1,6 @@
 //! What happens on the desk, typed: the core and its executor say [`Note`]s, and each
-//! goes to a [`Sink`] (today the orchestrator's log and its stdout, in the words it
-//! always printed; an alerting sink would be one more implementation).
+//! goes to a [`Sink`]: the orchestrator's log and its stdout, in the words it always
+//! printed, and (`crate::events::Events`) the event log and the alert commands.
 
 use std::fmt;
 use std::time::Duration;
@@ -100,6 +100,44 @@ pub enum Note {
     StoppedAs { name: String, outcome: &'static str },
     /// A component did not stop within its grace and was forced.
     Forced { name: String, how: String },
+    // Said by supervision threads (`crate::supervisor`), in the words they always logged.
+    /// Its process was started.
+    Started { name: String, pid: u32 },
+    /// Its process exited (`how`: `code 3`, `signal 9`; `tree`: what it left).
+    Exited {
+        name: String,
+        pid: u32,
+        how: String,
+        tree: String,
+    },
+    /// It starts again after `delay` (it last exited so).
+    Restarting {
+        name: String,
+        delay: Duration,
+        last_exit: String,
+    },
+    /// It exited and its restart policy leaves it stopped.
+    NotRestarted { name: String, policy: String },
+    /// Supervision gave it up: `line` is the log's words, `fix` what a person does;
+    /// `duplicate`: because a copy runs without its lock.
+    GivenUp {
+        name: String,
+        failures: usize,
+        last_exit: String,
+        line: String,
+        fix: String,
+        duplicate: bool,
+    },
+    /// `[cluster]`: its lease cannot be renewed; `what` is done to it.
+    Fencing {
+        name: String,
+        reason: String,
+        what: String,
+    },
+    /// The desk stops, in order.
+    DeskStopping,
+    /// The desk has stopped.
+    DeskStopped,
 }
 
 impl fmt::Display for Note {
@@ -199,6 +237,25 @@ impl fmt::Display for Note {
             }
             Note::StoppedAs { name, outcome } => write!(f, "{name}: stopped ({outcome})"),
             Note::Forced { name, how } => write!(f, "{name}: did not stop in time; {how}"),
+            Note::Started { name, pid } => write!(f, "{name}: started, pid {pid}"),
+            Note::Exited {
+                name, how, tree, ..
+            } => write!(f, "{name}: exited ({how}){tree}"),
+            Note::Restarting { name, delay, .. } => {
+                write!(f, "{name}: restarting in {} ms", delay.as_millis())
+            }
+            Note::NotRestarted { name, policy } => {
+                write!(f, "{name}: not restarted (restart = {policy})")
+            }
+            Note::GivenUp { line, .. } => write!(f, "{line}"),
+            Note::Fencing { name, reason, what } => write!(
+                f,
+                "{name}: SELF-FENCING: {reason}; {what} before its lease can end"
+            ),
+            Note::DeskStopping => {
+                write!(f, "stopping the desk: brains, then watchdogs, then globals")
+            }
+            Note::DeskStopped => write!(f, "desk stopped; all locks released"),
         }
     }
 }
