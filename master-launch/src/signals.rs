@@ -188,9 +188,6 @@ mod imp {
 #[cfg(windows)]
 mod session_end {
     use std::io;
-    use std::time::Duration;
-
-    use lockcore::Grace;
     use std::sync::Mutex;
     use std::sync::OnceLock;
     use std::thread::JoinHandle;

@@ -106,11 +106,14 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
         "\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" start --or-run BRAIN_GL_3 %*"
     ));
     let install = std::fs::read_to_string(out.join(&name).join("INSTALL_AT_LOGON.bat")).unwrap();
-    assert!(install.contains("\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" install %*"));
+    assert!(
+        install.contains("\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" install %*")
+    );
     let uninstall =
         std::fs::read_to_string(out.join(&name).join("UNINSTALL_AT_LOGON.bat")).unwrap();
     assert!(
-        uninstall.contains("\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" uninstall %*")
+        uninstall
+            .contains("\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" uninstall %*")
     );
     let readme = std::fs::read_to_string(out.join(&name).join("README.txt")).unwrap();
     assert!(readme.contains("INSTALL_AT_LOGON.bat") && readme.contains("taskschd.msc"));
@@ -125,7 +128,8 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
     // SAFE_START.bat: master-launch --replace, and its line in README.txt.
     let safe_start = std::fs::read_to_string(out.join(&name).join("SAFE_START.bat")).unwrap();
     assert!(
-        safe_start.contains("\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" --replace %*"),
+        safe_start
+            .contains("\"%HERE%master-launch.exe\" --config \"%HERE%fleet.toml\" --replace %*"),
         "{safe_start}"
     );
     assert!(
