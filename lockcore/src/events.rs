@@ -339,11 +339,13 @@ const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 /// Reads the event log of `log_dir`, rotated files first (oldest first). A file that
 /// cannot be read is an error naming it; a line that is not an event is counted.
-pub fn read_history(log_dir: &Path) -> Result<History, crate::exit::PathError> {
+pub fn read_history(log_dir: &Path) -> Result<History, crate::path_error::PathError> {
     let mut history = History::default();
     for path in crate::logs::files_oldest_first(&events_path(log_dir)) {
-        let file = std::fs::File::open(&path)
-            .map_err(crate::exit::PathError::at("read the event log", &path))?;
+        let file = std::fs::File::open(&path).map_err(crate::path_error::PathError::at(
+            "read the event log",
+            &path,
+        ))?;
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
         loop {
@@ -351,7 +353,10 @@ pub fn read_history(log_dir: &Path) -> Result<History, crate::exit::PathError> {
             let read = (&mut reader)
                 .take(MAX_LINE_BYTES as u64 + 1)
                 .read_until(b'\n', &mut line)
-                .map_err(crate::exit::PathError::at("read the event log", &path))?;
+                .map_err(crate::path_error::PathError::at(
+                    "read the event log",
+                    &path,
+                ))?;
             if read == 0 {
                 break;
             }

@@ -69,32 +69,7 @@ impl From<ExitCode> for std::process::ExitCode {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// A file or folder a tool must use cannot be used (a log file that is a folder, a
-/// folder it may not create). Binaries exit with [`ExitCode::Usage`] for it: it is
-/// the desk's setup that needs fixing, and the message names the path.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot {action} {}", path.display())]
-pub struct PathError {
-    pub action: &'static str,
-    pub path: std::path::PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
-
-impl PathError {
-    /// An `io::Error` to `PathError` mapper for `map_err`.
-    pub fn at(
-        action: &'static str,
-        path: &std::path::Path,
-    ) -> impl Fn(std::io::Error) -> PathError {
-        let path = path.to_path_buf();
-        move |source| PathError {
-            action,
-            path: path.clone(),
-            source,
-        }
-    }
-}
+pub use crate::path_error::PathError;
 
 /// An error at a tool's edge, and the exit code it means (as cargo-nextest's
 /// `ExpectedError` carries `process_exit_code()`): every binary's `run` returns it, and

@@ -45,6 +45,7 @@ pub mod logs;
 pub mod name;
 pub(crate) mod os_file;
 pub mod output;
+pub mod path_error;
 pub mod printer;
 pub mod process;
 pub mod record;

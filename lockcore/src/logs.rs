@@ -15,7 +15,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::exit::PathError;
+use crate::path_error::PathError;
 
 const ROTATE_AT_BYTES: u64 = 10 * 1024 * 1024;
 /// How many rotated files a log keeps beside the current one, unless told otherwise.
@@ -133,7 +133,7 @@ impl LogFile {
             let _ = std::fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1));
         }
         let old = rotated(&self.path, 1);
-        if crate::lock::retry_transient(|| std::fs::rename(&self.path, &old)).is_err() {
+        if crate::os_file::retry_transient(|| std::fs::rename(&self.path, &old)).is_err() {
             // Open elsewhere (Windows): keep writing here, try again later.
             self.rotate_at = self.written + ROTATE_AT_BYTES;
             return;

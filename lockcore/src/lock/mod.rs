@@ -34,7 +34,6 @@ mod machine;
 use machine::{MachineClaim, MachineLock};
 
 use crate::os_file as os;
-pub(crate) use crate::os_file::retry_transient;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
