@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fleet_tests::orchestrated::log_position;
-use fleet_tests::{Desk, Running, start_master_launch, wait_until};
+use fleet_tests::{Desk, Running, wait_until};
 
 /// A desk of `accounts` accounts (and a global) whose every bot ignores SIGTERM, with a
 /// 30 s stop timeout: only a hurried stop ends it soon. Names carry the run's pid.
@@ -28,15 +28,9 @@ fn stubborn_desk(tag: &str, accounts: usize) -> Desk {
     )
 }
 
+/// The desk started by master-launch, every bot past installing its stop handler.
 fn launch(desk: &Desk) -> Running {
-    let (running, lines) = start_master_launch(&desk.config(), &[]);
-    assert!(
-        lines
-            .wait_for("desk started", Duration::from_secs(60))
-            .is_some(),
-        "master-launch did not start the desk: {}",
-        desk.master_log()
-    );
+    let (running, _lines) = fleet_tests::orchestrated::launch(desk, &[]);
     desk.wait_until_each_said_started();
     running
 }
@@ -47,6 +41,15 @@ fn signal(running: &Running, which: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill {which}");
+}
+
+/// SIGINT, then half a second into the ordered stop it begins (logged after `mark`).
+fn ctrl_c_and_let_the_stop_begin(desk: &Desk, running: &Running, mark: usize) {
+    signal(running, "-INT");
+    wait_until("the stop to begin", || {
+        desk.master_log()[mark..].contains("stopping the desk")
+    });
+    std::thread::sleep(Duration::from_millis(500));
 }
 
 /// Waits for master-launch to exit, at most `limit` after `from`; its exit code and
@@ -114,11 +117,7 @@ fn a_hangup_shortens_a_ctrl_c_stop_already_under_way() {
     let desk = stubborn_desk("INTHUP", 3);
     let mut running = launch(&desk);
     let mark = desk.master_log().len();
-    signal(&running, "-INT");
-    wait_until("the stop to begin", || {
-        desk.master_log()[mark..].contains("stopping the desk")
-    });
-    std::thread::sleep(Duration::from_millis(500));
+    ctrl_c_and_let_the_stop_begin(&desk, &running, mark);
     let sent = Instant::now();
     signal(&running, "-HUP");
     let (code, took) = exit_within(&mut running, sent, Duration::from_secs(5));
@@ -139,11 +138,7 @@ fn a_second_ctrl_c_forces_what_is_left_at_once_brains_first() {
     let bots = fleet_tests::running_pids(&desk.snapshot());
     assert_eq!(bots.len(), 7, "{bots:?}");
     let mark = desk.master_log().len();
-    signal(&running, "-INT");
-    wait_until("the stop to begin", || {
-        desk.master_log()[mark..].contains("stopping the desk")
-    });
-    std::thread::sleep(Duration::from_millis(500));
+    ctrl_c_and_let_the_stop_begin(&desk, &running, mark);
     let sent = Instant::now();
     signal(&running, "-INT");
     // Every bot gone within a second of the second Ctrl+C.
