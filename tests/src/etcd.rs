@@ -1,5 +1,5 @@
 //! A real etcd for the cluster tests: Debian's `etcd` (package `etcd-server`, which
-//! `.ci/run` installs) on free loopback ports with a temporary data folder, killed when
+//! `cargo xtask test` installs) on free loopback ports with a temporary data folder, killed when
 //! the handle drops. A missing etcd fails the test with the install command: a cluster
 //! test never passes by not running. [`Etcd::start_tls`] serves https and asks every
 //! client for a certificate (`--client-cert-auth`).
@@ -57,7 +57,7 @@ fn etcd_binary() -> PathBuf {
         Some(path) => path,
         None => panic!(
             "the cluster tests need etcd and it is not on the PATH: install it \
-             (`apt-get install -y etcd-server` on Debian; .ci/run does) or set \
+             (`apt-get install -y etcd-server` on Debian; `cargo xtask test` does) or set \
              FLEET_TEST_ETCD to its path"
         ),
     }

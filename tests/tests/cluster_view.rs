@@ -353,7 +353,7 @@ fn connects(config: &Path) -> Vec<String> {
         .unwrap_or_else(|e| {
             panic!(
                 "this test needs strace to see every connection check-procs makes: {e}; \
-                 install it (`apt-get install -y strace`; .ci/run does)"
+                 install it (`apt-get install -y strace`; `cargo xtask test` does)"
             )
         });
     assert!(status.code().is_some(), "strace: {status}");

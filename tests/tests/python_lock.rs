@@ -135,7 +135,7 @@ mod unix {
     use super::repo_file;
 
     /// `python3`: these tests need it, and fail rather than pass without running
-    /// (`.ci/run` installs it).
+    /// (`cargo xtask test` installs it).
     fn python3() -> Option<&'static str> {
         let found = Command::new("python3")
             .arg("--version")
@@ -143,7 +143,7 @@ mod unix {
             .is_ok_and(|o| o.status.success());
         assert!(
             found,
-            "python3 is needed for these tests; `.ci/run` installs it"
+            "python3 is needed for these tests; `cargo xtask test` installs it"
         );
         Some("python3")
     }

@@ -9,11 +9,15 @@
 //! comes from [`bat::wrapper`]: edit the template, never the generated files.
 //!
 //! `cargo xtask docs [--check]`: the README's tables generated from the code ([`docs`]).
+//!
+//! `cargo xtask test [ARGS]...`: the README's test command; checks for (and where it
+//! can, installs) the programs the suite runs, then `cargo test --workspace` ([`suite`]).
 
 // A developer tool run through cargo: plain prints to a terminal are what it needs.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 mod bat;
 mod docs;
+mod suite;
 
 use std::fs;
 use std::io::Write;
@@ -22,7 +26,7 @@ use std::process::Command;
 
 use clap::{Parser, Subcommand};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const TOOLS: [&str; 4] = ["master-launch", "safe-shutdown", "check-procs", "lock-gc"];
 const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
@@ -63,6 +67,14 @@ enum Task {
         #[arg(long, value_name = "PATH", default_value = "README.md")]
         readme: PathBuf,
     },
+    /// Run the whole test suite: check for python3, etcd and strace first (install
+    /// them with apt-get when run as root, else print the install command and stop),
+    /// then `cargo test --workspace --locked ARGS...`.
+    Test {
+        /// Passed on to `cargo test` (for example `-- --test-threads 1`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +90,7 @@ fn main() -> std::process::ExitCode {
             true
         }),
         Task::Docs { check, readme } => docs::run(&workspace_root().join(readme), check),
+        Task::Test { args } => suite::run(&args),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -89,7 +102,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
