@@ -43,8 +43,12 @@ const MAX_RESTART_DELAY_MS: u64 = 60 * 60 * 1000;
 pub const MAX_NAME_LEN: usize = 64;
 /// Names Windows keeps for devices, with or without an extension, in any case:
 /// `CON.lock` would open the console, not a file.
-/// The names `{account}`, `{login}`, `{terminal}`, `{config_dir}` that need no [vars].
-const BUILTIN_VARS: [&str; 4] = ["account", "login", "terminal", "config_dir"];
+/// The names `{account}`, `{login}`, `{terminal}`, `{config_dir}`, `{python}` that need no
+/// [vars] (a [vars] entry of the same name wins).
+const BUILTIN_VARS: [&str; 5] = ["account", "login", "terminal", "config_dir", "python"];
+/// `{python}`: the name Python 3 has on this platform's PATH. Windows has no `python3`;
+/// python.org's installer (with "Add python.exe to PATH") and the Store both give `python`.
+pub const PYTHON: &str = if cfg!(windows) { "python" } else { "python3" };
 
 /// A `fleet.toml` mistake, or a file that cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -656,6 +660,7 @@ impl Checker<'_> {
         let mut builtins = BTreeMap::new();
         let config_dir = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
         builtins.insert("config_dir".to_string(), config_dir.display().to_string());
+        builtins.insert("python".to_string(), PYTHON.to_string());
         let vars = self.resolve_vars(&raw.vars)?;
         let lock_dir = match &raw.lock_dir {
             Some(value) => {
@@ -1278,7 +1283,7 @@ impl Checker<'_> {
                     VarError::Undefined(undefined) => self.invalid(
                         value.span().start,
                         format!("var `{name}` uses `{{{undefined}}}`, which is not defined"),
-                        "define it under [vars], or use one of {account}, {login}, {terminal}, {config_dir}",
+                        "define it under [vars], or use one of {account}, {login}, {terminal}, {config_dir}, {python}",
                     ),
                     VarError::Cycle(cycle) => self.invalid(
                         value.span().start,
@@ -1409,7 +1414,7 @@ impl Checker<'_> {
                 self.invalid(
                     offset,
                     format!("`{{{undefined}}}` is not defined"),
-                    "define it under [vars], or use one of {account}, {login}, {terminal}, {config_dir}",
+                    "define it under [vars], or use one of {account}, {login}, {terminal}, {config_dir}, {python}",
                 )
             })
         };

@@ -280,6 +280,38 @@ watchdog = ["py", "w.py"]
 }
 
 #[test]
+fn python_is_built_in_per_platform_and_a_var_of_that_name_wins() {
+    let desk = |vars: &str| {
+        format!(
+            "{vars}\n[[account]]\nname = \"ACC\"\nbrain = [\"{{python}}\", \"b.py\"]\n\
+             watchdog = [\"{{python}}\", \"w.py\", \"--via\", \"{{p}}\"]\n"
+        )
+    };
+    let built_in = Fleet::from_toml(
+        Path::new("desk/fleet.toml"),
+        &desk("[vars]\np = \"{python}\""),
+    )
+    .unwrap();
+    let python = if cfg!(windows) { "python" } else { "python3" };
+    assert_eq!(lockcore::config::PYTHON, python);
+    assert_eq!(
+        built_in.component("BRAIN_ACC").unwrap().command,
+        [python, "b.py"]
+    );
+    // A var may use it too.
+    assert_eq!(
+        built_in.component("WATCHDOG_ACC").unwrap().command,
+        [python, "w.py", "--via", python]
+    );
+    let venv = Fleet::from_toml(
+        Path::new("desk/fleet.toml"),
+        &desk("[vars]\npython = \"py\"\np = \"x\""),
+    )
+    .unwrap();
+    assert_eq!(venv.component("BRAIN_ACC").unwrap().command, ["py", "b.py"]);
+}
+
+#[test]
 fn a_var_naming_an_undefined_var_is_refused_at_its_line() {
     let (line, problem) = refusal(&tiny_desk("[vars]\nb = \"x\"\na = \"{nope}\"", "ACC"));
     assert_eq!(line, 3);
