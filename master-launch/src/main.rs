@@ -29,9 +29,9 @@ mod signals;
 mod supervisor;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -51,7 +51,7 @@ use lockcore::{errln, outln};
 use crate::core::{Note, Sink};
 use crate::events::Events;
 use crate::orchestrator::{Event, Orchestrator};
-use crate::signals::{Asked, CLOSING_BUDGET, Ending};
+use crate::signals::{Asked, Closing, Ending, StopHandshake};
 use lockcore::logs::Log;
 
 const TOOL: &str = "master-launch";
@@ -238,7 +238,7 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         events.line("", &warning);
     }
     let (tx, rx) = channel::<Event>();
-    let stopped = Arc::new((Mutex::new(false), Condvar::new()));
+    let stopped = Arc::new(StopHandshake::new(Closing::on_this_system()));
     // A second stop signal shortens the stop the first began.
     let cutoff = Cutoff::default();
     // While --replace stops what runs, Ctrl+C ends the run with nothing started.
@@ -345,10 +345,13 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
     let given_up = desk.stop_everything(grace, &cutoff);
     desk.release()?;
     desk_events.note(&Note::DeskStopped);
-    desk_events.finish(ALERTS_AT_THE_END);
-    let (flag, signal) = &*stopped;
-    *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
-    signal.notify_all();
+    // A closed window leaves only what is left of its budget for the last alerts.
+    let alerts_may_take = stopped.left().map_or(ALERTS_AT_THE_END, |left| {
+        left.saturating_sub(Duration::from_millis(100))
+            .min(ALERTS_AT_THE_END)
+    });
+    desk_events.finish(alerts_may_take);
+    stopped.done();
     ran?;
     if given_up {
         events.line(
@@ -426,7 +429,7 @@ fn watchdog_held_elsewhere(
 fn install_stop_handler(
     events: Sender<Event>,
     cutoff: Cutoff,
-    stopped: Arc<(Mutex<bool>, Condvar)>,
+    stopped: Arc<StopHandshake>,
     replacing: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let signals_before = AtomicU32::new(0);
@@ -442,7 +445,12 @@ fn install_stop_handler(
             lockcore::printer::flush_all();
             std::process::exit(i32::from(ExitCode::Problems.code()));
         }
-        match Asked::after(signals_before.fetch_add(1, Ordering::SeqCst), ending) {
+        let closing = stopped.closing();
+        match Asked::after(
+            signals_before.fetch_add(1, Ordering::SeqCst),
+            ending,
+            closing,
+        ) {
             Asked::Stop(grace) => {
                 let _ = events.send(Event::Signal(grace));
             }
@@ -453,9 +461,7 @@ fn install_stop_handler(
             }
         }
         if ending == Ending::ConsoleClosing {
-            let (flag, signal) = &*stopped;
-            let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = signal.wait_timeout_while(guard, CLOSING_BUDGET, |done| !*done);
+            stopped.hold(|| cutoff.force_now());
         }
     })
 }
@@ -702,8 +708,13 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
     {
         let runner = runner.clone();
         let signals_before = AtomicU32::new(0);
+        let closing = Closing::on_this_system();
         signals::on_stop(move |ending| {
-            match Asked::after(signals_before.fetch_add(1, Ordering::SeqCst), ending) {
+            match Asked::after(
+                signals_before.fetch_add(1, Ordering::SeqCst),
+                ending,
+                closing,
+            ) {
                 Asked::Stop(grace) => {
                     // On a thread of its own: a later signal can then shorten it.
                     let runner = runner.clone();
@@ -714,10 +725,18 @@ fn run_one(config: &std::path::Path, name: &str) -> Result<ExitCode> {
             }
             if ending == Ending::ConsoleClosing {
                 // Windows ends this process when the handler returns.
-                let until = std::time::Instant::now() + CLOSING_BUDGET;
-                while runner.slot.identity().is_some() && std::time::Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                signals::hold_the_close(
+                    closing,
+                    |up_to| {
+                        let until = std::time::Instant::now() + up_to;
+                        while runner.slot.identity().is_some() && std::time::Instant::now() < until
+                        {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        runner.slot.identity().is_none()
+                    },
+                    || runner.cutoff.force_now(),
+                );
             }
         })?;
     }

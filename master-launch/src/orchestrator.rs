@@ -34,6 +34,7 @@ use lockcore::{
 
 use crate::core::{Begun, Command, Desk, Input, Note, Now, Sink, Spec};
 use crate::events::Events;
+use crate::notify::Word;
 use crate::supervisor::{Launch, Outcome, Report, Supervisor};
 
 /// How often the lock dir is looked at for requests: a directory read, cheap.
@@ -188,6 +189,7 @@ impl<'f> Orchestrator<'f> {
         self.relay_cluster_stop_requests();
         self.step(Input::Tick)?;
         self.publish();
+        let mut last_tick = Instant::now();
         loop {
             // Sooner than a tick when a brain waits for its watchdog to settle, or an
             // answer waits for a component to settle.
@@ -195,11 +197,18 @@ impl<'f> Orchestrator<'f> {
             match rx.recv_timeout(settling.min(TICK) + Duration::from_millis(5)) {
                 Ok(Event::Signal(grace)) => return Ok(grace),
                 Ok(Event::Supervision(index, Report::Said { pid, word })) => {
+                    let only_alive = matches!(word, Word::Alive);
                     self.step(Input::Said {
                         unit: index,
                         pid,
                         word,
                     })?;
+                    // `alive` only moves a timestamp: the tick and the view it changes
+                    // wait for the next tick, so a desk of heartbeating bots costs a
+                    // tick's work per TICK, not per heartbeat.
+                    if only_alive && last_tick.elapsed() < TICK {
+                        continue;
+                    }
                 }
                 Ok(Event::Supervision(index, report)) => {
                     if matches!(report, Report::Ended(_))
@@ -235,6 +244,7 @@ impl<'f> Orchestrator<'f> {
             }
             self.step(Input::Tick)?;
             self.publish();
+            last_tick = Instant::now();
         }
     }
 

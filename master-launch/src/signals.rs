@@ -29,7 +29,8 @@
 //! two messages to top-level windows.
 
 use std::io;
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use lockcore::Grace;
 
@@ -47,12 +48,61 @@ pub enum Ending {
 }
 
 /// How much a whole stop may take when a window or terminal closes: Windows grants
-/// about 5 s after a console close, logoff or shutdown (and a user can lower it). The
-/// one place each stage's share is written down: brains, watchdogs and globals get
-/// [`CLOSING_GRACE`] each, and what is forced gets the rest to go.
+/// about 5 s after a console close, logoff or shutdown, and a user can lower it
+/// ([`Closing::on_this_system`]). The one place each stage's share is written down:
+/// brains, watchdogs and globals get [`CLOSING_GRACE`] each (of the default budget),
+/// and what is forced gets the rest to go.
 pub const CLOSING_BUDGET: Duration = Duration::from_millis(4500);
-/// Each stage's share of [`CLOSING_BUDGET`].
+/// Each stage's share of [`CLOSING_BUDGET`]: 4/15 of it, three stages 80 %.
 pub const CLOSING_GRACE: Duration = Duration::from_millis(1200);
+/// Kept back from what Windows grants: the process must still release its locks and
+/// write its log before Windows ends it.
+const CLOSING_MARGIN: Duration = Duration::from_millis(500);
+/// The least budget there is: one that short only forces, brains first.
+const CLOSING_LEAST: Duration = Duration::from_millis(500);
+/// Before the budget ends, the handler forces what is left itself (brains first), so
+/// nothing is left for Windows to end out of order when the handler returns.
+const FORCE_BEFORE_END: Duration = Duration::from_millis(300);
+
+/// The closing budget in force and each stage's share of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closing {
+    /// The whole stop, from the close to the handler's return.
+    pub budget: Duration,
+    /// Each stage's grace.
+    pub grace: Duration,
+}
+
+impl Closing {
+    pub const DEFAULT: Closing = Closing {
+        budget: CLOSING_BUDGET,
+        grace: CLOSING_GRACE,
+    };
+
+    /// Fitted to what the system grants: never more than the default, a margin kept
+    /// back, the shares in the default's proportions.
+    pub fn within(granted: Duration) -> Closing {
+        let budget = granted
+            .saturating_sub(CLOSING_MARGIN)
+            .clamp(CLOSING_LEAST, CLOSING_BUDGET);
+        Closing {
+            budget,
+            grace: budget * 4 / 15,
+        }
+    }
+
+    /// Windows: what this user's system grants a console close (the hung-app timeout,
+    /// which HandlerRoutine's "Timeouts" table names for `CTRL_CLOSE_EVENT`); read once
+    /// at start. Elsewhere the default.
+    pub fn on_this_system() -> Closing {
+        imp::granted_on_close().map_or(Closing::DEFAULT, Closing::within)
+    }
+
+    /// When the handler forces what is left, counted from the close.
+    pub fn force_at(self) -> Duration {
+        self.budget.saturating_sub(FORCE_BEFORE_END)
+    }
+}
 
 /// What a stop signal asks for, given how many came before it (DESIGN.md rule 16; as
 /// cargo-nextest's `SignalCount`): the first starts the ordered stop; a later one can
@@ -66,15 +116,83 @@ pub enum Asked {
 }
 
 impl Asked {
-    pub fn after(signals_before: u32, ending: Ending) -> Asked {
+    pub fn after(signals_before: u32, ending: Ending, closing: Closing) -> Asked {
         match (signals_before, ending) {
             (0, Ending::Interrupt) => Asked::Stop(Grace::Own),
             (0, Ending::Hangup | Ending::ConsoleClosing) => {
-                Asked::Stop(Grace::Given(CLOSING_GRACE))
+                Asked::Stop(Grace::Given(closing.grace))
             }
             (_, Ending::Interrupt) => Asked::ForceNow,
-            (_, Ending::Hangup | Ending::ConsoleClosing) => Asked::Hurry(CLOSING_GRACE),
+            (_, Ending::Hangup | Ending::ConsoleClosing) => Asked::Hurry(closing.grace),
         }
+    }
+}
+
+/// Waits, in a console-close handler, until `done` says the desk has stopped: forces
+/// what is left at [`Closing::force_at`] (brains first), and gives up at the budget's
+/// end, when Windows is about to end the process anyway. Starts counting at the call.
+pub fn hold_the_close(closing: Closing, done: impl Fn(Duration) -> bool, force_now: impl Fn()) {
+    let start = Instant::now();
+    if done(closing.force_at()) {
+        return;
+    }
+    force_now();
+    let _ = done(closing.budget.saturating_sub(start.elapsed()));
+}
+
+/// Between a console-close handler and the thread that stops the desk: the handler
+/// holds the close (Windows ends the process when it returns) until the desk is done,
+/// and the stopping side knows how much of the close budget is left for its last
+/// words (alerts).
+pub struct StopHandshake {
+    closing: Closing,
+    done: Mutex<bool>,
+    changed: Condvar,
+    closing_since: OnceLock<Instant>,
+}
+
+impl StopHandshake {
+    pub fn new(closing: Closing) -> StopHandshake {
+        StopHandshake {
+            closing,
+            done: Mutex::new(false),
+            changed: Condvar::new(),
+            closing_since: OnceLock::new(),
+        }
+    }
+
+    pub fn closing(&self) -> Closing {
+        self.closing
+    }
+
+    /// The desk has stopped and said its last words: a held close may end.
+    pub fn done(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// In the handler of a closing ending: holds it until [`StopHandshake::done`],
+    /// forcing what is left before the budget ends ([`hold_the_close`]).
+    pub fn hold(&self, force_now: impl Fn()) {
+        let _ = self.closing_since.set(Instant::now());
+        hold_the_close(
+            self.closing,
+            |up_to| {
+                let guard = self.done.lock().unwrap_or_else(|e| e.into_inner());
+                let (guard, _) = self
+                    .changed
+                    .wait_timeout_while(guard, up_to, |done| !*done)
+                    .unwrap_or_else(|e| e.into_inner());
+                *guard
+            },
+            force_now,
+        );
+    }
+
+    /// While a close is held: what is left of its budget.
+    pub fn left(&self) -> Option<Duration> {
+        let since = self.closing_since.get()?;
+        Some(self.closing.budget.saturating_sub(since.elapsed()))
     }
 }
 
@@ -113,6 +231,10 @@ mod imp {
     }
 
     pub(super) fn session_end_note() -> Option<String> {
+        None
+    }
+
+    pub(super) fn granted_on_close() -> Option<Duration> {
         None
     }
 }
@@ -161,6 +283,27 @@ mod imp {
         });
         let _ = SESSION_END.set(listening.map_err(|e| e.to_string()));
         Ok(())
+    }
+
+    /// SPI_GETHUNGAPPTIMEOUT (SystemParametersInfoW): "the number of milliseconds that a
+    /// thread can go without dispatching a message before the system considers it
+    /// unresponsive"; HandlerRoutine's "Timeouts" table gives it as the time a process
+    /// has after `CTRL_CLOSE_EVENT` (default 5000 ms; users and policies lower it).
+    pub(super) fn granted_on_close() -> Option<Duration> {
+        use windows_sys::Win32::UI::WindowsAndMessaging::{
+            SPI_GETHUNGAPPTIMEOUT, SystemParametersInfoW,
+        };
+        let mut millis: u32 = 0;
+        // SAFETY: this action writes one UINT to the pointer, a local that outlives it.
+        let read = unsafe {
+            SystemParametersInfoW(
+                SPI_GETHUNGAPPTIMEOUT,
+                0,
+                (&raw mut millis).cast::<std::ffi::c_void>(),
+                0,
+            )
+        };
+        (read != 0 && millis > 0).then(|| Duration::from_millis(u64::from(millis)))
     }
 
     /// Whether the session-end window runs, or why not.
@@ -354,6 +497,7 @@ mod tests {
     #[test]
     fn a_later_signal_only_shortens_the_stop_the_first_began() {
         let closing = Grace::Given(CLOSING_GRACE);
+        let after = |before, ending| Asked::after(before, ending, Closing::DEFAULT);
         let table = [
             (0, Ending::Interrupt, Asked::Stop(Grace::Own)),
             (0, Ending::Hangup, Asked::Stop(closing)),
@@ -364,9 +508,65 @@ mod tests {
             (1, Ending::ConsoleClosing, Asked::Hurry(CLOSING_GRACE)),
         ];
         for (before, ending, asked) in table {
-            assert_eq!(Asked::after(before, ending), asked, "{before} {ending:?}");
+            assert_eq!(after(before, ending), asked, "{before} {ending:?}");
         }
         // Three stages' shares, and what is forced, fit the budget.
         assert!(CLOSING_GRACE * 3 < CLOSING_BUDGET);
+        assert_eq!(Closing::within(CLOSING_BUDGET * 2), Closing::DEFAULT);
+    }
+
+    #[test]
+    fn a_lowered_close_timeout_shrinks_the_budget_and_every_share_with_it() {
+        let ms = Duration::from_millis;
+        // What Windows grants by default: the default budget.
+        assert_eq!(Closing::within(ms(5000)), Closing::DEFAULT);
+        // A user who lowered it to 2 s: 1.5 s, each stage 0.4 s, forced at 1.2 s.
+        let lowered = Closing::within(ms(2000));
+        assert_eq!(lowered.budget, ms(1500));
+        assert_eq!(lowered.grace, ms(400));
+        assert_eq!(lowered.force_at(), ms(1200));
+        assert!(lowered.grace * 3 <= lowered.force_at());
+        // Absurdly low or zero: a floor that still forces, brains first.
+        assert_eq!(Closing::within(ms(0)).budget, CLOSING_LEAST);
+        assert_eq!(Closing::within(Duration::MAX), Closing::DEFAULT);
+        let second = Asked::after(1, Ending::ConsoleClosing, lowered);
+        assert_eq!(second, Asked::Hurry(ms(400)));
+    }
+
+    #[test]
+    fn the_close_is_held_until_done_and_forced_before_the_end() {
+        use std::cell::Cell;
+        let ms = Duration::from_millis;
+        let closing = Closing::within(ms(2000));
+        // Done in time: nothing forced, one wait up to force_at.
+        let (waits, forced) = (Cell::new(Vec::new()), Cell::new(false));
+        hold_the_close(
+            closing,
+            |up_to| {
+                let mut seen = waits.take();
+                seen.push(up_to);
+                waits.set(seen);
+                true
+            },
+            || forced.set(true),
+        );
+        assert_eq!(waits.take(), [ms(1200)]);
+        assert!(!forced.get());
+        // Not done at force_at: forced, then waited for the rest of the budget.
+        let (waits, forced) = (Cell::new(Vec::new()), Cell::new(false));
+        hold_the_close(
+            closing,
+            |up_to| {
+                let mut seen = waits.take();
+                seen.push(up_to);
+                waits.set(seen);
+                false
+            },
+            || forced.set(true),
+        );
+        let waits = waits.take();
+        assert!(forced.get());
+        assert_eq!(waits.len(), 2);
+        assert!(waits[1] <= ms(1500), "{waits:?}");
     }
 }
