@@ -19,6 +19,7 @@
 //!   (safe-shutdown, `master-launch --replace`).
 //! - [`stop`]: stop requests, the way anyone asks a lock holder to stop.
 //! - [`control`]: start and restart requests to the orchestrator, and the view it publishes.
+//! - [`mailbox`]: which request files wait in a lock dir, from one read of the folder.
 //! - [`stop_engine`]: stages in the safe order, deadlines, graceful-then-forced: every stop.
 //! - [`graceful`]: asking a process we did not start to stop (SIGTERM, CTRL_BREAK, close).
 //! - [`exit`]: the exit codes every tool uses.
@@ -42,6 +43,7 @@ pub mod graceful;
 pub mod introspect;
 pub mod lock;
 pub mod logs;
+pub mod mailbox;
 pub mod name;
 pub(crate) mod os_file;
 pub mod output;

@@ -24,6 +24,7 @@ use lockcore::config::MASTER_LOCK_NAME;
 use lockcore::control::{Action, ControlRequest, DeskState, Outcome as AnswerOutcome, Supervised};
 use lockcore::exit::ToolError;
 use lockcore::logs::Log;
+use lockcore::mailbox::Mailbox;
 use lockcore::stop::now_unix;
 use lockcore::stop_engine::{Cutoff, StopObserver, stop_in_order};
 use lockcore::{
@@ -232,11 +233,13 @@ impl<'f> Orchestrator<'f> {
             }
             if self.last_scan.is_none_or(|t| t.elapsed() >= TICK) {
                 self.last_scan = Some(Instant::now());
-                if let Some(grace) = self.stop_all_requested() {
+                // One read of the lock dir tells which request files to open.
+                let mailbox = Mailbox::look(&self.fleet.lock_dir);
+                if let Some(grace) = self.stop_all_requested(&mailbox) {
                     return Ok(grace);
                 }
-                self.take_stop_requests()?;
-                self.take_control_requests()?;
+                self.take_stop_requests(&mailbox)?;
+                self.take_control_requests(&mailbox)?;
                 self.ticks = self.ticks.wrapping_add(1);
                 if self.ticks.is_multiple_of(VERIFY_EVERY_TICKS) {
                     self.verify_locks();
@@ -341,7 +344,10 @@ impl<'f> Orchestrator<'f> {
         }
     }
 
-    fn stop_all_requested(&mut self) -> Option<Grace> {
+    fn stop_all_requested(&mut self, mailbox: &Mailbox) -> Option<Grace> {
+        if !mailbox.may_have(&format!("{MASTER_LOCK_NAME}.stop")) {
+            return None;
+        }
         let request = StopRequest::read(&self.fleet.lock_dir, MASTER_LOCK_NAME)?;
         if let Some(why) = &request.unreadable {
             self.events.note(&Note::UnreadableStop {
@@ -357,13 +363,16 @@ impl<'f> Orchestrator<'f> {
 
     /// Stop requests for one component, for the core (which waits while a stop of it,
     /// or of a watchdog's brain, runs: the request stays in the lock dir meanwhile).
-    fn take_stop_requests(&mut self) -> Result<(), ToolError> {
+    fn take_stop_requests(&mut self, mailbox: &Mailbox) -> Result<(), ToolError> {
         for index in 0..self.held.len() {
             if !self.desk.takes_requests(index) {
                 continue;
             }
             let component = &self.held[index].component;
             let name = component.lock_name.clone();
+            if !mailbox.may_have(&format!("{name}.stop")) {
+                continue;
+            }
             let Some(request) = StopRequest::read(&self.fleet.lock_dir, &name) else {
                 continue;
             };
@@ -386,13 +395,16 @@ impl<'f> Orchestrator<'f> {
 
     /// Start and restart requests: each read once and removed, then handed to the core
     /// with whether its requester still runs (one that has died is not served).
-    fn take_control_requests(&mut self) -> Result<(), ToolError> {
+    fn take_control_requests(&mut self, mailbox: &Mailbox) -> Result<(), ToolError> {
         for index in 0..self.held.len() {
             for action in Action::ALL {
                 if !self.desk.takes_requests(index) {
                     break;
                 }
                 let name = self.held[index].name().to_string();
+                if !mailbox.may_have(&ControlRequest::file_name(&name, action)) {
+                    continue;
+                }
                 let Some(read) = ControlRequest::read(&self.fleet.lock_dir, &name, action) else {
                     continue;
                 };
