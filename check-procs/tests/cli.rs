@@ -675,11 +675,12 @@ fn a_brain_running_without_its_watchdog_is_unguarded_whoever_started_it() {
     assert_eq!(code, 1, "{table}");
     assert_eq!(problem_kinds(&json), ["unguarded", "unlocked"], "{json}");
     let message = format!(
-        "BRAIN_UNGUARD1 runs (pid {}) while its watchdog WATCHDOG_UNGUARD1 does not: its \
-         positions have no stop-loss guard. Start WATCHDOG_UNGUARD1 (`master-launch start \
-         WATCHDOG_UNGUARD1` while master-launch runs, else `master-launch run \
-         WATCHDOG_UNGUARD1`), or stop the brain with safe-shutdown --account UNGUARD1",
-        hand.pid()
+        "BRAIN_{account} runs (pid {}) while its watchdog WATCHDOG_{account} does not: its \
+         positions have no stop-loss guard. Start WATCHDOG_{account} (`master-launch start \
+         WATCHDOG_{account}` while master-launch runs, else `master-launch run \
+         WATCHDOG_{account}`), or stop the brain with safe-shutdown --account {account}",
+        hand.pid(),
+        account = unique("UNGUARD1")
     );
     assert_eq!(json["problems"][0]["message"], message.as_str());
     assert_eq!(json["problems"][0]["name"], &*unique("BRAIN_UNGUARD1"));

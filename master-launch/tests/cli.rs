@@ -77,7 +77,7 @@ fn released(snap: &DeskSnapshot, name: &str) -> bool {
 fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
     let desk = Desk::new(&*unique("qs_dry"), &[&*unique("DRY1"), &*unique("DRY2")]);
     let output = master_launch(&desk)
-        .args(["--dry-run", "--only", "dry2"])
+        .args(["--dry-run", "--only", &unique("DRY2").to_lowercase()])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0));
@@ -1404,13 +1404,14 @@ fn run_refuses_a_brain_whose_watchdog_is_not_running_and_starts_it_beside_one() 
     assert_eq!(
         stderr.trim_end(),
         format!(
-            "master-launch: refused: BRAIN_RGUARD may run only while its watchdog \
-             WATCHDOG_RGUARD runs (a brain never trades unguarded), and WATCHDOG_RGUARD is not \
-             running; nothing was started. Start it first: `master-launch run WATCHDOG_RGUARD` \
-             (or START_WATCHDOG_RGUARD.bat), then run BRAIN_RGUARD again. An account that \
+            "master-launch: refused: BRAIN_{account} may run only while its watchdog \
+             WATCHDOG_{account} runs (a brain never trades unguarded), and WATCHDOG_{account} is not \
+             running; nothing was started. Start it first: `master-launch run WATCHDOG_{account}` \
+             (or START_WATCHDOG_{account}.bat), then run BRAIN_{account} again. An account that \
              trades without a watchdog says so in {}: brain_requires_watchdog = false under \
-             [[account]] RGUARD.",
-            desk.config().display()
+             [[account]] {account}.",
+            desk.config().display(),
+            account = unique("RGUARD")
         )
     );
     assert!(

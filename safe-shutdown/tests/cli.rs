@@ -249,8 +249,10 @@ fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
             &*unique("BRAIN_ACCT2"),
         ],
     );
-    // A short timeout: under Wine the bots never see CTRL_BREAK and are forced.
-    safe_shutdown(&desk, &["--yes", "--account", "acct1", "--timeout", "2"])
+    // A short timeout: under Wine the bots never see CTRL_BREAK and are forced. The
+    // account named in lower case: --account ignores case.
+    let account = unique("ACCT1").to_lowercase();
+    safe_shutdown(&desk, &["--yes", "--account", &account, "--timeout", "2"])
         .assert()
         .code(0)
         .stdout(predicate::str::contains("All 2 stopped."));
