@@ -54,7 +54,7 @@ fn component<'a>(document: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn a_desk_running_under_its_locks_is_healthy() {
     let desk = Desk::new(
-        &*unique("qs_healthy"),
+        &unique("qs_healthy"),
         &[&*unique("HEALTHY1"), &*unique("HEALTHY2")],
     );
     let _bots: Vec<_> = desk
@@ -81,10 +81,10 @@ fn a_desk_running_under_its_locks_is_healthy() {
 
 #[test]
 fn three_brains_for_one_account_are_a_duplicate_shown_first() {
-    let desk = Desk::new(&*unique("qs_dup"), &[&*unique("DUPACC")]);
-    let _locked = desk.start_locked(&*unique("BRAIN_DUPACC"), &[]);
-    let hand1 = desk.start_by_hand(&*unique("BRAIN_DUPACC"));
-    let hand2 = desk.start_by_hand(&*unique("BRAIN_DUPACC"));
+    let desk = Desk::new(&unique("qs_dup"), &[&*unique("DUPACC")]);
+    let _locked = desk.start_locked(&unique("BRAIN_DUPACC"), &[]);
+    let hand1 = desk.start_by_hand(&unique("BRAIN_DUPACC"));
+    let hand2 = desk.start_by_hand(&unique("BRAIN_DUPACC"));
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1);
     let kinds = problem_kinds(&json);
@@ -94,9 +94,9 @@ fn three_brains_for_one_account_are_a_duplicate_shown_first() {
         2,
         "{kinds:?}"
     );
-    assert_eq!(component(&json, &*unique("BRAIN_DUPACC"))["copies"], 3);
+    assert_eq!(component(&json, &unique("BRAIN_DUPACC"))["copies"], 3);
     assert_eq!(
-        component(&json, &*unique("BRAIN_DUPACC"))["state"],
+        component(&json, &unique("BRAIN_DUPACC"))["state"],
         "duplicate"
     );
     let first_problem = table
@@ -121,8 +121,8 @@ fn three_brains_for_one_account_are_a_duplicate_shown_first() {
 
 #[test]
 fn a_copy_started_by_hand_without_a_lock_is_unlocked() {
-    let desk = Desk::new(&*unique("qs_unlocked"), &[&*unique("HANDACC")]);
-    let hand = desk.start_by_hand(&*unique("WATCHDOG_HANDACC"));
+    let desk = Desk::new(&unique("qs_unlocked"), &[&*unique("HANDACC")]);
+    let hand = desk.start_by_hand(&unique("WATCHDOG_HANDACC"));
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1);
     assert_eq!(problem_kinds(&json), ["unlocked"]);
@@ -140,11 +140,11 @@ fn a_copy_started_by_hand_without_a_lock_is_unlocked() {
 
 #[test]
 fn a_killed_holder_leaves_a_stale_lock_and_an_unlocked_bot() {
-    let desk = Desk::new(&*unique("qs_killed"), &[&*unique("KILLACC")]);
-    let mut launcher = desk.start_locked(&*unique("BRAIN_KILLACC"), &[]);
+    let desk = Desk::new(&unique("qs_killed"), &[&*unique("KILLACC")]);
+    let mut launcher = desk.start_locked(&unique("BRAIN_KILLACC"), &[]);
     let bot_pid = {
         let (_, _, json) = check(&desk);
-        component(&json, &*unique("BRAIN_KILLACC"))["pid"]
+        component(&json, &unique("BRAIN_KILLACC"))["pid"]
             .as_u64()
             .unwrap()
     };
@@ -160,7 +160,7 @@ fn a_killed_holder_leaves_a_stale_lock_and_an_unlocked_bot() {
 
 #[test]
 fn a_lock_whose_process_is_gone_while_its_holder_lives_is_reported() {
-    let desk = Desk::new(&*unique("qs_gone"), &[&*unique("GONEACC")]);
+    let desk = Desk::new(&unique("qs_gone"), &[&*unique("GONEACC")]);
     let mut command = Command::new(tool("fleet-tests", "lock-taker"));
     command
         .args(["run"])
@@ -175,7 +175,7 @@ fn a_lock_whose_process_is_gone_while_its_holder_lives_is_reported() {
     // the record names it, the holder's own start looks like a gone process too).
     fleet_tests::wait_until("the recorded bot to crash", || {
         let snap = desk.snapshot();
-        let view = snap.component(&*unique("BRAIN_GONEACC")).unwrap();
+        let view = snap.component(&unique("BRAIN_GONEACC")).unwrap();
         view.lock
             .as_ref()
             .and_then(|l| l.record.as_ref())
@@ -196,7 +196,7 @@ fn a_lock_whose_process_is_gone_while_its_holder_lives_is_reported() {
 fn stale_corrupt_legacy_and_unknown_lock_files_are_each_reported() {
     // A brain alone, by its account's leave: this is not about DESIGN.md rule 13.
     let desk = Desk::with_extra(
-        &*unique("qs_files"),
+        &unique("qs_files"),
         &[&*unique("FILEACC")],
         "brain_requires_watchdog = false",
     );
@@ -211,14 +211,14 @@ fn stale_corrupt_legacy_and_unknown_lock_files_are_each_reported() {
     assert!(status.success());
     // corrupt
     std::fs::write(
-        desk.lock_path(&*unique("WATCHDOG_FILEACC")),
+        desk.lock_path(&unique("WATCHDOG_FILEACC")),
         b"{\"pid\": 12, \"na",
     )
     .unwrap();
     // legacy: an older tool's PID file naming a live process that started before it
-    let bot = desk.start_by_hand(&*unique("BRAIN_FILEACC"));
+    let bot = desk.start_by_hand(&unique("BRAIN_FILEACC"));
     std::fs::write(
-        desk.lock_path(&*unique("BRAIN_FILEACC")),
+        desk.lock_path(&unique("BRAIN_FILEACC")),
         format!(
             r#"{{"pid": {}, "name": "{}", "account": "{}", "timestamp": "2999-01-01T00:00:00.000000"}}"#,
             bot.pid(),
@@ -247,14 +247,14 @@ fn stale_corrupt_legacy_and_unknown_lock_files_are_each_reported() {
         assert!(table.contains(label), "{label} missing:\n{table}");
     }
     assert_eq!(
-        component(&json, &*unique("BRAIN_FILEACC"))["state"],
+        component(&json, &unique("BRAIN_FILEACC"))["state"],
         "legacy"
     );
     assert_eq!(
-        component(&json, &*unique("WATCHDOG_FILEACC"))["state"],
+        component(&json, &unique("WATCHDOG_FILEACC"))["state"],
         "corrupt"
     );
-    assert_eq!(component(&json, &*unique("qs_files"))["state"], "stale");
+    assert_eq!(component(&json, &unique("qs_files"))["state"], "stale");
     let locks = json["locks"].as_array().unwrap();
     assert_eq!(locks.len(), 4);
     assert!(table.contains("(not in fleet.toml)"), "{table}");
@@ -264,26 +264,26 @@ fn stale_corrupt_legacy_and_unknown_lock_files_are_each_reported() {
 fn a_venv_style_launcher_and_its_child_are_one_copy_two_trees_a_duplicate() {
     // A brain alone, by its account's leave: this is not about DESIGN.md rule 13.
     let desk = Desk::with_extra(
-        &*unique("qs_tree"),
+        &unique("qs_tree"),
         &[&*unique("TREEACC")],
         "brain_requires_watchdog = false",
     );
-    let _first = desk.start_launcher_by_hand(&*unique("BRAIN_TREEACC"));
+    let _first = desk.start_launcher_by_hand(&unique("BRAIN_TREEACC"));
     let (_, _, json) = check(&desk);
     assert_eq!(problem_kinds(&json), ["unlocked"], "{json}");
     assert_eq!(json["processes"][0]["pids"].as_array().unwrap().len(), 2);
-    let _second = desk.start_launcher_by_hand(&*unique("BRAIN_TREEACC"));
+    let _second = desk.start_launcher_by_hand(&unique("BRAIN_TREEACC"));
     let (code, _, json) = check(&desk);
     assert_eq!(code, 1);
     assert_eq!(problem_kinds(&json)[0], "duplicate");
-    assert_eq!(component(&json, &*unique("BRAIN_TREEACC"))["copies"], 2);
+    assert_eq!(component(&json, &unique("BRAIN_TREEACC"))["copies"], 2);
 }
 
 #[test]
 fn a_launcher_under_its_lock_is_healthy() {
     // A brain alone, by its account's leave: this is not about DESIGN.md rule 13.
     let desk = Desk::with_extra(
-        &*unique("qs_treelock"),
+        &unique("qs_treelock"),
         &[&*unique("TREELOCK")],
         "brain_requires_watchdog = false",
     );
@@ -318,7 +318,7 @@ fn a_launcher_under_its_lock_is_healthy() {
 
 #[test]
 fn a_bad_config_exits_2_naming_file_and_line() {
-    let desk = Desk::new(&*unique("qs_bad"), &[&*unique("BADACC")]);
+    let desk = Desk::new(&unique("qs_bad"), &[&*unique("BADACC")]);
     let text = std::fs::read_to_string(desk.config()).unwrap() + "\nbogus_key = 1\n";
     std::fs::write(desk.config(), text).unwrap();
     check_procs(&desk).assert().code(2).stdout("").stderr(
@@ -335,8 +335,8 @@ fn a_bad_config_exits_2_naming_file_and_line() {
 
 #[test]
 fn the_json_document_has_its_documented_fields() {
-    let desk = Desk::new(&*unique("qs_json"), &[&*unique("JSONACC")]);
-    let _bot = desk.start_locked(&*unique("WATCHDOG_JSONACC"), &[]);
+    let desk = Desk::new(&unique("qs_json"), &[&*unique("JSONACC")]);
+    let _bot = desk.start_locked(&unique("WATCHDOG_JSONACC"), &[]);
     let (_, _, json) = check(&desk);
     for key in [
         "version",
@@ -358,7 +358,7 @@ fn the_json_document_has_its_documented_fields() {
             "missing autostart.{key}"
         );
     }
-    let row = component(&json, &*unique("WATCHDOG_JSONACC"));
+    let row = component(&json, &unique("WATCHDOG_JSONACC"));
     for key in [
         "name",
         "account",
@@ -386,7 +386,7 @@ fn the_json_document_has_its_documented_fields() {
 
 #[test]
 fn watch_mode_redraws_until_stopped() {
-    let desk = Desk::new(&*unique("qs_watch"), &[&*unique("WATCHACC")]);
+    let desk = Desk::new(&unique("qs_watch"), &[&*unique("WATCHACC")]);
     let mut child = Command::cargo_bin("check-procs")
         .unwrap()
         .arg("--config")
@@ -433,7 +433,7 @@ fn wait_for_problem(desk: &Desk, kind: &str) {
 #[cfg(unix)]
 #[test]
 fn entries_that_are_not_regular_files_are_reported_without_hanging() {
-    let desk = Desk::new(&*unique("qs_strays"), &[&*unique("STRAYACC")]);
+    let desk = Desk::new(&unique("qs_strays"), &[&*unique("STRAYACC")]);
     let locks = desk.lock_dir();
     std::fs::create_dir_all(&locks).unwrap();
     let sentinel = desk.config().with_file_name("sentinel.txt");
@@ -486,11 +486,11 @@ fn entries_that_are_not_regular_files_are_reported_without_hanging() {
 /// Table row: a lock record of 100 MB was printed back whole by `check-procs --json`.
 #[test]
 fn a_huge_lock_record_is_corrupt_and_not_printed() {
-    let desk = Desk::new(&*unique("qs_huge"), &[&*unique("HUGEACC")]);
+    let desk = Desk::new(&unique("qs_huge"), &[&*unique("HUGEACC")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     let filler = "A".repeat(4 * 1024 * 1024);
     std::fs::write(
-        desk.lock_path(&*unique("BRAIN_HUGEACC")),
+        desk.lock_path(&unique("BRAIN_HUGEACC")),
         format!(
             r#"{{"pid": 1, "name": "{}", "command": ["{filler}"]}}"#,
             unique("BRAIN_HUGEACC")
@@ -509,7 +509,7 @@ fn a_huge_lock_record_is_corrupt_and_not_printed() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|l| l["name"] == &*unique("BRAIN_HUGEACC"))
+        .find(|l| l["name"] == *unique("BRAIN_HUGEACC"))
         .unwrap();
     assert_eq!(lock["state"], "corrupt");
     assert!(
@@ -524,7 +524,7 @@ fn a_huge_lock_record_is_corrupt_and_not_printed() {
 /// Table row: `check-procs --json --watch` wrote documents back to back.
 #[test]
 fn json_watch_writes_one_document_per_line() {
-    let desk = Desk::new(&*unique("qs_jsonl"), &[&*unique("JSONLACC")]);
+    let desk = Desk::new(&unique("qs_jsonl"), &[&*unique("JSONLACC")]);
     let mut child = Command::cargo_bin("check-procs")
         .unwrap()
         .arg("--config")
@@ -548,7 +548,7 @@ fn json_watch_writes_one_document_per_line() {
 /// Table row: `--watch 9223372036854775807` panicked (overflow adding to an Instant).
 #[test]
 fn an_out_of_range_watch_interval_is_a_usage_error_not_a_panic() {
-    let desk = Desk::new(&*unique("qs_watchmax"), &[&*unique("WATCHMAXACC")]);
+    let desk = Desk::new(&unique("qs_watchmax"), &[&*unique("WATCHMAXACC")]);
     for value in ["9223372036854775807", "18446744073709551615", "0", "86401"] {
         check_procs(&desk)
             .args(["--watch", value])
@@ -577,7 +577,7 @@ fn an_empty_config_is_refused_with_exit_2() {
 /// stderr, so `--json` stays one document), and touches none of them.
 #[test]
 fn files_that_are_not_locks_in_the_lock_folder_are_warned_about() {
-    let desk = Desk::new(&*unique("qs_foreign"), &[&*unique("FOREIGN1")]);
+    let desk = Desk::new(&unique("qs_foreign"), &[&*unique("FOREIGN1")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     std::fs::write(desk.lock_dir().join("notes.txt"), b"mine").unwrap();
     let output = check_procs(&desk).arg("--json").output().unwrap();
@@ -633,10 +633,10 @@ fn json_paths(value: &Value, prefix: &str, paths: &mut std::collections::BTreeSe
 /// a bad lock file, a problem), so a field cannot be added or renamed without its row.
 #[test]
 fn the_documented_json_fields_are_exactly_the_documents_fields() {
-    let desk = Desk::new(&*unique("qs_fields"), &[&*unique("FIELDS1")]);
-    let _bot = desk.start_locked(&*unique("BRAIN_FIELDS1"), &[]);
+    let desk = Desk::new(&unique("qs_fields"), &[&*unique("FIELDS1")]);
+    let _bot = desk.start_locked(&unique("BRAIN_FIELDS1"), &[]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
-    std::fs::write(desk.lock_path(&*unique("WATCHDOG_FIELDS1")), b"garbage").unwrap();
+    std::fs::write(desk.lock_path(&unique("WATCHDOG_FIELDS1")), b"garbage").unwrap();
     let (_, _, json) = check(&desk);
     for array in ["components", "locks", "processes", "problems"] {
         assert!(
@@ -654,7 +654,7 @@ fn the_documented_json_fields_are_exactly_the_documents_fields() {
         found, documented,
         "check-procs --json and JSON_FIELDS (lockcore/src/desk/documented.rs) differ"
     );
-    let state = component(&json, &*unique("BRAIN_FIELDS1"))["state"].clone();
+    let state = component(&json, &unique("BRAIN_FIELDS1"))["state"].clone();
     assert!(
         lockcore::ComponentState::ALL
             .iter()
@@ -669,8 +669,8 @@ fn the_documented_json_fields_are_exactly_the_documents_fields() {
 /// problem is gone; an account with `brain_requires_watchdog = false` is healthy.
 #[test]
 fn a_brain_running_without_its_watchdog_is_unguarded_whoever_started_it() {
-    let desk = Desk::new(&*unique("qs_unguard"), &[&*unique("UNGUARD1")]);
-    let hand = desk.start_by_hand(&*unique("BRAIN_UNGUARD1"));
+    let desk = Desk::new(&unique("qs_unguard"), &[&*unique("UNGUARD1")]);
+    let hand = desk.start_by_hand(&unique("BRAIN_UNGUARD1"));
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1, "{table}");
     assert_eq!(problem_kinds(&json), ["unguarded", "unlocked"], "{json}");
@@ -691,18 +691,18 @@ fn a_brain_running_without_its_watchdog_is_unguarded_whoever_started_it() {
     );
     // Started from a shell it is unlocked too; that state stays.
     assert_eq!(
-        component(&json, &*unique("BRAIN_UNGUARD1"))["state"],
+        component(&json, &unique("BRAIN_UNGUARD1"))["state"],
         "unlocked"
     );
     drop(hand);
 
     // Under its lock (a launcher, as `run` or a wrapper holds it): state `unguarded`.
-    let locked = desk.start_locked(&*unique("BRAIN_UNGUARD1"), &[]);
+    let locked = desk.start_locked(&unique("BRAIN_UNGUARD1"), &[]);
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1, "{table}");
     assert_eq!(problem_kinds(&json), ["unguarded"], "{json}");
     assert_eq!(
-        component(&json, &*unique("BRAIN_UNGUARD1"))["state"],
+        component(&json, &unique("BRAIN_UNGUARD1"))["state"],
         "unguarded"
     );
     assert!(
@@ -713,27 +713,27 @@ fn a_brain_running_without_its_watchdog_is_unguarded_whoever_started_it() {
     );
 
     // Its watchdog runs: healthy.
-    let _watchdog = desk.start_locked(&*unique("WATCHDOG_UNGUARD1"), &[]);
-    let _global = desk.start_locked(&*unique("qs_unguard"), &[]);
+    let _watchdog = desk.start_locked(&unique("WATCHDOG_UNGUARD1"), &[]);
+    let _global = desk.start_locked(&unique("qs_unguard"), &[]);
     let (code, table, json) = check(&desk);
     assert_eq!(code, 0, "{table}");
     assert_eq!(
-        component(&json, &*unique("BRAIN_UNGUARD1"))["state"],
+        component(&json, &unique("BRAIN_UNGUARD1"))["state"],
         "running"
     );
     drop(locked);
 
     // An account that allows it: a brain alone is healthy.
     let alone = Desk::with_extra(
-        &*unique("qs_unguard2"),
+        &unique("qs_unguard2"),
         &[&*unique("UNGUARD2")],
         "brain_requires_watchdog = false",
     );
-    let _brain = alone.start_locked(&*unique("BRAIN_UNGUARD2"), &[]);
+    let _brain = alone.start_locked(&unique("BRAIN_UNGUARD2"), &[]);
     let (code, table, json) = check(&alone);
     assert_eq!(code, 0, "{table}");
     assert_eq!(
-        component(&json, &*unique("BRAIN_UNGUARD2"))["state"],
+        component(&json, &unique("BRAIN_UNGUARD2"))["state"],
         "running"
     );
 }
@@ -745,7 +745,7 @@ fn a_brain_running_without_its_watchdog_is_unguarded_whoever_started_it() {
 #[cfg(unix)]
 #[test]
 fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_unguarded() {
-    let desk = Desk::new(&*unique("qs_frozen"), &[&*unique("FROZEN1")]);
+    let desk = Desk::new(&unique("qs_frozen"), &[&*unique("FROZEN1")]);
     let (mut launcher, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
     assert!(
         lines
@@ -755,7 +755,7 @@ fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_ungu
     desk.wait_until_running();
     let snap = desk.snapshot();
     let watchdog = snap
-        .component(&*unique("WATCHDOG_FROZEN1"))
+        .component(&unique("WATCHDOG_FROZEN1"))
         .unwrap()
         .managed
         .clone()
@@ -775,11 +775,11 @@ fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_ungu
     let (code, table, json) = check(&desk);
     signal("-CONT", launcher.pid());
     assert_eq!(code, 1, "{table}");
-    let row = component(&json, &*unique("WATCHDOG_FROZEN1"));
+    let row = component(&json, &unique("WATCHDOG_FROZEN1"));
     assert_eq!(row["state"], "process_gone", "{row}");
     assert!(row["pid"].is_null(), "{row}");
     assert_eq!(
-        component(&json, &*unique("BRAIN_FROZEN1"))["state"],
+        component(&json, &unique("BRAIN_FROZEN1"))["state"],
         "unguarded",
         "{json}"
     );
@@ -802,7 +802,7 @@ fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_ungu
 fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_not_trusted() {
     use lockcore::control::{DeskState, Supervision};
 
-    let desk = Desk::new(&*unique("qs_ready"), &[&*unique("READY1")]);
+    let desk = Desk::new(&unique("qs_ready"), &[&*unique("READY1")]);
     let (mut launcher, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
     assert!(
         lines
@@ -812,7 +812,7 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
     desk.wait_until_running();
     let watchdog = desk
         .snapshot()
-        .component(&*unique("WATCHDOG_READY1"))
+        .component(&unique("WATCHDOG_READY1"))
         .unwrap()
         .managed
         .clone()
@@ -837,7 +837,7 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
         let entry = view
             .components
             .iter_mut()
-            .find(|c| c.name == &*unique("WATCHDOG_READY1"))
+            .find(|c| c.name == *unique("WATCHDOG_READY1"))
             .unwrap();
         entry.state = state;
         entry.pid = Some(pid);
@@ -854,7 +854,7 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
     );
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1, "{table}");
-    let row = component(&json, &*unique("WATCHDOG_READY1"));
+    let row = component(&json, &unique("WATCHDOG_READY1"));
     assert_eq!(row["state"], "not_ready", "{row}");
     assert_eq!(row["reason"], "not ready: terminal lost", "{row}");
     assert_eq!(row["pid"], watchdog.pid, "{row}");
@@ -883,7 +883,7 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1, "{table}");
     assert_eq!(
-        component(&json, &*unique("WATCHDOG_READY1"))["state"],
+        component(&json, &unique("WATCHDOG_READY1"))["state"],
         "hung"
     );
     assert_eq!(problem_kinds(&json), ["hung"], "{json}");
@@ -892,7 +892,7 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
     say(Supervision::Hung, watchdog.pid + 100_000, "an older run");
     let (code, table, json) = check(&desk);
     assert_eq!(code, 0, "{table}");
-    let row = component(&json, &*unique("WATCHDOG_READY1"));
+    let row = component(&json, &unique("WATCHDOG_READY1"));
     assert_eq!(row["state"], "running", "{row}");
     assert!(row["heartbeat_age_secs"].is_null(), "{row}");
     assert!(row["reason"].is_null(), "{row}");

@@ -81,18 +81,18 @@ fn removes_stale_and_corrupt_files_and_keeps_held_and_legacy_ones() {
             )))
             .and(predicate::str::contains("removed 2 lock files")),
         );
-    assert!(!desk.lock_path(&*unique("gc_GCALL")).exists());
-    assert!(!desk.lock_path(&*unique("BRAIN_GCALLB")).exists());
+    assert!(!desk.lock_path(&unique("gc_GCALL")).exists());
+    assert!(!desk.lock_path(&unique("BRAIN_GCALLB")).exists());
     assert!(
         desk.lock_path("CORRUPT_ONE").exists(),
         "an unreadable file with a name of no desk lock was removed"
     );
     assert!(
-        desk.lock_path(&*unique("BRAIN_GCALL")).exists(),
+        desk.lock_path(&unique("BRAIN_GCALL")).exists(),
         "held lock removed"
     );
     assert!(
-        desk.lock_path(&*unique("WATCHDOG_GCALL")).exists(),
+        desk.lock_path(&unique("WATCHDOG_GCALL")).exists(),
         "legacy lock removed"
     );
     // Nothing left to do the second time.

@@ -75,7 +75,7 @@ fn released(snap: &DeskSnapshot, name: &str) -> bool {
 
 #[test]
 fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
-    let desk = Desk::new(&*unique("qs_dry"), &[&*unique("DRY1"), &*unique("DRY2")]);
+    let desk = Desk::new(&unique("qs_dry"), &[&*unique("DRY1"), &*unique("DRY2")]);
     let output = master_launch(&desk)
         .args(["--dry-run", "--only", &unique("DRY2").to_lowercase()])
         .output()
@@ -105,7 +105,7 @@ fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
 
 #[test]
 fn an_unknown_only_account_is_a_usage_error() {
-    let desk = Desk::new(&*unique("qs_only"), &[&*unique("ONLY1")]);
+    let desk = Desk::new(&unique("qs_only"), &[&*unique("ONLY1")]);
     master_launch(&desk)
         .args(["--only", "NOPE"])
         .assert()
@@ -122,7 +122,7 @@ fn a_cluster_desk_dry_runs_offline_refuses_run_and_starts_nothing_without_etcd()
     etcd.set_nonblocking(true).unwrap();
     let endpoint = format!("http://{}", etcd.local_addr().unwrap());
     let desk = Desk::with_options(
-        &*unique("qs_cluster"),
+        &unique("qs_cluster"),
         &[&*unique("CL1")],
         &[],
         &format!("\n[cluster]\nendpoints = [\"{endpoint}\"]\n"),
@@ -155,7 +155,7 @@ fn a_cluster_desk_dry_runs_offline_refuses_run_and_starts_nothing_without_etcd()
 #[test]
 fn a_desk_starts_once_a_second_master_launch_refuses_and_a_stop_all_ends_it() {
     let desk = Desk::with_options(
-        &*unique("qs_twice"),
+        &unique("qs_twice"),
         &[&*unique("TWICE1"), &*unique("TWICE2")],
         &[],
         QUICK_STOP,
@@ -199,8 +199,8 @@ fn a_desk_starts_once_a_second_master_launch_refuses_and_a_stop_all_ends_it() {
 
 #[test]
 fn a_held_lock_makes_it_refuse_and_start_nothing() {
-    let desk = Desk::new(&*unique("qs_held"), &[&*unique("HELD1"), &*unique("HELD2")]);
-    let _by_hand = desk.start_locked(&*unique("WATCHDOG_HELD2"), &[]);
+    let desk = Desk::new(&unique("qs_held"), &[&*unique("HELD1"), &*unique("HELD2")]);
+    let _by_hand = desk.start_locked(&unique("WATCHDOG_HELD2"), &[]);
     let output = master_launch(&desk).output().unwrap();
     assert_eq!(output.status.code(), Some(3));
     let text = String::from_utf8(output.stderr).unwrap();
@@ -211,7 +211,7 @@ fn a_held_lock_makes_it_refuse_and_start_nothing() {
     assert!(text.contains("safe-shutdown"), "{text}");
     let snap = desk.snapshot();
     for view in &snap.components {
-        let expected = usize::from(view.component.lock_name == &*unique("WATCHDOG_HELD2"));
+        let expected = usize::from(view.component.lock_name == *unique("WATCHDOG_HELD2"));
         assert_eq!(
             view.copies.len(),
             expected,
@@ -227,8 +227,8 @@ fn a_held_lock_makes_it_refuse_and_start_nothing() {
 
 #[test]
 fn an_unlocked_copy_started_by_hand_makes_it_refuse_and_start_nothing() {
-    let desk = Desk::new(&*unique("qs_hand"), &[&*unique("HAND1")]);
-    let stray = desk.start_by_hand(&*unique("BRAIN_HAND1"));
+    let desk = Desk::new(&unique("qs_hand"), &[&*unique("HAND1")]);
+    let stray = desk.start_by_hand(&unique("BRAIN_HAND1"));
     let output = master_launch(&desk).output().unwrap();
     assert_eq!(output.status.code(), Some(3));
     let text = String::from_utf8(output.stderr).unwrap();
@@ -242,9 +242,9 @@ fn an_unlocked_copy_started_by_hand_makes_it_refuse_and_start_nothing() {
 
 #[test]
 fn stale_locks_are_cleaned_and_stale_stop_requests_ignored() {
-    let desk = Desk::new(&*unique("qs_clean"), &[&*unique("CLEAN1")]);
+    let desk = Desk::new(&unique("qs_clean"), &[&*unique("CLEAN1")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
-    std::fs::write(desk.lock_path(&*unique("BRAIN_CLEAN1")), b"garbage").unwrap();
+    std::fs::write(desk.lock_path(&unique("BRAIN_CLEAN1")), b"garbage").unwrap();
     // Stop requests left by a requester that died: not for this start.
     for name in ["MASTER_LAUNCH", &*unique("WATCHDOG_CLEAN1")] {
         lockcore::StopRequest::new(name, Duration::from_secs(1))
@@ -256,7 +256,7 @@ fn stale_locks_are_cleaned_and_stale_stop_requests_ignored() {
         launcher
             .lines
             .wait_for(
-                &*format!("cleaned corrupt lock {}", unique("BRAIN_CLEAN1")),
+                &format!("cleaned corrupt lock {}", unique("BRAIN_CLEAN1")),
                 Duration::from_secs(30)
             )
             .is_some()
@@ -279,7 +279,7 @@ fn stale_locks_are_cleaned_and_stale_stop_requests_ignored() {
 fn a_killed_child_is_restarted_under_the_same_lock() {
     // `always`: Wine's `taskkill /F` leaves exit code 0, which `on-failure` would accept.
     let desk = Desk::with_options(
-        &*unique("qs_restart"),
+        &unique("qs_restart"),
         &[&*unique("RESTART1")],
         &[],
         &format!("{QUICK_STOP}restart = \"always\"\n"),
@@ -287,7 +287,7 @@ fn a_killed_child_is_restarted_under_the_same_lock() {
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
     let snap = wait_all_running(&desk);
-    let brain = snap.component(&*unique("BRAIN_RESTART1")).unwrap();
+    let brain = snap.component(&unique("BRAIN_RESTART1")).unwrap();
     let old_pid = brain.managed.as_ref().unwrap().pid;
     let holder = brain
         .lock
@@ -302,7 +302,7 @@ fn a_killed_child_is_restarted_under_the_same_lock() {
         launcher
             .lines
             .wait_for(
-                &*format!("{}: restarting", unique("BRAIN_RESTART1")),
+                &format!("{}: restarting", unique("BRAIN_RESTART1")),
                 Duration::from_secs(10)
             )
             .is_some()
@@ -310,7 +310,7 @@ fn a_killed_child_is_restarted_under_the_same_lock() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let snap = desk.snapshot();
-        let view = snap.component(&*unique("BRAIN_RESTART1")).unwrap();
+        let view = snap.component(&unique("BRAIN_RESTART1")).unwrap();
         if let Some(managed) = view.managed.as_ref().filter(|m| m.pid != old_pid) {
             let record = view.lock.as_ref().unwrap().record.as_ref().unwrap();
             assert_eq!(record.holder_pid, holder, "the lock changed hands");
@@ -328,15 +328,15 @@ fn a_killed_child_is_restarted_under_the_same_lock() {
 #[test]
 fn a_crash_looping_child_is_given_up_while_the_rest_keep_running() {
     let desk = Desk::with_options(
-        &*unique("qs_loop"),
+        &unique("qs_loop"),
         &[&*unique("LOOP1")],
         &[],
-        &*format!("brain_match = [\"{}\"]\n", unique("BRAIN_LOOP1")),
+        &format!("brain_match = [\"{}\"]\n", unique("BRAIN_LOOP1")),
     );
     // Make the brain crash at once, and restarts quick, by editing the config.
     let text = std::fs::read_to_string(desk.config()).unwrap().replace(
         &*format!("\"{}\"]\nwatchdog", unique("BRAIN_LOOP1")),
-        &*format!(
+        &format!(
             "\"{}\", \"--crash-after-ms\", \"50\"]\nwatchdog",
             unique("BRAIN_LOOP1")
         ),
@@ -349,7 +349,7 @@ fn a_crash_looping_child_is_given_up_while_the_rest_keep_running() {
     assert!(line.unwrap().contains(&*unique("BRAIN_LOOP1")));
     // The line comes first, the release right after it.
     wait_until("the lock to be released after giving up", || {
-        released(&desk.snapshot(), &*unique("BRAIN_LOOP1"))
+        released(&desk.snapshot(), &unique("BRAIN_LOOP1"))
     });
     let snap = desk.snapshot();
     for name in [&*unique("qs_loop"), &*unique("WATCHDOG_LOOP1")] {
@@ -367,7 +367,7 @@ fn a_crash_looping_child_is_given_up_while_the_rest_keep_running() {
 fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_order"),
+        &unique("qs_order"),
         &[&*unique("ORDER1"), &*unique("ORDER2")],
         &["--exit-log", &exit_log.arg, "--stop-delay-ms", "200"],
         "",
@@ -398,7 +398,7 @@ fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
     assert_eq!(exits.len(), 5, "{exits:?}");
     assert!(latest("BRAIN_") <= earliest("WATCHDOG_"), "{exits:?}");
     assert!(
-        latest("WATCHDOG_") <= earliest(&*unique("qs_order")),
+        latest("WATCHDOG_") <= earliest(&unique("qs_order")),
         "{exits:?}"
     );
 }
@@ -408,7 +408,7 @@ fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_launcher_killed_with_sigkill_takes_its_children_along() {
-    let desk = Desk::new(&*unique("qs_sigkill"), &[&*unique("SIGKILL1")]);
+    let desk = Desk::new(&unique("qs_sigkill"), &[&*unique("SIGKILL1")]);
     let mut launcher = launch(&desk, &[]);
     launcher.wait_started();
     let pids = running_pids(&wait_all_running(&desk));
@@ -426,7 +426,7 @@ fn a_launcher_killed_with_sigkill_takes_its_children_along() {
 #[test]
 fn eight_concurrent_master_launches_start_the_desk_exactly_once() {
     let desk = Desk::with_options(
-        &*unique("qs_eight"),
+        &unique("qs_eight"),
         &[&*unique("EIGHT1"), &*unique("EIGHT2")],
         &[],
         QUICK_STOP,
@@ -471,7 +471,7 @@ fn eight_concurrent_master_launches_start_the_desk_exactly_once() {
 #[cfg(unix)]
 #[test]
 fn run_starts_one_component_by_hand_under_its_lock() {
-    let desk = Desk::new(&*unique("qs_run"), &[&*unique("RUN1")]);
+    let desk = Desk::new(&unique("qs_run"), &[&*unique("RUN1")]);
     // This is about the runner, not DESIGN.md rule 13 (see the tests after it).
     desk.allow_brains_alone();
     let runner = launch(&desk, &["run", &*unique("BRAIN_RUN1")]);
@@ -491,11 +491,11 @@ fn run_starts_one_component_by_hand_under_its_lock() {
     // The runner records the bot's pid just after starting it.
     wait_until("the lock to record the bot", || {
         desk.snapshot()
-            .component(&*unique("BRAIN_RUN1"))
+            .component(&unique("BRAIN_RUN1"))
             .is_some_and(|v| v.managed.is_some())
     });
     let snap = desk.snapshot();
-    let view = snap.component(&*unique("BRAIN_RUN1")).unwrap();
+    let view = snap.component(&unique("BRAIN_RUN1")).unwrap();
     assert_eq!(view.copies.len(), 1);
     assert!(view.copies[0].locked);
     let record = view.lock.as_ref().unwrap().record.as_ref().unwrap();
@@ -525,7 +525,7 @@ fn run_starts_one_component_by_hand_under_its_lock() {
 #[test]
 fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
     let desk = Desk::with_options(
-        &*unique("qs_req"),
+        &unique("qs_req"),
         &[&*unique("REQ1"), &*unique("REQ2")],
         &[],
         QUICK_STOP,
@@ -547,7 +547,7 @@ fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
             .unwrap();
     }
     wait_until(
-        &*format!("{} to stop and its requests to be cleared", unique("REQ1")),
+        &format!("{} to stop and its requests to be cleared", unique("REQ1")),
         || {
             let snap = desk.snapshot();
             [&*unique("BRAIN_REQ1"), &*unique("WATCHDOG_REQ1")]
@@ -598,7 +598,7 @@ fn a_stop_all_request_stops_the_desk_in_order_and_exits() {
     }
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_all"),
+        &unique("qs_all"),
         &[&*unique("ALL1")],
         &["--exit-log", &exit_log.arg],
         "",
@@ -627,7 +627,7 @@ fn a_stop_all_request_stops_the_desk_in_order_and_exits() {
 #[test]
 fn a_stubborn_bot_is_forced_at_the_request_deadline() {
     let desk = Desk::with_options(
-        &*unique("qs_stub"),
+        &unique("qs_stub"),
         &[&*unique("STUB1")],
         &["--ignore-stop"],
         "",
@@ -636,14 +636,14 @@ fn a_stubborn_bot_is_forced_at_the_request_deadline() {
     launcher.wait_started();
     let snap = wait_all_running(&desk);
     let brain = snap
-        .component(&*unique("BRAIN_STUB1"))
+        .component(&unique("BRAIN_STUB1"))
         .unwrap()
         .managed
         .as_ref()
         .unwrap()
         .pid;
     let asked = Instant::now();
-    lockcore::StopRequest::new(&*unique("BRAIN_STUB1"), Duration::from_secs(2))
+    lockcore::StopRequest::new(&unique("BRAIN_STUB1"), Duration::from_secs(2))
         .write(&desk.lock_dir())
         .unwrap();
     wait_gone(&[brain]);
@@ -660,23 +660,23 @@ fn a_stubborn_bot_is_forced_at_the_request_deadline() {
     );
     // The supervisor releases the lock once it has reaped the forced child.
     wait_until("the lock to be released after the forced stop", || {
-        released(&desk.snapshot(), &*unique("BRAIN_STUB1"))
+        released(&desk.snapshot(), &unique("BRAIN_STUB1"))
     });
     // Dropping the launcher kills master-launch; its stubborn children go with it.
 }
 
 #[test]
 fn a_stop_request_stops_a_hand_started_component() {
-    let desk = Desk::new(&*unique("qs_runreq"), &[&*unique("RUNREQ")]);
+    let desk = Desk::new(&unique("qs_runreq"), &[&*unique("RUNREQ")]);
     let mut runner = launch(&desk, &["run", &*unique("WATCHDOG_RUNREQ")]);
     wait_until("the watchdog to run under its lock", || {
         desk.snapshot()
-            .component(&*unique("WATCHDOG_RUNREQ"))
+            .component(&unique("WATCHDOG_RUNREQ"))
             .unwrap()
             .managed
             .is_some()
     });
-    lockcore::StopRequest::new(&*unique("WATCHDOG_RUNREQ"), Duration::from_secs(5))
+    lockcore::StopRequest::new(&unique("WATCHDOG_RUNREQ"), Duration::from_secs(5))
         .write(&desk.lock_dir())
         .unwrap();
     let mut status = None;
@@ -699,15 +699,15 @@ fn a_stop_request_stops_a_hand_started_component() {
 /// (it is not obeyed: the bot keeps running) and says so in master-launch.log.
 #[test]
 fn run_clears_a_request_left_from_before_its_start_and_logs_it() {
-    let desk = Desk::new(&*unique("qs_runold"), &[&*unique("RUNOLD")]);
+    let desk = Desk::new(&unique("qs_runold"), &[&*unique("RUNOLD")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
-    lockcore::StopRequest::new(&*unique("WATCHDOG_RUNOLD"), Duration::from_secs(1))
+    lockcore::StopRequest::new(&unique("WATCHDOG_RUNOLD"), Duration::from_secs(1))
         .write(&desk.lock_dir())
         .unwrap();
     let mut runner = launch(&desk, &["run", &*unique("WATCHDOG_RUNOLD")]);
     wait_until("the watchdog to run under its lock", || {
         desk.snapshot()
-            .component(&*unique("WATCHDOG_RUNOLD"))
+            .component(&unique("WATCHDOG_RUNOLD"))
             .unwrap()
             .managed
             .is_some()
@@ -723,7 +723,7 @@ fn run_clears_a_request_left_from_before_its_start_and_logs_it() {
     assert!(runner.running.child.try_wait().unwrap().is_none());
     assert!(
         desk.snapshot()
-            .component(&*unique("WATCHDOG_RUNOLD"))
+            .component(&unique("WATCHDOG_RUNOLD"))
             .unwrap()
             .managed
             .is_some()
@@ -736,7 +736,7 @@ fn run_clears_a_request_left_from_before_its_start_and_logs_it() {
         )),
         "{log}"
     );
-    lockcore::StopRequest::new(&*unique("WATCHDOG_RUNOLD"), Duration::from_secs(5))
+    lockcore::StopRequest::new(&unique("WATCHDOG_RUNOLD"), Duration::from_secs(5))
         .write(&desk.lock_dir())
         .unwrap();
     let mut status = None;
@@ -751,8 +751,8 @@ fn run_clears_a_request_left_from_before_its_start_and_logs_it() {
 /// hand without a lock, names it, starts nothing and leaves no lock behind.
 #[test]
 fn run_refuses_beside_an_unlocked_copy_and_names_it() {
-    let desk = Desk::new(&*unique("qs_runcopy"), &[&*unique("RUNCOPY")]);
-    let by_hand = desk.start_by_hand(&*unique("BRAIN_RUNCOPY"));
+    let desk = Desk::new(&unique("qs_runcopy"), &[&*unique("RUNCOPY")]);
+    let by_hand = desk.start_by_hand(&unique("BRAIN_RUNCOPY"));
     master_launch(&desk)
         .args(["run", &*unique("BRAIN_RUNCOPY")])
         .assert()
@@ -762,7 +762,7 @@ fn run_refuses_beside_an_unlocked_copy_and_names_it() {
                 .and(predicate::str::contains(by_hand.pid().to_string())),
         );
     let snap = desk.snapshot();
-    let view = snap.component(&*unique("BRAIN_RUNCOPY")).unwrap();
+    let view = snap.component(&unique("BRAIN_RUNCOPY")).unwrap();
     assert_eq!(view.copies.len(), 1, "a second brain was started");
     assert!(view.lock.is_none(), "the refused run left its lock file");
     let log = std::fs::read_to_string(desk.dir.path().join("logs/master-launch.log")).unwrap();
@@ -906,7 +906,7 @@ fn a_grandchild_started_at_once_is_bound_with_the_child() {
 fn a_start_that_fails_part_way_stops_what_it_started_in_order() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_halfway"),
+        &unique("qs_halfway"),
         &[&*unique("HALF")],
         &["--exit-log", &exit_log.arg],
         "",
@@ -963,7 +963,7 @@ fn a_start_that_fails_part_way_stops_what_it_started_in_order() {
 #[cfg(unix)]
 #[test]
 fn sigterm_forces_a_stubborn_brain_at_its_own_timeout() {
-    let desk = Desk::with_options(&*unique("qs_ownto"), &[&*unique("OWNTO")], &[], QUICK_STOP);
+    let desk = Desk::with_options(&unique("qs_ownto"), &[&*unique("OWNTO")], &[], QUICK_STOP);
     desk.add_args(&[&*unique("BRAIN_OWNTO")], &["--ignore-stop"]);
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
@@ -994,7 +994,7 @@ fn a_closed_stdout_does_not_stop_the_desk() {
     use std::io::BufRead;
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_pipe"),
+        &unique("qs_pipe"),
         &[&*unique("PIPE1")],
         &["--exit-log", &exit_log.arg],
         "",
@@ -1062,7 +1062,7 @@ print("exit", os.waitstatus_to_exitcode(status), flush=True)
 "#;
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_tty"),
+        &unique("qs_tty"),
         &[&*unique("TTY1")],
         &["--exit-log", &exit_log.arg],
         "",
@@ -1128,7 +1128,7 @@ print("exit", os.waitstatus_to_exitcode(status), flush=True)
 /// UTF-8, unbuffered (PYTHONIOENCODING, PYTHONUNBUFFERED) unless fleet.toml says else.
 #[test]
 fn non_ascii_output_reaches_the_log_and_children_get_utf8() {
-    let desk = Desk::with_options(&*unique("qs_utf8"), &[&*unique("UTF1")], &[], QUICK_STOP);
+    let desk = Desk::with_options(&unique("qs_utf8"), &[&*unique("UTF1")], &[], QUICK_STOP);
     desk.add_args(&[&*unique("BRAIN_UTF1")], &["--say", "ордер → исполнен ✓"]);
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
@@ -1153,7 +1153,7 @@ fn non_ascii_output_reaches_the_log_and_children_get_utf8() {
 #[cfg(unix)]
 #[test]
 fn a_symlink_at_a_lock_name_is_never_written_through() {
-    let desk = Desk::new(&*unique("qs_link"), &[&*unique("LINK1")]);
+    let desk = Desk::new(&unique("qs_link"), &[&*unique("LINK1")]);
     let locks = desk.lock_dir();
     std::fs::create_dir_all(&locks).unwrap();
     let victim = desk.config().with_file_name("victim.txt");
@@ -1198,7 +1198,7 @@ fn a_symlink_at_a_lock_name_is_never_written_through() {
 #[cfg(unix)]
 #[test]
 fn fifos_in_the_lock_dir_never_hang_the_orchestrator() {
-    let desk = Desk::with_options(&*unique("qs_fifo"), &[&*unique("FIFO1")], &[], QUICK_STOP);
+    let desk = Desk::with_options(&unique("qs_fifo"), &[&*unique("FIFO1")], &[], QUICK_STOP);
     let locks = desk.lock_dir();
     std::fs::create_dir_all(&locks).unwrap();
     let mkfifo = |name: &str| {
@@ -1214,7 +1214,7 @@ fn fifos_in_the_lock_dir_never_hang_the_orchestrator() {
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
     let pids = running_pids(&wait_all_running_but(&desk, &["not_a_file"]));
-    mkfifo(&*format!("{}.stop", unique("BRAIN_FIFO1")));
+    mkfifo(&format!("{}.stop", unique("BRAIN_FIFO1")));
     mkfifo("MASTER_LAUNCH.stop");
     // Several ticks with the FIFOs in place: still supervising, nothing stopped.
     std::thread::sleep(Duration::from_millis(1500));
@@ -1257,7 +1257,7 @@ fn a_stop_request_without_requester_or_deadline_gets_the_full_stop_timeout() {
     }
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_noreq"),
+        &unique("qs_noreq"),
         &[&*unique("NOREQ1")],
         &["--stop-delay-ms", "2500", "--exit-log", &exit_log.arg],
         "[defaults]\nstop_timeout_secs = 10\n",
@@ -1266,7 +1266,7 @@ fn a_stop_request_without_requester_or_deadline_gets_the_full_stop_timeout() {
     launcher.wait_started();
     let snap = wait_all_running(&desk);
     let brain = snap
-        .component(&*unique("BRAIN_NOREQ1"))
+        .component(&unique("BRAIN_NOREQ1"))
         .unwrap()
         .managed
         .as_ref()
@@ -1300,7 +1300,7 @@ fn a_stop_request_without_requester_or_deadline_gets_the_full_stop_timeout() {
 #[test]
 fn a_stop_request_with_a_huge_deadline_does_not_panic() {
     let desk = Desk::with_options(
-        &*unique("qs_hugedl"),
+        &unique("qs_hugedl"),
         &[&*unique("HUGEDL1")],
         &[],
         QUICK_STOP,
@@ -1309,7 +1309,7 @@ fn a_stop_request_with_a_huge_deadline_does_not_panic() {
     launcher.wait_started();
     let snap = wait_all_running(&desk);
     let brain = snap
-        .component(&*unique("BRAIN_HUGEDL1"))
+        .component(&unique("BRAIN_HUGEDL1"))
         .unwrap()
         .managed
         .as_ref()
@@ -1387,7 +1387,7 @@ fn a_relative_program_path_resolves_against_the_config_folder() {
 #[cfg(unix)]
 #[test]
 fn run_refuses_a_brain_whose_watchdog_is_not_running_and_starts_it_beside_one() {
-    let desk = Desk::new(&*unique("qs_rguard"), &[&*unique("RGUARD")]);
+    let desk = Desk::new(&unique("qs_rguard"), &[&*unique("RGUARD")]);
     // Bounded: a runner that wrongly starts the brain would never exit.
     let output = assert_cmd::Command::from_std({
         let mut command = master_launch(&desk);
@@ -1433,13 +1433,13 @@ fn run_refuses_a_brain_whose_watchdog_is_not_running_and_starts_it_beside_one() 
     let watchdog = launch(&desk, &["run", &*unique("WATCHDOG_RGUARD")]);
     wait_until("the watchdog to run", || {
         desk.snapshot()
-            .component(&*unique("WATCHDOG_RGUARD"))
+            .component(&unique("WATCHDOG_RGUARD"))
             .is_some_and(|v| v.managed.is_some())
     });
     let brain = launch(&desk, &["run", &*unique("BRAIN_RGUARD")]);
     wait_until("the brain to run beside its watchdog", || {
         desk.snapshot()
-            .component(&*unique("BRAIN_RGUARD"))
+            .component(&unique("BRAIN_RGUARD"))
             .is_some_and(|v| v.managed.is_some())
     });
     let snap = desk.snapshot();
@@ -1459,19 +1459,19 @@ fn run_refuses_a_brain_whose_watchdog_is_not_running_and_starts_it_beside_one() 
 #[test]
 fn run_starts_a_brain_alone_where_its_account_allows_it() {
     let desk = Desk::with_extra(
-        &*unique("qs_ralone"),
+        &unique("qs_ralone"),
         &[&*unique("RALONE")],
         "brain_requires_watchdog = false",
     );
     let brain = launch(&desk, &["run", &*unique("BRAIN_RALONE")]);
     wait_until("the brain to run alone", || {
         desk.snapshot()
-            .component(&*unique("BRAIN_RALONE"))
+            .component(&unique("BRAIN_RALONE"))
             .is_some_and(|v| v.managed.is_some())
     });
     let snap = desk.snapshot();
     assert!(
-        snap.component(&*unique("WATCHDOG_RALONE"))
+        snap.component(&unique("WATCHDOG_RALONE"))
             .unwrap()
             .copies
             .is_empty()

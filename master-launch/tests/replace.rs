@@ -74,7 +74,7 @@ fn texts(output: &Output) -> (String, String) {
 fn a_desk_under_another_master_launch_is_stopped_in_order_and_started_once_under_the_new_one() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_rplc"),
+        &unique("qs_rplc"),
         &[&*unique("RPLCA"), &*unique("RPLCB")],
         &["--exit-log", &exit_log.arg],
         "",
@@ -100,7 +100,7 @@ fn a_desk_under_another_master_launch_is_stopped_in_order_and_started_once_under
     // Each old bot stopped once, in the safe order; nothing was restarted behind it.
     let exits = exit_log.times();
     assert_eq!(exits.len(), 5, "{exits:?}");
-    assert_safe_order(&exits, &*unique("qs_rplc"));
+    assert_safe_order(&exits, &unique("qs_rplc"));
     // The old one said its desk was stopped before the new one started its own.
     let log = desk.master_log();
     let old_done = log
@@ -127,12 +127,12 @@ fn a_desk_under_another_master_launch_is_stopped_in_order_and_started_once_under
 #[cfg(unix)]
 #[test]
 fn hand_started_bots_and_a_copy_without_its_lock_are_stopped_then_the_desk_starts() {
-    let desk = Desk::new(&*unique("qs_rplhand"), &[&*unique("RPLHAND")]);
+    let desk = Desk::new(&unique("qs_rplhand"), &[&*unique("RPLHAND")]);
     // A watchdog under its lock, held by a hand-started runner, and a brain started
     // by hand around the tools (a copy without its lock), and the global the same way.
-    let _watchdog = desk.start_locked(&*unique("WATCHDOG_RPLHAND"), &[]);
-    let _brain = desk.start_by_hand(&*unique("BRAIN_RPLHAND"));
-    let _global = desk.start_launcher_by_hand(&*unique("qs_rplhand"));
+    let _watchdog = desk.start_locked(&unique("WATCHDOG_RPLHAND"), &[]);
+    let _brain = desk.start_by_hand(&unique("BRAIN_RPLHAND"));
+    let _global = desk.start_launcher_by_hand(&unique("qs_rplhand"));
     let before = running_pids(&desk.snapshot());
     assert_eq!(before.len(), 4, "the test's premise: {before:?}");
 
@@ -165,11 +165,11 @@ fn hand_started_bots_and_a_copy_without_its_lock_are_stopped_then_the_desk_start
 /// included.
 #[test]
 fn without_a_terminal_and_without_yes_it_refuses_and_touches_nothing() {
-    let desk = Desk::new(&*unique("qs_rplnoterm"), &[&*unique("RPLNOTERM")]);
+    let desk = Desk::new(&unique("qs_rplnoterm"), &[&*unique("RPLNOTERM")]);
     let mut old = spawn(&desk, &[]);
     old.wait_started();
     desk.wait_until_running();
-    let _copy = desk.start_by_hand(&*unique("qs_rplnoterm"));
+    let _copy = desk.start_by_hand(&unique("qs_rplnoterm"));
     let before = running_pids(&desk.snapshot());
     let locks = desk.lock_files();
 
@@ -203,7 +203,7 @@ fn without_a_terminal_and_without_yes_it_refuses_and_touches_nothing() {
 #[cfg(unix)]
 #[test]
 fn at_the_prompt_an_answer_other_than_yes_touches_nothing() {
-    let desk = Desk::new(&*unique("qs_rplprompt"), &[&*unique("RPLPROMPT")]);
+    let desk = Desk::new(&unique("qs_rplprompt"), &[&*unique("RPLPROMPT")]);
     let old = spawn(&desk, &[]);
     old.wait_started();
     desk.wait_until_running();
@@ -240,7 +240,7 @@ fn at_the_prompt_an_answer_other_than_yes_touches_nothing() {
 #[test]
 fn a_brain_that_survives_its_stop_starts_nothing_and_is_named() {
     use std::os::unix::fs::PermissionsExt;
-    let desk = Desk::new(&*unique("qs_rplsurv"), &[&*unique("RPLSURV")]);
+    let desk = Desk::new(&unique("qs_rplsurv"), &[&*unique("RPLSURV")]);
     desk.allow_brains_alone();
     let brain = {
         let mut command = Command::new(fleet_tests::stand_in());
@@ -252,7 +252,7 @@ fn a_brain_that_survives_its_stop_starts_nothing_and_is_named() {
     };
     wait_until("the brain to run", || {
         desk.snapshot()
-            .component(&*unique("BRAIN_RPLSURV"))
+            .component(&unique("BRAIN_RPLSURV"))
             .is_some_and(|v| v.copies.len() == 1)
     });
     // `nobody` must read the config and write the logs and the lock dir.
@@ -302,7 +302,7 @@ fn a_brain_that_survives_its_stop_starts_nothing_and_is_named() {
 /// the tools did not write are left as they are.
 #[test]
 fn an_empty_desk_starts_at_once_and_only_the_desks_stale_locks_are_cleaned() {
-    let desk = Desk::new(&*unique("qs_rplempty"), &[&*unique("RPLEMPTY")]);
+    let desk = Desk::new(&unique("qs_rplempty"), &[&*unique("RPLEMPTY")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     let stale = serde_json::json!({
         "pid": 999_999, "name": &*unique("BRAIN_RPLEMPTY"), "account": &*unique("RPLEMPTY"),
@@ -311,8 +311,8 @@ fn an_empty_desk_starts_at_once_and_only_the_desks_stale_locks_are_cleaned() {
         "host": "desk", "command": ["python", &*format!("{}.py", unique("BRAIN_RPLEMPTY"))]
     })
     .to_string();
-    std::fs::write(desk.lock_path(&*unique("BRAIN_RPLEMPTY")), &stale).unwrap();
-    std::fs::write(desk.lock_path(&*unique("WATCHDOG_RPLEMPTY")), b"garbage").unwrap();
+    std::fs::write(desk.lock_path(&unique("BRAIN_RPLEMPTY")), &stale).unwrap();
+    std::fs::write(desk.lock_path(&unique("WATCHDOG_RPLEMPTY")), b"garbage").unwrap();
     let notes = desk.lock_dir().join("notes.txt");
     std::fs::write(&notes, b"the trader's notes").unwrap();
 
@@ -342,7 +342,7 @@ fn an_empty_desk_starts_at_once_and_only_the_desks_stale_locks_are_cleaned() {
 /// or a subcommand: usage errors (exit 2), nothing started.
 #[test]
 fn replace_options_out_of_place_are_usage_errors() {
-    let desk = Desk::new(&*unique("qs_rplusage"), &[&*unique("RPLUSAGE")]);
+    let desk = Desk::new(&unique("qs_rplusage"), &[&*unique("RPLUSAGE")]);
     for args in [
         &["--yes"][..],
         &["--timeout", "5"],
@@ -368,7 +368,7 @@ fn replace_options_out_of_place_are_usage_errors() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_during_the_stop_ends_it_with_nothing_started() {
-    let desk = Desk::new(&*unique("qs_rplint"), &[&*unique("RPLINT")]);
+    let desk = Desk::new(&unique("qs_rplint"), &[&*unique("RPLINT")]);
     desk.add_args(&[&*unique("BRAIN_RPLINT")], &["--ignore-stop"]);
     let old = spawn(&desk, &[]);
     old.wait_started();

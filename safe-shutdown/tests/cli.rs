@@ -46,8 +46,8 @@ fn launch(desk: &Desk) -> Launcher {
 
 #[test]
 fn without_a_terminal_and_without_yes_it_refuses_and_stops_nothing() {
-    let desk = Desk::new(&*unique("qs_noterm"), &[&*unique("NOTERM1")]);
-    let _bot = desk.start_locked(&*unique("BRAIN_NOTERM1"), &[]);
+    let desk = Desk::new(&unique("qs_noterm"), &[&*unique("NOTERM1")]);
+    let _bot = desk.start_locked(&unique("BRAIN_NOTERM1"), &[]);
     let before = running_pids(&desk);
     safe_shutdown(&desk, &[])
         .assert()
@@ -62,7 +62,7 @@ fn without_a_terminal_and_without_yes_it_refuses_and_stops_nothing() {
 /// a stale and a corrupt lock file stay byte for byte (with `--yes` they go).
 #[test]
 fn without_a_terminal_and_without_yes_it_leaves_stale_locks_when_nothing_runs() {
-    let desk = Desk::new(&*unique("qs_noterm_idle"), &[&*unique("IDLE1")]);
+    let desk = Desk::new(&unique("qs_noterm_idle"), &[&*unique("IDLE1")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     let stale = serde_json::json!({
         "pid": 999_999, "name": &*unique("BRAIN_IDLE1"), "account": &*unique("IDLE1"),
@@ -71,8 +71,8 @@ fn without_a_terminal_and_without_yes_it_leaves_stale_locks_when_nothing_runs() 
         "host": "desk", "command": ["python", &*format!("{}.py", unique("BRAIN_IDLE1"))]
     })
     .to_string();
-    std::fs::write(desk.lock_path(&*unique("BRAIN_IDLE1")), &stale).unwrap();
-    std::fs::write(desk.lock_path(&*unique("WATCHDOG_IDLE1")), b"garbage").unwrap();
+    std::fs::write(desk.lock_path(&unique("BRAIN_IDLE1")), &stale).unwrap();
+    std::fs::write(desk.lock_path(&unique("WATCHDOG_IDLE1")), b"garbage").unwrap();
     let states: Vec<String> = desk
         .snapshot()
         .components
@@ -87,11 +87,11 @@ fn without_a_terminal_and_without_yes_it_leaves_stale_locks_when_nothing_runs() 
         .stdout(predicate::str::contains("Nothing to stop"))
         .stderr(predicate::str::contains("no terminal").and(predicate::str::contains("--yes")));
     assert_eq!(
-        std::fs::read_to_string(desk.lock_path(&*unique("BRAIN_IDLE1"))).unwrap(),
+        std::fs::read_to_string(desk.lock_path(&unique("BRAIN_IDLE1"))).unwrap(),
         stale
     );
     assert_eq!(
-        std::fs::read(desk.lock_path(&*unique("WATCHDOG_IDLE1"))).unwrap(),
+        std::fs::read(desk.lock_path(&unique("WATCHDOG_IDLE1"))).unwrap(),
         b"garbage"
     );
     assert!(
@@ -121,8 +121,8 @@ fn answer_prompt(desk: &Desk, answer: &str) -> (i32, String) {
 #[cfg(unix)]
 #[test]
 fn at_the_prompt_no_cancels_and_yes_proceeds() {
-    let desk = Desk::new(&*unique("qs_prompt"), &[&*unique("PROMPT1")]);
-    let _bot = desk.start_locked(&*unique("WATCHDOG_PROMPT1"), &[]);
+    let desk = Desk::new(&unique("qs_prompt"), &[&*unique("PROMPT1")]);
+    let _bot = desk.start_locked(&unique("WATCHDOG_PROMPT1"), &[]);
     let before = running_pids(&desk);
     let (code, screen) = answer_prompt(&desk, "no");
     assert_eq!(code, 1, "{screen}");
@@ -149,7 +149,7 @@ fn at_the_prompt_no_cancels_and_yes_proceeds() {
 fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_full"),
+        &unique("qs_full"),
         &[&*unique("FULL1"), &*unique("FULL2")],
         &["--exit-log", &exit_log.arg],
         "",
@@ -167,7 +167,7 @@ fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
     // Nothing was restarted: each bot exited exactly once, in the safe order.
     let exits = exit_log.times();
     assert_eq!(exits.len(), 5, "{exits:?}");
-    assert_safe_order(&exits, &*unique("qs_full"));
+    assert_safe_order(&exits, &unique("qs_full"));
     assert!(running_pids(&desk).is_empty());
     assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
     let audit = std::fs::read_to_string(desk.dir.path().join("logs/safe-shutdown.log")).unwrap();
@@ -183,7 +183,7 @@ fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
 fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_loose"),
+        &unique("qs_loose"),
         &[&*unique("LOOSE1")],
         &["--exit-log", &exit_log.arg],
         "",
@@ -198,7 +198,7 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
                 .unwrap(),
         )
     };
-    let _global = by_hand(&*unique("qs_loose"));
+    let _global = by_hand(&unique("qs_loose"));
     // Held by the hand-start runner, which honours stop requests.
     let _watchdog = Running::new(
         Command::new(tool("master-launch", "master-launch"))
@@ -210,7 +210,7 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
             .spawn()
             .unwrap(),
     );
-    let _brain = by_hand(&*unique("BRAIN_LOOSE1"));
+    let _brain = by_hand(&unique("BRAIN_LOOSE1"));
     wait_until("three copies", || {
         desk.snapshot()
             .components
@@ -229,7 +229,7 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
         3,
         "a bot was forced instead of stopped: {exits:?}"
     );
-    assert_safe_order(&exits, &*unique("qs_loose"));
+    assert_safe_order(&exits, &unique("qs_loose"));
     // A bot is stopped once its pid is gone; its lock's holder removes the file
     // after it has reaped the bot.
     wait_until("the lock files to be removed", || {
@@ -239,7 +239,7 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
 
 #[test]
 fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
-    let desk = Desk::new(&*unique("qs_acct"), &[&*unique("ACCT1"), &*unique("ACCT2")]);
+    let desk = Desk::new(&unique("qs_acct"), &[&*unique("ACCT1"), &*unique("ACCT2")]);
     let launcher = launch(&desk);
     let keep = fleet_tests::managed_pids(
         &desk.snapshot(),
@@ -290,7 +290,7 @@ fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
 #[test]
 fn stubborn_bots_are_forced_after_one_timeout_in_parallel() {
     let desk = Desk::new(
-        &*unique("qs_stubborn"),
+        &unique("qs_stubborn"),
         &[&*unique("STUB_A"), &*unique("STUB_B"), &*unique("STUB_C")],
     );
     let stand_in = fleet_tests::stand_in();
@@ -313,9 +313,9 @@ fn stubborn_bots_are_forced_after_one_timeout_in_parallel() {
         );
         (bot, lines)
     };
-    let _a = start(&*unique("BRAIN_STUB_A"), &["--ignore-stop"]);
-    let _b = start(&*unique("BRAIN_STUB_B"), &["--ignore-stop"]);
-    let _c = start(&*unique("BRAIN_STUB_C"), &["--stop-delay-ms", "2000"]);
+    let _a = start(&unique("BRAIN_STUB_A"), &["--ignore-stop"]);
+    let _b = start(&unique("BRAIN_STUB_B"), &["--ignore-stop"]);
+    let _c = start(&unique("BRAIN_STUB_C"), &["--stop-delay-ms", "2000"]);
     wait_until("three brains", || running_pids(&desk).len() == 3);
     let started = Instant::now();
     let output = safe_shutdown(&desk, &["--yes", "--timeout", "3"])
@@ -340,7 +340,7 @@ fn stubborn_bots_are_forced_after_one_timeout_in_parallel() {
 /// the bot (its start time differs), so it is left alone.
 #[test]
 fn a_reused_pid_in_a_lock_record_is_left_alone() {
-    let desk = Desk::new(&*unique("qs_reuse"), &[&*unique("REUSE1")]);
+    let desk = Desk::new(&unique("qs_reuse"), &[&*unique("REUSE1")]);
     let unrelated = Running::new(
         Command::new(tool("fleet-tests", "lock-taker"))
             .arg("idle")
@@ -356,7 +356,7 @@ fn a_reused_pid_in_a_lock_record_is_left_alone() {
         "holder_pid": 999_999, "holder_start": start - 5001,
         "host": "desk", "command": ["python", &*format!("{}.py", unique("BRAIN_REUSE1"))]
     });
-    std::fs::write(desk.lock_path(&*unique("BRAIN_REUSE1")), record.to_string()).unwrap();
+    std::fs::write(desk.lock_path(&unique("BRAIN_REUSE1")), record.to_string()).unwrap();
     safe_shutdown(&desk, &["--yes"])
         .assert()
         .code(0)
@@ -370,9 +370,9 @@ fn a_reused_pid_in_a_lock_record_is_left_alone() {
 
 #[test]
 fn dry_run_lists_in_stop_order_and_stops_nothing() {
-    let desk = Desk::new(&*unique("qs_sdry"), &[&*unique("SDRY1")]);
-    let _w = desk.start_locked(&*unique("WATCHDOG_SDRY1"), &[]);
-    let _b = desk.start_by_hand(&*unique("BRAIN_SDRY1"));
+    let desk = Desk::new(&unique("qs_sdry"), &[&*unique("SDRY1")]);
+    let _w = desk.start_locked(&unique("WATCHDOG_SDRY1"), &[]);
+    let _b = desk.start_by_hand(&unique("BRAIN_SDRY1"));
     let before = running_pids(&desk);
     let output = safe_shutdown(&desk, &["--dry-run"]).output().unwrap();
     assert_eq!(output.status.code(), Some(0));
@@ -392,7 +392,7 @@ fn dry_run_lists_in_stop_order_and_stops_nothing() {
 /// never signals it and says so; check-procs reports the record.
 #[test]
 fn a_legacy_record_naming_an_unrelated_process_never_gets_it_stopped() {
-    let desk = Desk::new(&*unique("qs_legx"), &[&*unique("LEGX")]);
+    let desk = Desk::new(&unique("qs_legx"), &[&*unique("LEGX")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     let mut unrelated = Command::new(tool("fleet-tests", "lock-taker"));
     let unrelated = Running::new(unrelated.arg("idle").stdin(Stdio::null()).spawn().unwrap());
@@ -406,7 +406,7 @@ fn a_legacy_record_naming_an_unrelated_process_never_gets_it_stopped() {
         format!(r#"{{"pid": {pid}, "name": "{}"}}"#, unique("BRAIN_LEGX")),
     ];
     for record in records {
-        std::fs::write(desk.lock_path(&*unique("BRAIN_LEGX")), &record).unwrap();
+        std::fs::write(desk.lock_path(&unique("BRAIN_LEGX")), &record).unwrap();
         let check = Command::new(tool("check-procs", "check-procs"))
             .arg("--config")
             .arg(desk.config())
@@ -418,7 +418,7 @@ fn a_legacy_record_naming_an_unrelated_process_never_gets_it_stopped() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|p| p["name"] == &*unique("BRAIN_LEGX"))
+            .find(|p| p["name"] == *unique("BRAIN_LEGX"))
             .unwrap_or_else(|| panic!("not reported: {report}"));
         assert!(
             problem["message"].as_str().unwrap().contains("not genuine"),
@@ -447,7 +447,7 @@ fn a_legacy_record_naming_an_unrelated_process_never_gets_it_stopped() {
 fn the_requesters_timeout_is_honoured_by_master_launch_in_the_safe_order() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_deadline"),
+        &unique("qs_deadline"),
         &[&*unique("DEAD1"), &*unique("DEAD2")],
         &["--exit-log", &exit_log.arg],
         "[defaults]\nstop_timeout_secs = 10\n",
@@ -494,7 +494,7 @@ fn the_requesters_timeout_is_honoured_by_master_launch_in_the_safe_order() {
 #[test]
 fn an_account_stop_honours_the_timeout_and_leaves_the_rest() {
     let desk = Desk::with_options(
-        &*unique("qs_acctdead"),
+        &unique("qs_acctdead"),
         &[&*unique("ADEAD1"), &*unique("ADEAD2")],
         &[],
         "[defaults]\nstop_timeout_secs = 10\n",
@@ -549,7 +549,7 @@ fn an_account_stop_honours_the_timeout_and_leaves_the_rest() {
 #[test]
 fn a_hand_started_run_is_forced_at_the_requesters_deadline() {
     let desk = Desk::with_options(
-        &*unique("qs_rundead"),
+        &unique("qs_rundead"),
         &[&*unique("RDEAD")],
         &[],
         "[defaults]\nstop_timeout_secs = 10\n",
@@ -575,7 +575,7 @@ fn a_hand_started_run_is_forced_at_the_requesters_deadline() {
     );
     wait_until("the run to record its bot", || {
         desk.snapshot()
-            .component(&*unique("BRAIN_RDEAD"))
+            .component(&unique("BRAIN_RDEAD"))
             .is_some_and(|v| v.managed.is_some())
     });
     let started = Instant::now();
@@ -599,7 +599,7 @@ fn a_hand_started_run_is_forced_at_the_requesters_deadline() {
 #[test]
 fn an_account_stop_while_its_brain_backs_off_keeps_it_stopped() {
     let desk = Desk::with_options(
-        &*unique("qs_backoff"),
+        &unique("qs_backoff"),
         &[&*unique("BACK1")],
         &[],
         "[defaults]\nrestart_delay_ms = 4000\ngive_up_after = 10\n",
@@ -644,7 +644,7 @@ fn an_account_stop_while_its_brain_backs_off_keeps_it_stopped() {
 #[cfg(unix)]
 #[test]
 fn the_emergency_stop_works_whatever_else_is_in_the_lock_dir() {
-    let desk = Desk::new(&*unique("qs_hostile"), &[&*unique("HOSTILE1")]);
+    let desk = Desk::new(&unique("qs_hostile"), &[&*unique("HOSTILE1")]);
     let locks = desk.lock_dir();
     std::fs::create_dir_all(&locks).unwrap();
     let sentinel = desk.config().with_file_name("sentinel.txt");
@@ -664,8 +664,8 @@ fn the_emergency_stop_works_whatever_else_is_in_the_lock_dir() {
         locks.join(&*format!("{}.lock", unique("WATCHDOG_HOSTILE1"))),
     )
     .unwrap();
-    let _w = desk.start_by_hand(&*unique("WATCHDOG_HOSTILE1"));
-    let _b = desk.start_by_hand(&*unique("BRAIN_HOSTILE1"));
+    let _w = desk.start_by_hand(&unique("WATCHDOG_HOSTILE1"));
+    let _b = desk.start_by_hand(&unique("BRAIN_HOSTILE1"));
     wait_until("two copies", || running_pids(&desk).len() == 2);
     let pids = running_pids(&desk);
     assert_cmd::Command::from_std(safe_shutdown(&desk, &["--yes", "--timeout", "5"]))
@@ -688,14 +688,14 @@ fn the_emergency_stop_works_whatever_else_is_in_the_lock_dir() {
 /// everything, and exits 1 because the audit is incomplete.
 #[test]
 fn an_audit_log_that_cannot_be_opened_does_not_stop_the_stop() {
-    let desk = Desk::new(&*unique("qs_noaudit"), &[&*unique("NOAUDIT1")]);
+    let desk = Desk::new(&unique("qs_noaudit"), &[&*unique("NOAUDIT1")]);
     let audit = desk
         .config()
         .with_file_name("logs")
         .join("safe-shutdown.log");
     std::fs::create_dir_all(&audit).unwrap();
-    let _w = desk.start_by_hand(&*unique("WATCHDOG_NOAUDIT1"));
-    let _b = desk.start_by_hand(&*unique("BRAIN_NOAUDIT1"));
+    let _w = desk.start_by_hand(&unique("WATCHDOG_NOAUDIT1"));
+    let _b = desk.start_by_hand(&unique("BRAIN_NOAUDIT1"));
     wait_until("two copies", || running_pids(&desk).len() == 2);
     let pids = running_pids(&desk);
     let output = safe_shutdown(&desk, &["--yes", "--timeout", "5"])
@@ -715,7 +715,7 @@ fn an_audit_log_that_cannot_be_opened_does_not_stop_the_stop() {
 /// Table row: `--timeout 18446744073709551615` panicked (duration overflow), exit 101.
 #[test]
 fn an_out_of_range_timeout_is_a_usage_error_not_a_panic() {
-    let desk = Desk::new(&*unique("qs_bigtimeout"), &[&*unique("BIGTO1")]);
+    let desk = Desk::new(&unique("qs_bigtimeout"), &[&*unique("BIGTO1")]);
     for value in ["18446744073709551615", "86401", "-1"] {
         safe_shutdown(&desk, &["--yes", "--timeout", value])
             .assert()
@@ -781,7 +781,7 @@ impl Drop for SmallDisk {
 fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
     let log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("qs_sdfull"),
+        &unique("qs_sdfull"),
         &[&*unique("SDFULLA"), &*unique("SDFULLB")],
         &["--exit-log", &log.arg],
         "[defaults]\nrestart = \"always\"\nstop_timeout_secs = 5\n",
@@ -820,7 +820,7 @@ fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
     }
     assert!(
         desk.snapshot()
-            .component(&*unique("BRAIN_SDFULLA"))
+            .component(&unique("BRAIN_SDFULLA"))
             .is_some_and(|v| !v.copies.is_empty()),
         "master-launch did not start the brain again: the test shows nothing"
     );
@@ -844,7 +844,7 @@ fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
     assert!(stdout.contains("All 6 stopped."), "{stdout}");
     assert!(running_pids(&desk).is_empty());
     fleet_tests::wait_gone(&before);
-    assert_safe_order(&log.times()[exits_before..], &*unique("qs_sdfull"));
+    assert_safe_order(&log.times()[exits_before..], &unique("qs_sdfull"));
     drop(launcher);
 }
 
@@ -856,9 +856,9 @@ fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
 #[test]
 fn a_user_without_permission_is_told_so_and_nothing_is_called_killed() {
     use std::os::unix::fs::PermissionsExt;
-    let desk = Desk::new(&*unique("qs_sdperm"), &[&*unique("SDPERM")]);
-    let _watchdog = desk.start_locked(&*unique("WATCHDOG_SDPERM"), &[]);
-    let _brain = desk.start_locked(&*unique("BRAIN_SDPERM"), &[]);
+    let desk = Desk::new(&unique("qs_sdperm"), &[&*unique("SDPERM")]);
+    let _watchdog = desk.start_locked(&unique("WATCHDOG_SDPERM"), &[]);
+    let _brain = desk.start_locked(&unique("BRAIN_SDPERM"), &[]);
     let before = running_pids(&desk);
     // `nobody` must be able to read the desk's config (a temp dir is 0700).
     std::fs::set_permissions(desk.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -318,7 +318,7 @@ fn safe_shutdown_on_the_standby_host_stops_the_desk_through_its_holder_in_order(
         &*format!("{}2", unique("CDSAFE")),
     ] {
         assert!(asked(&format!("BRAIN_{account}")) < asked(&format!("WATCHDOG_{account}")));
-        assert!(asked(&format!("WATCHDOG_{account}")) < asked(&*unique("qs_CDSAFE")));
+        assert!(asked(&format!("WATCHDOG_{account}")) < asked(&unique("qs_CDSAFE")));
     }
     assert!(log_a.contains("on host B (through etcd)"), "{log_a}");
     assert_eq!(etcd_keys(&etcd), Vec::<String>::new());

@@ -494,7 +494,7 @@ fn cx_stop_request_during_a_takeover_keeps_that_component_stopped() {
     let lease = client.grant(Duration::from_secs(30)).unwrap();
     client
         .put(
-            &*format!("{}1", unique("/desk/stop/WATCHDOG_CXMID")),
+            &format!("{}1", unique("/desk/stop/WATCHDOG_CXMID")),
             b"{}",
             lease,
         )

@@ -15,7 +15,7 @@ use lockcore::{ComponentState, StopRequest};
 
 #[test]
 fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() {
-    let desk = Desk::with_options(&*unique("ctl_gu"), &[&*unique("GU")], &[], QUICK_ALWAYS);
+    let desk = Desk::with_options(&unique("ctl_gu"), &[&*unique("GU")], &[], QUICK_ALWAYS);
     let bug = desk.dir.path().join("bug");
     std::fs::write(&bug, "").unwrap();
     desk.add_args(
@@ -42,11 +42,11 @@ fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() 
             .as_array()
             .unwrap()
             .iter()
-            .any(|c| c["name"] == &*unique("BRAIN_GU") && c["state"] == "given_up")
+            .any(|c| c["name"] == *unique("BRAIN_GU") && c["state"] == "given_up")
     });
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 1, "{json}");
-    let brain = component(&json, &*unique("BRAIN_GU"));
+    let brain = component(&json, &unique("BRAIN_GU"));
     let reason = brain["reason"].as_str().unwrap();
     assert!(
         reason.contains("code 3") && reason.contains("2 failure"),
@@ -61,10 +61,7 @@ fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() 
         "{message}"
     );
     // The rest of the desk runs on.
-    assert_eq!(
-        component(&json, &*unique("WATCHDOG_GU"))["state"],
-        "running"
-    );
+    assert_eq!(component(&json, &unique("WATCHDOG_GU"))["state"], "running");
 
     // Fixed: started again, under the orchestrator, and supervised from then on.
     std::fs::remove_file(&bug).unwrap();
@@ -75,12 +72,12 @@ fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() 
         "{}",
         stderr(&output)
     );
-    let first = wait_supervised(&desk, &*unique("BRAIN_GU"), orchestrator.pid());
+    let first = wait_supervised(&desk, &unique("BRAIN_GU"), orchestrator.pid());
     fleet_tests::force_kill(first);
     wait_until("the killed brain to be restarted", || {
         let snapshot = desk.snapshot();
-        managed_pid(&snapshot, &*unique("BRAIN_GU")).is_some_and(|pid| pid != first)
-            && holder_pid(&snapshot, &*unique("BRAIN_GU")) == Some(orchestrator.pid())
+        managed_pid(&snapshot, &unique("BRAIN_GU")).is_some_and(|pid| pid != first)
+            && holder_pid(&snapshot, &unique("BRAIN_GU")) == Some(orchestrator.pid())
     });
     wait_until("check-procs to be healthy", || {
         check_procs_json(&desk).0 == 0
@@ -95,7 +92,7 @@ fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() 
 #[test]
 fn an_account_stopped_on_request_is_no_problem_and_start_brings_it_back_in_order() {
     let desk = Desk::with_options(
-        &*unique("ctl_bg"),
+        &unique("ctl_bg"),
         &[&*unique("BG"), &*unique("BGKEEP")],
         &[],
         QUICK,
@@ -117,7 +114,7 @@ fn an_account_stopped_on_request_is_no_problem_and_start_brings_it_back_in_order
     let output = fleet_tests::wine::output(&mut command).unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     wait_until(
-        &*format!("{} to show as stopped on request", unique("BG")),
+        &format!("{} to show as stopped on request", unique("BG")),
         || {
             let (_, json) = check_procs_json(&desk);
             [&*unique("WATCHDOG_BG"), &*unique("BRAIN_BG")]
@@ -138,18 +135,13 @@ fn an_account_stopped_on_request_is_no_problem_and_start_brings_it_back_in_order
     let before = desk.master_log().len();
     let output = master_launch(&desk, &["start", "--account", &*unique("BG")]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let watchdog = wait_supervised(&desk, &*unique("WATCHDOG_BG"), orchestrator.pid());
-    let brain = wait_supervised(&desk, &*unique("BRAIN_BG"), orchestrator.pid());
+    let watchdog = wait_supervised(&desk, &unique("WATCHDOG_BG"), orchestrator.pid());
+    let brain = wait_supervised(&desk, &unique("BRAIN_BG"), orchestrator.pid());
     assert_ne!(watchdog, brain);
     let log = desk.master_log();
-    let watchdog_at = log_position(
-        &log,
-        &*format!("{}: started", unique("WATCHDOG_BG")),
-        before,
-    )
-    .unwrap();
-    let brain_at =
-        log_position(&log, &*format!("{}: started", unique("BRAIN_BG")), before).unwrap();
+    let watchdog_at =
+        log_position(&log, &format!("{}: started", unique("WATCHDOG_BG")), before).unwrap();
+    let brain_at = log_position(&log, &format!("{}: started", unique("BRAIN_BG")), before).unwrap();
     assert!(
         watchdog_at < brain_at,
         "the brain started first: {}",
@@ -168,12 +160,12 @@ fn an_account_stopped_on_request_is_no_problem_and_start_brings_it_back_in_order
 
 #[test]
 fn restart_replaces_the_brain_never_runs_two_and_leaves_the_watchdog_alone() {
-    let desk = Desk::with_options(&*unique("ctl_rs"), &[&*unique("RS")], &[], QUICK);
+    let desk = Desk::with_options(&unique("ctl_rs"), &[&*unique("RS")], &[], QUICK);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
     let snapshot = desk.snapshot();
-    let old_brain = managed_pid(&snapshot, &*unique("BRAIN_RS")).unwrap();
-    let watchdog = managed_pid(&snapshot, &*unique("WATCHDOG_RS")).unwrap();
+    let old_brain = managed_pid(&snapshot, &unique("BRAIN_RS")).unwrap();
+    let watchdog = managed_pid(&snapshot, &unique("WATCHDOG_RS")).unwrap();
     let mut command = Command::new(tool("master-launch", "master-launch"));
     command
         .arg("--config")
@@ -186,7 +178,7 @@ fn restart_replaces_the_brain_never_runs_two_and_leaves_the_watchdog_alone() {
     let status = loop {
         let snapshot = desk.snapshot();
         let copies = snapshot
-            .component(&*unique("BRAIN_RS"))
+            .component(&unique("BRAIN_RS"))
             .unwrap()
             .copies
             .len();
@@ -201,14 +193,14 @@ fn restart_replaces_the_brain_never_runs_two_and_leaves_the_watchdog_alone() {
     assert_eq!(status.code(), Some(0), "{text}");
     assert!(samples >= 2, "sampled only {samples} times");
     let snapshot = desk.snapshot();
-    let new_brain = managed_pid(&snapshot, &*unique("BRAIN_RS")).unwrap();
+    let new_brain = managed_pid(&snapshot, &unique("BRAIN_RS")).unwrap();
     assert_ne!(new_brain, old_brain);
     assert_eq!(
-        managed_pid(&snapshot, &*unique("WATCHDOG_RS")),
+        managed_pid(&snapshot, &unique("WATCHDOG_RS")),
         Some(watchdog)
     );
     assert_eq!(
-        holder_pid(&snapshot, &*unique("BRAIN_RS")),
+        holder_pid(&snapshot, &unique("BRAIN_RS")),
         Some(orchestrator.pid())
     );
     assert_eq!(stop_desk(&desk, orchestrator), 0);
@@ -216,7 +208,7 @@ fn restart_replaces_the_brain_never_runs_two_and_leaves_the_watchdog_alone() {
 
 #[test]
 fn a_watchdog_that_cannot_start_keeps_its_brain_from_ever_starting() {
-    let desk = Desk::with_options(&*unique("ctl_wv"), &[&*unique("WV")], &[], QUICK);
+    let desk = Desk::with_options(&unique("ctl_wv"), &[&*unique("WV")], &[], QUICK);
     let missing = desk.dir.path().join("no-such-watchdog");
     let text = std::fs::read_to_string(desk.config()).unwrap().replace(
         "watchdog = [\"{bot}\"",
@@ -230,12 +222,12 @@ fn a_watchdog_that_cannot_start_keeps_its_brain_from_ever_starting() {
     });
     wait_until("check-procs to say given_up and blocked", || {
         let (_, json) = check_procs_json(&desk);
-        component(&json, &*unique("WATCHDOG_WV"))["state"] == "given_up"
-            && component(&json, &*unique("BRAIN_WV"))["state"] == "blocked"
+        component(&json, &unique("WATCHDOG_WV"))["state"] == "given_up"
+            && component(&json, &unique("BRAIN_WV"))["state"] == "blocked"
     });
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 1, "{json}");
-    let reason = component(&json, &*unique("WATCHDOG_WV"))["reason"]
+    let reason = component(&json, &unique("WATCHDOG_WV"))["reason"]
         .as_str()
         .unwrap();
     assert!(
@@ -249,7 +241,7 @@ fn a_watchdog_that_cannot_start_keeps_its_brain_from_ever_starting() {
     );
     assert!(
         desk.snapshot()
-            .component(&*unique("BRAIN_WV"))
+            .component(&unique("BRAIN_WV"))
             .unwrap()
             .copies
             .is_empty()
@@ -273,7 +265,7 @@ fn a_watchdog_that_cannot_start_keeps_its_brain_from_ever_starting() {
 fn a_watchdog_given_up_while_its_brain_runs_stops_the_brain_and_the_brain_follows_it_back() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("ctl_wg"),
+        &unique("ctl_wg"),
         &[&*unique("WG")],
         &["--exit-log", &exit_log.arg],
         QUICK_ALWAYS,
@@ -285,14 +277,14 @@ fn a_watchdog_given_up_while_its_brain_runs_stops_the_brain_and_the_brain_follow
     );
     let (orchestrator, lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let brain = managed_pid(&desk.snapshot(), &*unique("BRAIN_WG")).unwrap();
-    let watchdog = managed_pid(&desk.snapshot(), &*unique("WATCHDOG_WG")).unwrap();
+    let brain = managed_pid(&desk.snapshot(), &unique("BRAIN_WG")).unwrap();
+    let watchdog = managed_pid(&desk.snapshot(), &unique("WATCHDOG_WG")).unwrap();
     std::fs::write(&bug, "").unwrap();
     fleet_tests::force_kill(watchdog);
     assert!(
         lines
             .wait_for(
-                &*format!("{}: GIVING UP", unique("WATCHDOG_WG")),
+                &format!("{}: GIVING UP", unique("WATCHDOG_WG")),
                 Duration::from_secs(30)
             )
             .is_some()
@@ -300,7 +292,7 @@ fn a_watchdog_given_up_while_its_brain_runs_stops_the_brain_and_the_brain_follow
     fleet_tests::wait_gone(&[brain]);
     wait_until("the brain to be held back", || {
         let (code, json) = check_procs_json(&desk);
-        code == 1 && component(&json, &*unique("BRAIN_WG"))["state"] == "blocked"
+        code == 1 && component(&json, &unique("BRAIN_WG"))["state"] == "blocked"
     });
     let log = desk.master_log();
     assert!(
@@ -320,7 +312,7 @@ fn a_watchdog_given_up_while_its_brain_runs_stops_the_brain_and_the_brain_follow
     std::fs::remove_file(&bug).unwrap();
     let output = master_launch(&desk, &["start", &*unique("WATCHDOG_WG")]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let new_brain = wait_supervised(&desk, &*unique("BRAIN_WG"), orchestrator.pid());
+    let new_brain = wait_supervised(&desk, &unique("BRAIN_WG"), orchestrator.pid());
     assert_ne!(new_brain, brain);
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
@@ -328,7 +320,7 @@ fn a_watchdog_given_up_while_its_brain_runs_stops_the_brain_and_the_brain_follow
 #[test]
 fn concurrent_starts_of_one_account_start_exactly_one_copy_of_each() {
     let desk = Desk::with_options(
-        &*unique("ctl_cc"),
+        &unique("ctl_cc"),
         &[&*unique("CCRUN"), &*unique("CC")],
         &[],
         QUICK,
@@ -368,7 +360,7 @@ fn concurrent_starts_of_one_account_start_exactly_one_copy_of_each() {
                 .write(&desk.lock_dir())
                 .unwrap();
         }
-        wait_until(&*format!("{} to stop", unique("CC")), || {
+        wait_until(&format!("{} to stop", unique("CC")), || {
             let snapshot = desk.snapshot();
             [&*unique("WATCHDOG_CC"), &*unique("BRAIN_CC")]
                 .iter()
@@ -384,7 +376,7 @@ fn concurrent_starts_of_one_account_start_exactly_one_copy_of_each() {
 #[test]
 fn a_start_is_refused_by_a_hand_started_run_and_by_an_unlocked_copy() {
     let desk = Desk::with_options(
-        &*unique("ctl_rf"),
+        &unique("ctl_rf"),
         &[&*unique("RFRUN"), &*unique("RF")],
         &[],
         QUICK,
@@ -400,7 +392,7 @@ fn a_start_is_refused_by_a_hand_started_run_and_by_an_unlocked_copy() {
         .stderr(Stdio::null());
     let hand = Running::new(fleet_tests::wine::spawn(&mut command).unwrap());
     wait_until("the hand-started watchdog to run", || {
-        managed_pid(&desk.snapshot(), &*unique("WATCHDOG_RF")).is_some()
+        managed_pid(&desk.snapshot(), &unique("WATCHDOG_RF")).is_some()
     });
     let output = master_launch(&desk, &["start", &*unique("WATCHDOG_RF")]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
@@ -412,17 +404,17 @@ fn a_start_is_refused_by_a_hand_started_run_and_by_an_unlocked_copy() {
     drop(hand);
     wait_until("the hand-started watchdog to end", || {
         desk.snapshot()
-            .component(&*unique("WATCHDOG_RF"))
+            .component(&unique("WATCHDOG_RF"))
             .unwrap()
             .copies
             .is_empty()
     });
     // A copy with no lock at all.
-    let copy = desk.start_by_hand(&*unique("WATCHDOG_RF"));
+    let copy = desk.start_by_hand(&unique("WATCHDOG_RF"));
     wait_until("the copy to be seen", || {
         !desk
             .snapshot()
-            .component(&*unique("WATCHDOG_RF"))
+            .component(&unique("WATCHDOG_RF"))
             .unwrap()
             .copies
             .is_empty()
@@ -436,7 +428,7 @@ fn a_start_is_refused_by_a_hand_started_run_and_by_an_unlocked_copy() {
     );
     assert_eq!(
         desk.snapshot()
-            .component(&*unique("WATCHDOG_RF"))
+            .component(&unique("WATCHDOG_RF"))
             .unwrap()
             .copies
             .len(),
@@ -455,7 +447,7 @@ fn the_start_order_is_real_on_a_five_account_desk() {
         &*unique("SO4"),
         &*unique("SO5"),
     ];
-    let desk = Desk::with_options(&*unique("ctl_so"), &accounts, &[], QUICK);
+    let desk = Desk::with_options(&unique("ctl_so"), &accounts, &[], QUICK);
     let rounds = fleet_tests::wine::race_rounds(3, 1);
     for round in 0..rounds {
         let before = desk.master_log().len();
@@ -485,7 +477,7 @@ fn the_start_order_is_real_on_a_five_account_desk() {
 #[test]
 fn the_orchestrator_stays_up_with_everything_given_up_and_its_exit_code_says_so() {
     let desk = Desk::with_options(
-        &*unique("ctl_up"),
+        &unique("ctl_up"),
         &[&*unique("UP")],
         &["--crash-after-ms", "20"],
         "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 1\n",
@@ -505,7 +497,7 @@ fn the_orchestrator_stays_up_with_everything_given_up_and_its_exit_code_says_so(
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 1);
     assert_eq!(
-        component(&json, &*unique("ctl_up"))["state"],
+        component(&json, &unique("ctl_up"))["state"],
         "given_up",
         "{json}"
     );
@@ -516,7 +508,7 @@ fn the_orchestrator_stays_up_with_everything_given_up_and_its_exit_code_says_so(
 #[test]
 fn restart_always_does_not_count_clean_exits_and_restart_never_does_not_retry_a_failed_start() {
     let desk = Desk::with_options(
-        &*unique("ctl_pol"),
+        &unique("ctl_pol"),
         &[&*unique("POL")],
         &[],
         "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 2\n",
@@ -531,7 +523,7 @@ fn restart_always_does_not_count_clean_exits_and_restart_never_does_not_retry_a_
     ) + "\n";
     let text = text.replace(
         &*format!("[[account]]\nname = \"{}\"", unique("POL")),
-        &*format!(
+        &format!(
             "[[account]]\nname = \"{}\"\nrestart = \"never\"",
             unique("POL")
         ),
@@ -565,7 +557,7 @@ fn restart_always_does_not_count_clean_exits_and_restart_never_does_not_retry_a_
 #[test]
 fn requests_without_an_orchestrator_or_with_bad_names_and_start_or_run() {
     let desk = Desk::with_options(
-        &*unique("ctl_no"),
+        &unique("ctl_no"),
         &[&*unique("NORUN"), &*unique("NO")],
         &[],
         QUICK,
@@ -606,13 +598,13 @@ fn requests_without_an_orchestrator_or_with_bad_names_and_start_or_run() {
         .stderr(Stdio::piped());
     let mut by_hand = fleet_tests::wine::spawn(&mut command).unwrap();
     wait_until("the global to run by hand", || {
-        managed_pid(&desk.snapshot(), &*unique("ctl_no")).is_some()
+        managed_pid(&desk.snapshot(), &unique("ctl_no")).is_some()
     });
     assert_eq!(
-        holder_pid(&desk.snapshot(), &*unique("ctl_no")),
+        holder_pid(&desk.snapshot(), &unique("ctl_no")),
         Some(by_hand.id())
     );
-    StopRequest::new(&*unique("ctl_no"), Duration::from_secs(2))
+    StopRequest::new(&unique("ctl_no"), Duration::from_secs(2))
         .write(&desk.lock_dir())
         .unwrap();
     assert_eq!(by_hand.wait().unwrap().code(), Some(0));
@@ -632,14 +624,14 @@ fn requests_without_an_orchestrator_or_with_bad_names_and_start_or_run() {
         "{}",
         stderr(&output)
     );
-    wait_supervised(&desk, &*unique("WATCHDOG_NO"), orchestrator.pid());
+    wait_supervised(&desk, &unique("WATCHDOG_NO"), orchestrator.pid());
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
 
 #[test]
 fn a_request_left_by_a_requester_that_died_is_cleared_not_served() {
     let desk = Desk::with_options(
-        &*unique("ctl_dead"),
+        &unique("ctl_dead"),
         &[&*unique("DEADRUN"), &*unique("DEAD")],
         &[],
         QUICK,
@@ -647,7 +639,7 @@ fn a_request_left_by_a_requester_that_died_is_cleared_not_served() {
     let (orchestrator, _lines) = launch(&desk, &["--only", &*unique("DEADRUN")]);
     let identity = ended_identity();
     let request = lockcore::control::ControlRequest::new(
-        &*unique("WATCHDOG_DEAD"),
+        &unique("WATCHDOG_DEAD"),
         lockcore::control::Action::Start,
         identity,
     );
@@ -662,12 +654,12 @@ fn a_request_left_by_a_requester_that_died_is_cleared_not_served() {
     });
     let view = DeskState::read(&desk.lock_dir()).unwrap().unwrap();
     assert_eq!(
-        view.component(&*unique("WATCHDOG_DEAD")).unwrap().state,
+        view.component(&unique("WATCHDOG_DEAD")).unwrap().state,
         Supervision::NotStarted
     );
     assert!(
         desk.snapshot()
-            .component(&*unique("WATCHDOG_DEAD"))
+            .component(&unique("WATCHDOG_DEAD"))
             .unwrap()
             .copies
             .is_empty()
@@ -685,7 +677,7 @@ fn a_request_left_by_a_requester_that_died_is_cleared_not_served() {
 #[cfg(unix)]
 #[test]
 fn a_deleted_orchestrator_lock_is_noticed_and_taken_again() {
-    let desk = Desk::with_options(&*unique("ctl_ml"), &[&*unique("ML")], &[], QUICK);
+    let desk = Desk::with_options(&unique("ctl_ml"), &[&*unique("ML")], &[], QUICK);
     let (orchestrator, _lines) = launch(&desk, &[]);
     let lock = desk.lock_path("MASTER_LAUNCH");
     std::fs::remove_file(&lock).unwrap();
@@ -713,7 +705,7 @@ fn a_deleted_orchestrator_lock_is_noticed_and_taken_again() {
 #[test]
 fn the_published_view_is_always_whole_while_it_changes() {
     let desk = Desk::with_options(
-        &*unique("ctl_view"),
+        &unique("ctl_view"),
         &[&*unique("VIEW")],
         &[],
         "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 1000\nrestart_delay_ms = 1\n",
@@ -727,7 +719,7 @@ fn the_published_view_is_always_whole_while_it_changes() {
         if let Some(read) = DeskState::read(&lock_dir) {
             let view = read.unwrap_or_else(|e| panic!("a reader saw a broken view: {e}"));
             states.insert(
-                view.component(&*unique("BRAIN_VIEW"))
+                view.component(&unique("BRAIN_VIEW"))
                     .unwrap()
                     .state
                     .as_str(),
@@ -743,7 +735,7 @@ fn the_published_view_is_always_whole_while_it_changes() {
 #[test]
 fn an_account_may_allow_an_unguarded_brain_explicitly() {
     let desk = Desk::with_options(
-        &*unique("ctl_ug"),
+        &unique("ctl_ug"),
         &[&*unique("UG")],
         &[],
         "brain_requires_watchdog = false\n",
@@ -755,7 +747,7 @@ fn an_account_may_allow_an_unguarded_brain_explicitly() {
     ) + QUICK;
     std::fs::write(desk.config(), text).unwrap();
     let (orchestrator, _lines) = launch(&desk, &[]);
-    wait_supervised(&desk, &*unique("BRAIN_UG"), orchestrator.pid());
+    wait_supervised(&desk, &unique("BRAIN_UG"), orchestrator.pid());
     wait_until("the watchdog to be given up", || {
         desk.master_log()
             .contains(&*format!("{}: GIVING UP", unique("WATCHDOG_UG")))
@@ -763,7 +755,7 @@ fn an_account_may_allow_an_unguarded_brain_explicitly() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(
         desk.snapshot()
-            .component(&*unique("BRAIN_UG"))
+            .component(&unique("BRAIN_UG"))
             .unwrap()
             .copies
             .len(),
@@ -777,7 +769,7 @@ fn an_account_may_allow_an_unguarded_brain_explicitly() {
 fn a_brain_is_held_back_while_its_watchdog_backs_off_and_follows_it_back() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        &*unique("ctl_bo"),
+        &unique("ctl_bo"),
         &[&*unique("BO")],
         &["--exit-log", &exit_log.arg],
         "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 5\nrestart = \"always\"\n",
@@ -789,8 +781,8 @@ fn a_brain_is_held_back_while_its_watchdog_backs_off_and_follows_it_back() {
     );
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let brain = managed_pid(&desk.snapshot(), &*unique("BRAIN_BO")).unwrap();
-    let watchdog = managed_pid(&desk.snapshot(), &*unique("WATCHDOG_BO")).unwrap();
+    let brain = managed_pid(&desk.snapshot(), &unique("BRAIN_BO")).unwrap();
+    let watchdog = managed_pid(&desk.snapshot(), &unique("WATCHDOG_BO")).unwrap();
     // The watchdog crashes again at once after its immediate restart: it backs off.
     std::fs::write(&bug, "").unwrap();
     fleet_tests::force_kill(watchdog);
@@ -813,16 +805,15 @@ fn a_brain_is_held_back_while_its_watchdog_backs_off_and_follows_it_back() {
     }
     // Fixed: the watchdog's next attempt runs, and the brain follows by itself.
     std::fs::remove_file(&bug).unwrap();
-    let new_brain = wait_supervised(&desk, &*unique("BRAIN_BO"), orchestrator.pid());
+    let new_brain = wait_supervised(&desk, &unique("BRAIN_BO"), orchestrator.pid());
     assert_ne!(new_brain, brain);
     let log = desk.master_log();
     let held = log
         .find(&*format!("{}: stopping it", unique("BRAIN_BO")))
         .unwrap();
     let watchdog_back =
-        log_position(&log, &*format!("{}: started", unique("WATCHDOG_BO")), held).unwrap();
-    let brain_back =
-        log_position(&log, &*format!("{}: started", unique("BRAIN_BO")), held).unwrap();
+        log_position(&log, &format!("{}: started", unique("WATCHDOG_BO")), held).unwrap();
+    let brain_back = log_position(&log, &format!("{}: started", unique("BRAIN_BO")), held).unwrap();
     assert!(watchdog_back < brain_back, "{}", &log[held..]);
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }

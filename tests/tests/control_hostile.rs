@@ -43,7 +43,7 @@ fn signal(pid: u32, which: &str) {
 #[test]
 fn hx_a_stop_request_arriving_during_a_restart_wins_and_nothing_starts_in_between() {
     let desk = Desk::with_options(
-        &*unique("hx_sr"),
+        &unique("hx_sr"),
         &[&*unique("HXSR")],
         &[],
         "[defaults]\nstop_timeout_secs = 5\ngive_up_after = 2\n",
@@ -70,13 +70,13 @@ fn hx_a_stop_request_arriving_during_a_restart_wins_and_nothing_starts_in_betwee
                 > asked
         });
         let mark = desk.master_log().len();
-        StopRequest::new(&*unique("BRAIN_HXSR"), Duration::from_secs(10))
+        StopRequest::new(&unique("BRAIN_HXSR"), Duration::from_secs(10))
             .write(&desk.lock_dir())
             .unwrap();
         let code = wait_exit(&mut restart, Duration::from_secs(30), "the restart");
         assert_eq!(code, 1, "round {round}: a restart overtaken by a stop");
         wait_until("the brain to show as stopped on request", || {
-            view_state(&desk, &*unique("BRAIN_HXSR")) == Some(Supervision::Stopped)
+            view_state(&desk, &unique("BRAIN_HXSR")) == Some(Supervision::Stopped)
                 && !desk
                     .lock_dir()
                     .join(&*format!("{}.stop", unique("BRAIN_HXSR")))
@@ -85,12 +85,12 @@ fn hx_a_stop_request_arriving_during_a_restart_wins_and_nothing_starts_in_betwee
         std::thread::sleep(Duration::from_millis(600));
         let log = desk.master_log();
         assert!(
-            log_position(&log, &*format!("{}: started", unique("BRAIN_HXSR")), mark).is_none(),
+            log_position(&log, &format!("{}: started", unique("BRAIN_HXSR")), mark).is_none(),
             "round {round}: the brain was started although a stop was asked for: {}",
             &log[mark..]
         );
         assert_eq!(
-            copies(&desk.snapshot(), &*unique("BRAIN_HXSR")),
+            copies(&desk.snapshot(), &unique("BRAIN_HXSR")),
             0,
             "round {round}"
         );
@@ -105,7 +105,7 @@ fn hx_a_stop_request_arriving_during_a_restart_wins_and_nothing_starts_in_betwee
 #[test]
 fn hx_a_requester_that_joined_a_request_whose_placer_died_is_answered_promptly() {
     let desk = Desk::with_options(
-        &*unique("hx_jn"),
+        &unique("hx_jn"),
         &[&*unique("HXJNRUN"), &*unique("HXJN")],
         &[],
         QUICK,
@@ -115,7 +115,7 @@ fn hx_a_requester_that_joined_a_request_whose_placer_died_is_answered_promptly()
     // Hold the orchestrator still, so that the survivor joins before it looks.
     signal(orchestrator.pid(), "-STOP");
     lockcore::control::ControlRequest::new(
-        &*unique("WATCHDOG_HXJN"),
+        &unique("WATCHDOG_HXJN"),
         lockcore::control::Action::Start,
         identity,
     )
@@ -145,7 +145,7 @@ fn hx_a_requester_that_joined_a_request_whose_placer_died_is_answered_promptly()
 /// requester says so and exits 1 promptly; nothing of the desk survives.
 #[test]
 fn hx_a_requester_waiting_on_a_killed_orchestrator_exits_promptly() {
-    let desk = Desk::with_options(&*unique("hx_kl"), &[&*unique("HXKL")], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_kl"), &[&*unique("HXKL")], &[], QUICK);
     desk.add_args(&[&*unique("BRAIN_HXKL")], &["--stop-delay-ms", "1500"]);
     let (mut orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
@@ -173,7 +173,7 @@ fn hx_a_requester_waiting_on_a_killed_orchestrator_exits_promptly() {
 /// all along, a brain never runs without its watchdog.
 #[test]
 fn hx_restarting_a_watchdog_never_leaves_its_brain_unguarded() {
-    let desk = Desk::with_options(&*unique("hx_rw"), &[&*unique("HXRW")], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_rw"), &[&*unique("HXRW")], &[], QUICK);
     desk.add_args(&[&*unique("BRAIN_HXRW")], &["--stop-delay-ms", "300"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     for round in 0..2 {
@@ -189,8 +189,8 @@ fn hx_restarting_a_watchdog_never_leaves_its_brain_unguarded() {
         let code = loop {
             let snapshot = desk.snapshot();
             let (watchdogs, brains) = (
-                copies(&snapshot, &*unique("WATCHDOG_HXRW")),
-                copies(&snapshot, &*unique("BRAIN_HXRW")),
+                copies(&snapshot, &unique("WATCHDOG_HXRW")),
+                copies(&snapshot, &unique("BRAIN_HXRW")),
             );
             assert!(
                 watchdogs <= 1 && brains <= 1,
@@ -219,18 +219,14 @@ fn hx_restarting_a_watchdog_never_leaves_its_brain_unguarded() {
             before.iter().all(|pid| !after.contains(pid)),
             "round {round}: {before:?} -> {after:?}"
         );
-        let brain_start = wait_logged(&desk, &*format!("{}: started", unique("BRAIN_HXRW")), mark);
+        let brain_start = wait_logged(&desk, &format!("{}: started", unique("BRAIN_HXRW")), mark);
         let log = desk.master_log();
         let brain_exit =
-            log_position(&log, &*format!("{}: exited", unique("BRAIN_HXRW")), mark).unwrap();
+            log_position(&log, &format!("{}: exited", unique("BRAIN_HXRW")), mark).unwrap();
         let watchdog_exit =
-            log_position(&log, &*format!("{}: exited", unique("WATCHDOG_HXRW")), mark).unwrap();
-        let watchdog_start = log_position(
-            &log,
-            &*format!("{}: started", unique("WATCHDOG_HXRW")),
-            mark,
-        )
-        .unwrap();
+            log_position(&log, &format!("{}: exited", unique("WATCHDOG_HXRW")), mark).unwrap();
+        let watchdog_start =
+            log_position(&log, &format!("{}: started", unique("WATCHDOG_HXRW")), mark).unwrap();
         assert!(
             brain_exit < watchdog_exit
                 && watchdog_exit < watchdog_start
@@ -246,23 +242,23 @@ fn hx_restarting_a_watchdog_never_leaves_its_brain_unguarded() {
 /// never runs two copies.
 #[test]
 fn hx_restarting_a_brain_that_ignores_stop_forces_it_and_never_runs_two() {
-    let desk = Desk::with_options(&*unique("hx_ig"), &[&*unique("HXIG")], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_ig"), &[&*unique("HXIG")], &[], QUICK);
     desk.add_args(&[&*unique("BRAIN_HXIG")], &["--ignore-stop"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let old = managed_pid(&desk.snapshot(), &*unique("BRAIN_HXIG")).unwrap();
+    let old = managed_pid(&desk.snapshot(), &unique("BRAIN_HXIG")).unwrap();
     let (mut restart, lines) =
         master_launch_spawn(&desk, &["restart", "--account", &*unique("HXIG")]);
     let code = loop {
         let snapshot = desk.snapshot();
         assert!(
-            copies(&snapshot, &*unique("BRAIN_HXIG")) <= 1,
+            copies(&snapshot, &unique("BRAIN_HXIG")) <= 1,
             "{:?}",
             snapshot.problems
         );
         assert!(
-            copies(&snapshot, &*unique("BRAIN_HXIG")) == 0
-                || copies(&snapshot, &*unique("WATCHDOG_HXIG")) == 1,
+            copies(&snapshot, &unique("BRAIN_HXIG")) == 0
+                || copies(&snapshot, &unique("WATCHDOG_HXIG")) == 1,
             "a brain without its watchdog"
         );
         if let Some(status) = restart.try_wait().unwrap() {
@@ -279,7 +275,7 @@ fn hx_restarting_a_brain_that_ignores_stop_forces_it_and_never_runs_two() {
     assert!(log.contains("did not stop in time"), "{log}");
     desk.wait_until_running();
     assert_ne!(
-        managed_pid(&desk.snapshot(), &*unique("BRAIN_HXIG")),
+        managed_pid(&desk.snapshot(), &unique("BRAIN_HXIG")),
         Some(old)
     );
     fleet_tests::wait_gone(&[old]);
@@ -293,7 +289,7 @@ fn hx_restarting_a_brain_that_ignores_stop_forces_it_and_never_runs_two() {
 #[test]
 fn hx_garbage_links_and_fifos_at_request_names_are_never_acted_on_nor_hang() {
     let desk = Desk::with_options(
-        &*unique("hx_gb"),
+        &unique("hx_gb"),
         &[&*unique("HXGBRUN"), &*unique("HXGB")],
         &[],
         QUICK,
@@ -309,7 +305,7 @@ fn hx_garbage_links_and_fifos_at_request_names_are_never_acted_on_nor_hang() {
         .iter()
         .all(|n| managed_pid(&snapshot, n).is_some())
     });
-    let global = managed_pid(&desk.snapshot(), &*unique("hx_gb")).unwrap();
+    let global = managed_pid(&desk.snapshot(), &unique("hx_gb")).unwrap();
     let locks = desk.lock_dir();
     std::fs::write(
         locks.join(&*format!("{}.start", unique("WATCHDOG_HXGB"))),
@@ -380,7 +376,7 @@ fn hx_garbage_links_and_fifos_at_request_names_are_never_acted_on_nor_hang() {
     assert!(std::fs::symlink_metadata(&fifo).is_ok(), "the FIFO went");
     assert_eq!(std::fs::read(&victim).unwrap(), good.to_string().as_bytes());
     assert_eq!(
-        managed_pid(&desk.snapshot(), &*unique("hx_gb")),
+        managed_pid(&desk.snapshot(), &unique("hx_gb")),
         Some(global)
     );
     // A requester that meets the FIFO or the link gives up with the reason.
@@ -413,7 +409,7 @@ fn hx_garbage_links_and_fifos_at_request_names_are_never_acted_on_nor_hang() {
 #[cfg(unix)]
 #[test]
 fn hx_a_link_at_the_views_name_is_reported_once_not_on_every_tick() {
-    let desk = Desk::with_options(&*unique("hx_ln"), &[&*unique("HXLN")], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_ln"), &[&*unique("HXLN")], &[], QUICK);
     let victim = desk.dir.path().join("victim");
     std::fs::write(&victim, b"keep me").unwrap();
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
@@ -443,7 +439,7 @@ fn hx_a_link_at_the_views_name_is_reported_once_not_on_every_tick() {
 #[test]
 fn hx_safe_shutdown_during_a_restart_stops_everything_in_order_and_starts_nothing() {
     let desk = Desk::with_options(
-        &*unique("hx_sd"),
+        &unique("hx_sd"),
         &[&*unique("HXSD")],
         &[],
         "[defaults]\nstop_timeout_secs = 15\ngive_up_after = 2\n",
@@ -483,9 +479,9 @@ fn hx_safe_shutdown_during_a_restart_stops_everything_in_order_and_starts_nothin
         "started during a shutdown: {}",
         &log[mark..]
     );
-    let brain = log_position(&log, &*format!("{}: exited", unique("BRAIN_HXSD")), mark).unwrap();
+    let brain = log_position(&log, &format!("{}: exited", unique("BRAIN_HXSD")), mark).unwrap();
     let watchdog =
-        log_position(&log, &*format!("{}: exited", unique("WATCHDOG_HXSD")), mark).unwrap();
+        log_position(&log, &format!("{}: exited", unique("WATCHDOG_HXSD")), mark).unwrap();
     assert!(brain < watchdog, "{}", &log[mark..]);
     assert!(
         desk.snapshot()
@@ -501,7 +497,7 @@ fn hx_safe_shutdown_during_a_restart_stops_everything_in_order_and_starts_nothin
 /// every requester would stop getting answers.
 #[test]
 fn hx_a_request_with_a_huge_id_cannot_hide_a_given_up_brain() {
-    let desk = Desk::with_options(&*unique("hx_id"), &[&*unique("HXID")], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_id"), &[&*unique("HXID")], &[], QUICK);
     let bug = desk.dir.path().join("bug");
     std::fs::write(&bug, "").unwrap();
     desk.add_args(
@@ -512,14 +508,14 @@ fn hx_a_request_with_a_huge_id_cannot_hide_a_given_up_brain() {
     assert!(
         lines
             .wait_for(
-                &*format!("{}: GIVING UP", unique("BRAIN_HXID")),
+                &format!("{}: GIVING UP", unique("BRAIN_HXID")),
                 Duration::from_secs(30)
             )
             .is_some()
     );
     wait_until("check-procs to say given_up", || {
         let (code, json) = check_procs_json(&desk);
-        code == 1 && component(&json, &*unique("BRAIN_HXID"))["state"] == "given_up"
+        code == 1 && component(&json, &unique("BRAIN_HXID"))["state"] == "given_up"
     });
     // Each fits the size a request may have; their answers together do not.
     for id in ["i", "j"] {
@@ -544,7 +540,7 @@ fn hx_a_request_with_a_huge_id_cannot_hide_a_given_up_brain() {
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 1, "{json}");
     assert_eq!(
-        component(&json, &*unique("BRAIN_HXID"))["state"],
+        component(&json, &unique("BRAIN_HXID"))["state"],
         "given_up",
         "{json}"
     );
@@ -557,7 +553,7 @@ fn hx_a_request_with_a_huge_id_cannot_hide_a_given_up_brain() {
 /// not take its given-up component for the truth of a desk that no longer runs.
 #[test]
 fn hx_the_view_of_a_dead_orchestrator_is_ignored_by_check_procs() {
-    let desk = Desk::with_options(&*unique("hx_dv"), &[&*unique("HXDV")], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_dv"), &[&*unique("HXDV")], &[], QUICK);
     let bug = desk.dir.path().join("bug");
     std::fs::write(&bug, "").unwrap();
     desk.add_args(
@@ -568,13 +564,13 @@ fn hx_the_view_of_a_dead_orchestrator_is_ignored_by_check_procs() {
     assert!(
         lines
             .wait_for(
-                &*format!("{}: GIVING UP", unique("BRAIN_HXDV")),
+                &format!("{}: GIVING UP", unique("BRAIN_HXDV")),
                 Duration::from_secs(30)
             )
             .is_some()
     );
     wait_until("the view to say given_up", || {
-        view_state(&desk, &*unique("BRAIN_HXDV")) == Some(Supervision::GivenUp)
+        view_state(&desk, &unique("BRAIN_HXDV")) == Some(Supervision::GivenUp)
     });
     let pids = fleet_tests::running_pids(&desk.snapshot());
     orchestrator.kill();
@@ -613,10 +609,10 @@ fn hx_the_view_of_a_dead_orchestrator_is_ignored_by_check_procs() {
 /// exits with its code, no panic; `--timeout 0` answers at once and the request goes on.
 #[test]
 fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
-    let desk = Desk::with_options(&*unique("hx_cp"), &[&*unique("HXCP")], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_cp"), &[&*unique("HXCP")], &[], QUICK);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let old = managed_pid(&desk.snapshot(), &*unique("BRAIN_HXCP")).unwrap();
+    let old = managed_pid(&desk.snapshot(), &unique("BRAIN_HXCP")).unwrap();
     let mut command = Command::new(tool("master-launch", "master-launch"));
     command
         .arg("--config")
@@ -632,7 +628,7 @@ fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
         0
     );
     desk.wait_until_running();
-    let second = managed_pid(&desk.snapshot(), &*unique("BRAIN_HXCP")).unwrap();
+    let second = managed_pid(&desk.snapshot(), &unique("BRAIN_HXCP")).unwrap();
     assert_ne!(second, old);
     let asked = Instant::now();
     let output = master_launch(
@@ -647,7 +643,7 @@ fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
         stderr(&output)
     );
     wait_until("the restart to go on", || {
-        managed_pid(&desk.snapshot(), &*unique("BRAIN_HXCP")).is_some_and(|pid| pid != second)
+        managed_pid(&desk.snapshot(), &unique("BRAIN_HXCP")).is_some_and(|pid| pid != second)
     });
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
@@ -658,7 +654,7 @@ fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
 #[test]
 fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
     let desk = Desk::with_options(
-        &*unique("hx_wb"),
+        &unique("hx_wb"),
         &[&*unique("HXWB")],
         &[],
         // `always`: Wine's `taskkill /F` leaves exit code 0, which `on-failure` would
@@ -674,12 +670,12 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
     let snapshot = desk.snapshot();
-    let brain = managed_pid(&snapshot, &*unique("BRAIN_HXWB")).unwrap();
-    let watchdog = managed_pid(&snapshot, &*unique("WATCHDOG_HXWB")).unwrap();
+    let brain = managed_pid(&snapshot, &unique("BRAIN_HXWB")).unwrap();
+    let watchdog = managed_pid(&snapshot, &unique("WATCHDOG_HXWB")).unwrap();
     std::fs::write(&bug, "").unwrap();
     fleet_tests::force_kill(watchdog);
     wait_until("the watchdog to back off", || {
-        view_state(&desk, &*unique("WATCHDOG_HXWB")) == Some(Supervision::Restarting)
+        view_state(&desk, &unique("WATCHDOG_HXWB")) == Some(Supervision::Restarting)
     });
     fleet_tests::force_kill(brain);
     fleet_tests::wait_gone(&[brain]);
@@ -688,8 +684,8 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
     while Instant::now() < until {
         let snapshot = desk.snapshot();
         assert!(
-            copies(&snapshot, &*unique("BRAIN_HXWB")) == 0
-                || copies(&snapshot, &*unique("WATCHDOG_HXWB")) == 1,
+            copies(&snapshot, &unique("BRAIN_HXWB")) == 0
+                || copies(&snapshot, &unique("WATCHDOG_HXWB")) == 1,
             "a brain started while its watchdog was down: {}",
             desk.master_log()
         );
@@ -715,10 +711,10 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
     // The lock records a child a moment before the log says "started": wait for both.
     let watchdog_at = wait_logged(
         &desk,
-        &*format!("{}: started", unique("WATCHDOG_HXWB")),
+        &format!("{}: started", unique("WATCHDOG_HXWB")),
         mark,
     );
-    let brain_at = wait_logged(&desk, &*format!("{}: started", unique("BRAIN_HXWB")), mark);
+    let brain_at = wait_logged(&desk, &format!("{}: started", unique("BRAIN_HXWB")), mark);
     assert!(watchdog_at < brain_at, "{}", desk.master_log());
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
@@ -730,7 +726,7 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
 #[test]
 fn hx_many_long_answers_keep_the_view_readable() {
     let accounts = [&*unique("HXLA1"), &*unique("HXLA2")];
-    let desk = Desk::with_options(&*unique("hx_la"), &accounts, &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_la"), &accounts, &[], QUICK);
     let mut missing = desk.dir.path().to_path_buf();
     for part in 0..12 {
         missing.push(format!("{part}{}", "m".repeat(240)));
@@ -782,7 +778,7 @@ fn hx_many_long_answers_keep_the_view_readable() {
 #[test]
 fn hx_a_requester_facing_a_hung_orchestrator_says_nothing_was_done() {
     let desk = Desk::with_options(
-        &*unique("hx_hg"),
+        &unique("hx_hg"),
         &[&*unique("HXHGRUN"), &*unique("HXHG")],
         &[],
         QUICK,
@@ -823,7 +819,7 @@ fn hx_a_requester_facing_a_hung_orchestrator_says_nothing_was_done() {
 #[test]
 fn hx_a_brain_stopped_during_its_watchdogs_restart_stays_stopped() {
     let desk = Desk::with_options(
-        &*unique("hx_bs"),
+        &unique("hx_bs"),
         &[&*unique("HXBS")],
         &[],
         "[defaults]\nstop_timeout_secs = 5\ngive_up_after = 2\n",
@@ -839,7 +835,7 @@ fn hx_a_brain_stopped_during_its_watchdogs_restart_stays_stopped() {
             .contains(&*format!("{}: restart requested", unique("WATCHDOG_HXBS")))
     });
     let mark = desk.master_log().len();
-    StopRequest::new(&*unique("BRAIN_HXBS"), Duration::from_secs(10))
+    StopRequest::new(&unique("BRAIN_HXBS"), Duration::from_secs(10))
         .write(&desk.lock_dir())
         .unwrap();
     assert_eq!(
@@ -847,7 +843,7 @@ fn hx_a_brain_stopped_during_its_watchdogs_restart_stays_stopped() {
         0
     );
     wait_until("the brain to show as stopped on request", || {
-        view_state(&desk, &*unique("BRAIN_HXBS")) == Some(Supervision::Stopped)
+        view_state(&desk, &unique("BRAIN_HXBS")) == Some(Supervision::Stopped)
             && !desk
                 .lock_dir()
                 .join(&*format!("{}.stop", unique("BRAIN_HXBS")))
@@ -856,23 +852,18 @@ fn hx_a_brain_stopped_during_its_watchdogs_restart_stays_stopped() {
     std::thread::sleep(Duration::from_millis(1000));
     let log = desk.master_log();
     assert!(
-        log_position(
-            &log,
-            &*format!("{}: started", unique("WATCHDOG_HXBS")),
-            mark
-        )
-        .is_some(),
+        log_position(&log, &format!("{}: started", unique("WATCHDOG_HXBS")), mark).is_some(),
         "{}",
         &log[mark..]
     );
     assert!(
-        log_position(&log, &*format!("{}: started", unique("BRAIN_HXBS")), mark).is_none(),
+        log_position(&log, &format!("{}: started", unique("BRAIN_HXBS")), mark).is_none(),
         "{}",
         &log[mark..]
     );
     let snapshot = desk.snapshot();
-    assert_eq!(copies(&snapshot, &*unique("BRAIN_HXBS")), 0);
-    assert_eq!(copies(&snapshot, &*unique("WATCHDOG_HXBS")), 1);
+    assert_eq!(copies(&snapshot, &unique("BRAIN_HXBS")), 0);
+    assert_eq!(copies(&snapshot, &unique("WATCHDOG_HXBS")), 1);
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 0, "stopped on request is no problem: {json}");
     assert_eq!(stop_desk(&desk, orchestrator), 0);
@@ -883,14 +874,14 @@ fn hx_a_brain_stopped_during_its_watchdogs_restart_stays_stopped() {
 #[test]
 fn hx_a_disabled_account_cannot_be_started_through_the_orchestrator() {
     let desk = Desk::with_options(
-        &*unique("hx_da"),
+        &unique("hx_da"),
         &[&*unique("HXDARUN"), &*unique("HXDA")],
         &[],
         QUICK,
     );
     let text = std::fs::read_to_string(desk.config()).unwrap().replace(
         &*format!("name = \"{}\"\n", unique("HXDA")),
-        &*format!("name = \"{}\"\nenabled = false\n", unique("HXDA")),
+        &format!("name = \"{}\"\nenabled = false\n", unique("HXDA")),
     );
     std::fs::write(desk.config(), text).unwrap();
     let (orchestrator, _lines) = launch(&desk, &[]);
@@ -914,8 +905,8 @@ fn hx_a_disabled_account_cannot_be_started_through_the_orchestrator() {
         assert!(stderr(&output).contains("disabled"), "{}", stderr(&output));
     }
     let snapshot = desk.snapshot();
-    assert_eq!(copies(&snapshot, &*unique("BRAIN_HXDA")), 0);
-    assert_eq!(copies(&snapshot, &*unique("WATCHDOG_HXDA")), 0);
+    assert_eq!(copies(&snapshot, &unique("BRAIN_HXDA")), 0);
+    assert_eq!(copies(&snapshot, &unique("WATCHDOG_HXDA")), 0);
     assert!(
         !desk
             .lock_dir()
@@ -933,11 +924,11 @@ fn hx_a_disabled_account_cannot_be_started_through_the_orchestrator() {
 /// all the same, one brain at a time, and the desk is healthy after it.
 #[test]
 fn hx_a_requester_killed_while_waiting_leaves_a_completed_restart() {
-    let desk = Desk::with_options(&*unique("hx_rk"), &[&*unique("HXRK")], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_rk"), &[&*unique("HXRK")], &[], QUICK);
     desk.add_args(&[&*unique("BRAIN_HXRK")], &["--stop-delay-ms", "500"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let old = managed_pid(&desk.snapshot(), &*unique("BRAIN_HXRK")).unwrap();
+    let old = managed_pid(&desk.snapshot(), &unique("BRAIN_HXRK")).unwrap();
     let (mut restart, _restart_lines) =
         master_launch_spawn(&desk, &["restart", &*unique("BRAIN_HXRK")]);
     wait_until("the restart to be taken", || {
@@ -949,10 +940,10 @@ fn hx_a_requester_killed_while_waiting_leaves_a_completed_restart() {
     wait_until("the new brain to run", || {
         let snapshot = desk.snapshot();
         assert!(
-            copies(&snapshot, &*unique("BRAIN_HXRK")) <= 1,
+            copies(&snapshot, &unique("BRAIN_HXRK")) <= 1,
             "two brains at once"
         );
-        managed_pid(&snapshot, &*unique("BRAIN_HXRK")).is_some_and(|pid| pid != old)
+        managed_pid(&snapshot, &unique("BRAIN_HXRK")).is_some_and(|pid| pid != old)
     });
     wait_until("check-procs to be healthy", || {
         check_procs_json(&desk).0 == 0
@@ -973,7 +964,7 @@ fn hx_a_requester_killed_while_waiting_leaves_a_completed_restart() {
 /// ended. Rule 13 is sampled every 10 ms over 20 rounds.
 #[test]
 fn hx_a_watchdog_restart_racing_an_account_stop_never_leaves_its_brain_alone() {
-    let desk = Desk::with_options(&*unique("hx_ra"), &[&*unique("HXRA")], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_ra"), &[&*unique("HXRA")], &[], QUICK);
     // A graceful stop longer than the orchestrator's 250 ms look at the lock dir, so
     // that the restart request lands inside it.
     desk.add_args(&[&*unique("BRAIN_HXRA")], &["--stop-delay-ms", "600"]);
@@ -992,7 +983,7 @@ fn hx_a_watchdog_restart_racing_an_account_stop_never_leaves_its_brain_alone() {
         wait_until("the brain's stop request to be taken", || {
             log_position(
                 &desk.master_log(),
-                &*format!("{}: stop requested", unique("BRAIN_HXRA")),
+                &format!("{}: stop requested", unique("BRAIN_HXRA")),
                 mark,
             )
             .is_some()
@@ -1008,8 +999,8 @@ fn hx_a_watchdog_restart_racing_an_account_stop_never_leaves_its_brain_alone() {
             );
             let snapshot = desk.snapshot();
             let (watchdogs, brains) = (
-                copies(&snapshot, &*unique("WATCHDOG_HXRA")),
-                copies(&snapshot, &*unique("BRAIN_HXRA")),
+                copies(&snapshot, &unique("WATCHDOG_HXRA")),
+                copies(&snapshot, &unique("BRAIN_HXRA")),
             );
             assert!(
                 brains == 0 || watchdogs == 1,
@@ -1026,9 +1017,9 @@ fn hx_a_watchdog_restart_racing_an_account_stop_never_leaves_its_brain_alone() {
         assert_eq!(shutdown_code, Some(0), "round {round}");
         let log = desk.master_log();
         let brain_exit =
-            log_position(&log, &*format!("{}: exited", unique("BRAIN_HXRA")), mark).unwrap();
+            log_position(&log, &format!("{}: exited", unique("BRAIN_HXRA")), mark).unwrap();
         let watchdog_exit =
-            log_position(&log, &*format!("{}: exited", unique("WATCHDOG_HXRA")), mark).unwrap();
+            log_position(&log, &format!("{}: exited", unique("WATCHDOG_HXRA")), mark).unwrap();
         assert!(
             brain_exit < watchdog_exit,
             "round {round}: {}",

@@ -52,22 +52,22 @@ fn every_shipped_and_generated_desk_loads_with_components_that_are_not_copies_of
     // The shapes the test helpers write: plain, with stand-in options on every
     // command, with options added to some components, with extra account keys.
     let plain = Desk::new(
-        &*unique("CFGPAIR_Q"),
+        &unique("CFGPAIR_Q"),
         &[&*unique("CFGPAIR_A"), &*unique("CFGPAIR_B")],
     );
     let options = Desk::with_options(
-        &*unique("CFGPAIR_Q2"),
+        &unique("CFGPAIR_Q2"),
         &[&*unique("CFGPAIR_C"), &*unique("CFGPAIR_D")],
         &["--exit-log", "/tmp/x"],
         "",
     );
     let extra = Desk::with_extra(
-        &*unique("CFGPAIR_Q3"),
+        &unique("CFGPAIR_Q3"),
         &[&*unique("CFGPAIR_E")],
         "restart = \"always\"\nbrain_requires_watchdog = false",
     );
     let added = Desk::new(
-        &*unique("CFGPAIR_Q4"),
+        &unique("CFGPAIR_Q4"),
         &[&*unique("CFGPAIR_F"), &*unique("CFGPAIR_G")],
     );
     added.add_args(

@@ -129,13 +129,13 @@ fn a_record_bigger_than_64_kib_is_corrupt_and_not_read() {
     }
     // An unknown name's unreadable file is kept; a desk lock's is removed.
     assert!(matches!(
-        dir.remove_if_stale_or_unknown(&*unique("HUGE"), false, &mut probe)
+        dir.remove_if_stale_or_unknown(&unique("HUGE"), false, &mut probe)
             .unwrap(),
         Removal::Kept(_)
     ));
     assert!(sparse.exists());
     assert!(matches!(
-        dir.remove_if_stale_or_unknown(&*unique("BRAIN_BIG"), true, &mut probe)
+        dir.remove_if_stale_or_unknown(&unique("BRAIN_BIG"), true, &mut probe)
             .unwrap(),
         Removal::Removed(_)
     ));
@@ -149,7 +149,7 @@ fn a_held_lock_replaced_by_a_link_or_folder_is_lost() {
     let mut probe = ProcessProbe::new().unwrap();
     for replacement in ["link", "folder"] {
         let held = match dir
-            .acquire(&*unique("BRAIN_W"), &LockClaim::default(), &mut probe)
+            .acquire(&unique("BRAIN_W"), &LockClaim::default(), &mut probe)
             .unwrap()
         {
             lockcore::Acquire::Acquired(held) => held,
@@ -212,11 +212,11 @@ fn a_hard_link_at_a_lock_name_is_refused_and_never_written() {
     let mut probe = ProcessProbe::new().unwrap();
     let what = "a file with other names (a hard link)";
     is_not_a_file(
-        dir.acquire(&*unique("BRAIN_X"), &LockClaim::default(), &mut probe),
+        dir.acquire(&unique("BRAIN_X"), &LockClaim::default(), &mut probe),
         what,
     );
-    is_not_a_file(dir.inspect(&*unique("BRAIN_X"), &mut probe), what);
-    is_not_a_file(dir.remove_if_stale(&*unique("BRAIN_X"), &mut probe), what);
+    is_not_a_file(dir.inspect(&unique("BRAIN_X"), &mut probe), what);
+    is_not_a_file(dir.remove_if_stale(&unique("BRAIN_X"), &mut probe), what);
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     assert!(locks.join(&*format!("{}.lock", unique("BRAIN_X"))).exists());
 }

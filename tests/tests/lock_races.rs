@@ -50,7 +50,7 @@ fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
         std::thread::spawn(move || {
             let mut probe = ProcessProbe::new().unwrap();
             while !done.load(Ordering::Relaxed) {
-                dir.inspect(&*unique("BRAIN_ATLAS"), &mut probe).unwrap();
+                dir.inspect(&unique("BRAIN_ATLAS"), &mut probe).unwrap();
                 inspections.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -97,7 +97,7 @@ fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
              {}: {refused_by:?}",
             winners[0]
         );
-        assert_released(&lock_dir, &*unique("BRAIN_ATLAS"), round);
+        assert_released(&lock_dir, &unique("BRAIN_ATLAS"), round);
     }
     done.store(true, Ordering::Relaxed);
     inspector.join().unwrap();
@@ -194,7 +194,7 @@ fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
                 .is_some()
         );
         match dir
-            .acquire(&*unique("WATCHDOG_FTMO"), &LockClaim::default(), &mut probe)
+            .acquire(&unique("WATCHDOG_FTMO"), &LockClaim::default(), &mut probe)
             .unwrap()
         {
             Acquire::Held(h) => assert_eq!(h.record.unwrap().holder_pid, Some(holder.id())),
@@ -214,7 +214,7 @@ fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
         }
         let started = Instant::now();
         let held = match dir
-            .acquire(&*unique("WATCHDOG_FTMO"), &LockClaim::default(), &mut probe)
+            .acquire(&unique("WATCHDOG_FTMO"), &LockClaim::default(), &mut probe)
             .unwrap()
         {
             Acquire::Acquired(held) => held,
@@ -253,7 +253,7 @@ fn deleting_a_held_lock_file_by_hand_is_reported_and_repaired_by_the_holder_with
     // nobody could take the lock meanwhile) put its file back (DESIGN.md rule 17).
     let report = err.wait_for("LOCK TAKEN AGAIN", Duration::from_secs(5));
     let mut probe = ProcessProbe::new().unwrap();
-    let status = LockDir::new(tmp.path()).inspect(&*unique("BRAIN_GL_3"), &mut probe);
+    let status = LockDir::new(tmp.path()).inspect(&unique("BRAIN_GL_3"), &mut probe);
     holder.kill().unwrap();
     holder.wait().unwrap();
     let report = report.expect("the holder did not report the deleted file within 5 s");

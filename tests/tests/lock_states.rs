@@ -67,7 +67,7 @@ fn write_legacy(dir: &Path, name: &str, pid: u32, timestamp: &str) {
 /// A lock dir that knows BRAIN_ATLAS runs as `lock-taker idle` (what [`Idle`] runs).
 fn desk_dir(path: &Path) -> LockDir {
     LockDir::new(path).with_copy_rule(
-        &*unique("BRAIN_ATLAS"),
+        &unique("BRAIN_ATLAS"),
         CopyRule::new(&[TAKER.to_string(), "idle".to_string()], None),
     )
 }
@@ -93,17 +93,17 @@ fn a_legacy_record_naming_a_live_older_copy_is_held() {
     // Written by the older tool after the bot started, as it did at start-up.
     write_legacy(
         tmp.path(),
-        &*unique("BRAIN_ATLAS"),
+        &unique("BRAIN_ATLAS"),
         bot.pid(),
         &local(started + 2),
     );
 
     assert_eq!(
-        state_of(&dir, &*unique("BRAIN_ATLAS"), &mut probe),
+        state_of(&dir, &unique("BRAIN_ATLAS"), &mut probe),
         LockState::Legacy
     );
     match dir
-        .acquire(&*unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
+        .acquire(&unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
         .unwrap()
     {
         Acquire::Held(holder) => {
@@ -114,7 +114,7 @@ fn a_legacy_record_naming_a_live_older_copy_is_held() {
         Acquire::Acquired(_) => panic!("a start slipped past a live legacy lock"),
     }
     assert!(matches!(
-        dir.remove_if_stale(&*unique("BRAIN_ATLAS"), &mut probe).unwrap(),
+        dir.remove_if_stale(&unique("BRAIN_ATLAS"), &mut probe).unwrap(),
         Removal::Kept(status) if status.state == LockState::Legacy
     ));
     assert!(
@@ -126,7 +126,7 @@ fn a_legacy_record_naming_a_live_older_copy_is_held() {
 }
 
 fn holder_message_names_next_step(dir: &LockDir, probe: &mut ProcessProbe) -> bool {
-    match dir.acquire(&*unique("BRAIN_ATLAS"), &LockClaim::default(), probe) {
+    match dir.acquire(&unique("BRAIN_ATLAS"), &LockClaim::default(), probe) {
         Ok(Acquire::Held(holder)) => {
             let text = holder.to_string();
             text.contains("legacy") && text.contains("safe-shutdown")
@@ -142,7 +142,7 @@ fn holder_message_names_next_step(dir: &LockDir, probe: &mut ProcessProbe) -> bo
 fn a_legacy_record_naming_an_unrelated_older_process_is_stale_and_it_is_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::new(tmp.path()).with_copy_rule(
-        &*unique("BRAIN_ATLAS"),
+        &unique("BRAIN_ATLAS"),
         CopyRule::new(
             &[
                 "python".to_string(),
@@ -156,12 +156,12 @@ fn a_legacy_record_naming_an_unrelated_older_process_is_stale_and_it_is_untouche
     let started = probe.identity(unrelated.pid()).unwrap().start_time as i64;
     write_legacy(
         tmp.path(),
-        &*unique("BRAIN_ATLAS"),
+        &unique("BRAIN_ATLAS"),
         unrelated.pid(),
         &local(started + 2),
     );
     let status = dir
-        .inspect(&*unique("BRAIN_ATLAS"), &mut probe)
+        .inspect(&unique("BRAIN_ATLAS"), &mut probe)
         .unwrap()
         .unwrap();
     assert_eq!(status.state, LockState::Stale, "{}", status.detail);
@@ -169,7 +169,7 @@ fn a_legacy_record_naming_an_unrelated_older_process_is_stale_and_it_is_untouche
     // Without a timestamp, too.
     write_record(
         tmp.path(),
-        &*unique("BRAIN_ATLAS"),
+        &unique("BRAIN_ATLAS"),
         &format!(
             r#"{{"pid": {}, "name": "{}"}}"#,
             unrelated.pid(),
@@ -177,12 +177,12 @@ fn a_legacy_record_naming_an_unrelated_older_process_is_stale_and_it_is_untouche
         ),
     );
     let status = dir
-        .inspect(&*unique("BRAIN_ATLAS"), &mut probe)
+        .inspect(&unique("BRAIN_ATLAS"), &mut probe)
         .unwrap()
         .unwrap();
     assert_eq!(status.state, LockState::Stale, "{}", status.detail);
     match dir
-        .acquire(&*unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
+        .acquire(&unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
         .unwrap()
     {
         Acquire::Acquired(held) => held.release().unwrap(),
@@ -198,14 +198,14 @@ fn a_legacy_record_naming_an_unrelated_older_process_is_stale_and_it_is_untouche
 fn a_legacy_record_naming_the_program_but_not_a_copy_is_held_and_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::new(tmp.path()).with_copy_rule(
-        &*unique("BRAIN_ATLAS"),
+        &unique("BRAIN_ATLAS"),
         CopyRule::new(&[TAKER.to_string(), "run".to_string()], None),
     );
     let mut probe = ProcessProbe::new().unwrap();
     let other = Idle::start();
     write_record(
         tmp.path(),
-        &*unique("BRAIN_ATLAS"),
+        &unique("BRAIN_ATLAS"),
         &format!(
             r#"{{"pid": {}, "name": "{}"}}"#,
             other.pid(),
@@ -213,7 +213,7 @@ fn a_legacy_record_naming_the_program_but_not_a_copy_is_held_and_says_so() {
         ),
     );
     let status = dir
-        .inspect(&*unique("BRAIN_ATLAS"), &mut probe)
+        .inspect(&unique("BRAIN_ATLAS"), &mut probe)
         .unwrap()
         .unwrap();
     assert_eq!(status.state, LockState::Legacy);
@@ -223,7 +223,7 @@ fn a_legacy_record_naming_the_program_but_not_a_copy_is_held_and_says_so() {
         status.detail
     );
     assert!(matches!(
-        dir.acquire(&*unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
+        dir.acquire(&unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
             .unwrap(),
         Acquire::Held(holder) if holder.legacy
     ));
@@ -240,20 +240,20 @@ fn a_legacy_record_whose_pid_was_reused_by_a_younger_process_is_stale() {
     // any zone can explain (a naive time is read at its latest, UTC-12: rule 5).
     write_legacy(
         tmp.path(),
-        &*unique("BRAIN_ATLAS"),
+        &unique("BRAIN_ATLAS"),
         unrelated.pid(),
         &local(started - 2 * 86_400),
     );
 
     let status = dir
-        .inspect(&*unique("BRAIN_ATLAS"), &mut probe)
+        .inspect(&unique("BRAIN_ATLAS"), &mut probe)
         .unwrap()
         .unwrap();
     assert_eq!(status.state, LockState::Stale);
     assert!(status.detail.contains("reused"), "{}", status.detail);
     // A start takes it over, and the unrelated process is untouched.
     match dir
-        .acquire(&*unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
+        .acquire(&unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
         .unwrap()
     {
         Acquire::Acquired(held) => held.release().unwrap(),
@@ -271,14 +271,14 @@ fn a_legacy_record_naming_a_dead_pid_is_stale_and_removable() {
         let bot = Idle::start();
         bot.pid()
     }; // killed and reaped here
-    write_legacy(tmp.path(), &*unique("WATCHDOG_ATLAS"), dead_pid, &local(0));
+    write_legacy(tmp.path(), &unique("WATCHDOG_ATLAS"), dead_pid, &local(0));
 
     assert_eq!(
-        state_of(&dir, &*unique("WATCHDOG_ATLAS"), &mut probe),
+        state_of(&dir, &unique("WATCHDOG_ATLAS"), &mut probe),
         LockState::Stale
     );
     assert!(matches!(
-        dir.remove_if_stale(&*unique("WATCHDOG_ATLAS"), &mut probe).unwrap(),
+        dir.remove_if_stale(&unique("WATCHDOG_ATLAS"), &mut probe).unwrap(),
         Removal::Removed(status) if status.state == LockState::Stale
     ));
     assert!(
@@ -323,12 +323,12 @@ fn garbage_empty_and_truncated_files_are_corrupt_never_a_panic() {
         .collect();
     assert_eq!(states, vec![LockState::Corrupt; 5]);
     match dir
-        .acquire(&*unique("TRUNCATED"), &LockClaim::default(), &mut probe)
+        .acquire(&unique("TRUNCATED"), &LockClaim::default(), &mut probe)
         .unwrap()
     {
         Acquire::Acquired(held) => {
             assert_eq!(
-                state_of(&dir, &*unique("TRUNCATED"), &mut probe),
+                state_of(&dir, &unique("TRUNCATED"), &mut probe),
                 LockState::Running
             );
             held.release().unwrap();
@@ -336,8 +336,7 @@ fn garbage_empty_and_truncated_files_are_corrupt_never_a_panic() {
         Acquire::Held(h) => panic!("a corrupt file blocked a start: {h}"),
     }
     assert!(matches!(
-        dir.remove_if_stale(&*unique("GARBAGE"), &mut probe)
-            .unwrap(),
+        dir.remove_if_stale(&unique("GARBAGE"), &mut probe).unwrap(),
         Removal::Removed(_)
     ));
 }
@@ -357,7 +356,7 @@ fn our_own_record_left_by_a_crash_is_stale() {
         .unwrap();
     assert!(status.success());
     let status = dir
-        .inspect(&*unique("quantum_server"), &mut probe)
+        .inspect(&unique("quantum_server"), &mut probe)
         .unwrap()
         .unwrap();
     assert_eq!(status.state, LockState::Stale);
@@ -374,7 +373,7 @@ fn a_held_lock_is_running_and_its_record_readable() {
         command: vec!["python".into(), format!("{}.py", unique("BRAIN_FTMO"))],
     };
     let Acquire::Acquired(mut held) = dir
-        .acquire(&*unique("BRAIN_FTMO"), &claim, &mut probe)
+        .acquire(&unique("BRAIN_FTMO"), &claim, &mut probe)
         .unwrap()
     else {
         panic!("free lock not acquired");
@@ -385,7 +384,7 @@ fn a_held_lock_is_running_and_its_record_readable() {
         .unwrap();
 
     let status = dir
-        .inspect(&*unique("BRAIN_FTMO"), &mut probe)
+        .inspect(&unique("BRAIN_FTMO"), &mut probe)
         .unwrap()
         .unwrap();
     assert_eq!(status.state, LockState::Running);
@@ -400,7 +399,7 @@ fn a_held_lock_is_running_and_its_record_readable() {
     assert!(text.contains("\"holder_pid\""), "{text}");
     held.release().unwrap();
     assert!(
-        dir.inspect(&*unique("BRAIN_FTMO"), &mut probe)
+        dir.inspect(&unique("BRAIN_FTMO"), &mut probe)
             .unwrap()
             .is_none()
     );
@@ -440,7 +439,7 @@ fn a_starter_kept_out_by_a_reader_that_never_lets_go_fails_in_bounded_time() {
     };
     let mut probe = ProcessProbe::new().unwrap();
     let started = std::time::Instant::now();
-    let error = match dir.acquire(&*unique("BRAIN_READER"), &claim, &mut probe) {
+    let error = match dir.acquire(&unique("BRAIN_READER"), &claim, &mut probe) {
         Err(error) => error,
         Ok(_) => panic!("acquired under a shared lock"),
     };
@@ -463,7 +462,7 @@ fn a_starter_kept_out_by_a_reader_that_never_lets_go_fails_in_bounded_time() {
     // Read after the reader let go: its whole-file lock blocks reads under Wine.
     assert_eq!(std::fs::read(&path).unwrap(), b"", "the file was written");
     match dir
-        .acquire(&*unique("BRAIN_READER"), &claim, &mut probe)
+        .acquire(&unique("BRAIN_READER"), &claim, &mut probe)
         .unwrap()
     {
         Acquire::Acquired(held) => held.release().unwrap(),
