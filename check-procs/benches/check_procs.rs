@@ -7,19 +7,20 @@
 use std::process::{Command, Stdio};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fleet_tests::{Desk, Running, tool};
+use fleet_tests::{Desk, Running, tool, unique};
 
 fn whole_process(c: &mut Criterion) {
-    let desk = Desk::new(
-        "qs_bench",
-        &[
-            "ATLAS_B",
-            "BG_INSTANT_B",
-            "BG_CHALLENGE_B",
-            "GL_3_B",
-            "FTMO_B",
-        ],
-    );
+    // Names of this run's own: another checkout's suite may run alongside.
+    let accounts = [
+        "ATLAS_B",
+        "BG_INSTANT_B",
+        "BG_CHALLENGE_B",
+        "GL_3_B",
+        "FTMO_B",
+    ]
+    .map(unique);
+    let accounts = accounts.each_ref().map(String::as_str);
+    let desk = Desk::new(&unique("qs_bench"), &accounts);
     let managed: Vec<Running> = desk
         .component_names()
         .iter()

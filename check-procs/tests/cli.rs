@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use assert_cmd::prelude::*;
-use fleet_tests::{Desk, tool};
+use fleet_tests::{Desk, tool, unique};
 use predicates::prelude::*;
 use serde_json::Value;
 
@@ -53,7 +53,10 @@ fn component<'a>(document: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn a_desk_running_under_its_locks_is_healthy() {
-    let desk = Desk::new("qs_healthy", &["HEALTHY1", "HEALTHY2"]);
+    let desk = Desk::new(
+        &unique("qs_healthy"),
+        &[&*unique("HEALTHY1"), &*unique("HEALTHY2")],
+    );
     let _bots: Vec<_> = desk
         .component_names()
         .iter()
@@ -78,10 +81,10 @@ fn a_desk_running_under_its_locks_is_healthy() {
 
 #[test]
 fn three_brains_for_one_account_are_a_duplicate_shown_first() {
-    let desk = Desk::new("qs_dup", &["DUPACC"]);
-    let _locked = desk.start_locked("BRAIN_DUPACC", &[]);
-    let hand1 = desk.start_by_hand("BRAIN_DUPACC");
-    let hand2 = desk.start_by_hand("BRAIN_DUPACC");
+    let desk = Desk::new(&unique("qs_dup"), &[&*unique("DUPACC")]);
+    let _locked = desk.start_locked(&unique("BRAIN_DUPACC"), &[]);
+    let hand1 = desk.start_by_hand(&unique("BRAIN_DUPACC"));
+    let hand2 = desk.start_by_hand(&unique("BRAIN_DUPACC"));
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1);
     let kinds = problem_kinds(&json);
@@ -91,8 +94,11 @@ fn three_brains_for_one_account_are_a_duplicate_shown_first() {
         2,
         "{kinds:?}"
     );
-    assert_eq!(component(&json, "BRAIN_DUPACC")["copies"], 3);
-    assert_eq!(component(&json, "BRAIN_DUPACC")["state"], "duplicate");
+    assert_eq!(component(&json, &unique("BRAIN_DUPACC"))["copies"], 3);
+    assert_eq!(
+        component(&json, &unique("BRAIN_DUPACC"))["state"],
+        "duplicate"
+    );
     let first_problem = table
         .lines()
         .skip_while(|l| !l.contains("problems:"))
@@ -103,7 +109,7 @@ fn three_brains_for_one_account_are_a_duplicate_shown_first() {
         "{table}"
     );
     assert!(
-        first_problem.contains("3 copies of BRAIN_DUPACC"),
+        first_problem.contains(&*format!("3 copies of {}", unique("BRAIN_DUPACC"))),
         "{first_problem}"
     );
     for hand in [&hand1, &hand2] {
@@ -115,8 +121,8 @@ fn three_brains_for_one_account_are_a_duplicate_shown_first() {
 
 #[test]
 fn a_copy_started_by_hand_without_a_lock_is_unlocked() {
-    let desk = Desk::new("qs_unlocked", &["HANDACC"]);
-    let hand = desk.start_by_hand("WATCHDOG_HANDACC");
+    let desk = Desk::new(&unique("qs_unlocked"), &[&*unique("HANDACC")]);
+    let hand = desk.start_by_hand(&unique("WATCHDOG_HANDACC"));
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1);
     assert_eq!(problem_kinds(&json), ["unlocked"]);
@@ -124,8 +130,9 @@ fn a_copy_started_by_hand_without_a_lock_is_unlocked() {
     assert!(table.contains("UNLOCKED"), "{table}");
     assert!(
         table.contains(&format!(
-            "pid {} runs WATCHDOG_HANDACC without its lock",
-            hand.pid()
+            "pid {} runs {} without its lock",
+            hand.pid(),
+            unique("WATCHDOG_HANDACC")
         )),
         "{table}"
     );
@@ -133,11 +140,13 @@ fn a_copy_started_by_hand_without_a_lock_is_unlocked() {
 
 #[test]
 fn a_killed_holder_leaves_a_stale_lock_and_an_unlocked_bot() {
-    let desk = Desk::new("qs_killed", &["KILLACC"]);
-    let mut launcher = desk.start_locked("BRAIN_KILLACC", &[]);
+    let desk = Desk::new(&unique("qs_killed"), &[&*unique("KILLACC")]);
+    let mut launcher = desk.start_locked(&unique("BRAIN_KILLACC"), &[]);
     let bot_pid = {
         let (_, _, json) = check(&desk);
-        component(&json, "BRAIN_KILLACC")["pid"].as_u64().unwrap()
+        component(&json, &unique("BRAIN_KILLACC"))["pid"]
+            .as_u64()
+            .unwrap()
     };
     launcher.kill(); // SIGKILL: the bot is not bound to it, so it lives on
     let (code, table, json) = check(&desk);
@@ -151,14 +160,14 @@ fn a_killed_holder_leaves_a_stale_lock_and_an_unlocked_bot() {
 
 #[test]
 fn a_lock_whose_process_is_gone_while_its_holder_lives_is_reported() {
-    let desk = Desk::new("qs_gone", &["GONEACC"]);
+    let desk = Desk::new(&unique("qs_gone"), &[&*unique("GONEACC")]);
     let mut command = Command::new(tool("fleet-tests", "lock-taker"));
     command
         .args(["run"])
         .arg(desk.lock_dir())
-        .arg("BRAIN_GONEACC")
+        .arg(&*unique("BRAIN_GONEACC"))
         .arg(fleet_tests::stand_in())
-        .args(["BRAIN_GONEACC", "--crash-after-ms", "10"])
+        .args([&*unique("BRAIN_GONEACC"), "--crash-after-ms", "10"])
         .env("LOCK_TAKER_LINGER_MS", "20000")
         .stdout(std::process::Stdio::null());
     let _holder = fleet_tests::Running::new(command.spawn().unwrap());
@@ -166,7 +175,7 @@ fn a_lock_whose_process_is_gone_while_its_holder_lives_is_reported() {
     // the record names it, the holder's own start looks like a gone process too).
     fleet_tests::wait_until("the recorded bot to crash", || {
         let snap = desk.snapshot();
-        let view = snap.component("BRAIN_GONEACC").unwrap();
+        let view = snap.component(&unique("BRAIN_GONEACC")).unwrap();
         view.lock
             .as_ref()
             .and_then(|l| l.record.as_ref())
@@ -179,32 +188,42 @@ fn a_lock_whose_process_is_gone_while_its_holder_lives_is_reported() {
     assert_eq!(code, 1);
     let problem = &json["problems"][0];
     assert_eq!(problem["kind"], "process_gone");
-    assert_eq!(problem["name"], "BRAIN_GONEACC");
+    assert_eq!(problem["name"], &*unique("BRAIN_GONEACC"));
     assert!(table.contains("PROCESS_GONE"), "{table}");
 }
 
 #[test]
 fn stale_corrupt_legacy_and_unknown_lock_files_are_each_reported() {
     // A brain alone, by its account's leave: this is not about DESIGN.md rule 13.
-    let desk = Desk::with_extra("qs_files", &["FILEACC"], "brain_requires_watchdog = false");
+    let desk = Desk::with_extra(
+        &unique("qs_files"),
+        &[&*unique("FILEACC")],
+        "brain_requires_watchdog = false",
+    );
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     // stale: a crash left our own record behind
     let status = Command::new(tool("fleet-tests", "lock-taker"))
         .arg("abandon")
         .arg(desk.lock_dir())
-        .arg("qs_files")
+        .arg(&*unique("qs_files"))
         .status()
         .unwrap();
     assert!(status.success());
     // corrupt
-    std::fs::write(desk.lock_path("WATCHDOG_FILEACC"), b"{\"pid\": 12, \"na").unwrap();
-    // legacy: an older tool's PID file naming a live process that started before it
-    let bot = desk.start_by_hand("BRAIN_FILEACC");
     std::fs::write(
-        desk.lock_path("BRAIN_FILEACC"),
+        desk.lock_path(&unique("WATCHDOG_FILEACC")),
+        b"{\"pid\": 12, \"na",
+    )
+    .unwrap();
+    // legacy: an older tool's PID file naming a live process that started before it
+    let bot = desk.start_by_hand(&unique("BRAIN_FILEACC"));
+    std::fs::write(
+        desk.lock_path(&unique("BRAIN_FILEACC")),
         format!(
-            r#"{{"pid": {}, "name": "BRAIN_FILEACC", "account": "FILEACC", "timestamp": "2999-01-01T00:00:00.000000"}}"#,
-            bot.pid()
+            r#"{{"pid": {}, "name": "{}", "account": "{}", "timestamp": "2999-01-01T00:00:00.000000"}}"#,
+            bot.pid(),
+            unique("BRAIN_FILEACC"),
+            unique("FILEACC")
         ),
     )
     .unwrap();
@@ -227,9 +246,15 @@ fn stale_corrupt_legacy_and_unknown_lock_files_are_each_reported() {
     for label in ["STALE", "CORRUPT", "LEGACY", "UNKNOWN_LOCK"] {
         assert!(table.contains(label), "{label} missing:\n{table}");
     }
-    assert_eq!(component(&json, "BRAIN_FILEACC")["state"], "legacy");
-    assert_eq!(component(&json, "WATCHDOG_FILEACC")["state"], "corrupt");
-    assert_eq!(component(&json, "qs_files")["state"], "stale");
+    assert_eq!(
+        component(&json, &unique("BRAIN_FILEACC"))["state"],
+        "legacy"
+    );
+    assert_eq!(
+        component(&json, &unique("WATCHDOG_FILEACC"))["state"],
+        "corrupt"
+    );
+    assert_eq!(component(&json, &unique("qs_files"))["state"], "stale");
     let locks = json["locks"].as_array().unwrap();
     assert_eq!(locks.len(), 4);
     assert!(table.contains("(not in fleet.toml)"), "{table}");
@@ -238,33 +263,37 @@ fn stale_corrupt_legacy_and_unknown_lock_files_are_each_reported() {
 #[test]
 fn a_venv_style_launcher_and_its_child_are_one_copy_two_trees_a_duplicate() {
     // A brain alone, by its account's leave: this is not about DESIGN.md rule 13.
-    let desk = Desk::with_extra("qs_tree", &["TREEACC"], "brain_requires_watchdog = false");
-    let _first = desk.start_launcher_by_hand("BRAIN_TREEACC");
+    let desk = Desk::with_extra(
+        &unique("qs_tree"),
+        &[&*unique("TREEACC")],
+        "brain_requires_watchdog = false",
+    );
+    let _first = desk.start_launcher_by_hand(&unique("BRAIN_TREEACC"));
     let (_, _, json) = check(&desk);
     assert_eq!(problem_kinds(&json), ["unlocked"], "{json}");
     assert_eq!(json["processes"][0]["pids"].as_array().unwrap().len(), 2);
-    let _second = desk.start_launcher_by_hand("BRAIN_TREEACC");
+    let _second = desk.start_launcher_by_hand(&unique("BRAIN_TREEACC"));
     let (code, _, json) = check(&desk);
     assert_eq!(code, 1);
     assert_eq!(problem_kinds(&json)[0], "duplicate");
-    assert_eq!(component(&json, "BRAIN_TREEACC")["copies"], 2);
+    assert_eq!(component(&json, &unique("BRAIN_TREEACC"))["copies"], 2);
 }
 
 #[test]
 fn a_launcher_under_its_lock_is_healthy() {
     // A brain alone, by its account's leave: this is not about DESIGN.md rule 13.
     let desk = Desk::with_extra(
-        "qs_treelock",
-        &["TREELOCK"],
+        &unique("qs_treelock"),
+        &[&*unique("TREELOCK")],
         "brain_requires_watchdog = false",
     );
     let mut command = Command::new(tool("fleet-tests", "lock-taker"));
     command
         .arg("run")
         .arg(desk.lock_dir())
-        .arg("BRAIN_TREELOCK")
+        .arg(&*unique("BRAIN_TREELOCK"))
         .arg(fleet_tests::stand_in())
-        .arg("BRAIN_TREELOCK")
+        .arg(&*unique("BRAIN_TREELOCK"))
         .env("STANDIN_LAUNCHER", "1")
         .stdout(std::process::Stdio::null());
     let _holder = fleet_tests::Running::new(command.spawn().unwrap());
@@ -289,7 +318,7 @@ fn a_launcher_under_its_lock_is_healthy() {
 
 #[test]
 fn a_bad_config_exits_2_naming_file_and_line() {
-    let desk = Desk::new("qs_bad", &["BADACC"]);
+    let desk = Desk::new(&unique("qs_bad"), &[&*unique("BADACC")]);
     let text = std::fs::read_to_string(desk.config()).unwrap() + "\nbogus_key = 1\n";
     std::fs::write(desk.config(), text).unwrap();
     check_procs(&desk).assert().code(2).stdout("").stderr(
@@ -306,8 +335,8 @@ fn a_bad_config_exits_2_naming_file_and_line() {
 
 #[test]
 fn the_json_document_has_its_documented_fields() {
-    let desk = Desk::new("qs_json", &["JSONACC"]);
-    let _bot = desk.start_locked("WATCHDOG_JSONACC", &[]);
+    let desk = Desk::new(&unique("qs_json"), &[&*unique("JSONACC")]);
+    let _bot = desk.start_locked(&unique("WATCHDOG_JSONACC"), &[]);
     let (_, _, json) = check(&desk);
     for key in [
         "version",
@@ -329,7 +358,7 @@ fn the_json_document_has_its_documented_fields() {
             "missing autostart.{key}"
         );
     }
-    let row = component(&json, "WATCHDOG_JSONACC");
+    let row = component(&json, &unique("WATCHDOG_JSONACC"));
     for key in [
         "name",
         "account",
@@ -352,12 +381,12 @@ fn the_json_document_has_its_documented_fields() {
     for key in ["name", "path", "state", "record", "detail"] {
         assert!(lock.get(key).is_some(), "lock missing {key}");
     }
-    assert_eq!(lock["record"]["name"], "WATCHDOG_JSONACC");
+    assert_eq!(lock["record"]["name"], &*unique("WATCHDOG_JSONACC"));
 }
 
 #[test]
 fn watch_mode_redraws_until_stopped() {
-    let desk = Desk::new("qs_watch", &["WATCHACC"]);
+    let desk = Desk::new(&unique("qs_watch"), &[&*unique("WATCHACC")]);
     let mut child = Command::cargo_bin("check-procs")
         .unwrap()
         .arg("--config")
@@ -404,12 +433,12 @@ fn wait_for_problem(desk: &Desk, kind: &str) {
 #[cfg(unix)]
 #[test]
 fn entries_that_are_not_regular_files_are_reported_without_hanging() {
-    let desk = Desk::new("qs_strays", &["STRAYACC"]);
+    let desk = Desk::new(&unique("qs_strays"), &[&*unique("STRAYACC")]);
     let locks = desk.lock_dir();
     std::fs::create_dir_all(&locks).unwrap();
     let sentinel = desk.config().with_file_name("sentinel.txt");
     std::fs::write(&sentinel, b"untouched").unwrap();
-    for fifo in ["junk.lock", "BRAIN_STRAYACC.stop"] {
+    for fifo in ["junk.lock", &*format!("{}.stop", unique("BRAIN_STRAYACC"))] {
         assert!(
             Command::new("mkfifo")
                 .arg(locks.join(fifo))
@@ -442,7 +471,7 @@ fn entries_that_are_not_regular_files_are_reported_without_hanging() {
         } else {
             for needle in [
                 "junk.lock is a named pipe (FIFO)",
-                "BRAIN_STRAYACC.stop is a named pipe (FIFO)",
+                &*format!("{}.stop is a named pipe (FIFO)", unique("BRAIN_STRAYACC")),
                 "stray.lock is a directory",
                 "MASTER_LAUNCH.lock is a symbolic link",
                 "remove it by hand",
@@ -457,12 +486,15 @@ fn entries_that_are_not_regular_files_are_reported_without_hanging() {
 /// Table row: a lock record of 100 MB was printed back whole by `check-procs --json`.
 #[test]
 fn a_huge_lock_record_is_corrupt_and_not_printed() {
-    let desk = Desk::new("qs_huge", &["HUGEACC"]);
+    let desk = Desk::new(&unique("qs_huge"), &[&*unique("HUGEACC")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     let filler = "A".repeat(4 * 1024 * 1024);
     std::fs::write(
-        desk.lock_path("BRAIN_HUGEACC"),
-        format!(r#"{{"pid": 1, "name": "BRAIN_HUGEACC", "command": ["{filler}"]}}"#),
+        desk.lock_path(&unique("BRAIN_HUGEACC")),
+        format!(
+            r#"{{"pid": 1, "name": "{}", "command": ["{filler}"]}}"#,
+            unique("BRAIN_HUGEACC")
+        ),
     )
     .unwrap();
     let output = check_procs(&desk).arg("--json").output().unwrap();
@@ -477,7 +509,7 @@ fn a_huge_lock_record_is_corrupt_and_not_printed() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|l| l["name"] == "BRAIN_HUGEACC")
+        .find(|l| l["name"] == *unique("BRAIN_HUGEACC"))
         .unwrap();
     assert_eq!(lock["state"], "corrupt");
     assert!(
@@ -492,7 +524,7 @@ fn a_huge_lock_record_is_corrupt_and_not_printed() {
 /// Table row: `check-procs --json --watch` wrote documents back to back.
 #[test]
 fn json_watch_writes_one_document_per_line() {
-    let desk = Desk::new("qs_jsonl", &["JSONLACC"]);
+    let desk = Desk::new(&unique("qs_jsonl"), &[&*unique("JSONLACC")]);
     let mut child = Command::cargo_bin("check-procs")
         .unwrap()
         .arg("--config")
@@ -516,7 +548,7 @@ fn json_watch_writes_one_document_per_line() {
 /// Table row: `--watch 9223372036854775807` panicked (overflow adding to an Instant).
 #[test]
 fn an_out_of_range_watch_interval_is_a_usage_error_not_a_panic() {
-    let desk = Desk::new("qs_watchmax", &["WATCHMAXACC"]);
+    let desk = Desk::new(&unique("qs_watchmax"), &[&*unique("WATCHMAXACC")]);
     for value in ["9223372036854775807", "18446744073709551615", "0", "86401"] {
         check_procs(&desk)
             .args(["--watch", value])
@@ -545,7 +577,7 @@ fn an_empty_config_is_refused_with_exit_2() {
 /// stderr, so `--json` stays one document), and touches none of them.
 #[test]
 fn files_that_are_not_locks_in_the_lock_folder_are_warned_about() {
-    let desk = Desk::new("qs_foreign", &["FOREIGN1"]);
+    let desk = Desk::new(&unique("qs_foreign"), &[&*unique("FOREIGN1")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     std::fs::write(desk.lock_dir().join("notes.txt"), b"mine").unwrap();
     let output = check_procs(&desk).arg("--json").output().unwrap();
@@ -601,10 +633,10 @@ fn json_paths(value: &Value, prefix: &str, paths: &mut std::collections::BTreeSe
 /// a bad lock file, a problem), so a field cannot be added or renamed without its row.
 #[test]
 fn the_documented_json_fields_are_exactly_the_documents_fields() {
-    let desk = Desk::new("qs_fields", &["FIELDS1"]);
-    let _bot = desk.start_locked("BRAIN_FIELDS1", &[]);
+    let desk = Desk::new(&unique("qs_fields"), &[&*unique("FIELDS1")]);
+    let _bot = desk.start_locked(&unique("BRAIN_FIELDS1"), &[]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
-    std::fs::write(desk.lock_path("WATCHDOG_FIELDS1"), b"garbage").unwrap();
+    std::fs::write(desk.lock_path(&unique("WATCHDOG_FIELDS1")), b"garbage").unwrap();
     let (_, _, json) = check(&desk);
     for array in ["components", "locks", "processes", "problems"] {
         assert!(
@@ -622,7 +654,7 @@ fn the_documented_json_fields_are_exactly_the_documents_fields() {
         found, documented,
         "check-procs --json and JSON_FIELDS (lockcore/src/desk/documented.rs) differ"
     );
-    let state = component(&json, "BRAIN_FIELDS1")["state"].clone();
+    let state = component(&json, &unique("BRAIN_FIELDS1"))["state"].clone();
     assert!(
         lockcore::ComponentState::ALL
             .iter()
@@ -637,60 +669,73 @@ fn the_documented_json_fields_are_exactly_the_documents_fields() {
 /// problem is gone; an account with `brain_requires_watchdog = false` is healthy.
 #[test]
 fn a_brain_running_without_its_watchdog_is_unguarded_whoever_started_it() {
-    let desk = Desk::new("qs_unguard", &["UNGUARD1"]);
-    let hand = desk.start_by_hand("BRAIN_UNGUARD1");
+    let desk = Desk::new(&unique("qs_unguard"), &[&*unique("UNGUARD1")]);
+    let hand = desk.start_by_hand(&unique("BRAIN_UNGUARD1"));
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1, "{table}");
     assert_eq!(problem_kinds(&json), ["unguarded", "unlocked"], "{json}");
     let message = format!(
-        "BRAIN_UNGUARD1 runs (pid {}) while its watchdog WATCHDOG_UNGUARD1 does not: its \
-         positions have no stop-loss guard. Start WATCHDOG_UNGUARD1 (`master-launch start \
-         WATCHDOG_UNGUARD1` while master-launch runs, else `master-launch run \
-         WATCHDOG_UNGUARD1`), or stop the brain with safe-shutdown --account UNGUARD1",
-        hand.pid()
+        "BRAIN_{account} runs (pid {}) while its watchdog WATCHDOG_{account} does not: its \
+         positions have no stop-loss guard. Start WATCHDOG_{account} (`master-launch start \
+         WATCHDOG_{account}` while master-launch runs, else `master-launch run \
+         WATCHDOG_{account}`), or stop the brain with safe-shutdown --account {account}",
+        hand.pid(),
+        account = unique("UNGUARD1")
     );
     assert_eq!(json["problems"][0]["message"], message.as_str());
-    assert_eq!(json["problems"][0]["name"], "BRAIN_UNGUARD1");
+    assert_eq!(json["problems"][0]["name"], &*unique("BRAIN_UNGUARD1"));
     assert_eq!(json["problems"][0]["pids"][0], hand.pid());
     assert!(
         table.contains(&format!("  UNGUARDED     {message}")),
         "{table}"
     );
     // Started from a shell it is unlocked too; that state stays.
-    assert_eq!(component(&json, "BRAIN_UNGUARD1")["state"], "unlocked");
+    assert_eq!(
+        component(&json, &unique("BRAIN_UNGUARD1"))["state"],
+        "unlocked"
+    );
     drop(hand);
 
     // Under its lock (a launcher, as `run` or a wrapper holds it): state `unguarded`.
-    let locked = desk.start_locked("BRAIN_UNGUARD1", &[]);
+    let locked = desk.start_locked(&unique("BRAIN_UNGUARD1"), &[]);
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1, "{table}");
     assert_eq!(problem_kinds(&json), ["unguarded"], "{json}");
-    assert_eq!(component(&json, "BRAIN_UNGUARD1")["state"], "unguarded");
+    assert_eq!(
+        component(&json, &unique("BRAIN_UNGUARD1"))["state"],
+        "unguarded"
+    );
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with("BRAIN_UNGUARD1") && l.contains("UNGUARDED")),
+            .any(|l| l.starts_with(&*unique("BRAIN_UNGUARD1")) && l.contains("UNGUARDED")),
         "{table}"
     );
 
     // Its watchdog runs: healthy.
-    let _watchdog = desk.start_locked("WATCHDOG_UNGUARD1", &[]);
-    let _global = desk.start_locked("qs_unguard", &[]);
+    let _watchdog = desk.start_locked(&unique("WATCHDOG_UNGUARD1"), &[]);
+    let _global = desk.start_locked(&unique("qs_unguard"), &[]);
     let (code, table, json) = check(&desk);
     assert_eq!(code, 0, "{table}");
-    assert_eq!(component(&json, "BRAIN_UNGUARD1")["state"], "running");
+    assert_eq!(
+        component(&json, &unique("BRAIN_UNGUARD1"))["state"],
+        "running"
+    );
     drop(locked);
 
     // An account that allows it: a brain alone is healthy.
     let alone = Desk::with_extra(
-        "qs_unguard2",
-        &["UNGUARD2"],
+        &unique("qs_unguard2"),
+        &[&*unique("UNGUARD2")],
         "brain_requires_watchdog = false",
     );
-    let _brain = alone.start_locked("BRAIN_UNGUARD2", &[]);
+    let _brain = alone.start_locked(&unique("BRAIN_UNGUARD2"), &[]);
     let (code, table, json) = check(&alone);
     assert_eq!(code, 0, "{table}");
-    assert_eq!(component(&json, "BRAIN_UNGUARD2")["state"], "running");
+    assert_eq!(
+        component(&json, &unique("BRAIN_UNGUARD2"))["state"],
+        "running"
+    );
 }
 
 /// While master-launch is frozen (SIGSTOP) its published view still says the watchdog
@@ -700,7 +745,7 @@ fn a_brain_running_without_its_watchdog_is_unguarded_whoever_started_it() {
 #[cfg(unix)]
 #[test]
 fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_unguarded() {
-    let desk = Desk::new("qs_frozen", &["FROZEN1"]);
+    let desk = Desk::new(&unique("qs_frozen"), &[&*unique("FROZEN1")]);
     let (mut launcher, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
     assert!(
         lines
@@ -710,7 +755,7 @@ fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_ungu
     desk.wait_until_running();
     let snap = desk.snapshot();
     let watchdog = snap
-        .component("WATCHDOG_FROZEN1")
+        .component(&unique("WATCHDOG_FROZEN1"))
         .unwrap()
         .managed
         .clone()
@@ -730,11 +775,11 @@ fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_ungu
     let (code, table, json) = check(&desk);
     signal("-CONT", launcher.pid());
     assert_eq!(code, 1, "{table}");
-    let row = component(&json, "WATCHDOG_FROZEN1");
+    let row = component(&json, &unique("WATCHDOG_FROZEN1"));
     assert_eq!(row["state"], "process_gone", "{row}");
     assert!(row["pid"].is_null(), "{row}");
     assert_eq!(
-        component(&json, "BRAIN_FROZEN1")["state"],
+        component(&json, &unique("BRAIN_FROZEN1"))["state"],
         "unguarded",
         "{json}"
     );
@@ -757,7 +802,7 @@ fn a_frozen_master_launchs_crashed_watchdog_is_not_running_and_its_brain_is_ungu
 fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_not_trusted() {
     use lockcore::control::{DeskState, Supervision};
 
-    let desk = Desk::new("qs_ready", &["READY1"]);
+    let desk = Desk::new(&unique("qs_ready"), &[&*unique("READY1")]);
     let (mut launcher, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
     assert!(
         lines
@@ -767,7 +812,7 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
     desk.wait_until_running();
     let watchdog = desk
         .snapshot()
-        .component("WATCHDOG_READY1")
+        .component(&unique("WATCHDOG_READY1"))
         .unwrap()
         .managed
         .clone()
@@ -792,7 +837,7 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
         let entry = view
             .components
             .iter_mut()
-            .find(|c| c.name == "WATCHDOG_READY1")
+            .find(|c| c.name == *unique("WATCHDOG_READY1"))
             .unwrap();
         entry.state = state;
         entry.pid = Some(pid);
@@ -809,7 +854,7 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
     );
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1, "{table}");
-    let row = component(&json, "WATCHDOG_READY1");
+    let row = component(&json, &unique("WATCHDOG_READY1"));
     assert_eq!(row["state"], "not_ready", "{row}");
     assert_eq!(row["reason"], "not ready: terminal lost", "{row}");
     assert_eq!(row["pid"], watchdog.pid, "{row}");
@@ -819,17 +864,17 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
     assert_eq!(problem_kinds(&json), ["not_ready"], "{json}");
     let message = json["problems"][0]["message"].as_str().unwrap();
     for words in [
-        "WATCHDOG_READY1 runs (pid",
+        &*format!("{} runs (pid", unique("WATCHDOG_READY1")),
         "not ready: terminal lost",
-        "its brain BRAIN_READY1 is held back",
-        "`master-launch restart WATCHDOG_READY1`",
+        &*format!("its brain {} is held back", unique("BRAIN_READY1")),
+        &*format!("`master-launch restart {}`", unique("WATCHDOG_READY1")),
     ] {
         assert!(message.contains(words), "{words}: {message}");
     }
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with("WATCHDOG_READY1") && l.contains("NOT_READY")),
+            .any(|l| l.starts_with(&*unique("WATCHDOG_READY1")) && l.contains("NOT_READY")),
         "{table}"
     );
     assert!(table.contains("ALIVE"), "{table}");
@@ -837,14 +882,17 @@ fn a_watchdog_the_view_calls_not_ready_or_hung_is_a_problem_and_a_stale_view_is_
     say(Supervision::Hung, watchdog.pid, "missed its heartbeat");
     let (code, table, json) = check(&desk);
     assert_eq!(code, 1, "{table}");
-    assert_eq!(component(&json, "WATCHDOG_READY1")["state"], "hung");
+    assert_eq!(
+        component(&json, &unique("WATCHDOG_READY1"))["state"],
+        "hung"
+    );
     assert_eq!(problem_kinds(&json), ["hung"], "{json}");
 
     // The view names a process that is not the one running: out of date.
     say(Supervision::Hung, watchdog.pid + 100_000, "an older run");
     let (code, table, json) = check(&desk);
     assert_eq!(code, 0, "{table}");
-    let row = component(&json, "WATCHDOG_READY1");
+    let row = component(&json, &unique("WATCHDOG_READY1"));
     assert_eq!(row["state"], "running", "{row}");
     assert!(row["heartbeat_age_secs"].is_null(), "{row}");
     assert!(row["reason"].is_null(), "{row}");

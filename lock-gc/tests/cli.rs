@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use assert_cmd::prelude::*;
-use fleet_tests::{Desk, Running, tool};
+use fleet_tests::{Desk, Running, tool, unique};
 use predicates::prelude::*;
 
 fn lock_gc() -> Command {
@@ -22,7 +22,10 @@ struct Mess {
 }
 
 fn mess(tag: &str) -> Mess {
-    let second = format!("{tag}B");
+    // Names of this run's own: `<tag>_<pid>` and `<tag>B_<pid>`.
+    let second = unique(&format!("{tag}B"));
+    let tag = unique(tag);
+    let tag = tag.as_str();
     let desk = Desk::new(&format!("gc_{tag}"), &[tag, &second]);
     let holder = desk.start_locked(&format!("BRAIN_{tag}"), &[]);
     let legacy_bot = desk.start_by_hand(&format!("WATCHDOG_{tag}"));
@@ -61,27 +64,35 @@ fn removes_stale_and_corrupt_files_and_keeps_held_and_legacy_ones() {
         .assert()
         .code(0)
         .stdout(
-            predicate::str::contains(
-                "removed gc_GCALL.lock: stale (no process holds it, last holder pid",
-            )
-            .and(predicate::str::contains(
-                "removed BRAIN_GCALLB.lock: corrupt (the record is not valid",
+            predicate::str::contains(&*format!(
+                "removed {}.lock: stale (no process holds it, last holder pid",
+                unique("gc_GCALL")
             ))
+            .and(predicate::str::contains(&*format!(
+                "removed {}.lock: corrupt (the record is not valid",
+                unique("BRAIN_GCALLB")
+            )))
             .and(predicate::str::contains(
                 "kept CORRUPT_ONE.lock (unknown_lock: the record is not valid",
             ))
-            .and(predicate::str::contains("kept WATCHDOG_GCALL (legacy"))
+            .and(predicate::str::contains(&*format!(
+                "kept {} (legacy",
+                unique("WATCHDOG_GCALL")
+            )))
             .and(predicate::str::contains("removed 2 lock files")),
         );
-    assert!(!desk.lock_path("gc_GCALL").exists());
-    assert!(!desk.lock_path("BRAIN_GCALLB").exists());
+    assert!(!desk.lock_path(&unique("gc_GCALL")).exists());
+    assert!(!desk.lock_path(&unique("BRAIN_GCALLB")).exists());
     assert!(
         desk.lock_path("CORRUPT_ONE").exists(),
         "an unreadable file with a name of no desk lock was removed"
     );
-    assert!(desk.lock_path("BRAIN_GCALL").exists(), "held lock removed");
     assert!(
-        desk.lock_path("WATCHDOG_GCALL").exists(),
+        desk.lock_path(&unique("BRAIN_GCALL")).exists(),
+        "held lock removed"
+    );
+    assert!(
+        desk.lock_path(&unique("WATCHDOG_GCALL")).exists(),
         "legacy lock removed"
     );
     // Nothing left to do the second time.
@@ -104,21 +115,22 @@ fn dry_run_lists_and_removes_nothing() {
         .assert()
         .code(0)
         .stdout(
-            predicate::str::contains("would remove gc_GCDRY.lock: stale")
-                .and(predicate::str::contains(
-                    "would remove BRAIN_GCDRYB.lock: corrupt",
-                ))
+            predicate::str::contains(&*format!("would remove {}.lock: stale", unique("gc_GCDRY")))
+                .and(predicate::str::contains(&*format!(
+                    "would remove {}.lock: corrupt",
+                    unique("BRAIN_GCDRYB")
+                )))
                 .and(predicate::str::contains(
                     "kept CORRUPT_ONE.lock (unknown_lock",
                 ))
                 .and(predicate::str::contains("would remove 2 lock files")),
         );
     for name in [
-        "gc_GCDRY",
+        &*unique("gc_GCDRY"),
         "CORRUPT_ONE",
-        "BRAIN_GCDRY",
-        "WATCHDOG_GCDRY",
-        "BRAIN_GCDRYB",
+        &*unique("BRAIN_GCDRY"),
+        &*unique("WATCHDOG_GCDRY"),
+        &*unique("BRAIN_GCDRYB"),
     ] {
         assert!(desk.lock_path(name).exists(), "{name} removed by a dry run");
     }
@@ -316,7 +328,7 @@ fn lock_gc_in_a_loop_never_removes_a_held_lock() {
             let mut child = Command::new(&taker)
                 .arg("cycle")
                 .arg(&lock_dir)
-                .arg("BRAIN_GCRACE")
+                .arg(&*unique("BRAIN_GCRACE"))
                 .arg(&go.path)
                 .arg("400")
                 .stdout(std::process::Stdio::piped())
@@ -339,7 +351,7 @@ fn lock_gc_in_a_loop_never_removes_a_held_lock() {
         // Crashed holders leave stale files: one on the contested name (the cyclers may
         // take it over first) and one on a quiet name that lock-gc must always remove.
         // Wine's CreateProcess fails now and then (1359): these starts retry there.
-        for name in ["BRAIN_GCRACE", "WATCHDOG_GCRACE"] {
+        for name in [&*unique("BRAIN_GCRACE"), &*unique("WATCHDOG_GCRACE")] {
             let status = fleet_tests::wine::status(
                 Command::new(&taker).arg("abandon").arg(&lock_dir).arg(name),
             )
@@ -351,11 +363,14 @@ fn lock_gc_in_a_loop_never_removes_a_held_lock() {
         let text = String::from_utf8(output.stdout).unwrap();
         removed += text
             .lines()
-            .filter(|l| l.starts_with("removed BRAIN_GCRACE"))
+            .filter(|l| l.starts_with(&*format!("removed {}", unique("BRAIN_GCRACE"))))
             .count();
         // The quiet name's stale file is always there to remove.
         assert!(
-            text.contains("removed WATCHDOG_GCRACE.lock: stale"),
+            text.contains(&*format!(
+                "removed {}.lock: stale",
+                unique("WATCHDOG_GCRACE")
+            )),
             "{text}"
         );
         gc_runs += 1;

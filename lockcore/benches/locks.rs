@@ -6,13 +6,20 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use lockcore::{Acquire, LockClaim, LockDir, ProcessProbe};
 
+/// A lock name of this run's own: every lock also takes a machine-wide name (DESIGN.md
+/// rule 17), which another checkout's tests or benches may hold at the same time.
+fn unique(name: &str) -> String {
+    format!("{name}_{}", std::process::id())
+}
+
 fn acquire_release(c: &mut Criterion) {
+    let name = unique("BRAIN_ATLAS");
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = LockDir::new(tmp.path());
     let mut probe = ProcessProbe::new().expect("process table");
     let claim = LockClaim::default();
     c.bench_function("acquire+release one lock", |b| {
-        b.iter(|| match dir.acquire("BRAIN_ATLAS", &claim, &mut probe) {
+        b.iter(|| match dir.acquire(&name, &claim, &mut probe) {
             Ok(Acquire::Acquired(held)) => held.release().expect("release"),
             other => panic!("bench lock not free: {other:?}"),
         })
@@ -23,11 +30,12 @@ fn inspect_one(c: &mut Criterion) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = LockDir::new(tmp.path());
     let mut probe = ProcessProbe::new().expect("process table");
+    let name = unique("BRAIN_ATLAS");
     let _held = dir
-        .acquire("BRAIN_ATLAS", &LockClaim::default(), &mut probe)
+        .acquire(&name, &LockClaim::default(), &mut probe)
         .expect("acquire");
     c.bench_function("inspect one held lock", |b| {
-        b.iter(|| dir.inspect("BRAIN_ATLAS", &mut probe).expect("inspect"))
+        b.iter(|| dir.inspect(&name, &mut probe).expect("inspect"))
     });
 }
 
@@ -38,7 +46,11 @@ fn scan_hundred(c: &mut Criterion) {
     // 50 held by us, 50 stale (our own record format, no OS lock).
     let mut held = Vec::new();
     for i in 0..50 {
-        match dir.acquire(&format!("HELD_{i}"), &LockClaim::default(), &mut probe) {
+        match dir.acquire(
+            &unique(&format!("HELD_{i}")),
+            &LockClaim::default(),
+            &mut probe,
+        ) {
             Ok(Acquire::Acquired(lock)) => held.push(lock),
             other => panic!("cannot set up: {other:?}"),
         }

@@ -26,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use fleet_tests::Desk;
+use fleet_tests::{Desk, unique};
 use lockcore::{DeskSnapshot, Fleet, ProcessProbe};
 
 const ACCOUNTS: [&str; 5] = [
@@ -36,6 +36,11 @@ const ACCOUNTS: [&str; 5] = [
     "GL_3_M",
     "FTMO_M",
 ];
+
+/// [`ACCOUNTS`] made this run's own (another checkout's suite may run alongside).
+fn accounts() -> [String; 5] {
+    ACCOUNTS.map(unique)
+}
 
 fn launch(desk: &Desk) -> Child {
     Command::new(env!("CARGO_BIN_EXE_master-launch"))
@@ -66,10 +71,12 @@ fn stop(mut child: Child) {
 }
 
 fn start_to_running(c: &mut Criterion) {
-    let settle = Desk::new("qs_mbench", &ACCOUNTS);
+    let accounts = accounts();
+    let accounts = accounts.each_ref().map(String::as_str);
+    let settle = Desk::new(&unique("qs_mbench"), &accounts);
     let notify = Desk::with_options(
-        "qs_mbench",
-        &ACCOUNTS,
+        &unique("qs_mbench"),
+        &accounts,
         &["--notify", "0:ready"],
         "[defaults]\nready = \"notify\"\n",
     );
@@ -163,11 +170,11 @@ fn idle_cpu(desk: &Desk) -> f64 {
 }
 
 fn heartbeats() {
-    let accounts: Vec<String> = (0..50).map(|i| format!("HB{i}_M")).collect();
+    let accounts: Vec<String> = (0..50).map(|i| unique(&format!("HB{i}_M"))).collect();
     let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
-    let plain = Desk::new("qs_mbeat", &accounts);
+    let plain = Desk::new(&unique("qs_mbeat"), &accounts);
     let beating = Desk::with_options(
-        "qs_mbeat",
+        &unique("qs_mbeat"),
         &accounts,
         &["--heartbeat-ms", "1000"],
         "[defaults]\nheartbeat_secs = 5\n",
@@ -183,7 +190,11 @@ fn heartbeats() {
 }
 
 fn idle_minute() {
-    let desk = Desk::new("qs_midle", &ACCOUNTS);
+    let accounts = accounts();
+    let desk = Desk::new(
+        &unique("qs_midle"),
+        &accounts.each_ref().map(String::as_str),
+    );
     let fleet = Fleet::load(&desk.config()).expect("config");
     let mut probe = ProcessProbe::new().expect("process table");
     let child = launch(&desk);
@@ -243,7 +254,8 @@ fn managed(lock_dir: &std::path::Path, name: &str, probe: &mut ProcessProbe) -> 
 }
 
 fn watchdog_back_after_kill() {
-    let desk = Desk::new("qs_mkill", &["KILL_M"]);
+    let desk = Desk::new(&unique("qs_mkill"), &[&unique("KILL_M")]);
+    let watchdog = unique("WATCHDOG_KILL_M");
     let fleet = Fleet::load(&desk.config()).expect("config");
     let mut probe = ProcessProbe::new().expect("process table");
     let mut gaps = Vec::new();
@@ -252,13 +264,13 @@ fn watchdog_back_after_kill() {
         while !all_running(&fleet, &mut probe) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let old = managed(&fleet.lock_dir, "WATCHDOG_KILL_M", &mut probe).expect("watchdog pid");
+        let old = managed(&fleet.lock_dir, &watchdog, &mut probe).expect("watchdog pid");
         let killed = Instant::now();
         let _ = Command::new("kill")
             .args(["-KILL", &old.to_string()])
             .status();
         loop {
-            match managed(&fleet.lock_dir, "WATCHDOG_KILL_M", &mut probe) {
+            match managed(&fleet.lock_dir, &watchdog, &mut probe) {
                 Some(pid) if pid != old => break,
                 _ => std::thread::sleep(Duration::from_micros(500)),
             }

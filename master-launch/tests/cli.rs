@@ -7,94 +7,22 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use assert_cmd::cargo::cargo_bin;
 use assert_cmd::prelude::*;
-use fleet_tests::{Desk, Lines, Running, running_pids, spawn_reader};
+use fleet_tests::{Desk, Launched, Running, running_pids, spawn_reader, unique};
 use fleet_tests::{wait_gone, wait_until};
 use lockcore::{DeskSnapshot, LockState};
 use predicates::prelude::*;
 
-struct Launcher {
-    // Kills master-launch if a test fails before stopping it.
-    running: Running,
-    lines: Lines,
-    lock_dir: std::path::PathBuf,
-}
-
 /// `master-launch --config <the desk's fleet.toml>`.
 fn master_launch(desk: &Desk) -> Command {
-    let mut command = Command::cargo_bin("master-launch").unwrap();
-    command.arg("--config").arg(desk.config());
-    command
+    desk.command(cargo_bin("master-launch"), &[])
 }
 
-fn launch(desk: &Desk, extra: &[&str]) -> Launcher {
-    let mut child = master_launch(desk)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = spawn_reader(child.stdout.take().unwrap());
-    Launcher {
-        running: Running::new(child),
-        lines,
-        lock_dir: desk.lock_dir(),
-    }
-}
-
-impl Launcher {
-    fn wait_started(&self) {
-        assert!(
-            self.lines
-                .wait_for("desk started", Duration::from_secs(30))
-                .is_some(),
-            "master-launch did not start the desk"
-        );
-    }
-
-    fn pid(&self) -> u32 {
-        self.running.pid()
-    }
-
-    /// How a test that runs everywhere ends the desk: SIGTERM on Unix (what a service
-    /// manager sends), a stop-all request on Windows (what safe-shutdown writes).
-    fn stop_desk(mut self) -> i32 {
-        if cfg!(unix) {
-            self.stop("-TERM")
-        } else {
-            self.stop_all()
-        }
-    }
-
-    /// A stop-all request (what safe-shutdown writes), then the exit code.
-    fn stop_all(&mut self) -> i32 {
-        lockcore::StopRequest::new("MASTER_LAUNCH", Duration::from_secs(10))
-            .write(&self.lock_dir)
-            .unwrap();
-        self.wait_exit()
-    }
-
-    fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.running.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "master-launch did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Ctrl+C / SIGTERM (Unix), then the exit code.
-    fn stop(mut self, signal: &str) -> i32 {
-        let status = Command::new("kill")
-            .args([signal, &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.wait_exit()
-    }
+fn launch(desk: &Desk, extra: &[&str]) -> Launched {
+    let mut command = master_launch(desk);
+    command.args(extra);
+    Launched::spawn(command, desk)
 }
 
 /// Under Wine the bots never see CTRL_BREAK and are forced at their stop timeout: keep
@@ -147,9 +75,9 @@ fn released(snap: &DeskSnapshot, name: &str) -> bool {
 
 #[test]
 fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
-    let desk = Desk::new("qs_dry", &["DRY1", "DRY2"]);
+    let desk = Desk::new(&unique("qs_dry"), &[&*unique("DRY1"), &*unique("DRY2")]);
     let output = master_launch(&desk)
-        .args(["--dry-run", "--only", "dry2"])
+        .args(["--dry-run", "--only", &unique("DRY2").to_lowercase()])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0));
@@ -159,7 +87,15 @@ fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter(|w| w.contains("DRY") || w.starts_with("qs_"))
         .collect();
-    assert_eq!(order, ["qs_dry", "WATCHDOG_DRY2", "BRAIN_DRY2"], "{text}");
+    assert_eq!(
+        order,
+        [
+            &*unique("qs_dry"),
+            &*unique("WATCHDOG_DRY2"),
+            &*unique("BRAIN_DRY2")
+        ],
+        "{text}"
+    );
     assert!(
         text.contains(&fleet_tests::stand_in().display().to_string()),
         "{text}"
@@ -169,7 +105,7 @@ fn dry_run_prints_the_plan_in_start_order_and_starts_nothing() {
 
 #[test]
 fn an_unknown_only_account_is_a_usage_error() {
-    let desk = Desk::new("qs_only", &["ONLY1"]);
+    let desk = Desk::new(&unique("qs_only"), &[&*unique("ONLY1")]);
     master_launch(&desk)
         .args(["--only", "NOPE"])
         .assert()
@@ -186,8 +122,8 @@ fn a_cluster_desk_dry_runs_offline_refuses_run_and_starts_nothing_without_etcd()
     etcd.set_nonblocking(true).unwrap();
     let endpoint = format!("http://{}", etcd.local_addr().unwrap());
     let desk = Desk::with_options(
-        "qs_cluster",
-        &["CL1"],
+        &unique("qs_cluster"),
+        &[&*unique("CL1")],
         &[],
         &format!("\n[cluster]\nendpoints = [\"{endpoint}\"]\n"),
     );
@@ -195,7 +131,7 @@ fn a_cluster_desk_dry_runs_offline_refuses_run_and_starts_nothing_without_etcd()
     let line = text.lines().position(|l| l == "[cluster]").unwrap() + 1;
     master_launch(&desk).arg("--dry-run").assert().success();
     master_launch(&desk)
-        .args(["run", "BRAIN_CL1"])
+        .args(["run", &*unique("BRAIN_CL1")])
         .assert()
         .code(2)
         .stderr(predicate::str::contains(format!(
@@ -218,15 +154,30 @@ fn a_cluster_desk_dry_runs_offline_refuses_run_and_starts_nothing_without_etcd()
 /// Runs everywhere, under Wine too: the two-account desk of the Windows lane.
 #[test]
 fn a_desk_starts_once_a_second_master_launch_refuses_and_a_stop_all_ends_it() {
-    let desk = Desk::with_options("qs_twice", &["TWICE1", "TWICE2"], &[], QUICK_STOP);
+    let desk = Desk::with_options(
+        &unique("qs_twice"),
+        &[&*unique("TWICE1"), &*unique("TWICE2")],
+        &[],
+        QUICK_STOP,
+    );
     let mut first = launch(&desk, &[]);
     first.wait_started();
     let snap = wait_all_running(&desk);
     // Every child knows who it is. The bot writes that line after it has exec'd, and
     // the supervisor copies it into the log a moment later.
     wait_until("the brain to say who it is in its log", || {
-        std::fs::read_to_string(desk.dir.path().join("logs/BRAIN_TWICE2.log"))
-            .is_ok_and(|log| log.contains("lock BRAIN_TWICE2 account TWICE2"))
+        std::fs::read_to_string(
+            desk.dir
+                .path()
+                .join(&*format!("{}.log", unique("logs/BRAIN_TWICE2"))),
+        )
+        .is_ok_and(|log| {
+            log.contains(&*format!(
+                "lock {} account {}",
+                unique("BRAIN_TWICE2"),
+                unique("TWICE2")
+            ))
+        })
     });
     master_launch(&desk)
         .assert()
@@ -248,19 +199,19 @@ fn a_desk_starts_once_a_second_master_launch_refuses_and_a_stop_all_ends_it() {
 
 #[test]
 fn a_held_lock_makes_it_refuse_and_start_nothing() {
-    let desk = Desk::new("qs_held", &["HELD1", "HELD2"]);
-    let _by_hand = desk.start_locked("WATCHDOG_HELD2", &[]);
+    let desk = Desk::new(&unique("qs_held"), &[&*unique("HELD1"), &*unique("HELD2")]);
+    let _by_hand = desk.start_locked(&unique("WATCHDOG_HELD2"), &[]);
     let output = master_launch(&desk).output().unwrap();
     assert_eq!(output.status.code(), Some(3));
     let text = String::from_utf8(output.stderr).unwrap();
     assert!(
-        text.contains("WATCHDOG_HELD2") && text.contains("lock running held"),
+        text.contains(&*unique("WATCHDOG_HELD2")) && text.contains("lock running held"),
         "{text}"
     );
     assert!(text.contains("safe-shutdown"), "{text}");
     let snap = desk.snapshot();
     for view in &snap.components {
-        let expected = usize::from(view.component.lock_name == "WATCHDOG_HELD2");
+        let expected = usize::from(view.component.lock_name == *unique("WATCHDOG_HELD2"));
         assert_eq!(
             view.copies.len(),
             expected,
@@ -268,13 +219,16 @@ fn a_held_lock_makes_it_refuse_and_start_nothing() {
             view.component.lock_name
         );
     }
-    assert_eq!(desk.lock_files(), ["WATCHDOG_HELD2.lock"]);
+    assert_eq!(
+        desk.lock_files(),
+        [&*format!("{}.lock", unique("WATCHDOG_HELD2"))]
+    );
 }
 
 #[test]
 fn an_unlocked_copy_started_by_hand_makes_it_refuse_and_start_nothing() {
-    let desk = Desk::new("qs_hand", &["HAND1"]);
-    let stray = desk.start_by_hand("BRAIN_HAND1");
+    let desk = Desk::new(&unique("qs_hand"), &[&*unique("HAND1")]);
+    let stray = desk.start_by_hand(&unique("BRAIN_HAND1"));
     let output = master_launch(&desk).output().unwrap();
     assert_eq!(output.status.code(), Some(3));
     let text = String::from_utf8(output.stderr).unwrap();
@@ -288,11 +242,11 @@ fn an_unlocked_copy_started_by_hand_makes_it_refuse_and_start_nothing() {
 
 #[test]
 fn stale_locks_are_cleaned_and_stale_stop_requests_ignored() {
-    let desk = Desk::new("qs_clean", &["CLEAN1"]);
+    let desk = Desk::new(&unique("qs_clean"), &[&*unique("CLEAN1")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
-    std::fs::write(desk.lock_path("BRAIN_CLEAN1"), b"garbage").unwrap();
+    std::fs::write(desk.lock_path(&unique("BRAIN_CLEAN1")), b"garbage").unwrap();
     // Stop requests left by a requester that died: not for this start.
-    for name in ["MASTER_LAUNCH", "WATCHDOG_CLEAN1"] {
+    for name in ["MASTER_LAUNCH", &*unique("WATCHDOG_CLEAN1")] {
         lockcore::StopRequest::new(name, Duration::from_secs(1))
             .write(&desk.lock_dir())
             .unwrap();
@@ -301,7 +255,10 @@ fn stale_locks_are_cleaned_and_stale_stop_requests_ignored() {
     assert!(
         launcher
             .lines
-            .wait_for("cleaned corrupt lock BRAIN_CLEAN1", Duration::from_secs(30))
+            .wait_for(
+                &format!("cleaned corrupt lock {}", unique("BRAIN_CLEAN1")),
+                Duration::from_secs(30)
+            )
             .is_some()
     );
     launcher.wait_started();
@@ -310,22 +267,27 @@ fn stale_locks_are_cleaned_and_stale_stop_requests_ignored() {
     std::thread::sleep(Duration::from_millis(1000));
     wait_all_running(&desk);
     assert!(!desk.lock_dir().join("MASTER_LAUNCH.stop").exists());
-    assert!(!desk.lock_dir().join("WATCHDOG_CLEAN1.stop").exists());
+    assert!(
+        !desk
+            .lock_dir()
+            .join(&*format!("{}.stop", unique("WATCHDOG_CLEAN1")))
+            .exists()
+    );
 }
 
 #[test]
 fn a_killed_child_is_restarted_under_the_same_lock() {
     // `always`: Wine's `taskkill /F` leaves exit code 0, which `on-failure` would accept.
     let desk = Desk::with_options(
-        "qs_restart",
-        &["RESTART1"],
+        &unique("qs_restart"),
+        &[&*unique("RESTART1")],
         &[],
         &format!("{QUICK_STOP}restart = \"always\"\n"),
     );
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
     let snap = wait_all_running(&desk);
-    let brain = snap.component("BRAIN_RESTART1").unwrap();
+    let brain = snap.component(&unique("BRAIN_RESTART1")).unwrap();
     let old_pid = brain.managed.as_ref().unwrap().pid;
     let holder = brain
         .lock
@@ -339,13 +301,16 @@ fn a_killed_child_is_restarted_under_the_same_lock() {
     assert!(
         launcher
             .lines
-            .wait_for("BRAIN_RESTART1: restarting", Duration::from_secs(10))
+            .wait_for(
+                &format!("{}: restarting", unique("BRAIN_RESTART1")),
+                Duration::from_secs(10)
+            )
             .is_some()
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let snap = desk.snapshot();
-        let view = snap.component("BRAIN_RESTART1").unwrap();
+        let view = snap.component(&unique("BRAIN_RESTART1")).unwrap();
         if let Some(managed) = view.managed.as_ref().filter(|m| m.pid != old_pid) {
             let record = view.lock.as_ref().unwrap().record.as_ref().unwrap();
             assert_eq!(record.holder_pid, holder, "the lock changed hands");
@@ -363,28 +328,31 @@ fn a_killed_child_is_restarted_under_the_same_lock() {
 #[test]
 fn a_crash_looping_child_is_given_up_while_the_rest_keep_running() {
     let desk = Desk::with_options(
-        "qs_loop",
-        &["LOOP1"],
+        &unique("qs_loop"),
+        &[&*unique("LOOP1")],
         &[],
-        "brain_match = [\"BRAIN_LOOP1\"]\n",
+        &format!("brain_match = [\"{}\"]\n", unique("BRAIN_LOOP1")),
     );
     // Make the brain crash at once, and restarts quick, by editing the config.
     let text = std::fs::read_to_string(desk.config()).unwrap().replace(
-        "\"BRAIN_LOOP1\"]\nwatchdog",
-        "\"BRAIN_LOOP1\", \"--crash-after-ms\", \"50\"]\nwatchdog",
+        &*format!("\"{}\"]\nwatchdog", unique("BRAIN_LOOP1")),
+        &format!(
+            "\"{}\", \"--crash-after-ms\", \"50\"]\nwatchdog",
+            unique("BRAIN_LOOP1")
+        ),
     ) + "\n[defaults]\nrestart_delay_ms = 50\ngive_up_after = 3\nstop_timeout_secs = 2\n";
     std::fs::write(desk.config(), text).unwrap();
     let launcher = launch(&desk, &[]);
     let line = launcher
         .lines
         .wait_for("GIVING UP", Duration::from_secs(30));
-    assert!(line.unwrap().contains("BRAIN_LOOP1"));
+    assert!(line.unwrap().contains(&*unique("BRAIN_LOOP1")));
     // The line comes first, the release right after it.
     wait_until("the lock to be released after giving up", || {
-        released(&desk.snapshot(), "BRAIN_LOOP1")
+        released(&desk.snapshot(), &unique("BRAIN_LOOP1"))
     });
     let snap = desk.snapshot();
-    for name in ["qs_loop", "WATCHDOG_LOOP1"] {
+    for name in [&*unique("qs_loop"), &*unique("WATCHDOG_LOOP1")] {
         let view = snap.component(name).unwrap();
         assert_eq!(view.copies.len(), 1, "{name} stopped too");
         assert!(view.copies[0].locked);
@@ -399,8 +367,8 @@ fn a_crash_looping_child_is_given_up_while_the_rest_keep_running() {
 fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        "qs_order",
-        &["ORDER1", "ORDER2"],
+        &unique("qs_order"),
+        &[&*unique("ORDER1"), &*unique("ORDER2")],
         &["--exit-log", &exit_log.arg, "--stop-delay-ms", "200"],
         "",
     );
@@ -429,7 +397,10 @@ fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
     };
     assert_eq!(exits.len(), 5, "{exits:?}");
     assert!(latest("BRAIN_") <= earliest("WATCHDOG_"), "{exits:?}");
-    assert!(latest("WATCHDOG_") <= earliest("qs_order"), "{exits:?}");
+    assert!(
+        latest("WATCHDOG_") <= earliest(&unique("qs_order")),
+        "{exits:?}"
+    );
 }
 
 // Linux-only: the parent-death signal. On Windows the Job Object does this job
@@ -437,7 +408,7 @@ fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_launcher_killed_with_sigkill_takes_its_children_along() {
-    let desk = Desk::new("qs_sigkill", &["SIGKILL1"]);
+    let desk = Desk::new(&unique("qs_sigkill"), &[&*unique("SIGKILL1")]);
     let mut launcher = launch(&desk, &[]);
     launcher.wait_started();
     let pids = running_pids(&wait_all_running(&desk));
@@ -454,11 +425,16 @@ fn a_launcher_killed_with_sigkill_takes_its_children_along() {
 /// the other seven refuse with exit 3, and each component runs exactly once.
 #[test]
 fn eight_concurrent_master_launches_start_the_desk_exactly_once() {
-    let desk = Desk::with_options("qs_eight", &["EIGHT1", "EIGHT2"], &[], QUICK_STOP);
+    let desk = Desk::with_options(
+        &unique("qs_eight"),
+        &[&*unique("EIGHT1"), &*unique("EIGHT2")],
+        &[],
+        QUICK_STOP,
+    );
     // Under Wine a round takes some 30 s (slow process starts, forced stops).
     let rounds = fleet_tests::wine::race_rounds(50, 4);
     for round in 0..rounds {
-        let mut launchers: Vec<Launcher> = (0..8).map(|_| launch(&desk, &[])).collect();
+        let mut launchers: Vec<Launched> = (0..8).map(|_| launch(&desk, &[])).collect();
         let mut refused;
         let deadline = Instant::now() + Duration::from_secs(60);
         let winner = loop {
@@ -495,24 +471,31 @@ fn eight_concurrent_master_launches_start_the_desk_exactly_once() {
 #[cfg(unix)]
 #[test]
 fn run_starts_one_component_by_hand_under_its_lock() {
-    let desk = Desk::new("qs_run", &["RUN1"]);
+    let desk = Desk::new(&unique("qs_run"), &[&*unique("RUN1")]);
     // This is about the runner, not DESIGN.md rule 13 (see the tests after it).
     desk.allow_brains_alone();
-    let runner = launch(&desk, &["run", "BRAIN_RUN1"]);
+    let runner = launch(&desk, &["run", &*unique("BRAIN_RUN1")]);
     // The bot itself says who it is, from FLEET_* variables.
     let line = runner
         .lines
         .wait_for("started pid", Duration::from_secs(30))
         .unwrap();
-    assert!(line.contains("lock BRAIN_RUN1 account RUN1"), "{line}");
+    assert!(
+        line.contains(&*format!(
+            "lock {} account {}",
+            unique("BRAIN_RUN1"),
+            unique("RUN1")
+        )),
+        "{line}"
+    );
     // The runner records the bot's pid just after starting it.
     wait_until("the lock to record the bot", || {
         desk.snapshot()
-            .component("BRAIN_RUN1")
+            .component(&unique("BRAIN_RUN1"))
             .is_some_and(|v| v.managed.is_some())
     });
     let snap = desk.snapshot();
-    let view = snap.component("BRAIN_RUN1").unwrap();
+    let view = snap.component(&unique("BRAIN_RUN1")).unwrap();
     assert_eq!(view.copies.len(), 1);
     assert!(view.copies[0].locked);
     let record = view.lock.as_ref().unwrap().record.as_ref().unwrap();
@@ -520,11 +503,12 @@ fn run_starts_one_component_by_hand_under_its_lock() {
     let bot = view.managed.as_ref().unwrap().pid;
     // A double-click on the same wrapper is refused.
     master_launch(&desk)
-        .args(["run", "BRAIN_RUN1"])
+        .args(["run", &*unique("BRAIN_RUN1")])
         .assert()
         .code(3)
         .stderr(predicate::str::contains(format!(
-            "BRAIN_RUN1 is held by pid {bot}"
+            "{} is held by pid {bot}",
+            unique("BRAIN_RUN1")
         )));
     assert_eq!(runner.stop("-INT"), 0);
     wait_gone(&[bot]);
@@ -540,35 +524,61 @@ fn run_starts_one_component_by_hand_under_its_lock() {
 /// stops, is not restarted, and the rest keep running.
 #[test]
 fn a_stop_request_stops_one_account_for_good_while_the_rest_keep_running() {
-    let desk = Desk::with_options("qs_req", &["REQ1", "REQ2"], &[], QUICK_STOP);
+    let desk = Desk::with_options(
+        &unique("qs_req"),
+        &[&*unique("REQ1"), &*unique("REQ2")],
+        &[],
+        QUICK_STOP,
+    );
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
     let before = wait_all_running(&desk);
-    let req2_before: Vec<u32> =
-        fleet_tests::managed_pids(&before, &["qs_req", "WATCHDOG_REQ2", "BRAIN_REQ2"]);
-    for name in ["BRAIN_REQ1", "WATCHDOG_REQ1"] {
+    let req2_before: Vec<u32> = fleet_tests::managed_pids(
+        &before,
+        &[
+            &*unique("qs_req"),
+            &*unique("WATCHDOG_REQ2"),
+            &*unique("BRAIN_REQ2"),
+        ],
+    );
+    for name in [&*unique("BRAIN_REQ1"), &*unique("WATCHDOG_REQ1")] {
         lockcore::StopRequest::new(name, Duration::from_secs(5))
             .write(&desk.lock_dir())
             .unwrap();
     }
-    wait_until("REQ1 to stop and its requests to be cleared", || {
-        let snap = desk.snapshot();
-        ["BRAIN_REQ1", "WATCHDOG_REQ1"].iter().all(|n| {
-            let view = snap.component(n).unwrap();
-            view.copies.is_empty() && released(&snap, n)
-        }) && !desk.lock_dir().join("BRAIN_REQ1.stop").exists()
-    });
+    wait_until(
+        &format!("{} to stop and its requests to be cleared", unique("REQ1")),
+        || {
+            let snap = desk.snapshot();
+            [&*unique("BRAIN_REQ1"), &*unique("WATCHDOG_REQ1")]
+                .iter()
+                .all(|n| {
+                    let view = snap.component(n).unwrap();
+                    view.copies.is_empty() && released(&snap, n)
+                })
+                && !desk
+                    .lock_dir()
+                    .join(&*format!("{}.stop", unique("BRAIN_REQ1")))
+                    .exists()
+        },
+    );
     // Well past the restart delay: still stopped, and REQ2 untouched.
     std::thread::sleep(Duration::from_millis(2500));
     let after = desk.snapshot();
-    for name in ["BRAIN_REQ1", "WATCHDOG_REQ1"] {
+    for name in [&*unique("BRAIN_REQ1"), &*unique("WATCHDOG_REQ1")] {
         assert!(
             after.component(name).unwrap().copies.is_empty(),
             "{name} was restarted"
         );
     }
-    let req2_after: Vec<u32> =
-        fleet_tests::managed_pids(&after, &["qs_req", "WATCHDOG_REQ2", "BRAIN_REQ2"]);
+    let req2_after: Vec<u32> = fleet_tests::managed_pids(
+        &after,
+        &[
+            &*unique("qs_req"),
+            &*unique("WATCHDOG_REQ2"),
+            &*unique("BRAIN_REQ2"),
+        ],
+    );
     assert_eq!(req2_before, req2_after);
     // A lock check ran since (every 2 s): its own releases are not losses.
     let log = desk.master_log();
@@ -587,7 +597,12 @@ fn a_stop_all_request_stops_the_desk_in_order_and_exits() {
         return;
     }
     let exit_log = fleet_tests::ExitLog::new();
-    let desk = Desk::with_options("qs_all", &["ALL1"], &["--exit-log", &exit_log.arg], "");
+    let desk = Desk::with_options(
+        &unique("qs_all"),
+        &[&*unique("ALL1")],
+        &["--exit-log", &exit_log.arg],
+        "",
+    );
     let mut launcher = launch(&desk, &[]);
     launcher.wait_started();
     let pids = running_pids(&wait_all_running(&desk));
@@ -599,7 +614,11 @@ fn a_stop_all_request_stops_the_desk_in_order_and_exits() {
     let names: Vec<&str> = exits.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["BRAIN_ALL1", "WATCHDOG_ALL1", "qs_all"],
+        [
+            &*unique("BRAIN_ALL1"),
+            &*unique("WATCHDOG_ALL1"),
+            &*unique("qs_all")
+        ],
         "{exits:?}"
     );
 }
@@ -607,19 +626,24 @@ fn a_stop_all_request_stops_the_desk_in_order_and_exits() {
 /// A bot that ignores the graceful stop is forced at the request's deadline.
 #[test]
 fn a_stubborn_bot_is_forced_at_the_request_deadline() {
-    let desk = Desk::with_options("qs_stub", &["STUB1"], &["--ignore-stop"], "");
+    let desk = Desk::with_options(
+        &unique("qs_stub"),
+        &[&*unique("STUB1")],
+        &["--ignore-stop"],
+        "",
+    );
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
     let snap = wait_all_running(&desk);
     let brain = snap
-        .component("BRAIN_STUB1")
+        .component(&unique("BRAIN_STUB1"))
         .unwrap()
         .managed
         .as_ref()
         .unwrap()
         .pid;
     let asked = Instant::now();
-    lockcore::StopRequest::new("BRAIN_STUB1", Duration::from_secs(2))
+    lockcore::StopRequest::new(&unique("BRAIN_STUB1"), Duration::from_secs(2))
         .write(&desk.lock_dir())
         .unwrap();
     wait_gone(&[brain]);
@@ -636,23 +660,23 @@ fn a_stubborn_bot_is_forced_at_the_request_deadline() {
     );
     // The supervisor releases the lock once it has reaped the forced child.
     wait_until("the lock to be released after the forced stop", || {
-        released(&desk.snapshot(), "BRAIN_STUB1")
+        released(&desk.snapshot(), &unique("BRAIN_STUB1"))
     });
     // Dropping the launcher kills master-launch; its stubborn children go with it.
 }
 
 #[test]
 fn a_stop_request_stops_a_hand_started_component() {
-    let desk = Desk::new("qs_runreq", &["RUNREQ"]);
-    let mut runner = launch(&desk, &["run", "WATCHDOG_RUNREQ"]);
+    let desk = Desk::new(&unique("qs_runreq"), &[&*unique("RUNREQ")]);
+    let mut runner = launch(&desk, &["run", &*unique("WATCHDOG_RUNREQ")]);
     wait_until("the watchdog to run under its lock", || {
         desk.snapshot()
-            .component("WATCHDOG_RUNREQ")
+            .component(&unique("WATCHDOG_RUNREQ"))
             .unwrap()
             .managed
             .is_some()
     });
-    lockcore::StopRequest::new("WATCHDOG_RUNREQ", Duration::from_secs(5))
+    lockcore::StopRequest::new(&unique("WATCHDOG_RUNREQ"), Duration::from_secs(5))
         .write(&desk.lock_dir())
         .unwrap();
     let mut status = None;
@@ -662,7 +686,12 @@ fn a_stop_request_stops_a_hand_started_component() {
     });
     assert_eq!(status.unwrap().code(), Some(0));
     desk.assert_no_lock_left("after the stop");
-    assert!(!desk.lock_dir().join("WATCHDOG_RUNREQ.stop").exists());
+    assert!(
+        !desk
+            .lock_dir()
+            .join(&*format!("{}.stop", unique("WATCHDOG_RUNREQ")))
+            .exists()
+    );
 }
 
 /// README: stop requests left from before a start are "cleared, and logged, when
@@ -670,36 +699,44 @@ fn a_stop_request_stops_a_hand_started_component() {
 /// (it is not obeyed: the bot keeps running) and says so in master-launch.log.
 #[test]
 fn run_clears_a_request_left_from_before_its_start_and_logs_it() {
-    let desk = Desk::new("qs_runold", &["RUNOLD"]);
+    let desk = Desk::new(&unique("qs_runold"), &[&*unique("RUNOLD")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
-    lockcore::StopRequest::new("WATCHDOG_RUNOLD", Duration::from_secs(1))
+    lockcore::StopRequest::new(&unique("WATCHDOG_RUNOLD"), Duration::from_secs(1))
         .write(&desk.lock_dir())
         .unwrap();
-    let mut runner = launch(&desk, &["run", "WATCHDOG_RUNOLD"]);
+    let mut runner = launch(&desk, &["run", &*unique("WATCHDOG_RUNOLD")]);
     wait_until("the watchdog to run under its lock", || {
         desk.snapshot()
-            .component("WATCHDOG_RUNOLD")
+            .component(&unique("WATCHDOG_RUNOLD"))
             .unwrap()
             .managed
             .is_some()
     });
-    assert!(!desk.lock_dir().join("WATCHDOG_RUNOLD.stop").exists());
+    assert!(
+        !desk
+            .lock_dir()
+            .join(&*format!("{}.stop", unique("WATCHDOG_RUNOLD")))
+            .exists()
+    );
     // Several looks at the lock dir later, it still runs.
     std::thread::sleep(Duration::from_millis(1000));
     assert!(runner.running.child.try_wait().unwrap().is_none());
     assert!(
         desk.snapshot()
-            .component("WATCHDOG_RUNOLD")
+            .component(&unique("WATCHDOG_RUNOLD"))
             .unwrap()
             .managed
             .is_some()
     );
     let log = desk.master_log();
     assert!(
-        log.contains("cleared a stop request for WATCHDOG_RUNOLD left from before this start"),
+        log.contains(&*format!(
+            "cleared a stop request for {} left from before this start",
+            unique("WATCHDOG_RUNOLD")
+        )),
         "{log}"
     );
-    lockcore::StopRequest::new("WATCHDOG_RUNOLD", Duration::from_secs(5))
+    lockcore::StopRequest::new(&unique("WATCHDOG_RUNOLD"), Duration::from_secs(5))
         .write(&desk.lock_dir())
         .unwrap();
     let mut status = None;
@@ -714,10 +751,10 @@ fn run_clears_a_request_left_from_before_its_start_and_logs_it() {
 /// hand without a lock, names it, starts nothing and leaves no lock behind.
 #[test]
 fn run_refuses_beside_an_unlocked_copy_and_names_it() {
-    let desk = Desk::new("qs_runcopy", &["RUNCOPY"]);
-    let by_hand = desk.start_by_hand("BRAIN_RUNCOPY");
+    let desk = Desk::new(&unique("qs_runcopy"), &[&*unique("RUNCOPY")]);
+    let by_hand = desk.start_by_hand(&unique("BRAIN_RUNCOPY"));
     master_launch(&desk)
-        .args(["run", "BRAIN_RUNCOPY"])
+        .args(["run", &*unique("BRAIN_RUNCOPY")])
         .assert()
         .code(3)
         .stderr(
@@ -725,11 +762,14 @@ fn run_refuses_beside_an_unlocked_copy_and_names_it() {
                 .and(predicate::str::contains(by_hand.pid().to_string())),
         );
     let snap = desk.snapshot();
-    let view = snap.component("BRAIN_RUNCOPY").unwrap();
+    let view = snap.component(&unique("BRAIN_RUNCOPY")).unwrap();
     assert_eq!(view.copies.len(), 1, "a second brain was started");
     assert!(view.lock.is_none(), "the refused run left its lock file");
     let log = std::fs::read_to_string(desk.dir.path().join("logs/master-launch.log")).unwrap();
-    assert!(log.contains("refused: BRAIN_RUNCOPY"), "{log}");
+    assert!(
+        log.contains(&*format!("refused: {}", unique("BRAIN_RUNCOPY"))),
+        "{log}"
+    );
 }
 
 /// DESIGN.md rule 17: a second folder with the same desk (a copied desk folder) shares
@@ -839,16 +879,16 @@ fn a_session_end_stops_the_desk_in_order_before_it_returns() {
 #[test]
 fn a_grandchild_started_at_once_is_bound_with_the_child() {
     let desk = Desk::with_extra(
-        "qs_jobtree",
-        &["JOBTREE"],
+        &*unique("qs_jobtree"),
+        &[&*unique("JOBTREE")],
         "env = { STANDIN_LAUNCHER = \"1\" }\nbrain_requires_watchdog = false",
     );
-    let mut runner = launch(&desk, &["run", "BRAIN_JOBTREE"]);
+    let mut runner = launch(&desk, &["run", &*unique("BRAIN_JOBTREE")]);
     let mut pids = Vec::new();
     wait_until("the launcher and its bot to run", || {
         let snap = desk.snapshot();
         pids = snap
-            .component("BRAIN_JOBTREE")
+            .component(&*unique("BRAIN_JOBTREE"))
             .map(|v| v.copies.iter().flat_map(|c| c.tree.pids()).collect())
             .unwrap_or_default();
         pids.len() == 2
@@ -865,29 +905,42 @@ fn a_grandchild_started_at_once_is_bound_with_the_child() {
 #[test]
 fn a_start_that_fails_part_way_stops_what_it_started_in_order() {
     let exit_log = fleet_tests::ExitLog::new();
-    let desk = Desk::with_options("qs_halfway", &["HALF"], &["--exit-log", &exit_log.arg], "");
+    let desk = Desk::with_options(
+        &unique("qs_halfway"),
+        &[&*unique("HALF")],
+        &["--exit-log", &exit_log.arg],
+        "",
+    );
     // Global, watchdog, brain: the brain's log is a folder.
-    std::fs::create_dir_all(desk.dir.path().join("logs/BRAIN_HALF.log")).unwrap();
+    std::fs::create_dir_all(
+        desk.dir
+            .path()
+            .join(&*format!("{}.log", unique("logs/BRAIN_HALF"))),
+    )
+    .unwrap();
     let output = master_launch(&desk).stdin(Stdio::null()).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("BRAIN_HALF.log"), "{stderr}");
+    assert!(
+        stderr.contains(&*format!("{}.log", unique("BRAIN_HALF"))),
+        "{stderr}"
+    );
     // Both were asked to stop, in order, and none had to be forced. (A bot stopped in
     // its first milliseconds may not have its stop handler yet: it then ends without
     // logging its graceful exit; any exit it logged comes in the safe order.)
     let log = desk.master_log();
-    let watchdog = log.find("WATCHDOG_HALF: exited");
-    let global = log.find("qs_halfway: exited");
+    let watchdog = log.find(&*format!("{}: exited", unique("WATCHDOG_HALF")));
+    let global = log.find(&*format!("{}: exited", unique("qs_halfway")));
     assert!(
         watchdog.is_some() && global.is_some() && watchdog < global,
         "not both stopped, or out of order: {log}"
     );
-    for name in ["WATCHDOG_HALF", "qs_halfway"] {
+    for name in [&*unique("WATCHDOG_HALF"), &*unique("qs_halfway")] {
         assert!(log.contains(&format!("{name}: stopped (Stopped)")), "{log}");
     }
     assert!(!log.contains("did not stop in time"), "{log}");
     let names: Vec<String> = exit_log.times().into_iter().map(|(n, _)| n).collect();
-    let expected = ["WATCHDOG_HALF", "qs_halfway"];
+    let expected = [&*unique("WATCHDOG_HALF"), &*unique("qs_halfway")];
     assert!(
         expected.windows(2).all(|pair| {
             let at = |n: &str| names.iter().position(|x| x == n);
@@ -910,8 +963,8 @@ fn a_start_that_fails_part_way_stops_what_it_started_in_order() {
 #[cfg(unix)]
 #[test]
 fn sigterm_forces_a_stubborn_brain_at_its_own_timeout() {
-    let desk = Desk::with_options("qs_ownto", &["OWNTO"], &[], QUICK_STOP);
-    desk.add_args(&["BRAIN_OWNTO"], &["--ignore-stop"]);
+    let desk = Desk::with_options(&unique("qs_ownto"), &[&*unique("OWNTO")], &[], QUICK_STOP);
+    desk.add_args(&[&*unique("BRAIN_OWNTO")], &["--ignore-stop"]);
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
     wait_all_running(&desk);
@@ -923,7 +976,10 @@ fn sigterm_forces_a_stubborn_brain_at_its_own_timeout() {
         "stopped in {took:?}, the brain's timeout is 2 s"
     );
     let log = desk.master_log();
-    assert!(log.contains("BRAIN_OWNTO (pid"), "{log}");
+    assert!(
+        log.contains(&*format!("{} (pid", unique("BRAIN_OWNTO"))),
+        "{log}"
+    );
     assert_eq!(log.matches("did not stop in time").count(), 1, "{log}");
     desk.assert_no_lock_left("after SIGTERM");
 }
@@ -937,7 +993,12 @@ fn sigterm_forces_a_stubborn_brain_at_its_own_timeout() {
 fn a_closed_stdout_does_not_stop_the_desk() {
     use std::io::BufRead;
     let exit_log = fleet_tests::ExitLog::new();
-    let desk = Desk::with_options("qs_pipe", &["PIPE1"], &["--exit-log", &exit_log.arg], "");
+    let desk = Desk::with_options(
+        &unique("qs_pipe"),
+        &[&*unique("PIPE1")],
+        &["--exit-log", &exit_log.arg],
+        "",
+    );
     let mut child = master_launch(&desk)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -964,7 +1025,14 @@ fn a_closed_stdout_does_not_stop_the_desk() {
     assert!(status.success());
     assert_eq!(launcher.child.wait().unwrap().code(), Some(0));
     let names: Vec<String> = exit_log.times().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["BRAIN_PIPE1", "WATCHDOG_PIPE1", "qs_pipe"]);
+    assert_eq!(
+        names,
+        [
+            &*unique("BRAIN_PIPE1"),
+            &*unique("WATCHDOG_PIPE1"),
+            &*unique("qs_pipe")
+        ]
+    );
     desk.assert_no_lock_left("after SIGTERM");
 }
 
@@ -993,7 +1061,12 @@ _, status = os.waitpid(pid, 0)
 print("exit", os.waitstatus_to_exitcode(status), flush=True)
 "#;
     let exit_log = fleet_tests::ExitLog::new();
-    let desk = Desk::with_options("qs_tty", &["TTY1"], &["--exit-log", &exit_log.arg], "");
+    let desk = Desk::with_options(
+        &unique("qs_tty"),
+        &[&*unique("TTY1")],
+        &["--exit-log", &exit_log.arg],
+        "",
+    );
     let go = desk.dir.path().join("close-the-terminal");
     let terminal = Command::new("python3")
         .arg("-c")
@@ -1009,12 +1082,16 @@ print("exit", os.waitstatus_to_exitcode(status), flush=True)
         .unwrap();
     // Every bot up, its stop handler installed (it logs "started" after that).
     wait_until("every bot to have started", || {
-        ["BRAIN_TTY1", "WATCHDOG_TTY1", "qs_tty"]
-            .iter()
-            .all(|name| {
-                std::fs::read_to_string(desk.dir.path().join(format!("logs/{name}.log")))
-                    .is_ok_and(|log| log.contains("started pid"))
-            })
+        [
+            &*unique("BRAIN_TTY1"),
+            &*unique("WATCHDOG_TTY1"),
+            &*unique("qs_tty"),
+        ]
+        .iter()
+        .all(|name| {
+            std::fs::read_to_string(desk.dir.path().join(format!("logs/{name}.log")))
+                .is_ok_and(|log| log.contains("started pid"))
+        })
     });
     std::fs::write(&go, b"").unwrap();
     let output = terminal.wait_with_output().unwrap();
@@ -1025,7 +1102,14 @@ print("exit", os.waitstatus_to_exitcode(status), flush=True)
         String::from_utf8_lossy(&output.stderr)
     );
     let names: Vec<String> = exit_log.times().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["BRAIN_TTY1", "WATCHDOG_TTY1", "qs_tty"]);
+    assert_eq!(
+        names,
+        [
+            &*unique("BRAIN_TTY1"),
+            &*unique("WATCHDOG_TTY1"),
+            &*unique("qs_tty")
+        ]
+    );
     desk.assert_no_lock_left("after the terminal closed");
     assert!(
         desk.snapshot()
@@ -1044,11 +1128,14 @@ print("exit", os.waitstatus_to_exitcode(status), flush=True)
 /// UTF-8, unbuffered (PYTHONIOENCODING, PYTHONUNBUFFERED) unless fleet.toml says else.
 #[test]
 fn non_ascii_output_reaches_the_log_and_children_get_utf8() {
-    let desk = Desk::with_options("qs_utf8", &["UTF1"], &[], QUICK_STOP);
-    desk.add_args(&["BRAIN_UTF1"], &["--say", "ордер → исполнен ✓"]);
+    let desk = Desk::with_options(&unique("qs_utf8"), &[&*unique("UTF1")], &[], QUICK_STOP);
+    desk.add_args(&[&*unique("BRAIN_UTF1")], &["--say", "ордер → исполнен ✓"]);
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
-    let log_path = desk.dir.path().join("logs/BRAIN_UTF1.log");
+    let log_path = desk
+        .dir
+        .path()
+        .join(&*format!("{}.log", unique("logs/BRAIN_UTF1")));
     wait_until("the brain's line in its log", || {
         std::fs::read_to_string(&log_path).is_ok_and(|t| t.contains("ордер → исполнен ✓"))
     });
@@ -1066,14 +1153,17 @@ fn non_ascii_output_reaches_the_log_and_children_get_utf8() {
 #[cfg(unix)]
 #[test]
 fn a_symlink_at_a_lock_name_is_never_written_through() {
-    let desk = Desk::new("qs_link", &["LINK1"]);
+    let desk = Desk::new(&unique("qs_link"), &[&*unique("LINK1")]);
     let locks = desk.lock_dir();
     std::fs::create_dir_all(&locks).unwrap();
     let victim = desk.config().with_file_name("victim.txt");
     std::fs::write(&victim, b"precious").unwrap();
     for (name, args) in [
         ("MASTER_LAUNCH", vec![]),
-        ("BRAIN_LINK1", vec!["run", "BRAIN_LINK1"]),
+        (
+            &*unique("BRAIN_LINK1"),
+            vec!["run", &*unique("BRAIN_LINK1")],
+        ),
     ] {
         let link = locks.join(format!("{name}.lock"));
         std::os::unix::fs::symlink(&victim, &link).unwrap();
@@ -1108,7 +1198,7 @@ fn a_symlink_at_a_lock_name_is_never_written_through() {
 #[cfg(unix)]
 #[test]
 fn fifos_in_the_lock_dir_never_hang_the_orchestrator() {
-    let desk = Desk::with_options("qs_fifo", &["FIFO1"], &[], QUICK_STOP);
+    let desk = Desk::with_options(&unique("qs_fifo"), &[&*unique("FIFO1")], &[], QUICK_STOP);
     let locks = desk.lock_dir();
     std::fs::create_dir_all(&locks).unwrap();
     let mkfifo = |name: &str| {
@@ -1124,7 +1214,7 @@ fn fifos_in_the_lock_dir_never_hang_the_orchestrator() {
     let launcher = launch(&desk, &[]);
     launcher.wait_started();
     let pids = running_pids(&wait_all_running_but(&desk, &["not_a_file"]));
-    mkfifo("BRAIN_FIFO1.stop");
+    mkfifo(&format!("{}.stop", unique("BRAIN_FIFO1")));
     mkfifo("MASTER_LAUNCH.stop");
     // Several ticks with the FIFOs in place: still supervising, nothing stopped.
     std::thread::sleep(Duration::from_millis(1500));
@@ -1167,8 +1257,8 @@ fn a_stop_request_without_requester_or_deadline_gets_the_full_stop_timeout() {
     }
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        "qs_noreq",
-        &["NOREQ1"],
+        &unique("qs_noreq"),
+        &[&*unique("NOREQ1")],
         &["--stop-delay-ms", "2500", "--exit-log", &exit_log.arg],
         "[defaults]\nstop_timeout_secs = 10\n",
     );
@@ -1176,21 +1266,24 @@ fn a_stop_request_without_requester_or_deadline_gets_the_full_stop_timeout() {
     launcher.wait_started();
     let snap = wait_all_running(&desk);
     let brain = snap
-        .component("BRAIN_NOREQ1")
+        .component(&unique("BRAIN_NOREQ1"))
         .unwrap()
         .managed
         .as_ref()
         .unwrap()
         .pid;
     std::fs::write(
-        desk.lock_dir().join("BRAIN_NOREQ1.stop"),
-        br#"{"name": "BRAIN_NOREQ1"}"#,
+        desk.lock_dir()
+            .join(&*format!("{}.stop", unique("BRAIN_NOREQ1"))),
+        format!(r#"{{"name": "{}"}}"#, unique("BRAIN_NOREQ1")),
     )
     .unwrap();
     wait_gone(&[brain]);
     let exits = exit_log.times();
     assert!(
-        exits.iter().any(|(name, _)| name == "BRAIN_NOREQ1"),
+        exits
+            .iter()
+            .any(|(name, _)| name == &*unique("BRAIN_NOREQ1")),
         "the brain was forced instead of stopping gracefully: {exits:?}"
     );
     assert!(
@@ -1206,20 +1299,29 @@ fn a_stop_request_without_requester_or_deadline_gets_the_full_stop_timeout() {
 /// Instant). Now the wait is clamped to a day: the graceful stop happens, no panic.
 #[test]
 fn a_stop_request_with_a_huge_deadline_does_not_panic() {
-    let desk = Desk::with_options("qs_hugedl", &["HUGEDL1"], &[], QUICK_STOP);
+    let desk = Desk::with_options(
+        &unique("qs_hugedl"),
+        &[&*unique("HUGEDL1")],
+        &[],
+        QUICK_STOP,
+    );
     let mut launcher = launch(&desk, &[]);
     launcher.wait_started();
     let snap = wait_all_running(&desk);
     let brain = snap
-        .component("BRAIN_HUGEDL1")
+        .component(&unique("BRAIN_HUGEDL1"))
         .unwrap()
         .managed
         .as_ref()
         .unwrap()
         .pid;
     std::fs::write(
-        desk.lock_dir().join("BRAIN_HUGEDL1.stop"),
-        br#"{"name": "BRAIN_HUGEDL1", "deadline": 18446744073709551615, "requested_by": 4294967295}"#,
+        desk.lock_dir()
+            .join(&*format!("{}.stop", unique("BRAIN_HUGEDL1"))),
+        format!(
+            r#"{{"name": "{}", "deadline": 18446744073709551615, "requested_by": 4294967295}}"#,
+            unique("BRAIN_HUGEDL1")
+        ),
     )
     .unwrap();
     if cfg!(unix) {
@@ -1285,11 +1387,13 @@ fn a_relative_program_path_resolves_against_the_config_folder() {
 #[cfg(unix)]
 #[test]
 fn run_refuses_a_brain_whose_watchdog_is_not_running_and_starts_it_beside_one() {
-    let desk = Desk::new("qs_rguard", &["RGUARD"]);
+    let desk = Desk::new(&unique("qs_rguard"), &[&*unique("RGUARD")]);
     // Bounded: a runner that wrongly starts the brain would never exit.
     let output = assert_cmd::Command::from_std({
         let mut command = master_launch(&desk);
-        command.args(["run", "BRAIN_RGUARD"]).stdin(Stdio::null());
+        command
+            .args(["run", &*unique("BRAIN_RGUARD")])
+            .stdin(Stdio::null());
         command
     })
     .timeout(Duration::from_secs(60))
@@ -1300,13 +1404,14 @@ fn run_refuses_a_brain_whose_watchdog_is_not_running_and_starts_it_beside_one() 
     assert_eq!(
         stderr.trim_end(),
         format!(
-            "master-launch: refused: BRAIN_RGUARD may run only while its watchdog \
-             WATCHDOG_RGUARD runs (a brain never trades unguarded), and WATCHDOG_RGUARD is not \
-             running; nothing was started. Start it first: `master-launch run WATCHDOG_RGUARD` \
-             (or START_WATCHDOG_RGUARD.bat), then run BRAIN_RGUARD again. An account that \
+            "master-launch: refused: BRAIN_{account} may run only while its watchdog \
+             WATCHDOG_{account} runs (a brain never trades unguarded), and WATCHDOG_{account} is not \
+             running; nothing was started. Start it first: `master-launch run WATCHDOG_{account}` \
+             (or START_WATCHDOG_{account}.bat), then run BRAIN_{account} again. An account that \
              trades without a watchdog says so in {}: brain_requires_watchdog = false under \
-             [[account]] RGUARD.",
-            desk.config().display()
+             [[account]] {account}.",
+            desk.config().display(),
+            account = unique("RGUARD")
         )
     );
     assert!(
@@ -1315,23 +1420,26 @@ fn run_refuses_a_brain_whose_watchdog_is_not_running_and_starts_it_beside_one() 
     );
     assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
     assert!(
-        desk.master_log()
-            .contains("refused: BRAIN_RGUARD: its watchdog WATCHDOG_RGUARD is not running"),
+        desk.master_log().contains(&*format!(
+            "refused: {}: its watchdog {} is not running",
+            unique("BRAIN_RGUARD"),
+            unique("WATCHDOG_RGUARD")
+        )),
         "{}",
         desk.master_log()
     );
 
     // With its watchdog running (by hand too), the brain starts.
-    let watchdog = launch(&desk, &["run", "WATCHDOG_RGUARD"]);
+    let watchdog = launch(&desk, &["run", &*unique("WATCHDOG_RGUARD")]);
     wait_until("the watchdog to run", || {
         desk.snapshot()
-            .component("WATCHDOG_RGUARD")
+            .component(&unique("WATCHDOG_RGUARD"))
             .is_some_and(|v| v.managed.is_some())
     });
-    let brain = launch(&desk, &["run", "BRAIN_RGUARD"]);
+    let brain = launch(&desk, &["run", &*unique("BRAIN_RGUARD")]);
     wait_until("the brain to run beside its watchdog", || {
         desk.snapshot()
-            .component("BRAIN_RGUARD")
+            .component(&unique("BRAIN_RGUARD"))
             .is_some_and(|v| v.managed.is_some())
     });
     let snap = desk.snapshot();
@@ -1350,15 +1458,24 @@ fn run_refuses_a_brain_whose_watchdog_is_not_running_and_starts_it_beside_one() 
 #[cfg(unix)]
 #[test]
 fn run_starts_a_brain_alone_where_its_account_allows_it() {
-    let desk = Desk::with_extra("qs_ralone", &["RALONE"], "brain_requires_watchdog = false");
-    let brain = launch(&desk, &["run", "BRAIN_RALONE"]);
+    let desk = Desk::with_extra(
+        &unique("qs_ralone"),
+        &[&*unique("RALONE")],
+        "brain_requires_watchdog = false",
+    );
+    let brain = launch(&desk, &["run", &*unique("BRAIN_RALONE")]);
     wait_until("the brain to run alone", || {
         desk.snapshot()
-            .component("BRAIN_RALONE")
+            .component(&unique("BRAIN_RALONE"))
             .is_some_and(|v| v.managed.is_some())
     });
     let snap = desk.snapshot();
-    assert!(snap.component("WATCHDOG_RALONE").unwrap().copies.is_empty());
+    assert!(
+        snap.component(&unique("WATCHDOG_RALONE"))
+            .unwrap()
+            .copies
+            .is_empty()
+    );
     assert!(
         snap.problems.is_empty(),
         "{:?}",

@@ -12,80 +12,19 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use assert_cmd::prelude::*;
+use assert_cmd::cargo::cargo_bin;
 use fleet_tests::census::{Census, all_once};
-use fleet_tests::{Desk, Lines, Running, running_pids, spawn_reader, wait_until};
+use fleet_tests::{Desk, Launched, Running, assert_safe_order, running_pids, unique, wait_until};
 use lockcore::{LockRecord, ProcessProbe};
 
 /// `master-launch --config <desk> ARGS`, stdin empty (no terminal).
 fn master_launch(desk: &Desk, args: &[&str]) -> Command {
-    let mut command = Command::cargo_bin("master-launch").unwrap();
-    command
-        .arg("--config")
-        .arg(desk.config())
-        .args(args)
-        .stdin(Stdio::null());
-    command
+    desk.command(cargo_bin("master-launch"), args)
 }
 
 /// A master-launch run in the background, its stdout in lines.
-struct Launched {
-    running: Running,
-    lines: Lines,
-    lock_dir: std::path::PathBuf,
-}
-
 fn spawn(desk: &Desk, args: &[&str]) -> Launched {
-    let mut child = master_launch(desk, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = spawn_reader(child.stdout.take().unwrap());
-    Launched {
-        running: Running::new(child),
-        lines,
-        lock_dir: desk.lock_dir(),
-    }
-}
-
-impl Launched {
-    fn wait_started(&self) {
-        assert!(
-            self.lines
-                .wait_for("desk started", Duration::from_secs(60))
-                .is_some(),
-            "master-launch did not start the desk"
-        );
-    }
-
-    /// SIGTERM on Unix (what a service manager sends), a stop-all request on Windows
-    /// (what safe-shutdown writes); then its exit code.
-    fn stop(&mut self) -> i32 {
-        if cfg!(unix) {
-            let status = Command::new("kill")
-                .args(["-TERM", &self.running.pid().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-        } else {
-            lockcore::StopRequest::new("MASTER_LAUNCH", Duration::from_secs(10))
-                .write(&self.lock_dir)
-                .unwrap();
-        }
-        self.wait_exit()
-    }
-
-    fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.running.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "master-launch did not end");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    Launched::spawn(master_launch(desk, args), desk)
 }
 
 /// The pid whose MASTER_LAUNCH lock record names it as holder, if any.
@@ -97,24 +36,6 @@ fn orchestrator(desk: &Desk) -> Option<u32> {
         .and_then(|m| m.record.as_ref())
         .and_then(LockRecord::holder_identity)
         .map(|who| who.pid)
-}
-
-/// Every brain exits before any watchdog, every watchdog before any global.
-fn assert_safe_order(exits: &[(String, u128)], global: &str) {
-    let times = |prefix: &str| -> Vec<u128> {
-        exits
-            .iter()
-            .filter(|(n, _)| n.starts_with(prefix))
-            .map(|(_, t)| *t)
-            .collect()
-    };
-    let (brains, watchdogs, globals) = (times("BRAIN_"), times("WATCHDOG_"), times(global));
-    assert!(
-        !brains.is_empty() && !watchdogs.is_empty() && !globals.is_empty(),
-        "{exits:?}"
-    );
-    assert!(brains.iter().max() <= watchdogs.iter().min(), "{exits:?}");
-    assert!(watchdogs.iter().max() <= globals.iter().min(), "{exits:?}");
 }
 
 /// Samples the desk every 20 ms (never two copies of a component, never a brain
@@ -153,8 +74,8 @@ fn texts(output: &Output) -> (String, String) {
 fn a_desk_under_another_master_launch_is_stopped_in_order_and_started_once_under_the_new_one() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        "qs_rplc",
-        &["RPLCA", "RPLCB"],
+        &unique("qs_rplc"),
+        &[&*unique("RPLCA"), &*unique("RPLCB")],
         &["--exit-log", &exit_log.arg],
         "",
     );
@@ -163,9 +84,9 @@ fn a_desk_under_another_master_launch_is_stopped_in_order_and_started_once_under
     desk.wait_until_running();
     desk.wait_until_each_said_started();
     let old_pids = running_pids(&desk.snapshot());
-    assert_eq!(orchestrator(&desk), Some(old.running.pid()));
+    assert_eq!(orchestrator(&desk), Some(old.pid()));
 
-    let mut new = spawn(&desk, &["--replace", "--yes", "--timeout", "5"]);
+    let new = spawn(&desk, &["--replace", "--yes", "--timeout", "5"]);
     census_until_started(&desk, &new, "during the replace");
 
     // The old master-launch ended cleanly after its desk, and no bot of its desk runs.
@@ -179,7 +100,7 @@ fn a_desk_under_another_master_launch_is_stopped_in_order_and_started_once_under
     // Each old bot stopped once, in the safe order; nothing was restarted behind it.
     let exits = exit_log.times();
     assert_eq!(exits.len(), 5, "{exits:?}");
-    assert_safe_order(&exits, "qs_rplc");
+    assert_safe_order(&exits, &unique("qs_rplc"));
     // The old one said its desk was stopped before the new one started its own.
     let log = desk.master_log();
     let old_done = log
@@ -189,7 +110,7 @@ fn a_desk_under_another_master_launch_is_stopped_in_order_and_started_once_under
     assert!(old_done < new_started, "{log}");
     // The desk runs once, under the new master-launch.
     desk.wait_until_running();
-    assert_eq!(orchestrator(&desk), Some(new.running.pid()));
+    assert_eq!(orchestrator(&desk), Some(new.pid()));
     let audit = std::fs::read_to_string(desk.dir.path().join("logs/safe-shutdown.log")).unwrap();
     assert!(
         audit.contains("--replace found 6 process(es)")
@@ -198,7 +119,7 @@ fn a_desk_under_another_master_launch_is_stopped_in_order_and_started_once_under
             && audit.contains("all stopped"),
         "{audit}"
     );
-    assert_eq!(new.stop(), 0);
+    assert_eq!(new.stop_desk(), 0);
     desk.assert_no_lock_left("after the new desk stopped");
 }
 
@@ -206,34 +127,36 @@ fn a_desk_under_another_master_launch_is_stopped_in_order_and_started_once_under
 #[cfg(unix)]
 #[test]
 fn hand_started_bots_and_a_copy_without_its_lock_are_stopped_then_the_desk_starts() {
-    let desk = Desk::new("qs_rplhand", &["RPLHAND"]);
+    let desk = Desk::new(&unique("qs_rplhand"), &[&*unique("RPLHAND")]);
     // A watchdog under its lock, held by a hand-started runner, and a brain started
     // by hand around the tools (a copy without its lock), and the global the same way.
-    let _watchdog = desk.start_locked("WATCHDOG_RPLHAND", &[]);
-    let _brain = desk.start_by_hand("BRAIN_RPLHAND");
-    let _global = desk.start_launcher_by_hand("qs_rplhand");
+    let _watchdog = desk.start_locked(&unique("WATCHDOG_RPLHAND"), &[]);
+    let _brain = desk.start_by_hand(&unique("BRAIN_RPLHAND"));
+    let _global = desk.start_launcher_by_hand(&unique("qs_rplhand"));
     let before = running_pids(&desk.snapshot());
     assert_eq!(before.len(), 4, "the test's premise: {before:?}");
 
-    let mut new = spawn(&desk, &["--replace", "--yes", "--timeout", "2"]);
+    let new = spawn(&desk, &["--replace", "--yes", "--timeout", "2"]);
     census_until_started(&desk, &new, "replacing hand-started bots");
     let mut probe = ProcessProbe::new().unwrap();
     assert!(before.iter().all(|&p| probe.identity(p).is_none()));
     desk.wait_until_running();
-    assert_eq!(orchestrator(&desk), Some(new.running.pid()));
+    assert_eq!(orchestrator(&desk), Some(new.pid()));
     let audit = std::fs::read_to_string(desk.dir.path().join("logs/safe-shutdown.log")).unwrap();
     // The copy without its lock was asked directly; the runner-held watchdog through
     // its holder.
     assert!(
-        audit.contains("BRAIN_RPLHAND (pid") && audit.contains("asked to stop: SIGTERM"),
+        audit.contains(&*format!("{} (pid", unique("BRAIN_RPLHAND")))
+            && audit.contains("asked to stop: SIGTERM"),
         "{audit}"
     );
     assert!(
-        audit.contains("WATCHDOG_RPLHAND (pid") && audit.contains("stop request to its holder"),
+        audit.contains(&*format!("{} (pid", unique("WATCHDOG_RPLHAND")))
+            && audit.contains("stop request to its holder"),
         "{audit}"
     );
     assert!(audit.contains("all stopped"), "{audit}");
-    assert_eq!(new.stop(), 0);
+    assert_eq!(new.stop_desk(), 0);
 }
 
 /// What the replace shows before it acts: check-procs' table and problems (the copy
@@ -242,11 +165,11 @@ fn hand_started_bots_and_a_copy_without_its_lock_are_stopped_then_the_desk_start
 /// included.
 #[test]
 fn without_a_terminal_and_without_yes_it_refuses_and_touches_nothing() {
-    let desk = Desk::new("qs_rplnoterm", &["RPLNOTERM"]);
+    let desk = Desk::new(&unique("qs_rplnoterm"), &[&*unique("RPLNOTERM")]);
     let mut old = spawn(&desk, &[]);
     old.wait_started();
     desk.wait_until_running();
-    let _copy = desk.start_by_hand("qs_rplnoterm");
+    let _copy = desk.start_by_hand(&unique("qs_rplnoterm"));
     let before = running_pids(&desk.snapshot());
     let locks = desk.lock_files();
 
@@ -269,23 +192,23 @@ fn without_a_terminal_and_without_yes_it_refuses_and_touches_nothing() {
     );
     assert_eq!(running_pids(&desk.snapshot()), before);
     assert_eq!(desk.lock_files(), locks);
-    assert_eq!(orchestrator(&desk), Some(old.running.pid()));
+    assert_eq!(orchestrator(&desk), Some(old.pid()));
     assert!(old.running.child.try_wait().unwrap().is_none());
     let audit = std::fs::read_to_string(desk.dir.path().join("logs/safe-shutdown.log")).unwrap();
     assert!(audit.contains("refused: no terminal"), "{audit}");
-    old.stop();
+    old.stop_desk();
 }
 
 // Unix-only: the pseudo-terminal comes from Python's pty module.
 #[cfg(unix)]
 #[test]
 fn at_the_prompt_an_answer_other_than_yes_touches_nothing() {
-    let desk = Desk::new("qs_rplprompt", &["RPLPROMPT"]);
-    let mut old = spawn(&desk, &[]);
+    let desk = Desk::new(&unique("qs_rplprompt"), &[&*unique("RPLPROMPT")]);
+    let old = spawn(&desk, &[]);
     old.wait_started();
     desk.wait_until_running();
     let before = running_pids(&desk.snapshot());
-    let exe = assert_cmd::cargo::cargo_bin("master-launch");
+    let exe = cargo_bin("master-launch");
     let config = desk.config();
     let args = [
         std::ffi::OsStr::new("--config"),
@@ -304,9 +227,9 @@ fn at_the_prompt_an_answer_other_than_yes_touches_nothing() {
             "{screen}"
         );
         assert_eq!(running_pids(&desk.snapshot()), before, "{answer:?}");
-        assert_eq!(orchestrator(&desk), Some(old.running.pid()));
+        assert_eq!(orchestrator(&desk), Some(old.pid()));
     }
-    assert_eq!(old.stop(), 0);
+    assert_eq!(old.stop_desk(), 0);
 }
 
 /// A brain that outlives its stop (here: one the replacing user may not signal, run
@@ -317,19 +240,19 @@ fn at_the_prompt_an_answer_other_than_yes_touches_nothing() {
 #[test]
 fn a_brain_that_survives_its_stop_starts_nothing_and_is_named() {
     use std::os::unix::fs::PermissionsExt;
-    let desk = Desk::new("qs_rplsurv", &["RPLSURV"]);
+    let desk = Desk::new(&unique("qs_rplsurv"), &[&*unique("RPLSURV")]);
     desk.allow_brains_alone();
     let brain = {
         let mut command = Command::new(fleet_tests::stand_in());
         command
-            .args(["BRAIN_RPLSURV", "--ignore-stop"])
+            .args([&*unique("BRAIN_RPLSURV"), "--ignore-stop"])
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         Running::new(command.spawn().unwrap())
     };
     wait_until("the brain to run", || {
         desk.snapshot()
-            .component("BRAIN_RPLSURV")
+            .component(&unique("BRAIN_RPLSURV"))
             .is_some_and(|v| v.copies.len() == 1)
     });
     // `nobody` must read the config and write the logs and the lock dir.
@@ -359,7 +282,7 @@ fn a_brain_that_survives_its_stop_starts_nothing_and_is_named() {
     let pid = brain.pid();
     assert!(
         stderr.contains("THESE ARE STILL RUNNING, so nothing was started")
-            && stderr.contains(&format!("BRAIN_RPLSURV (pid {pid})")),
+            && stderr.contains(&format!("{} (pid {pid})", unique("BRAIN_RPLSURV"))),
         "{stderr}"
     );
     assert!(
@@ -379,36 +302,39 @@ fn a_brain_that_survives_its_stop_starts_nothing_and_is_named() {
 /// the tools did not write are left as they are.
 #[test]
 fn an_empty_desk_starts_at_once_and_only_the_desks_stale_locks_are_cleaned() {
-    let desk = Desk::new("qs_rplempty", &["RPLEMPTY"]);
+    let desk = Desk::new(&unique("qs_rplempty"), &[&*unique("RPLEMPTY")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     let stale = serde_json::json!({
-        "pid": 999_999, "name": "BRAIN_RPLEMPTY", "account": "RPLEMPTY",
+        "pid": 999_999, "name": &*unique("BRAIN_RPLEMPTY"), "account": &*unique("RPLEMPTY"),
         "timestamp": "2026-01-01T00:00:00", "pid_start": 1,
         "holder_pid": 999_999, "holder_start": 1,
-        "host": "desk", "command": ["python", "BRAIN_RPLEMPTY.py"]
+        "host": "desk", "command": ["python", &*format!("{}.py", unique("BRAIN_RPLEMPTY"))]
     })
     .to_string();
-    std::fs::write(desk.lock_path("BRAIN_RPLEMPTY"), &stale).unwrap();
-    std::fs::write(desk.lock_path("WATCHDOG_RPLEMPTY"), b"garbage").unwrap();
+    std::fs::write(desk.lock_path(&unique("BRAIN_RPLEMPTY")), &stale).unwrap();
+    std::fs::write(desk.lock_path(&unique("WATCHDOG_RPLEMPTY")), b"garbage").unwrap();
     let notes = desk.lock_dir().join("notes.txt");
     std::fs::write(&notes, b"the trader's notes").unwrap();
 
-    let mut new = spawn(&desk, &["--replace"]);
+    let new = spawn(&desk, &["--replace"]);
     new.wait_started();
     desk.wait_until_running();
-    assert_eq!(orchestrator(&desk), Some(new.running.pid()));
+    assert_eq!(orchestrator(&desk), Some(new.pid()));
     assert_eq!(std::fs::read(&notes).unwrap(), b"the trader's notes");
     let log = desk.master_log();
     assert!(
-        log.contains("cleaned stale lock BRAIN_RPLEMPTY")
-            && log.contains("cleaned corrupt lock WATCHDOG_RPLEMPTY"),
+        log.contains(&*format!("cleaned stale lock {}", unique("BRAIN_RPLEMPTY")))
+            && log.contains(&*format!(
+                "cleaned corrupt lock {}",
+                unique("WATCHDOG_RPLEMPTY")
+            )),
         "{log}"
     );
     assert!(
         !desk.dir.path().join("logs/safe-shutdown.log").exists(),
         "nothing was stopped, yet an audit was written"
     );
-    assert_eq!(new.stop(), 0);
+    assert_eq!(new.stop_desk(), 0);
     assert_eq!(std::fs::read(&notes).unwrap(), b"the trader's notes");
 }
 
@@ -416,13 +342,13 @@ fn an_empty_desk_starts_at_once_and_only_the_desks_stale_locks_are_cleaned() {
 /// or a subcommand: usage errors (exit 2), nothing started.
 #[test]
 fn replace_options_out_of_place_are_usage_errors() {
-    let desk = Desk::new("qs_rplusage", &["RPLUSAGE"]);
+    let desk = Desk::new(&unique("qs_rplusage"), &[&*unique("RPLUSAGE")]);
     for args in [
         &["--yes"][..],
         &["--timeout", "5"],
-        &["--replace", "--only", "RPLUSAGE"],
+        &["--replace", "--only", &*unique("RPLUSAGE")],
         &["--replace", "--timeout", "86401"],
-        &["--replace", "run", "qs_rplusage"],
+        &["--replace", "run", &*unique("qs_rplusage")],
     ] {
         let output = master_launch(&desk, args).output().unwrap();
         let (stdout, stderr) = texts(&output);
@@ -442,13 +368,13 @@ fn replace_options_out_of_place_are_usage_errors() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_during_the_stop_ends_it_with_nothing_started() {
-    let desk = Desk::new("qs_rplint", &["RPLINT"]);
-    desk.add_args(&["BRAIN_RPLINT"], &["--ignore-stop"]);
+    let desk = Desk::new(&unique("qs_rplint"), &[&*unique("RPLINT")]);
+    desk.add_args(&[&*unique("BRAIN_RPLINT")], &["--ignore-stop"]);
     let old = spawn(&desk, &[]);
     old.wait_started();
     desk.wait_until_running();
     desk.wait_until_each_said_started();
-    let brain = fleet_tests::managed_pids(&desk.snapshot(), &["BRAIN_RPLINT"])[0];
+    let brain = fleet_tests::managed_pids(&desk.snapshot(), &[&*unique("BRAIN_RPLINT")])[0];
 
     let mut new = spawn(&desk, &["--replace", "--yes", "--timeout", "60"]);
     assert!(
@@ -458,7 +384,7 @@ fn ctrl_c_during_the_stop_ends_it_with_nothing_started() {
         "the replace did not start stopping"
     );
     let status = Command::new("kill")
-        .args(["-INT", &new.running.pid().to_string()])
+        .args(["-INT", &new.pid().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -467,7 +393,7 @@ fn ctrl_c_during_the_stop_ends_it_with_nothing_started() {
     let mut probe = ProcessProbe::new().unwrap();
     assert!(probe.identity(brain).is_some(), "the brain is gone already");
     assert_eq!(desk.master_log().matches("desk started").count(), 1);
-    assert_ne!(orchestrator(&desk), Some(new.running.pid()));
+    assert_ne!(orchestrator(&desk), Some(new.pid()));
     let census = Census::new(&[("here", &desk)]).check("after the interrupt");
     assert!(census.values().all(|hosts| hosts.len() <= 1), "{census:?}");
     drop(old);
@@ -492,7 +418,7 @@ fn with_a_cluster_what_another_host_holds_is_not_stopped_and_stands_by() {
     let a_pids = running_pids(&desk_a.snapshot());
     let mut census = Census::new(&[("A", &desk_a), ("B", &desk_b)]);
 
-    let mut b = spawn(&desk_b, &["--replace", "--yes"]);
+    let b = spawn(&desk_b, &["--replace", "--yes"]);
     // Everything B says before it starts, in order.
     let mut said = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -523,6 +449,6 @@ fn with_a_cluster_what_another_host_holds_is_not_stopped_and_stands_by() {
     assert!(now.values().all(|h| h == &["A"]), "{now:?}");
     assert_eq!(running_pids(&desk_a.snapshot()), a_pids);
     assert!(a.running.child.try_wait().unwrap().is_none());
-    assert_eq!(b.stop(), 0);
-    assert_eq!(a.stop(), 0);
+    assert_eq!(b.stop_desk(), 0);
+    assert_eq!(a.stop_desk(), 0);
 }

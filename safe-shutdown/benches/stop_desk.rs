@@ -13,7 +13,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_tests::{Desk, Running};
+use fleet_tests::{Desk, Running, unique};
 
 const ACCOUNTS: [&str; 5] = [
     "ATLAS_S",
@@ -25,6 +25,11 @@ const ACCOUNTS: [&str; 5] = [
 const RUNS: usize = 5;
 const TIMEOUT_SECS: u64 = 3;
 const STUBBORN: [&str; 2] = ["BRAIN_ATLAS_S", "BRAIN_GL_3_S"];
+
+/// `names` made this run's own (another checkout's suite may run alongside).
+fn own<const N: usize>(names: [&str; N]) -> [String; N] {
+    names.map(unique)
+}
 
 fn main() {
     report("under master-launch", &under_master_launch());
@@ -47,13 +52,15 @@ fn safe_shutdown(desk: &Desk) -> Duration {
 }
 
 fn under_master_launch() -> Vec<Duration> {
+    let accounts = own(ACCOUNTS);
     let desk = Desk::with_options(
-        "qs_sbench_ml",
-        &ACCOUNTS,
+        &unique("qs_sbench_ml"),
+        &accounts.each_ref().map(String::as_str),
         &[],
         "[defaults]\nstop_timeout_secs = 10\n",
     );
-    desk.add_args(&STUBBORN, &["--ignore-stop"]);
+    let stubborn = own(STUBBORN);
+    desk.add_args(&stubborn.each_ref().map(String::as_str), &["--ignore-stop"]);
     (0..RUNS)
         .map(|_| {
             let (mut launcher, lines) = fleet_tests::start_master_launch(&desk.config(), &[]);
@@ -69,7 +76,12 @@ fn under_master_launch() -> Vec<Duration> {
 }
 
 fn hand_started() -> Vec<Duration> {
-    let desk = Desk::new("qs_sbench", &ACCOUNTS);
+    let accounts = own(ACCOUNTS);
+    let desk = Desk::new(
+        &unique("qs_sbench"),
+        &accounts.each_ref().map(String::as_str),
+    );
+    let stubborn = own(STUBBORN);
     let stand_in = fleet_tests::stand_in();
     (0..RUNS)
         .map(|_| {
@@ -79,7 +91,7 @@ fn hand_started() -> Vec<Duration> {
                 .map(|name| {
                     let mut command = Command::new(&stand_in);
                     command.arg(name).stdout(Stdio::null());
-                    if STUBBORN.contains(&name.as_str()) {
+                    if stubborn.contains(name) {
                         command.arg("--ignore-stop");
                     }
                     Running::new(command.spawn().expect("spawn stand-in"))

@@ -9,19 +9,14 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use assert_cmd::cargo::cargo_bin;
 use assert_cmd::prelude::*;
-use fleet_tests::{Desk, Lines, Running, tool, wait_until};
+use fleet_tests::{Desk, Lines, Running, assert_safe_order, tool, unique, wait_until};
 use lockcore::ProcessProbe;
 use predicates::prelude::*;
 
 fn safe_shutdown(desk: &Desk, args: &[&str]) -> Command {
-    let mut command = Command::cargo_bin("safe-shutdown").unwrap();
-    command
-        .arg("--config")
-        .arg(desk.config())
-        .args(args)
-        .stdin(Stdio::null());
-    command
+    desk.command(cargo_bin("safe-shutdown"), args)
 }
 
 fn running_pids(desk: &Desk) -> Vec<u32> {
@@ -49,28 +44,10 @@ fn launch(desk: &Desk) -> Launcher {
     }
 }
 
-/// Every brain exits before any watchdog, every watchdog before any global.
-fn assert_safe_order(exits: &[(String, u128)], global: &str) {
-    let times = |prefix: &str| -> Vec<u128> {
-        exits
-            .iter()
-            .filter(|(n, _)| n.starts_with(prefix))
-            .map(|(_, t)| *t)
-            .collect()
-    };
-    let (brains, watchdogs, globals) = (times("BRAIN_"), times("WATCHDOG_"), times(global));
-    assert!(
-        !brains.is_empty() && !watchdogs.is_empty() && !globals.is_empty(),
-        "{exits:?}"
-    );
-    assert!(brains.iter().max() <= watchdogs.iter().min(), "{exits:?}");
-    assert!(watchdogs.iter().max() <= globals.iter().min(), "{exits:?}");
-}
-
 #[test]
 fn without_a_terminal_and_without_yes_it_refuses_and_stops_nothing() {
-    let desk = Desk::new("qs_noterm", &["NOTERM1"]);
-    let _bot = desk.start_locked("BRAIN_NOTERM1", &[]);
+    let desk = Desk::new(&unique("qs_noterm"), &[&*unique("NOTERM1")]);
+    let _bot = desk.start_locked(&unique("BRAIN_NOTERM1"), &[]);
     let before = running_pids(&desk);
     safe_shutdown(&desk, &[])
         .assert()
@@ -85,17 +62,17 @@ fn without_a_terminal_and_without_yes_it_refuses_and_stops_nothing() {
 /// a stale and a corrupt lock file stay byte for byte (with `--yes` they go).
 #[test]
 fn without_a_terminal_and_without_yes_it_leaves_stale_locks_when_nothing_runs() {
-    let desk = Desk::new("qs_noterm_idle", &["IDLE1"]);
+    let desk = Desk::new(&unique("qs_noterm_idle"), &[&*unique("IDLE1")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     let stale = serde_json::json!({
-        "pid": 999_999, "name": "BRAIN_IDLE1", "account": "IDLE1",
+        "pid": 999_999, "name": &*unique("BRAIN_IDLE1"), "account": &*unique("IDLE1"),
         "timestamp": "2026-01-01T00:00:00", "pid_start": 1,
         "holder_pid": 999_999, "holder_start": 1,
-        "host": "desk", "command": ["python", "BRAIN_IDLE1.py"]
+        "host": "desk", "command": ["python", &*format!("{}.py", unique("BRAIN_IDLE1"))]
     })
     .to_string();
-    std::fs::write(desk.lock_path("BRAIN_IDLE1"), &stale).unwrap();
-    std::fs::write(desk.lock_path("WATCHDOG_IDLE1"), b"garbage").unwrap();
+    std::fs::write(desk.lock_path(&unique("BRAIN_IDLE1")), &stale).unwrap();
+    std::fs::write(desk.lock_path(&unique("WATCHDOG_IDLE1")), b"garbage").unwrap();
     let states: Vec<String> = desk
         .snapshot()
         .components
@@ -110,11 +87,11 @@ fn without_a_terminal_and_without_yes_it_leaves_stale_locks_when_nothing_runs() 
         .stdout(predicate::str::contains("Nothing to stop"))
         .stderr(predicate::str::contains("no terminal").and(predicate::str::contains("--yes")));
     assert_eq!(
-        std::fs::read_to_string(desk.lock_path("BRAIN_IDLE1")).unwrap(),
+        std::fs::read_to_string(desk.lock_path(&unique("BRAIN_IDLE1"))).unwrap(),
         stale
     );
     assert_eq!(
-        std::fs::read(desk.lock_path("WATCHDOG_IDLE1")).unwrap(),
+        std::fs::read(desk.lock_path(&unique("WATCHDOG_IDLE1"))).unwrap(),
         b"garbage"
     );
     assert!(
@@ -129,7 +106,7 @@ fn without_a_terminal_and_without_yes_it_leaves_stale_locks_when_nothing_runs() 
 /// The prompt through a real pseudo-terminal (fleet-tests' pty helper).
 #[cfg(unix)]
 fn answer_prompt(desk: &Desk, answer: &str) -> (i32, String) {
-    let exe = assert_cmd::cargo::cargo_bin("safe-shutdown");
+    let exe = cargo_bin("safe-shutdown");
     let config = desk.config();
     let args = [
         std::ffi::OsStr::new("--config"),
@@ -144,8 +121,8 @@ fn answer_prompt(desk: &Desk, answer: &str) -> (i32, String) {
 #[cfg(unix)]
 #[test]
 fn at_the_prompt_no_cancels_and_yes_proceeds() {
-    let desk = Desk::new("qs_prompt", &["PROMPT1"]);
-    let _bot = desk.start_locked("WATCHDOG_PROMPT1", &[]);
+    let desk = Desk::new(&unique("qs_prompt"), &[&*unique("PROMPT1")]);
+    let _bot = desk.start_locked(&unique("WATCHDOG_PROMPT1"), &[]);
     let before = running_pids(&desk);
     let (code, screen) = answer_prompt(&desk, "no");
     assert_eq!(code, 1, "{screen}");
@@ -172,8 +149,8 @@ fn at_the_prompt_no_cancels_and_yes_proceeds() {
 fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        "qs_full",
-        &["FULL1", "FULL2"],
+        &unique("qs_full"),
+        &[&*unique("FULL1"), &*unique("FULL2")],
         &["--exit-log", &exit_log.arg],
         "",
     );
@@ -190,7 +167,7 @@ fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
     // Nothing was restarted: each bot exited exactly once, in the safe order.
     let exits = exit_log.times();
     assert_eq!(exits.len(), 5, "{exits:?}");
-    assert_safe_order(&exits, "qs_full");
+    assert_safe_order(&exits, &unique("qs_full"));
     assert!(running_pids(&desk).is_empty());
     assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
     let audit = std::fs::read_to_string(desk.dir.path().join("logs/safe-shutdown.log")).unwrap();
@@ -205,7 +182,12 @@ fn with_master_launch_running_the_desk_stops_in_order_and_nothing_restarts() {
 #[test]
 fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
     let exit_log = fleet_tests::ExitLog::new();
-    let desk = Desk::with_options("qs_loose", &["LOOSE1"], &["--exit-log", &exit_log.arg], "");
+    let desk = Desk::with_options(
+        &unique("qs_loose"),
+        &[&*unique("LOOSE1")],
+        &["--exit-log", &exit_log.arg],
+        "",
+    );
     let stand_in = fleet_tests::stand_in();
     let by_hand = |name: &str| {
         Running::new(
@@ -216,19 +198,19 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
                 .unwrap(),
         )
     };
-    let _global = by_hand("qs_loose");
+    let _global = by_hand(&unique("qs_loose"));
     // Held by the hand-start runner, which honours stop requests.
     let _watchdog = Running::new(
         Command::new(tool("master-launch", "master-launch"))
             .arg("--config")
             .arg(desk.config())
-            .args(["run", "WATCHDOG_LOOSE1"])
+            .args(["run", &*unique("WATCHDOG_LOOSE1")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let _brain = by_hand("BRAIN_LOOSE1");
+    let _brain = by_hand(&unique("BRAIN_LOOSE1"));
     wait_until("three copies", || {
         desk.snapshot()
             .components
@@ -247,7 +229,7 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
         3,
         "a bot was forced instead of stopped: {exits:?}"
     );
-    assert_safe_order(&exits, "qs_loose");
+    assert_safe_order(&exits, &unique("qs_loose"));
     // A bot is stopped once its pid is gone; its lock's holder removes the file
     // after it has reaped the bot.
     wait_until("the lock files to be removed", || {
@@ -257,29 +239,41 @@ fn without_master_launch_it_stops_hand_started_and_runner_held_bots_in_order() {
 
 #[test]
 fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
-    let desk = Desk::new("qs_acct", &["ACCT1", "ACCT2"]);
+    let desk = Desk::new(&unique("qs_acct"), &[&*unique("ACCT1"), &*unique("ACCT2")]);
     let launcher = launch(&desk);
     let keep = fleet_tests::managed_pids(
         &desk.snapshot(),
-        &["qs_acct", "WATCHDOG_ACCT2", "BRAIN_ACCT2"],
+        &[
+            &*unique("qs_acct"),
+            &*unique("WATCHDOG_ACCT2"),
+            &*unique("BRAIN_ACCT2"),
+        ],
     );
-    // A short timeout: under Wine the bots never see CTRL_BREAK and are forced.
-    safe_shutdown(&desk, &["--yes", "--account", "acct1", "--timeout", "2"])
+    // A short timeout: under Wine the bots never see CTRL_BREAK and are forced. The
+    // account named in lower case: --account ignores case.
+    let account = unique("ACCT1").to_lowercase();
+    safe_shutdown(&desk, &["--yes", "--account", &account, "--timeout", "2"])
         .assert()
         .code(0)
         .stdout(predicate::str::contains("All 2 stopped."));
     // Longer than master-launch's restart delay: still stopped.
     std::thread::sleep(Duration::from_millis(2500));
     let snap = desk.snapshot();
-    for name in ["BRAIN_ACCT1", "WATCHDOG_ACCT1"] {
+    for name in [&*unique("BRAIN_ACCT1"), &*unique("WATCHDOG_ACCT1")] {
         let view = snap.component(name).unwrap();
         assert!(
             view.copies.is_empty() && view.lock.is_none(),
             "{name} restarted"
         );
     }
-    let still: Vec<u32> =
-        fleet_tests::managed_pids(&snap, &["qs_acct", "WATCHDOG_ACCT2", "BRAIN_ACCT2"]);
+    let still: Vec<u32> = fleet_tests::managed_pids(
+        &snap,
+        &[
+            &*unique("qs_acct"),
+            &*unique("WATCHDOG_ACCT2"),
+            &*unique("BRAIN_ACCT2"),
+        ],
+    );
     assert_eq!(keep, still);
     let mut probe = ProcessProbe::new().unwrap();
     assert!(
@@ -295,7 +289,10 @@ fn one_account_stops_and_stays_stopped_while_the_others_keep_trading() {
 #[cfg(unix)]
 #[test]
 fn stubborn_bots_are_forced_after_one_timeout_in_parallel() {
-    let desk = Desk::new("qs_stubborn", &["STUB_A", "STUB_B", "STUB_C"]);
+    let desk = Desk::new(
+        &unique("qs_stubborn"),
+        &[&*unique("STUB_A"), &*unique("STUB_B"), &*unique("STUB_C")],
+    );
     let stand_in = fleet_tests::stand_in();
     // Each is waited for until it says it started: it installs its stop handler
     // first, and a SIGTERM before that would end it at once.
@@ -316,9 +313,9 @@ fn stubborn_bots_are_forced_after_one_timeout_in_parallel() {
         );
         (bot, lines)
     };
-    let _a = start("BRAIN_STUB_A", &["--ignore-stop"]);
-    let _b = start("BRAIN_STUB_B", &["--ignore-stop"]);
-    let _c = start("BRAIN_STUB_C", &["--stop-delay-ms", "2000"]);
+    let _a = start(&unique("BRAIN_STUB_A"), &["--ignore-stop"]);
+    let _b = start(&unique("BRAIN_STUB_B"), &["--ignore-stop"]);
+    let _c = start(&unique("BRAIN_STUB_C"), &["--stop-delay-ms", "2000"]);
     wait_until("three brains", || running_pids(&desk).len() == 3);
     let started = Instant::now();
     let output = safe_shutdown(&desk, &["--yes", "--timeout", "3"])
@@ -343,7 +340,7 @@ fn stubborn_bots_are_forced_after_one_timeout_in_parallel() {
 /// the bot (its start time differs), so it is left alone.
 #[test]
 fn a_reused_pid_in_a_lock_record_is_left_alone() {
-    let desk = Desk::new("qs_reuse", &["REUSE1"]);
+    let desk = Desk::new(&unique("qs_reuse"), &[&*unique("REUSE1")]);
     let unrelated = Running::new(
         Command::new(tool("fleet-tests", "lock-taker"))
             .arg("idle")
@@ -354,12 +351,12 @@ fn a_reused_pid_in_a_lock_record_is_left_alone() {
     let start = probe.identity(unrelated.pid()).unwrap().start_time;
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     let record = serde_json::json!({
-        "pid": unrelated.pid(), "name": "BRAIN_REUSE1", "account": "REUSE1",
+        "pid": unrelated.pid(), "name": &*unique("BRAIN_REUSE1"), "account": &*unique("REUSE1"),
         "timestamp": "2026-01-01T00:00:00", "pid_start": start - 5000,
         "holder_pid": 999_999, "holder_start": start - 5001,
-        "host": "desk", "command": ["python", "BRAIN_REUSE1.py"]
+        "host": "desk", "command": ["python", &*format!("{}.py", unique("BRAIN_REUSE1"))]
     });
-    std::fs::write(desk.lock_path("BRAIN_REUSE1"), record.to_string()).unwrap();
+    std::fs::write(desk.lock_path(&unique("BRAIN_REUSE1")), record.to_string()).unwrap();
     safe_shutdown(&desk, &["--yes"])
         .assert()
         .code(0)
@@ -373,15 +370,15 @@ fn a_reused_pid_in_a_lock_record_is_left_alone() {
 
 #[test]
 fn dry_run_lists_in_stop_order_and_stops_nothing() {
-    let desk = Desk::new("qs_sdry", &["SDRY1"]);
-    let _w = desk.start_locked("WATCHDOG_SDRY1", &[]);
-    let _b = desk.start_by_hand("BRAIN_SDRY1");
+    let desk = Desk::new(&unique("qs_sdry"), &[&*unique("SDRY1")]);
+    let _w = desk.start_locked(&unique("WATCHDOG_SDRY1"), &[]);
+    let _b = desk.start_by_hand(&unique("BRAIN_SDRY1"));
     let before = running_pids(&desk);
     let output = safe_shutdown(&desk, &["--dry-run"]).output().unwrap();
     assert_eq!(output.status.code(), Some(0));
     let text = String::from_utf8(output.stdout).unwrap();
-    let brain = text.find("BRAIN_SDRY1").unwrap();
-    let watchdog = text.find("WATCHDOG_SDRY1").unwrap();
+    let brain = text.find(&*unique("BRAIN_SDRY1")).unwrap();
+    let watchdog = text.find(&*unique("WATCHDOG_SDRY1")).unwrap();
     assert!(brain < watchdog, "{text}");
     assert!(
         text.contains("process table (no lock)") && text.contains("lock, held by pid"),
@@ -395,18 +392,21 @@ fn dry_run_lists_in_stop_order_and_stops_nothing() {
 /// never signals it and says so; check-procs reports the record.
 #[test]
 fn a_legacy_record_naming_an_unrelated_process_never_gets_it_stopped() {
-    let desk = Desk::new("qs_legx", &["LEGX"]);
+    let desk = Desk::new(&unique("qs_legx"), &[&*unique("LEGX")]);
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
     let mut unrelated = Command::new(tool("fleet-tests", "lock-taker"));
     let unrelated = Running::new(unrelated.arg("idle").stdin(Stdio::null()).spawn().unwrap());
     let pid = unrelated.pid();
     let now = lockcore::record::local_timestamp_now();
     let records = [
-        format!(r#"{{"pid": {pid}, "name": "BRAIN_LEGX", "timestamp": "{now}"}}"#),
-        format!(r#"{{"pid": {pid}, "name": "BRAIN_LEGX"}}"#),
+        format!(
+            r#"{{"pid": {pid}, "name": "{}", "timestamp": "{now}"}}"#,
+            unique("BRAIN_LEGX")
+        ),
+        format!(r#"{{"pid": {pid}, "name": "{}"}}"#, unique("BRAIN_LEGX")),
     ];
     for record in records {
-        std::fs::write(desk.lock_path("BRAIN_LEGX"), &record).unwrap();
+        std::fs::write(desk.lock_path(&unique("BRAIN_LEGX")), &record).unwrap();
         let check = Command::new(tool("check-procs", "check-procs"))
             .arg("--config")
             .arg(desk.config())
@@ -418,7 +418,7 @@ fn a_legacy_record_naming_an_unrelated_process_never_gets_it_stopped() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|p| p["name"] == "BRAIN_LEGX")
+            .find(|p| p["name"] == *unique("BRAIN_LEGX"))
             .unwrap_or_else(|| panic!("not reported: {report}"));
         assert!(
             problem["message"].as_str().unwrap().contains("not genuine"),
@@ -447,12 +447,15 @@ fn a_legacy_record_naming_an_unrelated_process_never_gets_it_stopped() {
 fn the_requesters_timeout_is_honoured_by_master_launch_in_the_safe_order() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        "qs_deadline",
-        &["DEAD1", "DEAD2"],
+        &unique("qs_deadline"),
+        &[&*unique("DEAD1"), &*unique("DEAD2")],
         &["--exit-log", &exit_log.arg],
         "[defaults]\nstop_timeout_secs = 10\n",
     );
-    desk.add_args(&["BRAIN_DEAD1", "BRAIN_DEAD2"], &["--ignore-stop"]);
+    desk.add_args(
+        &[&*unique("BRAIN_DEAD1"), &*unique("BRAIN_DEAD2")],
+        &["--ignore-stop"],
+    );
     let mut launcher = launch(&desk);
     let pids = running_pids(&desk);
     let started = Instant::now();
@@ -480,7 +483,7 @@ fn the_requesters_timeout_is_honoured_by_master_launch_in_the_safe_order() {
         names[..2].iter().all(|n| n.starts_with("WATCHDOG_")),
         "{exits:?}"
     );
-    assert_eq!(names[2], "qs_deadline", "{exits:?}");
+    assert_eq!(names[2], &*unique("qs_deadline"), "{exits:?}");
     let log = desk.master_log();
     assert_eq!(log.matches("did not stop in time").count(), 2, "{log}");
 }
@@ -491,20 +494,29 @@ fn the_requesters_timeout_is_honoured_by_master_launch_in_the_safe_order() {
 #[test]
 fn an_account_stop_honours_the_timeout_and_leaves_the_rest() {
     let desk = Desk::with_options(
-        "qs_acctdead",
-        &["ADEAD1", "ADEAD2"],
+        &unique("qs_acctdead"),
+        &[&*unique("ADEAD1"), &*unique("ADEAD2")],
         &[],
         "[defaults]\nstop_timeout_secs = 10\n",
     );
-    desk.add_args(&["BRAIN_ADEAD1"], &["--ignore-stop"]);
+    desk.add_args(&[&*unique("BRAIN_ADEAD1")], &["--ignore-stop"]);
     let _launcher = launch(&desk);
     let before = desk.snapshot();
-    let others =
-        fleet_tests::managed_pids(&before, &["qs_acctdead", "WATCHDOG_ADEAD2", "BRAIN_ADEAD2"]);
+    let others = fleet_tests::managed_pids(
+        &before,
+        &[
+            &*unique("qs_acctdead"),
+            &*unique("WATCHDOG_ADEAD2"),
+            &*unique("BRAIN_ADEAD2"),
+        ],
+    );
     let started = Instant::now();
-    let output = safe_shutdown(&desk, &["--yes", "--timeout", "3", "--account", "ADEAD1"])
-        .output()
-        .unwrap();
+    let output = safe_shutdown(
+        &desk,
+        &["--yes", "--timeout", "3", "--account", &*unique("ADEAD1")],
+    )
+    .output()
+    .unwrap();
     let took = started.elapsed();
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert!(
@@ -512,14 +524,21 @@ fn an_account_stop_honours_the_timeout_and_leaves_the_rest() {
         "{took:?}"
     );
     let after = desk.snapshot();
-    for name in ["WATCHDOG_ADEAD1", "BRAIN_ADEAD1"] {
+    for name in [&*unique("WATCHDOG_ADEAD1"), &*unique("BRAIN_ADEAD1")] {
         assert!(
             after.component(name).unwrap().copies.is_empty(),
             "{name} runs"
         );
     }
     assert_eq!(
-        fleet_tests::managed_pids(&after, &["qs_acctdead", "WATCHDOG_ADEAD2", "BRAIN_ADEAD2"]),
+        fleet_tests::managed_pids(
+            &after,
+            &[
+                &*unique("qs_acctdead"),
+                &*unique("WATCHDOG_ADEAD2"),
+                &*unique("BRAIN_ADEAD2")
+            ]
+        ),
         others
     );
 }
@@ -530,17 +549,17 @@ fn an_account_stop_honours_the_timeout_and_leaves_the_rest() {
 #[test]
 fn a_hand_started_run_is_forced_at_the_requesters_deadline() {
     let desk = Desk::with_options(
-        "qs_rundead",
-        &["RDEAD"],
+        &unique("qs_rundead"),
+        &[&*unique("RDEAD")],
         &[],
         "[defaults]\nstop_timeout_secs = 10\n",
     );
-    desk.add_args(&["BRAIN_RDEAD"], &["--ignore-stop"]);
+    desk.add_args(&[&*unique("BRAIN_RDEAD")], &["--ignore-stop"]);
     desk.allow_brains_alone();
     let mut runner = Command::new(tool("master-launch", "master-launch"))
         .arg("--config")
         .arg(desk.config())
-        .args(["run", "BRAIN_RDEAD"])
+        .args(["run", &*unique("BRAIN_RDEAD")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -556,7 +575,7 @@ fn a_hand_started_run_is_forced_at_the_requesters_deadline() {
     );
     wait_until("the run to record its bot", || {
         desk.snapshot()
-            .component("BRAIN_RDEAD")
+            .component(&unique("BRAIN_RDEAD"))
             .is_some_and(|v| v.managed.is_some())
     });
     let started = Instant::now();
@@ -580,24 +599,28 @@ fn a_hand_started_run_is_forced_at_the_requesters_deadline() {
 #[test]
 fn an_account_stop_while_its_brain_backs_off_keeps_it_stopped() {
     let desk = Desk::with_options(
-        "qs_backoff",
-        &["BACK1"],
+        &unique("qs_backoff"),
+        &[&*unique("BACK1")],
         &[],
         "[defaults]\nrestart_delay_ms = 4000\ngive_up_after = 10\n",
     );
-    desk.add_args(&["BRAIN_BACK1"], &["--crash-after-ms", "300"]);
+    desk.add_args(&[&*unique("BRAIN_BACK1")], &["--crash-after-ms", "300"]);
     let _launcher = fleet_tests::start_master_launch(&desk.config(), &[]);
     wait_until("the brain to crash and back off", || {
-        desk.master_log().contains("BRAIN_BACK1: restarting in")
+        desk.master_log()
+            .contains(&*format!("{}: restarting in", unique("BRAIN_BACK1")))
     });
-    let output = safe_shutdown(&desk, &["--yes", "--timeout", "2", "--account", "BACK1"])
-        .output()
-        .unwrap();
+    let output = safe_shutdown(
+        &desk,
+        &["--yes", "--timeout", "2", "--account", &*unique("BACK1")],
+    )
+    .output()
+    .unwrap();
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     // Past the restart delay: nothing came back.
     std::thread::sleep(Duration::from_secs(5));
     let snap = desk.snapshot();
-    for name in ["BRAIN_BACK1", "WATCHDOG_BACK1"] {
+    for name in [&*unique("BRAIN_BACK1"), &*unique("WATCHDOG_BACK1")] {
         let view = snap.component(name).unwrap();
         assert!(view.copies.is_empty(), "{name} runs again");
         assert!(
@@ -606,7 +629,9 @@ fn an_account_stop_while_its_brain_backs_off_keeps_it_stopped() {
         );
     }
     assert_eq!(
-        desk.master_log().matches("BRAIN_BACK1: started").count(),
+        desk.master_log()
+            .matches(&*format!("{}: started", unique("BRAIN_BACK1")))
+            .count(),
         1,
         "{}",
         desk.master_log()
@@ -619,13 +644,13 @@ fn an_account_stop_while_its_brain_backs_off_keeps_it_stopped() {
 #[cfg(unix)]
 #[test]
 fn the_emergency_stop_works_whatever_else_is_in_the_lock_dir() {
-    let desk = Desk::new("qs_hostile", &["HOSTILE1"]);
+    let desk = Desk::new(&unique("qs_hostile"), &[&*unique("HOSTILE1")]);
     let locks = desk.lock_dir();
     std::fs::create_dir_all(&locks).unwrap();
     let sentinel = desk.config().with_file_name("sentinel.txt");
     std::fs::write(&sentinel, b"untouched").unwrap();
     std::fs::create_dir(locks.join("stray.lock")).unwrap();
-    for fifo in ["junk.lock", "BRAIN_HOSTILE1.stop"] {
+    for fifo in ["junk.lock", &*format!("{}.stop", unique("BRAIN_HOSTILE1"))] {
         assert!(
             Command::new("mkfifo")
                 .arg(locks.join(fifo))
@@ -634,9 +659,13 @@ fn the_emergency_stop_works_whatever_else_is_in_the_lock_dir() {
                 .success()
         );
     }
-    std::os::unix::fs::symlink(&sentinel, locks.join("WATCHDOG_HOSTILE1.lock")).unwrap();
-    let _w = desk.start_by_hand("WATCHDOG_HOSTILE1");
-    let _b = desk.start_by_hand("BRAIN_HOSTILE1");
+    std::os::unix::fs::symlink(
+        &sentinel,
+        locks.join(&*format!("{}.lock", unique("WATCHDOG_HOSTILE1"))),
+    )
+    .unwrap();
+    let _w = desk.start_by_hand(&unique("WATCHDOG_HOSTILE1"));
+    let _b = desk.start_by_hand(&unique("BRAIN_HOSTILE1"));
     wait_until("two copies", || running_pids(&desk).len() == 2);
     let pids = running_pids(&desk);
     assert_cmd::Command::from_std(safe_shutdown(&desk, &["--yes", "--timeout", "5"]))
@@ -647,7 +676,11 @@ fn the_emergency_stop_works_whatever_else_is_in_the_lock_dir() {
     fleet_tests::wait_gone(&pids);
     assert_eq!(std::fs::read(&sentinel).unwrap(), b"untouched");
     assert!(locks.join("stray.lock").is_dir());
-    assert!(locks.join("WATCHDOG_HOSTILE1.lock").is_symlink());
+    assert!(
+        locks
+            .join(&*format!("{}.lock", unique("WATCHDOG_HOSTILE1")))
+            .is_symlink()
+    );
 }
 
 /// Table row: `logs/safe-shutdown.log` could not be opened: safe-shutdown stopped
@@ -655,14 +688,14 @@ fn the_emergency_stop_works_whatever_else_is_in_the_lock_dir() {
 /// everything, and exits 1 because the audit is incomplete.
 #[test]
 fn an_audit_log_that_cannot_be_opened_does_not_stop_the_stop() {
-    let desk = Desk::new("qs_noaudit", &["NOAUDIT1"]);
+    let desk = Desk::new(&unique("qs_noaudit"), &[&*unique("NOAUDIT1")]);
     let audit = desk
         .config()
         .with_file_name("logs")
         .join("safe-shutdown.log");
     std::fs::create_dir_all(&audit).unwrap();
-    let _w = desk.start_by_hand("WATCHDOG_NOAUDIT1");
-    let _b = desk.start_by_hand("BRAIN_NOAUDIT1");
+    let _w = desk.start_by_hand(&unique("WATCHDOG_NOAUDIT1"));
+    let _b = desk.start_by_hand(&unique("BRAIN_NOAUDIT1"));
     wait_until("two copies", || running_pids(&desk).len() == 2);
     let pids = running_pids(&desk);
     let output = safe_shutdown(&desk, &["--yes", "--timeout", "5"])
@@ -682,7 +715,7 @@ fn an_audit_log_that_cannot_be_opened_does_not_stop_the_stop() {
 /// Table row: `--timeout 18446744073709551615` panicked (duration overflow), exit 101.
 #[test]
 fn an_out_of_range_timeout_is_a_usage_error_not_a_panic() {
-    let desk = Desk::new("qs_bigtimeout", &["BIGTO1"]);
+    let desk = Desk::new(&unique("qs_bigtimeout"), &[&*unique("BIGTO1")]);
     for value in ["18446744073709551615", "86401", "-1"] {
         safe_shutdown(&desk, &["--yes", "--timeout", value])
             .assert()
@@ -748,8 +781,8 @@ impl Drop for SmallDisk {
 fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
     let log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        "qs_sdfull",
-        &["SDFULLA", "SDFULLB"],
+        &unique("qs_sdfull"),
+        &[&*unique("SDFULLA"), &*unique("SDFULLB")],
         &["--exit-log", &log.arg],
         "[defaults]\nrestart = \"always\"\nstop_timeout_secs = 5\n",
     );
@@ -761,9 +794,12 @@ fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
     disk.fill();
     let before = running_pids(&desk);
 
-    let output = safe_shutdown(&desk, &["--yes", "--account", "SDFULLA", "--timeout", "3"])
-        .output()
-        .unwrap();
+    let output = safe_shutdown(
+        &desk,
+        &["--yes", "--account", &*unique("SDFULLA"), "--timeout", "3"],
+    )
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
@@ -774,7 +810,7 @@ fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
         "{stderr}"
     );
     assert!(stderr.contains("THESE ARE STILL RUNNING"), "{stderr}");
-    for name in ["BRAIN_SDFULLA", "WATCHDOG_SDFULLA"] {
+    for name in [&*unique("BRAIN_SDFULLA"), &*unique("WATCHDOG_SDFULLA")] {
         assert!(
             stderr
                 .lines()
@@ -784,7 +820,7 @@ fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
     }
     assert!(
         desk.snapshot()
-            .component("BRAIN_SDFULLA")
+            .component(&unique("BRAIN_SDFULLA"))
             .is_some_and(|v| !v.copies.is_empty()),
         "master-launch did not start the brain again: the test shows nothing"
     );
@@ -808,7 +844,7 @@ fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
     assert!(stdout.contains("All 6 stopped."), "{stdout}");
     assert!(running_pids(&desk).is_empty());
     fleet_tests::wait_gone(&before);
-    assert_safe_order(&log.times()[exits_before..], "qs_sdfull");
+    assert_safe_order(&log.times()[exits_before..], &unique("qs_sdfull"));
     drop(launcher);
 }
 
@@ -820,9 +856,9 @@ fn a_full_lock_dir_never_ends_in_a_false_all_stopped() {
 #[test]
 fn a_user_without_permission_is_told_so_and_nothing_is_called_killed() {
     use std::os::unix::fs::PermissionsExt;
-    let desk = Desk::new("qs_sdperm", &["SDPERM"]);
-    let _watchdog = desk.start_locked("WATCHDOG_SDPERM", &[]);
-    let _brain = desk.start_locked("BRAIN_SDPERM", &[]);
+    let desk = Desk::new(&unique("qs_sdperm"), &[&*unique("SDPERM")]);
+    let _watchdog = desk.start_locked(&unique("WATCHDOG_SDPERM"), &[]);
+    let _brain = desk.start_locked(&unique("BRAIN_SDPERM"), &[]);
     let before = running_pids(&desk);
     // `nobody` must be able to read the desk's config (a temp dir is 0700).
     std::fs::set_permissions(desk.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -844,7 +880,7 @@ fn a_user_without_permission_is_told_so_and_nothing_is_called_killed() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
-    for name in ["BRAIN_SDPERM", "WATCHDOG_SDPERM"] {
+    for name in [&*unique("BRAIN_SDPERM"), &*unique("WATCHDOG_SDPERM")] {
         assert!(
             stderr.lines().any(|l| l.contains(name)
                 && l.contains(

@@ -279,9 +279,12 @@ pub fn skip_under_wine(test: &str) -> bool {
 
 /// A two-account desk for "host" `host` whose locks go through `endpoint`, TTL 2 s.
 /// Each host's bots say which host they belong to (`--say`). Processes are recognised
-/// by command line, so each test gives its desks names of their own (`tag`): tests
-/// running at once must not see each other's bots.
+/// by command line, so each test gives its desks names of their own (`tag`, made this
+/// run's own with [`crate::unique`]: accounts `<tag>_<pid>1` and `2`, global
+/// `qs_<tag>_<pid>`): tests running at once, here or in another checkout, must not see
+/// each other's bots.
 pub fn cluster_desk(endpoint: &str, host: &str, tag: &str) -> crate::Desk {
+    let tag = crate::unique(tag);
     let accounts = [format!("{tag}1"), format!("{tag}2")];
     crate::Desk::with_options(
         &format!("qs_{tag}"),

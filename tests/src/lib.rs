@@ -25,6 +25,21 @@ pub mod proxy;
 pub mod pty;
 pub mod wine;
 
+/// What this run adds to every name of a test desk: `_<pid of the test process>`.
+///
+/// Copies are recognised machine-wide by program and tokens, and a lock's machine-wide
+/// name is its lock name (DESIGN.md rules 9 and 17): a desk named alike in another
+/// checkout's suite, running at the same time on this machine, would see these bots as
+/// copies of its own and hold these locks. Two runs never share a pid.
+pub fn run_suffix() -> String {
+    format!("_{}", std::process::id())
+}
+
+/// `name` made this run's own: `name` followed by [`run_suffix`].
+pub fn unique(name: &str) -> String {
+    format!("{name}{}", run_suffix())
+}
+
 /// The path of workspace binary `name` from package `package`, built if needed.
 ///
 /// Builds with the same cargo and profile that runs the tests, into the same target
@@ -200,6 +215,113 @@ pub fn start_master_launch(config: &Path, extra: &[&str]) -> (Running, Lines) {
     (Running::new(child), lines)
 }
 
+/// master-launch on a desk, run in the background with its stdout read into lines;
+/// killed (with what it started) when dropped. What the tools' own tests start it with
+/// is theirs to say: [`Launched::spawn`] takes the command, [`Desk::command`] builds one.
+#[derive(Debug)]
+pub struct Launched {
+    pub running: Running,
+    pub lines: Lines,
+    lock_dir: PathBuf,
+}
+
+impl Launched {
+    /// Spawns `command` (a master-launch on `desk`), stdout piped, stderr discarded.
+    pub fn spawn(mut command: Command, desk: &Desk) -> Launched {
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn master-launch: {e}"));
+        let lines = spawn_reader(child.stdout.take().unwrap_or_else(|| panic!("no stdout")));
+        Launched {
+            running: Running::new(child),
+            lines,
+            lock_dir: desk.lock_dir(),
+        }
+    }
+
+    /// Waits (up to a minute) until it says the desk started.
+    pub fn wait_started(&self) {
+        assert!(
+            self.lines
+                .wait_for("desk started", Duration::from_secs(60))
+                .is_some(),
+            "master-launch did not start the desk"
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.running.pid()
+    }
+
+    /// How a test that runs everywhere ends the desk: SIGTERM on Unix (what a service
+    /// manager sends), a stop-all request on Windows (what safe-shutdown writes); then
+    /// the exit code.
+    pub fn stop_desk(mut self) -> i32 {
+        if cfg!(unix) {
+            self.stop("-TERM")
+        } else {
+            self.stop_all()
+        }
+    }
+
+    /// A stop-all request (what safe-shutdown writes), then the exit code.
+    pub fn stop_all(&mut self) -> i32 {
+        lockcore::StopRequest::new("MASTER_LAUNCH", Duration::from_secs(10))
+            .write(&self.lock_dir)
+            .unwrap_or_else(|e| panic!("cannot ask master-launch to stop: {e}"));
+        self.wait_exit()
+    }
+
+    /// `kill SIGNAL` (Unix: `-TERM`, `-INT`), then the exit code.
+    pub fn stop(mut self, signal: &str) -> i32 {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(status.success(), "kill {signal} failed");
+        self.wait_exit()
+    }
+
+    /// Its exit code, waited for up to a minute (-1: ended by a signal).
+    pub fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self
+                .running
+                .child
+                .try_wait()
+                .unwrap_or_else(|e| panic!("cannot wait for master-launch: {e}"));
+            if let Some(status) = status {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "master-launch did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The stop order (DESIGN.md's safe order) in a stand-in `--exit-log`: every brain
+/// exits before any watchdog, every watchdog before any global (names starting with
+/// `global`).
+pub fn assert_safe_order(exits: &[(String, u128)], global: &str) {
+    let times = |prefix: &str| -> Vec<u128> {
+        exits
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    let (brains, watchdogs, globals) = (times("BRAIN_"), times("WATCHDOG_"), times(global));
+    assert!(
+        !brains.is_empty() && !watchdogs.is_empty() && !globals.is_empty(),
+        "{exits:?}"
+    );
+    assert!(brains.iter().max() <= watchdogs.iter().min(), "{exits:?}");
+    assert!(watchdogs.iter().max() <= globals.iter().min(), "{exits:?}");
+}
+
 /// A throw-away desk: a temp folder with a `fleet.toml` whose components are stand-in
 /// bots, and helpers to start them the ways the real desk sees them started.
 #[derive(Debug)]
@@ -260,6 +382,17 @@ impl Desk {
 
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("fleet.toml")
+    }
+
+    /// `PROGRAM --config <the desk's fleet.toml> ARGS`, stdin empty (no terminal).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+        let mut command = Command::new(program);
+        command
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .stdin(std::process::Stdio::null());
+        command
     }
 
     /// Appends `args` to the command of every component named in `names` (a brain

@@ -16,7 +16,7 @@ use fleet_tests::census::{Census, all_once, none_running};
 use fleet_tests::etcd::{Etcd, cluster_desk, skip_under_wine as skip};
 use fleet_tests::orchestrated::stop_desk;
 use fleet_tests::proxy::Proxy;
-use fleet_tests::{Desk, Running, start_master_launch, wait_until};
+use fleet_tests::{Desk, Running, start_master_launch, unique, wait_until};
 
 fn etcd_keys(etcd: &Etcd) -> Vec<String> {
     etcd.client()
@@ -130,7 +130,12 @@ fn a_killed_holder_loses_its_bots_at_once_and_the_standby_takes_over_within_the_
     let start = std::process::Command::new(fleet_tests::tool("master-launch", "master-launch"))
         .arg("--config")
         .arg(desk_b.config())
-        .args(["start", "WATCHDOG_CDKILL1", "--timeout", "10"])
+        .args([
+            "start",
+            &*format!("{}1", unique("WATCHDOG_CDKILL")),
+            "--timeout",
+            "10",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -308,9 +313,12 @@ fn safe_shutdown_on_the_standby_host_stops_the_desk_through_its_holder_in_order(
             .find(&format!("{name}: stop requested by pid"))
             .unwrap_or_else(|| panic!("{name} was not stopped on request:\n{log_a}"))
     };
-    for account in ["CDSAFE1", "CDSAFE2"] {
+    for account in [
+        &*format!("{}1", unique("CDSAFE")),
+        &*format!("{}2", unique("CDSAFE")),
+    ] {
         assert!(asked(&format!("BRAIN_{account}")) < asked(&format!("WATCHDOG_{account}")));
-        assert!(asked(&format!("WATCHDOG_{account}")) < asked("qs_CDSAFE"));
+        assert!(asked(&format!("WATCHDOG_{account}")) < asked(&unique("qs_CDSAFE")));
     }
     assert!(log_a.contains("on host B (through etcd)"), "{log_a}");
     assert_eq!(etcd_keys(&etcd), Vec::<String>::new());

@@ -19,7 +19,7 @@ use fleet_tests::census::{Census, all_on, all_once};
 use fleet_tests::etcd::{Etcd, cluster_desk, skip_under_wine as skip};
 use fleet_tests::orchestrated::{stop_desk, wait_exit};
 use fleet_tests::proxy::Proxy;
-use fleet_tests::{Desk, Running, start_master_launch, tool, wait_until};
+use fleet_tests::{Desk, Running, start_master_launch, tool, unique, wait_until};
 
 /// At most two of these tests at once: each runs an etcd, two or three master-launch
 /// "hosts" and their bots with a 2 s lease, and a machine loaded past the lease's
@@ -239,21 +239,42 @@ fn cx_safe_shutdown_of_one_account_from_the_standby_stops_only_that_account() {
     let desk_b = cluster_desk(&etcd.endpoint, "B", "CXACC");
     let mut census = Census::new(&[("A", &desk_a), ("B", &desk_b)]);
     let (a, mut bs) = first_runs_others_stand_by(&desk_a, &[&desk_b]);
-    let dry = safe_shutdown(&desk_b, &["--account", "CXACC1", "--dry-run"]);
+    let dry = safe_shutdown(
+        &desk_b,
+        &["--account", &*format!("{}1", unique("CXACC")), "--dry-run"],
+    );
     assert_eq!(dry.status.code(), Some(0), "{}", said(&dry));
     assert!(keys(&etcd, "/desk/stop/").is_empty());
     let now = census.during(Duration::from_millis(500), "after a dry run");
     assert!(all_on("A")(&now), "{now:?}");
 
-    let stop = safe_shutdown(&desk_b, &["--account", "CXACC1", "--yes", "--timeout", "5"]);
+    let stop = safe_shutdown(
+        &desk_b,
+        &[
+            "--account",
+            &*format!("{}1", unique("CXACC")),
+            "--yes",
+            "--timeout",
+            "5",
+        ],
+    );
     assert_eq!(stop.status.code(), Some(0), "{}", said(&stop));
-    let now = census.during(Duration::from_secs(3), "after the stop of CXACC1");
+    let now = census.during(
+        Duration::from_secs(3),
+        &format!("after the stop of {}1", unique("CXACC")),
+    );
     let expected: BTreeMap<String, Vec<String>> = [
-        ("BRAIN_CXACC1", vec![]),
-        ("WATCHDOG_CXACC1", vec![]),
-        ("BRAIN_CXACC2", vec!["A".to_string()]),
-        ("WATCHDOG_CXACC2", vec!["A".to_string()]),
-        ("qs_CXACC", vec!["A".to_string()]),
+        (&*format!("{}1", unique("BRAIN_CXACC")), vec![]),
+        (&*format!("{}1", unique("WATCHDOG_CXACC")), vec![]),
+        (
+            &*format!("{}2", unique("BRAIN_CXACC")),
+            vec!["A".to_string()],
+        ),
+        (
+            &*format!("{}2", unique("WATCHDOG_CXACC")),
+            vec!["A".to_string()],
+        ),
+        (&*unique("qs_CXACC"), vec!["A".to_string()]),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -333,22 +354,22 @@ fn cx_hostile_stop_request_keys_stop_nothing_they_do_not_name() {
         ("/desk/stop/MASTER_LAUNCH", b"{}"),
         ("/desk/stop/master_launch", b"garbage"),
         ("/desk/stop/NOT_IN_THE_DESK", b"{}"),
-        ("/desk/stop/qs_CXKEY.lock", b"{}"),
-        ("/desk/stop/BRAIN_CXKEY2", &huge),
+        (&*format!("{}.lock", unique("/desk/stop/qs_CXKEY")), b"{}"),
+        (&*format!("{}2", unique("/desk/stop/BRAIN_CXKEY")), &huge),
     ] {
         client.put(key, value, lease).unwrap();
     }
     // The huge garbage one still means: stop BRAIN_CXKEY2 (its own timeout).
     let now = census.until(Duration::from_secs(15), "hostile keys", |c| {
-        c["BRAIN_CXKEY2"].is_empty()
+        c[&*format!("{}2", unique("BRAIN_CXKEY"))].is_empty()
     });
     let now2 = census.during(Duration::from_secs(2), "hostile keys, later");
     for c in [&now, &now2] {
         for name in [
-            "BRAIN_CXKEY1",
-            "WATCHDOG_CXKEY1",
-            "WATCHDOG_CXKEY2",
-            "qs_CXKEY",
+            &*format!("{}1", unique("BRAIN_CXKEY")),
+            &*format!("{}1", unique("WATCHDOG_CXKEY")),
+            &*format!("{}2", unique("WATCHDOG_CXKEY")),
+            &*unique("qs_CXKEY"),
         ] {
             assert_eq!(c[name], ["A"], "{name}: {c:?}\n{}", census.logs());
         }
@@ -429,7 +450,11 @@ fn cx_start_and_restart_on_the_standby_host_never_make_a_second_copy() {
     let mut census = Census::new(&[("A", &desk_a), ("B", &desk_b)]);
     let (a, mut bs) = first_runs_others_stand_by(&desk_a, &[&desk_b]);
     for action in ["start", "restart"] {
-        for name in ["WATCHDOG_CXREQ1", "BRAIN_CXREQ1", "qs_CXREQ"] {
+        for name in [
+            &*format!("{}1", unique("WATCHDOG_CXREQ")),
+            &*format!("{}1", unique("BRAIN_CXREQ")),
+            &*unique("qs_CXREQ"),
+        ] {
             let out = run(Command::new(tool("master-launch", "master-launch"))
                 .arg("--config")
                 .arg(desk_b.config())
@@ -468,19 +493,30 @@ fn cx_stop_request_during_a_takeover_keeps_that_component_stopped() {
     let client = etcd.client();
     let lease = client.grant(Duration::from_secs(30)).unwrap();
     client
-        .put("/desk/stop/WATCHDOG_CXMID1", b"{}", lease)
+        .put(
+            &format!("{}1", unique("/desk/stop/WATCHDOG_CXMID")),
+            b"{}",
+            lease,
+        )
         .unwrap();
     let done = |c: &BTreeMap<String, Vec<String>>| {
-        ["BRAIN_CXMID2", "WATCHDOG_CXMID2", "qs_CXMID"]
-            .iter()
-            .all(|n| c[*n] == ["B"])
+        [
+            &*format!("{}2", unique("BRAIN_CXMID")),
+            &*format!("{}2", unique("WATCHDOG_CXMID")),
+            &*unique("qs_CXMID"),
+        ]
+        .iter()
+        .all(|n| c[*n] == ["B"])
     };
     census.until(Duration::from_secs(15), "takeover", done);
     // The stop request withdrawn: still not restarted (stopped on request).
     client.revoke(lease).unwrap();
     let now = census.during(Duration::from_secs(3), "after the takeover");
     assert!(done(&now), "{now:?}");
-    for name in ["BRAIN_CXMID1", "WATCHDOG_CXMID1"] {
+    for name in [
+        &*format!("{}1", unique("BRAIN_CXMID")),
+        &*format!("{}1", unique("WATCHDOG_CXMID")),
+    ] {
         assert!(now[name].is_empty(), "{name}: {now:?}\n{}", census.logs());
     }
     assert_eq!(stop_desk(&desk_b, bs.remove(0)), 0);
@@ -505,10 +541,10 @@ fn cx_check_procs_reads_hostile_lock_keys_without_failing() {
             "/desk/locks/NOT_IN_THE_DESK",
             &b"{\"host\":\"Z\",\"pid\":1}"[..],
         ),
-        ("/desk/locks/qs_CXVIEW", b"garbage \x1b[31m red"),
-        ("/desk/locks/BRAIN_CXVIEW1", &huge),
+        (&*unique("/desk/locks/qs_CXVIEW"), b"garbage \x1b[31m red"),
+        (&*format!("{}1", unique("/desk/locks/BRAIN_CXVIEW")), &huge),
         (
-            "/desk/locks/WATCHDOG_CXVIEW1",
+            &*format!("{}1", unique("/desk/locks/WATCHDOG_CXVIEW")),
             b"{\"host\":\"Z\",\"pid\":18446744073709551615}",
         ),
         ("/desk/locks/../x", b"{}"),
@@ -539,7 +575,10 @@ fn cx_check_procs_reads_hostile_lock_keys_without_failing() {
         desk.master_log().contains("desk started")
     });
     let log = desk.master_log();
-    assert!(log.contains("qs_CXVIEW: stands by"), "{log}");
+    assert!(
+        log.contains(&*format!("{}: stands by", unique("qs_CXVIEW"))),
+        "{log}"
+    );
     assert_eq!(stop_desk(&desk, a), 0);
 }
 

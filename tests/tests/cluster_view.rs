@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use fleet_tests::etcd::{Etcd, skip_under_wine as skip};
 use fleet_tests::proxy::Proxy;
-use fleet_tests::{Desk, tool};
+use fleet_tests::{Desk, tool, unique};
 use serde_json::Value;
 
 /// The lease of the desks here: long enough that a loaded machine's renewal keeps the
@@ -25,6 +25,7 @@ const TTL_SECS: u64 = 6;
 /// host's check-procs would take the other's bots for copies of its own components
 /// (names of its own per test: tests running at once must not see each other's bots).
 fn cluster_desk(endpoint: &str, host: &str, tag: &str) -> Desk {
+    let tag = unique(tag);
     Desk::with_options(
         &format!("qs_{tag}"),
         &[&format!("{tag}X"), &format!("{tag}Y")],
@@ -37,6 +38,7 @@ fn cluster_desk(endpoint: &str, host: &str, tag: &str) -> Desk {
 
 /// The same components with no `[cluster]` (its own lock dir).
 fn plain_desk(tag: &str) -> Desk {
+    let tag = unique(tag);
     Desk::new(
         &format!("qs_{tag}"),
         &[&format!("{tag}X"), &format!("{tag}Y")],
@@ -103,6 +105,7 @@ fn assert_lease_left(component: &Value) {
 /// lease seconds, ports) is `N`, and the autostart line (it names a hash of the temp
 /// config's path) is dropped.
 fn normalised_table(text: &str) -> String {
+    let text = without_run_suffix(text);
     let mut out = String::new();
     for line in text.lines() {
         if line.starts_with("Starts by itself:") {
@@ -121,6 +124,59 @@ fn normalised_table(text: &str) -> String {
                 in_number = false;
             }
         }
+        out.push('\n');
+    }
+    out
+}
+
+/// A JSON string without this run's suffix in it; anything else as it is.
+fn unsuffixed(value: &Value) -> Value {
+    match value.as_str() {
+        Some(text) => Value::from(text.replace(&fleet_tests::run_suffix(), "")),
+        None => value.clone(),
+    }
+}
+
+/// `text` without this run's suffix in the names (see [`fleet_tests::run_suffix`]),
+/// its table (the lines up to the first empty one) aligned again as check-procs aligns
+/// it (each column as wide as its widest cell, two spaces between), so the golden file
+/// holds the names the test gave.
+fn without_run_suffix(text: &str) -> String {
+    let text = text.replace(&fleet_tests::run_suffix(), "");
+    let table: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+    let cells: Vec<Vec<&str>> = table
+        .iter()
+        .map(|line| {
+            line.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    let mut widths: Vec<usize> = Vec::new();
+    for row in &cells {
+        for (i, cell) in row.iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &cells {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for line in text.lines().skip(table.len()) {
+        out.push_str(line);
         out.push('\n');
     }
     out
@@ -215,7 +271,8 @@ fn another_hosts_components_are_elsewhere_with_its_name_and_lease_and_not_unlock
         .iter()
         .map(|c| {
             serde_json::json!({
-                "name": c["name"], "account": c["account"], "role": c["role"],
+                "name": unsuffixed(&c["name"]), "account": unsuffixed(&c["account"]),
+                "role": c["role"],
                 "state": c["state"], "host": c["host"], "lease_ttl_left": "(1..=6)",
                 "pid": c["pid"], "holder_pid": c["holder_pid"], "copies": c["copies"],
             })

@@ -9,17 +9,17 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleet_tests::orchestrated::*;
-use fleet_tests::{Desk, Running, start_master_launch, tool, wait_until};
+use fleet_tests::{Desk, Running, start_master_launch, tool, unique, wait_until};
 use lockcore::control::{DeskState, Supervision};
 use lockcore::{ComponentState, StopRequest};
 
 #[test]
 fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() {
-    let desk = Desk::with_options("ctl_gu", &["GU"], &[], QUICK_ALWAYS);
+    let desk = Desk::with_options(&unique("ctl_gu"), &[&*unique("GU")], &[], QUICK_ALWAYS);
     let bug = desk.dir.path().join("bug");
     std::fs::write(&bug, "").unwrap();
     desk.add_args(
-        &["BRAIN_GU"],
+        &[&*unique("BRAIN_GU")],
         &["--crash-while", &bug.display().to_string()],
     );
     let (orchestrator, lines) = launch(&desk, &[]);
@@ -27,7 +27,8 @@ fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() 
         .wait_for("GIVING UP", Duration::from_secs(30))
         .unwrap();
     assert!(
-        line.contains("BRAIN_GU") && line.contains("master-launch start BRAIN_GU"),
+        line.contains(&*unique("BRAIN_GU"))
+            && line.contains(&*format!("master-launch start {}", unique("BRAIN_GU"))),
         "{line}"
     );
     // The view a reader gets is always whole, while the orchestrator rewrites it.
@@ -41,11 +42,11 @@ fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() 
             .as_array()
             .unwrap()
             .iter()
-            .any(|c| c["name"] == "BRAIN_GU" && c["state"] == "given_up")
+            .any(|c| c["name"] == *unique("BRAIN_GU") && c["state"] == "given_up")
     });
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 1, "{json}");
-    let brain = component(&json, "BRAIN_GU");
+    let brain = component(&json, &unique("BRAIN_GU"));
     let reason = brain["reason"].as_str().unwrap();
     assert!(
         reason.contains("code 3") && reason.contains("2 failure"),
@@ -53,30 +54,30 @@ fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() 
     );
     let problem = &json["problems"][0];
     assert_eq!(problem["kind"], "given_up", "{json}");
-    assert_eq!(problem["name"], "BRAIN_GU");
+    assert_eq!(problem["name"], &*unique("BRAIN_GU"));
     let message = problem["message"].as_str().unwrap();
     assert!(
-        message.contains("master-launch start BRAIN_GU"),
+        message.contains(&*format!("master-launch start {}", unique("BRAIN_GU"))),
         "{message}"
     );
     // The rest of the desk runs on.
-    assert_eq!(component(&json, "WATCHDOG_GU")["state"], "running");
+    assert_eq!(component(&json, &unique("WATCHDOG_GU"))["state"], "running");
 
     // Fixed: started again, under the orchestrator, and supervised from then on.
     std::fs::remove_file(&bug).unwrap();
-    let output = master_launch(&desk, &["start", "BRAIN_GU"]);
+    let output = master_launch(&desk, &["start", &*unique("BRAIN_GU")]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("BRAIN_GU: running, pid"),
+        stderr(&output).contains(&*format!("{}: running, pid", unique("BRAIN_GU"))),
         "{}",
         stderr(&output)
     );
-    let first = wait_supervised(&desk, "BRAIN_GU", orchestrator.pid());
+    let first = wait_supervised(&desk, &unique("BRAIN_GU"), orchestrator.pid());
     fleet_tests::force_kill(first);
     wait_until("the killed brain to be restarted", || {
         let snapshot = desk.snapshot();
-        managed_pid(&snapshot, "BRAIN_GU").is_some_and(|pid| pid != first)
-            && holder_pid(&snapshot, "BRAIN_GU") == Some(orchestrator.pid())
+        managed_pid(&snapshot, &unique("BRAIN_GU")).is_some_and(|pid| pid != first)
+            && holder_pid(&snapshot, &unique("BRAIN_GU")) == Some(orchestrator.pid())
     });
     wait_until("check-procs to be healthy", || {
         check_procs_json(&desk).0 == 0
@@ -90,26 +91,40 @@ fn a_given_up_brain_is_a_problem_until_start_brings_it_back_under_supervision() 
 
 #[test]
 fn an_account_stopped_on_request_is_no_problem_and_start_brings_it_back_in_order() {
-    let desk = Desk::with_options("ctl_bg", &["BG", "BGKEEP"], &[], QUICK);
+    let desk = Desk::with_options(
+        &unique("ctl_bg"),
+        &[&*unique("BG"), &*unique("BGKEEP")],
+        &[],
+        QUICK,
+    );
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let keep = fleet_tests::managed_pids(&desk.snapshot(), &["WATCHDOG_BGKEEP", "BRAIN_BGKEEP"]);
+    let keep = fleet_tests::managed_pids(
+        &desk.snapshot(),
+        &[&*unique("WATCHDOG_BGKEEP"), &*unique("BRAIN_BGKEEP")],
+    );
     let mut command = Command::new(tool("safe-shutdown", "safe-shutdown"));
-    command
-        .arg("--config")
-        .arg(desk.config())
-        .args(["--account", "BG", "--yes", "--timeout", "5"]);
+    command.arg("--config").arg(desk.config()).args([
+        "--account",
+        &*unique("BG"),
+        "--yes",
+        "--timeout",
+        "5",
+    ]);
     let output = fleet_tests::wine::output(&mut command).unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    wait_until("BG to show as stopped on request", || {
-        let (_, json) = check_procs_json(&desk);
-        ["WATCHDOG_BG", "BRAIN_BG"]
-            .iter()
-            .all(|n| component(&json, n)["state"] == "stopped")
-    });
+    wait_until(
+        &format!("{} to show as stopped on request", unique("BG")),
+        || {
+            let (_, json) = check_procs_json(&desk);
+            [&*unique("WATCHDOG_BG"), &*unique("BRAIN_BG")]
+                .iter()
+                .all(|n| component(&json, n)["state"] == "stopped")
+        },
+    );
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 0, "stopped on request is not a problem: {json}");
-    for name in ["WATCHDOG_BG", "BRAIN_BG"] {
+    for name in [&*unique("WATCHDOG_BG"), &*unique("BRAIN_BG")] {
         let reason = component(&json, name)["reason"].as_str().unwrap();
         assert!(
             reason.contains("stopped on request by pid"),
@@ -118,21 +133,25 @@ fn an_account_stopped_on_request_is_no_problem_and_start_brings_it_back_in_order
     }
 
     let before = desk.master_log().len();
-    let output = master_launch(&desk, &["start", "--account", "BG"]);
+    let output = master_launch(&desk, &["start", "--account", &*unique("BG")]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let watchdog = wait_supervised(&desk, "WATCHDOG_BG", orchestrator.pid());
-    let brain = wait_supervised(&desk, "BRAIN_BG", orchestrator.pid());
+    let watchdog = wait_supervised(&desk, &unique("WATCHDOG_BG"), orchestrator.pid());
+    let brain = wait_supervised(&desk, &unique("BRAIN_BG"), orchestrator.pid());
     assert_ne!(watchdog, brain);
     let log = desk.master_log();
-    let watchdog_at = log_position(&log, "WATCHDOG_BG: started", before).unwrap();
-    let brain_at = log_position(&log, "BRAIN_BG: started", before).unwrap();
+    let watchdog_at =
+        log_position(&log, &format!("{}: started", unique("WATCHDOG_BG")), before).unwrap();
+    let brain_at = log_position(&log, &format!("{}: started", unique("BRAIN_BG")), before).unwrap();
     assert!(
         watchdog_at < brain_at,
         "the brain started first: {}",
         &log[before..]
     );
     assert_eq!(
-        fleet_tests::managed_pids(&desk.snapshot(), &["WATCHDOG_BGKEEP", "BRAIN_BGKEEP"]),
+        fleet_tests::managed_pids(
+            &desk.snapshot(),
+            &[&*unique("WATCHDOG_BGKEEP"), &*unique("BRAIN_BGKEEP")]
+        ),
         keep,
         "the other account was touched"
     );
@@ -141,24 +160,28 @@ fn an_account_stopped_on_request_is_no_problem_and_start_brings_it_back_in_order
 
 #[test]
 fn restart_replaces_the_brain_never_runs_two_and_leaves_the_watchdog_alone() {
-    let desk = Desk::with_options("ctl_rs", &["RS"], &[], QUICK);
+    let desk = Desk::with_options(&unique("ctl_rs"), &[&*unique("RS")], &[], QUICK);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
     let snapshot = desk.snapshot();
-    let old_brain = managed_pid(&snapshot, "BRAIN_RS").unwrap();
-    let watchdog = managed_pid(&snapshot, "WATCHDOG_RS").unwrap();
+    let old_brain = managed_pid(&snapshot, &unique("BRAIN_RS")).unwrap();
+    let watchdog = managed_pid(&snapshot, &unique("WATCHDOG_RS")).unwrap();
     let mut command = Command::new(tool("master-launch", "master-launch"));
     command
         .arg("--config")
         .arg(desk.config())
-        .args(["restart", "BRAIN_RS"])
+        .args(["restart", &*unique("BRAIN_RS")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut restart = fleet_tests::wine::spawn(&mut command).unwrap();
     let mut samples = 0;
     let status = loop {
         let snapshot = desk.snapshot();
-        let copies = snapshot.component("BRAIN_RS").unwrap().copies.len();
+        let copies = snapshot
+            .component(&unique("BRAIN_RS"))
+            .unwrap()
+            .copies
+            .len();
         assert!(copies <= 1, "two brains at once: {:?}", snapshot.problems);
         samples += 1;
         if let Some(status) = restart.try_wait().unwrap() {
@@ -170,16 +193,22 @@ fn restart_replaces_the_brain_never_runs_two_and_leaves_the_watchdog_alone() {
     assert_eq!(status.code(), Some(0), "{text}");
     assert!(samples >= 2, "sampled only {samples} times");
     let snapshot = desk.snapshot();
-    let new_brain = managed_pid(&snapshot, "BRAIN_RS").unwrap();
+    let new_brain = managed_pid(&snapshot, &unique("BRAIN_RS")).unwrap();
     assert_ne!(new_brain, old_brain);
-    assert_eq!(managed_pid(&snapshot, "WATCHDOG_RS"), Some(watchdog));
-    assert_eq!(holder_pid(&snapshot, "BRAIN_RS"), Some(orchestrator.pid()));
+    assert_eq!(
+        managed_pid(&snapshot, &unique("WATCHDOG_RS")),
+        Some(watchdog)
+    );
+    assert_eq!(
+        holder_pid(&snapshot, &unique("BRAIN_RS")),
+        Some(orchestrator.pid())
+    );
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
 
 #[test]
 fn a_watchdog_that_cannot_start_keeps_its_brain_from_ever_starting() {
-    let desk = Desk::with_options("ctl_wv", &["WV"], &[], QUICK);
+    let desk = Desk::with_options(&unique("ctl_wv"), &[&*unique("WV")], &[], QUICK);
     let missing = desk.dir.path().join("no-such-watchdog");
     let text = std::fs::read_to_string(desk.config()).unwrap().replace(
         "watchdog = [\"{bot}\"",
@@ -188,37 +217,40 @@ fn a_watchdog_that_cannot_start_keeps_its_brain_from_ever_starting() {
     std::fs::write(desk.config(), text).unwrap();
     let (orchestrator, _lines) = launch(&desk, &[]);
     wait_until("the watchdog to be given up", || {
-        desk.master_log().contains("WATCHDOG_WV: GIVING UP")
+        desk.master_log()
+            .contains(&*format!("{}: GIVING UP", unique("WATCHDOG_WV")))
     });
     wait_until("check-procs to say given_up and blocked", || {
         let (_, json) = check_procs_json(&desk);
-        component(&json, "WATCHDOG_WV")["state"] == "given_up"
-            && component(&json, "BRAIN_WV")["state"] == "blocked"
+        component(&json, &unique("WATCHDOG_WV"))["state"] == "given_up"
+            && component(&json, &unique("BRAIN_WV"))["state"] == "blocked"
     });
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 1, "{json}");
-    let reason = component(&json, "WATCHDOG_WV")["reason"].as_str().unwrap();
+    let reason = component(&json, &unique("WATCHDOG_WV"))["reason"]
+        .as_str()
+        .unwrap();
     assert!(
         reason.contains("no-such-watchdog"),
         "the program is not named: {reason}"
     );
     let log = desk.master_log();
     assert!(
-        !log.contains("BRAIN_WV: started"),
+        !log.contains(&*format!("{}: started", unique("BRAIN_WV"))),
         "the brain traded unguarded: {log}"
     );
     assert!(
         desk.snapshot()
-            .component("BRAIN_WV")
+            .component(&unique("BRAIN_WV"))
             .unwrap()
             .copies
             .is_empty()
     );
     // Asking for the brain alone is refused with the way out.
-    let output = master_launch(&desk, &["start", "BRAIN_WV", "--timeout", "20"]);
+    let output = master_launch(&desk, &["start", &*unique("BRAIN_WV"), "--timeout", "20"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("start --account WV"),
+        stderr(&output).contains(&*format!("start --account {}", unique("WV"))),
         "{}",
         stderr(&output)
     );
@@ -233,53 +265,67 @@ fn a_watchdog_that_cannot_start_keeps_its_brain_from_ever_starting() {
 fn a_watchdog_given_up_while_its_brain_runs_stops_the_brain_and_the_brain_follows_it_back() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        "ctl_wg",
-        &["WG"],
+        &unique("ctl_wg"),
+        &[&*unique("WG")],
         &["--exit-log", &exit_log.arg],
         QUICK_ALWAYS,
     );
     let bug = desk.dir.path().join("bug");
     desk.add_args(
-        &["WATCHDOG_WG"],
+        &[&*unique("WATCHDOG_WG")],
         &["--crash-while", &bug.display().to_string()],
     );
     let (orchestrator, lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let brain = managed_pid(&desk.snapshot(), "BRAIN_WG").unwrap();
-    let watchdog = managed_pid(&desk.snapshot(), "WATCHDOG_WG").unwrap();
+    let brain = managed_pid(&desk.snapshot(), &unique("BRAIN_WG")).unwrap();
+    let watchdog = managed_pid(&desk.snapshot(), &unique("WATCHDOG_WG")).unwrap();
     std::fs::write(&bug, "").unwrap();
     fleet_tests::force_kill(watchdog);
     assert!(
         lines
-            .wait_for("WATCHDOG_WG: GIVING UP", Duration::from_secs(30))
+            .wait_for(
+                &format!("{}: GIVING UP", unique("WATCHDOG_WG")),
+                Duration::from_secs(30)
+            )
             .is_some()
     );
     fleet_tests::wait_gone(&[brain]);
     wait_until("the brain to be held back", || {
         let (code, json) = check_procs_json(&desk);
-        code == 1 && component(&json, "BRAIN_WG")["state"] == "blocked"
+        code == 1 && component(&json, &unique("BRAIN_WG"))["state"] == "blocked"
     });
     let log = desk.master_log();
-    assert!(log.contains("BRAIN_WG: stopping it"), "{log}");
+    assert!(
+        log.contains(&*format!("{}: stopping it", unique("BRAIN_WG"))),
+        "{log}"
+    );
     if !fleet_tests::wine::under_wine() {
         // Stopped gracefully: its stop handler ran (Wine delivers no CTRL_BREAK).
         assert!(
-            exit_log.times().iter().any(|(n, _)| n == "BRAIN_WG"),
+            exit_log
+                .times()
+                .iter()
+                .any(|(n, _)| n == &*unique("BRAIN_WG")),
             "the brain was not stopped gracefully"
         );
     }
     std::fs::remove_file(&bug).unwrap();
-    let output = master_launch(&desk, &["start", "WATCHDOG_WG"]);
+    let output = master_launch(&desk, &["start", &*unique("WATCHDOG_WG")]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let new_brain = wait_supervised(&desk, "BRAIN_WG", orchestrator.pid());
+    let new_brain = wait_supervised(&desk, &unique("BRAIN_WG"), orchestrator.pid());
     assert_ne!(new_brain, brain);
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
 
 #[test]
 fn concurrent_starts_of_one_account_start_exactly_one_copy_of_each() {
-    let desk = Desk::with_options("ctl_cc", &["CCRUN", "CC"], &[], QUICK);
-    let (orchestrator, _lines) = launch(&desk, &["--only", "CCRUN"]);
+    let desk = Desk::with_options(
+        &unique("ctl_cc"),
+        &[&*unique("CCRUN"), &*unique("CC")],
+        &[],
+        QUICK,
+    );
+    let (orchestrator, _lines) = launch(&desk, &["--only", &*unique("CCRUN")]);
     let rounds = fleet_tests::wine::race_rounds(5, 2);
     for round in 0..rounds {
         let starters: Vec<std::process::Child> = (0..6)
@@ -288,7 +334,7 @@ fn concurrent_starts_of_one_account_start_exactly_one_copy_of_each() {
                 command
                     .arg("--config")
                     .arg(desk.config())
-                    .args(["start", "--account", "CC"])
+                    .args(["start", "--account", &*unique("CC")])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped());
                 fleet_tests::wine::spawn(&mut command).unwrap()
@@ -304,22 +350,24 @@ fn concurrent_starts_of_one_account_start_exactly_one_copy_of_each() {
             );
         }
         let snapshot = desk.snapshot();
-        for name in ["WATCHDOG_CC", "BRAIN_CC"] {
+        for name in [&*unique("WATCHDOG_CC"), &*unique("BRAIN_CC")] {
             let view = snapshot.component(name).unwrap();
             assert_eq!(view.copies.len(), 1, "round {round}: {name}");
             assert_eq!(holder_pid(&snapshot, name), Some(orchestrator.pid()));
         }
-        for name in ["BRAIN_CC", "WATCHDOG_CC"] {
+        for name in [&*unique("BRAIN_CC"), &*unique("WATCHDOG_CC")] {
             StopRequest::new(name, Duration::from_secs(3))
                 .write(&desk.lock_dir())
                 .unwrap();
         }
-        wait_until("CC to stop", || {
+        wait_until(&format!("{} to stop", unique("CC")), || {
             let snapshot = desk.snapshot();
-            ["WATCHDOG_CC", "BRAIN_CC"].iter().all(|n| {
-                let view = snapshot.component(n).unwrap();
-                view.copies.is_empty() && view.state() == ComponentState::Stopped
-            })
+            [&*unique("WATCHDOG_CC"), &*unique("BRAIN_CC")]
+                .iter()
+                .all(|n| {
+                    let view = snapshot.component(n).unwrap();
+                    view.copies.is_empty() && view.state() == ComponentState::Stopped
+                })
         });
     }
     assert_eq!(stop_desk(&desk, orchestrator), 0);
@@ -327,21 +375,26 @@ fn concurrent_starts_of_one_account_start_exactly_one_copy_of_each() {
 
 #[test]
 fn a_start_is_refused_by_a_hand_started_run_and_by_an_unlocked_copy() {
-    let desk = Desk::with_options("ctl_rf", &["RFRUN", "RF"], &[], QUICK);
-    let (orchestrator, _lines) = launch(&desk, &["--only", "RFRUN"]);
+    let desk = Desk::with_options(
+        &unique("ctl_rf"),
+        &[&*unique("RFRUN"), &*unique("RF")],
+        &[],
+        QUICK,
+    );
+    let (orchestrator, _lines) = launch(&desk, &["--only", &*unique("RFRUN")]);
     // A hand-started `run` holds the watchdog's lock.
     let mut command = Command::new(tool("master-launch", "master-launch"));
     command
         .arg("--config")
         .arg(desk.config())
-        .args(["run", "WATCHDOG_RF"])
+        .args(["run", &*unique("WATCHDOG_RF")])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let hand = Running::new(fleet_tests::wine::spawn(&mut command).unwrap());
     wait_until("the hand-started watchdog to run", || {
-        managed_pid(&desk.snapshot(), "WATCHDOG_RF").is_some()
+        managed_pid(&desk.snapshot(), &unique("WATCHDOG_RF")).is_some()
     });
-    let output = master_launch(&desk, &["start", "WATCHDOG_RF"]);
+    let output = master_launch(&desk, &["start", &*unique("WATCHDOG_RF")]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     assert!(
         stderr(&output).contains(&format!("{}", hand.pid())),
@@ -351,22 +404,22 @@ fn a_start_is_refused_by_a_hand_started_run_and_by_an_unlocked_copy() {
     drop(hand);
     wait_until("the hand-started watchdog to end", || {
         desk.snapshot()
-            .component("WATCHDOG_RF")
+            .component(&unique("WATCHDOG_RF"))
             .unwrap()
             .copies
             .is_empty()
     });
     // A copy with no lock at all.
-    let copy = desk.start_by_hand("WATCHDOG_RF");
+    let copy = desk.start_by_hand(&unique("WATCHDOG_RF"));
     wait_until("the copy to be seen", || {
         !desk
             .snapshot()
-            .component("WATCHDOG_RF")
+            .component(&unique("WATCHDOG_RF"))
             .unwrap()
             .copies
             .is_empty()
     });
-    let output = master_launch(&desk, &["start", "WATCHDOG_RF"]);
+    let output = master_launch(&desk, &["start", &*unique("WATCHDOG_RF")]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     assert!(
         stderr(&output).contains(&format!("pid {}", copy.pid())),
@@ -375,7 +428,7 @@ fn a_start_is_refused_by_a_hand_started_run_and_by_an_unlocked_copy() {
     );
     assert_eq!(
         desk.snapshot()
-            .component("WATCHDOG_RF")
+            .component(&unique("WATCHDOG_RF"))
             .unwrap()
             .copies
             .len(),
@@ -387,8 +440,14 @@ fn a_start_is_refused_by_a_hand_started_run_and_by_an_unlocked_copy() {
 
 #[test]
 fn the_start_order_is_real_on_a_five_account_desk() {
-    let accounts = ["SO1", "SO2", "SO3", "SO4", "SO5"];
-    let desk = Desk::with_options("ctl_so", &accounts, &[], QUICK);
+    let accounts = [
+        &*unique("SO1"),
+        &*unique("SO2"),
+        &*unique("SO3"),
+        &*unique("SO4"),
+        &*unique("SO5"),
+    ];
+    let desk = Desk::with_options(&unique("ctl_so"), &accounts, &[], QUICK);
     let rounds = fleet_tests::wine::race_rounds(3, 1);
     for round in 0..rounds {
         let before = desk.master_log().len();
@@ -418,8 +477,8 @@ fn the_start_order_is_real_on_a_five_account_desk() {
 #[test]
 fn the_orchestrator_stays_up_with_everything_given_up_and_its_exit_code_says_so() {
     let desk = Desk::with_options(
-        "ctl_up",
-        &["UP"],
+        &unique("ctl_up"),
+        &[&*unique("UP")],
         &["--crash-after-ms", "20"],
         "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 1\n",
     );
@@ -437,7 +496,11 @@ fn the_orchestrator_stays_up_with_everything_given_up_and_its_exit_code_says_so(
     assert!(!log.contains("desk stopped"), "{log}");
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 1);
-    assert_eq!(component(&json, "ctl_up")["state"], "given_up", "{json}");
+    assert_eq!(
+        component(&json, &unique("ctl_up"))["state"],
+        "given_up",
+        "{json}"
+    );
     drop(lines);
     assert_eq!(stop_desk(&desk, orchestrator), 1);
 }
@@ -445,12 +508,12 @@ fn the_orchestrator_stays_up_with_everything_given_up_and_its_exit_code_says_so(
 #[test]
 fn restart_always_does_not_count_clean_exits_and_restart_never_does_not_retry_a_failed_start() {
     let desk = Desk::with_options(
-        "ctl_pol",
-        &["POL"],
+        &unique("ctl_pol"),
+        &[&*unique("POL")],
         &[],
         "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 2\n",
     );
-    desk.add_args(&["ctl_pol"], &["--exit-after-ms", "100"]);
+    desk.add_args(&[&*unique("ctl_pol")], &["--exit-after-ms", "100"]);
     let text = std::fs::read_to_string(desk.config()).unwrap();
     let text = text.replacen("command = [", "restart = \"always\"\ncommand = [", 1);
     let missing = desk.dir.path().join("no-such-brain");
@@ -459,27 +522,47 @@ fn restart_always_does_not_count_clean_exits_and_restart_never_does_not_retry_a_
         &format!("brain = [{:?}", missing.display().to_string()),
     ) + "\n";
     let text = text.replace(
-        "[[account]]\nname = \"POL\"",
-        "[[account]]\nname = \"POL\"\nrestart = \"never\"",
+        &*format!("[[account]]\nname = \"{}\"", unique("POL")),
+        &format!(
+            "[[account]]\nname = \"{}\"\nrestart = \"never\"",
+            unique("POL")
+        ),
     );
     std::fs::write(desk.config(), text).unwrap();
     let (orchestrator, _lines) = start_master_launch(&desk.config(), &[]);
     wait_until("four clean exits of the global", || {
-        desk.master_log().matches("ctl_pol: started").count() >= 4
+        desk.master_log()
+            .matches(&*format!("{}: started", unique("ctl_pol")))
+            .count()
+            >= 4
     });
     wait_until("the brain to be given up", || {
-        desk.master_log().contains("BRAIN_POL: GIVING UP")
+        desk.master_log()
+            .contains(&*format!("{}: GIVING UP", unique("BRAIN_POL")))
     });
     let log = desk.master_log();
-    assert!(!log.contains("ctl_pol: GIVING UP"), "{log}");
-    assert_eq!(log.matches("BRAIN_POL: cannot start").count(), 1, "{log}");
+    assert!(
+        !log.contains(&*format!("{}: GIVING UP", unique("ctl_pol"))),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches(&*format!("{}: cannot start", unique("BRAIN_POL")))
+            .count(),
+        1,
+        "{log}"
+    );
     assert_eq!(stop_desk(&desk, orchestrator), 1);
 }
 
 #[test]
 fn requests_without_an_orchestrator_or_with_bad_names_and_start_or_run() {
-    let desk = Desk::with_options("ctl_no", &["NORUN", "NO"], &[], QUICK);
-    let output = master_launch(&desk, &["start", "BRAIN_NO"]);
+    let desk = Desk::with_options(
+        &unique("ctl_no"),
+        &[&*unique("NORUN"), &*unique("NO")],
+        &[],
+        QUICK,
+    );
+    let output = master_launch(&desk, &["start", &*unique("BRAIN_NO")]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("no master-launch is running"),
@@ -495,7 +578,12 @@ fn requests_without_an_orchestrator_or_with_bad_names_and_start_or_run() {
     assert_eq!(output.status.code(), Some(2), "a start of nothing");
     let output = master_launch(
         &desk,
-        &["restart", "ctl_no", "--timeout", "18446744073709551615"],
+        &[
+            "restart",
+            &*unique("ctl_no"),
+            "--timeout",
+            "18446744073709551615",
+        ],
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(desk.lock_files().is_empty(), "{:?}", desk.lock_files());
@@ -505,42 +593,53 @@ fn requests_without_an_orchestrator_or_with_bad_names_and_start_or_run() {
     command
         .arg("--config")
         .arg(desk.config())
-        .args(["start", "--or-run", "ctl_no"])
+        .args(["start", "--or-run", &*unique("ctl_no")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut by_hand = fleet_tests::wine::spawn(&mut command).unwrap();
     wait_until("the global to run by hand", || {
-        managed_pid(&desk.snapshot(), "ctl_no").is_some()
+        managed_pid(&desk.snapshot(), &unique("ctl_no")).is_some()
     });
-    assert_eq!(holder_pid(&desk.snapshot(), "ctl_no"), Some(by_hand.id()));
-    StopRequest::new("ctl_no", Duration::from_secs(2))
+    assert_eq!(
+        holder_pid(&desk.snapshot(), &unique("ctl_no")),
+        Some(by_hand.id())
+    );
+    StopRequest::new(&unique("ctl_no"), Duration::from_secs(2))
         .write(&desk.lock_dir())
         .unwrap();
     assert_eq!(by_hand.wait().unwrap().code(), Some(0));
     let mut text = String::new();
     std::io::Read::read_to_string(&mut by_hand.stderr.take().unwrap(), &mut text).unwrap();
-    assert!(text.contains("running ctl_no by hand"), "{text}");
+    assert!(
+        text.contains(&*format!("running {} by hand", unique("ctl_no"))),
+        "{text}"
+    );
 
     // With an orchestrator, `start --or-run` asks it.
-    let (orchestrator, _lines) = launch(&desk, &["--only", "NORUN"]);
-    let output = master_launch(&desk, &["start", "--or-run", "WATCHDOG_NO"]);
+    let (orchestrator, _lines) = launch(&desk, &["--only", &*unique("NORUN")]);
+    let output = master_launch(&desk, &["start", "--or-run", &*unique("WATCHDOG_NO")]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("asked master-launch"),
         "{}",
         stderr(&output)
     );
-    wait_supervised(&desk, "WATCHDOG_NO", orchestrator.pid());
+    wait_supervised(&desk, &unique("WATCHDOG_NO"), orchestrator.pid());
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
 
 #[test]
 fn a_request_left_by_a_requester_that_died_is_cleared_not_served() {
-    let desk = Desk::with_options("ctl_dead", &["DEADRUN", "DEAD"], &[], QUICK);
-    let (orchestrator, _lines) = launch(&desk, &["--only", "DEADRUN"]);
+    let desk = Desk::with_options(
+        &unique("ctl_dead"),
+        &[&*unique("DEADRUN"), &*unique("DEAD")],
+        &[],
+        QUICK,
+    );
+    let (orchestrator, _lines) = launch(&desk, &["--only", &*unique("DEADRUN")]);
     let identity = ended_identity();
     let request = lockcore::control::ControlRequest::new(
-        "WATCHDOG_DEAD",
+        &unique("WATCHDOG_DEAD"),
         lockcore::control::Action::Start,
         identity,
     );
@@ -548,22 +647,29 @@ fn a_request_left_by_a_requester_that_died_is_cleared_not_served() {
         .place(&desk.lock_dir(), Duration::from_secs(1))
         .unwrap();
     wait_until("the request to be cleared", || {
-        desk.master_log()
-            .contains("WATCHDOG_DEAD: cleared a start request")
+        desk.master_log().contains(&*format!(
+            "{}: cleared a start request",
+            unique("WATCHDOG_DEAD")
+        ))
     });
     let view = DeskState::read(&desk.lock_dir()).unwrap().unwrap();
     assert_eq!(
-        view.component("WATCHDOG_DEAD").unwrap().state,
+        view.component(&unique("WATCHDOG_DEAD")).unwrap().state,
         Supervision::NotStarted
     );
     assert!(
         desk.snapshot()
-            .component("WATCHDOG_DEAD")
+            .component(&unique("WATCHDOG_DEAD"))
             .unwrap()
             .copies
             .is_empty()
     );
-    assert!(!desk.lock_dir().join("WATCHDOG_DEAD.start").exists());
+    assert!(
+        !desk
+            .lock_dir()
+            .join(&*format!("{}.start", unique("WATCHDOG_DEAD")))
+            .exists()
+    );
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
 
@@ -571,7 +677,7 @@ fn a_request_left_by_a_requester_that_died_is_cleared_not_served() {
 #[cfg(unix)]
 #[test]
 fn a_deleted_orchestrator_lock_is_noticed_and_taken_again() {
-    let desk = Desk::with_options("ctl_ml", &["ML"], &[], QUICK);
+    let desk = Desk::with_options(&unique("ctl_ml"), &[&*unique("ML")], &[], QUICK);
     let (orchestrator, _lines) = launch(&desk, &[]);
     let lock = desk.lock_path("MASTER_LAUNCH");
     std::fs::remove_file(&lock).unwrap();
@@ -599,12 +705,12 @@ fn a_deleted_orchestrator_lock_is_noticed_and_taken_again() {
 #[test]
 fn the_published_view_is_always_whole_while_it_changes() {
     let desk = Desk::with_options(
-        "ctl_view",
-        &["VIEW"],
+        &unique("ctl_view"),
+        &[&*unique("VIEW")],
         &[],
         "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 1000\nrestart_delay_ms = 1\n",
     );
-    desk.add_args(&["BRAIN_VIEW"], &["--crash-after-ms", "10"]);
+    desk.add_args(&[&*unique("BRAIN_VIEW")], &["--crash-after-ms", "10"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     let lock_dir = desk.lock_dir();
     let (mut reads, mut states) = (0, std::collections::BTreeSet::new());
@@ -612,7 +718,12 @@ fn the_published_view_is_always_whole_while_it_changes() {
     while Instant::now() < until {
         if let Some(read) = DeskState::read(&lock_dir) {
             let view = read.unwrap_or_else(|e| panic!("a reader saw a broken view: {e}"));
-            states.insert(view.component("BRAIN_VIEW").unwrap().state.as_str());
+            states.insert(
+                view.component(&unique("BRAIN_VIEW"))
+                    .unwrap()
+                    .state
+                    .as_str(),
+            );
             reads += 1;
         }
     }
@@ -623,7 +734,12 @@ fn the_published_view_is_always_whole_while_it_changes() {
 
 #[test]
 fn an_account_may_allow_an_unguarded_brain_explicitly() {
-    let desk = Desk::with_options("ctl_ug", &["UG"], &[], "brain_requires_watchdog = false\n");
+    let desk = Desk::with_options(
+        &unique("ctl_ug"),
+        &[&*unique("UG")],
+        &[],
+        "brain_requires_watchdog = false\n",
+    );
     let missing = desk.dir.path().join("no-such-watchdog");
     let text = std::fs::read_to_string(desk.config()).unwrap().replace(
         "watchdog = [\"{bot}\"",
@@ -631,13 +747,18 @@ fn an_account_may_allow_an_unguarded_brain_explicitly() {
     ) + QUICK;
     std::fs::write(desk.config(), text).unwrap();
     let (orchestrator, _lines) = launch(&desk, &[]);
-    wait_supervised(&desk, "BRAIN_UG", orchestrator.pid());
+    wait_supervised(&desk, &unique("BRAIN_UG"), orchestrator.pid());
     wait_until("the watchdog to be given up", || {
-        desk.master_log().contains("WATCHDOG_UG: GIVING UP")
+        desk.master_log()
+            .contains(&*format!("{}: GIVING UP", unique("WATCHDOG_UG")))
     });
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(
-        desk.snapshot().component("BRAIN_UG").unwrap().copies.len(),
+        desk.snapshot()
+            .component(&unique("BRAIN_UG"))
+            .unwrap()
+            .copies
+            .len(),
         1,
         "the brain was stopped although its account allows it to run unguarded"
     );
@@ -648,42 +769,51 @@ fn an_account_may_allow_an_unguarded_brain_explicitly() {
 fn a_brain_is_held_back_while_its_watchdog_backs_off_and_follows_it_back() {
     let exit_log = fleet_tests::ExitLog::new();
     let desk = Desk::with_options(
-        "ctl_bo",
-        &["BO"],
+        &unique("ctl_bo"),
+        &[&*unique("BO")],
         &["--exit-log", &exit_log.arg],
         "[defaults]\nstop_timeout_secs = 2\ngive_up_after = 5\nrestart = \"always\"\n",
     );
     let bug = desk.dir.path().join("bug");
     desk.add_args(
-        &["WATCHDOG_BO"],
+        &[&*unique("WATCHDOG_BO")],
         &["--crash-while", &bug.display().to_string()],
     );
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let brain = managed_pid(&desk.snapshot(), "BRAIN_BO").unwrap();
-    let watchdog = managed_pid(&desk.snapshot(), "WATCHDOG_BO").unwrap();
+    let brain = managed_pid(&desk.snapshot(), &unique("BRAIN_BO")).unwrap();
+    let watchdog = managed_pid(&desk.snapshot(), &unique("WATCHDOG_BO")).unwrap();
     // The watchdog crashes again at once after its immediate restart: it backs off.
     std::fs::write(&bug, "").unwrap();
     fleet_tests::force_kill(watchdog);
     wait_until("the brain to be held back", || {
-        desk.master_log()
-            .contains("BRAIN_BO: stopping it: its watchdog WATCHDOG_BO is backing off")
+        desk.master_log().contains(&*format!(
+            "{}: stopping it: its watchdog {} is backing off",
+            unique("BRAIN_BO"),
+            unique("WATCHDOG_BO")
+        ))
     });
     fleet_tests::wait_gone(&[brain]);
     if !fleet_tests::wine::under_wine() {
         assert!(
-            exit_log.times().iter().any(|(n, _)| n == "BRAIN_BO"),
+            exit_log
+                .times()
+                .iter()
+                .any(|(n, _)| n == &*unique("BRAIN_BO")),
             "the brain was not stopped gracefully"
         );
     }
     // Fixed: the watchdog's next attempt runs, and the brain follows by itself.
     std::fs::remove_file(&bug).unwrap();
-    let new_brain = wait_supervised(&desk, "BRAIN_BO", orchestrator.pid());
+    let new_brain = wait_supervised(&desk, &unique("BRAIN_BO"), orchestrator.pid());
     assert_ne!(new_brain, brain);
     let log = desk.master_log();
-    let held = log.find("BRAIN_BO: stopping it").unwrap();
-    let watchdog_back = log_position(&log, "WATCHDOG_BO: started", held).unwrap();
-    let brain_back = log_position(&log, "BRAIN_BO: started", held).unwrap();
+    let held = log
+        .find(&*format!("{}: stopping it", unique("BRAIN_BO")))
+        .unwrap();
+    let watchdog_back =
+        log_position(&log, &format!("{}: started", unique("WATCHDOG_BO")), held).unwrap();
+    let brain_back = log_position(&log, &format!("{}: started", unique("BRAIN_BO")), held).unwrap();
     assert!(watchdog_back < brain_back, "{}", &log[held..]);
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }

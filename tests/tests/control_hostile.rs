@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleet_tests::orchestrated::*;
-use fleet_tests::{Desk, Lines, tool, wait_until};
+use fleet_tests::{Desk, Lines, tool, unique, wait_until};
 use lockcore::StopRequest;
 use lockcore::control::{DeskState, Supervision};
 
@@ -43,49 +43,57 @@ fn signal(pid: u32, which: &str) {
 #[test]
 fn hx_a_stop_request_arriving_during_a_restart_wins_and_nothing_starts_in_between() {
     let desk = Desk::with_options(
-        "hx_sr",
-        &["HXSR"],
+        &unique("hx_sr"),
+        &[&*unique("HXSR")],
         &[],
         "[defaults]\nstop_timeout_secs = 5\ngive_up_after = 2\n",
     );
     // Long enough that the stop request lands inside it even on a slow machine.
-    desk.add_args(&["BRAIN_HXSR"], &["--stop-delay-ms", "3000"]);
+    desk.add_args(&[&*unique("BRAIN_HXSR")], &["--stop-delay-ms", "3000"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
     for round in 0..3 {
         if round > 0 {
-            let output = master_launch(&desk, &["start", "BRAIN_HXSR"]);
+            let output = master_launch(&desk, &["start", &*unique("BRAIN_HXSR")]);
             assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
         }
         let asked = desk
             .master_log()
-            .matches("BRAIN_HXSR: restart requested")
+            .matches(&*format!("{}: restart requested", unique("BRAIN_HXSR")))
             .count();
-        let (mut restart, _restart_lines) = master_launch_spawn(&desk, &["restart", "BRAIN_HXSR"]);
+        let (mut restart, _restart_lines) =
+            master_launch_spawn(&desk, &["restart", &*unique("BRAIN_HXSR")]);
         wait_until("the restart to be taken", || {
             desk.master_log()
-                .matches("BRAIN_HXSR: restart requested")
+                .matches(&*format!("{}: restart requested", unique("BRAIN_HXSR")))
                 .count()
                 > asked
         });
         let mark = desk.master_log().len();
-        StopRequest::new("BRAIN_HXSR", Duration::from_secs(10))
+        StopRequest::new(&unique("BRAIN_HXSR"), Duration::from_secs(10))
             .write(&desk.lock_dir())
             .unwrap();
         let code = wait_exit(&mut restart, Duration::from_secs(30), "the restart");
         assert_eq!(code, 1, "round {round}: a restart overtaken by a stop");
         wait_until("the brain to show as stopped on request", || {
-            view_state(&desk, "BRAIN_HXSR") == Some(Supervision::Stopped)
-                && !desk.lock_dir().join("BRAIN_HXSR.stop").exists()
+            view_state(&desk, &unique("BRAIN_HXSR")) == Some(Supervision::Stopped)
+                && !desk
+                    .lock_dir()
+                    .join(&*format!("{}.stop", unique("BRAIN_HXSR")))
+                    .exists()
         });
         std::thread::sleep(Duration::from_millis(600));
         let log = desk.master_log();
         assert!(
-            log_position(&log, "BRAIN_HXSR: started", mark).is_none(),
+            log_position(&log, &format!("{}: started", unique("BRAIN_HXSR")), mark).is_none(),
             "round {round}: the brain was started although a stop was asked for: {}",
             &log[mark..]
         );
-        assert_eq!(copies(&desk.snapshot(), "BRAIN_HXSR"), 0, "round {round}");
+        assert_eq!(
+            copies(&desk.snapshot(), &unique("BRAIN_HXSR")),
+            0,
+            "round {round}"
+        );
     }
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
@@ -96,20 +104,27 @@ fn hx_a_stop_request_arriving_during_a_restart_wins_and_nothing_starts_in_betwee
 #[cfg(unix)]
 #[test]
 fn hx_a_requester_that_joined_a_request_whose_placer_died_is_answered_promptly() {
-    let desk = Desk::with_options("hx_jn", &["HXJNRUN", "HXJN"], &[], QUICK);
-    let (orchestrator, _lines) = launch(&desk, &["--only", "HXJNRUN"]);
+    let desk = Desk::with_options(
+        &unique("hx_jn"),
+        &[&*unique("HXJNRUN"), &*unique("HXJN")],
+        &[],
+        QUICK,
+    );
+    let (orchestrator, _lines) = launch(&desk, &["--only", &*unique("HXJNRUN")]);
     let identity = ended_identity();
     // Hold the orchestrator still, so that the survivor joins before it looks.
     signal(orchestrator.pid(), "-STOP");
     lockcore::control::ControlRequest::new(
-        "WATCHDOG_HXJN",
+        &unique("WATCHDOG_HXJN"),
         lockcore::control::Action::Start,
         identity,
     )
     .place(&desk.lock_dir(), Duration::from_secs(1))
     .unwrap();
-    let (mut survivor, lines) =
-        master_launch_spawn(&desk, &["start", "WATCHDOG_HXJN", "--timeout", "60"]);
+    let (mut survivor, lines) = master_launch_spawn(
+        &desk,
+        &["start", &*unique("WATCHDOG_HXJN"), "--timeout", "60"],
+    );
     let joined = lines.wait_for("already pending", Duration::from_secs(20));
     signal(orchestrator.pid(), "-CONT");
     assert!(joined.is_some(), "the survivor did not join the request");
@@ -130,14 +145,15 @@ fn hx_a_requester_that_joined_a_request_whose_placer_died_is_answered_promptly()
 /// requester says so and exits 1 promptly; nothing of the desk survives.
 #[test]
 fn hx_a_requester_waiting_on_a_killed_orchestrator_exits_promptly() {
-    let desk = Desk::with_options("hx_kl", &["HXKL"], &[], QUICK);
-    desk.add_args(&["BRAIN_HXKL"], &["--stop-delay-ms", "1500"]);
+    let desk = Desk::with_options(&unique("hx_kl"), &[&*unique("HXKL")], &[], QUICK);
+    desk.add_args(&[&*unique("BRAIN_HXKL")], &["--stop-delay-ms", "1500"]);
     let (mut orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
     let pids = fleet_tests::running_pids(&desk.snapshot());
-    let (mut restart, lines) = master_launch_spawn(&desk, &["restart", "BRAIN_HXKL"]);
+    let (mut restart, lines) = master_launch_spawn(&desk, &["restart", &*unique("BRAIN_HXKL")]);
     wait_until("the restart to be taken", || {
-        desk.master_log().contains("BRAIN_HXKL: restart requested")
+        desk.master_log()
+            .contains(&*format!("{}: restart requested", unique("BRAIN_HXKL")))
     });
     orchestrator.kill();
     let killed_at = Instant::now();
@@ -157,20 +173,24 @@ fn hx_a_requester_waiting_on_a_killed_orchestrator_exits_promptly() {
 /// all along, a brain never runs without its watchdog.
 #[test]
 fn hx_restarting_a_watchdog_never_leaves_its_brain_unguarded() {
-    let desk = Desk::with_options("hx_rw", &["HXRW"], &[], QUICK);
-    desk.add_args(&["BRAIN_HXRW"], &["--stop-delay-ms", "300"]);
+    let desk = Desk::with_options(&unique("hx_rw"), &[&*unique("HXRW")], &[], QUICK);
+    desk.add_args(&[&*unique("BRAIN_HXRW")], &["--stop-delay-ms", "300"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     for round in 0..2 {
         desk.wait_until_running();
-        let before = fleet_tests::managed_pids(&desk.snapshot(), &["WATCHDOG_HXRW", "BRAIN_HXRW"]);
+        let before = fleet_tests::managed_pids(
+            &desk.snapshot(),
+            &[&*unique("WATCHDOG_HXRW"), &*unique("BRAIN_HXRW")],
+        );
         let mark = desk.master_log().len();
-        let (mut restart, lines) = master_launch_spawn(&desk, &["restart", "WATCHDOG_HXRW"]);
+        let (mut restart, lines) =
+            master_launch_spawn(&desk, &["restart", &*unique("WATCHDOG_HXRW")]);
         let mut samples = 0;
         let code = loop {
             let snapshot = desk.snapshot();
             let (watchdogs, brains) = (
-                copies(&snapshot, "WATCHDOG_HXRW"),
-                copies(&snapshot, "BRAIN_HXRW"),
+                copies(&snapshot, &unique("WATCHDOG_HXRW")),
+                copies(&snapshot, &unique("BRAIN_HXRW")),
             );
             assert!(
                 watchdogs <= 1 && brains <= 1,
@@ -191,16 +211,22 @@ fn hx_restarting_a_watchdog_never_leaves_its_brain_unguarded() {
         assert!(samples >= 2, "sampled only {samples} times");
         // The brain comes back after its watchdog, without being asked.
         desk.wait_until_running();
-        let after = fleet_tests::managed_pids(&desk.snapshot(), &["WATCHDOG_HXRW", "BRAIN_HXRW"]);
+        let after = fleet_tests::managed_pids(
+            &desk.snapshot(),
+            &[&*unique("WATCHDOG_HXRW"), &*unique("BRAIN_HXRW")],
+        );
         assert!(
             before.iter().all(|pid| !after.contains(pid)),
             "round {round}: {before:?} -> {after:?}"
         );
-        let brain_start = wait_logged(&desk, "BRAIN_HXRW: started", mark);
+        let brain_start = wait_logged(&desk, &format!("{}: started", unique("BRAIN_HXRW")), mark);
         let log = desk.master_log();
-        let brain_exit = log_position(&log, "BRAIN_HXRW: exited", mark).unwrap();
-        let watchdog_exit = log_position(&log, "WATCHDOG_HXRW: exited", mark).unwrap();
-        let watchdog_start = log_position(&log, "WATCHDOG_HXRW: started", mark).unwrap();
+        let brain_exit =
+            log_position(&log, &format!("{}: exited", unique("BRAIN_HXRW")), mark).unwrap();
+        let watchdog_exit =
+            log_position(&log, &format!("{}: exited", unique("WATCHDOG_HXRW")), mark).unwrap();
+        let watchdog_start =
+            log_position(&log, &format!("{}: started", unique("WATCHDOG_HXRW")), mark).unwrap();
         assert!(
             brain_exit < watchdog_exit
                 && watchdog_exit < watchdog_start
@@ -216,21 +242,23 @@ fn hx_restarting_a_watchdog_never_leaves_its_brain_unguarded() {
 /// never runs two copies.
 #[test]
 fn hx_restarting_a_brain_that_ignores_stop_forces_it_and_never_runs_two() {
-    let desk = Desk::with_options("hx_ig", &["HXIG"], &[], QUICK);
-    desk.add_args(&["BRAIN_HXIG"], &["--ignore-stop"]);
+    let desk = Desk::with_options(&unique("hx_ig"), &[&*unique("HXIG")], &[], QUICK);
+    desk.add_args(&[&*unique("BRAIN_HXIG")], &["--ignore-stop"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let old = managed_pid(&desk.snapshot(), "BRAIN_HXIG").unwrap();
-    let (mut restart, lines) = master_launch_spawn(&desk, &["restart", "--account", "HXIG"]);
+    let old = managed_pid(&desk.snapshot(), &unique("BRAIN_HXIG")).unwrap();
+    let (mut restart, lines) =
+        master_launch_spawn(&desk, &["restart", "--account", &*unique("HXIG")]);
     let code = loop {
         let snapshot = desk.snapshot();
         assert!(
-            copies(&snapshot, "BRAIN_HXIG") <= 1,
+            copies(&snapshot, &unique("BRAIN_HXIG")) <= 1,
             "{:?}",
             snapshot.problems
         );
         assert!(
-            copies(&snapshot, "BRAIN_HXIG") == 0 || copies(&snapshot, "WATCHDOG_HXIG") == 1,
+            copies(&snapshot, &unique("BRAIN_HXIG")) == 0
+                || copies(&snapshot, &unique("WATCHDOG_HXIG")) == 1,
             "a brain without its watchdog"
         );
         if let Some(status) = restart.try_wait().unwrap() {
@@ -240,10 +268,16 @@ fn hx_restarting_a_brain_that_ignores_stop_forces_it_and_never_runs_two() {
     let text = lines.collect().join("\n");
     assert_eq!(code, Some(0), "{text}");
     let log = desk.master_log();
-    assert!(log.contains("BRAIN_HXIG (pid"), "{log}");
+    assert!(
+        log.contains(&*format!("{} (pid", unique("BRAIN_HXIG"))),
+        "{log}"
+    );
     assert!(log.contains("did not stop in time"), "{log}");
     desk.wait_until_running();
-    assert_ne!(managed_pid(&desk.snapshot(), "BRAIN_HXIG"), Some(old));
+    assert_ne!(
+        managed_pid(&desk.snapshot(), &unique("BRAIN_HXIG")),
+        Some(old)
+    );
     fleet_tests::wait_gone(&[old]);
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
@@ -254,30 +288,55 @@ fn hx_restarting_a_brain_that_ignores_stop_forces_it_and_never_runs_two() {
 #[cfg(unix)]
 #[test]
 fn hx_garbage_links_and_fifos_at_request_names_are_never_acted_on_nor_hang() {
-    let desk = Desk::with_options("hx_gb", &["HXGBRUN", "HXGB"], &[], QUICK);
-    let (orchestrator, _lines) = launch(&desk, &["--only", "HXGBRUN"]);
+    let desk = Desk::with_options(
+        &unique("hx_gb"),
+        &[&*unique("HXGBRUN"), &*unique("HXGB")],
+        &[],
+        QUICK,
+    );
+    let (orchestrator, _lines) = launch(&desk, &["--only", &*unique("HXGBRUN")]);
     wait_until("the --only part to run", || {
         let snapshot = desk.snapshot();
-        ["hx_gb", "WATCHDOG_HXGBRUN", "BRAIN_HXGBRUN"]
-            .iter()
-            .all(|n| managed_pid(&snapshot, n).is_some())
+        [
+            &*unique("hx_gb"),
+            &*unique("WATCHDOG_HXGBRUN"),
+            &*unique("BRAIN_HXGBRUN"),
+        ]
+        .iter()
+        .all(|n| managed_pid(&snapshot, n).is_some())
     });
-    let global = managed_pid(&desk.snapshot(), "hx_gb").unwrap();
+    let global = managed_pid(&desk.snapshot(), &unique("hx_gb")).unwrap();
     let locks = desk.lock_dir();
-    std::fs::write(locks.join("WATCHDOG_HXGB.start"), b"not json {").unwrap();
-    std::fs::write(locks.join("BRAIN_HXGB.restart"), vec![b'x'; 1 << 20]).unwrap();
+    std::fs::write(
+        locks.join(&*format!("{}.start", unique("WATCHDOG_HXGB"))),
+        b"not json {",
+    )
+    .unwrap();
+    std::fs::write(
+        locks.join(&*format!("{}.restart", unique("BRAIN_HXGB"))),
+        vec![b'x'; 1 << 20],
+    )
+    .unwrap();
     let other = serde_json::json!({
-        "name": "WATCHDOG_HXGB", "action": "start", "id": "x", "requested_by": null
+        "name": &*unique("WATCHDOG_HXGB"), "action": "start", "id": "x", "requested_by": null
     });
-    std::fs::write(locks.join("hx_gb.restart"), other.to_string()).unwrap();
+    std::fs::write(
+        locks.join(&*format!("{}.restart", unique("hx_gb"))),
+        other.to_string(),
+    )
+    .unwrap();
     // A link to a perfectly good request elsewhere: never followed.
     let victim = desk.dir.path().join("victim.json");
     let good = serde_json::json!({
-        "name": "WATCHDOG_HXGB", "action": "restart", "id": "y", "requested_by": null
+        "name": &*unique("WATCHDOG_HXGB"), "action": "restart", "id": "y", "requested_by": null
     });
     std::fs::write(&victim, good.to_string()).unwrap();
-    std::os::unix::fs::symlink(&victim, locks.join("WATCHDOG_HXGB.restart")).unwrap();
-    let fifo = locks.join("BRAIN_HXGB.start");
+    std::os::unix::fs::symlink(
+        &victim,
+        locks.join(&*format!("{}.restart", unique("WATCHDOG_HXGB"))),
+    )
+    .unwrap();
+    let fifo = locks.join(&*format!("{}.start", unique("BRAIN_HXGB")));
     assert!(
         Command::new("mkfifo")
             .arg(&fifo)
@@ -293,24 +352,43 @@ fn hx_garbage_links_and_fifos_at_request_names_are_never_acted_on_nor_hang() {
     });
     std::thread::sleep(Duration::from_millis(600));
     let log = desk.master_log();
-    assert!(!log.contains("HXGB: started"), "{log}");
-    assert!(!log.contains("hx_gb: restart requested"), "{log}");
-    for name in ["WATCHDOG_HXGB.start", "BRAIN_HXGB.restart", "hx_gb.restart"] {
+    assert!(
+        !log.contains(&*format!("{}: started", unique("HXGB"))),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&*format!("{}: restart requested", unique("hx_gb"))),
+        "{log}"
+    );
+    for name in [
+        &*format!("{}.start", unique("WATCHDOG_HXGB")),
+        &*format!("{}.restart", unique("BRAIN_HXGB")),
+        &*format!("{}.restart", unique("hx_gb")),
+    ] {
         assert!(!locks.join(name).exists(), "{name} left");
     }
     assert!(
-        std::fs::symlink_metadata(locks.join("WATCHDOG_HXGB.restart"))
+        std::fs::symlink_metadata(locks.join(&*format!("{}.restart", unique("WATCHDOG_HXGB"))))
             .unwrap()
             .file_type()
             .is_symlink()
     );
     assert!(std::fs::symlink_metadata(&fifo).is_ok(), "the FIFO went");
     assert_eq!(std::fs::read(&victim).unwrap(), good.to_string().as_bytes());
-    assert_eq!(managed_pid(&desk.snapshot(), "hx_gb"), Some(global));
+    assert_eq!(
+        managed_pid(&desk.snapshot(), &unique("hx_gb")),
+        Some(global)
+    );
     // A requester that meets the FIFO or the link gives up with the reason.
     for (args, entry) in [
-        (["start", "BRAIN_HXGB"], "BRAIN_HXGB.start"),
-        (["restart", "WATCHDOG_HXGB"], "WATCHDOG_HXGB.restart"),
+        (
+            ["start", &*unique("BRAIN_HXGB")],
+            &*format!("{}.start", unique("BRAIN_HXGB")),
+        ),
+        (
+            ["restart", &*unique("WATCHDOG_HXGB")],
+            &*format!("{}.restart", unique("WATCHDOG_HXGB")),
+        ),
     ] {
         let asked = Instant::now();
         let output = master_launch(&desk, &args);
@@ -321,7 +399,7 @@ fn hx_garbage_links_and_fifos_at_request_names_are_never_acted_on_nor_hang() {
     }
     assert_eq!(std::fs::read(&victim).unwrap(), good.to_string().as_bytes());
     // The orchestrator still serves good requests.
-    let output = master_launch(&desk, &["start", "WATCHDOG_HXGB"]);
+    let output = master_launch(&desk, &["start", &*unique("WATCHDOG_HXGB")]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
@@ -331,7 +409,7 @@ fn hx_garbage_links_and_fifos_at_request_names_are_never_acted_on_nor_hang() {
 #[cfg(unix)]
 #[test]
 fn hx_a_link_at_the_views_name_is_reported_once_not_on_every_tick() {
-    let desk = Desk::with_options("hx_ln", &["HXLN"], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_ln"), &[&*unique("HXLN")], &[], QUICK);
     let victim = desk.dir.path().join("victim");
     std::fs::write(&victim, b"keep me").unwrap();
     std::fs::create_dir_all(desk.lock_dir()).unwrap();
@@ -361,20 +439,21 @@ fn hx_a_link_at_the_views_name_is_reported_once_not_on_every_tick() {
 #[test]
 fn hx_safe_shutdown_during_a_restart_stops_everything_in_order_and_starts_nothing() {
     let desk = Desk::with_options(
-        "hx_sd",
-        &["HXSD"],
+        &unique("hx_sd"),
+        &[&*unique("HXSD")],
         &[],
         "[defaults]\nstop_timeout_secs = 15\ngive_up_after = 2\n",
     );
     // Long enough a stop that the shutdown lands while the restart still stops it.
-    desk.add_args(&["BRAIN_HXSD"], &["--stop-delay-ms", "4000"]);
+    desk.add_args(&[&*unique("BRAIN_HXSD")], &["--stop-delay-ms", "4000"]);
     let (mut orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
     let pids = fleet_tests::running_pids(&desk.snapshot());
-    let (mut restart, _restart_lines) = master_launch_spawn(&desk, &["restart", "WATCHDOG_HXSD"]);
+    let (mut restart, _restart_lines) =
+        master_launch_spawn(&desk, &["restart", &*unique("WATCHDOG_HXSD")]);
     wait_until("the restart to be taken", || {
         desk.master_log()
-            .contains("WATCHDOG_HXSD: restart requested")
+            .contains(&*format!("{}: restart requested", unique("WATCHDOG_HXSD")))
     });
     let mark = desk.master_log().len();
     let mut command = Command::new(tool("safe-shutdown", "safe-shutdown"));
@@ -400,8 +479,9 @@ fn hx_safe_shutdown_during_a_restart_stops_everything_in_order_and_starts_nothin
         "started during a shutdown: {}",
         &log[mark..]
     );
-    let brain = log_position(&log, "BRAIN_HXSD: exited", mark).unwrap();
-    let watchdog = log_position(&log, "WATCHDOG_HXSD: exited", mark).unwrap();
+    let brain = log_position(&log, &format!("{}: exited", unique("BRAIN_HXSD")), mark).unwrap();
+    let watchdog =
+        log_position(&log, &format!("{}: exited", unique("WATCHDOG_HXSD")), mark).unwrap();
     assert!(brain < watchdog, "{}", &log[mark..]);
     assert!(
         desk.snapshot()
@@ -417,31 +497,41 @@ fn hx_safe_shutdown_during_a_restart_stops_everything_in_order_and_starts_nothin
 /// every requester would stop getting answers.
 #[test]
 fn hx_a_request_with_a_huge_id_cannot_hide_a_given_up_brain() {
-    let desk = Desk::with_options("hx_id", &["HXID"], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_id"), &[&*unique("HXID")], &[], QUICK);
     let bug = desk.dir.path().join("bug");
     std::fs::write(&bug, "").unwrap();
     desk.add_args(
-        &["BRAIN_HXID"],
+        &[&*unique("BRAIN_HXID")],
         &["--crash-while", &bug.display().to_string()],
     );
     let (orchestrator, lines) = launch(&desk, &[]);
     assert!(
         lines
-            .wait_for("BRAIN_HXID: GIVING UP", Duration::from_secs(30))
+            .wait_for(
+                &format!("{}: GIVING UP", unique("BRAIN_HXID")),
+                Duration::from_secs(30)
+            )
             .is_some()
     );
     wait_until("check-procs to say given_up", || {
         let (code, json) = check_procs_json(&desk);
-        code == 1 && component(&json, "BRAIN_HXID")["state"] == "given_up"
+        code == 1 && component(&json, &unique("BRAIN_HXID"))["state"] == "given_up"
     });
     // Each fits the size a request may have; their answers together do not.
     for id in ["i", "j"] {
         let request = serde_json::json!({
-            "name": "hx_id", "action": "start", "id": id.repeat(60_000), "requested_by": null
+            "name": &*unique("hx_id"), "action": "start", "id": id.repeat(60_000), "requested_by": null
         });
-        std::fs::write(desk.lock_dir().join("hx_id.start"), request.to_string()).unwrap();
+        std::fs::write(
+            desk.lock_dir().join(&*format!("{}.start", unique("hx_id"))),
+            request.to_string(),
+        )
+        .unwrap();
         wait_until("the request to be taken", || {
-            !desk.lock_dir().join("hx_id.start").exists()
+            !desk
+                .lock_dir()
+                .join(&*format!("{}.start", unique("hx_id")))
+                .exists()
         });
     }
     std::thread::sleep(Duration::from_millis(800));
@@ -450,11 +540,11 @@ fn hx_a_request_with_a_huge_id_cannot_hide_a_given_up_brain() {
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 1, "{json}");
     assert_eq!(
-        component(&json, "BRAIN_HXID")["state"],
+        component(&json, &unique("BRAIN_HXID"))["state"],
         "given_up",
         "{json}"
     );
-    let output = master_launch(&desk, &["start", "hx_id", "--timeout", "20"]);
+    let output = master_launch(&desk, &["start", &*unique("hx_id"), "--timeout", "20"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(stop_desk(&desk, orchestrator), 1);
 }
@@ -463,21 +553,24 @@ fn hx_a_request_with_a_huge_id_cannot_hide_a_given_up_brain() {
 /// not take its given-up component for the truth of a desk that no longer runs.
 #[test]
 fn hx_the_view_of_a_dead_orchestrator_is_ignored_by_check_procs() {
-    let desk = Desk::with_options("hx_dv", &["HXDV"], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_dv"), &[&*unique("HXDV")], &[], QUICK);
     let bug = desk.dir.path().join("bug");
     std::fs::write(&bug, "").unwrap();
     desk.add_args(
-        &["BRAIN_HXDV"],
+        &[&*unique("BRAIN_HXDV")],
         &["--crash-while", &bug.display().to_string()],
     );
     let (mut orchestrator, lines) = launch(&desk, &[]);
     assert!(
         lines
-            .wait_for("BRAIN_HXDV: GIVING UP", Duration::from_secs(30))
+            .wait_for(
+                &format!("{}: GIVING UP", unique("BRAIN_HXDV")),
+                Duration::from_secs(30)
+            )
             .is_some()
     );
     wait_until("the view to say given_up", || {
-        view_state(&desk, "BRAIN_HXDV") == Some(Supervision::GivenUp)
+        view_state(&desk, &unique("BRAIN_HXDV")) == Some(Supervision::GivenUp)
     });
     let pids = fleet_tests::running_pids(&desk.snapshot());
     orchestrator.kill();
@@ -503,7 +596,7 @@ fn hx_the_view_of_a_dead_orchestrator_is_ignored_by_check_procs() {
         "{json}"
     );
     // A requester is told no orchestrator runs.
-    let output = master_launch(&desk, &["start", "BRAIN_HXDV"]);
+    let output = master_launch(&desk, &["start", &*unique("BRAIN_HXDV")]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("no master-launch is running"),
@@ -516,15 +609,15 @@ fn hx_the_view_of_a_dead_orchestrator_is_ignored_by_check_procs() {
 /// exits with its code, no panic; `--timeout 0` answers at once and the request goes on.
 #[test]
 fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
-    let desk = Desk::with_options("hx_cp", &["HXCP"], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_cp"), &[&*unique("HXCP")], &[], QUICK);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let old = managed_pid(&desk.snapshot(), "BRAIN_HXCP").unwrap();
+    let old = managed_pid(&desk.snapshot(), &unique("BRAIN_HXCP")).unwrap();
     let mut command = Command::new(tool("master-launch", "master-launch"));
     command
         .arg("--config")
         .arg(desk.config())
-        .args(["restart", "BRAIN_HXCP"])
+        .args(["restart", &*unique("BRAIN_HXCP")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = fleet_tests::wine::spawn(&mut command).unwrap();
@@ -535,10 +628,13 @@ fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
         0
     );
     desk.wait_until_running();
-    let second = managed_pid(&desk.snapshot(), "BRAIN_HXCP").unwrap();
+    let second = managed_pid(&desk.snapshot(), &unique("BRAIN_HXCP")).unwrap();
     assert_ne!(second, old);
     let asked = Instant::now();
-    let output = master_launch(&desk, &["restart", "BRAIN_HXCP", "--timeout", "0"]);
+    let output = master_launch(
+        &desk,
+        &["restart", &*unique("BRAIN_HXCP"), "--timeout", "0"],
+    );
     assert!(asked.elapsed() < Duration::from_secs(10));
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
@@ -547,7 +643,7 @@ fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
         stderr(&output)
     );
     wait_until("the restart to go on", || {
-        managed_pid(&desk.snapshot(), "BRAIN_HXCP").is_some_and(|pid| pid != second)
+        managed_pid(&desk.snapshot(), &unique("BRAIN_HXCP")).is_some_and(|pid| pid != second)
     });
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
@@ -558,8 +654,8 @@ fn hx_a_requester_with_closed_pipes_or_timeout_zero_does_not_panic() {
 #[test]
 fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
     let desk = Desk::with_options(
-        "hx_wb",
-        &["HXWB"],
+        &unique("hx_wb"),
+        &[&*unique("HXWB")],
         &[],
         // `always`: Wine's `taskkill /F` leaves exit code 0, which `on-failure` would
         // take for a clean exit.
@@ -568,18 +664,18 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
     );
     let bug = desk.dir.path().join("bug");
     desk.add_args(
-        &["WATCHDOG_HXWB"],
+        &[&*unique("WATCHDOG_HXWB")],
         &["--crash-while", &bug.display().to_string()],
     );
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
     let snapshot = desk.snapshot();
-    let brain = managed_pid(&snapshot, "BRAIN_HXWB").unwrap();
-    let watchdog = managed_pid(&snapshot, "WATCHDOG_HXWB").unwrap();
+    let brain = managed_pid(&snapshot, &unique("BRAIN_HXWB")).unwrap();
+    let watchdog = managed_pid(&snapshot, &unique("WATCHDOG_HXWB")).unwrap();
     std::fs::write(&bug, "").unwrap();
     fleet_tests::force_kill(watchdog);
     wait_until("the watchdog to back off", || {
-        view_state(&desk, "WATCHDOG_HXWB") == Some(Supervision::Restarting)
+        view_state(&desk, &unique("WATCHDOG_HXWB")) == Some(Supervision::Restarting)
     });
     fleet_tests::force_kill(brain);
     fleet_tests::wait_gone(&[brain]);
@@ -588,7 +684,8 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
     while Instant::now() < until {
         let snapshot = desk.snapshot();
         assert!(
-            copies(&snapshot, "BRAIN_HXWB") == 0 || copies(&snapshot, "WATCHDOG_HXWB") == 1,
+            copies(&snapshot, &unique("BRAIN_HXWB")) == 0
+                || copies(&snapshot, &unique("WATCHDOG_HXWB")) == 1,
             "a brain started while its watchdog was down: {}",
             desk.master_log()
         );
@@ -597,8 +694,14 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
     // crashed first, not restarted by its own supervisor.
     let log = desk.master_log();
     assert!(
-        log.contains("BRAIN_HXWB: not restarted while its watchdog is not running")
-            || log.contains("BRAIN_HXWB: stopping it: its watchdog WATCHDOG_HXWB is backing off"),
+        log.contains(&*format!(
+            "{}: not restarted while its watchdog is not running",
+            unique("BRAIN_HXWB")
+        )) || log.contains(&*format!(
+            "{}: stopping it: its watchdog {} is backing off",
+            unique("BRAIN_HXWB"),
+            unique("WATCHDOG_HXWB")
+        )),
         "{log}"
     );
     // Fixed: the watchdog comes back at its next attempt, and the brain follows it.
@@ -606,8 +709,12 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
     std::fs::remove_file(&bug).unwrap();
     desk.wait_until_running();
     // The lock records a child a moment before the log says "started": wait for both.
-    let watchdog_at = wait_logged(&desk, "WATCHDOG_HXWB: started", mark);
-    let brain_at = wait_logged(&desk, "BRAIN_HXWB: started", mark);
+    let watchdog_at = wait_logged(
+        &desk,
+        &format!("{}: started", unique("WATCHDOG_HXWB")),
+        mark,
+    );
+    let brain_at = wait_logged(&desk, &format!("{}: started", unique("BRAIN_HXWB")), mark);
     assert!(watchdog_at < brain_at, "{}", desk.master_log());
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
@@ -618,8 +725,8 @@ fn hx_a_crashed_brain_is_not_restarted_while_its_watchdog_is_down() {
 /// check-procs stops reporting the given-up watchdog and requesters get no answers.
 #[test]
 fn hx_many_long_answers_keep_the_view_readable() {
-    let accounts = ["HXLA1", "HXLA2"];
-    let desk = Desk::with_options("hx_la", &accounts, &[], QUICK);
+    let accounts = [&*unique("HXLA1"), &*unique("HXLA2")];
+    let desk = Desk::with_options(&unique("hx_la"), &accounts, &[], QUICK);
     let mut missing = desk.dir.path().to_path_buf();
     for part in 0..12 {
         missing.push(format!("{part}{}", "m".repeat(240)));
@@ -634,7 +741,10 @@ fn hx_many_long_answers_keep_the_view_readable() {
         desk.master_log().matches(": GIVING UP").count() >= 2
     });
     for round in 0..lockcore::control::ANSWERS_KEPT {
-        let output = master_launch(&desk, &["start", "BRAIN_HXLA1", "BRAIN_HXLA2"]);
+        let output = master_launch(
+            &desk,
+            &["start", &*unique("BRAIN_HXLA1"), &*unique("BRAIN_HXLA2")],
+        );
         assert_eq!(
             output.status.code(),
             Some(1),
@@ -667,11 +777,19 @@ fn hx_many_long_answers_keep_the_view_readable() {
 #[cfg(unix)]
 #[test]
 fn hx_a_requester_facing_a_hung_orchestrator_says_nothing_was_done() {
-    let desk = Desk::with_options("hx_hg", &["HXHGRUN", "HXHG"], &[], QUICK);
-    let (orchestrator, _lines) = launch(&desk, &["--only", "HXHGRUN"]);
+    let desk = Desk::with_options(
+        &unique("hx_hg"),
+        &[&*unique("HXHGRUN"), &*unique("HXHG")],
+        &[],
+        QUICK,
+    );
+    let (orchestrator, _lines) = launch(&desk, &["--only", &*unique("HXHGRUN")]);
     signal(orchestrator.pid(), "-STOP");
     let asked = Instant::now();
-    let output = master_launch(&desk, &["start", "WATCHDOG_HXHG", "--timeout", "0"]);
+    let output = master_launch(
+        &desk,
+        &["start", &*unique("WATCHDOG_HXHG"), "--timeout", "0"],
+    );
     let took = asked.elapsed();
     signal(orchestrator.pid(), "-CONT");
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
@@ -683,10 +801,16 @@ fn hx_a_requester_facing_a_hung_orchestrator_says_nothing_was_done() {
     );
     assert!(!stderr(&output).contains("goes on"), "{}", stderr(&output));
     wait_until("the orphan request to be cleared", || {
-        desk.master_log()
-            .contains("WATCHDOG_HXHG: cleared a start request")
+        desk.master_log().contains(&*format!(
+            "{}: cleared a start request",
+            unique("WATCHDOG_HXHG")
+        ))
     });
-    assert!(!desk.master_log().contains("WATCHDOG_HXHG: started"));
+    assert!(
+        !desk
+            .master_log()
+            .contains(&*format!("{}: started", unique("WATCHDOG_HXHG")))
+    );
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
 
@@ -695,22 +819,23 @@ fn hx_a_requester_facing_a_hung_orchestrator_says_nothing_was_done() {
 #[test]
 fn hx_a_brain_stopped_during_its_watchdogs_restart_stays_stopped() {
     let desk = Desk::with_options(
-        "hx_bs",
-        &["HXBS"],
+        &unique("hx_bs"),
+        &[&*unique("HXBS")],
         &[],
         "[defaults]\nstop_timeout_secs = 5\ngive_up_after = 2\n",
     );
     // Long enough that the stop request lands inside it even on a slow machine.
-    desk.add_args(&["BRAIN_HXBS"], &["--stop-delay-ms", "3000"]);
+    desk.add_args(&[&*unique("BRAIN_HXBS")], &["--stop-delay-ms", "3000"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let (mut restart, _restart_lines) = master_launch_spawn(&desk, &["restart", "WATCHDOG_HXBS"]);
+    let (mut restart, _restart_lines) =
+        master_launch_spawn(&desk, &["restart", &*unique("WATCHDOG_HXBS")]);
     wait_until("the restart to be taken", || {
         desk.master_log()
-            .contains("WATCHDOG_HXBS: restart requested")
+            .contains(&*format!("{}: restart requested", unique("WATCHDOG_HXBS")))
     });
     let mark = desk.master_log().len();
-    StopRequest::new("BRAIN_HXBS", Duration::from_secs(10))
+    StopRequest::new(&unique("BRAIN_HXBS"), Duration::from_secs(10))
         .write(&desk.lock_dir())
         .unwrap();
     assert_eq!(
@@ -718,24 +843,27 @@ fn hx_a_brain_stopped_during_its_watchdogs_restart_stays_stopped() {
         0
     );
     wait_until("the brain to show as stopped on request", || {
-        view_state(&desk, "BRAIN_HXBS") == Some(Supervision::Stopped)
-            && !desk.lock_dir().join("BRAIN_HXBS.stop").exists()
+        view_state(&desk, &unique("BRAIN_HXBS")) == Some(Supervision::Stopped)
+            && !desk
+                .lock_dir()
+                .join(&*format!("{}.stop", unique("BRAIN_HXBS")))
+                .exists()
     });
     std::thread::sleep(Duration::from_millis(1000));
     let log = desk.master_log();
     assert!(
-        log_position(&log, "WATCHDOG_HXBS: started", mark).is_some(),
+        log_position(&log, &format!("{}: started", unique("WATCHDOG_HXBS")), mark).is_some(),
         "{}",
         &log[mark..]
     );
     assert!(
-        log_position(&log, "BRAIN_HXBS: started", mark).is_none(),
+        log_position(&log, &format!("{}: started", unique("BRAIN_HXBS")), mark).is_none(),
         "{}",
         &log[mark..]
     );
     let snapshot = desk.snapshot();
-    assert_eq!(copies(&snapshot, "BRAIN_HXBS"), 0);
-    assert_eq!(copies(&snapshot, "WATCHDOG_HXBS"), 1);
+    assert_eq!(copies(&snapshot, &unique("BRAIN_HXBS")), 0);
+    assert_eq!(copies(&snapshot, &unique("WATCHDOG_HXBS")), 1);
     let (code, json) = check_procs_json(&desk);
     assert_eq!(code, 0, "stopped on request is no problem: {json}");
     assert_eq!(stop_desk(&desk, orchestrator), 0);
@@ -745,16 +873,22 @@ fn hx_a_brain_stopped_during_its_watchdogs_restart_stays_stopped() {
 /// `start BRAIN_X` brings it in against a running orchestrator (exit 2, naming it).
 #[test]
 fn hx_a_disabled_account_cannot_be_started_through_the_orchestrator() {
-    let desk = Desk::with_options("hx_da", &["HXDARUN", "HXDA"], &[], QUICK);
-    let text = std::fs::read_to_string(desk.config())
-        .unwrap()
-        .replace("name = \"HXDA\"\n", "name = \"HXDA\"\nenabled = false\n");
+    let desk = Desk::with_options(
+        &unique("hx_da"),
+        &[&*unique("HXDARUN"), &*unique("HXDA")],
+        &[],
+        QUICK,
+    );
+    let text = std::fs::read_to_string(desk.config()).unwrap().replace(
+        &*format!("name = \"{}\"\n", unique("HXDA")),
+        &format!("name = \"{}\"\nenabled = false\n", unique("HXDA")),
+    );
     std::fs::write(desk.config(), text).unwrap();
     let (orchestrator, _lines) = launch(&desk, &[]);
     for args in [
-        &["start", "--account", "HXDA"][..],
-        &["restart", "BRAIN_HXDA"][..],
-        &["start", "WATCHDOG_HXDA", "--or-run"][..],
+        &["start", "--account", &*unique("HXDA")][..],
+        &["restart", &*unique("BRAIN_HXDA")][..],
+        &["start", &*unique("WATCHDOG_HXDA"), "--or-run"][..],
     ] {
         let output = master_launch(&desk, args);
         assert_eq!(
@@ -763,15 +897,25 @@ fn hx_a_disabled_account_cannot_be_started_through_the_orchestrator() {
             "{args:?}: {}",
             stderr(&output)
         );
-        assert!(stderr(&output).contains("HXDA"), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains(&*unique("HXDA")),
+            "{}",
+            stderr(&output)
+        );
         assert!(stderr(&output).contains("disabled"), "{}", stderr(&output));
     }
     let snapshot = desk.snapshot();
-    assert_eq!(copies(&snapshot, "BRAIN_HXDA"), 0);
-    assert_eq!(copies(&snapshot, "WATCHDOG_HXDA"), 0);
+    assert_eq!(copies(&snapshot, &unique("BRAIN_HXDA")), 0);
+    assert_eq!(copies(&snapshot, &unique("WATCHDOG_HXDA")), 0);
     assert!(
-        !desk.lock_dir().join("BRAIN_HXDA.restart").exists()
-            && !desk.lock_dir().join("WATCHDOG_HXDA.start").exists()
+        !desk
+            .lock_dir()
+            .join(&*format!("{}.restart", unique("BRAIN_HXDA")))
+            .exists()
+            && !desk
+                .lock_dir()
+                .join(&*format!("{}.start", unique("WATCHDOG_HXDA")))
+                .exists()
     );
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
@@ -780,26 +924,36 @@ fn hx_a_disabled_account_cannot_be_started_through_the_orchestrator() {
 /// all the same, one brain at a time, and the desk is healthy after it.
 #[test]
 fn hx_a_requester_killed_while_waiting_leaves_a_completed_restart() {
-    let desk = Desk::with_options("hx_rk", &["HXRK"], &[], QUICK);
-    desk.add_args(&["BRAIN_HXRK"], &["--stop-delay-ms", "500"]);
+    let desk = Desk::with_options(&unique("hx_rk"), &[&*unique("HXRK")], &[], QUICK);
+    desk.add_args(&[&*unique("BRAIN_HXRK")], &["--stop-delay-ms", "500"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     desk.wait_until_running();
-    let old = managed_pid(&desk.snapshot(), "BRAIN_HXRK").unwrap();
-    let (mut restart, _restart_lines) = master_launch_spawn(&desk, &["restart", "BRAIN_HXRK"]);
+    let old = managed_pid(&desk.snapshot(), &unique("BRAIN_HXRK")).unwrap();
+    let (mut restart, _restart_lines) =
+        master_launch_spawn(&desk, &["restart", &*unique("BRAIN_HXRK")]);
     wait_until("the restart to be taken", || {
-        desk.master_log().contains("BRAIN_HXRK: restart requested")
+        desk.master_log()
+            .contains(&*format!("{}: restart requested", unique("BRAIN_HXRK")))
     });
     restart.kill().unwrap();
     restart.wait().unwrap();
     wait_until("the new brain to run", || {
         let snapshot = desk.snapshot();
-        assert!(copies(&snapshot, "BRAIN_HXRK") <= 1, "two brains at once");
-        managed_pid(&snapshot, "BRAIN_HXRK").is_some_and(|pid| pid != old)
+        assert!(
+            copies(&snapshot, &unique("BRAIN_HXRK")) <= 1,
+            "two brains at once"
+        );
+        managed_pid(&snapshot, &unique("BRAIN_HXRK")).is_some_and(|pid| pid != old)
     });
     wait_until("check-procs to be healthy", || {
         check_procs_json(&desk).0 == 0
     });
-    assert!(!desk.lock_dir().join("BRAIN_HXRK.restart").exists());
+    assert!(
+        !desk
+            .lock_dir()
+            .join(&*format!("{}.restart", unique("BRAIN_HXRK")))
+            .exists()
+    );
     assert_eq!(stop_desk(&desk, orchestrator), 0);
 }
 
@@ -810,10 +964,10 @@ fn hx_a_requester_killed_while_waiting_leaves_a_completed_restart() {
 /// ended. Rule 13 is sampled every 10 ms over 20 rounds.
 #[test]
 fn hx_a_watchdog_restart_racing_an_account_stop_never_leaves_its_brain_alone() {
-    let desk = Desk::with_options("hx_ra", &["HXRA"], &[], QUICK);
+    let desk = Desk::with_options(&unique("hx_ra"), &[&*unique("HXRA")], &[], QUICK);
     // A graceful stop longer than the orchestrator's 250 ms look at the lock dir, so
     // that the restart request lands inside it.
-    desk.add_args(&["BRAIN_HXRA"], &["--stop-delay-ms", "600"]);
+    desk.add_args(&[&*unique("BRAIN_HXRA")], &["--stop-delay-ms", "600"]);
     let (orchestrator, _lines) = launch(&desk, &[]);
     for round in 0..fleet_tests::wine::race_rounds(20, 2) {
         desk.wait_until_running();
@@ -822,15 +976,20 @@ fn hx_a_watchdog_restart_racing_an_account_stop_never_leaves_its_brain_alone() {
         command
             .arg("--config")
             .arg(desk.config())
-            .args(["--yes", "--account", "HXRA", "--timeout", "10"])
+            .args(["--yes", "--account", &*unique("HXRA"), "--timeout", "10"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let mut shutdown = fleet_tests::wine::spawn(&mut command).unwrap();
         wait_until("the brain's stop request to be taken", || {
-            log_position(&desk.master_log(), "BRAIN_HXRA: stop requested", mark).is_some()
+            log_position(
+                &desk.master_log(),
+                &format!("{}: stop requested", unique("BRAIN_HXRA")),
+                mark,
+            )
+            .is_some()
         });
         let (mut restart, _restart_lines) =
-            master_launch_spawn(&desk, &["restart", "WATCHDOG_HXRA"]);
+            master_launch_spawn(&desk, &["restart", &*unique("WATCHDOG_HXRA")]);
         let mut restarted = false;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -840,8 +999,8 @@ fn hx_a_watchdog_restart_racing_an_account_stop_never_leaves_its_brain_alone() {
             );
             let snapshot = desk.snapshot();
             let (watchdogs, brains) = (
-                copies(&snapshot, "WATCHDOG_HXRA"),
-                copies(&snapshot, "BRAIN_HXRA"),
+                copies(&snapshot, &unique("WATCHDOG_HXRA")),
+                copies(&snapshot, &unique("BRAIN_HXRA")),
             );
             assert!(
                 brains == 0 || watchdogs == 1,
@@ -857,15 +1016,17 @@ fn hx_a_watchdog_restart_racing_an_account_stop_never_leaves_its_brain_alone() {
         let shutdown_code = shutdown.wait().unwrap().code();
         assert_eq!(shutdown_code, Some(0), "round {round}");
         let log = desk.master_log();
-        let brain_exit = log_position(&log, "BRAIN_HXRA: exited", mark).unwrap();
-        let watchdog_exit = log_position(&log, "WATCHDOG_HXRA: exited", mark).unwrap();
+        let brain_exit =
+            log_position(&log, &format!("{}: exited", unique("BRAIN_HXRA")), mark).unwrap();
+        let watchdog_exit =
+            log_position(&log, &format!("{}: exited", unique("WATCHDOG_HXRA")), mark).unwrap();
         assert!(
             brain_exit < watchdog_exit,
             "round {round}: {}",
             &log[mark..]
         );
         // Whatever the restart left running, the account comes back whole.
-        let output = master_launch(&desk, &["start", "--account", "HXRA"]);
+        let output = master_launch(&desk, &["start", "--account", &*unique("HXRA")]);
         assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     }
     assert_eq!(stop_desk(&desk, orchestrator), 0);

@@ -33,12 +33,13 @@ struct PyDesk {
 }
 
 impl PyDesk {
-    /// A desk of Python bots: global `qs_<tag>`, account `<TAG>` with its brain and
+    /// A desk of Python bots: global `qs_<tag>_<pid>`, account `<TAG>_<PID>` with its brain and
     /// watchdog, each its own script in the desk's folder.
     fn new(tag: &str) -> PyDesk {
         let dir = tempfile::tempdir().unwrap();
-        let account = tag.to_uppercase();
-        let global = format!("qs_{tag}");
+        // Names of this run's own: two checkouts' suites at once never meet.
+        let account = fleet_tests::unique(tag).to_uppercase();
+        let global = format!("qs_{}", fleet_tests::unique(tag));
         for script in [
             format!("{global}.py"),
             format!("BRAIN_{account}.py"),

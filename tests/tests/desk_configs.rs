@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fleet_tests::Desk;
+use fleet_tests::{Desk, unique};
 use lockcore::Fleet;
 
 fn repo_file(relative: &str) -> PathBuf {
@@ -51,21 +51,27 @@ fn every_shipped_and_generated_desk_loads_with_components_that_are_not_copies_of
     }
     // The shapes the test helpers write: plain, with stand-in options on every
     // command, with options added to some components, with extra account keys.
-    let plain = Desk::new("CFGPAIR_Q", &["CFGPAIR_A", "CFGPAIR_B"]);
+    let plain = Desk::new(
+        &unique("CFGPAIR_Q"),
+        &[&*unique("CFGPAIR_A"), &*unique("CFGPAIR_B")],
+    );
     let options = Desk::with_options(
-        "CFGPAIR_Q2",
-        &["CFGPAIR_C", "CFGPAIR_D"],
+        &unique("CFGPAIR_Q2"),
+        &[&*unique("CFGPAIR_C"), &*unique("CFGPAIR_D")],
         &["--exit-log", "/tmp/x"],
         "",
     );
     let extra = Desk::with_extra(
-        "CFGPAIR_Q3",
-        &["CFGPAIR_E"],
+        &unique("CFGPAIR_Q3"),
+        &[&*unique("CFGPAIR_E")],
         "restart = \"always\"\nbrain_requires_watchdog = false",
     );
-    let added = Desk::new("CFGPAIR_Q4", &["CFGPAIR_F", "CFGPAIR_G"]);
+    let added = Desk::new(
+        &unique("CFGPAIR_Q4"),
+        &[&*unique("CFGPAIR_F"), &*unique("CFGPAIR_G")],
+    );
     added.add_args(
-        &["BRAIN_CFGPAIR_F", "WATCHDOG_CFGPAIR_G"],
+        &[&*unique("BRAIN_CFGPAIR_F"), &*unique("WATCHDOG_CFGPAIR_G")],
         &["--ignore-stop"],
     );
     for desk in [&plain, &options, &extra, &added] {

@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use fleet_tests::unique;
 use lockcore::{LockClaim, LockDir, LockError, LockState, ProcessProbe, Removal};
 
 #[cfg(unix)]
@@ -38,10 +39,14 @@ fn acquire_never_writes_through_a_symlink_existing_target_or_not() {
     std::fs::write(&victim, b"precious").unwrap();
     let nowhere = tmp.path().join("would-be-created");
     std::os::unix::fs::symlink(&victim, locks.join("MASTER_LAUNCH.lock")).unwrap();
-    std::os::unix::fs::symlink(&nowhere, locks.join("BRAIN_X.lock")).unwrap();
+    std::os::unix::fs::symlink(
+        &nowhere,
+        locks.join(&*format!("{}.lock", unique("BRAIN_X"))),
+    )
+    .unwrap();
     let dir = LockDir::new(&locks);
     let mut probe = ProcessProbe::new().unwrap();
-    for name in ["MASTER_LAUNCH", "BRAIN_X"] {
+    for name in ["MASTER_LAUNCH", &*unique("BRAIN_X")] {
         is_not_a_file(
             dir.acquire(name, &LockClaim::default(), &mut probe),
             "a symbolic link",
@@ -95,21 +100,24 @@ fn fifos_and_directories_at_a_lock_name_are_refused_at_once() {
 #[test]
 fn a_record_bigger_than_64_kib_is_corrupt_and_not_read() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("BRAIN_BIG.lock");
+    let path = tmp.path().join(&*format!("{}.lock", unique("BRAIN_BIG")));
     let filler = "x".repeat(200 * 1024);
     std::fs::write(
         &path,
-        format!(r#"{{"pid": 4000000000, "name": "BRAIN_BIG", "command": ["{filler}"]}}"#),
+        format!(
+            r#"{{"pid": 4000000000, "name": "{}", "command": ["{filler}"]}}"#,
+            unique("BRAIN_BIG")
+        ),
     )
     .unwrap();
-    let sparse = tmp.path().join("HUGE.lock");
+    let sparse = tmp.path().join(&*format!("{}.lock", unique("HUGE")));
     std::fs::File::create(&sparse)
         .unwrap()
         .set_len(100 * 1024 * 1024)
         .unwrap();
     let dir = LockDir::new(tmp.path());
     let mut probe = ProcessProbe::new().unwrap();
-    for name in ["BRAIN_BIG", "HUGE"] {
+    for name in [&*unique("BRAIN_BIG"), &*unique("HUGE")] {
         let status = dir.inspect(name, &mut probe).unwrap().unwrap();
         assert_eq!(status.state, LockState::Corrupt, "{name}");
         assert!(status.record.is_none());
@@ -121,13 +129,13 @@ fn a_record_bigger_than_64_kib_is_corrupt_and_not_read() {
     }
     // An unknown name's unreadable file is kept; a desk lock's is removed.
     assert!(matches!(
-        dir.remove_if_stale_or_unknown("HUGE", false, &mut probe)
+        dir.remove_if_stale_or_unknown(&unique("HUGE"), false, &mut probe)
             .unwrap(),
         Removal::Kept(_)
     ));
     assert!(sparse.exists());
     assert!(matches!(
-        dir.remove_if_stale_or_unknown("BRAIN_BIG", true, &mut probe)
+        dir.remove_if_stale_or_unknown(&unique("BRAIN_BIG"), true, &mut probe)
             .unwrap(),
         Removal::Removed(_)
     ));
@@ -141,7 +149,7 @@ fn a_held_lock_replaced_by_a_link_or_folder_is_lost() {
     let mut probe = ProcessProbe::new().unwrap();
     for replacement in ["link", "folder"] {
         let held = match dir
-            .acquire("BRAIN_W", &LockClaim::default(), &mut probe)
+            .acquire(&unique("BRAIN_W"), &LockClaim::default(), &mut probe)
             .unwrap()
         {
             lockcore::Acquire::Acquired(held) => held,
@@ -199,18 +207,18 @@ fn a_hard_link_at_a_lock_name_is_refused_and_never_written() {
     std::fs::create_dir(&locks).unwrap();
     let victim = tmp.path().join("victim.txt");
     std::fs::write(&victim, b"precious").unwrap();
-    std::fs::hard_link(&victim, locks.join("BRAIN_X.lock")).unwrap();
+    std::fs::hard_link(&victim, locks.join(&*format!("{}.lock", unique("BRAIN_X")))).unwrap();
     let dir = LockDir::new(&locks);
     let mut probe = ProcessProbe::new().unwrap();
     let what = "a file with other names (a hard link)";
     is_not_a_file(
-        dir.acquire("BRAIN_X", &LockClaim::default(), &mut probe),
+        dir.acquire(&unique("BRAIN_X"), &LockClaim::default(), &mut probe),
         what,
     );
-    is_not_a_file(dir.inspect("BRAIN_X", &mut probe), what);
-    is_not_a_file(dir.remove_if_stale("BRAIN_X", &mut probe), what);
+    is_not_a_file(dir.inspect(&unique("BRAIN_X"), &mut probe), what);
+    is_not_a_file(dir.remove_if_stale(&unique("BRAIN_X"), &mut probe), what);
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-    assert!(locks.join("BRAIN_X.lock").exists());
+    assert!(locks.join(&*format!("{}.lock", unique("BRAIN_X"))).exists());
 }
 
 /// Windows: a read-only lock file denies the write (ERROR_ACCESS_DENIED), as a file
@@ -227,7 +235,7 @@ fn a_read_only_lock_file_is_refused_with_the_fix_not_waited_on() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("BRAIN_RO.lock");
+    let path = tmp.path().join(&*format!("{}.lock", unique("BRAIN_RO")));
     std::fs::write(&path, b"").unwrap();
     let mut permissions = std::fs::metadata(&path).unwrap().permissions();
     permissions.set_readonly(true);
@@ -235,7 +243,7 @@ fn a_read_only_lock_file_is_refused_with_the_fix_not_waited_on() {
     let dir = LockDir::new(tmp.path());
     let mut probe = ProcessProbe::new().unwrap();
     let error = dir
-        .acquire("BRAIN_RO", &LockClaim::default(), &mut probe)
+        .acquire(&*unique("BRAIN_RO"), &LockClaim::default(), &mut probe)
         .expect_err("a read-only lock file was taken");
     let chain = format!("{error}: {}", std::error::Error::source(&error).unwrap());
     assert!(chain.contains("read-only"), "{chain}");

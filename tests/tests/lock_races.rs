@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fleet_tests::{Barrier, Lines, spawn_reader};
+use fleet_tests::{Barrier, Lines, spawn_reader, unique};
 use lockcore::{Acquire, LockClaim, LockDir, ProcessProbe, Removal};
 
 const TAKER: &str = env!("CARGO_BIN_EXE_lock-taker");
@@ -50,7 +50,7 @@ fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
         std::thread::spawn(move || {
             let mut probe = ProcessProbe::new().unwrap();
             while !done.load(Ordering::Relaxed) {
-                dir.inspect("BRAIN_ATLAS", &mut probe).unwrap();
+                dir.inspect(&unique("BRAIN_ATLAS"), &mut probe).unwrap();
                 inspections.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -63,7 +63,7 @@ fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
                 spawn_with_lines(taker(&[
                     "race",
                     lock_dir.to_str().unwrap(),
-                    "BRAIN_ATLAS",
+                    &*unique("BRAIN_ATLAS"),
                     go.path.to_str().unwrap(),
                     release.path.to_str().unwrap(),
                 ]))
@@ -97,7 +97,7 @@ fn sixteen_starters_at_once_make_exactly_one_holder_every_round() {
              {}: {refused_by:?}",
             winners[0]
         );
-        assert_released(&lock_dir, "BRAIN_ATLAS", round);
+        assert_released(&lock_dir, &unique("BRAIN_ATLAS"), round);
     }
     done.store(true, Ordering::Relaxed);
     inspector.join().unwrap();
@@ -186,7 +186,7 @@ fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
         let (mut holder, lines) = spawn_with_lines(taker(&[
             "hold",
             tmp.path().to_str().unwrap(),
-            "WATCHDOG_FTMO",
+            &*unique("WATCHDOG_FTMO"),
         ]));
         assert!(
             lines
@@ -194,7 +194,7 @@ fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
                 .is_some()
         );
         match dir
-            .acquire("WATCHDOG_FTMO", &LockClaim::default(), &mut probe)
+            .acquire(&unique("WATCHDOG_FTMO"), &LockClaim::default(), &mut probe)
             .unwrap()
         {
             Acquire::Held(h) => assert_eq!(h.record.unwrap().holder_pid, Some(holder.id())),
@@ -214,7 +214,7 @@ fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
         }
         let started = Instant::now();
         let held = match dir
-            .acquire("WATCHDOG_FTMO", &LockClaim::default(), &mut probe)
+            .acquire(&unique("WATCHDOG_FTMO"), &LockClaim::default(), &mut probe)
             .unwrap()
         {
             Acquire::Acquired(held) => held,
@@ -236,23 +236,28 @@ fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
 #[test]
 fn deleting_a_held_lock_file_by_hand_is_reported_and_repaired_by_the_holder_within_seconds() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut command = taker(&["hold", tmp.path().to_str().unwrap(), "BRAIN_GL_3", "200"]);
+    let mut command = taker(&[
+        "hold",
+        tmp.path().to_str().unwrap(),
+        &*unique("BRAIN_GL_3"),
+        "200",
+    ]);
     command.stderr(Stdio::piped());
     let mut holder = command.spawn().unwrap();
     let out = spawn_reader(holder.stdout.take().unwrap());
     let err = spawn_reader(holder.stderr.take().unwrap());
     assert!(out.wait_for("acquired", Duration::from_secs(30)).is_some());
     // The old runbook: `del .locks\*.lock`. Linux cannot refuse the unlink...
-    std::fs::remove_file(tmp.path().join("BRAIN_GL_3.lock")).unwrap();
+    std::fs::remove_file(tmp.path().join(&*format!("{}.lock", unique("BRAIN_GL_3")))).unwrap();
     // ...so the holder must notice, loudly, and (holding the machine-wide name, so
     // nobody could take the lock meanwhile) put its file back (DESIGN.md rule 17).
     let report = err.wait_for("LOCK TAKEN AGAIN", Duration::from_secs(5));
     let mut probe = ProcessProbe::new().unwrap();
-    let status = LockDir::new(tmp.path()).inspect("BRAIN_GL_3", &mut probe);
+    let status = LockDir::new(tmp.path()).inspect(&unique("BRAIN_GL_3"), &mut probe);
     holder.kill().unwrap();
     holder.wait().unwrap();
     let report = report.expect("the holder did not report the deleted file within 5 s");
-    assert!(report.contains("BRAIN_GL_3"), "{report}");
+    assert!(report.contains(&*unique("BRAIN_GL_3")), "{report}");
     assert!(report.contains("deleted or replaced"), "{report}");
     let status = status.unwrap().expect("the lock file is not back");
     assert_eq!(
@@ -268,14 +273,17 @@ fn deleting_a_held_lock_file_by_hand_is_reported_and_repaired_by_the_holder_with
 #[test]
 fn deleting_a_held_lock_file_by_hand_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut holder, lines) =
-        spawn_with_lines(taker(&["hold", tmp.path().to_str().unwrap(), "BRAIN_GL_3"]));
+    let (mut holder, lines) = spawn_with_lines(taker(&[
+        "hold",
+        tmp.path().to_str().unwrap(),
+        &*unique("BRAIN_GL_3"),
+    ]));
     assert!(
         lines
             .wait_for("acquired", Duration::from_secs(30))
             .is_some()
     );
-    let path = tmp.path().join("BRAIN_GL_3.lock");
+    let path = tmp.path().join(&*format!("{}.lock", unique("BRAIN_GL_3")));
     let deleted = std::fs::remove_file(&path);
     // The record stays readable while held (rule 6).
     let record = std::fs::read_to_string(&path);
@@ -283,7 +291,7 @@ fn deleting_a_held_lock_file_by_hand_is_refused() {
     holder.wait().unwrap();
     let error = deleted.expect_err("a held lock file was deleted");
     assert_eq!(error.raw_os_error(), Some(32), "{error}");
-    assert!(record.unwrap().contains("BRAIN_GL_3"));
+    assert!(record.unwrap().contains(&*unique("BRAIN_GL_3")));
 }
 
 /// Eight processes acquire and release one name in a loop, stale files keep appearing

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use chrono::{DateTime, Local};
+use fleet_tests::unique;
 use lockcore::{Acquire, CopyRule, LockClaim, LockDir, LockState, ProcessProbe, Removal};
 
 const TAKER: &str = env!("CARGO_BIN_EXE_lock-taker");
@@ -66,7 +67,7 @@ fn write_legacy(dir: &Path, name: &str, pid: u32, timestamp: &str) {
 /// A lock dir that knows BRAIN_ATLAS runs as `lock-taker idle` (what [`Idle`] runs).
 fn desk_dir(path: &Path) -> LockDir {
     LockDir::new(path).with_copy_rule(
-        "BRAIN_ATLAS",
+        &unique("BRAIN_ATLAS"),
         CopyRule::new(&[TAKER.to_string(), "idle".to_string()], None),
     )
 }
@@ -90,11 +91,19 @@ fn a_legacy_record_naming_a_live_older_copy_is_held() {
     let bot = Idle::start();
     let started = probe.identity(bot.pid()).unwrap().start_time as i64;
     // Written by the older tool after the bot started, as it did at start-up.
-    write_legacy(tmp.path(), "BRAIN_ATLAS", bot.pid(), &local(started + 2));
+    write_legacy(
+        tmp.path(),
+        &unique("BRAIN_ATLAS"),
+        bot.pid(),
+        &local(started + 2),
+    );
 
-    assert_eq!(state_of(&dir, "BRAIN_ATLAS", &mut probe), LockState::Legacy);
+    assert_eq!(
+        state_of(&dir, &unique("BRAIN_ATLAS"), &mut probe),
+        LockState::Legacy
+    );
     match dir
-        .acquire("BRAIN_ATLAS", &LockClaim::default(), &mut probe)
+        .acquire(&unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
         .unwrap()
     {
         Acquire::Held(holder) => {
@@ -105,17 +114,19 @@ fn a_legacy_record_naming_a_live_older_copy_is_held() {
         Acquire::Acquired(_) => panic!("a start slipped past a live legacy lock"),
     }
     assert!(matches!(
-        dir.remove_if_stale("BRAIN_ATLAS", &mut probe).unwrap(),
+        dir.remove_if_stale(&unique("BRAIN_ATLAS"), &mut probe).unwrap(),
         Removal::Kept(status) if status.state == LockState::Legacy
     ));
     assert!(
-        tmp.path().join("BRAIN_ATLAS.lock").exists(),
+        tmp.path()
+            .join(&*format!("{}.lock", unique("BRAIN_ATLAS")))
+            .exists(),
         "legacy lock removed"
     );
 }
 
 fn holder_message_names_next_step(dir: &LockDir, probe: &mut ProcessProbe) -> bool {
-    match dir.acquire("BRAIN_ATLAS", &LockClaim::default(), probe) {
+    match dir.acquire(&unique("BRAIN_ATLAS"), &LockClaim::default(), probe) {
         Ok(Acquire::Held(holder)) => {
             let text = holder.to_string();
             text.contains("legacy") && text.contains("safe-shutdown")
@@ -131,31 +142,47 @@ fn holder_message_names_next_step(dir: &LockDir, probe: &mut ProcessProbe) -> bo
 fn a_legacy_record_naming_an_unrelated_older_process_is_stale_and_it_is_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::new(tmp.path()).with_copy_rule(
-        "BRAIN_ATLAS",
-        CopyRule::new(&["python".to_string(), "BRAIN_ATLAS.py".to_string()], None),
+        &unique("BRAIN_ATLAS"),
+        CopyRule::new(
+            &[
+                "python".to_string(),
+                format!("{}.py", unique("BRAIN_ATLAS")),
+            ],
+            None,
+        ),
     );
     let mut probe = ProcessProbe::new().unwrap();
     let unrelated = Idle::start();
     let started = probe.identity(unrelated.pid()).unwrap().start_time as i64;
     write_legacy(
         tmp.path(),
-        "BRAIN_ATLAS",
+        &unique("BRAIN_ATLAS"),
         unrelated.pid(),
         &local(started + 2),
     );
-    let status = dir.inspect("BRAIN_ATLAS", &mut probe).unwrap().unwrap();
+    let status = dir
+        .inspect(&unique("BRAIN_ATLAS"), &mut probe)
+        .unwrap()
+        .unwrap();
     assert_eq!(status.state, LockState::Stale, "{}", status.detail);
     assert!(status.detail.contains("not genuine"), "{}", status.detail);
     // Without a timestamp, too.
     write_record(
         tmp.path(),
-        "BRAIN_ATLAS",
-        &format!(r#"{{"pid": {}, "name": "BRAIN_ATLAS"}}"#, unrelated.pid()),
+        &unique("BRAIN_ATLAS"),
+        &format!(
+            r#"{{"pid": {}, "name": "{}"}}"#,
+            unrelated.pid(),
+            unique("BRAIN_ATLAS")
+        ),
     );
-    let status = dir.inspect("BRAIN_ATLAS", &mut probe).unwrap().unwrap();
+    let status = dir
+        .inspect(&unique("BRAIN_ATLAS"), &mut probe)
+        .unwrap()
+        .unwrap();
     assert_eq!(status.state, LockState::Stale, "{}", status.detail);
     match dir
-        .acquire("BRAIN_ATLAS", &LockClaim::default(), &mut probe)
+        .acquire(&unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
         .unwrap()
     {
         Acquire::Acquired(held) => held.release().unwrap(),
@@ -171,17 +198,24 @@ fn a_legacy_record_naming_an_unrelated_older_process_is_stale_and_it_is_untouche
 fn a_legacy_record_naming_the_program_but_not_a_copy_is_held_and_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::new(tmp.path()).with_copy_rule(
-        "BRAIN_ATLAS",
+        &unique("BRAIN_ATLAS"),
         CopyRule::new(&[TAKER.to_string(), "run".to_string()], None),
     );
     let mut probe = ProcessProbe::new().unwrap();
     let other = Idle::start();
     write_record(
         tmp.path(),
-        "BRAIN_ATLAS",
-        &format!(r#"{{"pid": {}, "name": "BRAIN_ATLAS"}}"#, other.pid()),
+        &unique("BRAIN_ATLAS"),
+        &format!(
+            r#"{{"pid": {}, "name": "{}"}}"#,
+            other.pid(),
+            unique("BRAIN_ATLAS")
+        ),
     );
-    let status = dir.inspect("BRAIN_ATLAS", &mut probe).unwrap().unwrap();
+    let status = dir
+        .inspect(&unique("BRAIN_ATLAS"), &mut probe)
+        .unwrap()
+        .unwrap();
     assert_eq!(status.state, LockState::Legacy);
     assert!(
         status.detail.contains("not a copy") && status.detail.contains("no readable timestamp"),
@@ -189,7 +223,7 @@ fn a_legacy_record_naming_the_program_but_not_a_copy_is_held_and_says_so() {
         status.detail
     );
     assert!(matches!(
-        dir.acquire("BRAIN_ATLAS", &LockClaim::default(), &mut probe)
+        dir.acquire(&unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
             .unwrap(),
         Acquire::Held(holder) if holder.legacy
     ));
@@ -206,17 +240,20 @@ fn a_legacy_record_whose_pid_was_reused_by_a_younger_process_is_stale() {
     // any zone can explain (a naive time is read at its latest, UTC-12: rule 5).
     write_legacy(
         tmp.path(),
-        "BRAIN_ATLAS",
+        &unique("BRAIN_ATLAS"),
         unrelated.pid(),
         &local(started - 2 * 86_400),
     );
 
-    let status = dir.inspect("BRAIN_ATLAS", &mut probe).unwrap().unwrap();
+    let status = dir
+        .inspect(&unique("BRAIN_ATLAS"), &mut probe)
+        .unwrap()
+        .unwrap();
     assert_eq!(status.state, LockState::Stale);
     assert!(status.detail.contains("reused"), "{}", status.detail);
     // A start takes it over, and the unrelated process is untouched.
     match dir
-        .acquire("BRAIN_ATLAS", &LockClaim::default(), &mut probe)
+        .acquire(&unique("BRAIN_ATLAS"), &LockClaim::default(), &mut probe)
         .unwrap()
     {
         Acquire::Acquired(held) => held.release().unwrap(),
@@ -234,17 +271,21 @@ fn a_legacy_record_naming_a_dead_pid_is_stale_and_removable() {
         let bot = Idle::start();
         bot.pid()
     }; // killed and reaped here
-    write_legacy(tmp.path(), "WATCHDOG_ATLAS", dead_pid, &local(0));
+    write_legacy(tmp.path(), &unique("WATCHDOG_ATLAS"), dead_pid, &local(0));
 
     assert_eq!(
-        state_of(&dir, "WATCHDOG_ATLAS", &mut probe),
+        state_of(&dir, &unique("WATCHDOG_ATLAS"), &mut probe),
         LockState::Stale
     );
     assert!(matches!(
-        dir.remove_if_stale("WATCHDOG_ATLAS", &mut probe).unwrap(),
+        dir.remove_if_stale(&unique("WATCHDOG_ATLAS"), &mut probe).unwrap(),
         Removal::Removed(status) if status.state == LockState::Stale
     ));
-    assert!(!tmp.path().join("WATCHDOG_ATLAS.lock").exists());
+    assert!(
+        !tmp.path()
+            .join(&*format!("{}.lock", unique("WATCHDOG_ATLAS")))
+            .exists()
+    );
 }
 
 #[test]
@@ -253,12 +294,12 @@ fn garbage_empty_and_truncated_files_are_corrupt_never_a_panic() {
     let dir = LockDir::new(tmp.path());
     let mut probe = ProcessProbe::new().unwrap();
     let cases: [(&str, &[u8]); 5] = [
-        ("GARBAGE", b"\x00\xff\xfe binary \x13 junk"),
-        ("EMPTY", b""),
-        ("TRUNCATED", br#"{"pid": 4242, "name": "BRAIN_AT"#),
-        ("WRONG_SHAPE", b"[1, 2, 3]"),
+        (&*unique("GARBAGE"), b"\x00\xff\xfe binary \x13 junk"),
+        (&*unique("EMPTY"), b""),
+        (&*unique("TRUNCATED"), br#"{"pid": 4242, "name": "BRAIN_AT"#),
+        (&*unique("WRONG_SHAPE"), b"[1, 2, 3]"),
         (
-            "NO_PID",
+            &*unique("NO_PID"),
             br#"{"name": "X", "timestamp": "2026-02-11T09:30:00"}"#,
         ),
     ];
@@ -282,17 +323,20 @@ fn garbage_empty_and_truncated_files_are_corrupt_never_a_panic() {
         .collect();
     assert_eq!(states, vec![LockState::Corrupt; 5]);
     match dir
-        .acquire("TRUNCATED", &LockClaim::default(), &mut probe)
+        .acquire(&unique("TRUNCATED"), &LockClaim::default(), &mut probe)
         .unwrap()
     {
         Acquire::Acquired(held) => {
-            assert_eq!(state_of(&dir, "TRUNCATED", &mut probe), LockState::Running);
+            assert_eq!(
+                state_of(&dir, &unique("TRUNCATED"), &mut probe),
+                LockState::Running
+            );
             held.release().unwrap();
         }
         Acquire::Held(h) => panic!("a corrupt file blocked a start: {h}"),
     }
     assert!(matches!(
-        dir.remove_if_stale("GARBAGE", &mut probe).unwrap(),
+        dir.remove_if_stale(&unique("GARBAGE"), &mut probe).unwrap(),
         Removal::Removed(_)
     ));
 }
@@ -303,11 +347,18 @@ fn our_own_record_left_by_a_crash_is_stale() {
     let dir = LockDir::new(tmp.path());
     let mut probe = ProcessProbe::new().unwrap();
     let status = Command::new(TAKER)
-        .args(["abandon", tmp.path().to_str().unwrap(), "quantum_server"])
+        .args([
+            "abandon",
+            tmp.path().to_str().unwrap(),
+            &*unique("quantum_server"),
+        ])
         .status()
         .unwrap();
     assert!(status.success());
-    let status = dir.inspect("quantum_server", &mut probe).unwrap().unwrap();
+    let status = dir
+        .inspect(&unique("quantum_server"), &mut probe)
+        .unwrap()
+        .unwrap();
     assert_eq!(status.state, LockState::Stale);
     assert!(status.record.unwrap().holder_pid.is_some());
 }
@@ -319,9 +370,12 @@ fn a_held_lock_is_running_and_its_record_readable() {
     let mut probe = ProcessProbe::new().unwrap();
     let claim = LockClaim {
         account: Some("FTMO".into()),
-        command: vec!["python".into(), "BRAIN_FTMO.py".into()],
+        command: vec!["python".into(), format!("{}.py", unique("BRAIN_FTMO"))],
     };
-    let Acquire::Acquired(mut held) = dir.acquire("BRAIN_FTMO", &claim, &mut probe).unwrap() else {
+    let Acquire::Acquired(mut held) = dir
+        .acquire(&unique("BRAIN_FTMO"), &claim, &mut probe)
+        .unwrap()
+    else {
         panic!("free lock not acquired");
     };
     let child = Idle::start();
@@ -329,7 +383,10 @@ fn a_held_lock_is_running_and_its_record_readable() {
     held.set_managed(child_identity, vec!["bot".into()])
         .unwrap();
 
-    let status = dir.inspect("BRAIN_FTMO", &mut probe).unwrap().unwrap();
+    let status = dir
+        .inspect(&unique("BRAIN_FTMO"), &mut probe)
+        .unwrap()
+        .unwrap();
     assert_eq!(status.state, LockState::Running);
     let record = status.record.unwrap();
     assert_eq!(record.pid, child.pid());
@@ -341,7 +398,11 @@ fn a_held_lock_is_running_and_its_record_readable() {
     let text = std::fs::read_to_string(held.path()).unwrap();
     assert!(text.contains("\"holder_pid\""), "{text}");
     held.release().unwrap();
-    assert!(dir.inspect("BRAIN_FTMO", &mut probe).unwrap().is_none());
+    assert!(
+        dir.inspect(&unique("BRAIN_FTMO"), &mut probe)
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]
@@ -366,17 +427,19 @@ fn names_that_could_escape_the_lock_dir_are_refused() {
 fn a_starter_kept_out_by_a_reader_that_never_lets_go_fails_in_bounded_time() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::new(tmp.path());
-    let path = tmp.path().join("BRAIN_READER.lock");
+    let path = tmp
+        .path()
+        .join(&*format!("{}.lock", unique("BRAIN_READER")));
     std::fs::write(&path, b"").unwrap();
     let reader = std::fs::File::open(&path).unwrap();
     reader.lock_shared().unwrap();
     let claim = LockClaim {
         account: None,
-        command: vec!["python".into(), "BRAIN_READER.py".into()],
+        command: vec!["python".into(), format!("{}.py", unique("BRAIN_READER"))],
     };
     let mut probe = ProcessProbe::new().unwrap();
     let started = std::time::Instant::now();
-    let error = match dir.acquire("BRAIN_READER", &claim, &mut probe) {
+    let error = match dir.acquire(&unique("BRAIN_READER"), &claim, &mut probe) {
         Err(error) => error,
         Ok(_) => panic!("acquired under a shared lock"),
     };
@@ -385,7 +448,12 @@ fn a_starter_kept_out_by_a_reader_that_never_lets_go_fails_in_bounded_time() {
         matches!(error, lockcore::LockError::KeptBusy { .. }),
         "{error:?}"
     );
-    assert!(error.to_string().contains("BRAIN_READER.lock"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&*format!("{}.lock", unique("BRAIN_READER"))),
+        "{error}"
+    );
     assert!(took >= std::time::Duration::from_secs(5), "{took:?}");
     assert!(took < std::time::Duration::from_secs(30), "{took:?}");
 
@@ -393,7 +461,10 @@ fn a_starter_kept_out_by_a_reader_that_never_lets_go_fails_in_bounded_time() {
     drop(reader);
     // Read after the reader let go: its whole-file lock blocks reads under Wine.
     assert_eq!(std::fs::read(&path).unwrap(), b"", "the file was written");
-    match dir.acquire("BRAIN_READER", &claim, &mut probe).unwrap() {
+    match dir
+        .acquire(&unique("BRAIN_READER"), &claim, &mut probe)
+        .unwrap()
+    {
         Acquire::Acquired(held) => held.release().unwrap(),
         Acquire::Held(holder) => panic!("held by {holder}"),
     }

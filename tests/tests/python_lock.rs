@@ -151,6 +151,8 @@ mod unix {
     /// A desk of three example bots (global, watchdog, brain), each a copy of
     /// `python/example_bot.py` named after its lock, beside `process_lock.py`.
     fn python_desk(tag: &str) -> Desk {
+        // Names of this run's own: two checkouts' suites at once never meet.
+        let tag = fleet_tests::unique(tag);
         let dir = tempfile::tempdir().unwrap();
         let global = format!("qs_py_{}", tag.to_lowercase());
         let account = format!("PY{tag}");
@@ -330,7 +332,7 @@ mod unix {
         if python3().is_none() {
             return;
         }
-        let desk = python_desk(&format!("R{}", std::process::id()));
+        let desk = python_desk("R");
         let config = std::fs::read_to_string(desk.config()).unwrap();
         let config = config.replace(
             "[defaults]\nstop_timeout_secs = 5\n",
@@ -1186,7 +1188,7 @@ mod unix {
             return;
         }
         // Unique to this run: a copy is recognised machine-wide.
-        let desk = python_desk(&format!("CP{}", std::process::id()));
+        let desk = python_desk("CP");
         let name = brain(&desk);
         let (launcher, _lines) = start_desk(&desk);
         let copy = Desk {
@@ -1249,7 +1251,7 @@ mod unix {
         if python3().is_none() {
             return;
         }
-        let desk = python_desk(&format!("RM{}", std::process::id()));
+        let desk = python_desk("RM");
         let name = brain(&desk);
         let (launcher, _lines) = start_desk(&desk);
         let names = desk.component_names();
@@ -1314,7 +1316,7 @@ mod unix {
         if python3().is_none() {
             return;
         }
-        let desk = python_desk(&format!("NY{}", std::process::id()));
+        let desk = python_desk("NY");
         let name = brain(&desk);
         std::fs::create_dir_all(desk.lock_dir()).unwrap();
         let path = desk.lock_path(&name);

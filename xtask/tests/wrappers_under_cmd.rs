@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_tests::{Desk, Running, spawn_reader, tool, wait_gone, wait_until};
+use fleet_tests::{Desk, Running, spawn_reader, tool, unique, wait_gone, wait_until};
 
 /// `cargo xtask dist` of the tools under test into `<desk>\Program Files (x86)\`, with
 /// the bundle's `fleet.toml` pointed at the desk's lock and log folders.
@@ -99,7 +99,7 @@ fn run(command: &mut Command) -> (i32, String) {
 
 #[test]
 fn wrappers_pass_exit_codes_on_and_pause_only_when_not_switched_off() {
-    let desk = Desk::new("qs_batcodes", &["BATCODES"]);
+    let desk = Desk::new(&*unique("qs_batcodes"), &[&*unique("BATCODES")]);
     let folder = bundle(&desk);
     let (code, out) = run(cmd(&folder.join("LOCK_GC.bat"), "--bogus").env_remove("DESK_NO_PAUSE"));
     assert_eq!(code, 2, "{out}");
@@ -118,7 +118,7 @@ fn wrappers_pass_exit_codes_on_and_pause_only_when_not_switched_off() {
 /// A `!` in the install folder survives: cmd's delayed expansion would eat it.
 #[test]
 fn wrappers_run_from_a_folder_with_a_bang_in_its_name() {
-    let desk = Desk::new("qs_batbang", &["BATBANG"]);
+    let desk = Desk::new(&*unique("qs_batbang"), &[&*unique("BATBANG")]);
     let folder = bundle_in(&desk, "bang!desk");
     let (code, out) =
         run(cmd(&folder.join("CHECK_PROCS.bat"), "--version").env("DESK_NO_PAUSE", "1"));
@@ -133,7 +133,7 @@ fn wrappers_run_from_a_folder_with_a_bang_in_its_name() {
 /// name `bundle\bundle\`; the wrapper keeps its folder before it moves.
 #[test]
 fn a_wrapper_started_through_a_relative_path_finds_its_tools() {
-    let desk = Desk::new("qs_batrel", &["BATREL"]);
+    let desk = Desk::new(&*unique("qs_batrel"), &[&*unique("BATREL")]);
     let folder = bundle(&desk);
     let parent = folder.parent().unwrap();
     let relative = Path::new(folder.file_name().unwrap()).join("CHECK_PROCS.bat");
@@ -150,8 +150,8 @@ fn a_wrapper_started_through_a_relative_path_finds_its_tools() {
 fn master_launch_bat_starts_a_two_account_desk_and_safe_shutdown_bat_stops_it() {
     // Wine does not deliver CTRL_BREAK: a short stop timeout forces the bots soon.
     let desk = Desk::with_options(
-        "qs_batdesk",
-        &["BATDESK1", "BATDESK2"],
+        &*unique("qs_batdesk"),
+        &[&*unique("BATDESK1"), &*unique("BATDESK2")],
         &[],
         "[defaults]\nstop_timeout_secs = 2\n",
     );
@@ -210,8 +210,8 @@ fn master_launch_bat_starts_a_two_account_desk_and_safe_shutdown_bat_stops_it() 
 fn safe_start_bat_on_an_empty_desk_starts_the_desk() {
     // Wine does not deliver CTRL_BREAK: a short stop timeout forces the bots soon.
     let desk = Desk::with_options(
-        "qs_batsafestart",
-        &["BATSAFE1"],
+        &*unique("qs_batsafestart"),
+        &[&*unique("BATSAFE1")],
         &[],
         "[defaults]\nstop_timeout_secs = 2\n",
     );
@@ -266,7 +266,7 @@ fn safe_start_bat_on_an_empty_desk_starts_the_desk() {
 fn install_at_logon_bat_registers_the_task_and_uninstall_at_logon_bat_removes_it() {
     use lockcore::autostart::{Scheduler, status};
 
-    let desk = Desk::new("qs_autostart_bat", &["AUTOBAT"]);
+    let desk = Desk::new(&*unique("qs_autostart_bat"), &[&*unique("AUTOBAT")]);
     let folder = bundle(&desk);
     let config = folder.join("fleet.toml");
     // What check-procs asks: the task's file (Wine keeps one per task; its
