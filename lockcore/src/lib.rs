@@ -58,6 +58,8 @@ pub mod stop_engine;
 pub mod win_handle;
 #[cfg(windows)]
 pub mod win_job;
+#[cfg(windows)]
+pub mod win_token;
 
 pub use config::{Component, ConfigError, Fleet, Role};
 pub use copies::{CopyRule, Verdict};
