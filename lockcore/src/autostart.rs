@@ -77,9 +77,9 @@ pub enum AutostartError {
         reason: &'static str,
     },
     #[error(
-        "cannot tell which user installs the task (USERNAME is not set); set USERNAME, or use --at startup"
+        "cannot tell which user installs the task (the user's SID from this process's token); run install as the user who runs the desk"
     )]
-    NoUser,
+    NoUser(#[source] io::Error),
     #[error("cannot find the home folder (neither XDG_CONFIG_HOME nor HOME is set)")]
     NoHome,
     #[error("cannot {action} {}", path.display())]
@@ -109,7 +109,7 @@ impl AutostartError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            AutostartError::Unrepresentable { .. } | AutostartError::NoUser
+            AutostartError::Unrepresentable { .. } | AutostartError::NoUser(_)
         )
     }
 }
@@ -129,7 +129,8 @@ pub struct Entry {
     /// The config's folder: the working directory.
     pub folder: String,
     pub trigger: Trigger,
-    /// Windows: the account (`DOMAIN\user`) whose logon starts the desk.
+    /// Windows: the installing user's SID (`S-1-5-21-...`, from the process token), whose
+    /// logon starts the desk and whom the task runs as.
     pub user: Option<String>,
     /// How long a stop of the whole desk may take (systemd's `TimeoutStopSec=`).
     pub stop_timeout: Duration,
@@ -137,7 +138,7 @@ pub struct Entry {
 
 impl Entry {
     /// The entry for `fleet`, run by `exe`. Paths are made absolute; on Windows the
-    /// installing user comes from `USERDOMAIN`/`USERNAME`.
+    /// installing user is the SID of this process's token.
     pub fn for_fleet(
         scheduler: Scheduler,
         fleet: &Fleet,
@@ -146,9 +147,11 @@ impl Entry {
     ) -> Result<Entry> {
         let config = absolute_text(scheduler, "the config file", &fleet.path)?;
         let exe = absolute_text(scheduler, "the master-launch program", exe)?;
-        let user = match (scheduler, trigger) {
-            (Scheduler::TaskScheduler, Trigger::Logon) => Some(current_user()?),
-            _ => None,
+        // Both triggers name the user: the logon trigger whose logon it waits for, and
+        // the principal the task runs as.
+        let user = match scheduler {
+            Scheduler::TaskScheduler => Some(current_user()?),
+            Scheduler::SystemdUser => None,
         };
         Ok(Entry {
             scheduler,
@@ -304,15 +307,25 @@ fn absolute_text(scheduler: Scheduler, what: &'static str, path: &Path) -> Resul
     Ok(text.to_string())
 }
 
+/// Windows: the SID of the user this process runs as (its token, not environment
+/// variables). Elsewhere (a task definition printed on another system):
+/// `USERDOMAIN\USERNAME`.
 fn current_user() -> Result<String> {
-    let user = std::env::var("USERNAME")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .ok_or(AutostartError::NoUser)?;
-    Ok(match std::env::var("USERDOMAIN") {
-        Ok(domain) if !domain.is_empty() => format!("{domain}\\{user}"),
-        _ => user,
-    })
+    #[cfg(windows)]
+    {
+        crate::win_token::user_sid().map_err(AutostartError::NoUser)
+    }
+    #[cfg(not(windows))]
+    {
+        let user = std::env::var("USERNAME")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| AutostartError::NoUser(io::Error::other("USERNAME is not set")))?;
+        Ok(match std::env::var("USERDOMAIN") {
+            Ok(domain) if !domain.is_empty() => format!("{domain}\\{user}"),
+            _ => user,
+        })
+    }
 }
 
 /// How long stopping the whole desk may take: master-launch stops brains, then
@@ -361,7 +374,9 @@ pub fn task_xml(entry: &Entry) -> Result<String> {
     let user = entry.user.as_deref();
     let (trigger, principal) = match entry.trigger {
         Trigger::Logon => {
-            let user = user.ok_or(AutostartError::NoUser)?;
+            let user = user.ok_or_else(|| {
+                AutostartError::NoUser(io::Error::other("the entry names no user"))
+            })?;
             (
                 format!(
                     "    <LogonTrigger>\n      <Enabled>true</Enabled>\n      <UserId>{}</UserId>\n    </LogonTrigger>\n",

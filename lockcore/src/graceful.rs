@@ -16,7 +16,15 @@
 //! A console control event reaches only processes attached to the sender's console, and
 //! attaching detaches the caller from its own. So a short-lived helper does that part:
 //! a copy of the calling tool started with [`CONSOLE_HELPER_ARG`]. A tool that calls
-//! [`ask_to_stop`] must call [`serve_console_helper`] first thing in `main`.
+//! [`start_asking`] must call [`serve_console_helper`] first thing in `main`. The
+//! helper is bound to its caller (a kill-on-close job: it dies with it), ends itself at
+//! its own deadline, and re-checks the target's creation time, holding a handle to it,
+//! before it attaches. [`start_asking`] only starts it ([`Started::Underway`]), so a
+//! stop can ask every process of a stage before waiting for any answer.
+//!
+//! master-launch's own bots are not strangers: they run in a process group and a
+//! console of their own, so they get CTRL_BREAK to their group ([`start_ctrl_break`],
+//! Windows), never a close request nor the shared-console checks.
 //!
 //! Whatever this could not reach is forced by the caller after its timeout.
 
@@ -56,9 +64,51 @@ impl fmt::Display for Asked {
     }
 }
 
-/// Asks `pid` to stop gracefully. The caller has checked its identity just before.
-pub fn ask_to_stop(pid: u32) -> Asked {
-    imp::ask_to_stop(pid)
+/// An ask that was started: done at once, or a console helper at work (Windows).
+#[derive(Debug)]
+pub enum Started {
+    Asked(Asked),
+    Underway(Underway),
+}
+
+/// A console helper at work; dropping it ends the helper.
+#[derive(Debug)]
+pub struct Underway(imp::Underway);
+
+impl Underway {
+    /// What was done once the helper has finished; `None` while it works. A helper
+    /// that has not finished by its deadline is ended and answers [`Asked::Nothing`].
+    pub fn answer(&mut self) -> Option<Asked> {
+        self.0.answer()
+    }
+}
+
+/// Starts asking `who`, a process we did not start, to stop gracefully. The caller
+/// has checked its identity just before.
+pub fn start_asking(who: crate::ProcessIdentity) -> Started {
+    imp::start_asking(who)
+}
+
+/// Asks `who` to stop gracefully and waits for the answer (a console helper on
+/// Windows answers within its deadline).
+pub fn ask_to_stop(who: crate::ProcessIdentity) -> Asked {
+    match start_asking(who) {
+        Started::Asked(asked) => asked,
+        Started::Underway(mut underway) => loop {
+            if let Some(asked) = underway.answer() {
+                return asked;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        },
+    }
+}
+
+/// Windows: CTRL_BREAK to the process group of `who`, a child started with
+/// `CREATE_NEW_PROCESS_GROUP` and a console of its own (master-launch's bots), through
+/// the console helper; nothing else is tried.
+#[cfg(windows)]
+pub fn start_ctrl_break(who: crate::ProcessIdentity) -> Started {
+    imp::start_helper(who, imp::Mode::OwnChild)
 }
 
 /// When the process was started as the console helper, does the helper's work and
@@ -70,17 +120,42 @@ pub fn serve_console_helper() {
         return;
     }
     let pid = args.next().and_then(|pid| pid.parse().ok());
-    std::process::exit(pid.map_or(BAD_HELPER_ARGS, imp::console_helper));
+    let start_time = args.next().and_then(|secs| secs.parse().ok());
+    let own = args.next().as_deref() == Some(OWN_CHILD_ARG);
+    let code = match (pid, start_time) {
+        (Some(pid), Some(start_time)) => {
+            imp::console_helper(crate::ProcessIdentity { pid, start_time }, own)
+        }
+        _ => BAD_HELPER_ARGS,
+    };
+    std::process::exit(code);
 }
+
+/// The helper's last argument for a child of the caller's ([`start_ctrl_break`]).
+const OWN_CHILD_ARG: &str = "own-child";
 
 /// The helper's exit code for a missing or bad pid (and for any call on Unix).
 const BAD_HELPER_ARGS: i32 = 2;
 
 #[cfg(unix)]
 mod imp {
-    use super::Asked;
+    use super::{Asked, Started};
 
-    pub fn ask_to_stop(pid: u32) -> Asked {
+    /// Nothing is ever under way on Unix: a signal is sent at once.
+    #[derive(Debug)]
+    pub enum Underway {}
+
+    impl Underway {
+        pub fn answer(&mut self) -> Option<Asked> {
+            match *self {}
+        }
+    }
+
+    pub fn start_asking(who: crate::ProcessIdentity) -> Started {
+        Started::Asked(terminate(who.pid))
+    }
+
+    fn terminate(pid: u32) -> Asked {
         let Ok(pid) = i32::try_from(pid) else {
             return Asked::Nothing(format!("pid {pid} is out of range"));
         };
@@ -91,16 +166,17 @@ mod imp {
         }
     }
 
-    pub fn console_helper(_pid: u32) -> i32 {
+    pub fn console_helper(_who: crate::ProcessIdentity, _own: bool) -> i32 {
         super::BAD_HELPER_ARGS
     }
 }
 
 #[cfg(windows)]
 mod imp {
-    use super::{Asked, CONSOLE_HELPER_ARG};
-    use std::os::windows::process::CommandExt;
-    use std::process::{Command, Stdio};
+    use super::{Asked, CONSOLE_HELPER_ARG, OWN_CHILD_ARG, Started};
+    use crate::ProcessIdentity;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
     use windows_sys::Win32::Foundation::{HWND, LPARAM};
     use windows_sys::Win32::System::Console::{
         AttachConsole, CTRL_BREAK_EVENT, FreeConsole, GenerateConsoleCtrlEvent,
@@ -121,65 +197,127 @@ mod imp {
         pub const NO_CONSOLE: i32 = 5;
         /// GenerateConsoleCtrlEvent itself failed.
         pub const NOT_SENT: i32 = 6;
+        /// The pid belongs to a process with another creation time.
+        pub const REUSED: i32 = 7;
+        /// The helper's own deadline passed (a hung console).
+        pub const TIMED_OUT: i32 = 8;
+        /// No process has the pid any more.
+        pub const GONE: i32 = 9;
     }
 
-    /// How long the helper may take: it attaches, reads the process table once and
-    /// sends one event. A helper stuck on a hung console must not hold up the stop
-    /// (the caller forces at its deadline all the same).
-    const HELPER_PATIENCE: std::time::Duration = std::time::Duration::from_millis(1500);
+    /// How long the helper may take: it opens the target, attaches, reads the process
+    /// table once and sends one event. It ends itself at this deadline; the caller
+    /// ends it (through its job) a little later if it could not. A helper stuck on a
+    /// hung console must not hold up the stop (the caller forces at its deadline all
+    /// the same).
+    const HELPER_DEADLINE: Duration = Duration::from_millis(1500);
+    const CALLER_PATIENCE: Duration = Duration::from_millis(2000);
 
-    pub fn ask_to_stop(pid: u32) -> Asked {
-        let windows = top_level_windows(pid);
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Mode {
+        /// A process we did not start: the shared-console checks apply.
+        Stranger,
+        /// A child of the caller in a process group and console of its own.
+        OwnChild,
+    }
+
+    #[derive(Debug)]
+    pub struct Underway {
+        helper: Child,
+        /// The kill-on-close job the helper runs in: dropped with this, it ends the
+        /// helper, and the system closes it (ending the helper) if the caller dies.
+        _job: crate::win_job::Job,
+        started: Instant,
+        answered: bool,
+    }
+
+    impl Underway {
+        pub fn answer(&mut self) -> Option<Asked> {
+            if self.answered {
+                return Some(Asked::Nothing("already answered".into()));
+            }
+            let answer = match self.helper.try_wait() {
+                Ok(Some(status)) => from_exit(status.code()),
+                Ok(None) if self.started.elapsed() < CALLER_PATIENCE => return None,
+                Ok(None) => {
+                    let _ = self.helper.kill();
+                    Asked::Nothing("the console helper did not answer in time".into())
+                }
+                Err(e) => {
+                    let _ = self.helper.kill();
+                    Asked::Nothing(format!("console helper: {e}"))
+                }
+            };
+            self.answered = true;
+            Some(answer)
+        }
+    }
+
+    fn from_exit(code: Option<i32>) -> Asked {
+        match code {
+            Some(helper_exit::CTRL_BREAK) => Asked::CtrlBreak,
+            Some(helper_exit::CTRL_BREAK_CONSOLE) => Asked::CtrlBreakConsole,
+            Some(helper_exit::SHARED_CONSOLE) => {
+                Asked::Nothing("it shares its console with other processes".into())
+            }
+            Some(helper_exit::NO_CONSOLE) => {
+                Asked::Nothing("it has neither a console nor a window".into())
+            }
+            Some(helper_exit::NOT_SENT) => Asked::Nothing("the console refused the event".into()),
+            Some(helper_exit::REUSED) => {
+                Asked::Nothing("its pid now belongs to another process".into())
+            }
+            Some(helper_exit::GONE) => Asked::Nothing("it was gone already".into()),
+            Some(helper_exit::TIMED_OUT) => {
+                Asked::Nothing("the console helper did not answer in time".into())
+            }
+            code => Asked::Nothing(format!("the console helper failed ({code:?})")),
+        }
+    }
+
+    pub fn start_asking(who: ProcessIdentity) -> Started {
+        let windows = top_level_windows(who.pid);
         if !windows.is_empty() {
             for window in &windows {
                 // SAFETY: posting to a window that closed meanwhile just fails.
                 unsafe { PostMessageW(*window, WM_CLOSE, 0, 0) };
             }
-            return Asked::CloseWindows(windows.len());
+            return Started::Asked(Asked::CloseWindows(windows.len()));
         }
+        start_helper(who, Mode::Stranger)
+    }
+
+    /// Starts the helper in a kill-on-close job and returns at once.
+    pub fn start_helper(who: ProcessIdentity, mode: Mode) -> Started {
         let exe = match std::env::current_exe() {
             Ok(exe) => exe,
-            Err(e) => return Asked::Nothing(format!("cannot find own executable: {e}")),
+            Err(e) => {
+                return Started::Asked(Asked::Nothing(format!("cannot find own executable: {e}")));
+            }
         };
-        // Detached: the helper has no console of its own to leave before attaching.
-        let helper = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg(CONSOLE_HELPER_ARG)
-            .arg(pid.to_string())
-            .creation_flags(DETACHED_PROCESS)
+            .arg(who.pid.to_string())
+            .arg(who.start_time.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let status = helper.and_then(|mut helper| {
-            let started = std::time::Instant::now();
-            loop {
-                if let Some(status) = helper.try_wait()? {
-                    return Ok(status);
-                }
-                if started.elapsed() >= HELPER_PATIENCE {
-                    let _ = helper.kill();
-                    let _ = helper.wait();
-                    return Err(std::io::Error::other(
-                        "the console helper did not answer in time",
-                    ));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        });
-        match status.map(|s| s.code()) {
-            Ok(Some(helper_exit::CTRL_BREAK)) => Asked::CtrlBreak,
-            Ok(Some(helper_exit::CTRL_BREAK_CONSOLE)) => Asked::CtrlBreakConsole,
-            Ok(Some(helper_exit::SHARED_CONSOLE)) => {
-                Asked::Nothing("it shares its console with other processes".into())
-            }
-            Ok(Some(helper_exit::NO_CONSOLE)) => {
-                Asked::Nothing("it has neither a console nor a window".into())
-            }
-            Ok(Some(helper_exit::NOT_SENT)) => {
-                Asked::Nothing("the console refused the event".into())
-            }
-            Ok(code) => Asked::Nothing(format!("the console helper failed ({code:?})")),
-            Err(e) => Asked::Nothing(format!("console helper: {e}")),
+            .stderr(Stdio::null());
+        if mode == Mode::OwnChild {
+            command.arg(OWN_CHILD_ARG);
+        }
+        // Detached: the helper has no console of its own to leave before attaching
+        // ("Process Creation Flags", Microsoft Learn).
+        match crate::win_job::spawn_in_job(&mut command, DETACHED_PROCESS) {
+            Ok((helper, job)) => Started::Underway(super::Underway(Underway {
+                helper,
+                _job: job,
+                started: Instant::now(),
+                answered: false,
+            })),
+            Err(e) => Started::Asked(Asked::Nothing(format!(
+                "cannot start the console helper: {e}"
+            ))),
         }
     }
 
@@ -224,8 +362,32 @@ mod imp {
         matches!(name.as_str(), "ConsoleWindowClass" | "PseudoConsoleWindow")
     }
 
-    /// Runs in the helper: attach to `pid`'s console, then CTRL_BREAK.
-    pub fn console_helper(pid: u32) -> i32 {
+    /// Runs in the helper: check `who` is still the process meant, attach to its
+    /// console, then CTRL_BREAK.
+    pub fn console_helper(who: ProcessIdentity, own_child: bool) -> i32 {
+        // Its own deadline, whatever the caller does.
+        std::thread::spawn(|| {
+            std::thread::sleep(HELPER_DEADLINE);
+            std::process::exit(helper_exit::TIMED_OUT);
+        });
+        // Held until the end: the pid cannot be reused while this handle is open
+        // (crate::win_handle), so the console attached to is the target's.
+        let target = match crate::win_handle::Process::open(who.pid, false) {
+            Ok(target) => target,
+            Err(crate::win_handle::OpenFailure::Gone) => return helper_exit::GONE,
+            Err(_) => return helper_exit::NO_CONSOLE,
+        };
+        match target.start_time() {
+            Ok(started) if who.started_at(started) => {}
+            Ok(_) => return helper_exit::REUSED,
+            Err(_) => return helper_exit::NO_CONSOLE,
+        }
+        let code = attach_and_break(who.pid, own_child);
+        drop(target);
+        code
+    }
+
+    fn attach_and_break(pid: u32, own_child: bool) -> i32 {
         // Survive the event we send: it may reach everything on the console, us too.
         unsafe extern "system" fn ignore(_event: u32) -> i32 {
             1
@@ -238,12 +400,31 @@ mod imp {
         // (Microsoft, "Registering a Control Handler Function").
         // SAFETY: a valid handler function for the life of the process.
         unsafe { SetConsoleCtrlHandler(Some(ignore), 1) };
+        let code = if own_child {
+            // The caller started it with CREATE_NEW_PROCESS_GROUP, so it is the root of
+            // its group, whose id is its pid ("Process Creation Flags"); on a console of
+            // its own. GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, group) reaches that
+            // group alone ("GenerateConsoleCtrlEvent", Microsoft Learn).
+            // SAFETY: no pointers.
+            match unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) } {
+                0 => helper_exit::NOT_SENT,
+                _ => helper_exit::CTRL_BREAK,
+            }
+        } else {
+            stranger_break(pid)
+        };
+        // SAFETY: detaching from the console we attached to.
+        unsafe { FreeConsole() };
+        code
+    }
+
+    /// CTRL_BREAK to a process we did not start, only when its console holds nothing
+    /// but its own tree.
+    fn stranger_break(pid: u32) -> i32 {
         let attached = console_processes();
         let own = std::process::id();
         let table = crate::ProcessProbe::new().map(|mut probe| probe.table());
         let Ok(table) = table else {
-            // SAFETY: detaching from the console we attached to.
-            unsafe { FreeConsole() };
             return helper_exit::NO_CONSOLE;
         };
         // Parent links count only to older processes (DESIGN.md rule 10), here and in
@@ -259,7 +440,7 @@ mod imp {
                 || table.is_in_tree_of(other, pid)
                 || table.is_in_tree_of(pid, other)
         });
-        let code = if !console_is_its_own {
+        if !console_is_its_own {
             helper_exit::SHARED_CONSOLE
         } else if !parent_attached {
             // The first process of its console is the root of the console's group.
@@ -276,10 +457,7 @@ mod imp {
                 0 => helper_exit::NOT_SENT,
                 _ => helper_exit::CTRL_BREAK_CONSOLE,
             }
-        };
-        // SAFETY: detaching from the console we attached to.
-        unsafe { FreeConsole() };
-        code
+        }
     }
 
     /// The pids attached to our (just attached) console.

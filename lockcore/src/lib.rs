@@ -56,6 +56,12 @@ pub mod select;
 pub mod shutdown;
 pub mod stop;
 pub mod stop_engine;
+#[cfg(windows)]
+pub mod win_handle;
+#[cfg(windows)]
+pub mod win_job;
+#[cfg(windows)]
+pub mod win_token;
 
 pub use config::{Component, ConfigError, Fleet, Role};
 pub use copies::{CopyRule, Verdict};

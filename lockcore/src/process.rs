@@ -94,8 +94,8 @@ impl ProcessProbe {
         })
     }
 
-    /// Kills `pid` and everything below it, deepest first (SIGKILL; TerminateProcess on
-    /// Windows). Checks `who`'s start time first: a reused pid is left alone
+    /// Kills `pid` and everything below it, deepest first (SIGKILL; on Windows
+    /// TerminateProcess through a handle whose creation time was checked). Checks `who`'s start time first: a reused pid is left alone
     /// (DESIGN.md rule 3). Returns whether `who` was still there to kill.
     pub fn kill_tree(&mut self, who: ProcessIdentity) -> bool {
         self.force_tree(who) != Forced::Gone
@@ -110,9 +110,15 @@ impl ProcessProbe {
         }
         let mut denied = Vec::new();
         let mut failed = Vec::new();
-        for pid in table.descendants(who.pid).into_iter().chain([who.pid]) {
-            match kill::kill(pid) {
-                Ok(()) | Err(kill::Failure::Gone) => {}
+        let identities = table
+            .descendants(who.pid)
+            .into_iter()
+            .filter_map(|pid| table.get(pid).map(ProcessInfo::identity))
+            .chain([who]);
+        for ProcessIdentity { pid, start_time } in identities {
+            match kill::kill(ProcessIdentity { pid, start_time }) {
+                // A pid reused since the table was read is not ours to kill.
+                Ok(()) | Err(kill::Failure::Gone | kill::Failure::Reused) => {}
                 Err(kill::Failure::Denied) => denied.push(pid),
                 Err(kill::Failure::Other(why)) => failed.push(format!("pid {pid}: {why}")),
             }
@@ -131,7 +137,16 @@ impl ProcessProbe {
         if !self.is_alive(who) {
             return None;
         }
-        Some(crate::graceful::ask_to_stop(who.pid))
+        Some(crate::graceful::ask_to_stop(who))
+    }
+
+    /// As [`ProcessProbe::terminate`], only starting an ask that takes time (a console
+    /// helper on Windows): see [`crate::graceful::start_asking`].
+    pub fn start_terminate(&mut self, who: ProcessIdentity) -> Option<crate::graceful::Started> {
+        if !self.is_alive(who) {
+            return None;
+        }
+        Some(crate::graceful::start_asking(who))
     }
 
     /// One read of the whole process table: pids, parents, start times, command lines.
@@ -170,18 +185,25 @@ pub enum Forced {
 
 /// Killing one process, and why the system refused. Platform code, kept small.
 mod kill {
+    use super::ProcessIdentity;
+
     pub enum Failure {
         /// Not ours to kill: EPERM, ERROR_ACCESS_DENIED.
         Denied,
         /// It exited meanwhile.
         Gone,
+        /// The pid now belongs to a process that started at another time: left alone.
+        #[cfg_attr(unix, allow(dead_code))]
+        Reused,
         Other(String),
     }
 
+    /// SIGKILL to `who.pid`. The caller read `who` from the process table just before
+    /// (the start time is checked there).
     #[cfg(unix)]
-    pub fn kill(pid: u32) -> Result<(), Failure> {
+    pub fn kill(who: ProcessIdentity) -> Result<(), Failure> {
         use nix::errno::Errno;
-        let raw = i32::try_from(pid).map_err(|_| Failure::Gone)?;
+        let raw = i32::try_from(who.pid).map_err(|_| Failure::Gone)?;
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::SIGKILL) {
             Ok(()) => Ok(()),
             Err(Errno::EPERM) => Err(Failure::Denied),
@@ -190,41 +212,68 @@ mod kill {
         }
     }
 
+    /// TerminateProcess through a handle whose creation time is `who`'s: the handle
+    /// keeps the pid from being reused between the check and the kill
+    /// ([`crate::win_handle`]).
     #[cfg(windows)]
-    pub fn kill(pid: u32) -> Result<(), Failure> {
-        use windows_sys::Win32::Foundation::{
-            CloseHandle, ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER, GetLastError,
-        };
-        use windows_sys::Win32::System::Threading::{
-            OpenProcess, PROCESS_TERMINATE, TerminateProcess,
-        };
-        let failure = |code: u32| match code {
-            ERROR_ACCESS_DENIED => Failure::Denied,
-            // No such process (any more).
-            ERROR_INVALID_PARAMETER => Failure::Gone,
-            code => Failure::Other(std::io::Error::from_raw_os_error(code as i32).to_string()),
-        };
-        // SAFETY: no pointers; a null handle is checked below.
-        let handle = unsafe { OpenProcess(PROCESS_TERMINATE, 0, pid) };
-        if handle.is_null() {
-            // SAFETY: reads this thread's last error.
-            return Err(failure(unsafe { GetLastError() }));
+    pub fn kill(who: ProcessIdentity) -> Result<(), Failure> {
+        use crate::win_handle::{OpenFailure, Process};
+        let process = Process::open(who.pid, true).map_err(|e| match e {
+            OpenFailure::Denied => Failure::Denied,
+            OpenFailure::Gone => Failure::Gone,
+            OpenFailure::Other(e) => Failure::Other(e.to_string()),
+        })?;
+        let started = process
+            .start_time()
+            .map_err(|e| Failure::Other(format!("cannot read its start time: {e}")))?;
+        if !who.started_at(started) {
+            return Err(Failure::Reused);
         }
-        // SAFETY: a handle opened above with PROCESS_TERMINATE, closed right after.
-        let done = unsafe { TerminateProcess(handle, 1) };
-        // SAFETY: as above.
-        let error = if done == 0 {
-            unsafe { GetLastError() }
-        } else {
-            0
-        };
-        // SAFETY: our own handle, closed once.
-        unsafe { CloseHandle(handle) };
-        if done == 0 {
-            Err(failure(error))
-        } else {
-            Ok(())
+        process.terminate().map_err(|e| match e.raw_os_error() {
+            Some(5) => Failure::Denied,
+            _ => Failure::Other(e.to_string()),
+        })
+    }
+}
+
+/// Why [`kill_exact`] did not kill.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KillRefused {
+    #[error("the system refused: not this user's process")]
+    Denied,
+    #[error("it was gone already")]
+    Gone,
+    #[error("its pid now belongs to another process (another start time); left alone")]
+    Reused,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Kills exactly the process `who` (not its tree), if it is still the one that started
+/// at `who.start_time`. Windows: checked and killed through one process handle, so a
+/// pid reused meanwhile is never hit; Unix: the start time is read, then SIGKILL.
+pub fn kill_exact(who: ProcessIdentity) -> Result<(), KillRefused> {
+    #[cfg(unix)]
+    {
+        let mut probe = ProcessProbe::new().map_err(|e| KillRefused::Other(e.to_string()))?;
+        match probe.identity(who.pid) {
+            None => return Err(KillRefused::Gone),
+            Some(now) if !who.started_at(now.start_time) => return Err(KillRefused::Reused),
+            Some(_) => {}
         }
+    }
+    kill::kill(who).map_err(|e| match e {
+        kill::Failure::Denied => KillRefused::Denied,
+        kill::Failure::Gone => KillRefused::Gone,
+        kill::Failure::Reused => KillRefused::Reused,
+        kill::Failure::Other(why) => KillRefused::Other(why),
+    })
+}
+
+impl ProcessIdentity {
+    /// Whether a process that started at `start_time` (seconds) is this one.
+    pub fn started_at(&self, start_time: u64) -> bool {
+        same_start(self.start_time, start_time)
     }
 }
 

@@ -150,6 +150,7 @@ pub fn stop_targets(
         cluster: fleet.cluster.as_ref().map(ClusterStops::new),
         orchestrator_told,
         signalled_past_a_holder: false,
+        asking: Default::default(),
     };
     let outcome = stop_in_order(
         targets,

@@ -4,13 +4,15 @@
 //!
 //! A stop runs in stages, in the safe order ([`Stage::ORDER`]): brains (trading stops),
 //! watchdogs (they guard open positions until no brain trades), globals, and the
-//! orchestrator last. Within a stage everything is asked at once, then waited for in
-//! parallel; whatever is still there at its deadline is forced, then verified gone.
+//! orchestrator last. Within a stage everything is asked at once (an ask that takes
+//! time, a console helper on Windows, is only started: [`Asking::Underway`]), then
+//! waited for in parallel; whatever is still there at its deadline is forced, then
+//! verified gone.
 //!
 //! Deadlines ([`Grace`]): a requester's deadline is honoured by everyone; only when
 //! nobody gave one does each process's own `stop_timeout_secs` apply. The grace is per
-//! process and counts from the start of its stage, so a later stage is never robbed of
-//! its graceful stop by a stubborn earlier one. A target that is stopped through a
+//! process and counts from its own ask, so a later stage is never robbed of its
+//! graceful stop by a stubborn earlier one, nor a process by slow asks before it. A target that is stopped through a
 //! holder adds a margin ([`Stoppable::margin`]): the holder forces at the deadline
 //! itself, and the requester forces only a holder that failed to.
 
@@ -62,7 +64,7 @@ impl Stage {
 /// How long each process gets to stop on its own before it is forced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grace {
-    /// A requester's: every process gets this long from the start of its stage.
+    /// A requester's: every process gets this long from its own ask.
     Given(Duration),
     /// Nobody gave one: each process's own ([`Stoppable::own_timeout`]).
     Own,
@@ -82,11 +84,27 @@ pub trait Stoppable<C> {
     fn margin(&self) -> Duration {
         Duration::ZERO
     }
-    /// Asks it to stop gracefully; says what was done.
-    fn ask(&mut self, context: &mut C) -> String;
+    /// Asks it to stop gracefully: says what was done, or starts an ask that takes time
+    /// and returns [`Asking::Underway`] at once, so that the rest of its stage is asked
+    /// without waiting for it.
+    fn ask(&mut self, context: &mut C) -> Asking;
+    /// For an ask that was [`Asking::Underway`]: what was done once it is, `None`
+    /// while it still runs. Polled by the engine; an ask must end on its own deadline.
+    fn answer(&mut self, _context: &mut C) -> Option<String> {
+        Some("asked".into())
+    }
     fn is_stopped(&mut self, context: &mut C) -> bool;
     /// Forces it; says what was done.
     fn force(&mut self, context: &mut C) -> String;
+}
+
+/// What [`Stoppable::ask`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asking {
+    /// Asked; says how (for people and the audit).
+    Done(String),
+    /// The ask was started and ends on its own ([`Stoppable::answer`] says how).
+    Underway,
 }
 
 /// What the engine reports while it works: progress bars, logs, the audit trail.
@@ -224,6 +242,8 @@ pub fn stop_in_order<C, T: Stoppable<C>>(
 
 struct Pending<T> {
     target: T,
+    /// An ask under way, not yet reported.
+    answer_due: bool,
     force_at: Instant,
     forced_at: Option<Instant>,
     done: bool,
@@ -240,23 +260,31 @@ fn stop_stage<C, T: Stoppable<C>>(
     let total = targets.len();
     observer.stage_started(stage, total);
     let started = Instant::now();
+    // Every process of the stage is asked before any is waited for; each one's grace
+    // counts from its own ask.
     let mut pending: Vec<Pending<T>> = targets
         .into_iter()
         .map(|mut target| {
             // Named before acting: a process that is gone has no pid to show.
             let name = target.name();
-            let how = target.ask(context);
-            observer.asked(&name, &how);
+            let asked = target.ask(context);
+            let asked_at = Instant::now();
+            let answer_due = match asked {
+                Asking::Done(how) => {
+                    observer.asked(&name, &how);
+                    false
+                }
+                Asking::Underway => true,
+            };
             let grace = match grace {
                 Grace::Given(given) => given,
                 Grace::Own => target.own_timeout(),
             };
             let wait = grace.min(LONGEST_GRACE).saturating_add(target.margin());
             Pending {
-                // Its grace counts from its own ask: a slow ask before it (a console
-                // helper on Windows) does not eat into it.
-                force_at: later(Instant::now(), wait),
+                force_at: later(asked_at, wait),
                 target,
+                answer_due,
                 forced_at: None,
                 done: false,
             }
@@ -267,6 +295,12 @@ fn stop_stage<C, T: Stoppable<C>>(
         let now = Instant::now();
         let cut = cutoff.deadline(started);
         for p in pending.iter_mut().filter(|p| !p.done) {
+            if p.answer_due
+                && let Some(how) = p.target.answer(context)
+            {
+                p.answer_due = false;
+                observer.asked(&p.target.name(), &how);
+            }
             if let Some(cut) = cut {
                 p.force_at = p.force_at.min(cut);
             }
@@ -344,6 +378,8 @@ mod tests {
         stage: Stage,
         own: Duration,
         stops_after: Option<Duration>,
+        /// An ask that takes this long (a console helper): under way until then.
+        ask_takes: Option<Duration>,
         asked_at: Option<Instant>,
         forced_at: Option<Instant>,
     }
@@ -354,6 +390,7 @@ mod tests {
             stage,
             own: Duration::from_millis(300),
             stops_after: stops_after.map(Duration::from_millis),
+            ask_takes: None,
             asked_at: None,
             forced_at: None,
         }
@@ -372,10 +409,21 @@ mod tests {
         fn own_timeout(&self) -> Duration {
             self.own
         }
-        fn ask(&mut self, (t0, events): &mut (Instant, Events)) -> String {
+        fn ask(&mut self, (t0, events): &mut (Instant, Events)) -> Asking {
             self.asked_at = Some(Instant::now());
             events.push(("asked", self.name(), t0.elapsed().as_millis()));
-            "asked".into()
+            match self.ask_takes {
+                Some(_) => Asking::Underway,
+                None => Asking::Done("asked".into()),
+            }
+        }
+        fn answer(&mut self, (t0, events): &mut (Instant, Events)) -> Option<String> {
+            let takes = self.ask_takes.unwrap_or_default();
+            let done = self.asked_at.is_some_and(|at| at.elapsed() >= takes);
+            if done {
+                events.push(("answered", self.name(), t0.elapsed().as_millis()));
+            }
+            done.then(|| "asked through a helper".into())
         }
         fn is_stopped(&mut self, (t0, events): &mut (Instant, Events)) -> bool {
             let gracefully = self
@@ -529,6 +577,43 @@ mod tests {
                 .iter()
                 .any(|(e, n, _)| *e == "forced" && n == "WATCHDOG_A")
         );
+    }
+
+    /// Issue #26: twenty processes whose ask takes 400 ms each (a console helper on
+    /// Windows) are all asked at once, not one after the other (8 s), and each keeps
+    /// its whole grace, counted from its own ask.
+    #[test]
+    fn a_stages_slow_asks_go_out_together_and_each_grace_counts_from_its_ask() {
+        const NAMES: [&str; 20] = [
+            "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12",
+            "B13", "B14", "B15", "B16", "B17", "B18", "B19", "B20",
+        ];
+        let targets = NAMES
+            .iter()
+            .map(|name| {
+                let mut slow = fake(name, Stage::Brains, None);
+                slow.ask_takes = Some(Duration::from_millis(400));
+                slow
+            })
+            .chain([fake("WATCHDOG_A", Stage::Watchdogs, Some(0))])
+            .collect();
+        let (outcome, events) = run(targets, Grace::Given(Duration::from_millis(600)));
+        assert_eq!(outcome.forced.len(), 20, "{outcome:?}");
+        let last_asked = NAMES.iter().map(|n| at(&events, "asked", n)).max();
+        assert!(
+            last_asked < Some(200),
+            "asked one after the other: {events:?}"
+        );
+        for name in NAMES {
+            let answered = at(&events, "answered", name);
+            assert!(answered >= at(&events, "asked", name) + 400, "{events:?}");
+            let forced = at(&events, "forced", name);
+            assert!(forced >= at(&events, "asked", name) + 600, "{events:?}");
+            assert!(forced < 3000, "{name} forced at {forced} ms: {events:?}");
+        }
+        // The next stage starts once the brains are gone, as ever.
+        let brains_gone = NAMES.iter().map(|n| at(&events, "gone", n)).max();
+        assert!(Some(at(&events, "asked", "WATCHDOG_A")) >= brains_gone);
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl Slot {
         // The bot is unreaped (our child, or the reaper's, which reaps nothing while
         // master-launch can signal): its pid cannot be reused. If it has already
         // exited there is no start time to read; `now` stands in (only logs use it).
-        let identity = probe.identity(pid).unwrap_or(ProcessIdentity {
+        let identity = imp::identity(&process, pid, probe).unwrap_or(ProcessIdentity {
             pid,
             start_time: lockcore::process::now_secs(),
         });
@@ -157,7 +157,7 @@ impl Slot {
     pub fn ask_to_stop(&self) -> Option<ProcessIdentity> {
         let entry = self.entry();
         let entry = entry.as_ref()?;
-        let _ = entry.binding.ask_to_stop(entry.identity.pid);
+        let _ = entry.binding.ask_to_stop(entry.identity);
         Some(entry.identity)
     }
 
@@ -165,7 +165,7 @@ impl Slot {
     pub fn ask_to_stop_if(&self, pid: u32) {
         let entry = self.entry();
         if let Some(entry) = entry.as_ref().filter(|e| e.identity.pid == pid) {
-            let _ = entry.binding.ask_to_stop(pid);
+            let _ = entry.binding.ask_to_stop(entry.identity);
         }
     }
 
@@ -248,7 +248,7 @@ mod imp {
         /// SIGTERM to the group: the bot and what it started in its group (the reaper
         /// ignores it). Safe from reuse: the reaper is our unreaped child while the
         /// slot holds this binding, so its group id is its own.
-        pub fn ask_to_stop(&self, _bot: u32) -> io::Result<()> {
+        pub fn ask_to_stop(&self, _bot: ProcessIdentity) -> io::Result<()> {
             killpg(self.reaper, Signal::SIGTERM).map_err(io::Error::from)
         }
 
@@ -292,6 +292,15 @@ mod imp {
             let _ = killpg(self.reaper, Signal::SIGKILL);
             Tree::Unaccounted
         }
+    }
+
+    /// The bot's identity (it is the reaper's child: read from the process table).
+    pub(super) fn identity(
+        _reaper: &Child,
+        bot: u32,
+        probe: &mut ProcessProbe,
+    ) -> Option<ProcessIdentity> {
+        probe.identity(bot)
     }
 
     /// `master-launch --master-launch-reaper -- PROGRAM`, in its own process group (a
@@ -452,71 +461,62 @@ mod imp {
 #[cfg(windows)]
 mod imp {
     use super::*;
+    use lockcore::graceful::{Started, Underway};
+    use lockcore::win_job::Job;
     use std::os::windows::io::AsRawHandle;
-    use std::os::windows::process::CommandExt;
-    use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, INVALID_HANDLE_VALUE, WAIT_FAILED};
-    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
-        CreateToolhelp32Snapshot, TH32CS_SNAPTHREAD, THREADENTRY32, Thread32First, Thread32Next,
-    };
-    use windows_sys::Win32::System::JobObjects::{
-        AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
-        JOBOBJECT_BASIC_ACCOUNTING_INFORMATION, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
-        JobObjectBasicAccountingInformation, JobObjectExtendedLimitInformation,
-        QueryInformationJobObject, SetInformationJobObject, TerminateJobObject,
-    };
+    use windows_sys::Win32::Foundation::WAIT_FAILED;
     use windows_sys::Win32::System::Threading::{
-        CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, CREATE_SUSPENDED, INFINITE, OpenThread,
-        ResumeThread, THREAD_SUSPEND_RESUME, WaitForSingleObject,
+        CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, INFINITE, WaitForSingleObject,
     };
 
-    /// A Job Object with kill-on-close; the child dies when this is dropped or when
-    /// the launcher dies (the OS closes the handle).
+    /// The bot's kill-on-close Job Object (lockcore::win_job); the bot dies when this
+    /// is dropped or when the launcher dies (the OS closes the handle).
     #[derive(Debug)]
-    pub struct Binding(HANDLE);
-
-    // SAFETY: a job handle may be used and closed from any thread.
-    unsafe impl Send for Binding {}
-
-    impl Drop for Binding {
-        fn drop(&mut self) {
-            // SAFETY: the handle came from CreateJobObjectW and is closed once.
-            unsafe { CloseHandle(self.0) };
-        }
+    pub struct Binding {
+        job: Job,
+        /// The console helper of the last ask, kept until it is done or this binding
+        /// goes: dropping it would end it (its own kill-on-close job).
+        asking: Mutex<Option<Underway>>,
     }
 
     impl Binding {
         /// CTRL_BREAK to the bot's process group. The bot is on a console of its own,
         /// and only a process attached to it can send the event: lockcore's console
         /// helper (master-launch started again with a hidden argument) attaches and
-        /// sends it.
-        pub fn ask_to_stop(&self, bot: u32) -> io::Result<()> {
-            match lockcore::graceful::ask_to_stop(bot) {
-                lockcore::graceful::Asked::Nothing(why) => Err(io::Error::other(why)),
-                _ => Ok(()),
+        /// sends it. Only started here, never waited for: a stage's asks go out
+        /// together. Our own child: never a close request nor the checks meant for
+        /// processes nobody holds (lockcore::graceful).
+        pub fn ask_to_stop(&self, bot: ProcessIdentity) -> io::Result<()> {
+            match lockcore::graceful::start_ctrl_break(bot) {
+                Started::Underway(underway) => {
+                    let mut asking = self.asking.lock().unwrap_or_else(|e| e.into_inner());
+                    *asking = Some(underway);
+                    Ok(())
+                }
+                Started::Asked(lockcore::graceful::Asked::Nothing(why)) => {
+                    Err(io::Error::other(why))
+                }
+                Started::Asked(_) => Ok(()),
             }
         }
 
         /// Ends every process in the job: the child and all it started.
         pub fn kill(&self) -> io::Result<()> {
-            // SAFETY: a job handle we own; exit code 1 for every process in it.
-            if unsafe { TerminateJobObject(self.0, 1) } == 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+            self.job.terminate()
         }
 
         /// After the bot's main process exited: ends what is left in its job and
         /// waits until the job is empty (TerminateJobObject only starts the ends).
         /// Says how many were left and whether any still ran after [`TREE_END_WAIT`].
         pub fn end_tree(&mut self) -> Tree {
-            let left_behind = self.active_processes();
+            let left_behind = self.job.active_processes();
             if left_behind == 0 {
                 return Tree::Ended { left_behind };
             }
             let _ = self.kill();
             let deadline = std::time::Instant::now() + TREE_END_WAIT;
             loop {
-                let survivors = self.active_processes();
+                let survivors = self.job.active_processes();
                 if survivors == 0 {
                     return Tree::Ended { left_behind };
                 }
@@ -529,138 +529,53 @@ mod imp {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
-
-        /// Processes in the job now (JOBOBJECT_BASIC_ACCOUNTING_INFORMATION's
-        /// ActiveProcesses); 0 when it cannot be read.
-        fn active_processes(&self) -> usize {
-            // SAFETY: plain data, filled by the call.
-            let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
-            // SAFETY: `info` is the struct the information class names, with its size.
-            let ok = unsafe {
-                QueryInformationJobObject(
-                    self.0,
-                    JobObjectBasicAccountingInformation,
-                    (&raw mut info).cast(),
-                    size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
-                    std::ptr::null_mut(),
-                )
-            };
-            if ok == 0 {
-                0
-            } else {
-                info.ActiveProcesses as usize
-            }
-        }
     }
 
     /// How long [`Binding::end_tree`] waits for the job to empty.
     const TREE_END_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// The bot's identity, read through the `Child`'s own process handle: the
+    /// long-lived probe would open a handle of its own per start and keep it (sysinfo
+    /// holds one per process it has refreshed), a process object kept alive for the
+    /// life of the desk at every restart.
+    pub(super) fn identity(
+        child: &Child,
+        pid: u32,
+        _probe: &mut ProcessProbe,
+    ) -> Option<ProcessIdentity> {
+        let start_time = lockcore::win_handle::start_time_of(child.as_raw_handle()).ok()?;
+        Some(ProcessIdentity { pid, start_time })
+    }
 
     /// The Job Object does the binding; a killed master-launch's jobs close at once.
     pub(super) fn command(program: &str, _stage: lockcore::Stage) -> Command {
         Command::new(program)
     }
 
-    /// Starts the bot suspended, binds it, lets it run; a bot that cannot be bound is
-    /// killed (suspended, it started nothing) and reaped before the error is returned.
+    /// Starts the bot suspended, binds it, lets it run (lockcore::win_job); a bot that
+    /// cannot be bound is killed and reaped there before the error comes back.
     pub(super) fn spawn_bound(command: &mut Command) -> io::Result<(Child, Binding, u32)> {
-        prepare(command);
-        let mut child = command.spawn()?;
-        match bind(&child) {
-            Ok(binding) => {
-                let pid = child.id();
-                Ok((child, binding, pid))
-            }
-            Err(error) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(io::Error::new(
-                    error.kind(),
-                    format!("cannot bind the child to master-launch, so it was stopped: {error}"),
-                ))
-            }
-        }
-    }
-
-    fn prepare(command: &mut Command) {
         // Its own group: CTRL_BREAK can be sent to it alone. Its own console, without
         // a window: closing master-launch's window must not reach the bots directly,
-        // or they all die at once, out of order (signals.rs stops them in order).
-        // Suspended: it runs no instruction, and so starts no grandchild, before it is
-        // in its job (the way process-wrap's JobObject wrapper does it). std keeps the
-        // flags it adds itself. The job allows no breakaway: without
-        // JOB_OBJECT_LIMIT_BREAKAWAY_OK a CreateProcess with CREATE_BREAKAWAY_FROM_JOB
-        // in the job fails with access denied ("Job Objects", Microsoft Learn).
-        command.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | CREATE_SUSPENDED);
-    }
-
-    /// Creates the job, puts the suspended child in it, then lets the child run.
-    fn bind(child: &Child) -> io::Result<Binding> {
-        // SAFETY: null attributes and name are allowed; the handle is owned by Binding.
-        let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
-        if job.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        let binding = Binding(job);
-        // SAFETY: plain data; all-zero is a valid "no limits" value.
-        let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
-        limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
-        // SAFETY: `limits` is the struct the information class names, with its size.
-        let ok = unsafe {
-            SetInformationJobObject(
+        // or they all die at once, out of order (signals.rs stops them in order)
+        // ("Process Creation Flags", Microsoft Learn).
+        let (child, job) =
+            lockcore::win_job::spawn_in_job(command, CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW)
+                .map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot bind the child to master-launch, so it was stopped: {error}"),
+                )
+            })?;
+        let pid = child.id();
+        Ok((
+            child,
+            Binding {
                 job,
-                JobObjectExtendedLimitInformation,
-                (&raw const limits).cast(),
-                size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
-            )
-        };
-        if ok == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both handles are valid for the duration of the call.
-        if unsafe { AssignProcessToJobObject(job, child.as_raw_handle()) } == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        resume(child.id())?;
-        Ok(binding)
-    }
-
-    /// Resumes the threads of a process started suspended (its one, main thread).
-    /// std does not hand out the thread handle, so find it with a ToolHelp snapshot.
-    fn resume(pid: u32) -> io::Result<()> {
-        // SAFETY: a snapshot of all threads; closed below.
-        let snapshot = unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0) };
-        if snapshot == INVALID_HANDLE_VALUE {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: plain data; dwSize must be set before the first call.
-        let mut entry: THREADENTRY32 = unsafe { std::mem::zeroed() };
-        entry.dwSize = size_of::<THREADENTRY32>() as u32;
-        let mut resumed = 0;
-        // SAFETY: a valid snapshot and a correctly sized entry, for each call.
-        let mut more = unsafe { Thread32First(snapshot, &mut entry) } != 0;
-        while more {
-            if entry.th32OwnerProcessID == pid {
-                // SAFETY: opening a thread by id; the handle is closed at once.
-                let thread = unsafe { OpenThread(THREAD_SUSPEND_RESUME, 0, entry.th32ThreadID) };
-                if !thread.is_null() {
-                    // SAFETY: a thread handle with THREAD_SUSPEND_RESUME access.
-                    if unsafe { ResumeThread(thread) } != u32::MAX {
-                        resumed += 1;
-                    }
-                    // SAFETY: closing the handle opened above.
-                    unsafe { CloseHandle(thread) };
-                }
-            }
-            // SAFETY: as above.
-            more = unsafe { Thread32Next(snapshot, &mut entry) } != 0;
-        }
-        // SAFETY: closing the snapshot handle.
-        unsafe { CloseHandle(snapshot) };
-        if resumed == 0 {
-            return Err(io::Error::other("could not resume the child's main thread"));
-        }
-        Ok(())
+                asking: Mutex::new(None),
+            },
+            pid,
+        ))
     }
 
     /// Blocks until the child has exited. Its pid stays reserved as long as `Child`

@@ -163,6 +163,11 @@ fn main() -> std::process::ExitCode {
     // On Linux it also doubles as the reaper that holds one bot's process tree.
     #[cfg(target_os = "linux")]
     reaper::serve();
+    // Windows: bots, helpers and alert commands get only the handles std hands each of
+    // them, never master-launch's own standard handles (a caller reading its output
+    // through a pipe would otherwise wait for every bot to end: issue #26).
+    #[cfg(windows)]
+    lockcore::win_handle::std_handles_not_inherited();
     let args = Args::parse();
     if args.replace && args.command.is_some() {
         return finish(
@@ -859,9 +864,9 @@ impl Stoppable<()> for &Runner {
         self.timeout
     }
 
-    fn ask(&mut self, _: &mut ()) -> String {
+    fn ask(&mut self, _: &mut ()) -> lockcore::stop_engine::Asking {
         self.slot.ask_to_stop();
-        "asked to stop".into()
+        lockcore::stop_engine::Asking::Done("asked to stop".into())
     }
 
     fn is_stopped(&mut self, _: &mut ()) -> bool {

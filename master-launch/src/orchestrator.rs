@@ -26,7 +26,7 @@ use lockcore::exit::ToolError;
 use lockcore::logs::Log;
 use lockcore::mailbox::Mailbox;
 use lockcore::stop::now_unix;
-use lockcore::stop_engine::{Cutoff, StopObserver, stop_in_order};
+use lockcore::stop_engine::{Cutoff, StopObserver, Stoppable, stop_in_order};
 use lockcore::{
     Acquire, Component, DeskSnapshot, Fleet, Grace, HeldLock, Holder, LockClaim, LockDir,
     LockError, LockLost, LockWatcher, ProcessIdentity, ProcessProbe, Retaken, Role, Stage,
@@ -262,8 +262,22 @@ impl<'f> Orchestrator<'f> {
             .filter_map(|u| u.supervisor.clone())
             .collect();
         stop_all(&supervisors, grace, cutoff, &self.events);
+        // Bounded: a stop thread waits for its component's supervision, which waits for
+        // a process that a kernel I/O can keep from ever exiting.
+        let deadline = Instant::now() + JOIN_BOUND;
         for stop in self.stops.drain(..) {
-            let _ = stop.join();
+            if finished_by(deadline, || stop.is_finished()) {
+                let _ = stop.join();
+            } else {
+                self.events.line(
+                    "",
+                    &format!(
+                        "a component's stop did not end {} s after the ordered stop; \
+                         master-launch exits without waiting for it",
+                        JOIN_BOUND.as_secs()
+                    ),
+                );
+            }
         }
         for held in &mut self.held {
             held.lock = None;
@@ -752,7 +766,24 @@ pub fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, cutoff: &Cutoff, 
     stop_in_order(targets, grace, cutoff, &mut (), &mut EventObserver(events));
     let mut in_stop_order: Vec<&Arc<Supervisor>> = supervisors.iter().collect();
     in_stop_order.sort_by_key(|s| Stage::of(s.component.role));
+    // Every child was asked, forced and verified by the engine; a supervision that still
+    // has not ended waits for a process that does not exit even when killed (stuck in
+    // the kernel). It is named, and left: master-launch exits, which releases its locks
+    // and (Windows) closes the child's job.
+    let deadline = Instant::now() + JOIN_BOUND;
     for supervisor in in_stop_order {
+        if !finished_by(deadline, || supervisor.is_finished()) {
+            let who = Stoppable::name(&&**supervisor);
+            events.line(
+                "",
+                &format!(
+                    "{who} did not end {} s after it was forced (a process stuck in the \
+                     system?); master-launch exits without waiting for it",
+                    JOIN_BOUND.as_secs()
+                ),
+            );
+            continue;
+        }
         if let Some(outcome) = supervisor.join() {
             let name = &supervisor.component.lock_name;
             let outcome = match outcome {
@@ -765,6 +796,24 @@ pub fn stop_all(supervisors: &[Arc<Supervisor>], grace: Grace, cutoff: &Cutoff, 
                 outcome,
             });
         }
+    }
+}
+
+/// How long the end of the stop waits for supervision threads to finish after the stop
+/// engine is done: the engine already waited for every process (and verified the forced
+/// ones), so this only catches a process that cannot end.
+const JOIN_BOUND: Duration = Duration::from_secs(5);
+
+/// Whether `done` holds by `deadline`, looking every 20 ms.
+fn finished_by(deadline: Instant, done: impl Fn() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -275,9 +275,9 @@ impl Stoppable<()> for &Supervisor {
         self.component.stop_timeout
     }
 
-    fn ask(&mut self, _: &mut ()) -> String {
+    fn ask(&mut self, _: &mut ()) -> lockcore::stop_engine::Asking {
         self.request_stop();
-        "asked to stop".into()
+        lockcore::stop_engine::Asking::Done("asked to stop".into())
     }
 
     fn is_stopped(&mut self, _: &mut ()) -> bool {

@@ -9,6 +9,9 @@ use super::*;
 const WINDOWS_CONFIG: &str = r"C:\Program Files (x86)\Desk\fleet.toml";
 const LINUX_CONFIG: &str = "/home/trader/Trading Desk (live)/fleet.toml";
 
+/// A user SID of the usual shape (domain or machine part, then the user's RID).
+const TEST_SID: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
+
 fn windows_entry(trigger: Trigger) -> Entry {
     let scheduler = Scheduler::TaskScheduler;
     Entry {
@@ -18,7 +21,8 @@ fn windows_entry(trigger: Trigger) -> Entry {
         config: WINDOWS_CONFIG.into(),
         folder: folder_of(scheduler, WINDOWS_CONFIG).into(),
         trigger,
-        user: Some(r"DESK-01\trader".into()),
+        // A fixed SID, as `current_user` reads it from the token on Windows.
+        user: Some(TEST_SID.into()),
         stop_timeout: Duration::from_secs(80),
     }
 }
@@ -51,7 +55,13 @@ fn task_definition_at_logon() {
 
 #[test]
 fn task_definition_at_startup() {
-    insta::assert_snapshot!(windows_entry(Trigger::Startup).definition().unwrap());
+    let xml = windows_entry(Trigger::Startup).definition().unwrap();
+    // Issue #26: the startup task names its user too (by SID), not whoever registers it.
+    assert!(
+        xml.contains(&format!("<UserId>{TEST_SID}</UserId>")),
+        "{xml}"
+    );
+    insta::assert_snapshot!(xml);
 }
 
 #[test]
@@ -106,7 +116,7 @@ fn task_definition_says_what_the_issue_asks() {
     assert_eq!(element(&elements, "MultipleInstancesPolicy"), "IgnoreNew");
     assert_eq!(element(&elements, "Interval"), "PT1M");
     assert_eq!(element(&elements, "LogonType"), "InteractiveToken");
-    assert!(element(&elements, "LogonTrigger").contains(r"<UserId>DESK-01\trader</UserId>"));
+    assert!(element(&elements, "LogonTrigger").contains(&format!("<UserId>{TEST_SID}</UserId>")));
     assert_eq!(
         element(&elements, "WorkingDirectory"),
         r"C:\Program Files (x86)\Desk"

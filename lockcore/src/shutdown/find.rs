@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use crate::cluster::{ClusterEntry, EtcdClient, place_stop_request};
 use crate::config::ClusterConfig;
-use crate::graceful::Asked;
+use crate::graceful::{Asked, Started, Underway};
 use crate::process::Forced;
 use crate::select::AccountSelection;
+use crate::stop_engine::Asking;
 use crate::{
     ComponentView, DeskSnapshot, LockDir, LockRecord, LockState, ProcessIdentity, ProcessProbe,
     Stage, StopRequest, Stoppable,
 };
+use std::collections::HashMap;
 
 /// Extra time a lock holder gets beyond the timeout before we force its child: it
 /// forces at the deadline itself; this covers a hung holder.
@@ -228,6 +230,8 @@ pub struct StopContext {
     /// A supervised bot was signalled directly (its stop request could not be
     /// written): its holder may start it again, so the end is checked with a fresh look.
     pub signalled_past_a_holder: bool,
+    /// Asks under way (console helpers on Windows), by target name.
+    pub asking: HashMap<String, Underway>,
 }
 
 impl Stoppable<StopContext> for Target {
@@ -253,7 +257,91 @@ impl Stoppable<StopContext> for Target {
         }
     }
 
-    fn ask(&mut self, context: &mut StopContext) -> String {
+    fn ask(&mut self, context: &mut StopContext) -> Asking {
+        if let Some(who) = self.who
+            && self.via == Via::Direct
+        {
+            if !self.still_the_one(context) {
+                return Asking::Done(self.reused_line(context));
+            }
+            // Only started here: the rest of the stage is asked meanwhile.
+            match context.probe.start_terminate(who) {
+                Some(Started::Underway(underway)) => {
+                    context.asking.insert(self.name(), underway);
+                    return Asking::Underway;
+                }
+                Some(Started::Asked(asked)) => {
+                    return Asking::Done(self.direct_line(context, Some(asked)));
+                }
+                None => return Asking::Done(self.direct_line(context, None)),
+            }
+        }
+        Asking::Done(self.ask_now(context))
+    }
+
+    fn answer(&mut self, context: &mut StopContext) -> Option<String> {
+        let name = self.name();
+        let asked = context.asking.get_mut(&name).map_or(
+            Some(Asked::Nothing("no ask under way".into())),
+            Underway::answer,
+        )?;
+        context.asking.remove(&name);
+        Some(self.direct_line(context, Some(asked)))
+    }
+
+    fn is_stopped(&mut self, context: &mut StopContext) -> bool {
+        self.is_stopped_now(context)
+    }
+
+    fn force(&mut self, context: &mut StopContext) -> String {
+        // A helper still at work is ended first: the process is forced now.
+        context.asking.remove(&self.name());
+        self.force_now(context)
+    }
+}
+
+impl Target {
+    /// Whether its pid still names the process found (or it is gone).
+    fn still_the_one(&self, context: &mut StopContext) -> bool {
+        match self.who {
+            Some(who) => context
+                .probe
+                .identity(who.pid)
+                .is_none_or(|now| crate::process::same_start(now.start_time, who.start_time)),
+            None => true,
+        }
+    }
+
+    fn reused_line(&mut self, context: &mut StopContext) -> String {
+        self.left_alone = true;
+        let (pid, started) = self
+            .who
+            .and_then(|who| context.probe.identity(who.pid))
+            .map_or((0, 0), |now| (now.pid, now.start_time));
+        format!(
+            "pid {pid} now belongs to another process (started {}); left alone",
+            crate::record::format_local(started)
+        )
+    }
+
+    /// What a direct ask did, in words (`None`: it was gone).
+    fn direct_line(&mut self, context: &mut StopContext, asked: Option<Asked>) -> String {
+        let line = match asked {
+            Some(Asked::NotPermitted) => {
+                self.denied = true;
+                not_permitted(context.tool)
+            }
+            Some(asked) => format!("asked to stop: {asked}"),
+            None => "already gone".into(),
+        };
+        if self.denied {
+            // At once, not after the timeout: nothing this run does can stop it.
+            errln!("{}: {}: {line}", context.tool, self.name());
+        }
+        line
+    }
+
+    fn ask_now(&mut self, context: &mut StopContext) -> String {
         if let Some(who) = self.who
             && let Some(now) = context.probe.identity(who.pid)
             && !crate::process::same_start(now.start_time, who.start_time)
@@ -321,7 +409,7 @@ impl Stoppable<StopContext> for Target {
         }
     }
 
-    fn is_stopped(&mut self, context: &mut StopContext) -> bool {
+    fn is_stopped_now(&mut self, context: &mut StopContext) -> bool {
         if self.left_alone {
             return true;
         }
@@ -350,7 +438,7 @@ impl Stoppable<StopContext> for Target {
         }
     }
 
-    fn force(&mut self, context: &mut StopContext) -> String {
+    fn force_now(&mut self, context: &mut StopContext) -> String {
         if self.via == Via::Cluster {
             return format!(
                 "cannot force a process on host {} from here; its master-launch forces it at \
