@@ -3,7 +3,7 @@
 //! `events.jsonl`), an alert command that hangs (killed at its timeout, logged, and the
 //! desk supervises meanwhile), a storm coalesced, `check-procs --events` across two
 //! runs, `master-launch alert-test`, `examples/alerts/webhook.py` against a loopback
-//! HTTP receiver and `examples/alerts/email.py` against a loopback SMTP receiver.
+//! HTTP receiver and `examples/alerts/mail.py` against a loopback SMTP receiver.
 //!
 //! Unix only: the alert commands are `/bin/sh` scripts and the hang is ended with
 //! `kill -9` (the alert code itself builds and runs on Windows).
@@ -516,7 +516,7 @@ fn smtp_receiver(rcpt_code: u16) -> (u16, std::thread::JoinHandle<String>) {
 }
 
 fn email(env: &[(&str, String)], stdin: &str) -> std::process::Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/alerts/email.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/alerts/mail.py");
     let mut command = Command::new("python3");
     command
         .arg(script)
@@ -570,9 +570,11 @@ fn the_email_example_mails_the_event_to_a_loopback_smtp_receiver() {
         String::from_utf8_lossy(&output.stderr)
     );
     let said = received.join().unwrap();
-    assert!(said.contains("MAIL FROM:<desk@example.test>"), "{said}");
-    assert!(said.contains("RCPT TO:<ops@example.test>"), "{said}");
-    assert!(said.contains("RCPT TO:<night@example.test>"), "{said}");
+    // SMTP verbs ignore case (smtplib says `mail FROM:`).
+    let envelope = said.to_ascii_lowercase();
+    assert!(envelope.contains("mail from:<desk@example.test>"), "{said}");
+    assert!(envelope.contains("rcpt to:<ops@example.test>"), "{said}");
+    assert!(envelope.contains("rcpt to:<night@example.test>"), "{said}");
     assert!(
         said.contains("Subject: [desk] BRAIN_X (X): given_up: gave up"),
         "{said}"

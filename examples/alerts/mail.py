@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """An [[alert]] command for master-launch: sends the event by e-mail (SMTP).
 
+(Named mail.py, not email.py: a script named email.py would hide Python's own
+`email` package from smtplib.)
+
 master-launch runs it with the event's JSON on stdin and a one-line summary in
 DESK_ALERT_SUMMARY. It mails the summary as the subject and the event (its message,
 fix and every field) as the body, through the SMTP server named by:
@@ -15,7 +18,7 @@ fix and every field) as the body, through the SMTP server named by:
                               below the alert's timeout_secs)
 
     [[alert]]
-    command = ["python", "alerts/email.py"]
+    command = ["python", "alerts/mail.py"]
     # the variables above set in master-launch's environment
 
 Exit 0 when the server accepted the mail; 1 when it could not be reached or refused
@@ -32,7 +35,7 @@ from email.message import EmailMessage
 
 
 def fail(code, message):
-    sys.stderr.write("email.py: %s\n" % message)
+    sys.stderr.write("mail.py: %s\n" % message)
     sys.exit(code)
 
 
