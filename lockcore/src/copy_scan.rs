@@ -143,3 +143,107 @@ fn fix(name: &str, pid: u32, desks_own: Option<u32>, account: Option<&str>) -> S
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! What a scan reports, from given facts: master-launch (100) runs BRAIN_ATLAS (301)
+    //! under its lock, with a worker (302) that has the brain's own command line.
+    // Test helpers may unwrap: a panic is the failure report.
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::lock::{LockState, LockStatus};
+    use crate::process::{ProcessInfo, ProcessTable};
+    use crate::record::LockRecord;
+
+    const NOW: u64 = 1_790_000_000;
+    const FLEET: &str = r#"
+[[account]]
+name = "ATLAS"
+brain = ["python", "BRAIN_ATLAS.py"]
+watchdog = ["python", "WATCHDOG_ATLAS.py"]
+brain_requires_watchdog = false
+"#;
+
+    fn process(pid: u32, parent: u32, start: u64, cmd: &[&str]) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            parent: Some(parent),
+            start_time: start,
+            name: cmd[0].into(),
+            cmd: cmd.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn held(name: &str, pid: u32) -> LockStatus {
+        LockStatus {
+            name: name.into(),
+            path: PathBuf::from(format!(".locks/{name}.lock")),
+            state: LockState::Running,
+            record: Some(LockRecord {
+                pid,
+                name: name.into(),
+                account: Some("ATLAS".into()),
+                timestamp: None,
+                pid_start: Some(NOW - 60),
+                holder_pid: Some(100),
+                holder_start: Some(NOW - 60),
+                host: None,
+                command: vec![],
+            }),
+            detail: String::new(),
+        }
+    }
+
+    /// The desk, plus `by_hand` processes.
+    fn snapshot(by_hand: &[ProcessInfo]) -> DeskSnapshot {
+        let fleet = Fleet::from_toml(Path::new("fleet.toml"), FLEET).unwrap();
+        let brain = ["python", "BRAIN_ATLAS.py"];
+        let mut processes = vec![
+            process(100, 1, NOW - 60, &["master-launch"]),
+            process(301, 100, NOW - 60, &brain),
+            process(302, 301, NOW - 59, &brain),
+        ];
+        processes.extend(by_hand.iter().cloned());
+        DeskSnapshot::build(
+            &fleet,
+            vec![held("BRAIN_ATLAS", 301)],
+            ProcessTable::from_processes(processes),
+            NOW,
+        )
+    }
+
+    #[test]
+    fn a_copy_by_hand_is_reported_once_and_the_managed_brain_and_its_worker_never() {
+        let mut scan = CopyScan::new();
+        assert_eq!(scan.report(&snapshot(&[])), Vec::new());
+        let copy = process(500, 1, NOW - 5, &["python3", "-u", "BRAIN_ATLAS.py"]);
+        let found = scan.report(&snapshot(std::slice::from_ref(&copy)));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let event = &found[0];
+        assert_eq!(event.kind, EventKind::Duplicate);
+        assert_eq!(event.component.as_deref(), Some("BRAIN_ATLAS"));
+        assert_eq!(event.account.as_deref(), Some("ATLAS"));
+        assert_eq!(event.pid, Some(500));
+        let reason = event.reason.as_deref().unwrap();
+        assert!(reason.contains("python3 -u BRAIN_ATLAS.py"), "{reason}");
+        let fix = event.fix.as_deref().unwrap();
+        assert!(
+            fix.contains("kill 500")
+                && fix.contains("pid 301")
+                && fix.contains("safe-shutdown --account ATLAS"),
+            "{fix}"
+        );
+        // The same copy: not again.
+        assert_eq!(
+            scan.report(&snapshot(std::slice::from_ref(&copy))),
+            Vec::new()
+        );
+        // Gone, then its pid reused by another copy (a new start time): a new report.
+        assert_eq!(scan.report(&snapshot(&[])), Vec::new());
+        let reused = process(500, 1, NOW - 1, &["python", "BRAIN_ATLAS.py"]);
+        assert_eq!(scan.report(&snapshot(&[reused])).len(), 1);
+    }
+}
