@@ -180,7 +180,14 @@ pub struct Fleet {
     pub alerts: Vec<AlertConfig>,
     /// `log_files_kept`: rotated files each log keeps beside the current one.
     pub log_files_kept: usize,
+    /// `copy_scan_secs`: how often a running master-launch looks for copies of its
+    /// components that run without their lock; 0: never.
+    pub copy_scan_secs: u64,
 }
+
+/// The longest `copy_scan_secs`, and its default.
+pub const MAX_COPY_SCAN_SECS: u64 = 3600;
+pub const DEFAULT_COPY_SCAN_SECS: u64 = 10;
 
 /// The longest an alert command may run before it is killed, and its default.
 pub const MAX_ALERT_TIMEOUT_SECS: u64 = 600;
@@ -489,6 +496,7 @@ struct RawFleet {
     #[serde(default)]
     alert: Vec<Spanned<RawAlert>>,
     log_files_kept: Option<Spanned<u64>>,
+    copy_scan_secs: Option<Spanned<u64>>,
 }
 
 /// `[[alert]]`: a command told about events.
@@ -834,6 +842,24 @@ impl Checker<'_> {
                 }
             }
         };
+        let copy_scan_secs = match &raw.copy_scan_secs {
+            None => DEFAULT_COPY_SCAN_SECS,
+            Some(secs) if *secs.get_ref() <= MAX_COPY_SCAN_SECS => *secs.get_ref(),
+            Some(secs) => {
+                return Err(self.invalid(
+                    secs.span().start,
+                    format!(
+                        "copy_scan_secs = {} is outside 0 to {MAX_COPY_SCAN_SECS}",
+                        secs.get_ref()
+                    ),
+                    &format!(
+                        "use how often master-launch looks for copies started by hand, in \
+                         seconds: 1 to {MAX_COPY_SCAN_SECS} ({DEFAULT_COPY_SCAN_SECS} is the \
+                         default), or 0 to never look"
+                    ),
+                ));
+            }
+        };
         Ok(Fleet {
             path: self.path.to_path_buf(),
             lock_dir,
@@ -843,6 +869,7 @@ impl Checker<'_> {
             cluster,
             alerts,
             log_files_kept,
+            copy_scan_secs,
         })
     }
 

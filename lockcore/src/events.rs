@@ -39,6 +39,7 @@ pub enum EventKind {
     NotStarted,
     Stopped,
     Forced,
+    Survived,
     LockLost,
     Standby,
     TookOver,
@@ -50,7 +51,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order the README lists them.
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::DeskStarted,
         EventKind::DeskStopping,
         EventKind::DeskStopped,
@@ -69,6 +70,7 @@ impl EventKind {
         EventKind::NotStarted,
         EventKind::Stopped,
         EventKind::Forced,
+        EventKind::Survived,
         EventKind::LockLost,
         EventKind::Standby,
         EventKind::TookOver,
@@ -79,11 +81,12 @@ impl EventKind {
     ];
 
     /// The kinds an `[[alert]]` gets when it names none: the ones that need a person.
-    pub const NEEDS_A_PERSON: [EventKind; 8] = [
+    pub const NEEDS_A_PERSON: [EventKind; 9] = [
         EventKind::GivenUp,
         EventKind::Hung,
         EventKind::NotReady,
         EventKind::Duplicate,
+        EventKind::Survived,
         EventKind::LockLost,
         EventKind::Fenced,
         EventKind::TookOver,
@@ -111,6 +114,7 @@ impl EventKind {
             EventKind::NotStarted => "not_started",
             EventKind::Stopped => "stopped",
             EventKind::Forced => "forced",
+            EventKind::Survived => "survived",
             EventKind::LockLost => "lock_lost",
             EventKind::Standby => "standby",
             EventKind::TookOver => "took_over",
@@ -162,8 +166,15 @@ impl EventKind {
             }
             EventKind::Requested => "a start or restart was requested (`reason`, `by`)",
             EventKind::NotStarted => "a start was refused or failed (`reason`)",
-            EventKind::Stopped => "its supervision ended in a stop (`reason`: how)",
+            EventKind::Stopped => {
+                "it stopped: its supervision ended in a stop, or safe-shutdown stopped it \
+                 (`reason`: how; `by`: safe-shutdown)"
+            }
             EventKind::Forced => "it did not stop in time and was forced (`reason`)",
+            EventKind::Survived => {
+                "safe-shutdown (or `--replace`) ended with processes still running (`reason` \
+                 names them, `fix`) *(alert)*"
+            }
             EventKind::LockLost => {
                 "a held lock file was deleted or replaced (`reason`: taken again or lost) \
                  *(alert)*"

@@ -35,6 +35,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod copies;
+pub mod copy_scan;
 pub mod desk;
 pub(crate) mod entry;
 pub mod events;

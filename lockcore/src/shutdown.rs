@@ -4,7 +4,9 @@
 //!
 //! Two tools stop a desk this way: `safe-shutdown`, and `master-launch --replace`,
 //! which stops whatever of the desk runs before it starts the desk under itself
-//! ([`replace`]). Both write `<log_dir>/safe-shutdown.log`.
+//! ([`replace`]). Both write `<log_dir>/safe-shutdown.log`, and the desk's event log
+//! `<log_dir>/events.jsonl` ([`crate::events`]): the stop requested and by whom, each
+//! process stopped or forced, and what survived.
 
 pub mod find;
 
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::MASTER_LOCK_NAME;
+use crate::events::{DeskEvent, EventKind, events_path};
 use crate::graceful::Asked;
 use crate::logs::Log;
 use crate::output::human_duration;
@@ -175,6 +178,18 @@ pub fn stop_targets(
     survivors.extend(again);
     if !survivors.is_empty() {
         audit.line(&format!("survivors: {}", survivors.join(", ")));
+        let mut event = DeskEvent::new(
+            EventKind::Survived,
+            format!("still running after the stop: {}", survivors.join(", ")),
+        );
+        event.reason = Some(survivors.join(", "));
+        event.by = Some(audit.by());
+        event.fix = Some(
+            "see them with check-procs; stop them as the user who started them (safe-shutdown \
+             there, or end their pids), then check again"
+                .into(),
+        );
+        audit.event(event);
     }
     Stopped {
         total,
@@ -401,7 +416,7 @@ pub fn replace(
     }
     outln!("These run and are stopped first, in this order:");
     print_targets(&plan.targets, snapshot.taken_at);
-    let audit = Audit::open(&fleet.log_dir.join("safe-shutdown.log"), tool);
+    let audit = Audit::open(&fleet.log_dir.join("safe-shutdown.log"), tool).with_events(fleet);
     audit.line(&format!(
         "{tool} --replace found {} process(es): {}",
         plan.targets.len(),
@@ -456,6 +471,10 @@ pub struct Audit {
     log: Option<Log>,
     broken: Option<PathBuf>,
     tool: &'static str,
+    /// The desk's event log, once [`Audit::with_events`] opened it.
+    journal: Option<Log>,
+    /// Each component's account, for the events.
+    accounts: std::collections::HashMap<String, String>,
 }
 
 impl Audit {
@@ -465,6 +484,8 @@ impl Audit {
                 log: Some(log),
                 broken: None,
                 tool,
+                journal: None,
+                accounts: Default::default(),
             },
             Err(e) => {
                 errln!(
@@ -475,6 +496,8 @@ impl Audit {
                     log: None,
                     broken: Some(path.to_path_buf()),
                     tool,
+                    journal: None,
+                    accounts: Default::default(),
                 }
             }
         }
@@ -486,7 +509,60 @@ impl Audit {
             log: None,
             broken: None,
             tool,
+            journal: None,
+            accounts: Default::default(),
         }
+    }
+
+    /// Also writes events to the desk's event log (`events.jsonl` in the fleet's log
+    /// dir, rotated as master-launch rotates it). If it cannot be opened the stop goes
+    /// on; the audit log says why.
+    #[must_use]
+    pub fn with_events(mut self, fleet: &Fleet) -> Audit {
+        match Log::open_records(&events_path(&fleet.log_dir)) {
+            Ok(journal) => self.journal = Some(journal.keeping(fleet.log_files_kept)),
+            Err(e) => self.line(&format!("cannot write the event log: {e}")),
+        }
+        self.accounts = fleet
+            .components()
+            .filter_map(|c| Some((c.lock_name.clone(), c.account.clone()?)))
+            .collect();
+        self
+    }
+
+    /// An event in the desk's event log, with the component's account filled in.
+    pub fn event(&self, mut event: DeskEvent) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        if event.account.is_none()
+            && let Some(component) = &event.component
+        {
+            event.account = self.accounts.get(component).cloned();
+        }
+        if let Ok(line) = serde_json::to_string(&event) {
+            journal.record(&line);
+        }
+    }
+
+    /// An event about a stop target named as the stop engine names it, `NAME (pid
+    /// N)` or `NAME` ([`find`]'s targets): the component and pid apart.
+    fn target_event(&self, kind: EventKind, target: &str, message: String, reason: String) {
+        let (component, pid) = match target.split_once(" (pid ") {
+            Some((name, rest)) => (name, rest.trim_end_matches(')').parse().ok()),
+            None => (target, None),
+        };
+        let mut event = DeskEvent::new(kind, message);
+        event.component = Some(component.to_string());
+        event.pid = pid;
+        event.reason = Some(reason);
+        event.by = Some(self.by());
+        self.event(event);
+    }
+
+    /// Who stops: this tool and its process.
+    pub fn by(&self) -> String {
+        format!("{} (pid {})", self.tool, std::process::id())
     }
 
     pub fn line(&self, text: &str) {
@@ -558,10 +634,22 @@ impl StopObserver for Progress<'_> {
     fn forced(&mut self, name: &str, how: &str) {
         let line = format!("forcing {name}: it did not stop in time; {how}");
         self.audit.line(&line);
+        self.audit
+            .target_event(EventKind::Forced, name, line.clone(), how.to_string());
         match &self.bar {
             Some(bar) => bar.println(line),
             None => outln!("{line}"),
         }
+    }
+
+    fn gone(&mut self, name: &str, forced: bool) {
+        let how = if forced { "forced" } else { "gracefully" };
+        self.audit.target_event(
+            EventKind::Stopped,
+            name,
+            format!("{name}: stopped ({how})"),
+            how.to_string(),
+        );
     }
 
     fn stage_finished(&mut self, progress: &engine::Progress) {

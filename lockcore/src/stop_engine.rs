@@ -115,6 +115,8 @@ pub trait StopObserver {
     /// process of the stage is still waited for.
     fn waiting(&mut self, _progress: &Progress) {}
     fn forced(&mut self, _name: &str, _how: &str) {}
+    /// It is gone: on its own within its grace, or (`forced`) after being forced.
+    fn gone(&mut self, _name: &str, _forced: bool) {}
     fn stage_finished(&mut self, _progress: &Progress) {}
 }
 
@@ -307,6 +309,7 @@ fn stop_stage<C, T: Stoppable<C>>(
             if p.target.is_stopped(context) {
                 p.done = true;
                 let name = p.target.name();
+                observer.gone(&name, p.forced_at.is_some());
                 match p.forced_at {
                     Some(_) => outcome.forced.push(name),
                     None => outcome.stopped.push(name),

@@ -1140,3 +1140,27 @@ fn an_unknown_alert_key_and_log_files_kept_out_of_bounds_are_refused() {
     .unwrap();
     assert_eq!(kept.log_files_kept, 7);
 }
+
+#[test]
+fn copy_scan_secs_defaults_to_10_takes_0_as_never_and_refuses_more_than_an_hour() {
+    let default = Fleet::from_toml(Path::new("desk/fleet.toml"), &desk_with_alert("")).unwrap();
+    assert_eq!(default.copy_scan_secs, 10);
+    for (text, secs) in [("0", 0), ("1", 1), ("3600", 3600)] {
+        let fleet = Fleet::from_toml(
+            Path::new("desk/fleet.toml"),
+            &format!("copy_scan_secs = {text}\n{}", desk_with_alert("")),
+        )
+        .unwrap();
+        assert_eq!(fleet.copy_scan_secs, secs);
+    }
+    let (line, problem, fix) =
+        refusal_and_fix(&format!("\ncopy_scan_secs = 3601\n{}", desk_with_alert("")));
+    assert_eq!(line, 2);
+    assert!(problem.contains("copy_scan_secs = 3601"), "{problem}");
+    assert!(fix.contains("0 to never look"), "{fix}");
+    let negative = Fleet::from_toml(
+        Path::new("desk/fleet.toml"),
+        &format!("copy_scan_secs = -1\n{}", desk_with_alert("")),
+    );
+    assert!(negative.is_err(), "{negative:?}");
+}

@@ -18,6 +18,7 @@
 mod alerts;
 mod autostart;
 mod child;
+mod copy_watch;
 mod core;
 mod events;
 mod notify;
@@ -335,7 +336,12 @@ fn orchestrate(args: &Args) -> Result<ExitCode> {
         &held_elsewhere,
         tx,
     );
+    // Copies started by hand beside the desk, looked for off the supervision path.
+    let copy_watch = copy_watch::CopyWatch::start(&fleet, desk_events.clone());
     let ran = desk.run(&rx);
+    if let Some(watch) = copy_watch {
+        watch.stop();
+    }
     let grace = match &ran {
         Ok(grace) => {
             desk_events.note(&Note::DeskStopping);

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lockcore::config::DEFAULT_CONFIG;
+use lockcore::events::{DeskEvent, EventKind};
 use lockcore::exit::ToolError;
 use lockcore::output::finish;
 use lockcore::select::AccountSelection;
@@ -122,7 +123,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         outln!("\n(dry run: nothing was stopped)");
         return Ok(blind_exit(blind.as_deref()));
     }
-    let audit = Audit::open(&fleet.log_dir.join("safe-shutdown.log"), TOOL);
+    let audit = Audit::open(&fleet.log_dir.join("safe-shutdown.log"), TOOL).with_events(&fleet);
     audit.line(&format!(
         "found {} process(es): {}",
         targets.len(),
@@ -151,11 +152,18 @@ fn run(args: &Args) -> Result<ExitCode> {
             return Ok(ExitCode::Problems);
         }
     }
-    audit.line(if args.yes {
+    let confirmation = if args.yes {
         "confirmed by --yes"
     } else {
         "confirmed by the user (YES)"
-    });
+    };
+    audit.line(confirmation);
+    audit.event(stop_requested(
+        &audit,
+        &args.accounts,
+        &targets,
+        confirmation,
+    ));
     let timeout = Duration::from_secs(args.timeout.min(MAX_TIMEOUT_SECS));
     let stopped = shutdown::stop_targets(&fleet, &selection, targets, probe, timeout, &audit, TOOL);
     let (total, survivors) = (stopped.total, stopped.survivors);
@@ -179,6 +187,32 @@ fn run(args: &Args) -> Result<ExitCode> {
         errln!("  {name}");
     }
     Ok(ExitCode::Problems)
+}
+
+/// The `stop_requested` event of this run: by this tool, for the whole desk (no
+/// component) or the accounts named.
+fn stop_requested(
+    audit: &Audit,
+    accounts: &[String],
+    targets: &[shutdown::Target],
+    confirmation: &str,
+) -> DeskEvent {
+    let what = if accounts.is_empty() {
+        "the whole desk".to_string()
+    } else {
+        format!("account(s) {}", accounts.join(", "))
+    };
+    let mut event = DeskEvent::new(
+        EventKind::StopRequested,
+        format!(
+            "{TOOL}: stop of {what} requested ({} process(es): {}); {confirmation}",
+            targets.len(),
+            summary(targets)
+        ),
+    );
+    event.by = Some(audit.by());
+    event.reason = Some(format!("{what}; {confirmation}"));
+    event
 }
 
 /// The exit code of a run that did all it could here: never 0 while etcd could not be

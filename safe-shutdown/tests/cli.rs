@@ -912,3 +912,91 @@ fn a_user_without_permission_is_told_so_and_nothing_is_called_killed() {
         assert!(probe.identity(pid).is_some(), "pid {pid} was stopped");
     }
 }
+
+/// `safe-shutdown --yes` writes the desk's event log: its stop request (by whom), then
+/// each process stopped or forced, every line JSON, in order.
+// Unix-only: the bots' graceful exits (SIGTERM) are part of what it checks.
+#[cfg(unix)]
+#[test]
+fn its_stop_is_in_the_event_log_requested_then_each_stopped_or_forced_in_order() {
+    let account = format!("EVL{}", std::process::id());
+    let global = format!("qs_evl{}", std::process::id());
+    let desk = Desk::new(&global, &[&account]);
+    let stand_in = fleet_tests::stand_in();
+    let start = |name: &str, extra: &[&str]| {
+        let mut child = Command::new(&stand_in)
+            .arg(name)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = fleet_tests::spawn_reader(child.stdout.take().unwrap());
+        let bot = Running::new(child);
+        assert!(
+            lines
+                .wait_for("started pid", Duration::from_secs(30))
+                .is_some(),
+            "{name} did not start"
+        );
+        (bot, lines)
+    };
+    let brain = format!("BRAIN_{account}");
+    let watchdog = format!("WATCHDOG_{account}");
+    let (_g, _) = start(&global, &[]);
+    let (_w, _) = start(&watchdog, &[]);
+    let (b, _) = start(&brain, &["--ignore-stop"]);
+    let brain_pid = b.pid();
+    wait_until("three copies", || running_pids(&desk).len() == 3);
+    let output = safe_shutdown(&desk, &["--yes", "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+
+    let text = std::fs::read_to_string(desk.dir.path().join("logs/events.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or_default(),
+                e["component"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(kinds[0], ("stop_requested", "-"), "{kinds:?}");
+    assert!(
+        events[0]["by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("safe-shutdown (pid ")),
+        "{events:#?}"
+    );
+    assert!(
+        events[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the whole desk") && r.contains("--yes")),
+        "{events:#?}"
+    );
+    // The safe order: the brain (forced, then gone), the watchdog, the global.
+    assert_eq!(
+        kinds[1..],
+        [
+            ("forced", brain.as_str()),
+            ("stopped", brain.as_str()),
+            ("stopped", watchdog.as_str()),
+            ("stopped", global.as_str()),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[1]["pid"], brain_pid);
+    assert_eq!(events[2]["reason"], "forced");
+    assert_eq!(events[3]["reason"], "gracefully");
+    assert_eq!(events[2]["account"], account.as_str());
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = events
+        .iter()
+        .map(|e| chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{events:#?}");
+}

@@ -2,8 +2,8 @@
 //! given up (one `given_up` alert; every start, exit and restart before it in
 //! `events.jsonl`), an alert command that hangs (killed at its timeout, logged, and the
 //! desk supervises meanwhile), a storm coalesced, `check-procs --events` across two
-//! runs, `master-launch alert-test`, and `examples/alerts/webhook.py` against a
-//! loopback receiver.
+//! runs, `master-launch alert-test`, `examples/alerts/webhook.py` against a loopback
+//! HTTP receiver and `examples/alerts/mail.py` against a loopback SMTP receiver.
 //!
 //! Unix only: the alert commands are `/bin/sh` scripts and the hang is ended with
 //! `kill -9` (the alert code itself builds and runs on Windows).
@@ -461,4 +461,144 @@ fn check_procs_events_follow_prints_new_events_across_a_rotation() {
     assert_eq!(pid_of(lines.wait_for("\"pid\"", wait)), Some(5));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A loopback SMTP receiver for one session (RFC 5321's dialogue, as small as
+/// smtplib needs): answers RCPT TO with `rcpt_code`; returns the transcript of what
+/// the client said (commands and the message).
+fn smtp_receiver(rcpt_code: u16) -> (u16, std::thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let thread = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut stream = stream;
+        let mut said = String::new();
+        stream.write_all(b"220 loopback ESMTP test\r\n").unwrap();
+        let mut in_data = false;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            said.push_str(&line);
+            if in_data {
+                if line == ".\r\n" {
+                    in_data = false;
+                    stream.write_all(b"250 queued\r\n").unwrap();
+                }
+                continue;
+            }
+            let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+            let answer = match verb.as_str() {
+                "EHLO" | "HELO" => "250 loopback\r\n".to_string(),
+                "MAIL" => "250 ok\r\n".to_string(),
+                "RCPT" => format!("{rcpt_code} rcpt\r\n"),
+                "DATA" => {
+                    in_data = true;
+                    "354 go on\r\n".to_string()
+                }
+                "RSET" | "NOOP" => "250 ok\r\n".to_string(),
+                "QUIT" => {
+                    let _ = stream.write_all(b"221 bye\r\n");
+                    break;
+                }
+                _ => "502 not here\r\n".to_string(),
+            };
+            stream.write_all(answer.as_bytes()).unwrap();
+        }
+        said
+    });
+    (port, thread)
+}
+
+fn email(env: &[(&str, String)], stdin: &str) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/alerts/mail.py");
+    let mut command = Command::new("python3");
+    command
+        .arg(script)
+        .env("DESK_ALERT_SUMMARY", "BRAIN_X (X): given_up: gave up")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for name in [
+        "DESK_ALERT_SMTP_HOST",
+        "DESK_ALERT_SMTP_PORT",
+        "DESK_ALERT_FROM",
+        "DESK_ALERT_TO",
+        "DESK_ALERT_SMTP_STARTTLS",
+        "DESK_ALERT_SMTP_USER",
+    ] {
+        command.env_remove(name);
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_email_example_mails_the_event_to_a_loopback_smtp_receiver() {
+    let event = r#"{"kind":"given_up","component":"BRAIN_X","account":"X","message":"BRAIN_X: GIVING UP after 5 failures","fix":"fix it, then master-launch start BRAIN_X"}"#;
+    let settings = |port: u16| {
+        vec![
+            ("DESK_ALERT_SMTP_HOST", "127.0.0.1".to_string()),
+            ("DESK_ALERT_SMTP_PORT", port.to_string()),
+            ("DESK_ALERT_FROM", "desk@example.test".to_string()),
+            (
+                "DESK_ALERT_TO",
+                "ops@example.test, night@example.test".to_string(),
+            ),
+        ]
+    };
+    let (port, received) = smtp_receiver(250);
+    let output = email(&settings(port), event);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let said = received.join().unwrap();
+    // SMTP verbs ignore case (smtplib says `mail FROM:`).
+    let envelope = said.to_ascii_lowercase();
+    assert!(envelope.contains("mail from:<desk@example.test>"), "{said}");
+    assert!(envelope.contains("rcpt to:<ops@example.test>"), "{said}");
+    assert!(envelope.contains("rcpt to:<night@example.test>"), "{said}");
+    assert!(
+        said.contains("Subject: [desk] BRAIN_X (X): given_up: gave up"),
+        "{said}"
+    );
+    assert!(
+        said.contains("What to do: fix it, then master-launch start BRAIN_X"),
+        "{said}"
+    );
+    assert!(said.contains("\"component\": \"BRAIN_X\""), "{said}");
+
+    // The server refuses the recipients: exit 1, saying so.
+    let (port, refused) = smtp_receiver(550);
+    let output = email(&settings(port), event);
+    let _ = refused.join();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refused the recipients"), "{stderr}");
+
+    // Nothing set: exit 2, naming the variable.
+    let output = email(&[], event);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("DESK_ALERT_SMTP_HOST is not set"),
+        "{stderr}"
+    );
 }

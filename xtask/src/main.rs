@@ -5,7 +5,8 @@
 //! trader double-clicks (`MASTER_LAUNCH.bat`, `SAFE_START.bat`, `SAFE_SHUTDOWN.bat`, `CHECK_PROCS.bat`,
 //! `LOCK_GC.bat`, and one hand-start wrapper per component of the given `fleet.toml`),
 //! an example `fleet.toml`, `process_lock.py` (the drop-in lock module for the desk's
-//! existing bots, from `python/`), and a README for the desk; and zips it all. Every `.bat`
+//! existing bots, from `python/`), the `[[alert]]` examples in `alerts/` (from
+//! `examples/alerts/`), and a README for the desk; and zips it all. Every `.bat`
 //! comes from [`bat::wrapper`]: edit the template, never the generated files.
 //!
 //! `cargo xtask docs [--check]`: the README's tables generated from the code ([`docs`]).
@@ -29,6 +30,8 @@ use clap::{Parser, Subcommand};
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const TOOLS: [&str; 4] = ["master-launch", "safe-shutdown", "check-procs", "lock-gc"];
+/// The `[[alert]]` examples shipped in the bundle's `alerts/` (from `examples/alerts/`).
+const ALERT_EXAMPLES: [&str; 2] = ["webhook.py", "mail.py"];
 const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
 
 #[derive(Debug, Parser)]
@@ -139,6 +142,15 @@ fn dist(target: &str, config: &Path, prebuilt: Option<&Path>, out_dir: &Path) ->
     let module = root.join("python/process_lock.py");
     fs::copy(&module, out.join("process_lock.py"))
         .map_err(|e| format!("cannot copy {}: {e}", module.display()))?;
+    // The `[[alert]]` examples, where fleet.toml's `command = ["python",
+    // "alerts/webhook.py"]` finds them; shipped byte for byte.
+    let alerts = out.join("alerts");
+    fs::create_dir_all(&alerts)?;
+    for example in ALERT_EXAMPLES {
+        let from = root.join("examples/alerts").join(example);
+        fs::copy(&from, alerts.join(example))
+            .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+    }
     fs::write(out.join("README.txt"), desk_readme().replace('\n', "\r\n"))?;
     let zip = out_dir.join(format!("{name}.zip"));
     write_zip(&out, &name, &zip)?;
@@ -179,6 +191,13 @@ fn build(root: &Path, target: &str) -> Result<PathBuf> {
 fn write_zip(folder: &Path, prefix: &str, zip_path: &Path) -> Result<()> {
     let file = fs::File::create(zip_path)?;
     let mut zip = zip::ZipWriter::new(file);
+    add_folder(&mut zip, folder, prefix)?;
+    zip.finish()?;
+    Ok(())
+}
+
+/// Every file of `folder` (and of its folders, `alerts/`) under `prefix/` in the zip.
+fn add_folder(zip: &mut zip::ZipWriter<fs::File>, folder: &Path, prefix: &str) -> Result<()> {
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
         .unix_permissions(0o755);
@@ -190,10 +209,14 @@ fn write_zip(folder: &Path, prefix: &str, zip_path: &Path) -> Result<()> {
         let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        zip.start_file(format!("{prefix}/{file_name}"), options)?;
+        let name = format!("{prefix}/{file_name}");
+        if path.is_dir() {
+            add_folder(zip, &path, &name)?;
+            continue;
+        }
+        zip.start_file(name, options)?;
         zip.write_all(&fs::read(&path)?)?;
     }
-    zip.finish()?;
     Ok(())
 }
 
@@ -213,7 +236,9 @@ fn desk_readme() -> String {
      \x20                     hand under its lock\n\
      \x20 INSTALL_AT_LOGON.bat    start the desk by itself, without a window, whenever\n\
      \x20                         you log on (after a Windows Update restart too)\n\
-     \x20 UNINSTALL_AT_LOGON.bat  stop doing that (a running desk keeps running)\n\n\
+     \x20 UNINSTALL_AT_LOGON.bat  stop doing that (a running desk keeps running)\n\
+     \x20 alerts\\               [[alert]] examples: webhook.py (a chat webhook) and\n\
+     \x20                         mail.py (e-mail); see the top of each file\n\n\
      Starting at logon\n\
      -----------------\n\
      INSTALL_AT_LOGON.bat adds a Task Scheduler task named\n\

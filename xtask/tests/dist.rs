@@ -59,6 +59,8 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
         "safe-shutdown.exe",
         "START_quantum_server.bat",
         "UNINSTALL_AT_LOGON.bat",
+        "alerts/mail.py",
+        "alerts/webhook.py",
     ]
     .iter()
     .map(|f| format!("{name}/{f}"))
@@ -94,6 +96,19 @@ fn dist_makes_a_folder_and_a_zip_with_every_file_and_crlf_wrappers() {
         std::fs::read(out.join(&name).join("process_lock.py")).unwrap(),
         std::fs::read(module).unwrap()
     );
+    // The [[alert]] examples, byte for byte, in the zip too.
+    for example in ["webhook.py", "mail.py"] {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/alerts")
+            .join(example);
+        let mut zipped = Vec::new();
+        archive
+            .by_name(&format!("{name}/alerts/{example}"))
+            .unwrap()
+            .read_to_end(&mut zipped)
+            .unwrap();
+        assert_eq!(zipped, std::fs::read(source).unwrap(), "{example}");
+    }
     let readme = std::fs::read_to_string(out.join(&name).join("README.txt")).unwrap();
     assert!(
         readme.contains("keep `with ProcessLock(...)`")

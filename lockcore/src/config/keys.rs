@@ -73,6 +73,13 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
          most 100); the event log `events.jsonl` too",
     ),
     key(
+        TOP,
+        "copy_scan_secs",
+        "how often a running master-launch looks for copies of its components that run \
+         without their lock (started by hand): each is a `duplicate` event and alert, once \
+         (default 10, at most 3600; 0: never)",
+    ),
+    key(
         DEFAULTS,
         "cwd",
         "working folder (default: the config's folder)",

@@ -31,6 +31,9 @@
 //!   `daemon` (`NAME.daemon`, started through `NAME.daemonizer`, which exits at once:
 //!   on Unix a double fork with `setsid`; on Windows a detached process that first asks
 //!   to break away from its job, and is logged when refused).
+//!   `worker` starts a worker as Python's multiprocessing does: the same program with
+//!   this process's whole command line (so, by rule 9, a copy of the bot if it ran on
+//!   its own), plus `--worker`, which starts nothing more.
 
 use std::io::Write;
 use std::process::Command;
@@ -62,8 +65,13 @@ fn main() {
         daemonize(&args[0]);
     }
     let options = parse(&args);
-    for kind in &options.spawn {
-        spawn_family(&options.name, kind);
+    let is_worker = args.iter().any(|a| a == "--worker");
+    for kind in options.spawn.iter().filter(|_| !is_worker) {
+        if kind == "worker" {
+            spawn_worker(&options.name, &args);
+        } else {
+            spawn_family(&options.name, kind);
+        }
     }
     run(&options);
 }
@@ -226,6 +234,15 @@ fn launch_child(args: &[String]) -> ! {
         .status();
     let code = status.ok().and_then(|s| s.code()).unwrap_or(1);
     std::process::exit(code);
+}
+
+/// `--spawn worker`: this command line again, plus `--worker`; it runs on its own.
+fn spawn_worker(name: &str, args: &[String]) {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "stand-in".into());
+    match Command::new(exe).args(args).arg("--worker").spawn() {
+        Ok(child) => log(name, &format!("spawned worker pid {}", child.id())),
+        Err(e) => log(name, &format!("cannot spawn a worker: {e}")),
+    }
 }
 
 /// Starts one member of the bot's family (see the module doc); it runs on its own.
