@@ -220,6 +220,15 @@ impl DemoDesk {
         }
     }
 
+    /// Waits until check-procs sees the whole desk running under master-launch (healthy,
+    /// six `running` rows), and returns that output.
+    fn wait_until_running(&self) -> Output {
+        self.run_until("check-procs", &[], |output, text| {
+            output.status.code() == Some(0)
+                && text.lines().filter(|l| l.contains(" running ")).count() == 6
+        })
+    }
+
     /// `$ command` and what it printed (stdout, then stderr), normalised; with the exit
     /// code when `code` says so.
     fn shown(&self, command: &str, output: &Output, code: bool) -> String {
@@ -466,10 +475,7 @@ fn columns(line: &str) -> Vec<String> {
 fn check_procs_table_of_a_running_desk() {
     let desk = DemoDesk::new("t", "");
     let _master = desk.start();
-    let output = desk.run_until("check-procs", &[], |output, text| {
-        output.status.code() == Some(0)
-            && text.lines().filter(|l| l.contains(" running ")).count() == 6
-    });
+    let output = desk.wait_until_running();
     check_sample(
         "check-procs-table",
         &desk.shown("check-procs", &output, false),
@@ -481,11 +487,11 @@ fn check_procs_table_of_a_running_desk() {
 fn a_second_master_launch_is_refused() {
     let desk = DemoDesk::new("r", "");
     let _master = desk.start();
-    // Refused only once the first holds its lock; it is refused the same way while it
-    // starts the bots.
-    let output = desk.run_until("master-launch", &[], |output, _| {
-        output.status.code() == Some(3)
-    });
+    // Once the first runs the desk (before that, a second could be the one to win the
+    // lock, and would then run the desk itself).
+    desk.wait_until_running();
+    let output = desk.run("master-launch", &[]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
     check_sample(
         "master-launch-refused",
         &desk.shown("master-launch", &output, true),
@@ -497,10 +503,7 @@ fn a_second_master_launch_is_refused() {
 fn lock_gc_dry_run_after_a_kill() {
     let desk = DemoDesk::new("g", "");
     let mut master = desk.start();
-    desk.run_until("check-procs", &[], |output, text| {
-        output.status.code() == Some(0)
-            && text.lines().filter(|l| l.contains(" running ")).count() == 6
-    });
+    desk.wait_until_running();
     master.kill();
     let output = desk.run_until("lock-gc", &["--dry-run"], |_, text| {
         text.contains("would remove 6 lock files") && text.contains("MASTER_LAUNCH.state")
