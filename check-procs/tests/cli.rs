@@ -628,7 +628,7 @@ fn json_paths(value: &Value, prefix: &str, paths: &mut std::collections::BTreeSe
     }
 }
 
-/// The README's `--json` table is generated from `lockcore::desk::JSON_FIELDS`; this
+/// docs/reference.md's `--json` table is generated from `lockcore::desk::JSON_FIELDS`; this
 /// holds that list to a real document with every array filled (a running bot, a copy,
 /// a bad lock file, a problem), so a field cannot be added or renamed without its row.
 #[test]

@@ -183,7 +183,7 @@ fn a_lock_dir_that_does_not_exist_is_a_usage_error() {
     lock_gc().arg("--lock-dir").arg(&file).assert().code(2);
 }
 
-/// README: exit 1 when the lock folder cannot be read (here the config's `lock_dir` is
+/// docs/reference.md: exit 1 when the lock folder cannot be read (here the config's `lock_dir` is
 /// a file): the cleaning did not happen, and the message names the folder. The file
 /// is left as it was, with and without `--dry-run`.
 #[test]

@@ -636,7 +636,7 @@ impl Checker<'_> {
         let offset = error.span().map_or(0, |span| span.start);
         let message = error.message().trim().to_string();
         let fix = if message.starts_with("unknown field") {
-            "remove the key or correct its spelling (the README lists every key)"
+            "remove the key or correct its spelling (docs/reference.md lists every key)"
         } else if message.starts_with("missing field") {
             "add the missing key to this table"
         } else {
@@ -659,7 +659,7 @@ impl Checker<'_> {
             return Err(self.invalid(
                 0,
                 "the desk is empty: no [[global]] and no [[account]]".into(),
-                "add the desk's [[account]] tables (see the README's example), or pass \
+                "add the desk's [[account]] tables (see examples/demo/fleet.toml), or pass \
                  --config with the desk's own fleet.toml",
             ));
         }
@@ -1465,7 +1465,7 @@ impl Checker<'_> {
             .iter()
             .map(|part| substitute(part, command_at))
             .collect::<Result<Vec<_>, _>>()?;
-        // A relative program path resolves against the config's folder (as the README
+        // A relative program path resolves against the config's folder (as docs/reference.md
         // says), not against `cwd`; a bare name is left to the PATH search.
         if let Some(program) = command.first_mut()
             && is_relative_path(program)

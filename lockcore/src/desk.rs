@@ -133,7 +133,8 @@ pub enum ComponentState {
     /// A copy runs, with no lock file at all.
     Unlocked,
     /// Enabled, not running, no lock file; with an orchestrator running: stopped on
-    /// request, or exited where its restart policy leaves it (not a problem).
+    /// request, or exited cleanly and its restart policy does not restart it (not a
+    /// problem; a crash that is not restarted is given up).
     Stopped,
     /// Its account is disabled in fleet.toml, and nothing runs.
     Disabled,
@@ -968,6 +969,17 @@ fn lock_file_problem(lock: &LockStatus, account: Option<String>) -> Option<Probl
     let pid = lock.record.as_ref().map(|r| r.pid);
     let (kind, message) = match lock.state {
         LockState::Running => return None,
+        // safe-shutdown stops the process a component's legacy record names when it is
+        // a copy of the component (a record naming anything else is reported by
+        // `problems_of` instead); it never stops what a legacy MASTER_LAUNCH record names.
+        LockState::Legacy if lock.name == MASTER_LOCK_NAME => (
+            ProblemKind::Legacy,
+            format!(
+                "{} is held by an older tool's PID file ({}); safe-shutdown does not stop \
+                 that process: stop the old launcher by hand, then start through master-launch",
+                lock.name, lock.detail
+            ),
+        ),
         LockState::Legacy => (
             ProblemKind::Legacy,
             format!(
@@ -1049,8 +1061,13 @@ fn stray_problem(stray: &StrayEntry) -> Problem {
 }
 
 fn unknown_lock_problem(lock: &LockStatus) -> Problem {
+    // lock-gc removes an unknown lock only when it can read it as the tools' record: an
+    // unreadable one may be another program's (a `poetry.lock`).
     let advice = if lock.state.is_held() {
         "find out what holds it before adding it to fleet.toml"
+    } else if lock.state == LockState::Corrupt {
+        "lock-gc keeps it (unreadable, and not a lock of this desk: another program may own \
+         it); remove it by hand if it is not another program's"
     } else {
         "lock-gc removes it"
     };

@@ -2,7 +2,7 @@
 //! ([`DeskEvent`]), written by master-launch beside its human log and rotated like it
 //! ([`crate::logs`]); read back by `check-procs --events` ([`read_history`]) and sent
 //! to `[[alert]]` commands. [`EVENT_FIELDS`] and [`EventKind::ALL`] are the schema in
-//! words, the README's tables (`cargo xtask docs`); tests hold them to the type.
+//! words, docs/reference.md's tables (`cargo xtask docs`); tests hold them to the type.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -50,7 +50,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// Every kind, in the order the README lists them.
+    /// Every kind, in the order docs/reference.md lists them.
     pub const ALL: [EventKind; 26] = [
         EventKind::DeskStarted,
         EventKind::DeskStopping,
@@ -130,7 +130,7 @@ impl EventKind {
         EventKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
-    /// What it means, for the README's table. A new kind does not compile without it.
+    /// What it means, for docs/reference.md's table. A new kind does not compile without it.
     pub fn meaning(self) -> &'static str {
         match self {
             EventKind::DeskStarted => "master-launch's first start is complete",
@@ -149,7 +149,10 @@ impl EventKind {
             }
             EventKind::Exited => "its process exited (`exit`: `code 3`, `signal 9`, ...)",
             EventKind::Restarting => "it starts again after `delay_ms`",
-            EventKind::NotRestarted => "it exited and its restart policy leaves it stopped",
+            EventKind::NotRestarted => {
+                "it exited and its restart policy does not restart it (then `stopped` after a \
+                 clean exit, `given_up` after a failure)"
+            }
             EventKind::GivenUp => {
                 "supervision gave it up (`failures`, `exit`: the last exit, `fix`) *(alert)*"
             }
@@ -265,7 +268,7 @@ pub fn now_rfc3339() -> String {
     chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
 }
 
-/// One field of [`DeskEvent`], for the README's table.
+/// One field of [`DeskEvent`], for docs/reference.md's table.
 #[derive(Debug, Clone, Copy)]
 pub struct EventField {
     pub name: &'static str,

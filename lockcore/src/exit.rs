@@ -21,7 +21,7 @@ pub enum ExitCode {
 }
 
 impl ExitCode {
-    /// Every exit code, in order: the README's table and the bundle's README.txt are
+    /// Every exit code, in order: docs/reference.md's table and the bundle's README.txt are
     /// generated from this list and [`ExitCode::meaning`] (`cargo xtask docs`).
     pub const ALL: [ExitCode; 4] = [
         ExitCode::Ok,

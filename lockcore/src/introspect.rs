@@ -2,7 +2,7 @@
 //!
 //! They are read from what the type's derived `Deserialize` asks a deserializer for,
 //! which is the very list the parser accepts (`deny_unknown_fields` refuses anything
-//! else). The README's generated tables are held to these lists by tests, so a key or
+//! else). The reference's generated tables (docs/reference.md) are held to these lists by tests, so a key or
 //! a state cannot exist without being documented.
 
 use std::cell::Cell;

@@ -385,7 +385,7 @@ fn shorten(text: &str) -> String {
     format!("{kept}...")
 }
 
-/// The `--json` document. Field names are a contract: see the README.
+/// The `--json` document. Field names are a contract: see docs/reference.md.
 #[derive(Debug, Serialize)]
 pub struct Report<'a> {
     pub version: u32,

@@ -723,7 +723,7 @@ fn cluster_refusals_name_their_line_and_fix() {
             "endpoints = [\"http://a:2379\"]\nttl = 5",
             1,
             "unknown field `ttl`",
-            "README lists every key",
+            "docs/reference.md lists every key",
         ),
         (
             "lease_ttl_secs = 5",

@@ -404,7 +404,7 @@ fn ctrl_c_stops_brains_then_watchdogs_then_globals_and_leaves_nothing() {
 }
 
 // Linux-only: the parent-death signal. On Windows the Job Object does this job
-// (checked by hand under Wine, see README).
+// (checked by hand under Wine, see docs/reference.md).
 #[cfg(target_os = "linux")]
 #[test]
 fn a_launcher_killed_with_sigkill_takes_its_children_along() {
@@ -694,7 +694,7 @@ fn a_stop_request_stops_a_hand_started_component() {
     );
 }
 
-/// README: stop requests left from before a start are "cleared, and logged, when
+/// docs/reference.md: stop requests left from before a start are "cleared, and logged, when
 /// master-launch or `run` takes the locks". `run` clears its component's request
 /// (it is not obeyed: the bot keeps running) and says so in master-launch.log.
 #[test]

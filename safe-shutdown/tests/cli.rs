@@ -58,7 +58,7 @@ fn without_a_terminal_and_without_yes_it_refuses_and_stops_nothing() {
     assert!(audit.contains("refused: no terminal"), "{audit}");
 }
 
-/// README: with no terminal and no `--yes` it "touches nothing", also when nothing runs:
+/// docs/reference.md: with no terminal and no `--yes` it "touches nothing", also when nothing runs:
 /// a stale and a corrupt lock file stay byte for byte (with `--yes` they go).
 #[test]
 fn without_a_terminal_and_without_yes_it_leaves_stale_locks_when_nothing_runs() {

@@ -267,7 +267,7 @@ fn a_partitioned_holder_fences_before_its_lease_ends_and_the_other_host_only_aft
     // The gap without a holder: from A's force to B's start.
     let gap = taken - forced;
     assert!(gap < Duration::from_secs(3), "gap {gap:?}");
-    // The measured times, for the README's takeover table (`--nocapture`).
+    // The measured times, for docs/reference.md's takeover figures (`--nocapture`).
     #[allow(clippy::print_stderr)]
     {
         eprintln!(

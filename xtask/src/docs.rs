@@ -1,11 +1,11 @@
-//! `cargo xtask docs [--check]`: the README's tables that the code already knows.
+//! `cargo xtask docs [--check]`: the reference's tables that the code already knows.
 //!
-//! Between marker comments in README.md it writes the exit-code table (from
+//! Between marker comments in docs/reference.md it writes the exit-code table (from
 //! `lockcore::ExitCode`), check-procs' `--json` field table and component states (from
 //! `lockcore::desk`), the event log's fields and kinds (`lockcore::events`), and the
 //! `fleet.toml` key list (from `lockcore::config`, whose
 //! tests hold it to the keys the parser accepts). `--check` changes nothing and fails
-//! when the README differs; CI runs it, and `tests/docs.rs` does under `cargo test`.
+//! when the file differs; CI runs it, and `tests/docs.rs` does under `cargo test`.
 
 use std::path::Path;
 
@@ -14,7 +14,7 @@ use lockcore::desk::JSON_FIELDS;
 use lockcore::events::{EVENT_FIELDS, EventKind};
 use lockcore::{ComponentState, ExitCode};
 
-/// A generated part of the README: its marker name and its text.
+/// A generated part of the reference: its marker name and its text.
 pub struct Section {
     pub name: &'static str,
     pub text: String,
@@ -112,26 +112,26 @@ fn config_keys() -> String {
     text
 }
 
-/// The README with every generated section replaced by what the code says now.
+/// The reference with every generated section replaced by what the code says now.
 pub fn render(readme: &str) -> Result<String, String> {
     let mut text = readme.to_string();
     for section in sections() {
         let (begin, end) = (begin_marker(section.name), end_marker(section.name));
         let start = text
             .find(&begin)
-            .ok_or_else(|| format!("the README has no `{begin}` line"))?
+            .ok_or_else(|| format!("no `{begin}` line"))?
             + begin.len();
         let stop = text[start..]
             .find(&end)
             .map(|at| start + at)
-            .ok_or_else(|| format!("the README has no `{end}` line after `{begin}`"))?;
+            .ok_or_else(|| format!("no `{end}` line after `{begin}`"))?;
         text.replace_range(start..stop, &format!("\n\n{}\n", section.text));
     }
     Ok(text)
 }
 
-/// `cargo xtask docs`: writes the README, or with `check` says how it differs.
-/// Returns whether the README was (or now is) up to date.
+/// `cargo xtask docs`: writes the reference, or with `check` says how it differs.
+/// Returns whether it was (or now is) up to date.
 pub fn run(readme: &Path, check: bool) -> Result<bool, Box<dyn std::error::Error>> {
     let old = std::fs::read_to_string(readme)
         .map_err(|e| format!("cannot read {}: {e}", readme.display()))?;
@@ -156,7 +156,7 @@ pub fn run(readme: &Path, check: bool) -> Result<bool, Box<dyn std::error::Error
     Ok(true)
 }
 
-/// The lines only the README has (`-`) and only the code gives (`+`), in order.
+/// The lines only the file has (`-`) and only the code gives (`+`), in order.
 pub fn line_diff(old: &str, new: &str) -> String {
     let old_lines: Vec<&str> = old.lines().collect();
     let new_lines: Vec<&str> = new.lines().collect();

@@ -9,7 +9,7 @@
 //! `examples/alerts/`), and a README for the desk; and zips it all. Every `.bat`
 //! comes from [`bat::wrapper`]: edit the template, never the generated files.
 //!
-//! `cargo xtask docs [--check]`: the README's tables generated from the code ([`docs`]).
+//! `cargo xtask docs [--check]`: docs/reference.md's tables generated from the code ([`docs`]).
 //!
 //! `cargo xtask test [ARGS]...`: the README's test command; checks for (and where it
 //! can, installs) the programs the suite runs, then `cargo test --workspace` ([`suite`]).
@@ -59,15 +59,15 @@ enum Task {
         #[arg(long, value_name = "DIR", default_value = "dist")]
         out: PathBuf,
     },
-    /// Write the README's generated tables (exit codes, check-procs --json fields and
-    /// states, fleet.toml keys) from the code.
+    /// Write the reference's generated tables (exit codes, check-procs --json fields and
+    /// states, fleet.toml keys, events) from the code, into docs/reference.md.
     Docs {
-        /// Change nothing; exit 1 and show the difference if the README is not what
+        /// Change nothing; exit 1 and show the difference if the file is not what
         /// the code says.
         #[arg(long)]
         check: bool,
-        /// The README to write or check (relative to the workspace root).
-        #[arg(long, value_name = "PATH", default_value = "README.md")]
+        /// The file to write or check (relative to the workspace root).
+        #[arg(long, value_name = "PATH", default_value = "docs/reference.md")]
         readme: PathBuf,
     },
     /// Run the whole test suite: check for python3, etcd and strace first (install

@@ -1,7 +1,7 @@
-//! `cargo xtask docs`: the README's generated tables (exit codes, check-procs' `--json`
-//! fields and states, fleet.toml keys) are what the code says. This test is how
-//! `cargo test --workspace` catches a stale README; CI also runs `cargo xtask docs
-//! --check`.
+//! `cargo xtask docs`: docs/reference.md's generated tables (exit codes, check-procs'
+//! `--json` fields and states, fleet.toml keys, events) are what the code says. This
+//! test is how `cargo test --workspace` catches a stale reference; CI also runs `cargo
+//! xtask docs --check`.
 
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -14,7 +14,7 @@ fn xtask() -> Command {
 }
 
 fn readme() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference.md")
 }
 
 #[test]
@@ -22,7 +22,7 @@ fn the_readme_tables_are_what_the_code_says() {
     let output = xtask().args(["docs", "--check"]).output().unwrap();
     assert!(
         output.status.success(),
-        "README.md is stale: run `cargo xtask docs` and commit it\n{}",
+        "docs/reference.md is stale: run `cargo xtask docs` and commit it\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
 }
@@ -34,7 +34,10 @@ fn a_stale_table_is_reported_with_its_lines_and_then_rewritten() {
     let real = std::fs::read_to_string(readme()).unwrap();
     let three = lockcore::ExitCode::Refused;
     let current = format!("| 3 | {} |", three.meaning());
-    assert!(real.contains(&current), "no exit code 3 row in the README");
+    assert!(
+        real.contains(&current),
+        "no exit code 3 row in docs/reference.md"
+    );
     let stale = real.replace(&current, "| 3 | refused because a lock is held |");
     std::fs::write(&copy, &stale).unwrap();
 

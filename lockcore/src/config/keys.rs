@@ -1,4 +1,4 @@
-//! Every `fleet.toml` key, in words: the one place the README's key list comes from
+//! Every `fleet.toml` key, in words: the one place docs/reference.md's key list comes from
 //! (`cargo xtask docs` writes it). A test holds [`CONFIG_KEYS`] to the keys the parser
 //! accepts (the `Raw*` structs, which refuse any other key), so a key cannot be added
 //! without its row, nor a row outlive its key.
@@ -31,7 +31,7 @@ const ACCOUNT: &str = "[[account]]";
 const CLUSTER: &str = "[cluster]";
 const ALERT: &str = "[[alert]]";
 
-/// Every key, table by table, in the order the README lists them.
+/// Every key, table by table, in the order docs/reference.md lists them.
 pub const CONFIG_KEYS: &[ConfigKey] = &[
     key(
         TOP,

@@ -1,5 +1,5 @@
 //! What check-procs' `--json` document holds and what each component state means, in
-//! words: the one place the README's field and state tables come from (`cargo xtask
+//! words: the one place docs/reference.md's field and state tables come from (`cargo xtask
 //! docs` writes them). Tests hold these lists to the code: [`ComponentState::ALL`] to
 //! the enum's variants, and check-procs' own test [`JSON_FIELDS`] to a real document,
 //! so a state or a field cannot exist without its row.
@@ -7,7 +7,7 @@
 use super::ComponentState;
 
 impl ComponentState {
-    /// Every state, in the order the README lists them.
+    /// Every state, in the order docs/reference.md lists them.
     pub const ALL: [ComponentState; 18] = [
         ComponentState::Running,
         ComponentState::Unguarded,
@@ -29,7 +29,7 @@ impl ComponentState {
         ComponentState::Elsewhere,
     ];
 
-    /// What the state means, for the README's state table. A new state does not
+    /// What the state means, for docs/reference.md's state table. A new state does not
     /// compile without its sentence.
     pub fn meaning(self) -> &'static str {
         match self {
@@ -55,7 +55,8 @@ impl ComponentState {
             ComponentState::Unlocked => "a copy runs without any lock file (started by hand)",
             ComponentState::Stopped => {
                 "enabled, not running, no lock file; with master-launch running: stopped on \
-                 request, or exited where its restart policy leaves it (`reason` says which)"
+                 request, or exited cleanly and its restart policy does not restart it \
+                 (`reason` says which); a crash that is not restarted is `given_up`"
             }
             ComponentState::Disabled => "its account is disabled in fleet.toml, and nothing runs",
             ComponentState::Starting => {
@@ -120,7 +121,7 @@ impl JsonField {
 }
 
 /// Fields whose content is not described field by field: a lock file's record is the
-/// file's own JSON (see the README's "Lock files").
+/// file's own JSON (see "Lock files" in docs/reference.md).
 pub const JSON_OPAQUE: &[&str] = &["locks[].record"];
 
 const fn field(
