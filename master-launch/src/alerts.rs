@@ -552,7 +552,8 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Coalescer::default();
         let mut sent = Vec::new();
-        for n in 0..50 {
+        // 100 crashes of one component, one every 100 ms.
+        for n in 0..100 {
             let at = t0 + Duration::from_millis(u64::from(n) * 100);
             sent.extend(c.offer(at, event(EventKind::Exited, "B", n)));
             sent.extend(c.due(at));
@@ -561,23 +562,23 @@ mod tests {
         sent.extend(c.offer(t0, event(EventKind::Exited, "OTHER", 0)));
         assert_eq!(sent.len(), 6);
         assert!(sent.iter().all(|e| e.covers.is_none()));
-        let last = t0 + Duration::from_millis(4900);
+        let last = t0 + Duration::from_millis(9900);
         assert!(c.due(last + Duration::from_secs(1)).is_empty());
         assert_eq!(c.next_due(last), Some(STORM_QUIET));
         let summary = c.due(last + STORM_QUIET);
         assert_eq!(summary.len(), 1);
-        assert_eq!(summary[0].covers, Some(45));
+        assert_eq!(summary[0].covers, Some(95));
         assert!(
-            summary[0].message.starts_with("45 more `exited`"),
+            summary[0].message.starts_with("95 more `exited`"),
             "{}",
             summary[0].message
         );
-        assert!(summary[0].message.ends_with("the last: event 49"));
+        assert!(summary[0].message.ends_with("the last: event 99"));
         // Held again within the same window; flushed at the end.
         assert!(
             c.offer(
                 last + Duration::from_secs(6),
-                event(EventKind::Exited, "B", 50)
+                event(EventKind::Exited, "B", 100)
             )
             .is_empty()
         );
