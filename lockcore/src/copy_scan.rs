@@ -151,14 +151,12 @@ mod tests {
     // Test helpers may unwrap: a panic is the failure report.
     #![allow(clippy::unwrap_used)]
 
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::*;
-    use crate::lock::{LockState, LockStatus};
+    use crate::desk::readiness_tests::{NOW, held};
     use crate::process::{ProcessInfo, ProcessTable};
-    use crate::record::LockRecord;
 
-    const NOW: u64 = 1_790_000_000;
     const FLEET: &str = r#"
 [[account]]
 name = "ATLAS"
@@ -174,26 +172,6 @@ brain_requires_watchdog = false
             start_time: start,
             name: cmd[0].into(),
             cmd: cmd.iter().map(|c| c.to_string()).collect(),
-        }
-    }
-
-    fn held(name: &str, pid: u32) -> LockStatus {
-        LockStatus {
-            name: name.into(),
-            path: PathBuf::from(format!(".locks/{name}.lock")),
-            state: LockState::Running,
-            record: Some(LockRecord {
-                pid,
-                name: name.into(),
-                account: Some("ATLAS".into()),
-                timestamp: None,
-                pid_start: Some(NOW - 60),
-                holder_pid: Some(100),
-                holder_start: Some(NOW - 60),
-                host: None,
-                command: vec![],
-            }),
-            detail: String::new(),
         }
     }
 

@@ -1457,7 +1457,7 @@ mod binding_tests {
 }
 
 #[cfg(test)]
-mod readiness_tests {
+pub(crate) mod readiness_tests {
     //! Readiness and heartbeats as check-procs shows them: the orchestrator's `starting`
     //! (with a pid), `not_ready` and `hung` for the process that runs under the lock
     //! it names, never over a duplicate, an unguarded brain or a view out of date.
@@ -1467,7 +1467,8 @@ mod readiness_tests {
     use super::*;
     use crate::process::ProcessIdentity;
 
-    const NOW: u64 = 1_790_000_000;
+    /// "Now" in these tests (also copy_scan's).
+    pub(crate) const NOW: u64 = 1_790_000_000;
 
     const FLEET: &str = r#"
 [[account]]
@@ -1487,7 +1488,8 @@ heartbeat_secs = 5
         }
     }
 
-    fn held(name: &str, pid: u32) -> LockStatus {
+    /// `name` held by master-launch (pid 100) for a child `pid` of account ATLAS.
+    pub(crate) fn held(name: &str, pid: u32) -> LockStatus {
         LockStatus {
             name: name.into(),
             path: PathBuf::from(format!(".locks/{name}.lock")),
