@@ -535,37 +535,29 @@ mod tests {
 
     #[test]
     fn the_close_is_held_until_done_and_forced_before_the_end() {
-        use std::cell::Cell;
+        use std::cell::{Cell, RefCell};
         let ms = Duration::from_millis;
         let closing = Closing::within(ms(2000));
+        // The waits asked for, and whether it forced, when every wait answers `done`.
+        let hold = |done: bool| {
+            let (waits, forced) = (RefCell::new(Vec::new()), Cell::new(false));
+            hold_the_close(
+                closing,
+                |up_to| {
+                    waits.borrow_mut().push(up_to);
+                    done
+                },
+                || forced.set(true),
+            );
+            (waits.into_inner(), forced.get())
+        };
         // Done in time: nothing forced, one wait up to force_at.
-        let (waits, forced) = (Cell::new(Vec::new()), Cell::new(false));
-        hold_the_close(
-            closing,
-            |up_to| {
-                let mut seen = waits.take();
-                seen.push(up_to);
-                waits.set(seen);
-                true
-            },
-            || forced.set(true),
-        );
-        assert_eq!(waits.take(), [ms(1200)]);
-        assert!(!forced.get());
+        let (waits, forced) = hold(true);
+        assert_eq!(waits, [ms(1200)]);
+        assert!(!forced);
         // Not done at force_at: forced, then waited for the rest of the budget.
-        let (waits, forced) = (Cell::new(Vec::new()), Cell::new(false));
-        hold_the_close(
-            closing,
-            |up_to| {
-                let mut seen = waits.take();
-                seen.push(up_to);
-                waits.set(seen);
-                false
-            },
-            || forced.set(true),
-        );
-        let waits = waits.take();
-        assert!(forced.get());
+        let (waits, forced) = hold(false);
+        assert!(forced);
         assert_eq!(waits.len(), 2);
         assert!(waits[1] <= ms(1500), "{waits:?}");
     }

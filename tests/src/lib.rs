@@ -40,6 +40,17 @@ pub fn unique(name: &str) -> String {
     format!("{name}{}", run_suffix())
 }
 
+/// Every line of a JSON Lines file (an event log, what an alert command received),
+/// each parsed; a line that is not JSON fails the test. A missing file has no lines.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
 /// The path of workspace binary `name` from package `package`, built if needed.
 ///
 /// Builds with the same cargo and profile that runs the tests, into the same target

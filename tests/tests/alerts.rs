@@ -18,12 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleet_tests::orchestrated::{launch, master_launch, stop_desk, wait_supervised};
-use fleet_tests::{Desk, force_kill, tool, wait_until};
+use fleet_tests::{Desk, force_kill, json_lines, tool, unique, wait_until};
 use serde_json::Value;
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", std::process::id())
-}
 
 /// `[[alert]]` appending each event it gets to `file`, one line each.
 fn appending_alert(file: &Path, extra: &str) -> String {
@@ -31,16 +27,6 @@ fn appending_alert(file: &Path, extra: &str) -> String {
         "\n[[alert]]\ncommand = [\"/bin/sh\", \"-c\", 'cat >> \"{}\"']\n{extra}\n",
         file.display()
     )
-}
-
-/// Every line of a JSON Lines file, each parsed (a line that is not JSON fails the test).
-fn json_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 fn events_file(desk: &Desk) -> PathBuf {

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleet_tests::orchestrated::{launch, managed_pid, master_launch, stop_desk, wait_supervised};
-use fleet_tests::{Desk, Running, stand_in, tool, wait_until, wine};
+use fleet_tests::{Desk, Running, json_lines, stand_in, tool, wait_until, wine};
 use serde_json::Value;
 
 fn unique(prefix: &str) -> String {
@@ -33,15 +33,6 @@ fn sink_alert(file: &Path, kinds: Option<&str>) -> String {
         literal(&tool("fleet-tests", "alert-sink")),
         literal(file)
     )
-}
-
-fn json_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 fn duplicates(path: &Path) -> Vec<Value> {
